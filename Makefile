@@ -1,0 +1,88 @@
+# Makefile - builds the chapters, fetches the data, runs the tests.
+#
+#   make chapter1 ...  build one chapter's program (./chapter1)
+#   make data          put the four Fashion-MNIST files into data/
+#   make chapters      regenerate chapters/*.c from the marked sources in src/
+#   make check-chapters  fail if a committed chapter differs from what src/ generates
+#   make test          everything a change must pass (see README.md)
+#   make clean         remove what the build made (not data/, not chapters/)
+
+CC      ?= cc
+CFLAGS  ?= -std=c11 -O2 -Wall -Wextra -pedantic
+LDLIBS  = -lm
+STRICT  = -std=c11 -O2 -Wall -Wextra -pedantic -Werror
+SANITIZE = -std=c11 -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
+           -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+# The chapters, and the marked sources they are generated from, in order.
+CHAPTERS = 1
+SOURCES  = src/preamble.c src/idx.c src/pictures.c src/explore.c src/options.c src/main.c
+
+PROGRAMS = $(CHAPTERS:%=chapter%)
+TESTS    = build/test_tangle build/test_idx
+
+.PHONY: all chapters check-chapters data test test-build warnings clean
+.DELETE_ON_ERROR:
+
+all: $(PROGRAMS)
+
+chapter%: chapters/chapter%.c
+	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+build/tangle: src/tangle.c
+	@mkdir -p build
+	$(CC) $(STRICT) $< -o $@
+
+# Chapters are regenerated only when asked, so that `make chapter2` never
+# overwrites a chapter a reader has edited. tangle writes to a temporary file
+# first, so a failed run never leaves half a chapter.
+chapters: build/tangle
+	@mkdir -p chapters
+	@for n in $(CHAPTERS); do \
+	  build/tangle $$n $(SOURCES) > chapters/chapter$$n.c.tmp || exit 1; \
+	  mv chapters/chapter$$n.c.tmp chapters/chapter$$n.c; echo "  chapters/chapter$$n.c"; \
+	done
+
+check-chapters: build/tangle
+	@mkdir -p build/check; status=0; \
+	for n in $(CHAPTERS); do \
+	  build/tangle $$n $(SOURCES) > build/check/chapter$$n.c || exit 1; \
+	  if ! cmp -s build/check/chapter$$n.c chapters/chapter$$n.c; then \
+	    echo "chapters/chapter$$n.c differs from what src/ generates; run 'make chapters' and commit it."; \
+	    diff -u chapters/chapter$$n.c build/check/chapter$$n.c | head -n 20; status=1; \
+	  fi; \
+	done; exit $$status
+
+data:
+	@sh src/get-data.sh data
+
+# Every chapter must compile without a warning, under gcc and (where it is
+# installed) clang.
+warnings:
+	@mkdir -p build/warnings
+	@for n in $(CHAPTERS); do \
+	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
+	    echo "  $$cc -Werror chapters/chapter$$n.c"; \
+	    $$cc $(STRICT) chapters/chapter$$n.c -o build/warnings/chapter$$n-$$(basename $$cc) $(LDLIBS) || exit 1; \
+	  done; \
+	done
+
+build/test_tangle: tests/test_tangle.c src/tangle.c tests/check.h
+	@mkdir -p build
+	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
+
+build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
+	@mkdir -p build
+	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
+
+test-build: $(TESTS)
+
+# The tests that need Fashion-MNIST skip (and say so) when `make data` cannot
+# get it; CI installs the Debian package first, so nothing is skipped there.
+test: warnings check-chapters test-build
+	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
+	@status=0; for t in $(TESTS); do echo "== $$t"; $$t || status=1; done; \
+	if [ $$status = 0 ]; then echo "all tests passed"; else echo "SOME TESTS FAILED"; fi; exit $$status
+
+clean:
+	rm -rf build $(PROGRAMS)

@@ -1,0 +1,654 @@
+/* chapter1.c - Fashion-MNIST from the raw bytes: reading and checking IDX files.
+
+   What it adds: a hand-written reader for the IDX format (big-endian header,
+   magic number, dimensions) that checks everything it reads; pixels turned
+   into floats in [0,1]; one-hot labels; the 54,000 / 6,000 training and
+   validation split of the protocol; a look at the data in the terminal and
+   as a labelled sample grid (a PGM image under plots/).
+   What it is not: a model. Nothing is learned yet; that starts in chapter 2.
+
+   Build and run:   make chapter1 && ./chapter1
+              or:   cc -std=c11 -O2 chapters/chapter1.c -o chapter1 -lm
+   Read with:       book.md, "Chapter 1: The data, byte by byte".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ----------------------------------------------------------------------------
+   Exit codes: one per kind of failure, so a script (or a test) can tell them
+   apart. `./chapterN --help` lists them. */
+
+enum {
+    EXIT_USAGE = 2,           // a bad command-line option
+    EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
+    EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
+    EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
+    EXIT_BAD_SHAPE = 6,       // wrong rank or image size
+    EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
+    EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
+    EXIT_BAD_LABEL = 9,       // a label outside 0-9
+    EXIT_WRITE = 10,          // an output file could not be written
+    EXIT_NO_MEMORY = 11,      // malloc failed
+};
+
+// An error on its way up to main(): the exit code and a message that names
+// the file, what was found and the fix. Functions that can fail on bad input
+// fill one in and return its code, so nothing exits from deep inside.
+typedef struct {
+    int code;
+    char message[640];
+} Error;
+
+int fail(Error *err, int code, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(err->message, sizeof err->message, format, args);
+    va_end(args);
+    err->code = code;
+    return code;
+}
+
+// Out of memory is not something a user can fix by editing input, so it
+// stops the program at once, naming the line that asked (as llm.c does).
+void *malloc_check(size_t size, const char *file, int line) {
+    void *memory = malloc(size ? size : 1);
+    if (!memory) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, size);
+        exit(EXIT_NO_MEMORY);
+    }
+    return memory;
+}
+#define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+
+// Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
+double now_seconds(void) {
+    struct timespec t;
+    timespec_get(&t, TIME_UTC);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// Writes `size` bytes to `path` through a temporary file and a rename, so a
+// reader never sees half a file and a failed write leaves the old one intact.
+int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
+    char temp[1024];
+    snprintf(temp, sizeof temp, "%s.tmp", path);
+    FILE *f = fopen(temp, "wb");
+    if (!f)
+        return fail(err, EXIT_WRITE, "%s: cannot create the file; does its directory exist "
+                    "and is it writable?", temp);
+    int ok = fwrite(bytes, 1, size, f) == size;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(temp, path) != 0) {
+        remove(temp);
+        return fail(err, EXIT_WRITE, "%s: writing failed (disk full?)", path);
+    }
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   The IDX format (book.md, "Chapter 1").
+
+   What this is: a reader for the four Fashion-MNIST files, which checks every
+   promise the header makes before trusting a byte of the body, and turns the
+   bytes into the arrays the networks eat.
+   What it is not: a general IDX reader. It accepts unsigned-byte images of
+   28x28 and unsigned-byte labels, the only kinds this book needs.
+
+   An IDX file is a big-endian header followed by raw bytes:
+       bytes 0-1   zero
+       byte  2     element type (0x08 = unsigned byte)
+       byte  3     rank: 3 for images (count, rows, cols), 1 for labels
+       then one 4-byte big-endian size per dimension, then the data.
+   So the magic number, read as one big-endian int, is 0x00000803 = 2051 for
+   images and 0x00000801 = 2049 for labels. */
+
+enum { IMAGE_ROWS = 28, IMAGE_COLS = 28, IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS, NUM_CLASSES = 10 };
+enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049 };
+
+static const char *const CLASS_NAMES[NUM_CLASSES] = {
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+};
+
+// The byte order of the file, not of this machine: most significant first.
+uint32_t read_big_endian_u32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+           (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
+}
+
+// Reads a whole file into memory. On success *bytes is the caller's to free.
+int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
+                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
+    size_t capacity = 1 << 20, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    for (;;) {
+        used += fread(buffer + used, 1, capacity - used, f);
+        if (used < capacity) break;
+        unsigned char *larger = realloc(buffer, capacity *= 2);
+        if (!larger) {
+            free(buffer);
+            fclose(f);
+            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+        }
+        buffer = larger;
+    }
+    int read_error = ferror(f);
+    fclose(f);
+    if (read_error) {
+        free(buffer);
+        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+    }
+    *bytes = buffer;
+    *size = used;
+    return 0;
+}
+
+// Checks an IDX header against what we expect: the magic number, the rank,
+// and (for images) 28x28. On success *count is the first dimension and
+// *body the offset of the data. Every check names the file and the fix.
+int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
+                     uint32_t magic, uint32_t *count, size_t *body, Error *err) {
+    const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
+    if (size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
+        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it "
+                    "with `gunzip -k %s.gz` (or run `make data`, which does).", path, path);
+    if (size < 4)
+        return fail(err, EXIT_BAD_LENGTH, "%s: only %zu bytes, too short for an IDX header; "
+                    "the download was cut short. Delete it and run `make data`.", path, size);
+    uint32_t found = read_big_endian_u32(bytes);
+    if (found != magic)
+        return fail(err, EXIT_BAD_MAGIC, "%s: magic number %u (0x%08x), expected %u for IDX %s. "
+                    "This is not the right file; check the name or run `make data`.",
+                    path, found, found, magic, kind);
+    size_t rank = bytes[3], header = 4 + 4 * rank;
+    if (size < header)
+        return fail(err, EXIT_BAD_LENGTH, "%s: the header is cut short (%zu of %zu bytes). "
+                    "Delete the file and run `make data`.", path, size, header);
+    *count = read_big_endian_u32(bytes + 4);
+    if (magic == IDX_IMAGES_MAGIC) {
+        uint32_t rows = read_big_endian_u32(bytes + 8), cols = read_big_endian_u32(bytes + 12);
+        if (rows != IMAGE_ROWS || cols != IMAGE_COLS)
+            return fail(err, EXIT_BAD_SHAPE, "%s: images of %ux%u, expected %dx%d. This is not "
+                        "Fashion-MNIST; run `make data`.", path, rows, cols, IMAGE_ROWS, IMAGE_COLS);
+    }
+    *body = header;
+    size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    size_t expected = header + (size_t)*count * items;
+    if (size != expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
+                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
+                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    return 0;
+}
+
+/* The magic number's third byte is the element type and its fourth the rank,
+   so checking the whole magic (2051 or 2049) checks both at once; the rank
+   also fixes where the header ends. */
+
+// A labelled set of images. A split of a dataset is a Dataset too: the same
+// arrays, offset, so splitting copies nothing.
+typedef struct {
+    int count;
+    float *images;          // (count, 784) pixels in [0,1], row-major 28x28
+    unsigned char *labels;  // (count) class index 0-9
+    float *targets;         // (count, 10) one-hot: targets[i][labels[i]] = 1
+} Dataset;
+
+// The images and labels of one split (e.g. "train" or "t10k"), checked
+// against each other and turned into floats and one-hot targets.
+int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
+    char image_path[1024], label_path[1024];
+    snprintf(image_path, sizeof image_path, "%s/%s-images-idx3-ubyte", dir, split);
+    snprintf(label_path, sizeof label_path, "%s/%s-labels-idx1-ubyte", dir, split);
+    unsigned char *image_bytes = NULL, *label_bytes = NULL;
+    size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
+    uint32_t image_count = 0, label_count = 0;
+    err->code = 0;
+    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+        check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
+                         &image_count, &image_body, err) ||
+        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
+                         &label_count, &label_body, err)) {
+        free(image_bytes);
+        free(label_bytes);
+        return err->code;
+    }
+    if (image_count != label_count) {
+        fail(err, EXIT_COUNT_MISMATCH, "%s has %u images but %s has %u labels. The two files "
+             "come from different sets; run `make data`.", image_path, image_count,
+             label_path, label_count);
+    } else {
+        for (uint32_t i = 0; i < label_count; i++) {
+            unsigned label = label_bytes[label_body + i];
+            if (label >= NUM_CLASSES) {
+                fail(err, EXIT_BAD_LABEL, "%s: label %u of item %u is outside 0-9. The file is "
+                     "corrupt; delete it and run `make data`.", label_path, label, i);
+                break;
+            }
+        }
+    }
+    if (err->code == 0) {
+        int n = (int)image_count;
+        out->count = n;
+        out->images = xmalloc((size_t)n * IMAGE_SIZE * sizeof(float));
+        out->labels = xmalloc((size_t)n);
+        out->targets = xmalloc((size_t)n * NUM_CLASSES * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * IMAGE_SIZE; i++)
+            out->images[i] = image_bytes[image_body + i] / 255.0f;
+        memcpy(out->labels, label_bytes + label_body, (size_t)n);
+        memset(out->targets, 0, (size_t)n * NUM_CLASSES * sizeof(float));
+        for (int i = 0; i < n; i++) out->targets[i * NUM_CLASSES + out->labels[i]] = 1.0f;
+    }
+    free(image_bytes);
+    free(label_bytes);
+    return err->code;
+}
+
+void free_dataset(Dataset *d) {
+    free(d->images);
+    free(d->labels);
+    free(d->targets);
+    *d = (Dataset){0};
+}
+
+// Items [first, first + count) of a dataset, sharing its memory.
+Dataset dataset_slice(const Dataset *d, int first, int count) {
+    return (Dataset){
+        .count = count,
+        .images = d->images + (size_t)first * IMAGE_SIZE,
+        .labels = d->labels + first,
+        .targets = d->targets + (size_t)first * NUM_CLASSES,
+    };
+}
+
+/* The protocol's split: validation is the last 6,000 training images (the
+   Keras validation_split=0.1 convention), training the first 54,000. The
+   test set stays untouched until the very end. */
+enum { VALIDATION_COUNT = 6000 };
+
+typedef struct {
+    Dataset all_training;  // owns the memory of train and validation
+    Dataset train, validation, test;
+} FashionMnist;
+
+int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
+    *data = (FashionMnist){0};
+    if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
+    if (load_dataset(dir, "t10k", &data->test, err)) {
+        free_dataset(&data->all_training);
+        return err->code;
+    }
+    int n = data->all_training.count;
+    int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    data->train = dataset_slice(&data->all_training, 0, n - validation);
+    data->validation = dataset_slice(&data->all_training, n - validation, validation);
+    return 0;
+}
+
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+/* ----------------------------------------------------------------------------
+   Pictures: images in the terminal and in PGM/PPM files.
+
+   What this is: the smallest way to look at data without a library. PGM
+   (grey) and PPM (colour) are a text header and raw bytes, which every image
+   viewer and `convert` read; a 5x7 pixel font puts labels on them.
+   What it is not: a plotting library. Curves are left to gnuplot (chapter 7).
+
+   A binary PGM is "P5\n<width> <height>\n255\n" followed by width*height
+   bytes, row by row; a PPM is the same with "P6" and three bytes (R,G,B)
+   per pixel. */
+
+typedef struct {
+    int width, height, channels;  // channels: 1 grey (PGM), 3 colour (PPM)
+    unsigned char *pixels;        // (height, width, channels)
+} Picture;
+
+Picture picture_new(int width, int height, int channels, unsigned char background) {
+    Picture p = {width, height, channels, NULL};
+    size_t size = (size_t)width * height * channels;
+    p.pixels = xmalloc(size);
+    memset(p.pixels, background, size);
+    return p;
+}
+
+void picture_free(Picture *p) {
+    free(p->pixels);
+    p->pixels = NULL;
+}
+
+// Sets a square of scale x scale pixels to one colour (grey: colour[0]).
+void picture_put(Picture *p, int x, int y, int scale, const unsigned char *colour) {
+    for (int dy = 0; dy < scale; dy++)
+        for (int dx = 0; dx < scale; dx++) {
+            int px = x + dx, py = y + dy;
+            if (px < 0 || py < 0 || px >= p->width || py >= p->height) continue;
+            memcpy(p->pixels + ((size_t)py * p->width + px) * p->channels, colour, p->channels);
+        }
+}
+
+// Draws a 28x28 image with pixels in [0,1], each pixel as scale x scale.
+void picture_draw_image(Picture *p, int x, int y, int scale, const float *image) {  // (28,28)
+    for (int r = 0; r < IMAGE_ROWS; r++)
+        for (int c = 0; c < IMAGE_COLS; c++) {
+            unsigned char v = (unsigned char)lroundf(255.0f * image[r * IMAGE_COLS + c]);
+            unsigned char colour[3] = {v, v, v};
+            picture_put(p, x + c * scale, y + r * scale, scale, colour);
+        }
+}
+
+/* A 5x7 font: seven rows per character, the five low bits of each row are
+   its pixels, most significant on the left. Lower case is drawn as upper. */
+enum { GLYPH_WIDTH = 5, GLYPH_HEIGHT = 7, GLYPH_ADVANCE = 6 };
+static const unsigned char FONT[128][GLYPH_HEIGHT] = {
+    ['A'] = {0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11}, ['B'] = {0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E},
+    ['C'] = {0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E}, ['D'] = {0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C},
+    ['E'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F}, ['F'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10},
+    ['G'] = {0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F}, ['H'] = {0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11},
+    ['I'] = {0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}, ['J'] = {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C},
+    ['K'] = {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, ['L'] = {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F},
+    ['M'] = {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11}, ['N'] = {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11},
+    ['O'] = {0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['P'] = {0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10},
+    ['Q'] = {0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D}, ['R'] = {0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11},
+    ['S'] = {0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E}, ['T'] = {0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04},
+    ['U'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['V'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04},
+    ['W'] = {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A}, ['X'] = {0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11},
+    ['Y'] = {0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04}, ['Z'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F},
+    ['0'] = {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, ['1'] = {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},
+    ['2'] = {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}, ['3'] = {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E},
+    ['4'] = {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, ['5'] = {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},
+    ['6'] = {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, ['7'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},
+    ['8'] = {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, ['9'] = {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C},
+    ['-'] = {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}, ['/'] = {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00},
+    ['.'] = {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}, [':'] = {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00},
+    ['%'] = {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, ['='] = {0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00},
+};
+
+// Draws text with its top-left corner at (x, y); each font pixel is
+// scale x scale. Returns the x just after the last character.
+int picture_draw_text(Picture *p, int x, int y, int scale, const char *text,
+                      const unsigned char *colour) {
+    for (; *text; text++, x += GLYPH_ADVANCE * scale) {
+        unsigned char ch = (unsigned char)*text;
+        if (ch >= 'a' && ch <= 'z') ch = (unsigned char)(ch - 'a' + 'A');
+        if (ch >= 128) continue;
+        for (int row = 0; row < GLYPH_HEIGHT; row++)
+            for (int col = 0; col < GLYPH_WIDTH; col++)
+                if (FONT[ch][row] >> (GLYPH_WIDTH - 1 - col) & 1)
+                    picture_put(p, x + col * scale, y + row * scale, scale, colour);
+    }
+    return x;
+}
+
+int picture_write(const Picture *p, const char *path, Error *err) {
+    char header[64];
+    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n",
+                               p->channels == 1 ? 5 : 6, p->width, p->height);
+    size_t body = (size_t)p->width * p->height * p->channels;
+    unsigned char *file = xmalloc(header_size + body);
+    memcpy(file, header, header_size);
+    memcpy(file + header_size, p->pixels, body);
+    int status = write_file_atomically(path, file, header_size + body, err);
+    free(file);
+    return status;
+}
+
+/* In the terminal: one character per pixel pair. Two image rows are averaged
+   into one text row, because a character cell is about twice as tall as it is
+   wide; the ramp runs from dark (space) to bright (@). */
+void print_images_as_text(const Dataset *d, const int *items, int n) {
+    static const char RAMP[] = " .:-=+*#%@";
+    const int levels = (int)sizeof RAMP - 1;
+    for (int i = 0; i < n; i++)
+        printf("%-*.*s", IMAGE_COLS + 2, IMAGE_COLS, CLASS_NAMES[d->labels[items[i]]]);
+    printf("\n");
+    for (int r = 0; r < IMAGE_ROWS; r += 2) {
+        for (int i = 0; i < n; i++) {
+            const float *image = d->images + (size_t)items[i] * IMAGE_SIZE;  // (28,28)
+            for (int c = 0; c < IMAGE_COLS; c++) {
+                float v = 0.5f * (image[r * IMAGE_COLS + c] + image[(r + 1) * IMAGE_COLS + c]);
+                int level = (int)(v * levels);
+                putchar(RAMP[level < levels ? level : levels - 1]);
+            }
+            printf("  ");
+        }
+        printf("\n");
+    }
+}
+/* ----------------------------------------------------------------------------
+   A first look at the data: shapes, class counts, pixel statistics, a few
+   images in the terminal and a labelled sample grid on disk.
+
+   What this is: the checks to make before training anything, because a model
+   trained on the wrong data fails quietly.
+   What it is not: a data pipeline; nothing here changes the data. */
+
+void print_split_shape(const char *name, const Dataset *d) {
+    printf("  %-10s images (%d, %d) float in [0,1]   labels (%d,) 0-9   targets (%d, %d) one-hot\n",
+           name, d->count, IMAGE_SIZE, d->count, d->count, NUM_CLASSES);
+}
+
+void count_classes(const Dataset *d, int *counts) {  // counts: (10)
+    memset(counts, 0, NUM_CLASSES * sizeof(int));
+    for (int i = 0; i < d->count; i++) counts[d->labels[i]]++;
+}
+
+void print_class_counts(const FashionMnist *data) {
+    const Dataset *splits[] = {&data->train, &data->validation, &data->test};
+    const char *names[] = {"train", "validation", "test"};
+    printf("\nimages per class:\n  %-13s %8s %11s %8s\n", "class", names[0], names[1], names[2]);
+    int counts[3][NUM_CLASSES];
+    for (int s = 0; s < 3; s++) count_classes(splits[s], counts[s]);
+    for (int k = 0; k < NUM_CLASSES; k++)
+        printf("  %d %-11s %8d %11d %8d\n", k, CLASS_NAMES[k], counts[0][k], counts[1][k], counts[2][k]);
+}
+
+// Mean and standard deviation of all pixels, summed in double: a float sum of
+// 42 million values would lose the low digits long before the end.
+void pixel_statistics(const Dataset *d, double *mean, double *std) {
+    double sum = 0, sum_squares = 0;
+    size_t n = (size_t)d->count * IMAGE_SIZE;
+    for (size_t i = 0; i < n; i++) {
+        sum += d->images[i];
+        sum_squares += (double)d->images[i] * d->images[i];
+    }
+    *mean = n ? sum / n : 0;
+    *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
+}
+
+// The first `per_class` training images of every class, one row per class,
+// each row headed by the class name.
+int write_sample_grid(const Dataset *d, int per_class, const char *path, Error *err) {
+    const int scale = 2, cell = (IMAGE_COLS + 2) * scale, label_width = 12 * GLYPH_ADVANCE * scale;
+    Picture p = picture_new(label_width + per_class * cell, NUM_CLASSES * cell, 1, 0);
+    const unsigned char white[1] = {255};
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        int y = k * cell;
+        picture_draw_text(&p, scale, y + (cell - GLYPH_HEIGHT * scale) / 2, scale, CLASS_NAMES[k], white);
+        for (int i = 0, shown = 0; i < d->count && shown < per_class; i++)
+            if (d->labels[i] == k)
+                picture_draw_image(&p, label_width + shown++ * cell + scale, y + scale, scale,
+                                   d->images + (size_t)i * IMAGE_SIZE);
+    }
+    int status = picture_write(&p, path, err);
+    picture_free(&p);
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   Command-line options.
+
+   What this is: one table of options, from which both the parser and the
+   --help text are made, so the two cannot disagree. A later chapter adds an
+   option by adding a row.
+   What it is not: getopt. Options are long (--name value), and every number
+   is checked against its range. */
+
+typedef struct {
+    const char *data_dir;
+    int help;
+} Options;
+
+Options default_options(void) {
+    return (Options){
+        .data_dir = "data",
+    };
+}
+
+typedef enum { OPTION_FLAG, OPTION_INT, OPTION_REAL, OPTION_TEXT } OptionKind;
+
+typedef struct {
+    const char *name, *value_name, *help;
+    OptionKind kind;
+    void *target;       // where the parsed value goes: int*, double* or const char**
+    double min, max;    // the accepted range of a number
+    const char *choices;  // for text: the accepted words, "a|b", or NULL for any
+} OptionSpec;
+
+enum { MAX_OPTIONS = 32 };
+
+// The table. Its targets point into *o, so it is made for each parse.
+int option_table(Options *o, OptionSpec *specs) {
+    int n = 0;
+    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
+                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
+    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    return n;
+}
+
+void print_usage(FILE *out, const char *program) {
+    Options scratch;
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(&scratch, specs);
+    fprintf(out, "usage: %s [options]\n\noptions:\n", program);
+    for (int i = 0; i < n; i++) {
+        char left[40];
+        snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
+        fprintf(out, "  %-20s %s\n", left, specs[i].help);
+    }
+    fprintf(out, "\nexit codes: 0 success, %d bad option, %d data file missing, %d data file still "
+            "gzipped,\n  %d wrong magic number, %d wrong image size, %d wrong file length, "
+            "%d image/label counts differ,\n  %d label out of range, %d cannot write output, "
+            "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
+            EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
+            EXIT_NO_MEMORY);
+    fprintf(out, "\n");
+}
+
+// Is `word` one of the '|'-separated words in `choices`?
+int is_choice(const char *word, const char *choices) {
+    size_t length = strlen(word);
+    for (const char *c = choices; *c; c += strcspn(c, "|"), c += *c == '|')
+        if (strcspn(c, "|") == length && strncmp(c, word, length) == 0) return 1;
+    return 0;
+}
+
+int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
+    char *end = NULL;
+    if (spec->kind == OPTION_TEXT) {
+        if (spec->choices && !is_choice(text, spec->choices))
+            return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
+        *(const char **)spec->target = text;
+        return 0;
+    }
+    double value = strtod(text, &end);
+    if (end == text || *end != '\0' || !(value >= spec->min && value <= spec->max))
+        return fail(err, EXIT_USAGE, "%s takes a number from %g to %g, not '%s'",
+                    spec->name, spec->min, spec->max, text);
+    if (spec->kind == OPTION_REAL) {
+        *(double *)spec->target = value;
+        return 0;
+    }
+    if (value != floor(value))
+        return fail(err, EXIT_USAGE, "%s takes a whole number, not '%s'", spec->name, text);
+    *(int *)spec->target = (int)value;
+    return 0;
+}
+
+int parse_options(int argc, char **argv, Options *o, Error *err) {
+    *o = default_options();
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(o, specs);
+    for (int a = 1; a < argc; a++) {
+        const OptionSpec *spec = NULL;
+        for (int i = 0; i < n && !spec; i++)
+            if (strcmp(argv[a], specs[i].name) == 0) spec = &specs[i];
+        if (!spec) return fail(err, EXIT_USAGE, "unknown option '%s'", argv[a]);
+        if (spec->kind == OPTION_FLAG) {
+            *(int *)spec->target = 1;
+            continue;
+        }
+        if (a + 1 >= argc) return fail(err, EXIT_USAGE, "%s needs a value (%s)", spec->name, spec->value_name);
+        if (parse_option_value(spec, argv[++a], err)) return err->code;
+    }
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   The program. */
+
+enum { CONTINUE = -1 };
+
+// Parses the options and loads the data. Returns CONTINUE when there is work
+// to do, otherwise the exit code (0 after --help).
+int begin(int argc, char **argv, Options *options, FashionMnist *data) {
+    Error err = {0};
+    if (parse_options(argc, argv, options, &err)) {
+        fprintf(stderr, "%s: %s\n\n", argv[0], err.message);
+        print_usage(stderr, argv[0]);
+        return err.code;
+    }
+    if (options->help) {
+        print_usage(stdout, argv[0]);
+        return 0;
+    }
+    if (load_fashion_mnist(options->data_dir, data, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    return CONTINUE;
+}
+
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return status;
+
+    printf("Fashion-MNIST from %s/\n\nshapes:\n", options.data_dir);
+    print_split_shape("train", &data.train);
+    print_split_shape("validation", &data.validation);
+    print_split_shape("test", &data.test);
+    print_class_counts(&data);
+
+    double mean, std;
+    pixel_statistics(&data.train, &mean, &std);
+    printf("\npixels of the training split: mean %.4f, standard deviation %.4f\n", mean, std);
+    if (mean < 0.2)
+        printf("  (Fashion-MNIST's mean is about 0.286; MNIST digits give 0.131. "
+               "Are these the right files?)\n");
+
+    printf("\nthe first training images:\n\n");
+    int first[3] = {0, 1, 2};
+    print_images_as_text(&data.train, first, data.train.count < 3 ? data.train.count : 3);
+
+    Error err = {0};
+    const char *grid = "plots/fashion_samples.pgm";
+    if (write_sample_grid(&data.train, 8, grid, &err) == 0)
+        printf("\nwrote %s (eight training images of each class)\n", grid);
+    else
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    free_fashion_mnist(&data);
+    return err.code;
+}

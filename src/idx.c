@@ -1,0 +1,208 @@
+/* ----------------------------------------------------------------------------
+   The IDX format (book.md, "Chapter 1").
+
+   What this is: a reader for the four Fashion-MNIST files, which checks every
+   promise the header makes before trusting a byte of the body, and turns the
+   bytes into the arrays the networks eat.
+   What it is not: a general IDX reader. It accepts unsigned-byte images of
+   28x28 and unsigned-byte labels, the only kinds this book needs.
+
+   An IDX file is a big-endian header followed by raw bytes:
+       bytes 0-1   zero
+       byte  2     element type (0x08 = unsigned byte)
+       byte  3     rank: 3 for images (count, rows, cols), 1 for labels
+       then one 4-byte big-endian size per dimension, then the data.
+   So the magic number, read as one big-endian int, is 0x00000803 = 2051 for
+   images and 0x00000801 = 2049 for labels. */
+
+enum { IMAGE_ROWS = 28, IMAGE_COLS = 28, IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS, NUM_CLASSES = 10 };
+enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049 };
+
+static const char *const CLASS_NAMES[NUM_CLASSES] = {
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+};
+
+// The byte order of the file, not of this machine: most significant first.
+uint32_t read_big_endian_u32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+           (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
+}
+
+// Reads a whole file into memory. On success *bytes is the caller's to free.
+int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
+                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
+    size_t capacity = 1 << 20, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    for (;;) {
+        used += fread(buffer + used, 1, capacity - used, f);
+        if (used < capacity) break;
+        unsigned char *larger = realloc(buffer, capacity *= 2);
+        if (!larger) {
+            free(buffer);
+            fclose(f);
+            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+        }
+        buffer = larger;
+    }
+    int read_error = ferror(f);
+    fclose(f);
+    if (read_error) {
+        free(buffer);
+        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+    }
+    *bytes = buffer;
+    *size = used;
+    return 0;
+}
+
+// Checks an IDX header against what we expect: the magic number, the rank,
+// and (for images) 28x28. On success *count is the first dimension and
+// *body the offset of the data. Every check names the file and the fix.
+int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
+                     uint32_t magic, uint32_t *count, size_t *body, Error *err) {
+    const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
+    if (size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
+        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it "
+                    "with `gunzip -k %s.gz` (or run `make data`, which does).", path, path);
+    if (size < 4)
+        return fail(err, EXIT_BAD_LENGTH, "%s: only %zu bytes, too short for an IDX header; "
+                    "the download was cut short. Delete it and run `make data`.", path, size);
+    uint32_t found = read_big_endian_u32(bytes);
+    if (found != magic)
+        return fail(err, EXIT_BAD_MAGIC, "%s: magic number %u (0x%08x), expected %u for IDX %s. "
+                    "This is not the right file; check the name or run `make data`.",
+                    path, found, found, magic, kind);
+    size_t rank = bytes[3], header = 4 + 4 * rank;
+    if (size < header)
+        return fail(err, EXIT_BAD_LENGTH, "%s: the header is cut short (%zu of %zu bytes). "
+                    "Delete the file and run `make data`.", path, size, header);
+    *count = read_big_endian_u32(bytes + 4);
+    if (magic == IDX_IMAGES_MAGIC) {
+        uint32_t rows = read_big_endian_u32(bytes + 8), cols = read_big_endian_u32(bytes + 12);
+        if (rows != IMAGE_ROWS || cols != IMAGE_COLS)
+            return fail(err, EXIT_BAD_SHAPE, "%s: images of %ux%u, expected %dx%d. This is not "
+                        "Fashion-MNIST; run `make data`.", path, rows, cols, IMAGE_ROWS, IMAGE_COLS);
+    }
+    *body = header;
+    size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    size_t expected = header + (size_t)*count * items;
+    if (size != expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
+                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
+                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    return 0;
+}
+
+/* The magic number's third byte is the element type and its fourth the rank,
+   so checking the whole magic (2051 or 2049) checks both at once; the rank
+   also fixes where the header ends. */
+
+// A labelled set of images. A split of a dataset is a Dataset too: the same
+// arrays, offset, so splitting copies nothing.
+typedef struct {
+    int count;
+    float *images;          // (count, 784) pixels in [0,1], row-major 28x28
+    unsigned char *labels;  // (count) class index 0-9
+    float *targets;         // (count, 10) one-hot: targets[i][labels[i]] = 1
+} Dataset;
+
+// The images and labels of one split (e.g. "train" or "t10k"), checked
+// against each other and turned into floats and one-hot targets.
+int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
+    char image_path[1024], label_path[1024];
+    snprintf(image_path, sizeof image_path, "%s/%s-images-idx3-ubyte", dir, split);
+    snprintf(label_path, sizeof label_path, "%s/%s-labels-idx1-ubyte", dir, split);
+    unsigned char *image_bytes = NULL, *label_bytes = NULL;
+    size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
+    uint32_t image_count = 0, label_count = 0;
+    err->code = 0;
+    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+        check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
+                         &image_count, &image_body, err) ||
+        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
+                         &label_count, &label_body, err)) {
+        free(image_bytes);
+        free(label_bytes);
+        return err->code;
+    }
+    if (image_count != label_count) {
+        fail(err, EXIT_COUNT_MISMATCH, "%s has %u images but %s has %u labels. The two files "
+             "come from different sets; run `make data`.", image_path, image_count,
+             label_path, label_count);
+    } else {
+        for (uint32_t i = 0; i < label_count; i++) {
+            unsigned label = label_bytes[label_body + i];
+            if (label >= NUM_CLASSES) {
+                fail(err, EXIT_BAD_LABEL, "%s: label %u of item %u is outside 0-9. The file is "
+                     "corrupt; delete it and run `make data`.", label_path, label, i);
+                break;
+            }
+        }
+    }
+    if (err->code == 0) {
+        int n = (int)image_count;
+        out->count = n;
+        out->images = xmalloc((size_t)n * IMAGE_SIZE * sizeof(float));
+        out->labels = xmalloc((size_t)n);
+        out->targets = xmalloc((size_t)n * NUM_CLASSES * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * IMAGE_SIZE; i++)
+            out->images[i] = image_bytes[image_body + i] / 255.0f;
+        memcpy(out->labels, label_bytes + label_body, (size_t)n);
+        memset(out->targets, 0, (size_t)n * NUM_CLASSES * sizeof(float));
+        for (int i = 0; i < n; i++) out->targets[i * NUM_CLASSES + out->labels[i]] = 1.0f;
+    }
+    free(image_bytes);
+    free(label_bytes);
+    return err->code;
+}
+
+void free_dataset(Dataset *d) {
+    free(d->images);
+    free(d->labels);
+    free(d->targets);
+    *d = (Dataset){0};
+}
+
+// Items [first, first + count) of a dataset, sharing its memory.
+Dataset dataset_slice(const Dataset *d, int first, int count) {
+    return (Dataset){
+        .count = count,
+        .images = d->images + (size_t)first * IMAGE_SIZE,
+        .labels = d->labels + first,
+        .targets = d->targets + (size_t)first * NUM_CLASSES,
+    };
+}
+
+/* The protocol's split: validation is the last 6,000 training images (the
+   Keras validation_split=0.1 convention), training the first 54,000. The
+   test set stays untouched until the very end. */
+enum { VALIDATION_COUNT = 6000 };
+
+typedef struct {
+    Dataset all_training;  // owns the memory of train and validation
+    Dataset train, validation, test;
+} FashionMnist;
+
+int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
+    *data = (FashionMnist){0};
+    if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
+    if (load_dataset(dir, "t10k", &data->test, err)) {
+        free_dataset(&data->all_training);
+        return err->code;
+    }
+    int n = data->all_training.count;
+    int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    data->train = dataset_slice(&data->all_training, 0, n - validation);
+    data->validation = dataset_slice(&data->all_training, n - validation, validation);
+    return 0;
+}
+
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}

@@ -1,0 +1,59 @@
+/* ----------------------------------------------------------------------------
+   The program. */
+
+enum { CONTINUE = -1 };
+
+// Parses the options and loads the data. Returns CONTINUE when there is work
+// to do, otherwise the exit code (0 after --help).
+int begin(int argc, char **argv, Options *options, FashionMnist *data) {
+    Error err = {0};
+    if (parse_options(argc, argv, options, &err)) {
+        fprintf(stderr, "%s: %s\n\n", argv[0], err.message);
+        print_usage(stderr, argv[0]);
+        return err.code;
+    }
+    if (options->help) {
+        print_usage(stdout, argv[0]);
+        return 0;
+    }
+    if (load_fashion_mnist(options->data_dir, data, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    return CONTINUE;
+}
+
+//@ from 1 to 1
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return status;
+
+    printf("Fashion-MNIST from %s/\n\nshapes:\n", options.data_dir);
+    print_split_shape("train", &data.train);
+    print_split_shape("validation", &data.validation);
+    print_split_shape("test", &data.test);
+    print_class_counts(&data);
+
+    double mean, std;
+    pixel_statistics(&data.train, &mean, &std);
+    printf("\npixels of the training split: mean %.4f, standard deviation %.4f\n", mean, std);
+    if (mean < 0.2)
+        printf("  (Fashion-MNIST's mean is about 0.286; MNIST digits give 0.131. "
+               "Are these the right files?)\n");
+
+    printf("\nthe first training images:\n\n");
+    int first[3] = {0, 1, 2};
+    print_images_as_text(&data.train, first, data.train.count < 3 ? data.train.count : 3);
+
+    Error err = {0};
+    const char *grid = "plots/fashion_samples.pgm";
+    if (write_sample_grid(&data.train, 8, grid, &err) == 0)
+        printf("\nwrote %s (eight training images of each class)\n", grid);
+    else
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    free_fashion_mnist(&data);
+    return err.code;
+}
+//@ end

@@ -1,0 +1,110 @@
+/* test_tangle.c - the chapter generator: both marker forms, nesting, and
+   every marker error. It writes small marked sources under build/ and reads
+   back what tangle makes of them. */
+#include "check.h"
+
+#define main tangle_main
+#include "../src/tangle.c"
+#undef main
+
+static const char *SOURCE_PATH = "build/tangle_case.c";
+
+// Writes `source` to a file, tangles chapter `n` of it and returns the text
+// (static buffer) and the status.
+static const char *tangle_text(const char *source, int n, int *status) {
+    static char text[4096];
+    FILE *f = fopen(SOURCE_PATH, "w");
+    fputs(source, f);
+    fclose(f);
+    FILE *out = tmpfile();
+    *status = tangle_file(SOURCE_PATH, n, out);
+    rewind(out);
+    size_t used = fread(text, 1, sizeof text - 1, out);
+    text[used] = '\0';
+    fclose(out);
+    return text;
+}
+
+static void check_chapter(const char *source, int n, const char *expected) {
+    int status;
+    const char *text = tangle_text(source, n, &status);
+    CHECK_EQ_INT(status, 0);
+    if (!CHECK(strcmp(text, expected) == 0))
+        printf("     chapter %d: got\n%s     expected\n%s", n, text, expected);
+}
+
+static void test_marker_forms(void) {
+    section("from K on, and from A to B");
+    const char *source =
+        "all\n"
+        "//@ from 2\n"
+        "two on\n"
+        "//@ end\n"
+        "  //@ from 1 to 2\n"
+        "one and two\n"
+        "  //@ end\n"
+        "//@ from 3 to 3\n"
+        "three only\n"
+        "//@ end\n"
+        "all again\n";
+    check_chapter(source, 1, "all\none and two\nall again\n");
+    check_chapter(source, 2, "all\ntwo on\none and two\nall again\n");
+    check_chapter(source, 3, "all\ntwo on\nthree only\nall again\n");
+    check_chapter(source, 9, "all\ntwo on\nall again\n");
+}
+
+static void test_nesting(void) {
+    section("nested blocks intersect");
+    const char *source =
+        "//@ from 2\n"
+        "a\n"
+        "//@ from 1 to 3\n"
+        "b\n"
+        "//@ end\n"
+        "c\n"
+        "//@ end\n";
+    check_chapter(source, 1, "");
+    check_chapter(source, 2, "a\nb\nc\n");
+    check_chapter(source, 4, "a\nc\n");
+}
+
+static void test_errors(void) {
+    section("marker errors");
+    int status;
+    const char *bad[] = {
+        "//@ from\n//@ end\n",          // no chapter
+        "//@ form 2\n//@ end\n",        // a typo
+        "//@ from 3 to 2\n//@ end\n",   // an empty range
+        "//@ from 0\n//@ end\n",        // chapters start at 1
+        "//@ from 2 onwards\n//@ end\n",
+        "//@ end\n",                    // nothing to close
+        "//@ from 2\nnever closed\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        tangle_text(bad[i], 2, &status);
+        CHECK_EQ_INT(status, EXIT_MARKER);
+    }
+    FILE *out = tmpfile();
+    CHECK_EQ_INT(tangle_file("build/no/such/file.c", 1, out), EXIT_READ);
+    fclose(out);
+    // Comments that merely start like a marker are ordinary lines.
+    check_chapter("// @ from 2 is how a marker looks\n", 1, "// @ from 2 is how a marker looks\n");
+}
+
+static void test_command_line(void) {
+    section("usage");
+    char *no_args[] = {"tangle", NULL};
+    CHECK_EQ_INT(tangle_main(1, no_args), EXIT_USAGE);
+    char *bad_chapter[] = {"tangle", "x", "file.c", NULL};
+    CHECK_EQ_INT(tangle_main(3, bad_chapter), EXIT_USAGE);
+    char *zero[] = {"tangle", "0", "file.c", NULL};
+    CHECK_EQ_INT(tangle_main(3, zero), EXIT_USAGE);
+}
+
+int main(void) {
+    test_marker_forms();
+    test_nesting();
+    test_errors();
+    test_command_line();
+    return check_summary();
+}
