@@ -8,18 +8,19 @@
 #   make clean         remove what the build made (not data/, not chapters/)
 
 CC      ?= cc
-CFLAGS  ?= -std=c11 -O2 -Wall -Wextra -pedantic
+CFLAGS  ?= -std=c11 -O3 -Wall -Wextra -pedantic
 LDLIBS  = -lm
-STRICT  = -std=c11 -O2 -Wall -Wextra -pedantic -Werror
+STRICT  = -std=c11 -O3 -Wall -Wextra -pedantic -Werror
 SANITIZE = -std=c11 -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1
-SOURCES  = src/preamble.c src/idx.c src/pictures.c src/explore.c src/options.c src/main.c
+CHAPTERS = 1 2
+SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
+           src/layers.c src/optim.c src/train.c src/ann.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
-TESTS    = build/test_tangle build/test_idx
+TESTS    = build/test_tangle build/test_idx build/test_ann
 
 .PHONY: all chapters check-chapters data test test-build warnings clean
 .DELETE_ON_ERROR:

@@ -8,7 +8,7 @@
    What it is not: a model. Nothing is learned yet; that starts in chapter 2.
 
    Build and run:   make chapter1 && ./chapter1
-              or:   cc -std=c11 -O2 chapters/chapter1.c -o chapter1 -lm
+              or:   cc -std=c11 -O3 chapters/chapter1.c -o chapter1 -lm
    Read with:       book.md, "Chapter 1: The data, byte by byte".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */

@@ -57,3 +57,23 @@ int main(int argc, char **argv) {
     return err.code;
 }
 //@ end
+//@ from 2 to 2
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return status;
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data.train.count, data.validation.count, data.test.count);
+
+    Ann ann = ann_new(options.batch, (uint64_t)options.seed);
+    Model model = ann_model(&ann);
+    History *history = NULL;
+    status = fit_and_test(&model, &data, &options, &history);
+
+    history_free(history);
+    ann_free(&ann);
+    free_fashion_mnist(&data);
+    return status;
+}
+//@ end

@@ -9,7 +9,7 @@
    What it is not: a model. Nothing is learned yet; that starts in chapter 2.
 
    Build and run:   make chapter1 && ./chapter1
-              or:   cc -std=c11 -O2 chapters/chapter1.c -o chapter1 -lm
+              or:   cc -std=c11 -O3 chapters/chapter1.c -o chapter1 -lm
    Read with:       book.md, "Chapter 1: The data, byte by byte".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
@@ -27,7 +27,7 @@
    network; chapter 3 replaces that with automatic differentiation.
 
    Build and run:   make chapter2 && ./chapter2        (./chapter2 --help)
-              or:   cc -std=c11 -O2 chapters/chapter2.c -o chapter2 -lm
+              or:   cc -std=c11 -O3 chapters/chapter2.c -o chapter2 -lm
    Read with:       book.md, "Chapter 2: A dense network, by hand".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
@@ -45,7 +45,7 @@
    beyond the batch size.
 
    Build and run:   make chapter3 && ./chapter3        (./chapter3 --help)
-              or:   cc -std=c11 -O2 chapters/chapter3.c -o chapter3 -lm
+              or:   cc -std=c11 -O3 chapters/chapter3.c -o chapter3 -lm
    Read with:       book.md, "Chapter 3: Automatic differentiation".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */

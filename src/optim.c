@@ -1,0 +1,62 @@
+//@ from 2
+/* ----------------------------------------------------------------------------
+   Optimisers: SGD and Adam, over one flat array of parameters.
+
+   What this is: the update rule, applied to every parameter of a model at
+   once. Because each model keeps all its parameters in one allocation (and
+   its gradients in another, in the same order), an optimiser needs to know
+   nothing about layers.
+   What it is not: a scheduler; the learning rate is constant. */
+
+typedef enum { OPTIMIZER_SGD, OPTIMIZER_ADAM } OptimizerKind;
+
+typedef struct {
+    OptimizerKind kind;
+    float learning_rate;
+    float beta1, beta2, epsilon;  // Adam's, from the protocol
+    long step;                    // updates so far (Adam's bias correction needs it)
+    float *m, *v;                 // (count) Adam's moment estimates, one allocation; NULL for SGD
+} Optimizer;
+
+Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
+    Optimizer o = {kind, learning_rate, 0.9f, 0.999f, 1e-7f, 0, NULL, NULL};
+    if (kind == OPTIMIZER_ADAM) {
+        o.m = xmalloc(2 * count * sizeof(float));
+        o.v = o.m + count;
+        memset(o.m, 0, 2 * count * sizeof(float));
+    }
+    return o;
+}
+
+void optimizer_free(Optimizer *o) {
+    free(o->m);
+    o->m = o->v = NULL;
+}
+
+// Plain gradient descent: a step downhill, proportional to the slope.
+void sgd_update(float *params, const float *grads, size_t count, float learning_rate) {
+    for (size_t i = 0; i < count; i++) params[i] -= learning_rate * grads[i];
+}
+
+/* Adam (Kingma and Ba, 2015, Algorithm 1): running averages of the gradient
+   (m) and of its square (v), corrected for starting at zero, give every
+   parameter a step of about learning_rate in the direction the recent
+   gradients agree on, whatever the gradient's scale. */
+void adam_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    o->step++;
+    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
+    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
+    for (size_t i = 0; i < count; i++) {
+        float g = grads[i];
+        o->m[i] = o->beta1 * o->m[i] + (1.0f - o->beta1) * g;
+        o->v[i] = o->beta2 * o->v[i] + (1.0f - o->beta2) * g * g;
+        float m_hat = o->m[i] / correction1, v_hat = o->v[i] / correction2;
+        params[i] -= o->learning_rate * m_hat / (sqrtf(v_hat) + o->epsilon);
+    }
+}
+
+void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
+    else sgd_update(params, grads, count, o->learning_rate);
+}
+//@ end

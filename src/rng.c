@@ -1,0 +1,64 @@
+//@ from 2
+/* ----------------------------------------------------------------------------
+   Random numbers: PCG32 (O'Neill, pcg-random.org), with streams.
+
+   What this is: our own generator, so the same seed gives the same numbers on
+   every machine and C library (rand() promises neither), and separate
+   streams, so that drawing one more number for, say, shuffling never shifts
+   the numbers that initialise the weights or drop units out.
+   What it is not: cryptographic.
+
+   PCG32 is a 64-bit linear congruential generator whose output is scrambled
+   by a xorshift and a data-dependent rotation. The increment of the LCG
+   must be odd; each odd increment gives an independent sequence, a stream. */
+
+typedef struct {
+    uint64_t state;
+    uint64_t increment;  // odd: (stream << 1) | 1
+} Rng;
+
+// One stream per use, so the uses never disturb each other.
+enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * 6364136223846793005ULL + r->increment;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rotation = (uint32_t)(old >> 59u);
+    return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+// The seeding of the reference implementation (pcg32_srandom_r).
+Rng rng_new(uint64_t seed, uint64_t stream) {
+    Rng r = {0, (stream << 1u) | 1u};
+    rng_next(&r);
+    r.state += seed;
+    rng_next(&r);
+    return r;
+}
+
+// Uniform in [0, 1): the top 24 bits, exactly representable in a float.
+float rng_uniform(Rng *r) {
+    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
+}
+
+// Uniform integer in [0, bound), without the bias of rng_next() % bound:
+// values below 2^32 mod bound are rejected, leaving a multiple of bound.
+uint32_t rng_below(Rng *r, uint32_t bound) {
+    uint32_t threshold = (0u - bound) % bound;
+    for (;;) {
+        uint32_t x = rng_next(r);
+        if (x >= threshold) return x % bound;
+    }
+}
+
+// Fisher-Yates: every permutation equally likely.
+void shuffle(int *items, int n, Rng *r) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(r, (uint32_t)i + 1);
+        int t = items[i];
+        items[i] = items[j];
+        items[j] = t;
+    }
+}
+//@ end

@@ -1,0 +1,275 @@
+//@ from 2
+/* ----------------------------------------------------------------------------
+   Training: mini-batches, progress, validation, the test, the summary.
+
+   What this is: the loop every model of the book is trained with. It sees a
+   model only through the small Model interface below, so it does not care
+   whether gradients come from hand-written backward passes (chapter 2) or
+   from automatic differentiation (chapter 3 on).
+   What it is not: clever. One pass over the shuffled training images per
+   epoch, an optimiser step per batch, an evaluation per epoch. */
+
+typedef struct {
+    const char *name;  // for the summary line: "ann", ...
+    void *net;
+    // Forward and backward in training mode on n images: fills probs (n,10),
+    // ADDS the gradients into grads, returns the mean loss.
+    float (*compute_gradients)(void *net, const float *images, const float *targets, int n, float *probs);
+    // Forward only, in inference mode: fills probs (n,10), returns the mean loss.
+    float (*predict)(void *net, const float *images, const float *targets, int n, float *probs);
+    float *params, *grads;  // (count) each, in the same order
+    size_t count;
+    int max_batch;          // the most images one call may take
+} Model;
+
+int argmax(const float *row, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) best = row[i] > row[best] ? i : best;
+    return best;
+}
+
+/* Is standard output a terminal? Only POSIX can tell (isatty), so elsewhere
+   the answer is no and progress comes as plain lines. isatty is declared here
+   rather than by including unistd.h, which not every system has. */
+#if defined(__unix__) || defined(__APPLE__)
+int isatty(int fd);
+int stdout_is_terminal(void) { return isatty(1); }
+#else
+int stdout_is_terminal(void) { return 0; }
+#endif
+
+typedef struct {
+    int terminal;         // update one line in place, or print plain lines
+    double start, last;   // seconds: when training started, when we last printed
+    long done, total;     // training images seen so far, and in the whole run
+} Progress;
+
+void print_duration(double seconds) {
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s >= 3600) printf("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else printf("%ld:%02ld", s / 60, s % 60);
+}
+
+// One progress report: at most ten a second on a terminal, four an epoch
+// elsewhere (so a log stays readable), and always at the end of an epoch.
+void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
+                     double loss, double accuracy) {
+    double now = now_seconds();
+    int last_batch = batch == batches;
+    int quarter = batches >= 4 && batch % (batches / 4) == 0;
+    if (p->terminal ? !(last_batch || now - p->last >= 0.1) : !(quarter && !last_batch)) return;
+    p->last = now;
+    double rate = p->done / fmax(now - p->start, 1e-9);
+    printf("%sepoch %d/%d  batch %d/%d  loss %.4f  accuracy %.2f%%  %.0f images/s  ETA ",
+           p->terminal ? "\r" : "", epoch, epochs, batch, batches, loss, 100 * accuracy, rate);
+    print_duration((p->total - p->done) / fmax(rate, 1e-9));
+    printf(p->terminal ? "   " : "\n");
+    fflush(stdout);
+}
+
+// Per-epoch curves (and the loss of every batch), for reports and plots.
+enum { MAX_EPOCHS = 1000 };
+typedef struct {
+    int epochs;
+    float train_loss[MAX_EPOCHS], train_accuracy[MAX_EPOCHS];
+    float validation_loss[MAX_EPOCHS], validation_accuracy[MAX_EPOCHS];
+    float seconds[MAX_EPOCHS];  // training time of each epoch, without validation
+    float *batch_losses;        // (batch_count) in training order
+    int batch_count, batch_capacity;
+} History;
+
+History *history_new(int epochs, int batches_per_epoch) {
+    History *h = xmalloc(sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->batch_capacity = epochs * batches_per_epoch;
+    h->batch_losses = xmalloc((size_t)h->batch_capacity * sizeof(float));
+    return h;
+}
+
+void history_free(History *h) {
+    if (h) free(h->batch_losses);
+    free(h);
+}
+
+// What the loop needs besides the model: the data, the order of this
+// epoch, and one batch's worth of buffers, allocated once.
+typedef struct {
+    Model *model;
+    Optimizer *optimizer;
+    const Dataset *data;
+    int batch;
+    Rng shuffle_rng;
+    int *order;               // (data->count) this epoch's order
+    float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
+    float *probs;             // (batch, 10)
+} Trainer;
+
+Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
+    t.order = xmalloc((size_t)data->count * sizeof(int));
+    for (int i = 0; i < data->count; i++) t.order[i] = i;
+    t.images = xmalloc((size_t)batch * (IMAGE_SIZE + 2 * NUM_CLASSES) * sizeof(float));
+    t.targets = t.images + (size_t)batch * IMAGE_SIZE;
+    t.probs = t.targets + (size_t)batch * NUM_CLASSES;
+    return t;
+}
+
+void trainer_free(Trainer *t) {
+    free(t->order);
+    free(t->images);
+}
+
+// One pass over the training data in a fresh random order. Returns the
+// epoch's mean loss and accuracy (over the batches as they were trained).
+void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
+                 float *loss, float *accuracy) {
+    Model *m = t->model;
+    const Dataset *d = t->data;
+    int batches = (d->count + t->batch - 1) / t->batch;
+    double loss_sum = 0;
+    long correct = 0, seen = 0;
+    shuffle(t->order, d->count, &t->shuffle_rng);
+    for (int b = 0; b < batches; b++) {
+        int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
+        for (int i = 0; i < n; i++) {
+            int item = t->order[first + i];
+            memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
+            memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
+        }
+        memset(m->grads, 0, m->count * sizeof(float));
+        float batch_loss = m->compute_gradients(m->net, t->images, t->targets, n, t->probs);
+        optimizer_update(t->optimizer, m->params, m->grads, m->count);
+        for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
+        loss_sum += (double)batch_loss * n;
+        seen += n;
+        if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
+        if (progress) {
+            progress->done += n;
+            report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
+        }
+    }
+    *loss = (float)(loss_sum / seen);
+    *accuracy = (float)correct / (float)seen;
+}
+
+typedef struct {
+    float loss, accuracy;
+    int confusion[NUM_CLASSES][NUM_CLASSES];  // [true class][predicted class]
+} Evaluation;
+
+// Loss, accuracy and confusion matrix on a whole dataset, in inference mode.
+Evaluation evaluate(Model *m, const Dataset *d) {
+    Evaluation e = {0};
+    float *probs = xmalloc((size_t)m->max_batch * NUM_CLASSES * sizeof(float));  // (max_batch, 10)
+    double loss_sum = 0;
+    int correct = 0;
+    for (int first = 0; first < d->count; first += m->max_batch) {
+        int n = d->count - first < m->max_batch ? d->count - first : m->max_batch;
+        float loss = m->predict(m->net, d->images + (size_t)first * IMAGE_SIZE,
+                                d->targets + (size_t)first * NUM_CLASSES, n, probs);
+        loss_sum += (double)loss * n;
+        for (int i = 0; i < n; i++) {
+            int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
+            e.confusion[truth][guess]++;
+            correct += truth == guess;
+        }
+    }
+    free(probs);
+    e.loss = d->count ? (float)(loss_sum / d->count) : 0;
+    e.accuracy = d->count ? (float)correct / (float)d->count : 0;
+    return e;
+}
+
+void print_confusion(const Evaluation *e) {
+    printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%13s", "");
+    for (int k = 0; k < NUM_CLASSES; k++) printf(" %5.5s", CLASS_NAMES[k]);
+    printf("\n");
+    for (int t = 0; t < NUM_CLASSES; t++) {
+        printf("  %-11s", CLASS_NAMES[t]);
+        for (int k = 0; k < NUM_CLASSES; k++) printf(" %5d", e->confusion[t][k]);
+        printf("\n");
+    }
+}
+
+// Trains for `epochs` epochs with validation after each, filling history.
+void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+           int epochs, int batch, uint64_t seed, History *h) {
+    Trainer t = trainer_new(m, opt, train_set, batch, seed);
+    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count};
+    for (int epoch = 1; epoch <= epochs; epoch++) {
+        double start = now_seconds();
+        float loss, accuracy;
+        train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy);
+        double seconds = now_seconds() - start;
+        Evaluation v = evaluate(m, validation);
+        int e = h->epochs++;
+        h->train_loss[e] = loss, h->train_accuracy[e] = accuracy, h->seconds[e] = (float)seconds;
+        h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy;
+        printf("%sepoch %d/%d  train loss %.4f accuracy %.2f%%  validation loss %.4f accuracy %.2f%%  "
+               "%.2f s  %.0f images/s\n", progress.terminal ? "\r" : "", epoch, epochs, loss,
+               100 * accuracy, v.loss, 100 * v.accuracy, seconds, train_set->count / seconds);
+    }
+    trainer_free(&t);
+}
+
+// The debugging habit: a model that cannot learn a handful of images by
+// heart has a bug, and this finds out in seconds rather than hours.
+int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed) {
+    enum { MAX_OVERFIT_EPOCHS = 1000 };
+    Trainer t = trainer_new(m, opt, few, batch < few->count ? batch : few->count, seed);
+    Evaluation e = {0};
+    int epoch;
+    printf("overfitting %d training images: training on them until every one is right\n", few->count);
+    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS; epoch++) {
+        float loss, accuracy;
+        train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy);
+        e = evaluate(m, few);
+        if (epoch % 10 == 0 || e.accuracy == 1.0f)
+            printf("epoch %d  loss %.4f  accuracy %.2f%%\n", epoch, e.loss, 100 * e.accuracy);
+        if (e.accuracy == 1.0f) break;
+    }
+    trainer_free(&t);
+    if (e.accuracy == 1.0f) {
+        printf("all %d images right after %d epochs: the model and its gradients can learn.\n", few->count, epoch);
+        return 0;
+    }
+    printf("after %d epochs only %.2f%% of %d images are right: something is wrong "
+           "(the gradients? the learning rate?)\n", MAX_OVERFIT_EPOCHS, 100 * e.accuracy, few->count);
+    return EXIT_NOT_LEARNING;
+}
+
+// Everything after the model is built: the sanity check, training (or
+// overfitting), the test, the summary line. Returns the exit code.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history) {
+    Dataset train_set = data->train;
+    if (o->limit && o->limit < train_set.count) train_set.count = o->limit;
+    printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
+           m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
+    Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
+                                  (float)o->learning_rate, m->count);
+    int status = 0;
+    if (o->overfit) {
+        Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
+        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed);
+    } else {
+        // Untrained, the network should be unsure: about 1/10 for every class,
+        // so a loss near -ln(1/10). Far from it, the initialisation is off.
+        Evaluation before = evaluate(m, &data->validation);
+        printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
+               before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+        *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
+        printf("training on %d images, validating on %d, %d epochs\n", train_set.count,
+               data->validation.count, o->epochs);
+        double start = now_seconds();
+        train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
+        double seconds = now_seconds() - start;
+        Evaluation test = evaluate(m, &data->test);
+        print_confusion(&test);
+        printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
+        printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
+               m->name, o->epochs, o->seed, test.loss, test.accuracy, seconds);
+    }
+    optimizer_free(&opt);
+    return status;
+}
+//@ end
