@@ -15,9 +15,9 @@ SANITIZE = -std=c11 -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2
+CHAPTERS = 1 2 3
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/optim.c src/train.c src/ann.c src/main.c
+           src/layers.c src/optim.c src/train.c src/ann.c src/autodiff.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann

@@ -715,22 +715,21 @@ void matmul_forward(float *out,           // (B, OC)
     }
 }
 
-// dinp += dout @ weight^T and dweight += inp^T @ dout.
+// dinp += dout @ weight^T and dweight += inp^T @ dout (either may be NULL).
 void matmul_backward(float *dinp,          // (B, C) or NULL
-                     float *dweight,       // (C, OC)
+                     float *dweight,       // (C, OC) or NULL
                      const float *dout,    // (B, OC)
                      const float *inp,     // (B, C)
                      const float *weight,  // (C, OC)
                      int B, int C, int OC) {
     for (int b = 0; b < B; b++) {
         const float *g = dout + (size_t)b * OC;
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < C && dweight; c++) {
             float x = inp[(size_t)b * C + c];
             float *dw = dweight + (size_t)c * OC;
             for (int oc = 0; oc < OC; oc++) dw[oc] += x * g[oc];
         }
-        if (!dinp) continue;
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < C && dinp; c++) {
             const float *w = weight + (size_t)c * OC;
             float sum = 0.0f;
             for (int oc = 0; oc < OC; oc++) sum += g[oc] * w[oc];
@@ -1121,16 +1120,36 @@ int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t se
     return EXIT_NOT_LEARNING;
 }
 
+// The protocol's training set, or its first --limit images.
+Dataset training_set(const FashionMnist *data, const Options *o) {
+    Dataset d = data->train;
+    if (o->limit && o->limit < d.count) d.count = o->limit;
+    return d;
+}
+
+// The line a script reads: the last line a chapter prints.
+typedef struct {
+    const char *model;
+    int epochs, seed;
+    float test_loss, test_accuracy;
+    double seconds;
+} Result;
+
+void print_result(const Result *r) {
+    printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
+           r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
+}
+
 // Everything after the model is built: the sanity check, training (or
-// overfitting), the test, the summary line. Returns the exit code.
-int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history) {
-    Dataset train_set = data->train;
-    if (o->limit && o->limit < train_set.count) train_set.count = o->limit;
+// overfitting), the test. Fills *history and *result; returns the exit code.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history, Result *result) {
+    Dataset train_set = training_set(data, o);
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
                                   (float)o->learning_rate, m->count);
     int status = 0;
+    *result = (Result){m->name, 0, o->seed, 0, 0, 0};
     if (o->overfit) {
         Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
         status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed);
@@ -1145,12 +1164,13 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
                data->validation.count, o->epochs);
         double start = now_seconds();
         train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
-        double seconds = now_seconds() - start;
+        result->seconds = now_seconds() - start;
         Evaluation test = evaluate(m, &data->test);
         print_confusion(&test);
         printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
-        printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
-               m->name, o->epochs, o->seed, test.loss, test.accuracy, seconds);
+        result->epochs = o->epochs;
+        result->test_loss = test.loss;
+        result->test_accuracy = test.accuracy;
     }
     optimizer_free(&opt);
     return status;
@@ -1341,7 +1361,9 @@ int main(int argc, char **argv) {
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);
     History *history = NULL;
-    status = fit_and_test(&model, &data, &options, &history);
+    Result result;
+    status = fit_and_test(&model, &data, &options, &history, &result);
+    if (status == 0 && !options.overfit) print_result(&result);
 
     history_free(history);
     ann_free(&ann);

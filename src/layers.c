@@ -34,22 +34,21 @@ void matmul_forward(float *out,           // (B, OC)
     }
 }
 
-// dinp += dout @ weight^T and dweight += inp^T @ dout.
+// dinp += dout @ weight^T and dweight += inp^T @ dout (either may be NULL).
 void matmul_backward(float *dinp,          // (B, C) or NULL
-                     float *dweight,       // (C, OC)
+                     float *dweight,       // (C, OC) or NULL
                      const float *dout,    // (B, OC)
                      const float *inp,     // (B, C)
                      const float *weight,  // (C, OC)
                      int B, int C, int OC) {
     for (int b = 0; b < B; b++) {
         const float *g = dout + (size_t)b * OC;
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < C && dweight; c++) {
             float x = inp[(size_t)b * C + c];
             float *dw = dweight + (size_t)c * OC;
             for (int oc = 0; oc < OC; oc++) dw[oc] += x * g[oc];
         }
-        if (!dinp) continue;
-        for (int c = 0; c < C; c++) {
+        for (int c = 0; c < C && dinp; c++) {
             const float *w = weight + (size_t)c * OC;
             float sum = 0.0f;
             for (int oc = 0; oc < OC; oc++) sum += g[oc] * w[oc];

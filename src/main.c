@@ -69,10 +69,47 @@ int main(int argc, char **argv) {
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);
     History *history = NULL;
-    status = fit_and_test(&model, &data, &options, &history);
+    Result result;
+    status = fit_and_test(&model, &data, &options, &history, &result);
+    if (status == 0 && !options.overfit) print_result(&result);
 
     history_free(history);
     ann_free(&ann);
+    free_fashion_mnist(&data);
+    return status;
+}
+//@ end
+//@ from 3 to 3
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return status;
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data.train.count, data.validation.count, data.test.count);
+
+    printf("\ngradients of the ANN on 8 training images, three ways:\n");
+    if (!check_ann_gradients(&data.train, 8, (uint64_t)options.seed, 50, 1e-3)) {
+        fprintf(stderr, "%s: the gradient check failed: the engine, chapter 2 and the finite "
+                "differences disagree (see the table above)\n", argv[0]);
+        free_fashion_mnist(&data);
+        return EXIT_BAD_GRADIENT;
+    }
+
+    GraphClassifier ann = ann_graph(options.batch, (uint64_t)options.seed);
+    printf("\nthe ANN as a graph, in the order it runs:\n");
+    graph_print(ann.graph);
+    Model model = graph_model(&ann, "ann");
+    History *history = NULL;
+    Result result;
+    status = fit_and_test(&model, &data, &options, &history, &result);
+    if (status == 0 && !options.overfit) {
+        if (!options.no_compare) compare_with_hand_written(&data, &options, history);
+        print_result(&result);
+    }
+
+    history_free(history);
+    graph_free(ann.graph);
     free_fashion_mnist(&data);
     return status;
 }

@@ -15,6 +15,9 @@ typedef struct {
     double learning_rate;  // 0 until parsed: then the optimiser's default
     const char *optimizer;
 //@ end
+//@ from 3
+    int no_compare;
+//@ end
 } Options;
 
 Options default_options(void) {
@@ -59,6 +62,10 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
                               OPTION_INT, &o->overfit, 1, 54000, NULL};
 //@ end
+//@ from 3
+    specs[n++] = (OptionSpec){"--no-compare", NULL, "skip the second training run with chapter 2's hand-written ANN",
+                              OPTION_FLAG, &o->no_compare, 0, 0, NULL};
+//@ end
     specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
     return n;
 }
@@ -81,6 +88,9 @@ void print_usage(FILE *out, const char *program) {
             EXIT_NO_MEMORY);
 //@ from 2
     fprintf(out, ", %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+//@ end
+//@ from 3
+    fprintf(out, ", %d gradient check failed", EXIT_BAD_GRADIENT);
 //@ end
     fprintf(out, "\n");
 }

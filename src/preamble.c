@@ -78,6 +78,9 @@ enum {
 //@ from 2
     EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
 //@ end
+//@ from 3
+    EXIT_BAD_GRADIENT = 13,   // the gradient check failed
+//@ end
 };
 
 // An error on its way up to main(): the exit code and a message that names

@@ -1,0 +1,2010 @@
+/* chapter3.c - reverse-mode automatic differentiation, written by hand.
+
+   What it adds: a small autodiff engine (nodes with a value, a gradient
+   and the op that made them; a table of ops, each a forward and a backward
+   function; a topological order; a backward pass that accumulates), a
+   gradient checker in double precision, and the ANN of chapter 2 rebuilt
+   on the engine and trained exactly as before.
+   What it is not: a tensor library. The graph is built once and replayed
+   for every batch; there is no broadcasting, no views, no dynamic shapes
+   beyond the batch size.
+
+   Build and run:   make chapter3 && ./chapter3        (./chapter3 --help)
+              or:   cc -std=c11 -O3 chapters/chapter3.c -o chapter3 -lm
+   Read with:       book.md, "Chapter 3: Automatic differentiation".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ----------------------------------------------------------------------------
+   Exit codes: one per kind of failure, so a script (or a test) can tell them
+   apart. `./chapterN --help` lists them. */
+
+enum {
+    EXIT_USAGE = 2,           // a bad command-line option
+    EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
+    EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
+    EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
+    EXIT_BAD_SHAPE = 6,       // wrong rank or image size
+    EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
+    EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
+    EXIT_BAD_LABEL = 9,       // a label outside 0-9
+    EXIT_WRITE = 10,          // an output file could not be written
+    EXIT_NO_MEMORY = 11,      // malloc failed
+    EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
+    EXIT_BAD_GRADIENT = 13,   // the gradient check failed
+};
+
+// An error on its way up to main(): the exit code and a message that names
+// the file, what was found and the fix. Functions that can fail on bad input
+// fill one in and return its code, so nothing exits from deep inside.
+typedef struct {
+    int code;
+    char message[640];
+} Error;
+
+int fail(Error *err, int code, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(err->message, sizeof err->message, format, args);
+    va_end(args);
+    err->code = code;
+    return code;
+}
+
+// Out of memory is not something a user can fix by editing input, so it
+// stops the program at once, naming the line that asked (as llm.c does).
+void *malloc_check(size_t size, const char *file, int line) {
+    void *memory = malloc(size ? size : 1);
+    if (!memory) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, size);
+        exit(EXIT_NO_MEMORY);
+    }
+    return memory;
+}
+#define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+
+// Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
+double now_seconds(void) {
+    struct timespec t;
+    timespec_get(&t, TIME_UTC);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// Writes `size` bytes to `path` through a temporary file and a rename, so a
+// reader never sees half a file and a failed write leaves the old one intact.
+int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
+    char temp[1024];
+    snprintf(temp, sizeof temp, "%s.tmp", path);
+    FILE *f = fopen(temp, "wb");
+    if (!f)
+        return fail(err, EXIT_WRITE, "%s: cannot create the file; does its directory exist "
+                    "and is it writable?", temp);
+    int ok = fwrite(bytes, 1, size, f) == size;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(temp, path) != 0) {
+        remove(temp);
+        return fail(err, EXIT_WRITE, "%s: writing failed (disk full?)", path);
+    }
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   Random numbers: PCG32 (O'Neill, pcg-random.org), with streams.
+
+   What this is: our own generator, so the same seed gives the same numbers on
+   every machine and C library (rand() promises neither), and separate
+   streams, so that drawing one more number for, say, shuffling never shifts
+   the numbers that initialise the weights or drop units out.
+   What it is not: cryptographic.
+
+   PCG32 is a 64-bit linear congruential generator whose output is scrambled
+   by a xorshift and a data-dependent rotation. The increment of the LCG
+   must be odd; each odd increment gives an independent sequence, a stream. */
+
+typedef struct {
+    uint64_t state;
+    uint64_t increment;  // odd: (stream << 1) | 1
+} Rng;
+
+// One stream per use, so the uses never disturb each other.
+enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * 6364136223846793005ULL + r->increment;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rotation = (uint32_t)(old >> 59u);
+    return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+// The seeding of the reference implementation (pcg32_srandom_r).
+Rng rng_new(uint64_t seed, uint64_t stream) {
+    Rng r = {0, (stream << 1u) | 1u};
+    rng_next(&r);
+    r.state += seed;
+    rng_next(&r);
+    return r;
+}
+
+// Uniform in [0, 1): the top 24 bits, exactly representable in a float.
+float rng_uniform(Rng *r) {
+    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
+}
+
+// Uniform integer in [0, bound), without the bias of rng_next() % bound:
+// values below 2^32 mod bound are rejected, leaving a multiple of bound.
+uint32_t rng_below(Rng *r, uint32_t bound) {
+    uint32_t threshold = (0u - bound) % bound;
+    for (;;) {
+        uint32_t x = rng_next(r);
+        if (x >= threshold) return x % bound;
+    }
+}
+
+// Fisher-Yates: every permutation equally likely.
+void shuffle(int *items, int n, Rng *r) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(r, (uint32_t)i + 1);
+        int t = items[i];
+        items[i] = items[j];
+        items[j] = t;
+    }
+}
+/* ----------------------------------------------------------------------------
+   The IDX format (book.md, "Chapter 1").
+
+   What this is: a reader for the four Fashion-MNIST files, which checks every
+   promise the header makes before trusting a byte of the body, and turns the
+   bytes into the arrays the networks eat.
+   What it is not: a general IDX reader. It accepts unsigned-byte images of
+   28x28 and unsigned-byte labels, the only kinds this book needs.
+
+   An IDX file is a big-endian header followed by raw bytes:
+       bytes 0-1   zero
+       byte  2     element type (0x08 = unsigned byte)
+       byte  3     rank: 3 for images (count, rows, cols), 1 for labels
+       then one 4-byte big-endian size per dimension, then the data.
+   So the magic number, read as one big-endian int, is 0x00000803 = 2051 for
+   images and 0x00000801 = 2049 for labels. */
+
+enum { IMAGE_ROWS = 28, IMAGE_COLS = 28, IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS, NUM_CLASSES = 10 };
+enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049 };
+
+static const char *const CLASS_NAMES[NUM_CLASSES] = {
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+};
+
+// The byte order of the file, not of this machine: most significant first.
+uint32_t read_big_endian_u32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+           (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
+}
+
+// Reads a whole file into memory. On success *bytes is the caller's to free.
+int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
+                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
+    size_t capacity = 1 << 20, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    for (;;) {
+        used += fread(buffer + used, 1, capacity - used, f);
+        if (used < capacity) break;
+        unsigned char *larger = realloc(buffer, capacity *= 2);
+        if (!larger) {
+            free(buffer);
+            fclose(f);
+            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+        }
+        buffer = larger;
+    }
+    int read_error = ferror(f);
+    fclose(f);
+    if (read_error) {
+        free(buffer);
+        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+    }
+    *bytes = buffer;
+    *size = used;
+    return 0;
+}
+
+// Checks an IDX header against what we expect: the magic number, the rank,
+// and (for images) 28x28. On success *count is the first dimension and
+// *body the offset of the data. Every check names the file and the fix.
+int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
+                     uint32_t magic, uint32_t *count, size_t *body, Error *err) {
+    const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
+    if (size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
+        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it "
+                    "with `gunzip -k %s.gz` (or run `make data`, which does).", path, path);
+    if (size < 4)
+        return fail(err, EXIT_BAD_LENGTH, "%s: only %zu bytes, too short for an IDX header; "
+                    "the download was cut short. Delete it and run `make data`.", path, size);
+    uint32_t found = read_big_endian_u32(bytes);
+    if (found != magic)
+        return fail(err, EXIT_BAD_MAGIC, "%s: magic number %u (0x%08x), expected %u for IDX %s. "
+                    "This is not the right file; check the name or run `make data`.",
+                    path, found, found, magic, kind);
+    size_t rank = bytes[3], header = 4 + 4 * rank;
+    if (size < header)
+        return fail(err, EXIT_BAD_LENGTH, "%s: the header is cut short (%zu of %zu bytes). "
+                    "Delete the file and run `make data`.", path, size, header);
+    *count = read_big_endian_u32(bytes + 4);
+    if (magic == IDX_IMAGES_MAGIC) {
+        uint32_t rows = read_big_endian_u32(bytes + 8), cols = read_big_endian_u32(bytes + 12);
+        if (rows != IMAGE_ROWS || cols != IMAGE_COLS)
+            return fail(err, EXIT_BAD_SHAPE, "%s: images of %ux%u, expected %dx%d. This is not "
+                        "Fashion-MNIST; run `make data`.", path, rows, cols, IMAGE_ROWS, IMAGE_COLS);
+    }
+    *body = header;
+    size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    size_t expected = header + (size_t)*count * items;
+    if (size != expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
+                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
+                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    return 0;
+}
+
+/* The magic number's third byte is the element type and its fourth the rank,
+   so checking the whole magic (2051 or 2049) checks both at once; the rank
+   also fixes where the header ends. */
+
+// A labelled set of images. A split of a dataset is a Dataset too: the same
+// arrays, offset, so splitting copies nothing.
+typedef struct {
+    int count;
+    float *images;          // (count, 784) pixels in [0,1], row-major 28x28
+    unsigned char *labels;  // (count) class index 0-9
+    float *targets;         // (count, 10) one-hot: targets[i][labels[i]] = 1
+} Dataset;
+
+// The images and labels of one split (e.g. "train" or "t10k"), checked
+// against each other and turned into floats and one-hot targets.
+int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
+    char image_path[1024], label_path[1024];
+    snprintf(image_path, sizeof image_path, "%s/%s-images-idx3-ubyte", dir, split);
+    snprintf(label_path, sizeof label_path, "%s/%s-labels-idx1-ubyte", dir, split);
+    unsigned char *image_bytes = NULL, *label_bytes = NULL;
+    size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
+    uint32_t image_count = 0, label_count = 0;
+    err->code = 0;
+    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+        check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
+                         &image_count, &image_body, err) ||
+        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
+                         &label_count, &label_body, err)) {
+        free(image_bytes);
+        free(label_bytes);
+        return err->code;
+    }
+    if (image_count != label_count) {
+        fail(err, EXIT_COUNT_MISMATCH, "%s has %u images but %s has %u labels. The two files "
+             "come from different sets; run `make data`.", image_path, image_count,
+             label_path, label_count);
+    } else {
+        for (uint32_t i = 0; i < label_count; i++) {
+            unsigned label = label_bytes[label_body + i];
+            if (label >= NUM_CLASSES) {
+                fail(err, EXIT_BAD_LABEL, "%s: label %u of item %u is outside 0-9. The file is "
+                     "corrupt; delete it and run `make data`.", label_path, label, i);
+                break;
+            }
+        }
+    }
+    if (err->code == 0) {
+        int n = (int)image_count;
+        out->count = n;
+        out->images = xmalloc((size_t)n * IMAGE_SIZE * sizeof(float));
+        out->labels = xmalloc((size_t)n);
+        out->targets = xmalloc((size_t)n * NUM_CLASSES * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * IMAGE_SIZE; i++)
+            out->images[i] = image_bytes[image_body + i] / 255.0f;
+        memcpy(out->labels, label_bytes + label_body, (size_t)n);
+        memset(out->targets, 0, (size_t)n * NUM_CLASSES * sizeof(float));
+        for (int i = 0; i < n; i++) out->targets[i * NUM_CLASSES + out->labels[i]] = 1.0f;
+    }
+    free(image_bytes);
+    free(label_bytes);
+    return err->code;
+}
+
+void free_dataset(Dataset *d) {
+    free(d->images);
+    free(d->labels);
+    free(d->targets);
+    *d = (Dataset){0};
+}
+
+// Items [first, first + count) of a dataset, sharing its memory.
+Dataset dataset_slice(const Dataset *d, int first, int count) {
+    return (Dataset){
+        .count = count,
+        .images = d->images + (size_t)first * IMAGE_SIZE,
+        .labels = d->labels + first,
+        .targets = d->targets + (size_t)first * NUM_CLASSES,
+    };
+}
+
+/* The protocol's split: validation is the last 6,000 training images (the
+   Keras validation_split=0.1 convention), training the first 54,000. The
+   test set stays untouched until the very end. */
+enum { VALIDATION_COUNT = 6000 };
+
+typedef struct {
+    Dataset all_training;  // owns the memory of train and validation
+    Dataset train, validation, test;
+} FashionMnist;
+
+int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
+    *data = (FashionMnist){0};
+    if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
+    if (load_dataset(dir, "t10k", &data->test, err)) {
+        free_dataset(&data->all_training);
+        return err->code;
+    }
+    int n = data->all_training.count;
+    int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    data->train = dataset_slice(&data->all_training, 0, n - validation);
+    data->validation = dataset_slice(&data->all_training, n - validation, validation);
+    return 0;
+}
+
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+/* ----------------------------------------------------------------------------
+   Pictures: images in the terminal and in PGM/PPM files.
+
+   What this is: the smallest way to look at data without a library. PGM
+   (grey) and PPM (colour) are a text header and raw bytes, which every image
+   viewer and `convert` read; a 5x7 pixel font puts labels on them.
+   What it is not: a plotting library. Curves are left to gnuplot (chapter 7).
+
+   A binary PGM is "P5\n<width> <height>\n255\n" followed by width*height
+   bytes, row by row; a PPM is the same with "P6" and three bytes (R,G,B)
+   per pixel. */
+
+typedef struct {
+    int width, height, channels;  // channels: 1 grey (PGM), 3 colour (PPM)
+    unsigned char *pixels;        // (height, width, channels)
+} Picture;
+
+Picture picture_new(int width, int height, int channels, unsigned char background) {
+    Picture p = {width, height, channels, NULL};
+    size_t size = (size_t)width * height * channels;
+    p.pixels = xmalloc(size);
+    memset(p.pixels, background, size);
+    return p;
+}
+
+void picture_free(Picture *p) {
+    free(p->pixels);
+    p->pixels = NULL;
+}
+
+// Sets a square of scale x scale pixels to one colour (grey: colour[0]).
+void picture_put(Picture *p, int x, int y, int scale, const unsigned char *colour) {
+    for (int dy = 0; dy < scale; dy++)
+        for (int dx = 0; dx < scale; dx++) {
+            int px = x + dx, py = y + dy;
+            if (px < 0 || py < 0 || px >= p->width || py >= p->height) continue;
+            memcpy(p->pixels + ((size_t)py * p->width + px) * p->channels, colour, p->channels);
+        }
+}
+
+// Draws a 28x28 image with pixels in [0,1], each pixel as scale x scale.
+void picture_draw_image(Picture *p, int x, int y, int scale, const float *image) {  // (28,28)
+    for (int r = 0; r < IMAGE_ROWS; r++)
+        for (int c = 0; c < IMAGE_COLS; c++) {
+            unsigned char v = (unsigned char)lroundf(255.0f * image[r * IMAGE_COLS + c]);
+            unsigned char colour[3] = {v, v, v};
+            picture_put(p, x + c * scale, y + r * scale, scale, colour);
+        }
+}
+
+/* A 5x7 font: seven rows per character, the five low bits of each row are
+   its pixels, most significant on the left. Lower case is drawn as upper. */
+enum { GLYPH_WIDTH = 5, GLYPH_HEIGHT = 7, GLYPH_ADVANCE = 6 };
+static const unsigned char FONT[128][GLYPH_HEIGHT] = {
+    ['A'] = {0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11}, ['B'] = {0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E},
+    ['C'] = {0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E}, ['D'] = {0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C},
+    ['E'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F}, ['F'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10},
+    ['G'] = {0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F}, ['H'] = {0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11},
+    ['I'] = {0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}, ['J'] = {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C},
+    ['K'] = {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, ['L'] = {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F},
+    ['M'] = {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11}, ['N'] = {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11},
+    ['O'] = {0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['P'] = {0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10},
+    ['Q'] = {0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D}, ['R'] = {0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11},
+    ['S'] = {0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E}, ['T'] = {0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04},
+    ['U'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['V'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04},
+    ['W'] = {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A}, ['X'] = {0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11},
+    ['Y'] = {0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04}, ['Z'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F},
+    ['0'] = {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, ['1'] = {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},
+    ['2'] = {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}, ['3'] = {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E},
+    ['4'] = {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, ['5'] = {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},
+    ['6'] = {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, ['7'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},
+    ['8'] = {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, ['9'] = {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C},
+    ['-'] = {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}, ['/'] = {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00},
+    ['.'] = {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}, [':'] = {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00},
+    ['%'] = {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, ['='] = {0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00},
+};
+
+// Draws text with its top-left corner at (x, y); each font pixel is
+// scale x scale. Returns the x just after the last character.
+int picture_draw_text(Picture *p, int x, int y, int scale, const char *text,
+                      const unsigned char *colour) {
+    for (; *text; text++, x += GLYPH_ADVANCE * scale) {
+        unsigned char ch = (unsigned char)*text;
+        if (ch >= 'a' && ch <= 'z') ch = (unsigned char)(ch - 'a' + 'A');
+        if (ch >= 128) continue;
+        for (int row = 0; row < GLYPH_HEIGHT; row++)
+            for (int col = 0; col < GLYPH_WIDTH; col++)
+                if (FONT[ch][row] >> (GLYPH_WIDTH - 1 - col) & 1)
+                    picture_put(p, x + col * scale, y + row * scale, scale, colour);
+    }
+    return x;
+}
+
+int picture_write(const Picture *p, const char *path, Error *err) {
+    char header[64];
+    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n",
+                               p->channels == 1 ? 5 : 6, p->width, p->height);
+    size_t body = (size_t)p->width * p->height * p->channels;
+    unsigned char *file = xmalloc(header_size + body);
+    memcpy(file, header, header_size);
+    memcpy(file + header_size, p->pixels, body);
+    int status = write_file_atomically(path, file, header_size + body, err);
+    free(file);
+    return status;
+}
+
+/* In the terminal: one character per pixel pair. Two image rows are averaged
+   into one text row, because a character cell is about twice as tall as it is
+   wide; the ramp runs from dark (space) to bright (@). */
+void print_images_as_text(const Dataset *d, const int *items, int n) {
+    static const char RAMP[] = " .:-=+*#%@";
+    const int levels = (int)sizeof RAMP - 1;
+    for (int i = 0; i < n; i++)
+        printf("%-*.*s", IMAGE_COLS + 2, IMAGE_COLS, CLASS_NAMES[d->labels[items[i]]]);
+    printf("\n");
+    for (int r = 0; r < IMAGE_ROWS; r += 2) {
+        for (int i = 0; i < n; i++) {
+            const float *image = d->images + (size_t)items[i] * IMAGE_SIZE;  // (28,28)
+            for (int c = 0; c < IMAGE_COLS; c++) {
+                float v = 0.5f * (image[r * IMAGE_COLS + c] + image[(r + 1) * IMAGE_COLS + c]);
+                int level = (int)(v * levels);
+                putchar(RAMP[level < levels ? level : levels - 1]);
+            }
+            printf("  ");
+        }
+        printf("\n");
+    }
+}
+/* ----------------------------------------------------------------------------
+   A first look at the data: shapes, class counts, pixel statistics, a few
+   images in the terminal and a labelled sample grid on disk.
+
+   What this is: the checks to make before training anything, because a model
+   trained on the wrong data fails quietly.
+   What it is not: a data pipeline; nothing here changes the data. */
+
+void print_split_shape(const char *name, const Dataset *d) {
+    printf("  %-10s images (%d, %d) float in [0,1]   labels (%d,) 0-9   targets (%d, %d) one-hot\n",
+           name, d->count, IMAGE_SIZE, d->count, d->count, NUM_CLASSES);
+}
+
+void count_classes(const Dataset *d, int *counts) {  // counts: (10)
+    memset(counts, 0, NUM_CLASSES * sizeof(int));
+    for (int i = 0; i < d->count; i++) counts[d->labels[i]]++;
+}
+
+void print_class_counts(const FashionMnist *data) {
+    const Dataset *splits[] = {&data->train, &data->validation, &data->test};
+    const char *names[] = {"train", "validation", "test"};
+    printf("\nimages per class:\n  %-13s %8s %11s %8s\n", "class", names[0], names[1], names[2]);
+    int counts[3][NUM_CLASSES];
+    for (int s = 0; s < 3; s++) count_classes(splits[s], counts[s]);
+    for (int k = 0; k < NUM_CLASSES; k++)
+        printf("  %d %-11s %8d %11d %8d\n", k, CLASS_NAMES[k], counts[0][k], counts[1][k], counts[2][k]);
+}
+
+// Mean and standard deviation of all pixels, summed in double: a float sum of
+// 42 million values would lose the low digits long before the end.
+void pixel_statistics(const Dataset *d, double *mean, double *std) {
+    double sum = 0, sum_squares = 0;
+    size_t n = (size_t)d->count * IMAGE_SIZE;
+    for (size_t i = 0; i < n; i++) {
+        sum += d->images[i];
+        sum_squares += (double)d->images[i] * d->images[i];
+    }
+    *mean = n ? sum / n : 0;
+    *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
+}
+
+// The first `per_class` training images of every class, one row per class,
+// each row headed by the class name.
+int write_sample_grid(const Dataset *d, int per_class, const char *path, Error *err) {
+    const int scale = 2, cell = (IMAGE_COLS + 2) * scale, label_width = 12 * GLYPH_ADVANCE * scale;
+    Picture p = picture_new(label_width + per_class * cell, NUM_CLASSES * cell, 1, 0);
+    const unsigned char white[1] = {255};
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        int y = k * cell;
+        picture_draw_text(&p, scale, y + (cell - GLYPH_HEIGHT * scale) / 2, scale, CLASS_NAMES[k], white);
+        for (int i = 0, shown = 0; i < d->count && shown < per_class; i++)
+            if (d->labels[i] == k)
+                picture_draw_image(&p, label_width + shown++ * cell + scale, y + scale, scale,
+                                   d->images + (size_t)i * IMAGE_SIZE);
+    }
+    int status = picture_write(&p, path, err);
+    picture_free(&p);
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   Command-line options.
+
+   What this is: one table of options, from which both the parser and the
+   --help text are made, so the two cannot disagree. A later chapter adds an
+   option by adding a row.
+   What it is not: getopt. Options are long (--name value), and every number
+   is checked against its range. */
+
+typedef struct {
+    const char *data_dir;
+    int help;
+    int epochs, batch, seed, limit, overfit;
+    double learning_rate;  // 0 until parsed: then the optimiser's default
+    const char *optimizer;
+    int no_compare;
+} Options;
+
+Options default_options(void) {
+    return (Options){
+        .data_dir = "data",
+        .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
+    };
+}
+
+typedef enum { OPTION_FLAG, OPTION_INT, OPTION_REAL, OPTION_TEXT } OptionKind;
+
+typedef struct {
+    const char *name, *value_name, *help;
+    OptionKind kind;
+    void *target;       // where the parsed value goes: int*, double* or const char**
+    double min, max;    // the accepted range of a number
+    const char *choices;  // for text: the accepted words, "a|b", or NULL for any
+} OptionSpec;
+
+enum { MAX_OPTIONS = 32 };
+
+// The table. Its targets point into *o, so it is made for each parse.
+int option_table(Options *o, OptionSpec *specs) {
+    int n = 0;
+    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
+                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
+    specs[n++] = (OptionSpec){"--epochs", "N", "training epochs (default: 10)",
+                              OPTION_INT, &o->epochs, 1, 1000, NULL};
+    specs[n++] = (OptionSpec){"--batch", "N", "images per mini-batch (default: 64)",
+                              OPTION_INT, &o->batch, 1, 4096, NULL};
+    specs[n++] = (OptionSpec){"--lr", "RATE", "learning rate (default: 0.001 for adam, 0.01 for sgd)",
+                              OPTION_REAL, &o->learning_rate, 1e-9, 10, NULL};
+    specs[n++] = (OptionSpec){"--optimizer", "NAME", "adam or sgd (default: adam)",
+                              OPTION_TEXT, &o->optimizer, 0, 0, "adam|sgd"};
+    specs[n++] = (OptionSpec){"--seed", "N", "seed of every random stream (default: 1)",
+                              OPTION_INT, &o->seed, 0, 2147483647, NULL};
+    specs[n++] = (OptionSpec){"--limit", "N", "train on the first N training images only",
+                              OPTION_INT, &o->limit, 1, 54000, NULL};
+    specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
+                              OPTION_INT, &o->overfit, 1, 54000, NULL};
+    specs[n++] = (OptionSpec){"--no-compare", NULL, "skip the second training run with chapter 2's hand-written ANN",
+                              OPTION_FLAG, &o->no_compare, 0, 0, NULL};
+    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    return n;
+}
+
+void print_usage(FILE *out, const char *program) {
+    Options scratch;
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(&scratch, specs);
+    fprintf(out, "usage: %s [options]\n\noptions:\n", program);
+    for (int i = 0; i < n; i++) {
+        char left[40];
+        snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
+        fprintf(out, "  %-20s %s\n", left, specs[i].help);
+    }
+    fprintf(out, "\nexit codes: 0 success, %d bad option, %d data file missing, %d data file still "
+            "gzipped,\n  %d wrong magic number, %d wrong image size, %d wrong file length, "
+            "%d image/label counts differ,\n  %d label out of range, %d cannot write output, "
+            "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
+            EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
+            EXIT_NO_MEMORY);
+    fprintf(out, ", %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+    fprintf(out, ", %d gradient check failed", EXIT_BAD_GRADIENT);
+    fprintf(out, "\n");
+}
+
+// Is `word` one of the '|'-separated words in `choices`?
+int is_choice(const char *word, const char *choices) {
+    size_t length = strlen(word);
+    for (const char *c = choices; *c; c += strcspn(c, "|"), c += *c == '|')
+        if (strcspn(c, "|") == length && strncmp(c, word, length) == 0) return 1;
+    return 0;
+}
+
+int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
+    char *end = NULL;
+    if (spec->kind == OPTION_TEXT) {
+        if (spec->choices && !is_choice(text, spec->choices))
+            return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
+        *(const char **)spec->target = text;
+        return 0;
+    }
+    double value = strtod(text, &end);
+    if (end == text || *end != '\0' || !(value >= spec->min && value <= spec->max))
+        return fail(err, EXIT_USAGE, "%s takes a number from %g to %g, not '%s'",
+                    spec->name, spec->min, spec->max, text);
+    if (spec->kind == OPTION_REAL) {
+        *(double *)spec->target = value;
+        return 0;
+    }
+    if (value != floor(value))
+        return fail(err, EXIT_USAGE, "%s takes a whole number, not '%s'", spec->name, text);
+    *(int *)spec->target = (int)value;
+    return 0;
+}
+
+int parse_options(int argc, char **argv, Options *o, Error *err) {
+    *o = default_options();
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(o, specs);
+    for (int a = 1; a < argc; a++) {
+        const OptionSpec *spec = NULL;
+        for (int i = 0; i < n && !spec; i++)
+            if (strcmp(argv[a], specs[i].name) == 0) spec = &specs[i];
+        if (!spec) return fail(err, EXIT_USAGE, "unknown option '%s'", argv[a]);
+        if (spec->kind == OPTION_FLAG) {
+            *(int *)spec->target = 1;
+            continue;
+        }
+        if (a + 1 >= argc) return fail(err, EXIT_USAGE, "%s needs a value (%s)", spec->name, spec->value_name);
+        if (parse_option_value(spec, argv[++a], err)) return err->code;
+    }
+    if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   Layers: each a forward and a backward function, side by side
+   (book.md, "Chapter 2" derives every backward pass).
+
+   One convention for all of them, the one llm.c uses:
+       name_forward(outputs..., inputs..., sizes)
+       name_backward(input gradients..., output gradient, saved inputs..., sizes)
+   Backward functions ADD into the gradients they produce (+=), never
+   overwrite; the caller zeroes gradients once per step. Adding is what the
+   chain rule asks when a value feeds two places, and chapter 3 relies on it.
+   A NULL input gradient means "not needed" (nothing learns from the pixels).
+
+   Arrays are flat and row-major; every pointer has its shape beside it.
+   B is the batch size, C the input width, OC the output width.
+   What this is not: fast. These loops are plain C; chapter 4 brings SIMD. */
+
+// out = inp @ weight. The loop order b, c, oc walks both weight and out
+// along their rows, one contiguous stretch at a time, which the cache and
+// the compiler's vectoriser like; the textbook order b, oc, c would stride
+// down a column of weight, one cache line per multiply.
+void matmul_forward(float *out,           // (B, OC)
+                    const float *inp,     // (B, C)
+                    const float *weight,  // (C, OC)
+                    int B, int C, int OC) {
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * OC;
+        for (int oc = 0; oc < OC; oc++) o[oc] = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float x = inp[(size_t)b * C + c];
+            const float *w = weight + (size_t)c * OC;
+            for (int oc = 0; oc < OC; oc++) o[oc] += x * w[oc];
+        }
+    }
+}
+
+// dinp += dout @ weight^T and dweight += inp^T @ dout (either may be NULL).
+void matmul_backward(float *dinp,          // (B, C) or NULL
+                     float *dweight,       // (C, OC) or NULL
+                     const float *dout,    // (B, OC)
+                     const float *inp,     // (B, C)
+                     const float *weight,  // (C, OC)
+                     int B, int C, int OC) {
+    for (int b = 0; b < B; b++) {
+        const float *g = dout + (size_t)b * OC;
+        for (int c = 0; c < C && dweight; c++) {
+            float x = inp[(size_t)b * C + c];
+            float *dw = dweight + (size_t)c * OC;
+            for (int oc = 0; oc < OC; oc++) dw[oc] += x * g[oc];
+        }
+        for (int c = 0; c < C && dinp; c++) {
+            const float *w = weight + (size_t)c * OC;
+            float sum = 0.0f;
+            for (int oc = 0; oc < OC; oc++) sum += g[oc] * w[oc];
+            dinp[(size_t)b * C + c] += sum;
+        }
+    }
+}
+
+// out += bias, on every row.
+void bias_forward(float *out,         // (B, OC)
+                  const float *bias,  // (OC)
+                  int B, int OC) {
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++) out[(size_t)b * OC + oc] += bias[oc];
+}
+
+// dbias += the column sums of dout (the bias was added to every row).
+void bias_backward(float *dbias,       // (OC)
+                   const float *dout,  // (B, OC)
+                   int B, int OC) {
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++) dbias[oc] += dout[(size_t)b * OC + oc];
+}
+
+// A dense (fully connected) layer: out = inp @ weight + bias.
+void dense_forward(float *out, const float *inp, const float *weight, const float *bias,
+                   int B, int C, int OC) {  // out (B,OC), inp (B,C), weight (C,OC), bias (OC)
+    matmul_forward(out, inp, weight, B, C, OC);
+    bias_forward(out, bias, B, OC);
+}
+
+void dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const float *inp, const float *weight, int B, int C, int OC) {
+    bias_backward(dbias, dout, B, OC);
+    matmul_backward(dinp, dweight, dout, inp, weight, B, C, OC);
+}
+
+// out = max(0, inp), elementwise over N values.
+void relu_forward(float *out, const float *inp, size_t N) {
+    for (size_t i = 0; i < N; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+// The slope is 1 where the input was positive and 0 elsewhere (at exactly 0
+// we take 0, as every framework does).
+void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
+    for (size_t i = 0; i < N; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+// Softmax followed by cross-entropy against the targets, averaged over the
+// batch. Computed from the logits with the log-sum-exp trick: subtracting
+// the row's maximum before exp() changes nothing mathematically and keeps
+// exp() from overflowing. Returns the mean loss; keeps the probabilities.
+float softmax_cross_entropy_forward(float *probs,          // (B, K)
+                                    const float *logits,   // (B, K)
+                                    const float *targets,  // (B, K) each row sums to 1
+                                    int B, int K) {
+    double total = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + (size_t)b * K, *t = targets + (size_t)b * K;
+        float *p = probs + (size_t)b * K;
+        float max = z[0];
+        for (int k = 1; k < K; k++) max = z[k] > max ? z[k] : max;
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) sum += p[k] = expf(z[k] - max);
+        float log_sum = logf(sum), loss = 0.0f;
+        for (int k = 0; k < K; k++) {
+            p[k] /= sum;
+            loss -= t[k] * (z[k] - max - log_sum);  // -t * log(softmax(z))
+        }
+        total += loss;
+    }
+    return (float)(total / B);
+}
+
+// d(mean loss)/d(logits) = (probs - targets) / B: the famous "p - y".
+void softmax_cross_entropy_backward(float *dlogits,        // (B, K)
+                                    float dloss,           // gradient of the mean loss, 1 at the top
+                                    const float *probs,    // (B, K)
+                                    const float *targets,  // (B, K)
+                                    int B, int K) {
+    float scale = dloss / (float)B;
+    for (size_t i = 0; i < (size_t)B * K; i++) dlogits[i] += scale * (probs[i] - targets[i]);
+}
+
+// Glorot (Xavier) uniform: U(-limit, limit) with limit = sqrt(6 / (fan_in +
+// fan_out)), which keeps the variance of activations and of gradients about
+// the same from layer to layer at the start of training.
+void glorot_uniform(float *weight, size_t n, int fan_in, int fan_out, Rng *rng) {
+    float limit = sqrtf(6.0f / (float)(fan_in + fan_out));
+    for (size_t i = 0; i < n; i++) weight[i] = (2.0f * rng_uniform(rng) - 1.0f) * limit;
+}
+/* ----------------------------------------------------------------------------
+   Optimisers: SGD and Adam, over one flat array of parameters.
+
+   What this is: the update rule, applied to every parameter of a model at
+   once. Because each model keeps all its parameters in one allocation (and
+   its gradients in another, in the same order), an optimiser needs to know
+   nothing about layers.
+   What it is not: a scheduler; the learning rate is constant. */
+
+typedef enum { OPTIMIZER_SGD, OPTIMIZER_ADAM } OptimizerKind;
+
+typedef struct {
+    OptimizerKind kind;
+    float learning_rate;
+    float beta1, beta2, epsilon;  // Adam's, from the protocol
+    long step;                    // updates so far (Adam's bias correction needs it)
+    float *m, *v;                 // (count) Adam's moment estimates, one allocation; NULL for SGD
+} Optimizer;
+
+Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
+    Optimizer o = {kind, learning_rate, 0.9f, 0.999f, 1e-7f, 0, NULL, NULL};
+    if (kind == OPTIMIZER_ADAM) {
+        o.m = xmalloc(2 * count * sizeof(float));
+        o.v = o.m + count;
+        memset(o.m, 0, 2 * count * sizeof(float));
+    }
+    return o;
+}
+
+void optimizer_free(Optimizer *o) {
+    free(o->m);
+    o->m = o->v = NULL;
+}
+
+// Plain gradient descent: a step downhill, proportional to the slope.
+void sgd_update(float *params, const float *grads, size_t count, float learning_rate) {
+    for (size_t i = 0; i < count; i++) params[i] -= learning_rate * grads[i];
+}
+
+/* Adam (Kingma and Ba, 2015, Algorithm 1): running averages of the gradient
+   (m) and of its square (v), corrected for starting at zero, give every
+   parameter a step of about learning_rate in the direction the recent
+   gradients agree on, whatever the gradient's scale. */
+void adam_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    o->step++;
+    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
+    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
+    for (size_t i = 0; i < count; i++) {
+        float g = grads[i];
+        o->m[i] = o->beta1 * o->m[i] + (1.0f - o->beta1) * g;
+        o->v[i] = o->beta2 * o->v[i] + (1.0f - o->beta2) * g * g;
+        float m_hat = o->m[i] / correction1, v_hat = o->v[i] / correction2;
+        params[i] -= o->learning_rate * m_hat / (sqrtf(v_hat) + o->epsilon);
+    }
+}
+
+void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
+    else sgd_update(params, grads, count, o->learning_rate);
+}
+/* ----------------------------------------------------------------------------
+   Training: mini-batches, progress, validation, the test, the summary.
+
+   What this is: the loop every model of the book is trained with. It sees a
+   model only through the small Model interface below, so it does not care
+   whether gradients come from hand-written backward passes (chapter 2) or
+   from automatic differentiation (chapter 3 on).
+   What it is not: clever. One pass over the shuffled training images per
+   epoch, an optimiser step per batch, an evaluation per epoch. */
+
+typedef struct {
+    const char *name;  // for the summary line: "ann", ...
+    void *net;
+    // Forward and backward in training mode on n images: fills probs (n,10),
+    // ADDS the gradients into grads, returns the mean loss.
+    float (*compute_gradients)(void *net, const float *images, const float *targets, int n, float *probs);
+    // Forward only, in inference mode: fills probs (n,10), returns the mean loss.
+    float (*predict)(void *net, const float *images, const float *targets, int n, float *probs);
+    float *params, *grads;  // (count) each, in the same order
+    size_t count;
+    int max_batch;          // the most images one call may take
+} Model;
+
+int argmax(const float *row, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) best = row[i] > row[best] ? i : best;
+    return best;
+}
+
+/* Is standard output a terminal? Only POSIX can tell (isatty), so elsewhere
+   the answer is no and progress comes as plain lines. isatty is declared here
+   rather than by including unistd.h, which not every system has. */
+#if defined(__unix__) || defined(__APPLE__)
+int isatty(int fd);
+int stdout_is_terminal(void) { return isatty(1); }
+#else
+int stdout_is_terminal(void) { return 0; }
+#endif
+
+typedef struct {
+    int terminal;         // update one line in place, or print plain lines
+    double start, last;   // seconds: when training started, when we last printed
+    long done, total;     // training images seen so far, and in the whole run
+} Progress;
+
+void print_duration(double seconds) {
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s >= 3600) printf("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else printf("%ld:%02ld", s / 60, s % 60);
+}
+
+// One progress report: at most ten a second on a terminal, four an epoch
+// elsewhere (so a log stays readable), and always at the end of an epoch.
+void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
+                     double loss, double accuracy) {
+    double now = now_seconds();
+    int last_batch = batch == batches;
+    int quarter = batches >= 4 && batch % (batches / 4) == 0;
+    if (p->terminal ? !(last_batch || now - p->last >= 0.1) : !(quarter && !last_batch)) return;
+    p->last = now;
+    double rate = p->done / fmax(now - p->start, 1e-9);
+    printf("%sepoch %d/%d  batch %d/%d  loss %.4f  accuracy %.2f%%  %.0f images/s  ETA ",
+           p->terminal ? "\r" : "", epoch, epochs, batch, batches, loss, 100 * accuracy, rate);
+    print_duration((p->total - p->done) / fmax(rate, 1e-9));
+    printf(p->terminal ? "   " : "\n");
+    fflush(stdout);
+}
+
+// Per-epoch curves (and the loss of every batch), for reports and plots.
+enum { MAX_EPOCHS = 1000 };
+typedef struct {
+    int epochs;
+    float train_loss[MAX_EPOCHS], train_accuracy[MAX_EPOCHS];
+    float validation_loss[MAX_EPOCHS], validation_accuracy[MAX_EPOCHS];
+    float seconds[MAX_EPOCHS];  // training time of each epoch, without validation
+    float *batch_losses;        // (batch_count) in training order
+    int batch_count, batch_capacity;
+} History;
+
+History *history_new(int epochs, int batches_per_epoch) {
+    History *h = xmalloc(sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->batch_capacity = epochs * batches_per_epoch;
+    h->batch_losses = xmalloc((size_t)h->batch_capacity * sizeof(float));
+    return h;
+}
+
+void history_free(History *h) {
+    if (h) free(h->batch_losses);
+    free(h);
+}
+
+// What the loop needs besides the model: the data, the order of this
+// epoch, and one batch's worth of buffers, allocated once.
+typedef struct {
+    Model *model;
+    Optimizer *optimizer;
+    const Dataset *data;
+    int batch;
+    Rng shuffle_rng;
+    int *order;               // (data->count) this epoch's order
+    float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
+    float *probs;             // (batch, 10)
+} Trainer;
+
+Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
+    t.order = xmalloc((size_t)data->count * sizeof(int));
+    for (int i = 0; i < data->count; i++) t.order[i] = i;
+    t.images = xmalloc((size_t)batch * (IMAGE_SIZE + 2 * NUM_CLASSES) * sizeof(float));
+    t.targets = t.images + (size_t)batch * IMAGE_SIZE;
+    t.probs = t.targets + (size_t)batch * NUM_CLASSES;
+    return t;
+}
+
+void trainer_free(Trainer *t) {
+    free(t->order);
+    free(t->images);
+}
+
+// One pass over the training data in a fresh random order. Returns the
+// epoch's mean loss and accuracy (over the batches as they were trained).
+void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
+                 float *loss, float *accuracy) {
+    Model *m = t->model;
+    const Dataset *d = t->data;
+    int batches = (d->count + t->batch - 1) / t->batch;
+    double loss_sum = 0;
+    long correct = 0, seen = 0;
+    shuffle(t->order, d->count, &t->shuffle_rng);
+    for (int b = 0; b < batches; b++) {
+        int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
+        for (int i = 0; i < n; i++) {
+            int item = t->order[first + i];
+            memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
+            memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
+        }
+        memset(m->grads, 0, m->count * sizeof(float));
+        float batch_loss = m->compute_gradients(m->net, t->images, t->targets, n, t->probs);
+        optimizer_update(t->optimizer, m->params, m->grads, m->count);
+        for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
+        loss_sum += (double)batch_loss * n;
+        seen += n;
+        if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
+        if (progress) {
+            progress->done += n;
+            report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
+        }
+    }
+    *loss = (float)(loss_sum / seen);
+    *accuracy = (float)correct / (float)seen;
+}
+
+typedef struct {
+    float loss, accuracy;
+    int confusion[NUM_CLASSES][NUM_CLASSES];  // [true class][predicted class]
+} Evaluation;
+
+// Loss, accuracy and confusion matrix on a whole dataset, in inference mode.
+Evaluation evaluate(Model *m, const Dataset *d) {
+    Evaluation e = {0};
+    float *probs = xmalloc((size_t)m->max_batch * NUM_CLASSES * sizeof(float));  // (max_batch, 10)
+    double loss_sum = 0;
+    int correct = 0;
+    for (int first = 0; first < d->count; first += m->max_batch) {
+        int n = d->count - first < m->max_batch ? d->count - first : m->max_batch;
+        float loss = m->predict(m->net, d->images + (size_t)first * IMAGE_SIZE,
+                                d->targets + (size_t)first * NUM_CLASSES, n, probs);
+        loss_sum += (double)loss * n;
+        for (int i = 0; i < n; i++) {
+            int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
+            e.confusion[truth][guess]++;
+            correct += truth == guess;
+        }
+    }
+    free(probs);
+    e.loss = d->count ? (float)(loss_sum / d->count) : 0;
+    e.accuracy = d->count ? (float)correct / (float)d->count : 0;
+    return e;
+}
+
+void print_confusion(const Evaluation *e) {
+    printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%13s", "");
+    for (int k = 0; k < NUM_CLASSES; k++) printf(" %5.5s", CLASS_NAMES[k]);
+    printf("\n");
+    for (int t = 0; t < NUM_CLASSES; t++) {
+        printf("  %-11s", CLASS_NAMES[t]);
+        for (int k = 0; k < NUM_CLASSES; k++) printf(" %5d", e->confusion[t][k]);
+        printf("\n");
+    }
+}
+
+// Trains for `epochs` epochs with validation after each, filling history.
+void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+           int epochs, int batch, uint64_t seed, History *h) {
+    Trainer t = trainer_new(m, opt, train_set, batch, seed);
+    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count};
+    for (int epoch = 1; epoch <= epochs; epoch++) {
+        double start = now_seconds();
+        float loss, accuracy;
+        train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy);
+        double seconds = now_seconds() - start;
+        Evaluation v = evaluate(m, validation);
+        int e = h->epochs++;
+        h->train_loss[e] = loss, h->train_accuracy[e] = accuracy, h->seconds[e] = (float)seconds;
+        h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy;
+        printf("%sepoch %d/%d  train loss %.4f accuracy %.2f%%  validation loss %.4f accuracy %.2f%%  "
+               "%.2f s  %.0f images/s\n", progress.terminal ? "\r" : "", epoch, epochs, loss,
+               100 * accuracy, v.loss, 100 * v.accuracy, seconds, train_set->count / seconds);
+    }
+    trainer_free(&t);
+}
+
+// The debugging habit: a model that cannot learn a handful of images by
+// heart has a bug, and this finds out in seconds rather than hours.
+int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed) {
+    enum { MAX_OVERFIT_EPOCHS = 1000 };
+    Trainer t = trainer_new(m, opt, few, batch < few->count ? batch : few->count, seed);
+    Evaluation e = {0};
+    int epoch;
+    printf("overfitting %d training images: training on them until every one is right\n", few->count);
+    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS; epoch++) {
+        float loss, accuracy;
+        train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy);
+        e = evaluate(m, few);
+        if (epoch % 10 == 0 || e.accuracy == 1.0f)
+            printf("epoch %d  loss %.4f  accuracy %.2f%%\n", epoch, e.loss, 100 * e.accuracy);
+        if (e.accuracy == 1.0f) break;
+    }
+    trainer_free(&t);
+    if (e.accuracy == 1.0f) {
+        printf("all %d images right after %d epochs: the model and its gradients can learn.\n", few->count, epoch);
+        return 0;
+    }
+    printf("after %d epochs only %.2f%% of %d images are right: something is wrong "
+           "(the gradients? the learning rate?)\n", MAX_OVERFIT_EPOCHS, 100 * e.accuracy, few->count);
+    return EXIT_NOT_LEARNING;
+}
+
+// The protocol's training set, or its first --limit images.
+Dataset training_set(const FashionMnist *data, const Options *o) {
+    Dataset d = data->train;
+    if (o->limit && o->limit < d.count) d.count = o->limit;
+    return d;
+}
+
+// The line a script reads: the last line a chapter prints.
+typedef struct {
+    const char *model;
+    int epochs, seed;
+    float test_loss, test_accuracy;
+    double seconds;
+} Result;
+
+void print_result(const Result *r) {
+    printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
+           r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
+}
+
+// Everything after the model is built: the sanity check, training (or
+// overfitting), the test. Fills *history and *result; returns the exit code.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history, Result *result) {
+    Dataset train_set = training_set(data, o);
+    printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
+           m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
+    Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
+                                  (float)o->learning_rate, m->count);
+    int status = 0;
+    *result = (Result){m->name, 0, o->seed, 0, 0, 0};
+    if (o->overfit) {
+        Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
+        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed);
+    } else {
+        // Untrained, the network should be unsure: about 1/10 for every class,
+        // so a loss near -ln(1/10). Far from it, the initialisation is off.
+        Evaluation before = evaluate(m, &data->validation);
+        printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
+               before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+        *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
+        printf("training on %d images, validating on %d, %d epochs\n", train_set.count,
+               data->validation.count, o->epochs);
+        double start = now_seconds();
+        train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
+        result->seconds = now_seconds() - start;
+        Evaluation test = evaluate(m, &data->test);
+        print_confusion(&test);
+        printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
+        result->epochs = o->epochs;
+        result->test_loss = test.loss;
+        result->test_accuracy = test.accuracy;
+    }
+    optimizer_free(&opt);
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   The ANN: 784 -> Dense(128) ReLU -> Dense(64) ReLU -> Dense(10) softmax.
+
+   What this is: the first model of the book, with its forward and backward
+   passes written out by hand from the layers above.
+   What it is not: reusable for another architecture; that is what the
+   automatic differentiation of chapter 3 is for.
+
+   Memory, as in llm.c: one allocation for all parameters, one for their
+   gradients (same order, so the optimiser can treat both as flat arrays),
+   one for the activations and one for their gradients, each carved into
+   named pointers. */
+
+enum { ANN_LAYERS = 3 };
+static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};
+
+typedef struct {
+    float *weight[ANN_LAYERS];  // weight[l]: (ANN_WIDTHS[l], ANN_WIDTHS[l+1])
+    float *bias[ANN_LAYERS];    // bias[l]:   (ANN_WIDTHS[l+1])
+} AnnParameters;
+
+typedef struct {
+    float *dense[ANN_LAYERS];     // dense[l]: (B, ANN_WIDTHS[l+1]) = x @ weight[l] + bias[l]
+    float *relu[ANN_LAYERS - 1];  // relu[l]:  (B, ANN_WIDTHS[l+1]) = max(0, dense[l])
+    float *probs;                 // (B, 10) softmax of dense[2]; no gradient needed
+} AnnActivations;
+
+typedef struct {
+    AnnParameters params, grads;
+    AnnActivations acts, dacts;
+    float *param_memory, *grad_memory;  // (param_count) each
+    float *act_memory, *dact_memory;    // (max_batch * act_count) each
+    size_t param_count, act_count;  // act_count: floats of activations for max_batch images
+    int max_batch;
+} Ann;
+
+// Points params at consecutive stretches of memory; returns the count.
+// With memory == NULL it only counts.
+size_t ann_carve_parameters(AnnParameters *p, float *memory) {
+    size_t used = 0;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        p->weight[l] = memory ? memory + used : NULL;
+        used += (size_t)ANN_WIDTHS[l] * ANN_WIDTHS[l + 1];
+        p->bias[l] = memory ? memory + used : NULL;
+        used += (size_t)ANN_WIDTHS[l + 1];
+    }
+    return used;
+}
+
+size_t ann_carve_activations(AnnActivations *a, float *memory, int batch) {
+    size_t used = 0;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        size_t size = (size_t)batch * ANN_WIDTHS[l + 1];
+        a->dense[l] = memory ? memory + used : NULL;
+        used += size;
+        if (l < ANN_LAYERS - 1) {
+            a->relu[l] = memory ? memory + used : NULL;
+            used += size;
+        }
+    }
+    a->probs = memory ? memory + used : NULL;
+    return used + (size_t)batch * NUM_CLASSES;
+}
+
+// Glorot-uniform weights from the init stream, layer by layer; zero biases.
+void ann_initialize(Ann *net, uint64_t seed) {
+    Rng rng = rng_new(seed, STREAM_INIT);
+    memset(net->param_memory, 0, net->param_count * sizeof(float));
+    for (int l = 0; l < ANN_LAYERS; l++)
+        glorot_uniform(net->params.weight[l], (size_t)ANN_WIDTHS[l] * ANN_WIDTHS[l + 1],
+                       ANN_WIDTHS[l], ANN_WIDTHS[l + 1], &rng);
+}
+
+Ann ann_new(int max_batch, uint64_t seed) {
+    Ann net = {0};
+    net.max_batch = max_batch;
+    net.param_count = ann_carve_parameters(&net.params, NULL);
+    net.param_memory = xmalloc(net.param_count * sizeof(float));
+    net.grad_memory = xmalloc(net.param_count * sizeof(float));
+    ann_carve_parameters(&net.params, net.param_memory);
+    ann_carve_parameters(&net.grads, net.grad_memory);
+    net.act_count = ann_carve_activations(&net.acts, NULL, max_batch);
+    net.act_memory = xmalloc(net.act_count * sizeof(float));
+    net.dact_memory = xmalloc(net.act_count * sizeof(float));
+    ann_carve_activations(&net.acts, net.act_memory, max_batch);
+    ann_carve_activations(&net.dacts, net.dact_memory, max_batch);
+    ann_initialize(&net, seed);
+    return net;
+}
+
+void ann_free(Ann *net) {
+    free(net->param_memory);
+    free(net->grad_memory);
+    free(net->act_memory);
+    free(net->dact_memory);
+}
+
+// The forward pass on B images; returns the mean loss, leaves the
+// probabilities in acts.probs.
+float ann_forward(Ann *net, const float *images, const float *targets, int B) {  // (B,784) (B,10)
+    const AnnParameters *p = &net->params;
+    AnnActivations *a = &net->acts;
+    const float *x = images;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        dense_forward(a->dense[l], x, p->weight[l], p->bias[l], B, ANN_WIDTHS[l], ANN_WIDTHS[l + 1]);
+        if (l == ANN_LAYERS - 1) break;
+        relu_forward(a->relu[l], a->dense[l], (size_t)B * ANN_WIDTHS[l + 1]);
+        x = a->relu[l];
+    }
+    return softmax_cross_entropy_forward(a->probs, a->dense[ANN_LAYERS - 1], targets, B, NUM_CLASSES);
+}
+
+// The backward pass: the chain rule, from the loss back to every weight.
+// Adds into net->grads; the caller zeroes them once per step.
+void ann_backward(Ann *net, const float *images, const float *targets, int B) {
+    const AnnParameters *p = &net->params;
+    const AnnActivations *a = &net->acts;
+    AnnActivations *d = &net->dacts;
+    memset(net->dact_memory, 0, net->act_count * sizeof(float));
+    softmax_cross_entropy_backward(d->dense[ANN_LAYERS - 1], 1.0f, a->probs, targets, B, NUM_CLASSES);
+    for (int l = ANN_LAYERS - 1; l >= 0; l--) {
+        const float *x = l > 0 ? a->relu[l - 1] : images;
+        float *dx = l > 0 ? d->relu[l - 1] : NULL;  // nothing learns from the pixels
+        dense_backward(dx, net->grads.weight[l], net->grads.bias[l], d->dense[l], x, p->weight[l],
+                       B, ANN_WIDTHS[l], ANN_WIDTHS[l + 1]);
+        if (l > 0) relu_backward(d->dense[l - 1], d->relu[l - 1], a->dense[l - 1], (size_t)B * ANN_WIDTHS[l]);
+    }
+}
+
+// The ANN seen through the training loop's Model interface. It has no
+// training mode, so training and inference differ only by the backward pass.
+float ann_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+    Ann *ann = net;
+    float loss = ann_forward(ann, images, targets, n);
+    ann_backward(ann, images, targets, n);
+    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    return loss;
+}
+
+float ann_predict(void *net, const float *images, const float *targets, int n, float *probs) {
+    Ann *ann = net;
+    float loss = ann_forward(ann, images, targets, n);
+    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    return loss;
+}
+
+Model ann_model(Ann *net) {
+    return (Model){"ann", net, ann_compute_gradients, ann_predict,
+                   net->param_memory, net->grad_memory, net->param_count, net->max_batch};
+}
+/* ----------------------------------------------------------------------------
+   Reverse-mode automatic differentiation (book.md, "Chapter 3").
+
+   What this is: a graph of nodes, each holding a value, a gradient, and the
+   op that computed it from its input nodes. Running the ops in topological
+   order computes the loss; running their backward functions in the reverse
+   order computes the gradient of the loss with respect to every node, by
+   the chain rule, one op at a time. A new layer is a new op: a forward and a
+   backward function and a row in the op table. The engine never changes.
+   What it is not: dynamic. The graph is built once, compiled (ordered, and
+   given all its memory), then replayed for every batch; only the batch size
+   may change between runs, up to the size it was compiled for.
+
+   The rules the engine keeps, which the tests check:
+   - Backward ADDS into gradients. A node that feeds two ops receives the sum
+     of both contributions, which is what the chain rule says.
+   - graph_backward() clears the gradients of the computed (interior) nodes
+     itself, so calling it twice gives the same interior gradients; but it
+     adds into the gradients of parameters, so calling it twice without
+     graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
+     parameter gradients is the caller's job, once per optimiser step. */
+
+enum { MAX_RANK = 4, MAX_INPUTS = 3, MAX_NODES = 128 };
+
+typedef struct Node Node;
+typedef struct Graph Graph;
+
+typedef struct {
+    const char *name;
+    void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
+    void (*backward)(Node *node);               // inputs' grads += from node->grad
+} Op;
+
+typedef enum { INIT_ZEROS, INIT_ONES, INIT_GLOROT } Init;
+
+struct Node {
+    const Op *op;               // NULL for a leaf: an input or a parameter
+    const char *label;          // for printing; may be NULL
+    Node *inputs[MAX_INPUTS];
+    int input_count;
+    int rank, shape[MAX_RANK];  // shape[0] is the batch size when batched
+    int batched;                // does shape[0] follow graph_set_batch()?
+    size_t item_size;           // elements per batch item (batched) or in all
+    size_t size;                // elements now
+    float *value;               // (shape)
+    float *grad;                // (shape), or NULL when no gradient is needed
+    int requires_grad;          // is there a parameter upstream?
+    int is_parameter;
+    Init init;                  // parameters only
+    float *saved;               // what backward needs (e.g. probabilities)
+    size_t saved_per_item;      // floats of `saved` per batch item
+    int attributes[4];          // op settings (kernel size, padding, ...)
+    float rate;                 // an op's real-valued setting (dropout rate)
+};
+
+struct Graph {
+    Node nodes[MAX_NODES];  // in creation order, which is also a valid order
+    int count;
+    Node *order[MAX_NODES]; // what graph_forward runs: the output and all it needs
+    int order_count;
+    Node *output;
+    int max_batch, batch;
+    int training;           // ops like dropout and batch norm behave differently
+    Rng dropout_rng;        // for ops that need random numbers
+    float *params, *grads;  // (param_count) each: every parameter, in creation order
+    size_t param_count;
+    float *memory;          // values, gradients and saved buffers of all other nodes
+};
+
+// A graph with room for batches of up to max_batch items.
+Graph *graph_new(int max_batch) {
+    Graph *g = xmalloc(sizeof *g);
+    memset(g, 0, sizeof *g);
+    g->max_batch = g->batch = max_batch;
+    return g;
+}
+
+void graph_free(Graph *g) {
+    if (!g) return;
+    free(g->params);
+    free(g->grads);
+    free(g->memory);
+    free(g);
+}
+
+// Programming errors in building a graph (wrong shapes, too many nodes)
+// are the programmer's to fix, so they stop the program with file and line.
+#define graph_check(condition, ...)                                              \
+    do {                                                                          \
+        if (!(condition)) {                                                       \
+            fprintf(stderr, "%s:%d: graph error: ", __FILE__, __LINE__);          \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fprintf(stderr, "\n");                                                \
+            exit(EXIT_FAILURE);                                                   \
+        }                                                                         \
+    } while (0)
+
+// Adds a node of the given shape. For a batched node, `shape` leaves out
+// the batch dimension: {784} makes a node of shape (batch, 784).
+Node *graph_add_node(Graph *g, const Op *op, int batched, const int *shape, int rank) {
+    graph_check(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
+    graph_check(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
+    Node *n = &g->nodes[g->count++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->batched = batched;
+    n->rank = rank + batched;
+    n->item_size = 1;
+    if (batched) n->shape[0] = g->batch;
+    for (int i = 0; i < rank; i++) {
+        n->shape[i + batched] = shape[i];
+        n->item_size *= (size_t)shape[i];
+    }
+    n->size = batched ? n->item_size * (size_t)g->batch : n->item_size;
+    return n;
+}
+
+// A batched input (images, targets): filled by the caller, never differentiated.
+Node *graph_input(Graph *g, const char *label, const int *shape, int rank) {
+    Node *n = graph_add_node(g, NULL, 1, shape, rank);
+    n->label = label;
+    return n;
+}
+
+// A parameter: learned, so it needs a gradient; initialised by graph_initialize().
+Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    Node *n = graph_add_node(g, NULL, 0, shape, rank);
+    n->label = label;
+    n->is_parameter = n->requires_grad = 1;
+    n->init = init;
+    return n;
+}
+
+// An op node over the given inputs; it needs a gradient if any input does.
+Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
+               int batched, const int *shape, int rank) {
+    Node *n = graph_add_node(g, op, batched, shape, rank);
+    n->input_count = input_count;
+    for (int i = 0; i < input_count; i++) {
+        n->inputs[i] = inputs[i];
+        n->requires_grad |= inputs[i]->requires_grad;
+    }
+    return n;
+}
+
+/* Topological order: every node after all of its inputs. A depth-first walk
+   from the output adds a node once all its inputs have been added, so nodes
+   the output does not depend on are left out, and a node reached along two
+   paths (a diamond) is added once. */
+void topological_visit(Graph *g, Node *n, char *visited) {
+    int index = (int)(n - g->nodes);
+    if (visited[index]) return;
+    visited[index] = 1;
+    for (int i = 0; i < n->input_count; i++) topological_visit(g, n->inputs[i], visited);
+    g->order[g->order_count++] = n;
+}
+
+// Orders the graph for `output` and gives every node its memory: one block
+// for the parameters, one for their gradients (in creation order, so an
+// optimiser can treat them as flat arrays), one for everything else.
+void graph_compile(Graph *g, Node *output) {
+    char visited[MAX_NODES] = {0};
+    g->output = output;
+    g->order_count = 0;
+    topological_visit(g, output, visited);
+    size_t params = 0, other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->is_parameter) params += capacity;
+        else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
+                      n->saved_per_item * (size_t)g->max_batch;
+    }
+    g->param_count = params;
+    g->params = xmalloc(params * sizeof(float));
+    g->grads = xmalloc(params * sizeof(float));
+    g->memory = xmalloc(other * sizeof(float));
+    memset(g->params, 0, params * sizeof(float));
+    memset(g->grads, 0, params * sizeof(float));
+    memset(g->memory, 0, other * sizeof(float));
+    params = other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->is_parameter) {
+            n->value = g->params + params;
+            n->grad = g->grads + params;
+            params += capacity;
+            continue;
+        }
+        n->value = g->memory + other;
+        other += capacity;
+        if (n->requires_grad) {
+            n->grad = g->memory + other;
+            other += capacity;
+        }
+        if (n->saved_per_item) {
+            n->saved = g->memory + other;
+            other += n->saved_per_item * (size_t)g->max_batch;
+        }
+    }
+}
+
+// Parameters in creation order from the init stream: Glorot for weights
+// (fan in and fan out from the last two dimensions, times the rest for a
+// convolution kernel), zeros for biases, ones for scales. The dropout
+// stream is seeded here too, so one seed fixes everything.
+void graph_initialize(Graph *g, uint64_t seed) {
+    Rng rng = rng_new(seed, STREAM_INIT);
+    g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->is_parameter) continue;
+        if (n->init == INIT_GLOROT) {
+            int receptive = 1;
+            for (int d = 0; d < n->rank - 2; d++) receptive *= n->shape[d];
+            glorot_uniform(n->value, n->size, n->shape[n->rank - 2] * receptive,
+                           n->shape[n->rank - 1] * receptive, &rng);
+        } else {
+            for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
+        }
+    }
+}
+
+void graph_set_batch(Graph *g, int batch) {
+    graph_check(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
+    g->batch = batch;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->batched) continue;
+        n->shape[0] = batch;
+        n->size = n->item_size * (size_t)batch;
+    }
+}
+
+// Runs every op in order; returns the output's first value (the loss).
+float graph_forward(Graph *g, int training) {
+    g->training = training;
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op) n->op->forward(n, g);
+    }
+    return g->output->value[0];
+}
+
+void graph_zero_grad(Graph *g) {
+    memset(g->grads, 0, g->param_count * sizeof(float));
+}
+
+// The gradient of the output (a scalar) with respect to every node that
+// needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
+void graph_backward(Graph *g) {
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+    }
+    graph_check(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
+    g->output->grad[0] = 1.0f;
+    for (int i = g->order_count - 1; i >= 0; i--) {
+        Node *n = g->order[i];
+        if (n->op && n->requires_grad) n->op->backward(n);
+    }
+}
+
+void print_shape(const Node *n) {
+    printf("(");
+    for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
+    printf(")");
+}
+
+// The graph as a list, in the order it runs.
+void graph_print(const Graph *g) {
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        printf("  %2d  %-22s ", (int)(n - g->nodes), n->op ? n->op->name : n->is_parameter ? "parameter" : "input");
+        print_shape(n);
+        if (n->label) printf("  %s", n->label);
+        for (int k = 0; k < n->input_count; k++)
+            printf(k ? ", %d" : "  <- %d", (int)(n->inputs[k] - g->nodes));
+        printf("\n");
+    }
+}
+
+/* ---- The ops ---------------------------------------------------------------
+   Each op is a forward and a backward function over its node, mostly calling
+   the layer kernels of chapter 2, plus a constructor that checks shapes. The
+   backward functions skip inputs that need no gradient (grad == NULL). */
+
+// Adds src into dst, elementwise: the backward of every "copy" of a gradient.
+void accumulate(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+// matmul: x (B, C) @ w (C, OC) -> (B, OC)
+void matmul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+void matmul_op_backward(Node *n) {
+    Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+// bias_add: x (B, ..., C) + b (C) -> the shape of x; b is added along the
+// last dimension, so the same op serves dense layers and (NHWC) convolutions.
+void bias_add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *b = n->inputs[1];
+    memcpy(n->value, x->value, n->size * sizeof(float));
+    bias_forward(n->value, b->value, (int)(n->size / b->size), (int)b->size);
+}
+
+void bias_add_op_backward(Node *n) {
+    Node *x = n->inputs[0], *b = n->inputs[1];
+    if (x->grad) accumulate(x->grad, n->grad, n->size);
+    if (b->grad) bias_backward(b->grad, n->grad, (int)(n->size / b->size), (int)b->size);
+}
+
+void relu_op_forward(Node *n, Graph *g) {
+    (void)g;
+    relu_forward(n->value, n->inputs[0]->value, n->size);
+}
+
+void relu_op_backward(Node *n) {
+    relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
+}
+
+// add: a + b, same shapes. d(a+b)/da = 1, so each input gets the gradient as is.
+void add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] + n->inputs[1]->value[i];
+}
+
+void add_op_backward(Node *n) {
+    for (int k = 0; k < 2; k++)
+        if (n->inputs[k]->grad) accumulate(n->inputs[k]->grad, n->grad, n->size);
+}
+
+// mul: a * b elementwise. d(ab)/da = b and d(ab)/db = a.
+void mul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] * n->inputs[1]->value[i];
+}
+
+void mul_op_backward(Node *n) {
+    Node *a = n->inputs[0], *b = n->inputs[1];
+    for (size_t i = 0; i < n->size; i++) {
+        if (a->grad) a->grad[i] += n->grad[i] * b->value[i];
+        if (b->grad) b->grad[i] += n->grad[i] * a->value[i];
+    }
+}
+
+// sum: every element of x -> a scalar. Each element moved the sum by 1.
+void sum_op_forward(Node *n, Graph *g) {
+    (void)g;
+    double total = 0;
+    for (size_t i = 0; i < n->inputs[0]->size; i++) total += n->inputs[0]->value[i];
+    n->value[0] = (float)total;
+}
+
+void sum_op_backward(Node *n) {
+    Node *x = n->inputs[0];
+    for (size_t i = 0; i < x->size; i++) x->grad[i] += n->grad[0];
+}
+
+// softmax_cross_entropy: logits (B, K), targets (B, K) -> the mean loss, a
+// scalar. Keeps the probabilities (saved) for backward and for accuracy.
+void softmax_cross_entropy_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *logits = n->inputs[0], *targets = n->inputs[1];
+    n->value[0] = softmax_cross_entropy_forward(n->saved, logits->value, targets->value,
+                                                logits->shape[0], logits->shape[1]);
+}
+
+void softmax_cross_entropy_op_backward(Node *n) {
+    Node *logits = n->inputs[0], *targets = n->inputs[1];
+    softmax_cross_entropy_backward(logits->grad, n->grad[0], n->saved, targets->value,
+                                   logits->shape[0], logits->shape[1]);
+}
+
+// The op table: the one place an op is registered.
+typedef enum {
+    OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
+    OP_COUNT
+} OpKind;
+
+static const Op OPS[OP_COUNT] = {
+    [OP_MATMUL] = {"matmul", matmul_op_forward, matmul_op_backward},
+    [OP_BIAS_ADD] = {"bias_add", bias_add_op_forward, bias_add_op_backward},
+    [OP_RELU] = {"relu", relu_op_forward, relu_op_backward},
+    [OP_ADD] = {"add", add_op_forward, add_op_backward},
+    [OP_MUL] = {"mul", mul_op_forward, mul_op_backward},
+    [OP_SUM] = {"sum", sum_op_forward, sum_op_backward},
+    [OP_SOFTMAX_CROSS_ENTROPY] = {"softmax_cross_entropy", softmax_cross_entropy_op_forward,
+                                  softmax_cross_entropy_op_backward},
+};
+
+// The constructors: check the shapes, make the node.
+Node *matmul(Graph *g, Node *x, Node *w) {
+    graph_check(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
+                "matmul needs x (B, C) and w (C, OC)");
+    return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
+}
+
+Node *bias_add(Graph *g, Node *x, Node *b) {
+    graph_check(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
+                "bias_add needs a bias as long as the last dimension of x");
+    return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+Node *same_shape_op(Graph *g, OpKind kind, Node **inputs, int count) {
+    for (int k = 1; k < count; k++)
+        graph_check(inputs[k]->batched == inputs[0]->batched && inputs[k]->item_size == inputs[0]->item_size,
+                    "%s needs inputs of the same shape", OPS[kind].name);
+    Node *x = inputs[0];
+    return graph_op(g, &OPS[kind], inputs, count, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+Node *relu(Graph *g, Node *x) { return same_shape_op(g, OP_RELU, (Node *[]){x}, 1); }
+Node *add(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_ADD, (Node *[]){a, b}, 2); }
+Node *mul(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_MUL, (Node *[]){a, b}, 2); }
+
+Node *sum(Graph *g, Node *x) {
+    return graph_op(g, &OPS[OP_SUM], (Node *[]){x}, 1, 0, (int[]){1}, 1);
+}
+
+Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
+    graph_check(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
+                logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+    Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
+    n->saved_per_item = (size_t)logits->shape[1];  // the probabilities
+    return n;
+}
+
+/* ---- Models on the engine ------------------------------------------------ */
+
+// A classifier built on a graph: where its images and targets go in, and
+// the loss node, whose saved buffer holds the probabilities.
+typedef struct {
+    Graph *graph;
+    Node *images, *targets, *loss;
+} GraphClassifier;
+
+// The ANN of chapter 2, as a graph. Parameters are created in the order of
+// chapter 2's memory (weight, bias, layer by layer), so the same seed gives
+// the same initial weights, laid out the same way.
+GraphClassifier ann_graph(int max_batch, uint64_t seed) {
+    static const char *labels[2 * ANN_LAYERS] = {"weight1", "bias1", "weight2", "bias2", "weight3", "bias3"};
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = images;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        Node *w = graph_parameter(g, labels[2 * l], (int[]){ANN_WIDTHS[l], ANN_WIDTHS[l + 1]}, 2, INIT_GLOROT);
+        Node *b = graph_parameter(g, labels[2 * l + 1], (int[]){ANN_WIDTHS[l + 1]}, 1, INIT_ZEROS);
+        x = bias_add(g, matmul(g, x, w), b);
+        if (l < ANN_LAYERS - 1) x = relu(g, x);
+    }
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+float graph_run(GraphClassifier *c, const float *images, const float *targets, int n, int training, float *probs) {
+    graph_set_batch(c->graph, n);
+    memcpy(c->images->value, images, c->images->size * sizeof(float));
+    memcpy(c->targets->value, targets, c->targets->size * sizeof(float));
+    float loss = graph_forward(c->graph, training);
+    if (training) graph_backward(c->graph);
+    memcpy(probs, c->loss->saved, (size_t)n * NUM_CLASSES * sizeof(float));
+    return loss;
+}
+
+float graph_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+    return graph_run(net, images, targets, n, 1, probs);
+}
+
+float graph_predict(void *net, const float *images, const float *targets, int n, float *probs) {
+    return graph_run(net, images, targets, n, 0, probs);
+}
+
+Model graph_model(GraphClassifier *c, const char *name) {
+    return (Model){name, c, graph_compute_gradients, graph_predict,
+                   c->graph->params, c->graph->grads, c->graph->param_count, c->graph->max_batch};
+}
+/* ----------------------------------------------------------------------------
+   Checking the engine against chapter 2: gradients three ways, and training.
+
+   What this is: for one batch, the ANN's gradients from chapter 2's hand-
+   derived backward pass, from the engine, and from central differences of
+   the loss computed in double precision, compared parameter group by group.
+   What it is not: a proof. Differences are checked on a sample of each
+   group; a bug that touches one weight in ten thousand could slip through.
+
+   Why double: a central difference (L(w+h) - L(w-h)) / 2h divides a tiny
+   difference of two losses by a tiny h. In float, the losses carry only 7
+   digits, so for any h the error is either rounding (too small an h) or
+   curvature (too large an h), and easily 1% of the gradient. In double the
+   losses carry 16 digits: with h = 1e-6 both errors fall below 1e-9. */
+
+// |a - b| relative to the larger of the two, with a floor so that gradients
+// that are zero up to rounding do not count as wrong.
+double relative_error(double a, double b) {
+    return fabs(a - b) / fmax(fmax(fabs(a), fabs(b)), 1e-6);
+}
+
+// The ANN's mean loss, in double, from a double copy of its parameters laid
+// out as in chapter 2's memory. Written again rather than calling the float
+// layers, so that it is a reference, not a copy.
+double ann_loss_in_double(const double *params, const float *images, const float *targets, int B) {
+    double *x = xmalloc((size_t)B * IMAGE_SIZE * sizeof(double));  // (B, width of this layer)
+    double *y = xmalloc((size_t)B * IMAGE_SIZE * sizeof(double));  // (B, width of the next)
+    for (size_t i = 0; i < (size_t)B * IMAGE_SIZE; i++) x[i] = images[i];
+    const double *p = params;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        int C = ANN_WIDTHS[l], OC = ANN_WIDTHS[l + 1];
+        const double *w = p, *bias = p + (size_t)C * OC;
+        for (int b = 0; b < B; b++)
+            for (int o = 0; o < OC; o++) {
+                double s = bias[o];
+                for (int c = 0; c < C; c++) s += x[b * C + c] * w[c * OC + o];
+                y[b * OC + o] = (l < ANN_LAYERS - 1 && s < 0) ? 0 : s;  // ReLU, except on the logits
+            }
+        p += (size_t)C * OC + OC;
+        double *t = x;
+        x = y, y = t;
+    }
+    double loss = 0;  // x now holds the logits (B, 10)
+    for (int b = 0; b < B; b++) {
+        double max = x[b * NUM_CLASSES], sum = 0;
+        for (int k = 1; k < NUM_CLASSES; k++) max = fmax(max, x[b * NUM_CLASSES + k]);
+        for (int k = 0; k < NUM_CLASSES; k++) sum += exp(x[b * NUM_CLASSES + k] - max);
+        for (int k = 0; k < NUM_CLASSES; k++)
+            loss -= targets[b * NUM_CLASSES + k] * (x[b * NUM_CLASSES + k] - max - log(sum));
+    }
+    free(x);
+    free(y);
+    return loss / B;
+}
+
+/* Checks B images three ways and prints a table of the largest relative
+   error of each pair, per parameter group. Returns 1 when every error is
+   below `tolerance`. */
+int check_ann_gradients(const Dataset *d, int B, uint64_t seed, int samples, double tolerance) {
+    Ann hand = ann_new(B, seed);
+    GraphClassifier engine = ann_graph(B, seed);
+    float *probs = xmalloc((size_t)B * NUM_CLASSES * sizeof(float));
+    memset(hand.grad_memory, 0, hand.param_count * sizeof(float));
+    ann_compute_gradients(&hand, d->images, d->targets, B, probs);
+    graph_zero_grad(engine.graph);
+    graph_compute_gradients(&engine, d->images, d->targets, B, probs);
+
+    double *params = xmalloc(hand.param_count * sizeof(double));
+    for (size_t i = 0; i < hand.param_count; i++) params[i] = hand.param_memory[i];
+    Rng rng = rng_new(seed, STREAM_CHECK);
+    const double h = 1e-6;
+    int ok = 1;
+    printf("  %-8s %7s   %-15s %-21s %s\n", "group", "size", "hand vs engine", "engine vs differences", "hand vs differences");
+    size_t start = 0;
+    for (int g = 0; g < 2 * ANN_LAYERS; g++) {
+        int l = g / 2;
+        size_t size = g % 2 ? (size_t)ANN_WIDTHS[l + 1] : (size_t)ANN_WIDTHS[l] * ANN_WIDTHS[l + 1];
+        double hand_engine = 0, engine_fd = 0, hand_fd = 0;
+        for (size_t i = start; i < start + size; i++)
+            hand_engine = fmax(hand_engine, relative_error(hand.grad_memory[i], engine.graph->grads[i]));
+        for (int s = 0; s < samples; s++) {
+            size_t i = start + rng_below(&rng, (uint32_t)size);
+            double saved = params[i];
+            params[i] = saved + h;
+            double up = ann_loss_in_double(params, d->images, d->targets, B);
+            params[i] = saved - h;
+            double down = ann_loss_in_double(params, d->images, d->targets, B);
+            params[i] = saved;
+            double difference = (up - down) / (2 * h);
+            engine_fd = fmax(engine_fd, relative_error(engine.graph->grads[i], difference));
+            hand_fd = fmax(hand_fd, relative_error(hand.grad_memory[i], difference));
+        }
+        ok &= hand_engine < tolerance && engine_fd < tolerance && hand_fd < tolerance;
+        char name[16];
+        snprintf(name, sizeof name, "%s%d", g % 2 ? "bias" : "weight", l + 1);
+        printf("  %-8s %7zu   %-15.2g %-21.2g %.2g\n", name, size, hand_engine, engine_fd, hand_fd);
+        start += size;
+    }
+    printf("  (largest relative error in each group; differences on %d sampled parameters per group)\n", samples);
+    free(params);
+    free(probs);
+    graph_free(engine.graph);
+    ann_free(&hand);
+    return ok;
+}
+
+// Trains chapter 2's hand-written ANN with the same seed and options as the
+// engine's run in `engine_history`, and prints how far apart the two loss
+// curves are and what the engine's generality costs in time.
+void compare_with_hand_written(const FashionMnist *data, const Options *o, const History *engine_history) {
+    printf("\nthe same training with chapter 2's hand-written ANN, for comparison:\n");
+    Dataset train_set = training_set(data, o);
+    Ann ann = ann_new(o->batch, (uint64_t)o->seed);
+    Model model = ann_model(&ann);
+    Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
+                                  (float)o->learning_rate, model.count);
+    History *h = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
+    train(&model, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, h);
+    double largest = 0, engine_seconds = 0, hand_seconds = 0;
+    for (int i = 0; i < h->batch_count && i < engine_history->batch_count; i++)
+        largest = fmax(largest, fabs(h->batch_losses[i] - engine_history->batch_losses[i]));
+    for (int e = 0; e < h->epochs; e++) {
+        engine_seconds += engine_history->seconds[e];
+        hand_seconds += h->seconds[e];
+    }
+    printf("\nlargest difference between the two loss curves, over %d batches: %g\n", h->batch_count, largest);
+    printf("training time: engine %.2f s, hand-written %.2f s per epoch (the engine's overhead: %+.1f%%)\n",
+           engine_seconds / h->epochs, hand_seconds / h->epochs, 100 * (engine_seconds / hand_seconds - 1));
+    history_free(h);
+    optimizer_free(&opt);
+    ann_free(&ann);
+}
+/* ----------------------------------------------------------------------------
+   The program. */
+
+enum { CONTINUE = -1 };
+
+// Parses the options and loads the data. Returns CONTINUE when there is work
+// to do, otherwise the exit code (0 after --help).
+int begin(int argc, char **argv, Options *options, FashionMnist *data) {
+    Error err = {0};
+    if (parse_options(argc, argv, options, &err)) {
+        fprintf(stderr, "%s: %s\n\n", argv[0], err.message);
+        print_usage(stderr, argv[0]);
+        return err.code;
+    }
+    if (options->help) {
+        print_usage(stdout, argv[0]);
+        return 0;
+    }
+    if (load_fashion_mnist(options->data_dir, data, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    return CONTINUE;
+}
+
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return status;
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data.train.count, data.validation.count, data.test.count);
+
+    printf("\ngradients of the ANN on 8 training images, three ways:\n");
+    if (!check_ann_gradients(&data.train, 8, (uint64_t)options.seed, 50, 1e-3)) {
+        fprintf(stderr, "%s: the gradient check failed: the engine, chapter 2 and the finite "
+                "differences disagree (see the table above)\n", argv[0]);
+        free_fashion_mnist(&data);
+        return EXIT_BAD_GRADIENT;
+    }
+
+    GraphClassifier ann = ann_graph(options.batch, (uint64_t)options.seed);
+    printf("\nthe ANN as a graph, in the order it runs:\n");
+    graph_print(ann.graph);
+    Model model = graph_model(&ann, "ann");
+    History *history = NULL;
+    Result result;
+    status = fit_and_test(&model, &data, &options, &history, &result);
+    if (status == 0 && !options.overfit) {
+        if (!options.no_compare) compare_with_hand_written(&data, &options, history);
+        print_result(&result);
+    }
+
+    history_free(history);
+    graph_free(ann.graph);
+    free_fashion_mnist(&data);
+    return status;
+}

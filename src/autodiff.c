@@ -1,0 +1,490 @@
+//@ from 3
+/* ----------------------------------------------------------------------------
+   Reverse-mode automatic differentiation (book.md, "Chapter 3").
+
+   What this is: a graph of nodes, each holding a value, a gradient, and the
+   op that computed it from its input nodes. Running the ops in topological
+   order computes the loss; running their backward functions in the reverse
+   order computes the gradient of the loss with respect to every node, by
+   the chain rule, one op at a time. A new layer is a new op: a forward and a
+   backward function and a row in the op table. The engine never changes.
+   What it is not: dynamic. The graph is built once, compiled (ordered, and
+   given all its memory), then replayed for every batch; only the batch size
+   may change between runs, up to the size it was compiled for.
+
+   The rules the engine keeps, which the tests check:
+   - Backward ADDS into gradients. A node that feeds two ops receives the sum
+     of both contributions, which is what the chain rule says.
+   - graph_backward() clears the gradients of the computed (interior) nodes
+     itself, so calling it twice gives the same interior gradients; but it
+     adds into the gradients of parameters, so calling it twice without
+     graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
+     parameter gradients is the caller's job, once per optimiser step. */
+
+enum { MAX_RANK = 4, MAX_INPUTS = 3, MAX_NODES = 128 };
+
+typedef struct Node Node;
+typedef struct Graph Graph;
+
+typedef struct {
+    const char *name;
+    void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
+    void (*backward)(Node *node);               // inputs' grads += from node->grad
+} Op;
+
+typedef enum { INIT_ZEROS, INIT_ONES, INIT_GLOROT } Init;
+
+struct Node {
+    const Op *op;               // NULL for a leaf: an input or a parameter
+    const char *label;          // for printing; may be NULL
+    Node *inputs[MAX_INPUTS];
+    int input_count;
+    int rank, shape[MAX_RANK];  // shape[0] is the batch size when batched
+    int batched;                // does shape[0] follow graph_set_batch()?
+    size_t item_size;           // elements per batch item (batched) or in all
+    size_t size;                // elements now
+    float *value;               // (shape)
+    float *grad;                // (shape), or NULL when no gradient is needed
+    int requires_grad;          // is there a parameter upstream?
+    int is_parameter;
+    Init init;                  // parameters only
+    float *saved;               // what backward needs (e.g. probabilities)
+    size_t saved_per_item;      // floats of `saved` per batch item
+    int attributes[4];          // op settings (kernel size, padding, ...)
+    float rate;                 // an op's real-valued setting (dropout rate)
+};
+
+struct Graph {
+    Node nodes[MAX_NODES];  // in creation order, which is also a valid order
+    int count;
+    Node *order[MAX_NODES]; // what graph_forward runs: the output and all it needs
+    int order_count;
+    Node *output;
+    int max_batch, batch;
+    int training;           // ops like dropout and batch norm behave differently
+    Rng dropout_rng;        // for ops that need random numbers
+    float *params, *grads;  // (param_count) each: every parameter, in creation order
+    size_t param_count;
+    float *memory;          // values, gradients and saved buffers of all other nodes
+};
+
+// A graph with room for batches of up to max_batch items.
+Graph *graph_new(int max_batch) {
+    Graph *g = xmalloc(sizeof *g);
+    memset(g, 0, sizeof *g);
+    g->max_batch = g->batch = max_batch;
+    return g;
+}
+
+void graph_free(Graph *g) {
+    if (!g) return;
+    free(g->params);
+    free(g->grads);
+    free(g->memory);
+    free(g);
+}
+
+// Programming errors in building a graph (wrong shapes, too many nodes)
+// are the programmer's to fix, so they stop the program with file and line.
+#define graph_check(condition, ...)                                              \
+    do {                                                                          \
+        if (!(condition)) {                                                       \
+            fprintf(stderr, "%s:%d: graph error: ", __FILE__, __LINE__);          \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fprintf(stderr, "\n");                                                \
+            exit(EXIT_FAILURE);                                                   \
+        }                                                                         \
+    } while (0)
+
+// Adds a node of the given shape. For a batched node, `shape` leaves out
+// the batch dimension: {784} makes a node of shape (batch, 784).
+Node *graph_add_node(Graph *g, const Op *op, int batched, const int *shape, int rank) {
+    graph_check(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
+    graph_check(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
+    Node *n = &g->nodes[g->count++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->batched = batched;
+    n->rank = rank + batched;
+    n->item_size = 1;
+    if (batched) n->shape[0] = g->batch;
+    for (int i = 0; i < rank; i++) {
+        n->shape[i + batched] = shape[i];
+        n->item_size *= (size_t)shape[i];
+    }
+    n->size = batched ? n->item_size * (size_t)g->batch : n->item_size;
+    return n;
+}
+
+// A batched input (images, targets): filled by the caller, never differentiated.
+Node *graph_input(Graph *g, const char *label, const int *shape, int rank) {
+    Node *n = graph_add_node(g, NULL, 1, shape, rank);
+    n->label = label;
+    return n;
+}
+
+// A parameter: learned, so it needs a gradient; initialised by graph_initialize().
+Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    Node *n = graph_add_node(g, NULL, 0, shape, rank);
+    n->label = label;
+    n->is_parameter = n->requires_grad = 1;
+    n->init = init;
+    return n;
+}
+
+// An op node over the given inputs; it needs a gradient if any input does.
+Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
+               int batched, const int *shape, int rank) {
+    Node *n = graph_add_node(g, op, batched, shape, rank);
+    n->input_count = input_count;
+    for (int i = 0; i < input_count; i++) {
+        n->inputs[i] = inputs[i];
+        n->requires_grad |= inputs[i]->requires_grad;
+    }
+    return n;
+}
+
+/* Topological order: every node after all of its inputs. A depth-first walk
+   from the output adds a node once all its inputs have been added, so nodes
+   the output does not depend on are left out, and a node reached along two
+   paths (a diamond) is added once. */
+void topological_visit(Graph *g, Node *n, char *visited) {
+    int index = (int)(n - g->nodes);
+    if (visited[index]) return;
+    visited[index] = 1;
+    for (int i = 0; i < n->input_count; i++) topological_visit(g, n->inputs[i], visited);
+    g->order[g->order_count++] = n;
+}
+
+// Orders the graph for `output` and gives every node its memory: one block
+// for the parameters, one for their gradients (in creation order, so an
+// optimiser can treat them as flat arrays), one for everything else.
+void graph_compile(Graph *g, Node *output) {
+    char visited[MAX_NODES] = {0};
+    g->output = output;
+    g->order_count = 0;
+    topological_visit(g, output, visited);
+    size_t params = 0, other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->is_parameter) params += capacity;
+        else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
+                      n->saved_per_item * (size_t)g->max_batch;
+    }
+    g->param_count = params;
+    g->params = xmalloc(params * sizeof(float));
+    g->grads = xmalloc(params * sizeof(float));
+    g->memory = xmalloc(other * sizeof(float));
+    memset(g->params, 0, params * sizeof(float));
+    memset(g->grads, 0, params * sizeof(float));
+    memset(g->memory, 0, other * sizeof(float));
+    params = other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->is_parameter) {
+            n->value = g->params + params;
+            n->grad = g->grads + params;
+            params += capacity;
+            continue;
+        }
+        n->value = g->memory + other;
+        other += capacity;
+        if (n->requires_grad) {
+            n->grad = g->memory + other;
+            other += capacity;
+        }
+        if (n->saved_per_item) {
+            n->saved = g->memory + other;
+            other += n->saved_per_item * (size_t)g->max_batch;
+        }
+    }
+}
+
+// Parameters in creation order from the init stream: Glorot for weights
+// (fan in and fan out from the last two dimensions, times the rest for a
+// convolution kernel), zeros for biases, ones for scales. The dropout
+// stream is seeded here too, so one seed fixes everything.
+void graph_initialize(Graph *g, uint64_t seed) {
+    Rng rng = rng_new(seed, STREAM_INIT);
+    g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->is_parameter) continue;
+        if (n->init == INIT_GLOROT) {
+            int receptive = 1;
+            for (int d = 0; d < n->rank - 2; d++) receptive *= n->shape[d];
+            glorot_uniform(n->value, n->size, n->shape[n->rank - 2] * receptive,
+                           n->shape[n->rank - 1] * receptive, &rng);
+        } else {
+            for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
+        }
+    }
+}
+
+void graph_set_batch(Graph *g, int batch) {
+    graph_check(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
+    g->batch = batch;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->batched) continue;
+        n->shape[0] = batch;
+        n->size = n->item_size * (size_t)batch;
+    }
+}
+
+// Runs every op in order; returns the output's first value (the loss).
+float graph_forward(Graph *g, int training) {
+    g->training = training;
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op) n->op->forward(n, g);
+    }
+    return g->output->value[0];
+}
+
+void graph_zero_grad(Graph *g) {
+    memset(g->grads, 0, g->param_count * sizeof(float));
+}
+
+// The gradient of the output (a scalar) with respect to every node that
+// needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
+void graph_backward(Graph *g) {
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+    }
+    graph_check(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
+    g->output->grad[0] = 1.0f;
+    for (int i = g->order_count - 1; i >= 0; i--) {
+        Node *n = g->order[i];
+        if (n->op && n->requires_grad) n->op->backward(n);
+    }
+}
+
+void print_shape(const Node *n) {
+    printf("(");
+    for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
+    printf(")");
+}
+
+// The graph as a list, in the order it runs.
+void graph_print(const Graph *g) {
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        printf("  %2d  %-22s ", (int)(n - g->nodes), n->op ? n->op->name : n->is_parameter ? "parameter" : "input");
+        print_shape(n);
+        if (n->label) printf("  %s", n->label);
+        for (int k = 0; k < n->input_count; k++)
+            printf(k ? ", %d" : "  <- %d", (int)(n->inputs[k] - g->nodes));
+        printf("\n");
+    }
+}
+
+/* ---- The ops ---------------------------------------------------------------
+   Each op is a forward and a backward function over its node, mostly calling
+   the layer kernels of chapter 2, plus a constructor that checks shapes. The
+   backward functions skip inputs that need no gradient (grad == NULL). */
+
+// Adds src into dst, elementwise: the backward of every "copy" of a gradient.
+void accumulate(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+// matmul: x (B, C) @ w (C, OC) -> (B, OC)
+void matmul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+void matmul_op_backward(Node *n) {
+    Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+// bias_add: x (B, ..., C) + b (C) -> the shape of x; b is added along the
+// last dimension, so the same op serves dense layers and (NHWC) convolutions.
+void bias_add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *b = n->inputs[1];
+    memcpy(n->value, x->value, n->size * sizeof(float));
+    bias_forward(n->value, b->value, (int)(n->size / b->size), (int)b->size);
+}
+
+void bias_add_op_backward(Node *n) {
+    Node *x = n->inputs[0], *b = n->inputs[1];
+    if (x->grad) accumulate(x->grad, n->grad, n->size);
+    if (b->grad) bias_backward(b->grad, n->grad, (int)(n->size / b->size), (int)b->size);
+}
+
+void relu_op_forward(Node *n, Graph *g) {
+    (void)g;
+    relu_forward(n->value, n->inputs[0]->value, n->size);
+}
+
+void relu_op_backward(Node *n) {
+    relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
+}
+
+// add: a + b, same shapes. d(a+b)/da = 1, so each input gets the gradient as is.
+void add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] + n->inputs[1]->value[i];
+}
+
+void add_op_backward(Node *n) {
+    for (int k = 0; k < 2; k++)
+        if (n->inputs[k]->grad) accumulate(n->inputs[k]->grad, n->grad, n->size);
+}
+
+// mul: a * b elementwise. d(ab)/da = b and d(ab)/db = a.
+void mul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] * n->inputs[1]->value[i];
+}
+
+void mul_op_backward(Node *n) {
+    Node *a = n->inputs[0], *b = n->inputs[1];
+    for (size_t i = 0; i < n->size; i++) {
+        if (a->grad) a->grad[i] += n->grad[i] * b->value[i];
+        if (b->grad) b->grad[i] += n->grad[i] * a->value[i];
+    }
+}
+
+// sum: every element of x -> a scalar. Each element moved the sum by 1.
+void sum_op_forward(Node *n, Graph *g) {
+    (void)g;
+    double total = 0;
+    for (size_t i = 0; i < n->inputs[0]->size; i++) total += n->inputs[0]->value[i];
+    n->value[0] = (float)total;
+}
+
+void sum_op_backward(Node *n) {
+    Node *x = n->inputs[0];
+    for (size_t i = 0; i < x->size; i++) x->grad[i] += n->grad[0];
+}
+
+// softmax_cross_entropy: logits (B, K), targets (B, K) -> the mean loss, a
+// scalar. Keeps the probabilities (saved) for backward and for accuracy.
+void softmax_cross_entropy_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *logits = n->inputs[0], *targets = n->inputs[1];
+    n->value[0] = softmax_cross_entropy_forward(n->saved, logits->value, targets->value,
+                                                logits->shape[0], logits->shape[1]);
+}
+
+void softmax_cross_entropy_op_backward(Node *n) {
+    Node *logits = n->inputs[0], *targets = n->inputs[1];
+    softmax_cross_entropy_backward(logits->grad, n->grad[0], n->saved, targets->value,
+                                   logits->shape[0], logits->shape[1]);
+}
+
+// The op table: the one place an op is registered.
+typedef enum {
+    OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
+    OP_COUNT
+} OpKind;
+
+static const Op OPS[OP_COUNT] = {
+    [OP_MATMUL] = {"matmul", matmul_op_forward, matmul_op_backward},
+    [OP_BIAS_ADD] = {"bias_add", bias_add_op_forward, bias_add_op_backward},
+    [OP_RELU] = {"relu", relu_op_forward, relu_op_backward},
+    [OP_ADD] = {"add", add_op_forward, add_op_backward},
+    [OP_MUL] = {"mul", mul_op_forward, mul_op_backward},
+    [OP_SUM] = {"sum", sum_op_forward, sum_op_backward},
+    [OP_SOFTMAX_CROSS_ENTROPY] = {"softmax_cross_entropy", softmax_cross_entropy_op_forward,
+                                  softmax_cross_entropy_op_backward},
+};
+
+// The constructors: check the shapes, make the node.
+Node *matmul(Graph *g, Node *x, Node *w) {
+    graph_check(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
+                "matmul needs x (B, C) and w (C, OC)");
+    return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
+}
+
+Node *bias_add(Graph *g, Node *x, Node *b) {
+    graph_check(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
+                "bias_add needs a bias as long as the last dimension of x");
+    return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+Node *same_shape_op(Graph *g, OpKind kind, Node **inputs, int count) {
+    for (int k = 1; k < count; k++)
+        graph_check(inputs[k]->batched == inputs[0]->batched && inputs[k]->item_size == inputs[0]->item_size,
+                    "%s needs inputs of the same shape", OPS[kind].name);
+    Node *x = inputs[0];
+    return graph_op(g, &OPS[kind], inputs, count, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+Node *relu(Graph *g, Node *x) { return same_shape_op(g, OP_RELU, (Node *[]){x}, 1); }
+Node *add(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_ADD, (Node *[]){a, b}, 2); }
+Node *mul(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_MUL, (Node *[]){a, b}, 2); }
+
+Node *sum(Graph *g, Node *x) {
+    return graph_op(g, &OPS[OP_SUM], (Node *[]){x}, 1, 0, (int[]){1}, 1);
+}
+
+Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
+    graph_check(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
+                logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+    Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
+    n->saved_per_item = (size_t)logits->shape[1];  // the probabilities
+    return n;
+}
+
+/* ---- Models on the engine ------------------------------------------------ */
+
+// A classifier built on a graph: where its images and targets go in, and
+// the loss node, whose saved buffer holds the probabilities.
+typedef struct {
+    Graph *graph;
+    Node *images, *targets, *loss;
+} GraphClassifier;
+
+// The ANN of chapter 2, as a graph. Parameters are created in the order of
+// chapter 2's memory (weight, bias, layer by layer), so the same seed gives
+// the same initial weights, laid out the same way.
+GraphClassifier ann_graph(int max_batch, uint64_t seed) {
+    static const char *labels[2 * ANN_LAYERS] = {"weight1", "bias1", "weight2", "bias2", "weight3", "bias3"};
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = images;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        Node *w = graph_parameter(g, labels[2 * l], (int[]){ANN_WIDTHS[l], ANN_WIDTHS[l + 1]}, 2, INIT_GLOROT);
+        Node *b = graph_parameter(g, labels[2 * l + 1], (int[]){ANN_WIDTHS[l + 1]}, 1, INIT_ZEROS);
+        x = bias_add(g, matmul(g, x, w), b);
+        if (l < ANN_LAYERS - 1) x = relu(g, x);
+    }
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+float graph_run(GraphClassifier *c, const float *images, const float *targets, int n, int training, float *probs) {
+    graph_set_batch(c->graph, n);
+    memcpy(c->images->value, images, c->images->size * sizeof(float));
+    memcpy(c->targets->value, targets, c->targets->size * sizeof(float));
+    float loss = graph_forward(c->graph, training);
+    if (training) graph_backward(c->graph);
+    memcpy(probs, c->loss->saved, (size_t)n * NUM_CLASSES * sizeof(float));
+    return loss;
+}
+
+float graph_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+    return graph_run(net, images, targets, n, 1, probs);
+}
+
+float graph_predict(void *net, const float *images, const float *targets, int n, float *probs) {
+    return graph_run(net, images, targets, n, 0, probs);
+}
+
+Model graph_model(GraphClassifier *c, const char *name) {
+    return (Model){name, c, graph_compute_gradients, graph_predict,
+                   c->graph->params, c->graph->grads, c->graph->param_count, c->graph->max_batch};
+}
+//@ end
