@@ -20,7 +20,7 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
            src/layers.c src/optim.c src/train.c src/ann.c src/autodiff.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
-TESTS    = build/test_tangle build/test_idx build/test_ann
+TESTS    = build/test_tangle build/test_idx build/test_ann build/test_autodiff
 
 .PHONY: all chapters check-chapters data test test-build warnings clean
 .DELETE_ON_ERROR:

@@ -1376,7 +1376,7 @@ struct Node {
     size_t size;                // elements now
     float *value;               // (shape)
     float *grad;                // (shape), or NULL when no gradient is needed
-    int requires_grad;          // is there a parameter upstream?
+    int requires_grad;          // a parameter, or a parameter upstream (tests may set it on an input)
     int is_parameter;
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
@@ -1575,8 +1575,13 @@ float graph_forward(Graph *g, int training) {
     return g->output->value[0];
 }
 
+// Clears the gradients that graph_backward() adds into: those of the
+// parameters, and of any input that asked for one.
 void graph_zero_grad(Graph *g) {
-    memset(g->grads, 0, g->param_count * sizeof(float));
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+    }
 }
 
 // The gradient of the output (a scalar) with respect to every node that
@@ -1911,7 +1916,7 @@ int check_ann_gradients(const Dataset *d, int B, uint64_t seed, int samples, dou
             hand_fd = fmax(hand_fd, relative_error(hand.grad_memory[i], difference));
         }
         ok &= hand_engine < tolerance && engine_fd < tolerance && hand_fd < tolerance;
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "%s%d", g % 2 ? "bias" : "weight", l + 1);
         printf("  %-8s %7zu   %-15.2g %-21.2g %.2g\n", name, size, hand_engine, engine_fd, hand_fd);
         start += size;

@@ -92,7 +92,7 @@ int check_ann_gradients(const Dataset *d, int B, uint64_t seed, int samples, dou
             hand_fd = fmax(hand_fd, relative_error(hand.grad_memory[i], difference));
         }
         ok &= hand_engine < tolerance && engine_fd < tolerance && hand_fd < tolerance;
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "%s%d", g % 2 ? "bias" : "weight", l + 1);
         printf("  %-8s %7zu   %-15.2g %-21.2g %.2g\n", name, size, hand_engine, engine_fd, hand_fd);
         start += size;

@@ -1,0 +1,457 @@
+/* test_autodiff.c - chapter 3: every op checked three ways (hand-derived,
+   engine, finite differences of an independent double-precision reference),
+   the classic autodiff mistakes as property tests, the lesson that float
+   finite differences are too coarse, and the engine's training against
+   chapter 2's, bit for bit. */
+#include "check.h"
+
+#define main chapter3_main
+#include "../chapters/chapter3.c"
+#undef main
+
+static const double STEP = 1e-6, TOLERANCE = 1e-4;  // why 1e-4: see test_ann.c
+
+static void fill(float *x, size_t n, float low, float high, Rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = low + (high - low) * rng_uniform(rng);
+}
+
+/* ---- Every op, three ways ---------------------------------------------------
+   Each case builds a one-op graph whose loss is L = sum(op(inputs) * r) for
+   fixed random weights r (so dL/d(output) = r), or the op's own scalar. The
+   reference computes L in double from double copies of the inputs. */
+enum { B = 3, C = 4, OC = 5, MAX_WRT = 2 };
+
+typedef struct Case Case;
+struct Case {
+    const char *name;
+    Graph *graph;
+    Node *wrt[MAX_WRT];          // the nodes differentiated against
+    int wrt_count;
+    float hand[MAX_WRT][64];     // the gradients derived by hand
+    float r[B * OC];             // the output weights
+    double (*reference)(const Case *c, double *const *x);
+};
+
+// Ends a case's graph with the weighted sum, compiles it, fills its inputs.
+static Node *weighted_loss(Case *c, Node *out) {
+    Node *r = graph_input(c->graph, "r", out->shape + 1, out->rank - 1);
+    Node *loss = sum(c->graph, mul(c->graph, out, r));
+    graph_compile(c->graph, loss);
+    memcpy(r->value, c->r, r->size * sizeof(float));
+    return loss;
+}
+
+static Node *input_with_grad(Graph *g, int width) {
+    Node *x = graph_input(g, "x", (int[]){width}, 1);
+    x->requires_grad = 1;
+    return x;
+}
+
+static void check_three_ways(Case *c) {
+    section(c->name);
+    graph_zero_grad(c->graph);
+    graph_forward(c->graph, 1);
+    graph_backward(c->graph);
+    double *x[MAX_WRT];
+    for (int k = 0; k < c->wrt_count; k++) {
+        x[k] = malloc(c->wrt[k]->size * sizeof(double));
+        for (size_t i = 0; i < c->wrt[k]->size; i++) x[k][i] = c->wrt[k]->value[i];
+    }
+    for (int k = 0; k < c->wrt_count; k++) {
+        double hand_engine = 0, engine_fd = 0, hand_fd = 0;
+        for (size_t i = 0; i < c->wrt[k]->size; i++) {
+            double saved = x[k][i];
+            x[k][i] = saved + STEP;
+            double up = c->reference(c, x);
+            x[k][i] = saved - STEP;
+            double down = c->reference(c, x);
+            x[k][i] = saved;
+            double fd = (up - down) / (2 * STEP), engine = c->wrt[k]->grad[i], hand = c->hand[k][i];
+            hand_engine = fmax(hand_engine, relative_error(hand, engine));
+            engine_fd = fmax(engine_fd, relative_error(engine, fd));
+            hand_fd = fmax(hand_fd, relative_error(hand, fd));
+        }
+        if (!CHECK(hand_engine < TOLERANCE && engine_fd < TOLERANCE && hand_fd < TOLERANCE))
+            printf("     input %d: hand vs engine %.3g, engine vs differences %.3g, hand vs differences %.3g\n",
+                   k, hand_engine, engine_fd, hand_fd);
+    }
+    for (int k = 0; k < c->wrt_count; k++) free(x[k]);
+    graph_free(c->graph);
+}
+
+static double reference_matmul(const Case *c, double *const *x) {
+    double L = 0;
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < OC; o++) {
+            double s = 0;
+            for (int i = 0; i < C; i++) s += x[0][b * C + i] * x[1][i * OC + o];
+            L += s * c->r[b * OC + o];
+        }
+    return L;
+}
+
+static void test_matmul(Rng *rng) {
+    Case c = {"matmul: x (3,4) @ w (4,5)", graph_new(B), {0}, 2, {{0}}, {0}, reference_matmul};
+    fill(c.r, B * OC, -1, 1, rng);
+    c.wrt[0] = input_with_grad(c.graph, C);
+    c.wrt[1] = graph_parameter(c.graph, "w", (int[]){C, OC}, 2, INIT_ZEROS);
+    weighted_loss(&c, matmul(c.graph, c.wrt[0], c.wrt[1]));
+    fill(c.wrt[0]->value, B * C, -1, 1, rng);
+    fill(c.wrt[1]->value, C * OC, -1, 1, rng);
+    matmul_backward(c.hand[0], c.hand[1], c.r, c.wrt[0]->value, c.wrt[1]->value, B, C, OC);  // chapter 2
+    check_three_ways(&c);
+}
+
+static double reference_bias_add(const Case *c, double *const *x) {
+    double L = 0;
+    for (int b = 0; b < B; b++)
+        for (int o = 0; o < OC; o++) L += (x[0][b * OC + o] + x[1][o]) * c->r[b * OC + o];
+    return L;
+}
+
+static void test_bias_add(Rng *rng) {
+    Case c = {"bias_add: x (3,5) + b (5)", graph_new(B), {0}, 2, {{0}}, {0}, reference_bias_add};
+    fill(c.r, B * OC, -1, 1, rng);
+    c.wrt[0] = input_with_grad(c.graph, OC);
+    c.wrt[1] = graph_parameter(c.graph, "b", (int[]){OC}, 1, INIT_ZEROS);
+    weighted_loss(&c, bias_add(c.graph, c.wrt[0], c.wrt[1]));
+    fill(c.wrt[0]->value, B * OC, -1, 1, rng);
+    fill(c.wrt[1]->value, OC, -1, 1, rng);
+    memcpy(c.hand[0], c.r, sizeof c.r);       // d(x + b)/dx = 1
+    bias_backward(c.hand[1], c.r, B, OC);      // chapter 2
+    check_three_ways(&c);
+}
+
+static double reference_relu(const Case *c, double *const *x) {
+    double L = 0;
+    for (int i = 0; i < B * OC; i++) L += (x[0][i] > 0 ? x[0][i] : 0) * c->r[i];
+    return L;
+}
+
+static void test_relu(Rng *rng) {
+    Case c = {"relu: (3,5)", graph_new(B), {0}, 1, {{0}}, {0}, reference_relu};
+    fill(c.r, B * OC, -1, 1, rng);
+    c.wrt[0] = input_with_grad(c.graph, OC);
+    weighted_loss(&c, relu(c.graph, c.wrt[0]));
+    for (int i = 0; i < B * OC; i++) {  // away from the kink at 0
+        float u = rng_uniform(rng);
+        c.wrt[0]->value[i] = (i % 2 ? 1.0f : -1.0f) * (0.1f + u);
+    }
+    relu_backward(c.hand[0], c.r, c.wrt[0]->value, B * OC);  // chapter 2
+    check_three_ways(&c);
+}
+
+static double reference_add(const Case *c, double *const *x) {
+    double L = 0;
+    for (int i = 0; i < B * OC; i++) L += (x[0][i] + x[1][i]) * c->r[i];
+    return L;
+}
+
+static double reference_mul(const Case *c, double *const *x) {
+    double L = 0;
+    for (int i = 0; i < B * OC; i++) L += x[0][i] * x[1][i] * c->r[i];
+    return L;
+}
+
+static void test_add_and_mul(Rng *rng) {
+    for (int is_mul = 0; is_mul < 2; is_mul++) {
+        Case c = {is_mul ? "mul: (3,5) * (3,5)" : "add: (3,5) + (3,5)", graph_new(B), {0}, 2, {{0}}, {0},
+                  is_mul ? reference_mul : reference_add};
+        fill(c.r, B * OC, -1, 1, rng);
+        c.wrt[0] = input_with_grad(c.graph, OC);
+        c.wrt[1] = input_with_grad(c.graph, OC);
+        weighted_loss(&c, (is_mul ? mul : add)(c.graph, c.wrt[0], c.wrt[1]));
+        fill(c.wrt[0]->value, B * OC, -1, 1, rng);
+        fill(c.wrt[1]->value, B * OC, -1, 1, rng);
+        for (int i = 0; i < B * OC; i++) {  // by hand: d(a+b) = 1, d(ab)/da = b, d(ab)/db = a
+            c.hand[0][i] = is_mul ? c.r[i] * c.wrt[1]->value[i] : c.r[i];
+            c.hand[1][i] = is_mul ? c.r[i] * c.wrt[0]->value[i] : c.r[i];
+        }
+        check_three_ways(&c);
+    }
+}
+
+static double reference_sum(const Case *c, double *const *x) {
+    (void)c;
+    double L = 0;
+    for (int i = 0; i < B * OC; i++) L += x[0][i];
+    return L;
+}
+
+static void test_sum(Rng *rng) {
+    Case c = {"sum: (3,5) -> scalar", graph_new(B), {0}, 1, {{0}}, {0}, reference_sum};
+    c.wrt[0] = input_with_grad(c.graph, OC);
+    graph_compile(c.graph, sum(c.graph, c.wrt[0]));
+    fill(c.wrt[0]->value, B * OC, -1, 1, rng);
+    for (int i = 0; i < B * OC; i++) c.hand[0][i] = 1;
+    check_three_ways(&c);
+}
+
+static float softmax_targets[B * OC];
+
+static double reference_softmax_cross_entropy(const Case *c, double *const *x) {
+    (void)c;
+    double L = 0;
+    for (int b = 0; b < B; b++) {
+        double sum_exp = 0;
+        for (int k = 0; k < OC; k++) sum_exp += exp(x[0][b * OC + k]);
+        for (int k = 0; k < OC; k++) L -= softmax_targets[b * OC + k] * log(exp(x[0][b * OC + k]) / sum_exp);
+    }
+    return L / B;
+}
+
+static void test_softmax_cross_entropy(Rng *rng) {
+    Case c = {"softmax_cross_entropy: (3,5) -> mean loss", graph_new(B), {0}, 1, {{0}}, {0},
+              reference_softmax_cross_entropy};
+    c.wrt[0] = input_with_grad(c.graph, OC);
+    Node *targets = graph_input(c.graph, "targets", (int[]){OC}, 1);
+    Node *loss = softmax_cross_entropy(c.graph, c.wrt[0], targets);
+    graph_compile(c.graph, loss);
+    fill(c.wrt[0]->value, B * OC, -2, 2, rng);
+    for (int b = 0; b < B; b++) softmax_targets[b * OC + (b * 2) % OC] = 1;
+    memcpy(targets->value, softmax_targets, sizeof softmax_targets);
+    float probs[B * OC];
+    softmax_cross_entropy_forward(probs, c.wrt[0]->value, softmax_targets, B, OC);  // chapter 2
+    softmax_cross_entropy_backward(c.hand[0], 1.0f, probs, softmax_targets, B, OC);
+    check_three_ways(&c);
+}
+
+/* ---- The classic mistakes ---------------------------------------------------- */
+
+// Two parameters of n values each, filled from rng.
+static Node *random_parameter(Graph *g, const char *label, int n) {
+    return graph_parameter(g, label, (int[]){n}, 1, INIT_ZEROS);
+}
+
+static void test_node_used_twice(Rng *rng) {
+    section("a node used twice: d(sum(w*w))/dw = 2w");
+    Graph *g = graph_new(1);
+    Node *w = random_parameter(g, "w", 6);
+    graph_compile(g, sum(g, mul(g, w, w)));
+    fill(w->value, 6, -1, 1, rng);
+    graph_zero_grad(g);
+    graph_forward(g, 1);
+    graph_backward(g);
+    int exact = 1;
+    for (int i = 0; i < 6; i++) exact &= w->grad[i] == 2 * w->value[i];  // w + w is exact in float
+    CHECK(exact);
+    graph_free(g);
+}
+
+static void test_diamond(Rng *rng) {
+    section("a diamond: x feeds two paths that meet again");
+    // L = sum(relu(x) * a + relu(x) * c), so dL/dx = (a + c) where x > 0.
+    Graph *g = graph_new(1);
+    Node *x = random_parameter(g, "x", 8), *a = random_parameter(g, "a", 8), *c = random_parameter(g, "c", 8);
+    Node *top = relu(g, x);
+    graph_compile(g, sum(g, add(g, mul(g, top, a), mul(g, top, c))));
+    fill(x->value, 8, -1, 1, rng);
+    fill(a->value, 8, -1, 1, rng);
+    fill(c->value, 8, -1, 1, rng);
+    graph_zero_grad(g);
+    graph_forward(g, 1);
+    graph_backward(g);
+    int right = 1;
+    for (int i = 0; i < 8; i++) right &= fabsf(x->grad[i] - (x->value[i] > 0 ? a->value[i] + c->value[i] : 0)) < 1e-6f;
+    CHECK(right);
+    // The shared node appears once in the order, before both of its users.
+    int appearances = 0;
+    for (int i = 0; i < g->order_count; i++) appearances += g->order[i] == top;
+    CHECK_EQ_INT(appearances, 1);
+    graph_free(g);
+}
+
+static void test_parameter_as_input(Rng *rng) {
+    section("a parameter feeding ops directly, and a matmul too");
+    // L = sum(relu(w)) + sum(w * w) + sum(x @ W) with w the flattened W:
+    // here simply w of shape (4) used by relu, by mul and as a bias.
+    Graph *g = graph_new(2);
+    Node *w = random_parameter(g, "w", 4);
+    Node *x = graph_input(g, "x", (int[]){4}, 1);
+    Node *penalty = add(g, sum(g, relu(g, w)), sum(g, mul(g, w, w)));
+    Node *loss = add(g, penalty, sum(g, bias_add(g, x, w)));
+    graph_compile(g, loss);
+    fill(w->value, 4, -1, 1, rng);
+    fill(x->value, 8, -1, 1, rng);
+    graph_zero_grad(g);
+    float value = graph_forward(g, 1);
+    graph_backward(g);
+    int right = 1;
+    double expected_value = 0;
+    for (int i = 0; i < 4; i++) {
+        float expected = (w->value[i] > 0 ? 1.0f : 0.0f) + 2 * w->value[i] + 2;  // bias added to 2 rows
+        right &= fabsf(w->grad[i] - expected) < 1e-6f;
+        expected_value += fmax(w->value[i], 0) + w->value[i] * w->value[i] + x->value[i] + x->value[4 + i] + 2 * w->value[i];
+    }
+    CHECK(right);
+    CHECK_NEAR(value, expected_value, 1e-5);
+    CHECK(x->grad == NULL);  // an input nobody asked a gradient for gets none
+    graph_free(g);
+}
+
+// The ANN graph on a batch of synthetic images.
+static GraphClassifier small_ann(int batch, float *images, float *targets, Rng *rng) {
+    GraphClassifier net = ann_graph(batch, 11);
+    fill(images, (size_t)batch * IMAGE_SIZE, 0, 1, rng);
+    memset(targets, 0, (size_t)batch * NUM_CLASSES * sizeof(float));
+    for (int i = 0; i < batch; i++) targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
+    return net;
+}
+
+static void test_repeated_backward_and_zeroing(Rng *rng) {
+    section("backward twice, and forgetting to zero");
+    enum { N = 4 };
+    static float images[2][N * IMAGE_SIZE], targets[2][N * NUM_CLASSES];
+    float probs[N * NUM_CLASSES];
+    GraphClassifier net = small_ann(N, images[0], targets[0], rng);
+    fill(images[1], N * IMAGE_SIZE, 0, 1, rng);
+    memcpy(targets[1], targets[0], sizeof targets[0]);
+    Graph *g = net.graph;
+    size_t count = g->param_count;
+    float *first = malloc(count * sizeof(float)), *second_alone = malloc(count * sizeof(float));
+    Node *logits = net.loss->inputs[0];
+    float *logits_grad = malloc(logits->size * sizeof(float));
+
+    graph_zero_grad(g);
+    graph_compute_gradients(&net, images[0], targets[0], N, probs);
+    memcpy(first, g->grads, count * sizeof(float));
+    memcpy(logits_grad, logits->grad, logits->size * sizeof(float));
+    // Backward again, no forward, no zeroing: parameters get twice, interior nodes the same.
+    graph_backward(g);
+    // (Up to rounding: each gradient is a sum over the batch, and adding the
+    // terms again one by one onto the first sum rounds differently from 2x.
+    // Errors are measured against the largest gradient, since a sum whose
+    // terms cancel has a relative error that means nothing.)
+    float scale = 0;
+    for (size_t i = 0; i < count; i++) scale = fmaxf(scale, fabsf(first[i]));
+    int doubled = 1;
+    for (size_t i = 0; i < count; i++) doubled &= fabsf(g->grads[i] - 2 * first[i]) <= 1e-6f * scale;
+    CHECK(doubled);
+    CHECK(memcmp(logits_grad, logits->grad, logits->size * sizeof(float)) == 0);
+
+    // The second batch alone...
+    graph_zero_grad(g);
+    graph_compute_gradients(&net, images[1], targets[1], N, probs);
+    memcpy(second_alone, g->grads, count * sizeof(float));
+    // ...and after the first without zeroing in between: the sum, not the second.
+    graph_zero_grad(g);
+    graph_compute_gradients(&net, images[0], targets[0], N, probs);
+    graph_compute_gradients(&net, images[1], targets[1], N, probs);
+    int summed = 1, differs = 0;
+    for (size_t i = 0; i < count; i++) {
+        summed &= fabsf(g->grads[i] - (first[i] + second_alone[i])) <= 1e-6f * scale;
+        differs |= g->grads[i] != second_alone[i];
+    }
+    CHECK(summed);
+    CHECK(differs);
+    free(first);
+    free(second_alone);
+    free(logits_grad);
+    graph_free(g);
+}
+
+/* ---- Why finite differences are taken in double ------------------------- */
+
+static void test_float_differences_are_too_coarse(Rng *rng) {
+    section("finite differences: float fails where double passes");
+    enum { N = 8 };
+    static float images[N * IMAGE_SIZE], targets[N * NUM_CLASSES];
+    float probs[N * NUM_CLASSES];
+    GraphClassifier net = small_ann(N, images, targets, rng);
+    Graph *g = net.graph;
+    graph_zero_grad(g);
+    graph_compute_gradients(&net, images, targets, N, probs);
+    double *params = malloc(g->param_count * sizeof(double));
+    for (size_t i = 0; i < g->param_count; i++) params[i] = g->params[i];
+    double worst_float = 0, worst_double = 0;
+    for (int s = 0; s < 40; s++) {
+        size_t i = rng_below(rng, (uint32_t)g->param_count);
+        float saved = g->params[i];
+        const float h = 1e-3f;  // about the best step in float
+        g->params[i] = saved + h;
+        float up = graph_forward(g, 0);
+        g->params[i] = saved - h;
+        float down = graph_forward(g, 0);
+        g->params[i] = saved;
+        worst_float = fmax(worst_float, relative_error((up - down) / (2 * h), g->grads[i]));
+        double p = params[i];
+        params[i] = p + STEP;
+        double up_d = ann_loss_in_double(params, images, targets, N);
+        params[i] = p - STEP;
+        double down_d = ann_loss_in_double(params, images, targets, N);
+        params[i] = p;
+        worst_double = fmax(worst_double, relative_error((up_d - down_d) / (2 * STEP), g->grads[i]));
+    }
+    printf("     largest relative error: float differences %.3g, double differences %.3g\n", worst_float, worst_double);
+    CHECK(worst_double < 1e-3);
+    CHECK(worst_float > 1e-2);
+    free(params);
+    graph_free(g);
+}
+
+static void test_whole_ann_three_ways(Rng *rng) {
+    section("the whole ANN three ways (the check ./chapter3 prints)");
+    enum { N = 8 };
+    static float images[N * IMAGE_SIZE], targets[N * NUM_CLASSES];
+    unsigned char labels[N];
+    fill(images, N * IMAGE_SIZE, 0, 1, rng);
+    for (int i = 0; i < N; i++) labels[i] = (unsigned char)(i % NUM_CLASSES), targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
+    Dataset d = {N, images, labels, targets};
+    CHECK(check_ann_gradients(&d, N, 5, 30, 1e-3));
+}
+
+/* ---- Training through the engine ------------------------------------------ */
+
+static void test_training_matches_chapter_2(void) {
+    section("engine training: deterministic, and equal to chapter 2's");
+    FashionMnist data;
+    Error err = {0};
+    if (load_fashion_mnist("data", &data, &err)) {
+        skip("no Fashion-MNIST in data/ (run `make data`)");
+        return;
+    }
+    Dataset few = dataset_slice(&data.train, 0, 64 * 30);  // 30 steps
+    float *weights[3];
+    for (int run = 0; run < 3; run++) {
+        Ann ann = ann_new(64, 1);
+        GraphClassifier engine = ann_graph(64, 1);
+        Model m = run < 2 ? graph_model(&engine, "ann") : ann_model(&ann);
+        Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+        Trainer t = trainer_new(&m, &opt, &few, 64, 1);
+        float loss, accuracy;
+        train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy);
+        weights[run] = malloc(m.count * sizeof(float));
+        memcpy(weights[run], m.params, m.count * sizeof(float));
+        trainer_free(&t);
+        optimizer_free(&opt);
+        graph_free(engine.graph);
+        ann_free(&ann);
+    }
+    CHECK(memcmp(weights[0], weights[1], 109386 * sizeof(float)) == 0);  // same seed, same engine
+    double largest = 0;
+    for (int i = 0; i < 109386; i++) largest = fmax(largest, fabs(weights[0][i] - weights[2][i]));
+    if (!CHECK(largest <= 1e-6)) printf("     largest weight difference engine vs chapter 2: %g\n", largest);
+    for (int run = 0; run < 3; run++) free(weights[run]);
+    free_fashion_mnist(&data);
+
+    char *args[] = {"chapter3", "--limit", "1000", "--epochs", "1", NULL};
+    CHECK_EQ_INT(chapter3_main(5, args), 0);
+}
+
+int main(void) {
+    Rng rng = rng_new(2024, STREAM_CHECK);
+    test_matmul(&rng);
+    test_bias_add(&rng);
+    test_relu(&rng);
+    test_add_and_mul(&rng);
+    test_sum(&rng);
+    test_softmax_cross_entropy(&rng);
+    test_node_used_twice(&rng);
+    test_diamond(&rng);
+    test_parameter_as_input(&rng);
+    test_repeated_backward_and_zeroing(&rng);
+    test_float_differences_are_too_coarse(&rng);
+    test_whole_ann_three_ways(&rng);
+    test_training_matches_chapter_2();
+    return check_summary();
+}
