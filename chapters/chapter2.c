@@ -1347,6 +1347,8 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
     }
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data->train.count, data->validation.count, data->test.count);
     return CONTINUE;
 }
 
@@ -1355,8 +1357,6 @@ int main(int argc, char **argv) {
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return status;
-    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
-           data.train.count, data.validation.count, data.test.count);
 
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);

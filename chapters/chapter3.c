@@ -1977,6 +1977,8 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
     }
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data->train.count, data->validation.count, data->test.count);
     return CONTINUE;
 }
 
@@ -1985,8 +1987,6 @@ int main(int argc, char **argv) {
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return status;
-    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
-           data.train.count, data.validation.count, data.test.count);
 
     printf("\ngradients of the ANN on 8 training images, three ways:\n");
     if (!check_ann_gradients(&data.train, 8, (uint64_t)options.seed, 50, 1e-3)) {

@@ -20,6 +20,10 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
     }
+//@ from 2
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data->train.count, data->validation.count, data->test.count);
+//@ end
     return CONTINUE;
 }
 
@@ -63,8 +67,6 @@ int main(int argc, char **argv) {
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return status;
-    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
-           data.train.count, data.validation.count, data.test.count);
 
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);
@@ -85,8 +87,6 @@ int main(int argc, char **argv) {
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return status;
-    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
-           data.train.count, data.validation.count, data.test.count);
 
     printf("\ngradients of the ANN on 8 training images, three ways:\n");
     if (!check_ann_gradients(&data.train, 8, (uint64_t)options.seed, 50, 1e-3)) {
