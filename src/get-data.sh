@@ -5,7 +5,7 @@
 # Sources, in order: files already in the directory; $FASHION_MNIST_DIR;
 # /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist);
 # the official mirror, with curl or wget. Every file is checked for size and
-# MD5 against ../shared/PROTOCOL.md; a wrong one is removed, never kept.
+# MD5 against the published values below; a wrong one is removed, never kept.
 # Files are written to a temporary name and renamed when they check out, so
 # nothing half-written is ever left behind. Running it twice does nothing.
 set -u

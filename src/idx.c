@@ -66,8 +66,8 @@ int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
                      uint32_t magic, uint32_t *count, size_t *body, Error *err) {
     const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
     if (size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
-        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it "
-                    "with `gunzip -k %s.gz` (or run `make data`, which does).", path, path);
+        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it: "
+                    "`mv %s %s.gz && gunzip %s.gz` (or run `make data`, which does).", path, path, path, path);
     if (size < 4)
         return fail(err, EXIT_BAD_LENGTH, "%s: only %zu bytes, too short for an IDX header; "
                     "the download was cut short. Delete it and run `make data`.", path, size);

@@ -69,7 +69,7 @@ enum {
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
     EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
-    EXIT_BAD_SHAPE = 6,       // wrong rank or image size
+    EXIT_BAD_SHAPE = 6,       // images that are not 28x28
     EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
     EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
     EXIT_BAD_LABEL = 9,       // a label outside 0-9
