@@ -5,6 +5,7 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
+#   make bench         time one epoch of the chapters that train
 #   make clean         remove what the build made (not data/, not chapters/)
 
 CC      ?= cc
@@ -22,7 +23,7 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_autodiff
 
-.PHONY: all chapters check-chapters data test test-build warnings clean
+.PHONY: all bench chapters check-chapters data test test-build warnings clean
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -80,10 +81,23 @@ test-build: $(TESTS)
 
 # The tests that need Fashion-MNIST skip (and say so) when `make data` cannot
 # get it; CI installs the Debian package first, so nothing is skipped there.
+# Each test program ends with "N passed, N failed"; the last line adds them up,
+# and counts a program that died before its summary as one failure.
 test: warnings check-chapters test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
-	@status=0; for t in $(TESTS); do echo "== $$t"; $$t || status=1; done; \
-	if [ $$status = 0 ]; then echo "all tests passed"; else echo "SOME TESTS FAILED"; fi; exit $$status
+	@status=0; for t in $(TESTS); do \
+	  echo "== $$t"; $$t > $$t.log 2>&1; rc=$$?; cat $$t.log; \
+	  if [ $$rc != 0 ]; then status=1; grep -q '^[0-9]* passed, [0-9]* failed' $$t.log || echo "0 passed, 1 failed" >> $$t.log; fi; \
+	done; \
+	for t in $(TESTS); do cat $$t.log; done | awk '/^[0-9]+ passed, [0-9]+ failed/ { p += $$1; f += $$3; s += $$5 } \
+	  END { printf "total: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; printf "\n" }'; \
+	exit $$status
+
+# Speed, measured: one epoch of each chapter that trains, and the engine's
+# overhead. Numbers vary from run to run; the book quotes what it measured.
+bench: chapter2 chapter3
+	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
+	./chapter3 --epochs 1 | grep -E '^epoch 1/1  train|^time per|^result'
 
 clean:
 	rm -rf build $(PROGRAMS)
