@@ -1160,8 +1160,8 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
                before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
         *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
-        printf("training on %d images, validating on %d, %d epochs\n", train_set.count,
-               data->validation.count, o->epochs);
+        printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
+               data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
         double start = now_seconds();
         train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
         result->seconds = now_seconds() - start;
