@@ -29,6 +29,7 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
+    EXIT_BUG = 1,             // an internal check failed: a bug in the program
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -70,6 +71,19 @@ void *malloc_check(size_t size, const char *file, int line) {
     return memory;
 }
 #define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+
+// A broken promise between parts of the program (a batch larger than the
+// buffers were made for, an op given inputs of the wrong shape) is a bug
+// for the programmer to fix, not the user: stop with the file and line.
+#define require(condition, ...)                                   \
+    do {                                                          \
+        if (!(condition)) {                                       \
+            fprintf(stderr, "%s:%d: bug: ", __FILE__, __LINE__);  \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fprintf(stderr, "\n");                                \
+            exit(EXIT_BUG);                                       \
+        }                                                         \
+    } while (0)
 
 // Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
 double now_seconds(void) {
@@ -627,7 +641,8 @@ void print_usage(FILE *out, const char *program) {
             "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
             EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
             EXIT_NO_MEMORY);
-    fprintf(out, ", %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+    fprintf(out, ",\n  %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+    fprintf(out, ",\n  %d an internal check failed (a bug in the program)", EXIT_BUG);
     fprintf(out, "\n");
 }
 
@@ -987,6 +1002,8 @@ typedef struct {
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
+            batch, model->max_batch);
     Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
     t.order = xmalloc((size_t)data->count * sizeof(int));
     for (int i = 0; i < data->count; i++) t.order[i] = i;
@@ -1275,6 +1292,7 @@ void ann_free(Ann *net) {
 // The forward pass on B images; returns the mean loss, leaves the
 // probabilities in acts.probs.
 float ann_forward(Ann *net, const float *images, const float *targets, int B) {  // (B,784) (B,10)
+    require(B >= 1 && B <= net->max_batch, "batch %d, but the ANN has room for 1 to %d images", B, net->max_batch);
     const AnnParameters *p = &net->params;
     AnnActivations *a = &net->acts;
     const float *x = images;

@@ -29,6 +29,7 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
+    EXIT_BUG = 1,             // an internal check failed: a bug in the program
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -71,6 +72,19 @@ void *malloc_check(size_t size, const char *file, int line) {
     return memory;
 }
 #define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+
+// A broken promise between parts of the program (a batch larger than the
+// buffers were made for, an op given inputs of the wrong shape) is a bug
+// for the programmer to fix, not the user: stop with the file and line.
+#define require(condition, ...)                                   \
+    do {                                                          \
+        if (!(condition)) {                                       \
+            fprintf(stderr, "%s:%d: bug: ", __FILE__, __LINE__);  \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fprintf(stderr, "\n");                                \
+            exit(EXIT_BUG);                                       \
+        }                                                         \
+    } while (0)
 
 // Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
 double now_seconds(void) {
@@ -631,8 +645,9 @@ void print_usage(FILE *out, const char *program) {
             "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
             EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
             EXIT_NO_MEMORY);
-    fprintf(out, ", %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+    fprintf(out, ",\n  %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
     fprintf(out, ", %d gradient check failed", EXIT_BAD_GRADIENT);
+    fprintf(out, ",\n  %d an internal check failed (a bug in the program)", EXIT_BUG);
     fprintf(out, "\n");
 }
 
@@ -992,6 +1007,8 @@ typedef struct {
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
+            batch, model->max_batch);
     Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
     t.order = xmalloc((size_t)data->count * sizeof(int));
     for (int i = 0; i < data->count; i++) t.order[i] = i;
@@ -1280,6 +1297,7 @@ void ann_free(Ann *net) {
 // The forward pass on B images; returns the mean loss, leaves the
 // probabilities in acts.probs.
 float ann_forward(Ann *net, const float *images, const float *targets, int B) {  // (B,784) (B,10)
+    require(B >= 1 && B <= net->max_batch, "batch %d, but the ANN has room for 1 to %d images", B, net->max_batch);
     const AnnParameters *p = &net->params;
     AnnActivations *a = &net->acts;
     const float *x = images;
@@ -1338,7 +1356,10 @@ Model ann_model(Ann *net) {
    order computes the loss; running their backward functions in the reverse
    order computes the gradient of the loss with respect to every node, by
    the chain rule, one op at a time. A new layer is a new op: a forward and a
-   backward function and a row in the op table. The engine never changes.
+   backward function and a row in the op table; the ordering, the memory and
+   the backward pass stay as they are. (Batch Normalisation, in chapter 5,
+   will also need a home for state that is neither a parameter nor a
+   gradient: its running averages.)
    What it is not: dynamic. The graph is built once, compiled (ordered, and
    given all its memory), then replayed for every batch; only the batch size
    may change between runs, up to the size it was compiled for.
@@ -1381,8 +1402,8 @@ struct Node {
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
     size_t saved_per_item;      // floats of `saved` per batch item
-    int attributes[4];          // op settings (kernel size, padding, ...)
-    float rate;                 // an op's real-valued setting (dropout rate)
+    int attributes[4];          // op settings (kernel size, padding, ...); from chapter 4
+    float rate;                 // an op's real-valued setting (dropout rate); from chapter 5
 };
 
 struct Graph {
@@ -1397,6 +1418,7 @@ struct Graph {
     float *params, *grads;  // (param_count) each: every parameter, in creation order
     size_t param_count;
     float *memory;          // values, gradients and saved buffers of all other nodes
+    int compiled;           // after graph_compile() the graph is fixed
 };
 
 // A graph with room for batches of up to max_batch items.
@@ -1415,23 +1437,12 @@ void graph_free(Graph *g) {
     free(g);
 }
 
-// Programming errors in building a graph (wrong shapes, too many nodes)
-// are the programmer's to fix, so they stop the program with file and line.
-#define graph_check(condition, ...)                                              \
-    do {                                                                          \
-        if (!(condition)) {                                                       \
-            fprintf(stderr, "%s:%d: graph error: ", __FILE__, __LINE__);          \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                \
-            exit(EXIT_FAILURE);                                                   \
-        }                                                                         \
-    } while (0)
-
 // Adds a node of the given shape. For a batched node, `shape` leaves out
 // the batch dimension: {784} makes a node of shape (batch, 784).
 Node *graph_add_node(Graph *g, const Op *op, int batched, const int *shape, int rank) {
-    graph_check(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
-    graph_check(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
+    require(!g->compiled, "a node added after graph_compile(); build the whole graph first");
+    require(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
+    require(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
     Node *n = &g->nodes[g->count++];
     memset(n, 0, sizeof *n);
     n->op = op;
@@ -1456,6 +1467,7 @@ Node *graph_input(Graph *g, const char *label, const int *shape, int rank) {
 
 // A parameter: learned, so it needs a gradient; initialised by graph_initialize().
 Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    require(init != INIT_GLOROT || rank >= 2, "%s: Glorot needs a fan in and a fan out (rank 2 or more)", label);
     Node *n = graph_add_node(g, NULL, 0, shape, rank);
     n->label = label;
     n->is_parameter = n->requires_grad = 1;
@@ -1466,6 +1478,8 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
 // An op node over the given inputs; it needs a gradient if any input does.
 Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
                int batched, const int *shape, int rank) {
+    for (int i = 0; i < input_count; i++)
+        require(inputs[i] >= g->nodes && inputs[i] < g->nodes + g->count, "%s: an input from another graph", op->name);
     Node *n = graph_add_node(g, op, batched, shape, rank);
     n->input_count = input_count;
     for (int i = 0; i < input_count; i++) {
@@ -1491,6 +1505,8 @@ void topological_visit(Graph *g, Node *n, char *visited) {
 // for the parameters, one for their gradients (in creation order, so an
 // optimiser can treat them as flat arrays), one for everything else.
 void graph_compile(Graph *g, Node *output) {
+    require(!g->compiled, "graph_compile() called twice");
+    g->compiled = 1;
     char visited[MAX_NODES] = {0};
     g->output = output;
     g->order_count = 0;
@@ -1533,9 +1549,10 @@ void graph_compile(Graph *g, Node *output) {
     }
 }
 
-// Parameters in creation order from the init stream: Glorot for weights
-// (fan in and fan out from the last two dimensions, times the rest for a
-// convolution kernel), zeros for biases, ones for scales. The dropout
+// Parameters in creation order from the init stream: Glorot for weights,
+// zeros for biases, ones for scales. A weight's last two dimensions are its
+// inputs and outputs: (C, OC) for a dense layer, and (KH, KW, C, OC) for a
+// convolution kernel, whose fans are C and OC times the KH*KW positions. The dropout
 // stream is seeded here too, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
     Rng rng = rng_new(seed, STREAM_INIT);
@@ -1555,7 +1572,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 void graph_set_batch(Graph *g, int batch) {
-    graph_check(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
+    require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
     g->batch = batch;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
@@ -1591,7 +1608,7 @@ void graph_backward(Graph *g) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
     }
-    graph_check(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
+    require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
@@ -1736,21 +1753,27 @@ static const Op OPS[OP_COUNT] = {
 
 // The constructors: check the shapes, make the node.
 Node *matmul(Graph *g, Node *x, Node *w) {
-    graph_check(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
+    require(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
                 "matmul needs x (B, C) and w (C, OC)");
     return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
 }
 
 Node *bias_add(Graph *g, Node *x, Node *b) {
-    graph_check(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
+    require(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
                 "bias_add needs a bias as long as the last dimension of x");
     return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
 }
 
+int same_shape(const Node *a, const Node *b) {
+    if (a->batched != b->batched || a->rank != b->rank) return 0;
+    for (int d = 0; d < a->rank; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    return 1;
+}
+
 Node *same_shape_op(Graph *g, OpKind kind, Node **inputs, int count) {
     for (int k = 1; k < count; k++)
-        graph_check(inputs[k]->batched == inputs[0]->batched && inputs[k]->item_size == inputs[0]->item_size,
-                    "%s needs inputs of the same shape", OPS[kind].name);
+        require(same_shape(inputs[k], inputs[0]), "%s needs inputs of the same shape", OPS[kind].name);
     Node *x = inputs[0];
     return graph_op(g, &OPS[kind], inputs, count, x->batched, x->shape + x->batched, x->rank - x->batched);
 }
@@ -1764,8 +1787,10 @@ Node *sum(Graph *g, Node *x) {
 }
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
-    graph_check(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
+    require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
                 logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+    // The targets are data, not something to learn: no gradient flows to them.
+    require(!targets->requires_grad, "softmax_cross_entropy: the targets must not need a gradient");
     Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
     n->saved_per_item = (size_t)logits->shape[1];  // the probabilities
     return n;

@@ -99,6 +99,7 @@ void ann_free(Ann *net) {
 // The forward pass on B images; returns the mean loss, leaves the
 // probabilities in acts.probs.
 float ann_forward(Ann *net, const float *images, const float *targets, int B) {  // (B,784) (B,10)
+    require(B >= 1 && B <= net->max_batch, "batch %d, but the ANN has room for 1 to %d images", B, net->max_batch);
     const AnnParameters *p = &net->params;
     AnnActivations *a = &net->acts;
     const float *x = images;

@@ -7,7 +7,10 @@
    order computes the loss; running their backward functions in the reverse
    order computes the gradient of the loss with respect to every node, by
    the chain rule, one op at a time. A new layer is a new op: a forward and a
-   backward function and a row in the op table. The engine never changes.
+   backward function and a row in the op table; the ordering, the memory and
+   the backward pass stay as they are. (Batch Normalisation, in chapter 5,
+   will also need a home for state that is neither a parameter nor a
+   gradient: its running averages.)
    What it is not: dynamic. The graph is built once, compiled (ordered, and
    given all its memory), then replayed for every batch; only the batch size
    may change between runs, up to the size it was compiled for.
@@ -50,8 +53,8 @@ struct Node {
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
     size_t saved_per_item;      // floats of `saved` per batch item
-    int attributes[4];          // op settings (kernel size, padding, ...)
-    float rate;                 // an op's real-valued setting (dropout rate)
+    int attributes[4];          // op settings (kernel size, padding, ...); from chapter 4
+    float rate;                 // an op's real-valued setting (dropout rate); from chapter 5
 };
 
 struct Graph {
@@ -66,6 +69,7 @@ struct Graph {
     float *params, *grads;  // (param_count) each: every parameter, in creation order
     size_t param_count;
     float *memory;          // values, gradients and saved buffers of all other nodes
+    int compiled;           // after graph_compile() the graph is fixed
 };
 
 // A graph with room for batches of up to max_batch items.
@@ -84,23 +88,12 @@ void graph_free(Graph *g) {
     free(g);
 }
 
-// Programming errors in building a graph (wrong shapes, too many nodes)
-// are the programmer's to fix, so they stop the program with file and line.
-#define graph_check(condition, ...)                                              \
-    do {                                                                          \
-        if (!(condition)) {                                                       \
-            fprintf(stderr, "%s:%d: graph error: ", __FILE__, __LINE__);          \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                \
-            exit(EXIT_FAILURE);                                                   \
-        }                                                                         \
-    } while (0)
-
 // Adds a node of the given shape. For a batched node, `shape` leaves out
 // the batch dimension: {784} makes a node of shape (batch, 784).
 Node *graph_add_node(Graph *g, const Op *op, int batched, const int *shape, int rank) {
-    graph_check(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
-    graph_check(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
+    require(!g->compiled, "a node added after graph_compile(); build the whole graph first");
+    require(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
+    require(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
     Node *n = &g->nodes[g->count++];
     memset(n, 0, sizeof *n);
     n->op = op;
@@ -125,6 +118,7 @@ Node *graph_input(Graph *g, const char *label, const int *shape, int rank) {
 
 // A parameter: learned, so it needs a gradient; initialised by graph_initialize().
 Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    require(init != INIT_GLOROT || rank >= 2, "%s: Glorot needs a fan in and a fan out (rank 2 or more)", label);
     Node *n = graph_add_node(g, NULL, 0, shape, rank);
     n->label = label;
     n->is_parameter = n->requires_grad = 1;
@@ -135,6 +129,8 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
 // An op node over the given inputs; it needs a gradient if any input does.
 Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
                int batched, const int *shape, int rank) {
+    for (int i = 0; i < input_count; i++)
+        require(inputs[i] >= g->nodes && inputs[i] < g->nodes + g->count, "%s: an input from another graph", op->name);
     Node *n = graph_add_node(g, op, batched, shape, rank);
     n->input_count = input_count;
     for (int i = 0; i < input_count; i++) {
@@ -160,6 +156,8 @@ void topological_visit(Graph *g, Node *n, char *visited) {
 // for the parameters, one for their gradients (in creation order, so an
 // optimiser can treat them as flat arrays), one for everything else.
 void graph_compile(Graph *g, Node *output) {
+    require(!g->compiled, "graph_compile() called twice");
+    g->compiled = 1;
     char visited[MAX_NODES] = {0};
     g->output = output;
     g->order_count = 0;
@@ -202,9 +200,10 @@ void graph_compile(Graph *g, Node *output) {
     }
 }
 
-// Parameters in creation order from the init stream: Glorot for weights
-// (fan in and fan out from the last two dimensions, times the rest for a
-// convolution kernel), zeros for biases, ones for scales. The dropout
+// Parameters in creation order from the init stream: Glorot for weights,
+// zeros for biases, ones for scales. A weight's last two dimensions are its
+// inputs and outputs: (C, OC) for a dense layer, and (KH, KW, C, OC) for a
+// convolution kernel, whose fans are C and OC times the KH*KW positions. The dropout
 // stream is seeded here too, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
     Rng rng = rng_new(seed, STREAM_INIT);
@@ -224,7 +223,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 void graph_set_batch(Graph *g, int batch) {
-    graph_check(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
+    require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
     g->batch = batch;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
@@ -260,7 +259,7 @@ void graph_backward(Graph *g) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
     }
-    graph_check(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
+    require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
@@ -405,21 +404,27 @@ static const Op OPS[OP_COUNT] = {
 
 // The constructors: check the shapes, make the node.
 Node *matmul(Graph *g, Node *x, Node *w) {
-    graph_check(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
+    require(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
                 "matmul needs x (B, C) and w (C, OC)");
     return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
 }
 
 Node *bias_add(Graph *g, Node *x, Node *b) {
-    graph_check(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
+    require(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
                 "bias_add needs a bias as long as the last dimension of x");
     return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
 }
 
+int same_shape(const Node *a, const Node *b) {
+    if (a->batched != b->batched || a->rank != b->rank) return 0;
+    for (int d = 0; d < a->rank; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    return 1;
+}
+
 Node *same_shape_op(Graph *g, OpKind kind, Node **inputs, int count) {
     for (int k = 1; k < count; k++)
-        graph_check(inputs[k]->batched == inputs[0]->batched && inputs[k]->item_size == inputs[0]->item_size,
-                    "%s needs inputs of the same shape", OPS[kind].name);
+        require(same_shape(inputs[k], inputs[0]), "%s needs inputs of the same shape", OPS[kind].name);
     Node *x = inputs[0];
     return graph_op(g, &OPS[kind], inputs, count, x->batched, x->shape + x->batched, x->rank - x->batched);
 }
@@ -433,8 +438,10 @@ Node *sum(Graph *g, Node *x) {
 }
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
-    graph_check(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
+    require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
                 logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+    // The targets are data, not something to learn: no gradient flows to them.
+    require(!targets->requires_grad, "softmax_cross_entropy: the targets must not need a gradient");
     Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
     n->saved_per_item = (size_t)logits->shape[1];  // the probabilities
     return n;

@@ -87,10 +87,13 @@ void print_usage(FILE *out, const char *program) {
             EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
             EXIT_NO_MEMORY);
 //@ from 2
-    fprintf(out, ", %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
+    fprintf(out, ",\n  %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
 //@ end
 //@ from 3
     fprintf(out, ", %d gradient check failed", EXIT_BAD_GRADIENT);
+//@ end
+//@ from 2
+    fprintf(out, ",\n  %d an internal check failed (a bug in the program)", EXIT_BUG);
 //@ end
     fprintf(out, "\n");
 }

@@ -65,6 +65,9 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
+//@ from 2
+    EXIT_BUG = 1,             // an internal check failed: a bug in the program
+//@ end
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -111,6 +114,21 @@ void *malloc_check(size_t size, const char *file, int line) {
     return memory;
 }
 #define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+//@ from 2
+
+// A broken promise between parts of the program (a batch larger than the
+// buffers were made for, an op given inputs of the wrong shape) is a bug
+// for the programmer to fix, not the user: stop with the file and line.
+#define require(condition, ...)                                   \
+    do {                                                          \
+        if (!(condition)) {                                       \
+            fprintf(stderr, "%s:%d: bug: ", __FILE__, __LINE__);  \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fprintf(stderr, "\n");                                \
+            exit(EXIT_BUG);                                       \
+        }                                                         \
+    } while (0)
+//@ end
 
 // Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
 double now_seconds(void) {

@@ -105,6 +105,8 @@ typedef struct {
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
+            batch, model->max_batch);
     Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
     t.order = xmalloc((size_t)data->count * sizeof(int));
     for (int i = 0; i < data->count; i++) t.order[i] = i;
