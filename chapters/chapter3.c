@@ -24,6 +24,14 @@
 #include <string.h>
 #include <time.h>
 
+// Arithmetic exactly as written, with no multiply and add fused into one
+// rounding behind our back, so that every compiler and machine computes the
+// same numbers. gcc in -std=c11 mode already works this way; clang, which
+// would fuse on arm64, has to be told.
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 /* ----------------------------------------------------------------------------
    Exit codes: one per kind of failure, so a script (or a test) can tell them
    apart. `./chapterN --help` lists them. */

@@ -48,9 +48,9 @@ fetch() {
             "") continue ;;
             mirror)
                 if command -v curl >/dev/null 2>&1; then
-                    curl -fsSL --max-time 300 "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
+                    curl -fsSL --connect-timeout 10 --max-time 300 "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
                 elif command -v wget >/dev/null 2>&1; then
-                    wget -q -T 60 -O - "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
+                    wget -q -t 1 -T 10 -O - "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
                 else continue; fi ;;
             *)
                 if [ -f "$source/$1" ]; then cp "$source/$1" "$tmp"
