@@ -41,7 +41,9 @@ void sgd_update(float *params, const float *grads, size_t count, float learning_
 /* Adam (Kingma and Ba, 2015, Algorithm 1): running averages of the gradient
    (m) and of its square (v), corrected for starting at zero, give every
    parameter a step of about learning_rate in the direction the recent
-   gradients agree on, whatever the gradient's scale. */
+   gradients agree on, whatever the gradient's scale. Epsilon is added to
+   sqrt(v_hat), as in the paper and in PyTorch; Keras adds it before the
+   correction of v, which differs only for gradients near epsilon. */
 void adam_update(Optimizer *o, float *params, const float *grads, size_t count) {
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);

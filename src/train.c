@@ -39,9 +39,11 @@ int stdout_is_terminal(void) { return 0; }
 #endif
 
 typedef struct {
-    int terminal;         // update one line in place, or print plain lines
-    double start, last;   // seconds: when training started, when we last printed
-    long done, total;     // training images seen so far, and in the whole run
+    int terminal;                // update one line in place, or print plain lines
+    double start, last;          // seconds: when training started, when we last printed
+    long done, total;            // training images seen so far, and in the whole run
+    double epoch_start;          // seconds: when this epoch's training started
+    long epoch_done;             // training images seen so far in this epoch
 } Progress;
 
 void print_duration(double seconds) {
@@ -50,8 +52,11 @@ void print_duration(double seconds) {
     else printf("%ld:%02ld", s / 60, s % 60);
 }
 
-// One progress report: at most ten a second on a terminal, four an epoch
-// elsewhere (so a log stays readable), and always at the end of an epoch.
+// One progress report. On a terminal: at most ten a second, and at the last
+// batch of an epoch. In a log: at each quarter of an epoch, so the log stays
+// readable; the epoch's own summary line (printed by train) ends it.
+// Images/s counts this epoch's training only; the ETA divides what is left by
+// the rate of the whole run so far, validation included, since that recurs.
 void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
                      double loss, double accuracy) {
     double now = now_seconds();
@@ -59,10 +64,11 @@ void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
     int quarter = batches >= 4 && batch % (batches / 4) == 0;
     if (p->terminal ? !(last_batch || now - p->last >= 0.1) : !(quarter && !last_batch)) return;
     p->last = now;
-    double rate = p->done / fmax(now - p->start, 1e-9);
+    double rate = p->epoch_done / fmax(now - p->epoch_start, 1e-9);
+    double overall_rate = p->done / fmax(now - p->start, 1e-9);
     printf("%sepoch %d/%d  batch %d/%d  loss %.4f  accuracy %.2f%%  %.0f images/s  ETA ",
            p->terminal ? "\r" : "", epoch, epochs, batch, batches, loss, 100 * accuracy, rate);
-    print_duration((p->total - p->done) / fmax(rate, 1e-9));
+    print_duration((p->total - p->done) / fmax(overall_rate, 1e-9));
     printf(p->terminal ? "   " : "\n");
     fflush(stdout);
 }
@@ -131,6 +137,7 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     double loss_sum = 0;
     long correct = 0, seen = 0;
     shuffle(t->order, d->count, &t->shuffle_rng);
+    if (progress) progress->epoch_start = now_seconds(), progress->epoch_done = 0;
     for (int b = 0; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
@@ -146,7 +153,7 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
         seen += n;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
-            progress->done += n;
+            progress->done += n, progress->epoch_done += n;
             report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
         }
     }
@@ -197,7 +204,7 @@ void print_confusion(const Evaluation *e) {
 void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
            int epochs, int batch, uint64_t seed, History *h) {
     Trainer t = trainer_new(m, opt, train_set, batch, seed);
-    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count};
+    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count, 0, 0};
     for (int epoch = 1; epoch <= epochs; epoch++) {
         double start = now_seconds();
         float loss, accuracy;
