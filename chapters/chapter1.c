@@ -164,6 +164,9 @@ int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error
 // Checks an IDX header against what we expect: the magic number, the rank,
 // and (for images) 28x28. On success *count is the first dimension and
 // *body the offset of the data. Every check names the file and the fix.
+// The magic number's third byte is the element type and its fourth the
+// rank, so checking the whole magic (2051 or 2049) checks both at once; the
+// rank also fixes where the header ends.
 int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
                      uint32_t magic, uint32_t *count, size_t *body, Error *err) {
     const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
@@ -198,10 +201,6 @@ int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
                     expected, *count, kind, size < expected ? "truncated" : "too long");
     return 0;
 }
-
-/* The magic number's third byte is the element type and its fourth the rank,
-   so checking the whole magic (2051 or 2049) checks both at once; the rank
-   also fixes where the header ends. */
 
 // A labelled set of images. A split of a dataset is a Dataset too: the same
 // arrays, offset, so splitting copies nothing.
