@@ -1568,8 +1568,8 @@ void graph_compile(Graph *g, Node *output) {
 // Parameters in creation order from the init stream: Glorot for weights,
 // zeros for biases, ones for scales. A weight's last two dimensions are its
 // inputs and outputs: (C, OC) for a dense layer, and (KH, KW, C, OC) for a
-// convolution kernel, whose fans are C and OC times the KH*KW positions. The dropout
-// stream is seeded here too, so one seed fixes everything.
+// convolution kernel, whose fans are C and OC times the KH*KW positions.
+// The dropout stream is seeded here too, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
     Rng rng = rng_new(seed, STREAM_INIT);
     g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
@@ -1770,13 +1770,13 @@ static const Op OPS[OP_COUNT] = {
 // The constructors: check the shapes, make the node.
 Node *matmul(Graph *g, Node *x, Node *w) {
     require(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
-                "matmul needs x (B, C) and w (C, OC)");
+            "matmul needs x (B, C) and w (C, OC)");
     return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
 }
 
 Node *bias_add(Graph *g, Node *x, Node *b) {
     require(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
-                "bias_add needs a bias as long as the last dimension of x");
+            "bias_add needs a bias as long as the last dimension of x");
     return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
 }
 
@@ -1804,7 +1804,7 @@ Node *sum(Graph *g, Node *x) {
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
     require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
-                logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+            logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
     // The targets are data, not something to learn: no gradient flows to them.
     require(!targets->requires_grad, "softmax_cross_entropy: the targets must not need a gradient");
     Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
