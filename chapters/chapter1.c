@@ -22,10 +22,12 @@
 #include <string.h>
 #include <time.h>
 
-// Arithmetic exactly as written, with no multiply and add fused into one
-// rounding behind our back, so that every compiler and machine computes the
-// same numbers. gcc in -std=c11 mode already works this way; clang, which
-// would fuse on arm64, has to be told.
+// Arithmetic as written, with no multiply and add fused into one rounding
+// behind our back: one reason fewer for two compilers or machines to print
+// different numbers (expf and logf, which differ between C libraries, remain
+// one). gcc in -std=c11 mode already works this way (not in its default
+// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
+// has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif

@@ -24,10 +24,12 @@
 #include <string.h>
 #include <time.h>
 
-// Arithmetic exactly as written, with no multiply and add fused into one
-// rounding behind our back, so that every compiler and machine computes the
-// same numbers. gcc in -std=c11 mode already works this way; clang, which
-// would fuse on arm64, has to be told.
+// Arithmetic as written, with no multiply and add fused into one rounding
+// behind our back: one reason fewer for two compilers or machines to print
+// different numbers (expf and logf, which differ between C libraries, remain
+// one). gcc in -std=c11 mode already works this way (not in its default
+// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
+// has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -37,7 +39,6 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
-    EXIT_BUG = 1,             // an internal check failed: a bug in the program
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -49,6 +50,8 @@ enum {
     EXIT_WRITE = 10,          // an output file could not be written
     EXIT_NO_MEMORY = 11,      // malloc failed
     EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
+    EXIT_BUG = 70,            // an internal check failed: a bug in the program
+                              // (70 is EX_SOFTWARE in BSD's sysexits.h)
 };
 
 // An error on its way up to main(): the exit code and a message that names
@@ -962,7 +965,8 @@ void print_duration(double seconds) {
 // batch of an epoch. In a log: at each quarter of an epoch, so the log stays
 // readable; the epoch's own summary line (printed by train) ends it.
 // Images/s counts this epoch's training only; the ETA divides what is left by
-// the rate of the whole run so far, validation included, since that recurs.
+// the rate of the whole run so far, which from epoch 2 on includes the
+// validation pauses, since they recur (the final test is not foreseen).
 void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
                      double loss, double accuracy) {
     double now = now_seconds();
@@ -1043,7 +1047,10 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     double loss_sum = 0;
     long correct = 0, seen = 0;
     shuffle(t->order, d->count, &t->shuffle_rng);
-    if (progress) progress->epoch_start = now_seconds(), progress->epoch_done = 0;
+    if (progress) {
+        progress->epoch_start = now_seconds();
+        progress->epoch_done = 0;
+    }
     for (int b = 0; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
@@ -1059,7 +1066,8 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
         seen += n;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
-            progress->done += n, progress->epoch_done += n;
+            progress->done += n;
+            progress->epoch_done += n;
             report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
         }
     }

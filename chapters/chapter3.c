@@ -24,10 +24,12 @@
 #include <string.h>
 #include <time.h>
 
-// Arithmetic exactly as written, with no multiply and add fused into one
-// rounding behind our back, so that every compiler and machine computes the
-// same numbers. gcc in -std=c11 mode already works this way; clang, which
-// would fuse on arm64, has to be told.
+// Arithmetic as written, with no multiply and add fused into one rounding
+// behind our back: one reason fewer for two compilers or machines to print
+// different numbers (expf and logf, which differ between C libraries, remain
+// one). gcc in -std=c11 mode already works this way (not in its default
+// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
+// has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -37,7 +39,6 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
-    EXIT_BUG = 1,             // an internal check failed: a bug in the program
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -50,6 +51,8 @@ enum {
     EXIT_NO_MEMORY = 11,      // malloc failed
     EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
     EXIT_BAD_GRADIENT = 13,   // the gradient check failed
+    EXIT_BUG = 70,            // an internal check failed: a bug in the program
+                              // (70 is EX_SOFTWARE in BSD's sysexits.h)
 };
 
 // An error on its way up to main(): the exit code and a message that names
@@ -967,7 +970,8 @@ void print_duration(double seconds) {
 // batch of an epoch. In a log: at each quarter of an epoch, so the log stays
 // readable; the epoch's own summary line (printed by train) ends it.
 // Images/s counts this epoch's training only; the ETA divides what is left by
-// the rate of the whole run so far, validation included, since that recurs.
+// the rate of the whole run so far, which from epoch 2 on includes the
+// validation pauses, since they recur (the final test is not foreseen).
 void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
                      double loss, double accuracy) {
     double now = now_seconds();
@@ -1048,7 +1052,10 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     double loss_sum = 0;
     long correct = 0, seen = 0;
     shuffle(t->order, d->count, &t->shuffle_rng);
-    if (progress) progress->epoch_start = now_seconds(), progress->epoch_done = 0;
+    if (progress) {
+        progress->epoch_start = now_seconds();
+        progress->epoch_done = 0;
+    }
     for (int b = 0; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
@@ -1064,7 +1071,8 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
         seen += n;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
-            progress->done += n, progress->epoch_done += n;
+            progress->done += n;
+            progress->epoch_done += n;
             report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
         }
     }
@@ -1373,9 +1381,7 @@ Model ann_model(Ann *net) {
    order computes the gradient of the loss with respect to every node, by
    the chain rule, one op at a time. A new layer is a new op: a forward and a
    backward function and a row in the op table; the ordering, the memory and
-   the backward pass stay as they are. (Batch Normalisation, in chapter 5,
-   will also need a home for state that is neither a parameter nor a
-   gradient: its running averages.)
+   the backward pass stay as they are.
    What it is not: dynamic. The graph is built once, compiled (ordered, and
    given all its memory), then replayed for every batch; only the batch size
    may change between runs, up to the size it was compiled for.
@@ -1418,8 +1424,6 @@ struct Node {
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
     size_t saved_per_item;      // floats of `saved` per batch item
-    int attributes[4];          // op settings (kernel size, padding, ...); from chapter 4
-    float rate;                 // an op's real-valued setting (dropout rate); from chapter 5
 };
 
 struct Graph {
@@ -1491,11 +1495,19 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     return n;
 }
 
+// Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
+// between pointers into different arrays.)
+int graph_owns(const Graph *g, const Node *n) {
+    for (int i = 0; i < g->count; i++)
+        if (&g->nodes[i] == n) return 1;
+    return 0;
+}
+
 // An op node over the given inputs; it needs a gradient if any input does.
 Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
                int batched, const int *shape, int rank) {
     for (int i = 0; i < input_count; i++)
-        require(inputs[i] >= g->nodes && inputs[i] < g->nodes + g->count, "%s: an input from another graph", op->name);
+        require(graph_owns(g, inputs[i]), "%s: an input from another graph", op->name);
     Node *n = graph_add_node(g, op, batched, shape, rank);
     n->input_count = input_count;
     for (int i = 0; i < input_count; i++) {
@@ -1522,6 +1534,7 @@ void topological_visit(Graph *g, Node *n, char *visited) {
 // optimiser can treat them as flat arrays), one for everything else.
 void graph_compile(Graph *g, Node *output) {
     require(!g->compiled, "graph_compile() called twice");
+    require(graph_owns(g, output), "graph_compile: the output is not a node of this graph");
     g->compiled = 1;
     char visited[MAX_NODES] = {0};
     g->output = output;
@@ -1571,6 +1584,7 @@ void graph_compile(Graph *g, Node *output) {
 // convolution kernel, whose fans are C and OC times the KH*KW positions.
 // The dropout stream is seeded here too, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
+    require(g->compiled, "graph_initialize() before graph_compile(): the parameters have no memory yet");
     Rng rng = rng_new(seed, STREAM_INIT);
     g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
     for (int i = 0; i < g->count; i++) {
@@ -1588,6 +1602,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 void graph_set_batch(Graph *g, int batch) {
+    require(g->compiled, "graph_set_batch() before graph_compile()");
     require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
     g->batch = batch;
     for (int i = 0; i < g->count; i++) {
@@ -1600,6 +1615,7 @@ void graph_set_batch(Graph *g, int batch) {
 
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {
+    require(g->compiled, "graph_forward() before graph_compile()");
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
@@ -1611,6 +1627,7 @@ float graph_forward(Graph *g, int training) {
 // Clears the gradients that graph_backward() adds into: those of the
 // parameters, and of any input that asked for one.
 void graph_zero_grad(Graph *g) {
+    require(g->compiled, "graph_zero_grad() before graph_compile()");
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
         if (!n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
@@ -1620,6 +1637,7 @@ void graph_zero_grad(Graph *g) {
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
 void graph_backward(Graph *g) {
+    require(g->compiled, "graph_backward() before graph_compile()");
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));

@@ -8,9 +8,7 @@
    order computes the gradient of the loss with respect to every node, by
    the chain rule, one op at a time. A new layer is a new op: a forward and a
    backward function and a row in the op table; the ordering, the memory and
-   the backward pass stay as they are. (Batch Normalisation, in chapter 5,
-   will also need a home for state that is neither a parameter nor a
-   gradient: its running averages.)
+   the backward pass stay as they are.
    What it is not: dynamic. The graph is built once, compiled (ordered, and
    given all its memory), then replayed for every batch; only the batch size
    may change between runs, up to the size it was compiled for.
@@ -53,8 +51,6 @@ struct Node {
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
     size_t saved_per_item;      // floats of `saved` per batch item
-    int attributes[4];          // op settings (kernel size, padding, ...); from chapter 4
-    float rate;                 // an op's real-valued setting (dropout rate); from chapter 5
 };
 
 struct Graph {
@@ -126,11 +122,19 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     return n;
 }
 
+// Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
+// between pointers into different arrays.)
+int graph_owns(const Graph *g, const Node *n) {
+    for (int i = 0; i < g->count; i++)
+        if (&g->nodes[i] == n) return 1;
+    return 0;
+}
+
 // An op node over the given inputs; it needs a gradient if any input does.
 Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
                int batched, const int *shape, int rank) {
     for (int i = 0; i < input_count; i++)
-        require(inputs[i] >= g->nodes && inputs[i] < g->nodes + g->count, "%s: an input from another graph", op->name);
+        require(graph_owns(g, inputs[i]), "%s: an input from another graph", op->name);
     Node *n = graph_add_node(g, op, batched, shape, rank);
     n->input_count = input_count;
     for (int i = 0; i < input_count; i++) {
@@ -157,6 +161,7 @@ void topological_visit(Graph *g, Node *n, char *visited) {
 // optimiser can treat them as flat arrays), one for everything else.
 void graph_compile(Graph *g, Node *output) {
     require(!g->compiled, "graph_compile() called twice");
+    require(graph_owns(g, output), "graph_compile: the output is not a node of this graph");
     g->compiled = 1;
     char visited[MAX_NODES] = {0};
     g->output = output;
@@ -206,6 +211,7 @@ void graph_compile(Graph *g, Node *output) {
 // convolution kernel, whose fans are C and OC times the KH*KW positions.
 // The dropout stream is seeded here too, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
+    require(g->compiled, "graph_initialize() before graph_compile(): the parameters have no memory yet");
     Rng rng = rng_new(seed, STREAM_INIT);
     g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
     for (int i = 0; i < g->count; i++) {
@@ -223,6 +229,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 void graph_set_batch(Graph *g, int batch) {
+    require(g->compiled, "graph_set_batch() before graph_compile()");
     require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
     g->batch = batch;
     for (int i = 0; i < g->count; i++) {
@@ -235,6 +242,7 @@ void graph_set_batch(Graph *g, int batch) {
 
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {
+    require(g->compiled, "graph_forward() before graph_compile()");
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
@@ -246,6 +254,7 @@ float graph_forward(Graph *g, int training) {
 // Clears the gradients that graph_backward() adds into: those of the
 // parameters, and of any input that asked for one.
 void graph_zero_grad(Graph *g) {
+    require(g->compiled, "graph_zero_grad() before graph_compile()");
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
         if (!n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
@@ -255,6 +264,7 @@ void graph_zero_grad(Graph *g) {
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
 void graph_backward(Graph *g) {
+    require(g->compiled, "graph_backward() before graph_compile()");
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));

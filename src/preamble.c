@@ -60,10 +60,12 @@
 #include <string.h>
 #include <time.h>
 
-// Arithmetic exactly as written, with no multiply and add fused into one
-// rounding behind our back, so that every compiler and machine computes the
-// same numbers. gcc in -std=c11 mode already works this way; clang, which
-// would fuse on arm64, has to be told.
+// Arithmetic as written, with no multiply and add fused into one rounding
+// behind our back: one reason fewer for two compilers or machines to print
+// different numbers (expf and logf, which differ between C libraries, remain
+// one). gcc in -std=c11 mode already works this way (not in its default
+// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
+// has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -73,9 +75,6 @@
    apart. `./chapterN --help` lists them. */
 
 enum {
-//@ from 2
-    EXIT_BUG = 1,             // an internal check failed: a bug in the program
-//@ end
     EXIT_USAGE = 2,           // a bad command-line option
     EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
     EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
@@ -91,6 +90,10 @@ enum {
 //@ end
 //@ from 3
     EXIT_BAD_GRADIENT = 13,   // the gradient check failed
+//@ end
+//@ from 2
+    EXIT_BUG = 70,            // an internal check failed: a bug in the program
+                              // (70 is EX_SOFTWARE in BSD's sysexits.h)
 //@ end
 };
 

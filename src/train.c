@@ -56,7 +56,8 @@ void print_duration(double seconds) {
 // batch of an epoch. In a log: at each quarter of an epoch, so the log stays
 // readable; the epoch's own summary line (printed by train) ends it.
 // Images/s counts this epoch's training only; the ETA divides what is left by
-// the rate of the whole run so far, validation included, since that recurs.
+// the rate of the whole run so far, which from epoch 2 on includes the
+// validation pauses, since they recur (the final test is not foreseen).
 void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
                      double loss, double accuracy) {
     double now = now_seconds();
@@ -137,7 +138,10 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     double loss_sum = 0;
     long correct = 0, seen = 0;
     shuffle(t->order, d->count, &t->shuffle_rng);
-    if (progress) progress->epoch_start = now_seconds(), progress->epoch_done = 0;
+    if (progress) {
+        progress->epoch_start = now_seconds();
+        progress->epoch_done = 0;
+    }
     for (int b = 0; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
@@ -153,7 +157,8 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
         seen += n;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
-            progress->done += n, progress->epoch_done += n;
+            progress->done += n;
+            progress->epoch_done += n;
             report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
         }
     }

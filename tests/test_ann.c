@@ -272,6 +272,17 @@ static void test_rng(void) {
         equal &= x == rng_next(&b);
     }
     CHECK(equal);
+    // The streams this book uses select the reference's sequences: seed 1,
+    // streams 1 (init) and 2 (shuffle), worked out with a separate
+    // implementation of the reference's pcg32_srandom_r and pcg32_random_r
+    // (one that gives the values above for seed 42, stream 54).
+    const uint32_t init_1[3] = {0xc9828f91, 0x1592e274, 0xc0262657};
+    const uint32_t shuffle_1[3] = {0x0f5deba9, 0x5bd7525b, 0xb2473657};
+    Rng init_stream = rng_new(1, STREAM_INIT), shuffle_stream = rng_new(1, STREAM_SHUFFLE);
+    int both_right = 1;
+    for (int i = 0; i < 3; i++)
+        both_right &= rng_next(&init_stream) == init_1[i] && rng_next(&shuffle_stream) == shuffle_1[i];
+    CHECK(both_right);
     // Independent: with the same seed, the init and shuffle streams are
     // different sequences, not one sequence shifted. Of 1000 outputs, count
     // the positions where the shuffle stream, offset by 0 to 9 draws, equals
@@ -388,40 +399,57 @@ static void test_optimizers(void) {
    A fake model that learns nothing but records what the loop hands it:
    image i carries its own index in its first pixel, and the model "predicts"
    the right class for every third image and the next class for the rest, so
-   the accuracy and the confusion matrix the loop reports are known exactly. */
+   the accuracy and the confusion matrix the loop reports are known exactly.
+   Its loss on a batch is the mean index of the batch's images, so the mean
+   loss over an epoch is right only if batches are weighted by their size.
+   And it sets its one gradient to 1, so the loop must zero it before every
+   batch, and SGD must then move its one parameter by -learning_rate. */
 enum { WATCHED = 64 * 3 + 17 };  // three full batches of 64 and a partial one
 
 typedef struct {
-    int seen[WATCHED];      // how often each image was trained on
+    int seen[WATCHED];          // how often each image was trained on
     int order[WATCHED], count;  // the images in the order they came
-    int calls, last_n;      // compute_gradients calls, and the size of the last
+    int calls, last_n;          // compute_gradients calls, and the size of the last
+    int targets_match;          // did every image come with its own one-hot target?
+    int grads_zeroed;           // was the gradient 0 at the start of every batch?
+    float *grad;                // (1) the model's gradient
 } Watcher;
 
-static void watcher_guess(const float *images, int n, float *probs) {
+static float watcher_guess(const float *images, int n, float *probs) {
+    double index_sum = 0;
     for (int i = 0; i < n; i++) {
         int item = (int)images[(size_t)i * IMAGE_SIZE], label = item % NUM_CLASSES;
         int guess = item % 3 == 0 ? label : (label + 1) % NUM_CLASSES;
         for (int k = 0; k < NUM_CLASSES; k++) probs[i * NUM_CLASSES + k] = k == guess;
+        index_sum += item;
     }
+    return (float)(index_sum / n);
 }
 
 static float watcher_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
-    (void)targets;
     Watcher *w = net;
     for (int i = 0; i < n; i++) {
         int item = (int)images[(size_t)i * IMAGE_SIZE];
         w->seen[item]++;
         w->order[w->count++ % WATCHED] = item;
+        for (int k = 0; k < NUM_CLASSES; k++)
+            w->targets_match &= targets[i * NUM_CLASSES + k] == (k == item % NUM_CLASSES);
     }
+    w->grads_zeroed &= *w->grad == 0;
+    *w->grad = 1;
     w->calls++, w->last_n = n;
-    watcher_guess(images, n, probs);
-    return 1.0f;
+    return watcher_guess(images, n, probs);
 }
 
 static float watcher_predict(void *net, const float *images, const float *targets, int n, float *probs) {
     (void)net, (void)targets;
-    watcher_guess(images, n, probs);
-    return 0.5f;
+    return watcher_guess(images, n, probs);
+}
+
+static void watcher_reset(Watcher *w, float *grad) {
+    memset(w, 0, sizeof *w);
+    w->targets_match = w->grads_zeroed = 1;
+    w->grad = grad;
 }
 
 static void test_training_loop(void) {
@@ -435,11 +463,13 @@ static void test_training_loop(void) {
         targets[i * NUM_CLASSES + labels[i]] = 1;
         right += i % 3 == 0;
     }
+    const double mean_index = (WATCHED - 1) / 2.0;
     Dataset d = {WATCHED, images, labels, targets};
     static Watcher w;
     float param = 0, grad = 0;
+    watcher_reset(&w, &grad);
     Model m = {"watcher", &w, watcher_compute_gradients, watcher_predict, &param, &grad, 1, 64};
-    Optimizer sgd = optimizer_new(OPTIMIZER_SGD, 0.1f, 1);
+    Optimizer sgd = optimizer_new(OPTIMIZER_SGD, 0.5f, 1);
 
     Trainer t = trainer_new(&m, &sgd, &d, 64, 5);
     float loss, accuracy;
@@ -450,7 +480,10 @@ static void test_training_loop(void) {
     CHECK(!identity);
     CHECK_EQ_INT(w.calls, 4);
     CHECK_EQ_INT(w.last_n, 17);
-    CHECK(loss == 1.0f);
+    CHECK(w.targets_match);
+    CHECK(w.grads_zeroed);
+    CHECK_NEAR(param, -0.5 * 4, 0);  // four steps of -0.5 * 1, exact in float
+    CHECK_NEAR(loss, mean_index, 1e-4);
     CHECK_NEAR(accuracy, (double)right / WATCHED, 1e-6);
     int first_epoch[WATCHED];
     memcpy(first_epoch, w.order, sizeof first_epoch);
@@ -462,18 +495,19 @@ static void test_training_loop(void) {
     trainer_free(&t);
 
     // The same seed gives the same first-epoch order.
-    memset(&w, 0, sizeof w);
+    watcher_reset(&w, &grad);
     t = trainer_new(&m, &sgd, &d, 64, 5);
     train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy);
     CHECK(memcmp(first_epoch, w.order, sizeof first_epoch) == 0);
     trainer_free(&t);
     optimizer_free(&sgd);
 
-    // evaluate(), in batches of 50 with a partial last one.
+    // evaluate(), in batches of 50 with a partial last one of 9: the mean
+    // index only if the batches are weighted by size (unweighted: 120.4).
     m.max_batch = 50;
     Evaluation e = evaluate(&m, &d);
     CHECK_NEAR(e.accuracy, (double)right / WATCHED, 1e-6);
-    CHECK(e.loss == 0.5f);
+    CHECK_NEAR(e.loss, mean_index, 1e-4);
     int total = 0, confusion_right = 1;
     for (int truth = 0; truth < NUM_CLASSES; truth++)
         for (int guess = 0; guess < NUM_CLASSES; guess++) {
@@ -527,6 +561,37 @@ static void test_training(void) {
     CHECK_EQ_INT(chapter2_main(3, overfit_args), 0);
 }
 
+/* ---- Bugs stop the program ----------------------------------------------
+   A batch larger than the buffers were made for would write past them;
+   require() stops the program first, with exit code 70 and "bug:". */
+static float few_images[8 * IMAGE_SIZE], few_targets[8 * NUM_CLASSES];
+static unsigned char few_labels[8];
+
+static void forward_too_large(void *unused) {
+    (void)unused;
+    Ann net = ann_new(4, 1);
+    ann_forward(&net, few_images, few_targets, 5);
+    ann_free(&net);
+}
+
+static void trainer_too_large(void *unused) {
+    (void)unused;
+    Ann net = ann_new(4, 1);
+    Model m = ann_model(&net);
+    Optimizer sgd = optimizer_new(OPTIMIZER_SGD, 0.1f, m.count);
+    Dataset d = {8, few_images, few_labels, few_targets};
+    Trainer t = trainer_new(&m, &sgd, &d, 8, 1);
+    trainer_free(&t);
+    optimizer_free(&sgd);
+    ann_free(&net);
+}
+
+static void test_bugs_stop(void) {
+    section("a batch larger than the buffers stops the program (exit code 70)");
+    CHECK_EXITS(forward_too_large, NULL, EXIT_BUG, "bug: batch 5, but the ANN has room for 1 to 4");
+    CHECK_EXITS(trainer_too_large, NULL, EXIT_BUG, "bug: batch 8, but the model takes 1 to 4");
+}
+
 static void test_bad_options(void) {
     section("bad options get the usage and exit code 2");
     char *cases[][3] = {
@@ -552,6 +617,7 @@ int main(void) {
     test_ann_gradients();
     test_optimizers();
     test_training_loop();
+    test_bugs_stop();
     test_bad_options();
     test_training();
     return check_summary();
