@@ -15,9 +15,10 @@
    1e-7 with test_ann.c's numbers, which suits its inputs of order 1, but
    many of the ANN's gradients are smaller than that (first-layer weights
    that see dim pixels), and a wrong one would pass. With 1e-6, only
-   gradients that are zero up to float rounding escape. The one-op cases sum a handful of float terms, so their float rounding stays
-   near 1e-6 relative; 1e-4 leaves room for that and none for a wrong formula
-   (see test_ann.c). The whole ANN sums hundreds of terms per gradient, so
+   gradients that are zero up to float rounding escape. The one-op cases
+   sum a handful of float terms, so their float rounding stays near 1e-6
+   relative; 1e-4 leaves room for that and none for a wrong formula (see
+   test_ann.c). The whole ANN sums hundreds of terms per gradient, so
    ./chapter3 and test_whole_ann_three_ways accept 1e-3. */
 static const double STEP = 1e-6, TOLERANCE = 1e-4;
 
