@@ -8,11 +8,14 @@
 #   make bench         time one epoch of the chapters that train
 #   make clean         remove what the build made (not data/, not chapters/)
 
+# What a build needs (the language standard, the libraries) stays apart from
+# what a user may override: `make CFLAGS=-O0 chapter2` still compiles C11.
 CC      ?= cc
-CFLAGS  ?= -std=c11 -O3 -Wall -Wextra -pedantic
+CFLAGS  ?= -O3 -Wall -Wextra -pedantic
+NEEDED  = -std=c11
 LDLIBS  = -lm
-STRICT  = -std=c11 -O3 -Wall -Wextra -pedantic -Werror
-SANITIZE = -std=c11 -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
+STRICT  = $(NEEDED) -O3 -Wall -Wextra -pedantic -Werror
+SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
@@ -21,15 +24,16 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
            src/layers.c src/optim.c src/train.c src/ann.c src/autodiff.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
-TESTS    = build/test_tangle build/test_idx build/test_ann build/test_autodiff
+TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff
+SCRIPT_TESTS = tests/test_get_data.sh
 
-.PHONY: all bench chapters check-chapters data test test-build warnings clean
+.PHONY: all bench chapters check-chapters check-excerpts check-flags data test test-build warnings clean
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
 
 chapter%: chapters/chapter%.c
-	$(CC) $(CFLAGS) $< -o $@ $(LDLIBS)
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
 build/tangle: src/tangle.c
 	@mkdir -p build
@@ -69,6 +73,20 @@ warnings:
 	  done; \
 	done
 
+# A user's CFLAGS must not drop what the build needs.
+check-flags:
+	@$(MAKE) -s -n -B chapter1 CFLAGS=-O0 | grep -q -- '$(NEEDED) -O0' || \
+	  { echo "FAIL: make CFLAGS=-O0 chapter1 no longer compiles with $(NEEDED)"; exit 1; }
+
+# Code quoted in book.md must be in the chapter it names (tests/check_excerpts.c).
+build/check_excerpts: tests/check_excerpts.c
+	@mkdir -p build
+	$(CC) $(SANITIZE) $< -o $@
+
+check-excerpts: build/check_excerpts
+	@build/check_excerpts book.md > build/excerpts.log || { cat build/excerpts.log; exit 1; }; \
+	  echo "book.md excerpts: $$(tail -n 1 build/excerpts.log)"
+
 build/test_tangle: tests/test_tangle.c src/tangle.c tests/check.h
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
@@ -83,13 +101,14 @@ test-build: $(TESTS)
 # get it; CI installs the Debian package first, so nothing is skipped there.
 # Each test program ends with "N passed, N failed"; the last line adds them up,
 # and counts a program that died before its summary as one failure.
-test: warnings check-chapters test-build
+test: warnings check-chapters check-flags check-excerpts test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
-	@status=0; for t in $(TESTS); do \
-	  echo "== $$t"; $$t > $$t.log 2>&1; rc=$$?; cat $$t.log; \
-	  if [ $$rc != 0 ]; then status=1; grep -q '^[0-9]* passed, [0-9]* failed' $$t.log || echo "0 passed, 1 failed" >> $$t.log; fi; \
+	@status=0; for t in $(TESTS) $(SCRIPT_TESTS); do \
+	  log=build/$$(basename $$t .sh).log; \
+	  echo "== $$t"; case $$t in *.sh) sh $$t;; *) $$t;; esac > $$log 2>&1; rc=$$?; cat $$log; \
+	  if [ $$rc != 0 ]; then status=1; grep -q '^[0-9]* passed, [0-9]* failed' $$log || echo "0 passed, 1 failed" >> $$log; fi; \
 	done; \
-	for t in $(TESTS); do cat $$t.log; done | awk '/^[0-9]+ passed, [0-9]+ failed/ { p += $$1; f += $$3; s += $$5 } \
+	for t in $(TESTS) $(SCRIPT_TESTS); do cat build/$$(basename $$t .sh).log; done | awk '/^[0-9]+ passed, [0-9]+ failed/ { p += $$1; f += $$3; s += $$5 } \
 	  END { printf "total: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; printf "\n" }'; \
 	exit $$status
 

@@ -13,6 +13,14 @@
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
 
+// POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
+// where the system has them, inside `#if HAVE_POSIX`; this asks the C library
+// to declare them, and changes nothing elsewhere.
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
@@ -21,6 +29,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#define HAVE_POSIX 1
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#else
+#define HAVE_POSIX 0
+#endif
 
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
@@ -34,20 +51,37 @@
 
 /* ----------------------------------------------------------------------------
    Exit codes: one per kind of failure, so a script (or a test) can tell them
-   apart. `./chapterN --help` lists them. */
+   apart. This one table makes both the names the code uses and the list that
+   `./chapterN --help` prints: EXIT_CODES(X) calls X once per row, and each
+   use below passes an X that turns a row into what it needs (an enum
+   constant, a row of EXIT_TABLE). A later chapter adds a failure by adding a
+   row; the codes of earlier chapters never change. */
 
-enum {
-    EXIT_USAGE = 2,           // a bad command-line option
-    EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
-    EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
-    EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
-    EXIT_BAD_SHAPE = 6,       // images that are not 28x28
-    EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
-    EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
-    EXIT_BAD_LABEL = 9,       // a label outside 0-9
-    EXIT_WRITE = 10,          // an output file could not be written
-    EXIT_NO_MEMORY = 11,      // malloc failed
-};
+#define EXIT_CODES(X)                                                                       \
+    X(EXIT_USAGE, 2, "a bad command-line option")                                           \
+    X(EXIT_MISSING, 3, "a data file is missing, unreadable, or not a regular file")         \
+    X(EXIT_GZIPPED, 4, "a data file is still gzip-compressed")                              \
+    X(EXIT_BAD_MAGIC, 5, "a data file is not an IDX file of the expected kind")             \
+    X(EXIT_BAD_SHAPE, 6, "the images are not 28x28")                                        \
+    X(EXIT_BAD_LENGTH, 7, "a data file is truncated, or longer than its header says")       \
+    X(EXIT_COUNT_MISMATCH, 8, "images and labels differ in number")                         \
+    X(EXIT_BAD_LABEL, 9, "a label is outside 0-9")                                          \
+    X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
+    X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
+    X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
+    /* end of EXIT_CODES */
+
+#define EXIT_CODE_AS_ENUM(name, code, meaning) name = code,
+enum { EXIT_CODES(EXIT_CODE_AS_ENUM) };
+
+typedef struct {
+    int code;
+    const char *name, *meaning;
+} ExitCode;
+
+#define EXIT_CODE_AS_ROW(name, code, meaning) {code, #name, meaning},
+static const ExitCode EXIT_TABLE[] = {EXIT_CODES(EXIT_CODE_AS_ROW)};
+enum { EXIT_TABLE_ROWS = sizeof EXIT_TABLE / sizeof EXIT_TABLE[0] };
 
 // An error on its way up to main(): the exit code and a message that names
 // the file, what was found and the fix. Functions that can fail on bad input
@@ -85,22 +119,63 @@ double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Writes `size` bytes to `path` through a temporary file and a rename, so a
-// reader never sees half a file and a failed write leaves the old one intact.
+// SplitMix64's finaliser (Steele, Lea and Flood, 2014): every input bit
+// changes about half of the output bits, so structured numbers (a time, a
+// counter, a key) come out well spread.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Writes `size` bytes to `path` through a temporary file and a rename, so a
+   reader never sees half a file and a failed write leaves the old one intact.
+   The temporary's name ends in 16 hex digits mixed from the clock and the
+   address of a local variable (which differs from run to run where the
+   system randomises addresses), and it is created with C11's "x" mode,
+   which refuses a name that exists, a symlink included: a file or link
+   planted under a guessed name is never followed, another name is tried.
+   Any failure removes the temporary. */
 int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
-    char temp[1024];
-    snprintf(temp, sizeof temp, "%s.tmp", path);
-    FILE *f = fopen(temp, "wb");
+    char temp[1100];
+    FILE *f = NULL;
+    int local = 0;
+    uint64_t noise = mix64((uint64_t)time(NULL)) ^ mix64((uint64_t)clock()) ^
+                     mix64((uint64_t)(uintptr_t)&local) ^ mix64((uint64_t)(1e9 * now_seconds()));
+    errno = 0;
+    for (int attempt = 0; attempt < 100 && !f; attempt++) {
+        snprintf(temp, sizeof temp, "%s.%016llx.tmp", path, (unsigned long long)mix64(noise + (uint64_t)attempt));
+        errno = 0;
+        f = fopen(temp, "wbx");
+        if (!f && errno != EEXIST) break;
+    }
     if (!f)
-        return fail(err, EXIT_WRITE, "%s: cannot create the file; does its directory exist "
-                    "and is it writable?", temp);
+        return fail(err, EXIT_WRITE, "%s: cannot create a file there (%s); does the directory "
+                    "exist, and may we write to it?", path, errno ? strerror(errno) : "no free name");
+    errno = 0;
     int ok = fwrite(bytes, 1, size, f) == size;
     ok &= fclose(f) == 0;
-    if (!ok || rename(temp, path) != 0) {
+    ok = ok && rename(temp, path) == 0;
+    if (!ok) {
+        int why = errno;
         remove(temp);
-        return fail(err, EXIT_WRITE, "%s: writing failed (disk full?)", path);
+        return fail(err, EXIT_WRITE, "%s: writing failed (%s)", path, why ? strerror(why) : "disk full?");
     }
     return 0;
+}
+
+// Everything printed must reach its destination. A full disk or a closed
+// pipe shows only when the buffered output is written, so main() ends with
+// this. Returns the exit status to use.
+int finish_output(const char *program, int status) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "%s: could not write the output (%s)\n", program,
+                errno ? strerror(errno) : "write error");
+        return status ? status : EXIT_WRITE;
+    }
+    return status;
 }
 /* ----------------------------------------------------------------------------
    The IDX format (book.md, "Chapter 1").
@@ -133,36 +208,86 @@ uint32_t read_big_endian_u32(const unsigned char *bytes) {
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
 }
 
-// Reads a whole file into memory. On success *bytes is the caller's to free.
-int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
-                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
-    size_t capacity = 1 << 20, used = 0;
-    unsigned char *buffer = xmalloc(capacity);
-    for (;;) {
-        used += fread(buffer + used, 1, capacity - used, f);
-        if (used < capacity) break;
-        unsigned char *larger = realloc(buffer, capacity *= 2);
-        if (!larger) {
-            free(buffer);
-            fclose(f);
-            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
-        }
-        buffer = larger;
+/* Opens a data file for reading, refusing anything but a regular file: a
+   FIFO would block the program forever, and a device such as /dev/zero
+   never ends. Under POSIX the file is opened without blocking (a FIFO with
+   no writer would block in fopen itself), asked what it is (fstat), and
+   only then handed to stdio; elsewhere fopen is all there is. The message
+   carries the system's reason (no such file, permission denied, ...). */
+int open_data_file(const char *path, FILE **file, Error *err) {
+    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+#if HAVE_POSIX
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    struct stat info;
+    memset(&info, 0, sizeof info);
+    if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+        close(fd);
+        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+                    S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
     }
-    int read_error = ferror(f);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *file = fdopen(fd, "rb");
+    if (!*file) close(fd);
+#else
+    *file = fopen(path, "rb");
+#endif
+    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    return 0;
+}
+
+// Reads until `limit` bytes are in the buffer or the file ends, growing the
+// buffer as it goes, so a header that promises 4 GB costs nothing until the
+// bytes are really there. Returns 0, or an error code.
+int read_up_to(FILE *f, const char *path, size_t limit, unsigned char **buffer, size_t *capacity,
+               size_t *used, Error *err) {
+    while (*used < limit) {
+        if (*used == *capacity) {
+            size_t larger_capacity = *capacity * 2 > limit ? limit : *capacity * 2;
+            unsigned char *larger = realloc(*buffer, larger_capacity);
+            if (!larger) return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+            *buffer = larger;
+            *capacity = larger_capacity;
+        }
+        size_t got = fread(*buffer + *used, 1, *capacity - *used, f);
+        *used += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) return fail(err, EXIT_MISSING, "%s: the file could not be read to the end (%s)", path, strerror(errno));
+    return 0;
+}
+
+// How many bytes an IDX file whose first bytes are `bytes` should have, or
+// 0 when these bytes are not yet a header of the `magic` kind (in which
+// case check_idx_header says what is wrong).
+size_t idx_expected_size(const unsigned char *bytes, size_t size, uint32_t magic) {
+    if (size < 8 || read_big_endian_u32(bytes) != magic) return 0;
+    size_t header = 4 + 4 * (size_t)bytes[3], items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    return header + (size_t)read_big_endian_u32(bytes + 4) * items;
+}
+
+/* Reads an IDX file of the `magic` kind into memory, never more than its
+   header promises plus one byte (the byte that tells a file that is too
+   long). On success *bytes is the caller's to free; check_idx_header then
+   checks what was read. */
+int read_idx_file(const char *path, uint32_t magic, unsigned char **bytes, size_t *size, Error *err) {
+    enum { LONGEST_HEADER = 16 };  // images: magic, count, rows, columns
+    FILE *f = NULL;
+    if (open_data_file(path, &f, err)) return err->code;
+    size_t capacity = LONGEST_HEADER, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    int status = read_up_to(f, path, LONGEST_HEADER, &buffer, &capacity, &used, err);
+    size_t expected = idx_expected_size(buffer, used, magic);
+    if (!status && expected >= used) status = read_up_to(f, path, expected + 1, &buffer, &capacity, &used, err);
     fclose(f);
-    if (read_error) {
+    if (status) {
         free(buffer);
-        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+        return status;
     }
     *bytes = buffer;
     *size = used;
     return 0;
 }
-
 // Checks an IDX header against what we expect: the magic number, the rank,
 // and (for images) 28x28. On success *count is the first dimension and
 // *body the offset of the data. Every check names the file and the fix.
@@ -197,10 +322,13 @@ int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
     *body = header;
     size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
     size_t expected = header + (size_t)*count * items;
-    if (size != expected)
-        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
-                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
-                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    if (size < expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu (%u %s): "
+                    "the file is truncated. Delete it and run `make data`.", path, size, expected,
+                    *count, kind);
+    if (size > expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: more bytes than the %zu the header promises (%u %s): "
+                    "the file is too long. Delete it and run `make data`.", path, expected, *count, kind);
     return 0;
 }
 
@@ -223,10 +351,10 @@ int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
     size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
     uint32_t image_count = 0, label_count = 0;
     err->code = 0;
-    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+    if (read_idx_file(image_path, IDX_IMAGES_MAGIC, &image_bytes, &image_size, err) ||
         check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
                          &image_count, &image_body, err) ||
-        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        read_idx_file(label_path, IDX_LABELS_MAGIC, &label_bytes, &label_size, err) ||
         check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
                          &label_count, &label_body, err)) {
         free(image_bytes);
@@ -291,6 +419,11 @@ typedef struct {
     Dataset train, validation, test;
 } FashionMnist;
 
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+
 int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     *data = (FashionMnist){0};
     if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
@@ -300,14 +433,18 @@ int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     }
     int n = data->all_training.count;
     int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    // An empty split trains on nothing, or reports an accuracy of 0 images.
+    if (validation == 0 || data->test.count == 0) {
+        fail(err, EXIT_TOO_FEW, "%s/%s-images-idx3-ubyte: %d images; at least %d are needed "
+             "(a tenth is held out for validation, and the test set must not be empty). Run "
+             "`make data`, or pass --data DIR for a directory with more.", dir,
+             validation == 0 ? "train" : "t10k", validation == 0 ? n : 0, validation == 0 ? 10 : 1);
+        free_fashion_mnist(data);
+        return err->code;
+    }
     data->train = dataset_slice(&data->all_training, 0, n - validation);
     data->validation = dataset_slice(&data->all_training, n - validation, validation);
     return 0;
-}
-
-void free_fashion_mnist(FashionMnist *data) {
-    free_dataset(&data->all_training);
-    free_dataset(&data->test);
 }
 /* ----------------------------------------------------------------------------
    Pictures: images in the terminal and in PGM/PPM files.
@@ -547,13 +684,10 @@ void print_usage(FILE *out, const char *program) {
         snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
         fprintf(out, "  %-20s %s\n", left, specs[i].help);
     }
-    fprintf(out, "\nexit codes: 0 success, %d bad option, %d data file missing, %d data file still "
-            "gzipped,\n  %d wrong magic number, %d wrong image size, %d wrong file length, "
-            "%d image/label counts differ,\n  %d label out of range, %d cannot write output, "
-            "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
-            EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
-            EXIT_NO_MEMORY);
-    fprintf(out, "\n");
+    fprintf(out, "\nexit codes:\n    0  success\n");
+    for (int code = 1; code < 256; code++)  // in order of code, whatever the table's order
+        for (int i = 0; i < EXIT_TABLE_ROWS; i++)
+            if (EXIT_TABLE[i].code == code) fprintf(out, "  %3d  %s\n", code, EXIT_TABLE[i].meaning);
 }
 
 // Is `word` one of the '|'-separated words in `choices`?
@@ -633,7 +767,7 @@ int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return status;
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     printf("Fashion-MNIST from %s/\n\nshapes:\n", options.data_dir);
     print_split_shape("train", &data.train);
@@ -659,5 +793,5 @@ int main(int argc, char **argv) {
     else
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
     free_fashion_mnist(&data);
-    return err.code;
+    return finish_output(argv[0], err.code);
 }

@@ -15,6 +15,14 @@
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
 
+// POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
+// where the system has them, inside `#if HAVE_POSIX`; this asks the C library
+// to declare them, and changes nothing elsewhere.
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
@@ -23,6 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#define HAVE_POSIX 1
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#else
+#define HAVE_POSIX 0
+#endif
 
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
@@ -36,23 +53,40 @@
 
 /* ----------------------------------------------------------------------------
    Exit codes: one per kind of failure, so a script (or a test) can tell them
-   apart. `./chapterN --help` lists them. */
+   apart. This one table makes both the names the code uses and the list that
+   `./chapterN --help` prints: EXIT_CODES(X) calls X once per row, and each
+   use below passes an X that turns a row into what it needs (an enum
+   constant, a row of EXIT_TABLE). A later chapter adds a failure by adding a
+   row; the codes of earlier chapters never change. */
 
-enum {
-    EXIT_USAGE = 2,           // a bad command-line option
-    EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
-    EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
-    EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
-    EXIT_BAD_SHAPE = 6,       // images that are not 28x28
-    EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
-    EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
-    EXIT_BAD_LABEL = 9,       // a label outside 0-9
-    EXIT_WRITE = 10,          // an output file could not be written
-    EXIT_NO_MEMORY = 11,      // malloc failed
-    EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
-    EXIT_BUG = 70,            // an internal check failed: a bug in the program
-                              // (70 is EX_SOFTWARE in BSD's sysexits.h)
-};
+#define EXIT_CODES(X)                                                                       \
+    X(EXIT_USAGE, 2, "a bad command-line option")                                           \
+    X(EXIT_MISSING, 3, "a data file is missing, unreadable, or not a regular file")         \
+    X(EXIT_GZIPPED, 4, "a data file is still gzip-compressed")                              \
+    X(EXIT_BAD_MAGIC, 5, "a data file is not an IDX file of the expected kind")             \
+    X(EXIT_BAD_SHAPE, 6, "the images are not 28x28")                                        \
+    X(EXIT_BAD_LENGTH, 7, "a data file is truncated, or longer than its header says")       \
+    X(EXIT_COUNT_MISMATCH, 8, "images and labels differ in number")                         \
+    X(EXIT_BAD_LABEL, 9, "a label is outside 0-9")                                          \
+    X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
+    X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
+    X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
+    X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
+    X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \
+    X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
+    /* end of EXIT_CODES */
+
+#define EXIT_CODE_AS_ENUM(name, code, meaning) name = code,
+enum { EXIT_CODES(EXIT_CODE_AS_ENUM) };
+
+typedef struct {
+    int code;
+    const char *name, *meaning;
+} ExitCode;
+
+#define EXIT_CODE_AS_ROW(name, code, meaning) {code, #name, meaning},
+static const ExitCode EXIT_TABLE[] = {EXIT_CODES(EXIT_CODE_AS_ROW)};
+enum { EXIT_TABLE_ROWS = sizeof EXIT_TABLE / sizeof EXIT_TABLE[0] };
 
 // An error on its way up to main(): the exit code and a message that names
 // the file, what was found and the fix. Functions that can fail on bad input
@@ -103,22 +137,63 @@ double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Writes `size` bytes to `path` through a temporary file and a rename, so a
-// reader never sees half a file and a failed write leaves the old one intact.
+// SplitMix64's finaliser (Steele, Lea and Flood, 2014): every input bit
+// changes about half of the output bits, so structured numbers (a time, a
+// counter, a key) come out well spread.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Writes `size` bytes to `path` through a temporary file and a rename, so a
+   reader never sees half a file and a failed write leaves the old one intact.
+   The temporary's name ends in 16 hex digits mixed from the clock and the
+   address of a local variable (which differs from run to run where the
+   system randomises addresses), and it is created with C11's "x" mode,
+   which refuses a name that exists, a symlink included: a file or link
+   planted under a guessed name is never followed, another name is tried.
+   Any failure removes the temporary. */
 int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
-    char temp[1024];
-    snprintf(temp, sizeof temp, "%s.tmp", path);
-    FILE *f = fopen(temp, "wb");
+    char temp[1100];
+    FILE *f = NULL;
+    int local = 0;
+    uint64_t noise = mix64((uint64_t)time(NULL)) ^ mix64((uint64_t)clock()) ^
+                     mix64((uint64_t)(uintptr_t)&local) ^ mix64((uint64_t)(1e9 * now_seconds()));
+    errno = 0;
+    for (int attempt = 0; attempt < 100 && !f; attempt++) {
+        snprintf(temp, sizeof temp, "%s.%016llx.tmp", path, (unsigned long long)mix64(noise + (uint64_t)attempt));
+        errno = 0;
+        f = fopen(temp, "wbx");
+        if (!f && errno != EEXIST) break;
+    }
     if (!f)
-        return fail(err, EXIT_WRITE, "%s: cannot create the file; does its directory exist "
-                    "and is it writable?", temp);
+        return fail(err, EXIT_WRITE, "%s: cannot create a file there (%s); does the directory "
+                    "exist, and may we write to it?", path, errno ? strerror(errno) : "no free name");
+    errno = 0;
     int ok = fwrite(bytes, 1, size, f) == size;
     ok &= fclose(f) == 0;
-    if (!ok || rename(temp, path) != 0) {
+    ok = ok && rename(temp, path) == 0;
+    if (!ok) {
+        int why = errno;
         remove(temp);
-        return fail(err, EXIT_WRITE, "%s: writing failed (disk full?)", path);
+        return fail(err, EXIT_WRITE, "%s: writing failed (%s)", path, why ? strerror(why) : "disk full?");
     }
     return 0;
+}
+
+// Everything printed must reach its destination. A full disk or a closed
+// pipe shows only when the buffered output is written, so main() ends with
+// this. Returns the exit status to use.
+int finish_output(const char *program, int status) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "%s: could not write the output (%s)\n", program,
+                errno ? strerror(errno) : "write error");
+        return status ? status : EXIT_WRITE;
+    }
+    return status;
 }
 /* ----------------------------------------------------------------------------
    Random numbers: PCG32 (O'Neill, pcg-random.org), with streams.
@@ -156,6 +231,18 @@ Rng rng_new(uint64_t seed, uint64_t stream) {
     r.state += seed;
     rng_next(&r);
     return r;
+}
+
+/* A keyed stream: the numbers for one purpose at one place in the run, for
+   instance (seed, STREAM_SHUFFLE, epoch 3, 0) or (seed, STREAM_DROPOUT,
+   step 1200, item 17). Anyone can open it at any time, in any order, on any
+   thread, and get the same numbers; nothing depends on what was drawn
+   before. That is what lets a run resume from any epoch without saving the
+   generator (chapter 6), and dropout give the same masks at any thread count
+   (chapter 5). The key is mixed into the starting state; the purpose picks
+   the stream. */
+Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
+    return rng_new(mix64(mix64(mix64(seed) ^ step) ^ item), purpose);
 }
 
 // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
@@ -213,36 +300,86 @@ uint32_t read_big_endian_u32(const unsigned char *bytes) {
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
 }
 
-// Reads a whole file into memory. On success *bytes is the caller's to free.
-int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
-                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
-    size_t capacity = 1 << 20, used = 0;
-    unsigned char *buffer = xmalloc(capacity);
-    for (;;) {
-        used += fread(buffer + used, 1, capacity - used, f);
-        if (used < capacity) break;
-        unsigned char *larger = realloc(buffer, capacity *= 2);
-        if (!larger) {
-            free(buffer);
-            fclose(f);
-            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
-        }
-        buffer = larger;
+/* Opens a data file for reading, refusing anything but a regular file: a
+   FIFO would block the program forever, and a device such as /dev/zero
+   never ends. Under POSIX the file is opened without blocking (a FIFO with
+   no writer would block in fopen itself), asked what it is (fstat), and
+   only then handed to stdio; elsewhere fopen is all there is. The message
+   carries the system's reason (no such file, permission denied, ...). */
+int open_data_file(const char *path, FILE **file, Error *err) {
+    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+#if HAVE_POSIX
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    struct stat info;
+    memset(&info, 0, sizeof info);
+    if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+        close(fd);
+        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+                    S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
     }
-    int read_error = ferror(f);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *file = fdopen(fd, "rb");
+    if (!*file) close(fd);
+#else
+    *file = fopen(path, "rb");
+#endif
+    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    return 0;
+}
+
+// Reads until `limit` bytes are in the buffer or the file ends, growing the
+// buffer as it goes, so a header that promises 4 GB costs nothing until the
+// bytes are really there. Returns 0, or an error code.
+int read_up_to(FILE *f, const char *path, size_t limit, unsigned char **buffer, size_t *capacity,
+               size_t *used, Error *err) {
+    while (*used < limit) {
+        if (*used == *capacity) {
+            size_t larger_capacity = *capacity * 2 > limit ? limit : *capacity * 2;
+            unsigned char *larger = realloc(*buffer, larger_capacity);
+            if (!larger) return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+            *buffer = larger;
+            *capacity = larger_capacity;
+        }
+        size_t got = fread(*buffer + *used, 1, *capacity - *used, f);
+        *used += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) return fail(err, EXIT_MISSING, "%s: the file could not be read to the end (%s)", path, strerror(errno));
+    return 0;
+}
+
+// How many bytes an IDX file whose first bytes are `bytes` should have, or
+// 0 when these bytes are not yet a header of the `magic` kind (in which
+// case check_idx_header says what is wrong).
+size_t idx_expected_size(const unsigned char *bytes, size_t size, uint32_t magic) {
+    if (size < 8 || read_big_endian_u32(bytes) != magic) return 0;
+    size_t header = 4 + 4 * (size_t)bytes[3], items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    return header + (size_t)read_big_endian_u32(bytes + 4) * items;
+}
+
+/* Reads an IDX file of the `magic` kind into memory, never more than its
+   header promises plus one byte (the byte that tells a file that is too
+   long). On success *bytes is the caller's to free; check_idx_header then
+   checks what was read. */
+int read_idx_file(const char *path, uint32_t magic, unsigned char **bytes, size_t *size, Error *err) {
+    enum { LONGEST_HEADER = 16 };  // images: magic, count, rows, columns
+    FILE *f = NULL;
+    if (open_data_file(path, &f, err)) return err->code;
+    size_t capacity = LONGEST_HEADER, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    int status = read_up_to(f, path, LONGEST_HEADER, &buffer, &capacity, &used, err);
+    size_t expected = idx_expected_size(buffer, used, magic);
+    if (!status && expected >= used) status = read_up_to(f, path, expected + 1, &buffer, &capacity, &used, err);
     fclose(f);
-    if (read_error) {
+    if (status) {
         free(buffer);
-        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+        return status;
     }
     *bytes = buffer;
     *size = used;
     return 0;
 }
-
 // Checks an IDX header against what we expect: the magic number, the rank,
 // and (for images) 28x28. On success *count is the first dimension and
 // *body the offset of the data. Every check names the file and the fix.
@@ -277,10 +414,13 @@ int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
     *body = header;
     size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
     size_t expected = header + (size_t)*count * items;
-    if (size != expected)
-        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
-                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
-                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    if (size < expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu (%u %s): "
+                    "the file is truncated. Delete it and run `make data`.", path, size, expected,
+                    *count, kind);
+    if (size > expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: more bytes than the %zu the header promises (%u %s): "
+                    "the file is too long. Delete it and run `make data`.", path, expected, *count, kind);
     return 0;
 }
 
@@ -303,10 +443,10 @@ int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
     size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
     uint32_t image_count = 0, label_count = 0;
     err->code = 0;
-    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+    if (read_idx_file(image_path, IDX_IMAGES_MAGIC, &image_bytes, &image_size, err) ||
         check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
                          &image_count, &image_body, err) ||
-        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        read_idx_file(label_path, IDX_LABELS_MAGIC, &label_bytes, &label_size, err) ||
         check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
                          &label_count, &label_body, err)) {
         free(image_bytes);
@@ -371,6 +511,11 @@ typedef struct {
     Dataset train, validation, test;
 } FashionMnist;
 
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+
 int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     *data = (FashionMnist){0};
     if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
@@ -380,14 +525,18 @@ int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     }
     int n = data->all_training.count;
     int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    // An empty split trains on nothing, or reports an accuracy of 0 images.
+    if (validation == 0 || data->test.count == 0) {
+        fail(err, EXIT_TOO_FEW, "%s/%s-images-idx3-ubyte: %d images; at least %d are needed "
+             "(a tenth is held out for validation, and the test set must not be empty). Run "
+             "`make data`, or pass --data DIR for a directory with more.", dir,
+             validation == 0 ? "train" : "t10k", validation == 0 ? n : 0, validation == 0 ? 10 : 1);
+        free_fashion_mnist(data);
+        return err->code;
+    }
     data->train = dataset_slice(&data->all_training, 0, n - validation);
     data->validation = dataset_slice(&data->all_training, n - validation, validation);
     return 0;
-}
-
-void free_fashion_mnist(FashionMnist *data) {
-    free_dataset(&data->all_training);
-    free_dataset(&data->test);
 }
 /* ----------------------------------------------------------------------------
    Pictures: images in the terminal and in PGM/PPM files.
@@ -645,15 +794,10 @@ void print_usage(FILE *out, const char *program) {
         snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
         fprintf(out, "  %-20s %s\n", left, specs[i].help);
     }
-    fprintf(out, "\nexit codes: 0 success, %d bad option, %d data file missing, %d data file still "
-            "gzipped,\n  %d wrong magic number, %d wrong image size, %d wrong file length, "
-            "%d image/label counts differ,\n  %d label out of range, %d cannot write output, "
-            "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
-            EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
-            EXIT_NO_MEMORY);
-    fprintf(out, ",\n  %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
-    fprintf(out, ",\n  %d an internal check failed (a bug in the program)", EXIT_BUG);
-    fprintf(out, "\n");
+    fprintf(out, "\nexit codes:\n    0  success\n");
+    for (int code = 1; code < 256; code++)  // in order of code, whatever the table's order
+        for (int i = 0; i < EXIT_TABLE_ROWS; i++)
+            if (EXIT_TABLE[i].code == code) fprintf(out, "  %3d  %s\n", code, EXIT_TABLE[i].meaning);
 }
 
 // Is `word` one of the '|'-separated words in `choices`?
@@ -918,19 +1062,34 @@ void optimizer_update(Optimizer *o, float *params, const float *grads, size_t co
    What it is not: clever. One pass over the shuffled training images per
    epoch, an optimiser step per batch, an evaluation per epoch. */
 
+// One mini-batch as a model sees it. `step` numbers the optimiser steps of
+// the whole run (0, 1, 2, ...), and follows from the epoch and the batch
+// alone, so an op that draws random numbers (dropout, chapter 5) can key
+// its stream by it and get the same numbers in a resumed run.
+typedef struct {
+    const float *images;   // (count, 784)
+    const float *targets;  // (count, 10)
+    int count;
+    long step;
+} Batch;
+
 typedef struct {
     const char *name;  // for the summary line: "ann", ...
     void *net;
-    // Forward and backward in training mode on n images: fills probs (n,10),
+    // Forward and backward in training mode: fills probs (count, 10),
     // ADDS the gradients into grads, returns the mean loss.
-    float (*compute_gradients)(void *net, const float *images, const float *targets, int n, float *probs);
-    // Forward only, in inference mode: fills probs (n,10), returns the mean loss.
-    float (*predict)(void *net, const float *images, const float *targets, int n, float *probs);
+    float (*compute_gradients)(void *net, const Batch *batch, float *probs);
+    // Forward only, in inference mode: fills probs (count, 10), returns the mean loss.
+    float (*predict)(void *net, const Batch *batch, float *probs);
     float *params, *grads;  // (count) each, in the same order
     size_t count;
+    // What the model keeps without learning it by gradient (BatchNorm's
+    // running statistics, chapter 5): the optimiser never touches it, but a
+    // checkpoint must save it with the parameters. NULL and 0 for the ANN.
+    float *state;           // (state_count)
+    size_t state_count;
     int max_batch;          // the most images one call may take
 } Model;
-
 int argmax(const float *row, int n) {
     int best = 0;
     for (int i = 1; i < n; i++) best = row[i] > row[best] ? i : best;
@@ -1014,7 +1173,7 @@ typedef struct {
     Optimizer *optimizer;
     const Dataset *data;
     int batch;
-    Rng shuffle_rng;
+    uint64_t seed;
     int *order;               // (data->count) this epoch's order
     float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
     float *probs;             // (batch, 10)
@@ -1023,9 +1182,8 @@ typedef struct {
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
     require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
             batch, model->max_batch);
-    Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
+    Trainer t = {.model = model, .optimizer = optimizer, .data = data, .batch = batch, .seed = seed};
     t.order = xmalloc((size_t)data->count * sizeof(int));
-    for (int i = 0; i < data->count; i++) t.order[i] = i;
     t.images = xmalloc((size_t)batch * (IMAGE_SIZE + 2 * NUM_CLASSES) * sizeof(float));
     t.targets = t.images + (size_t)batch * IMAGE_SIZE;
     t.probs = t.targets + (size_t)batch * NUM_CLASSES;
@@ -1037,16 +1195,38 @@ void trainer_free(Trainer *t) {
     free(t->images);
 }
 
-// One pass over the training data in a fresh random order. Returns the
-// epoch's mean loss and accuracy (over the batches as they were trained).
-void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
-                 float *loss, float *accuracy) {
+// The order of one epoch, from (seed, epoch) alone: the identity, shuffled
+// by the epoch's own keyed stream. No epoch depends on the one before, so a
+// run resumed at epoch k sees the same images in the same order.
+void epoch_order(int *order, int count, uint64_t seed, int epoch) {
+    for (int i = 0; i < count; i++) order[i] = i;
+    Rng rng = rng_keyed(seed, STREAM_SHUFFLE, (uint64_t)epoch, 0);
+    shuffle(order, count, &rng);
+}
+
+const char *optimizer_name(const Optimizer *o) { return o->kind == OPTIMIZER_ADAM ? "adam" : "sgd"; }
+
+// A loss that is infinite or not a number poisons every weight it touches
+// (NaN - anything is NaN), so training stops at the first one.
+int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, float loss) {
+    return fail(err, EXIT_DIVERGED, "epoch %d, batch %d of %d: the loss is %g, not a finite number, "
+                "so training stopped. The likely cause is a learning rate too large for %s "
+                "(--lr %g): each step overshoots and the weights grow until a number overflows. "
+                "Try a learning rate ten times smaller%s.", epoch, batch, batches, loss,
+                optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
+}
+
+// One pass over the training data in this epoch's order. Fills the epoch's
+// mean loss and accuracy (over the batches as they were trained); returns 0,
+// or EXIT_DIVERGED with the message in *err.
+int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
+                float *loss, float *accuracy, Error *err) {
     Model *m = t->model;
     const Dataset *d = t->data;
     int batches = (d->count + t->batch - 1) / t->batch;
     double loss_sum = 0;
     long correct = 0, seen = 0;
-    shuffle(t->order, d->count, &t->shuffle_rng);
+    epoch_order(t->order, d->count, t->seed, epoch);
     if (progress) {
         progress->epoch_start = now_seconds();
         progress->epoch_done = 0;
@@ -1058,8 +1238,14 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
             memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
             memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
         }
+        Batch batch = {.images = t->images, .targets = t->targets, .count = n,
+                       .step = (long)(epoch - 1) * batches + b};
         memset(m->grads, 0, m->count * sizeof(float));
-        float batch_loss = m->compute_gradients(m->net, t->images, t->targets, n, t->probs);
+        float batch_loss = m->compute_gradients(m->net, &batch, t->probs);
+        if (!isfinite(batch_loss)) {
+            if (progress && progress->terminal) printf("\n");
+            return diverged(err, t->optimizer, epoch, b + 1, batches, batch_loss);
+        }
         optimizer_update(t->optimizer, m->params, m->grads, m->count);
         for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
         loss_sum += (double)batch_loss * n;
@@ -1073,6 +1259,7 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     }
     *loss = (float)(loss_sum / seen);
     *accuracy = (float)correct / (float)seen;
+    return 0;
 }
 
 typedef struct {
@@ -1088,8 +1275,9 @@ Evaluation evaluate(Model *m, const Dataset *d) {
     int correct = 0;
     for (int first = 0; first < d->count; first += m->max_batch) {
         int n = d->count - first < m->max_batch ? d->count - first : m->max_batch;
-        float loss = m->predict(m->net, d->images + (size_t)first * IMAGE_SIZE,
-                                d->targets + (size_t)first * NUM_CLASSES, n, probs);
+        Batch batch = {.images = d->images + (size_t)first * IMAGE_SIZE,
+                       .targets = d->targets + (size_t)first * NUM_CLASSES, .count = n};
+        float loss = m->predict(m->net, &batch, probs);
         loss_sum += (double)loss * n;
         for (int i = 0; i < n; i++) {
             int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
@@ -1115,16 +1303,26 @@ void print_confusion(const Evaluation *e) {
 }
 
 // Trains for `epochs` epochs with validation after each, filling history.
-void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
-           int epochs, int batch, uint64_t seed, History *h) {
+// Returns 0, or EXIT_DIVERGED with the message in *err.
+int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+          int epochs, int batch, uint64_t seed, History *h, Error *err) {
     Trainer t = trainer_new(m, opt, train_set, batch, seed);
-    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count, 0, 0};
-    for (int epoch = 1; epoch <= epochs; epoch++) {
+    Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(),
+                         .total = (long)epochs * train_set->count};
+    int status = 0;
+    for (int epoch = 1; epoch <= epochs && !status; epoch++) {
         double start = now_seconds();
         float loss, accuracy;
-        train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy);
+        status = train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy, err);
+        if (status) break;
         double seconds = now_seconds() - start;
         Evaluation v = evaluate(m, validation);
+        if (!isfinite(v.loss)) {
+            status = fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: "
+                          "the weights have grown too large. Try a smaller learning rate (--lr %g now).",
+                          epoch, v.loss, opt->learning_rate);
+            break;
+        }
         int e = h->epochs++;
         h->train_loss[e] = loss, h->train_accuracy[e] = accuracy, h->seconds[e] = (float)seconds;
         h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy;
@@ -1133,32 +1331,35 @@ void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *va
                100 * accuracy, v.loss, 100 * v.accuracy, seconds, train_set->count / seconds);
     }
     trainer_free(&t);
+    return status;
 }
 
 // The debugging habit: a model that cannot learn a handful of images by
 // heart has a bug, and this finds out in seconds rather than hours.
-int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed) {
+int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed, Error *err) {
     enum { MAX_OVERFIT_EPOCHS = 1000 };
     Trainer t = trainer_new(m, opt, few, batch < few->count ? batch : few->count, seed);
     Evaluation e = {0};
-    int epoch;
+    int epoch, status = 0;
     printf("overfitting %d training images: training on them until every one is right\n", few->count);
-    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS; epoch++) {
+    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS && !status; epoch++) {
         float loss, accuracy;
-        train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy);
+        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy, err);
+        if (status) break;
         e = evaluate(m, few);
         if (epoch % 10 == 0 || e.accuracy == 1.0f)
             printf("epoch %d  loss %.4f  accuracy %.2f%%\n", epoch, e.loss, 100 * e.accuracy);
         if (e.accuracy == 1.0f) break;
     }
     trainer_free(&t);
+    if (status) return status;
     if (e.accuracy == 1.0f) {
         printf("all %d images right after %d epochs: the model and its gradients can learn.\n", few->count, epoch);
         return 0;
     }
-    printf("after %d epochs only %.2f%% of %d images are right: something is wrong "
-           "(the gradients? the learning rate?)\n", MAX_OVERFIT_EPOCHS, 100 * e.accuracy, few->count);
-    return EXIT_NOT_LEARNING;
+    return fail(err, EXIT_NOT_LEARNING, "after %d epochs only %.2f%% of %d images are right: "
+                "something is wrong (the gradients? the learning rate?)", MAX_OVERFIT_EPOCHS,
+                100 * e.accuracy, few->count);
 }
 
 // The protocol's training set, or its first --limit images.
@@ -1181,19 +1382,24 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
+OptimizerKind optimizer_kind(const Options *o) {
+    return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
+}
+
 // Everything after the model is built: the sanity check, training (or
-// overfitting), the test. Fills *history and *result; returns the exit code.
-int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history, Result *result) {
+// overfitting), the test. Fills *history and *result; returns the exit
+// code, with the message in *err when it is not 0.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
+                 Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
-    Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
-                                  (float)o->learning_rate, m->count);
+    Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
     int status = 0;
-    *result = (Result){m->name, 0, o->seed, 0, 0, 0};
+    *result = (Result){.model = m->name, .seed = o->seed};
     if (o->overfit) {
         Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
-        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed);
+        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed, err);
     } else {
         // Untrained, the network should be unsure: about 1/10 for every class,
         // so a loss near -ln(1/10). Far from it, the initialisation is off.
@@ -1204,8 +1410,10 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
                data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
         double start = now_seconds();
-        train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
+        status = train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history, err);
         result->seconds = now_seconds() - start;
+    }
+    if (!status && !o->overfit) {
         Evaluation test = evaluate(m, &data->test);
         print_confusion(&test);
         printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
@@ -1231,6 +1439,8 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
 
 enum { ANN_LAYERS = 3 };
 static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};
+// The hand-written ANN teaches backprop (chapter 2) and checks the engine
+// (chapter 3); from chapter 4 on, the engine builds every model.
 
 typedef struct {
     float *weight[ANN_LAYERS];  // weight[l]: (ANN_WIDTHS[l], ANN_WIDTHS[l+1])
@@ -1348,24 +1558,25 @@ void ann_backward(Ann *net, const float *images, const float *targets, int B) {
 
 // The ANN seen through the training loop's Model interface. It has no
 // training mode, so training and inference differ only by the backward pass.
-float ann_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+float ann_compute_gradients(void *net, const Batch *batch, float *probs) {
     Ann *ann = net;
-    float loss = ann_forward(ann, images, targets, n);
-    ann_backward(ann, images, targets, n);
-    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    float loss = ann_forward(ann, batch->images, batch->targets, batch->count);
+    ann_backward(ann, batch->images, batch->targets, batch->count);
+    memcpy(probs, ann->acts.probs, (size_t)batch->count * NUM_CLASSES * sizeof(float));
     return loss;
 }
 
-float ann_predict(void *net, const float *images, const float *targets, int n, float *probs) {
+float ann_predict(void *net, const Batch *batch, float *probs) {
     Ann *ann = net;
-    float loss = ann_forward(ann, images, targets, n);
-    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    float loss = ann_forward(ann, batch->images, batch->targets, batch->count);
+    memcpy(probs, ann->acts.probs, (size_t)batch->count * NUM_CLASSES * sizeof(float));
     return loss;
 }
 
 Model ann_model(Ann *net) {
-    return (Model){"ann", net, ann_compute_gradients, ann_predict,
-                   net->param_memory, net->grad_memory, net->param_count, net->max_batch};
+    return (Model){.name = "ann", .net = net, .compute_gradients = ann_compute_gradients,
+                   .predict = ann_predict, .params = net->param_memory, .grads = net->grad_memory,
+                   .count = net->param_count, .max_batch = net->max_batch};
 }
 /* ----------------------------------------------------------------------------
    The program. */
@@ -1398,17 +1609,19 @@ int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return status;
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);
     History *history = NULL;
     Result result;
-    status = fit_and_test(&model, &data, &options, &history, &result);
-    if (status == 0 && !options.overfit) print_result(&result);
+    Error err = {0};
+    status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    else if (!options.overfit) print_result(&result);
 
     history_free(history);
     ann_free(&ann);
     free_fashion_mnist(&data);
-    return status;
+    return finish_output(argv[0], status);
 }

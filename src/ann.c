@@ -14,6 +14,10 @@
 
 enum { ANN_LAYERS = 3 };
 static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};
+//@ end
+//@ from 2 to 3
+// The hand-written ANN teaches backprop (chapter 2) and checks the engine
+// (chapter 3); from chapter 4 on, the engine builds every model.
 
 typedef struct {
     float *weight[ANN_LAYERS];  // weight[l]: (ANN_WIDTHS[l], ANN_WIDTHS[l+1])
@@ -131,23 +135,24 @@ void ann_backward(Ann *net, const float *images, const float *targets, int B) {
 
 // The ANN seen through the training loop's Model interface. It has no
 // training mode, so training and inference differ only by the backward pass.
-float ann_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+float ann_compute_gradients(void *net, const Batch *batch, float *probs) {
     Ann *ann = net;
-    float loss = ann_forward(ann, images, targets, n);
-    ann_backward(ann, images, targets, n);
-    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    float loss = ann_forward(ann, batch->images, batch->targets, batch->count);
+    ann_backward(ann, batch->images, batch->targets, batch->count);
+    memcpy(probs, ann->acts.probs, (size_t)batch->count * NUM_CLASSES * sizeof(float));
     return loss;
 }
 
-float ann_predict(void *net, const float *images, const float *targets, int n, float *probs) {
+float ann_predict(void *net, const Batch *batch, float *probs) {
     Ann *ann = net;
-    float loss = ann_forward(ann, images, targets, n);
-    memcpy(probs, ann->acts.probs, (size_t)n * NUM_CLASSES * sizeof(float));
+    float loss = ann_forward(ann, batch->images, batch->targets, batch->count);
+    memcpy(probs, ann->acts.probs, (size_t)batch->count * NUM_CLASSES * sizeof(float));
     return loss;
 }
 
 Model ann_model(Ann *net) {
-    return (Model){"ann", net, ann_compute_gradients, ann_predict,
-                   net->param_memory, net->grad_memory, net->param_count, net->max_batch};
+    return (Model){.name = "ann", .net = net, .compute_gradients = ann_compute_gradients,
+                   .predict = ann_predict, .params = net->param_memory, .grads = net->grad_memory,
+                   .count = net->param_count, .max_batch = net->max_batch};
 }
 //@ end

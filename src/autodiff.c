@@ -30,7 +30,7 @@ typedef struct Graph Graph;
 typedef struct {
     const char *name;
     void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
-    void (*backward)(Node *node);               // inputs' grads += from node->grad
+    void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
 } Op;
 
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_GLOROT } Init;
@@ -60,8 +60,9 @@ struct Graph {
     int order_count;
     Node *output;
     int max_batch, batch;
-    int training;           // ops like dropout and batch norm behave differently
-    Rng dropout_rng;        // for ops that need random numbers
+    int training;           // the mode of the last forward: dropout and batch norm differ
+    uint64_t seed;          // with step, the key of the streams of ops that draw random numbers
+    long step;              // the optimiser step being computed (see Batch)
     float *params, *grads;  // (param_count) each: every parameter, in creation order
     size_t param_count;
     float *memory;          // values, gradients and saved buffers of all other nodes
@@ -209,11 +210,12 @@ void graph_compile(Graph *g, Node *output) {
 // zeros for biases, ones for scales. A weight's last two dimensions are its
 // inputs and outputs: (C, OC) for a dense layer, and (KH, KW, C, OC) for a
 // convolution kernel, whose fans are C and OC times the KH*KW positions.
-// The dropout stream is seeded here too, so one seed fixes everything.
+// The seed is kept too: ops that draw random numbers (dropout) open keyed
+// streams of it, so one seed fixes everything.
 void graph_initialize(Graph *g, uint64_t seed) {
     require(g->compiled, "graph_initialize() before graph_compile(): the parameters have no memory yet");
     Rng rng = rng_new(seed, STREAM_INIT);
-    g->dropout_rng = rng_new(seed, STREAM_DROPOUT);
+    g->seed = seed;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
         if (!n->is_parameter) continue;
@@ -263,8 +265,13 @@ void graph_zero_grad(Graph *g) {
 
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
+// The forward pass must have run in training mode: the gradients are of
+// what the training forward computed, and with batch norm (chapter 5) an
+// inference forward computes something else, so its gradients would be
+// silently wrong.
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
+    require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
@@ -273,7 +280,7 @@ void graph_backward(Graph *g) {
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
-        if (n->op && n->requires_grad) n->op->backward(n);
+        if (n->op && n->requires_grad) n->op->backward(n, g);
     }
 }
 
@@ -313,7 +320,8 @@ void matmul_op_forward(Node *n, Graph *g) {
     matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
 
-void matmul_op_backward(Node *n) {
+void matmul_op_backward(Node *n, Graph *g) {
+    (void)g;
     Node *x = n->inputs[0], *w = n->inputs[1];
     matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
@@ -327,7 +335,8 @@ void bias_add_op_forward(Node *n, Graph *g) {
     bias_forward(n->value, b->value, (int)(n->size / b->size), (int)b->size);
 }
 
-void bias_add_op_backward(Node *n) {
+void bias_add_op_backward(Node *n, Graph *g) {
+    (void)g;
     Node *x = n->inputs[0], *b = n->inputs[1];
     if (x->grad) accumulate(x->grad, n->grad, n->size);
     if (b->grad) bias_backward(b->grad, n->grad, (int)(n->size / b->size), (int)b->size);
@@ -338,7 +347,8 @@ void relu_op_forward(Node *n, Graph *g) {
     relu_forward(n->value, n->inputs[0]->value, n->size);
 }
 
-void relu_op_backward(Node *n) {
+void relu_op_backward(Node *n, Graph *g) {
+    (void)g;
     relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
 }
 
@@ -348,7 +358,8 @@ void add_op_forward(Node *n, Graph *g) {
     for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] + n->inputs[1]->value[i];
 }
 
-void add_op_backward(Node *n) {
+void add_op_backward(Node *n, Graph *g) {
+    (void)g;
     for (int k = 0; k < 2; k++)
         if (n->inputs[k]->grad) accumulate(n->inputs[k]->grad, n->grad, n->size);
 }
@@ -359,7 +370,8 @@ void mul_op_forward(Node *n, Graph *g) {
     for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] * n->inputs[1]->value[i];
 }
 
-void mul_op_backward(Node *n) {
+void mul_op_backward(Node *n, Graph *g) {
+    (void)g;
     Node *a = n->inputs[0], *b = n->inputs[1];
     for (size_t i = 0; i < n->size; i++) {
         if (a->grad) a->grad[i] += n->grad[i] * b->value[i];
@@ -375,7 +387,8 @@ void sum_op_forward(Node *n, Graph *g) {
     n->value[0] = (float)total;
 }
 
-void sum_op_backward(Node *n) {
+void sum_op_backward(Node *n, Graph *g) {
+    (void)g;
     Node *x = n->inputs[0];
     for (size_t i = 0; i < x->size; i++) x->grad[i] += n->grad[0];
 }
@@ -389,7 +402,8 @@ void softmax_cross_entropy_op_forward(Node *n, Graph *g) {
                                                 logits->shape[0], logits->shape[1]);
 }
 
-void softmax_cross_entropy_op_backward(Node *n) {
+void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
+    (void)g;
     Node *logits = n->inputs[0], *targets = n->inputs[1];
     softmax_cross_entropy_backward(logits->grad, n->grad[0], n->saved, targets->value,
                                    logits->shape[0], logits->shape[1]);
@@ -487,26 +501,28 @@ GraphClassifier ann_graph(int max_batch, uint64_t seed) {
     return (GraphClassifier){g, images, targets, loss};
 }
 
-float graph_run(GraphClassifier *c, const float *images, const float *targets, int n, int training, float *probs) {
-    graph_set_batch(c->graph, n);
-    memcpy(c->images->value, images, c->images->size * sizeof(float));
-    memcpy(c->targets->value, targets, c->targets->size * sizeof(float));
+float graph_run(GraphClassifier *c, const Batch *batch, int training, float *probs) {
+    graph_set_batch(c->graph, batch->count);
+    c->graph->step = batch->step;
+    memcpy(c->images->value, batch->images, c->images->size * sizeof(float));
+    memcpy(c->targets->value, batch->targets, c->targets->size * sizeof(float));
     float loss = graph_forward(c->graph, training);
     if (training) graph_backward(c->graph);
-    memcpy(probs, c->loss->saved, (size_t)n * NUM_CLASSES * sizeof(float));
+    memcpy(probs, c->loss->saved, (size_t)batch->count * NUM_CLASSES * sizeof(float));
     return loss;
 }
 
-float graph_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
-    return graph_run(net, images, targets, n, 1, probs);
+float graph_compute_gradients(void *net, const Batch *batch, float *probs) {
+    return graph_run(net, batch, 1, probs);
 }
 
-float graph_predict(void *net, const float *images, const float *targets, int n, float *probs) {
-    return graph_run(net, images, targets, n, 0, probs);
+float graph_predict(void *net, const Batch *batch, float *probs) {
+    return graph_run(net, batch, 0, probs);
 }
 
 Model graph_model(GraphClassifier *c, const char *name) {
-    return (Model){name, c, graph_compute_gradients, graph_predict,
-                   c->graph->params, c->graph->grads, c->graph->param_count, c->graph->max_batch};
+    return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
+                   .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
+                   .count = c->graph->param_count, .max_batch = c->graph->max_batch};
 }
 //@ end

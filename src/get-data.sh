@@ -6,8 +6,12 @@
 # /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist);
 # the official mirror, with curl or wget. Every file is checked for size and
 # MD5 against the published values below; a wrong one is removed, never kept.
-# Files are written to a temporary name and renamed when they check out, so
-# nothing half-written is ever left behind. Running it twice does nothing.
+# Files are written to a fresh temporary name (mktemp, in the directory) and
+# renamed when they check out, so nothing half-written is ever left behind,
+# even when interrupted, and two runs at once do not get in each other's way.
+# Running it twice does nothing. It is not a general downloader: it writes
+# only these four names, and refuses a destination that is not a directory
+# or that holds something other than a file under one of them.
 set -u
 
 dest=${1:-data}
@@ -19,6 +23,16 @@ files="train-images-idx3-ubyte 47040016 f4a8712d7a061bf5bd6d2ca38dc4d50a
 train-labels-idx1-ubyte 60008 9018921c3c673c538a1fc5bad174d6f9
 t10k-images-idx3-ubyte 7840016 8181f5470baa50b63fa0f6fddb340f0a
 t10k-labels-idx1-ubyte 10008 15d484375f8d13e6eb1aabb0c3f46965"
+
+# The temporary file being written, if any: removed however the script ends.
+tmp=
+trap '[ -z "$tmp" ] || rm -f "$tmp"' EXIT
+trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM
+
+# mktemp makes files only its owner can read; give them the mode cp would.
+mode=$(umask -S | tr -d x)
+
+fail() { echo "get-data.sh: $*" >&2; exit 1; }
 
 md5_of() {
     if command -v md5sum >/dev/null 2>&1; then md5sum < "$1" | cut -d' ' -f1
@@ -39,47 +53,72 @@ check() {
     fi
 }
 
+# newtmp NAME: a fresh empty file in $dest (never an existing name or link).
+newtmp() {
+    tmp=$(mktemp "$dest/.$1.XXXXXX") || fail "cannot write into $dest/ (the error above says why)"
+}
+
 # fetch NAME SIZE MD5: tries each source in turn until one gives a good file.
+# Errors of cp, gzip, curl and mv are shown as they are: they say why.
 fetch() {
-    tmp="$dest/.$1.part"
     for source in "${FASHION_MNIST_DIR:-}" "$debian" mirror; do
-        rm -f "$tmp"
         case "$source" in
             "") continue ;;
             mirror)
                 if command -v curl >/dev/null 2>&1; then
-                    curl -fsSL --connect-timeout 10 --max-time 300 "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
+                    newtmp "$1"; curl -fsSL --connect-timeout 10 --max-time 300 "$mirror/$1.gz" | gzip -dc > "$tmp"
                 elif command -v wget >/dev/null 2>&1; then
-                    wget -q -t 1 -T 10 -O - "$mirror/$1.gz" 2>/dev/null | gzip -dc > "$tmp" 2>/dev/null
+                    newtmp "$1"; wget -q -t 1 -T 10 -O - "$mirror/$1.gz" | gzip -dc > "$tmp"
                 else continue; fi ;;
             *)
-                if [ -f "$source/$1" ]; then cp "$source/$1" "$tmp"
-                elif [ -f "$source/$1.gz" ]; then gzip -dc "$source/$1.gz" > "$tmp" 2>/dev/null
+                if [ -f "$source/$1" ]; then newtmp "$1"; cp "$source/$1" "$tmp"
+                elif [ -f "$source/$1.gz" ]; then newtmp "$1"; gzip -dc "$source/$1.gz" > "$tmp"
                 else continue; fi ;;
         esac
-        if [ ! -s "$tmp" ]; then rm -f "$tmp"; continue; fi
-        if why=$(check "$tmp" "$1" "$2" "$3"); then
-            mv "$tmp" "$dest/$1" && echo "  $dest/$1  (from $source)" && return 0
+        if [ ! -s "$tmp" ]; then :
+        elif ! why=$(check "$tmp" "$1" "$2" "$3"); then
+            echo "  rejected $1 from $source: $why" >&2
+        elif chmod "$mode" "$tmp" && mv -f "$tmp" "$dest/$1"; then
+            tmp=; echo "  $dest/$1  (from $source)"; return 0
+        else
+            fail "cannot put $1 into $dest/ (the error above says why)"
         fi
-        echo "  rejected $1 from $source: $why" >&2
+        rm -f "$tmp"; tmp=
     done
-    rm -f "$tmp"
     return 1
 }
 
-mkdir -p "$dest" || exit 1
+# The destination must be a directory, and each of the four names in it a
+# file or nothing; anything else is a mistake this script will not guess at.
+if [ -e "$dest" ] && [ ! -d "$dest" ]; then
+    fail "$dest exists but is not a directory; remove or rename it (rm $dest), then run make data again"
+fi
+mkdir -p "$dest" || fail "cannot create the directory $dest (the error above says why)"
+bad=0
+while read -r name size md5; do
+    if [ -e "$dest/$name" ] && [ ! -f "$dest/$name" ]; then
+        if [ -d "$dest/$name" ]; then what="is a directory"; else what="is not a regular file"; fi
+        echo "get-data.sh: $dest/$name $what, where the data file belongs; remove it (rm -r $dest/$name), then run make data again" >&2
+        bad=1
+    fi
+done <<END
+$files
+END
+[ "$bad" = 0 ] || exit 1
+
 status=0
-echo "$files" | {
-    while read -r name size md5; do
-        if [ -f "$dest/$name" ]; then
-            if why=$(check "$dest/$name" "$name" "$size" "$md5"); then continue; fi
-            echo "  removed $dest/$name: $why" >&2
-            rm -f "$dest/$name"
-        fi
-        fetch "$name" "$size" "$md5" || status=1
-    done
-    if [ "$status" != 0 ]; then
-        cat >&2 <<EOF
+while read -r name size md5; do
+    if [ -f "$dest/$name" ]; then
+        if why=$(check "$dest/$name" "$name" "$size" "$md5"); then continue; fi
+        echo "  removed $dest/$name: $why" >&2
+        rm -f "$dest/$name"
+    fi
+    fetch "$name" "$size" "$md5" || status=1
+done <<END
+$files
+END
+if [ "$status" != 0 ]; then
+    cat >&2 <<EOF2
 
 Could not get Fashion-MNIST into $dest/. Any one of these fixes it:
   - on Debian or Ubuntu:  sudo apt-get install dataset-fashion-mnist   then  make data
@@ -87,8 +126,7 @@ Could not get Fashion-MNIST into $dest/. Any one of these fixes it:
   - by hand: download the four .gz files from
       $mirror/
     and run  FASHION_MNIST_DIR=/where/they/are make data
-EOF
-        exit 1
-    fi
-    echo "Fashion-MNIST is in $dest/ (sizes and MD5 sums checked)"
-}
+EOF2
+    exit 1
+fi
+echo "Fashion-MNIST is in $dest/ (sizes and MD5 sums checked)"

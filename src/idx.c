@@ -29,36 +29,86 @@ uint32_t read_big_endian_u32(const unsigned char *bytes) {
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
 }
 
-// Reads a whole file into memory. On success *bytes is the caller's to free.
-int read_whole_file(const char *path, unsigned char **bytes, size_t *size, Error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fail(err, EXIT_MISSING, "%s: cannot open the file. Run `make data` to fetch "
-                    "Fashion-MNIST, or pass --data DIR for a directory that holds it.", path);
-    size_t capacity = 1 << 20, used = 0;
-    unsigned char *buffer = xmalloc(capacity);
-    for (;;) {
-        used += fread(buffer + used, 1, capacity - used, f);
-        if (used < capacity) break;
-        unsigned char *larger = realloc(buffer, capacity *= 2);
-        if (!larger) {
-            free(buffer);
-            fclose(f);
-            return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
-        }
-        buffer = larger;
+/* Opens a data file for reading, refusing anything but a regular file: a
+   FIFO would block the program forever, and a device such as /dev/zero
+   never ends. Under POSIX the file is opened without blocking (a FIFO with
+   no writer would block in fopen itself), asked what it is (fstat), and
+   only then handed to stdio; elsewhere fopen is all there is. The message
+   carries the system's reason (no such file, permission denied, ...). */
+int open_data_file(const char *path, FILE **file, Error *err) {
+    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+#if HAVE_POSIX
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    struct stat info;
+    memset(&info, 0, sizeof info);
+    if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+        close(fd);
+        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+                    S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
     }
-    int read_error = ferror(f);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *file = fdopen(fd, "rb");
+    if (!*file) close(fd);
+#else
+    *file = fopen(path, "rb");
+#endif
+    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    return 0;
+}
+
+// Reads until `limit` bytes are in the buffer or the file ends, growing the
+// buffer as it goes, so a header that promises 4 GB costs nothing until the
+// bytes are really there. Returns 0, or an error code.
+int read_up_to(FILE *f, const char *path, size_t limit, unsigned char **buffer, size_t *capacity,
+               size_t *used, Error *err) {
+    while (*used < limit) {
+        if (*used == *capacity) {
+            size_t larger_capacity = *capacity * 2 > limit ? limit : *capacity * 2;
+            unsigned char *larger = realloc(*buffer, larger_capacity);
+            if (!larger) return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+            *buffer = larger;
+            *capacity = larger_capacity;
+        }
+        size_t got = fread(*buffer + *used, 1, *capacity - *used, f);
+        *used += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) return fail(err, EXIT_MISSING, "%s: the file could not be read to the end (%s)", path, strerror(errno));
+    return 0;
+}
+
+// How many bytes an IDX file whose first bytes are `bytes` should have, or
+// 0 when these bytes are not yet a header of the `magic` kind (in which
+// case check_idx_header says what is wrong).
+size_t idx_expected_size(const unsigned char *bytes, size_t size, uint32_t magic) {
+    if (size < 8 || read_big_endian_u32(bytes) != magic) return 0;
+    size_t header = 4 + 4 * (size_t)bytes[3], items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    return header + (size_t)read_big_endian_u32(bytes + 4) * items;
+}
+
+/* Reads an IDX file of the `magic` kind into memory, never more than its
+   header promises plus one byte (the byte that tells a file that is too
+   long). On success *bytes is the caller's to free; check_idx_header then
+   checks what was read. */
+int read_idx_file(const char *path, uint32_t magic, unsigned char **bytes, size_t *size, Error *err) {
+    enum { LONGEST_HEADER = 16 };  // images: magic, count, rows, columns
+    FILE *f = NULL;
+    if (open_data_file(path, &f, err)) return err->code;
+    size_t capacity = LONGEST_HEADER, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    int status = read_up_to(f, path, LONGEST_HEADER, &buffer, &capacity, &used, err);
+    size_t expected = idx_expected_size(buffer, used, magic);
+    if (!status && expected >= used) status = read_up_to(f, path, expected + 1, &buffer, &capacity, &used, err);
     fclose(f);
-    if (read_error) {
+    if (status) {
         free(buffer);
-        return fail(err, EXIT_MISSING, "%s: the file could not be read to the end", path);
+        return status;
     }
     *bytes = buffer;
     *size = used;
     return 0;
 }
-
 // Checks an IDX header against what we expect: the magic number, the rank,
 // and (for images) 28x28. On success *count is the first dimension and
 // *body the offset of the data. Every check names the file and the fix.
@@ -93,10 +143,13 @@ int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
     *body = header;
     size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
     size_t expected = header + (size_t)*count * items;
-    if (size != expected)
-        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu "
-                    "(%u %s): the file is %s. Delete it and run `make data`.", path, size,
-                    expected, *count, kind, size < expected ? "truncated" : "too long");
+    if (size < expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu (%u %s): "
+                    "the file is truncated. Delete it and run `make data`.", path, size, expected,
+                    *count, kind);
+    if (size > expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: more bytes than the %zu the header promises (%u %s): "
+                    "the file is too long. Delete it and run `make data`.", path, expected, *count, kind);
     return 0;
 }
 
@@ -119,10 +172,10 @@ int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
     size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
     uint32_t image_count = 0, label_count = 0;
     err->code = 0;
-    if (read_whole_file(image_path, &image_bytes, &image_size, err) ||
+    if (read_idx_file(image_path, IDX_IMAGES_MAGIC, &image_bytes, &image_size, err) ||
         check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
                          &image_count, &image_body, err) ||
-        read_whole_file(label_path, &label_bytes, &label_size, err) ||
+        read_idx_file(label_path, IDX_LABELS_MAGIC, &label_bytes, &label_size, err) ||
         check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
                          &label_count, &label_body, err)) {
         free(image_bytes);
@@ -187,6 +240,11 @@ typedef struct {
     Dataset train, validation, test;
 } FashionMnist;
 
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+
 int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     *data = (FashionMnist){0};
     if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
@@ -196,12 +254,16 @@ int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     }
     int n = data->all_training.count;
     int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    // An empty split trains on nothing, or reports an accuracy of 0 images.
+    if (validation == 0 || data->test.count == 0) {
+        fail(err, EXIT_TOO_FEW, "%s/%s-images-idx3-ubyte: %d images; at least %d are needed "
+             "(a tenth is held out for validation, and the test set must not be empty). Run "
+             "`make data`, or pass --data DIR for a directory with more.", dir,
+             validation == 0 ? "train" : "t10k", validation == 0 ? n : 0, validation == 0 ? 10 : 1);
+        free_fashion_mnist(data);
+        return err->code;
+    }
     data->train = dataset_slice(&data->all_training, 0, n - validation);
     data->validation = dataset_slice(&data->all_training, n - validation, validation);
     return 0;
-}
-
-void free_fashion_mnist(FashionMnist *data) {
-    free_dataset(&data->all_training);
-    free_dataset(&data->test);
 }

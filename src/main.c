@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return status;
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     printf("Fashion-MNIST from %s/\n\nshapes:\n", options.data_dir);
     print_split_shape("train", &data.train);
@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
     else
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
     free_fashion_mnist(&data);
-    return err.code;
+    return finish_output(argv[0], err.code);
 }
 //@ end
 //@ from 2 to 2
@@ -66,19 +66,21 @@ int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return status;
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     Ann ann = ann_new(options.batch, (uint64_t)options.seed);
     Model model = ann_model(&ann);
     History *history = NULL;
     Result result;
-    status = fit_and_test(&model, &data, &options, &history, &result);
-    if (status == 0 && !options.overfit) print_result(&result);
+    Error err = {0};
+    status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    else if (!options.overfit) print_result(&result);
 
     history_free(history);
     ann_free(&ann);
     free_fashion_mnist(&data);
-    return status;
+    return finish_output(argv[0], status);
 }
 //@ end
 //@ from 3 to 3
@@ -86,14 +88,16 @@ int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return status;
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
-    printf("\ngradients of the ANN on 8 training images, three ways:\n");
-    if (!check_ann_gradients(&data.train, 8, (uint64_t)options.seed, 50, 1e-3)) {
+    // Eight images, or all there are when a small --data set has fewer.
+    int check_batch = data.train.count < 8 ? data.train.count : 8;
+    printf("\ngradients of the ANN on %d training image%s, three ways:\n", check_batch, check_batch == 1 ? "" : "s");
+    if (!check_ann_gradients(&data.train, check_batch, (uint64_t)options.seed, 50, 1e-3)) {
         fprintf(stderr, "%s: the gradient check failed: the engine, chapter 2 and the finite "
                 "differences disagree (see the table above)\n", argv[0]);
         free_fashion_mnist(&data);
-        return EXIT_BAD_GRADIENT;
+        return finish_output(argv[0], EXIT_BAD_GRADIENT);
     }
 
     GraphClassifier ann = ann_graph(options.batch, (uint64_t)options.seed);
@@ -102,15 +106,16 @@ int main(int argc, char **argv) {
     Model model = graph_model(&ann, "ann");
     History *history = NULL;
     Result result;
-    status = fit_and_test(&model, &data, &options, &history, &result);
-    if (status == 0 && !options.overfit) {
-        if (!options.no_compare) compare_with_hand_written(&data, &options, history);
-        print_result(&result);
-    }
+    Error err = {0};
+    status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    if (!status && !options.overfit && !options.no_compare)
+        status = compare_with_hand_written(&data, &options, history, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    else if (!options.overfit) print_result(&result);
 
     history_free(history);
     graph_free(ann.graph);
     free_fashion_mnist(&data);
-    return status;
+    return finish_output(argv[0], status);
 }
 //@ end

@@ -80,22 +80,10 @@ void print_usage(FILE *out, const char *program) {
         snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
         fprintf(out, "  %-20s %s\n", left, specs[i].help);
     }
-    fprintf(out, "\nexit codes: 0 success, %d bad option, %d data file missing, %d data file still "
-            "gzipped,\n  %d wrong magic number, %d wrong image size, %d wrong file length, "
-            "%d image/label counts differ,\n  %d label out of range, %d cannot write output, "
-            "%d out of memory", EXIT_USAGE, EXIT_MISSING, EXIT_GZIPPED, EXIT_BAD_MAGIC,
-            EXIT_BAD_SHAPE, EXIT_BAD_LENGTH, EXIT_COUNT_MISMATCH, EXIT_BAD_LABEL, EXIT_WRITE,
-            EXIT_NO_MEMORY);
-//@ from 2
-    fprintf(out, ",\n  %d --overfit never reached 100%%", EXIT_NOT_LEARNING);
-//@ end
-//@ from 3
-    fprintf(out, ", %d gradient check failed", EXIT_BAD_GRADIENT);
-//@ end
-//@ from 2
-    fprintf(out, ",\n  %d an internal check failed (a bug in the program)", EXIT_BUG);
-//@ end
-    fprintf(out, "\n");
+    fprintf(out, "\nexit codes:\n    0  success\n");
+    for (int code = 1; code < 256; code++)  // in order of code, whatever the table's order
+        for (int i = 0; i < EXIT_TABLE_ROWS; i++)
+            if (EXIT_TABLE[i].code == code) fprintf(out, "  %3d  %s\n", code, EXIT_TABLE[i].meaning);
 }
 
 // Is `word` one of the '|'-separated words in `choices`?

@@ -51,6 +51,14 @@
    Generated from src/ by `make chapters`; edit src/, not this file. */
 //@ end
 
+// POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
+// where the system has them, inside `#if HAVE_POSIX`; this asks the C library
+// to declare them, and changes nothing elsewhere.
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
@@ -59,6 +67,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#define HAVE_POSIX 1
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#else
+#define HAVE_POSIX 0
+#endif
 
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
@@ -72,30 +89,47 @@
 
 /* ----------------------------------------------------------------------------
    Exit codes: one per kind of failure, so a script (or a test) can tell them
-   apart. `./chapterN --help` lists them. */
+   apart. This one table makes both the names the code uses and the list that
+   `./chapterN --help` prints: EXIT_CODES(X) calls X once per row, and each
+   use below passes an X that turns a row into what it needs (an enum
+   constant, a row of EXIT_TABLE). A later chapter adds a failure by adding a
+   row; the codes of earlier chapters never change. */
 
-enum {
-    EXIT_USAGE = 2,           // a bad command-line option
-    EXIT_MISSING = 3,         // a data file does not exist or cannot be opened
-    EXIT_GZIPPED = 4,         // a data file is still gzip-compressed
-    EXIT_BAD_MAGIC = 5,       // not an IDX file of the expected kind
-    EXIT_BAD_SHAPE = 6,       // images that are not 28x28
-    EXIT_BAD_LENGTH = 7,      // truncated, or longer than the header says
-    EXIT_COUNT_MISMATCH = 8,  // images and labels disagree in number
-    EXIT_BAD_LABEL = 9,       // a label outside 0-9
-    EXIT_WRITE = 10,          // an output file could not be written
-    EXIT_NO_MEMORY = 11,      // malloc failed
+#define EXIT_CODES(X)                                                                       \
+    X(EXIT_USAGE, 2, "a bad command-line option")                                           \
+    X(EXIT_MISSING, 3, "a data file is missing, unreadable, or not a regular file")         \
+    X(EXIT_GZIPPED, 4, "a data file is still gzip-compressed")                              \
+    X(EXIT_BAD_MAGIC, 5, "a data file is not an IDX file of the expected kind")             \
+    X(EXIT_BAD_SHAPE, 6, "the images are not 28x28")                                        \
+    X(EXIT_BAD_LENGTH, 7, "a data file is truncated, or longer than its header says")       \
+    X(EXIT_COUNT_MISMATCH, 8, "images and labels differ in number")                         \
+    X(EXIT_BAD_LABEL, 9, "a label is outside 0-9")                                          \
+    X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
+    X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
+    X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
 //@ from 2
-    EXIT_NOT_LEARNING = 12,   // --overfit did not reach 100%
+    X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
+    X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \
 //@ end
 //@ from 3
-    EXIT_BAD_GRADIENT = 13,   // the gradient check failed
+    X(EXIT_BAD_GRADIENT, 13, "a self-check failed (the gradients, or engine vs chapter 2)") \
 //@ end
 //@ from 2
-    EXIT_BUG = 70,            // an internal check failed: a bug in the program
-                              // (70 is EX_SOFTWARE in BSD's sysexits.h)
+    X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
 //@ end
-};
+    /* end of EXIT_CODES */
+
+#define EXIT_CODE_AS_ENUM(name, code, meaning) name = code,
+enum { EXIT_CODES(EXIT_CODE_AS_ENUM) };
+
+typedef struct {
+    int code;
+    const char *name, *meaning;
+} ExitCode;
+
+#define EXIT_CODE_AS_ROW(name, code, meaning) {code, #name, meaning},
+static const ExitCode EXIT_TABLE[] = {EXIT_CODES(EXIT_CODE_AS_ROW)};
+enum { EXIT_TABLE_ROWS = sizeof EXIT_TABLE / sizeof EXIT_TABLE[0] };
 
 // An error on its way up to main(): the exit code and a message that names
 // the file, what was found and the fix. Functions that can fail on bad input
@@ -148,20 +182,61 @@ double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-// Writes `size` bytes to `path` through a temporary file and a rename, so a
-// reader never sees half a file and a failed write leaves the old one intact.
+// SplitMix64's finaliser (Steele, Lea and Flood, 2014): every input bit
+// changes about half of the output bits, so structured numbers (a time, a
+// counter, a key) come out well spread.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Writes `size` bytes to `path` through a temporary file and a rename, so a
+   reader never sees half a file and a failed write leaves the old one intact.
+   The temporary's name ends in 16 hex digits mixed from the clock and the
+   address of a local variable (which differs from run to run where the
+   system randomises addresses), and it is created with C11's "x" mode,
+   which refuses a name that exists, a symlink included: a file or link
+   planted under a guessed name is never followed, another name is tried.
+   Any failure removes the temporary. */
 int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
-    char temp[1024];
-    snprintf(temp, sizeof temp, "%s.tmp", path);
-    FILE *f = fopen(temp, "wb");
+    char temp[1100];
+    FILE *f = NULL;
+    int local = 0;
+    uint64_t noise = mix64((uint64_t)time(NULL)) ^ mix64((uint64_t)clock()) ^
+                     mix64((uint64_t)(uintptr_t)&local) ^ mix64((uint64_t)(1e9 * now_seconds()));
+    errno = 0;
+    for (int attempt = 0; attempt < 100 && !f; attempt++) {
+        snprintf(temp, sizeof temp, "%s.%016llx.tmp", path, (unsigned long long)mix64(noise + (uint64_t)attempt));
+        errno = 0;
+        f = fopen(temp, "wbx");
+        if (!f && errno != EEXIST) break;
+    }
     if (!f)
-        return fail(err, EXIT_WRITE, "%s: cannot create the file; does its directory exist "
-                    "and is it writable?", temp);
+        return fail(err, EXIT_WRITE, "%s: cannot create a file there (%s); does the directory "
+                    "exist, and may we write to it?", path, errno ? strerror(errno) : "no free name");
+    errno = 0;
     int ok = fwrite(bytes, 1, size, f) == size;
     ok &= fclose(f) == 0;
-    if (!ok || rename(temp, path) != 0) {
+    ok = ok && rename(temp, path) == 0;
+    if (!ok) {
+        int why = errno;
         remove(temp);
-        return fail(err, EXIT_WRITE, "%s: writing failed (disk full?)", path);
+        return fail(err, EXIT_WRITE, "%s: writing failed (%s)", path, why ? strerror(why) : "disk full?");
     }
     return 0;
+}
+
+// Everything printed must reach its destination. A full disk or a closed
+// pipe shows only when the buffered output is written, so main() ends with
+// this. Returns the exit status to use.
+int finish_output(const char *program, int status) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "%s: could not write the output (%s)\n", program,
+                errno ? strerror(errno) : "write error");
+        return status ? status : EXIT_WRITE;
+    }
+    return status;
 }

@@ -37,6 +37,18 @@ Rng rng_new(uint64_t seed, uint64_t stream) {
     return r;
 }
 
+/* A keyed stream: the numbers for one purpose at one place in the run, for
+   instance (seed, STREAM_SHUFFLE, epoch 3, 0) or (seed, STREAM_DROPOUT,
+   step 1200, item 17). Anyone can open it at any time, in any order, on any
+   thread, and get the same numbers; nothing depends on what was drawn
+   before. That is what lets a run resume from any epoch without saving the
+   generator (chapter 6), and dropout give the same masks at any thread count
+   (chapter 5). The key is mixed into the starting state; the purpose picks
+   the stream. */
+Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
+    return rng_new(mix64(mix64(mix64(seed) ^ step) ^ item), purpose);
+}
+
 // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
 float rng_uniform(Rng *r) {
     return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);

@@ -9,19 +9,34 @@
    What it is not: clever. One pass over the shuffled training images per
    epoch, an optimiser step per batch, an evaluation per epoch. */
 
+// One mini-batch as a model sees it. `step` numbers the optimiser steps of
+// the whole run (0, 1, 2, ...), and follows from the epoch and the batch
+// alone, so an op that draws random numbers (dropout, chapter 5) can key
+// its stream by it and get the same numbers in a resumed run.
+typedef struct {
+    const float *images;   // (count, 784)
+    const float *targets;  // (count, 10)
+    int count;
+    long step;
+} Batch;
+
 typedef struct {
     const char *name;  // for the summary line: "ann", ...
     void *net;
-    // Forward and backward in training mode on n images: fills probs (n,10),
+    // Forward and backward in training mode: fills probs (count, 10),
     // ADDS the gradients into grads, returns the mean loss.
-    float (*compute_gradients)(void *net, const float *images, const float *targets, int n, float *probs);
-    // Forward only, in inference mode: fills probs (n,10), returns the mean loss.
-    float (*predict)(void *net, const float *images, const float *targets, int n, float *probs);
+    float (*compute_gradients)(void *net, const Batch *batch, float *probs);
+    // Forward only, in inference mode: fills probs (count, 10), returns the mean loss.
+    float (*predict)(void *net, const Batch *batch, float *probs);
     float *params, *grads;  // (count) each, in the same order
     size_t count;
+    // What the model keeps without learning it by gradient (BatchNorm's
+    // running statistics, chapter 5): the optimiser never touches it, but a
+    // checkpoint must save it with the parameters. NULL and 0 for the ANN.
+    float *state;           // (state_count)
+    size_t state_count;
     int max_batch;          // the most images one call may take
 } Model;
-
 int argmax(const float *row, int n) {
     int best = 0;
     for (int i = 1; i < n; i++) best = row[i] > row[best] ? i : best;
@@ -105,7 +120,7 @@ typedef struct {
     Optimizer *optimizer;
     const Dataset *data;
     int batch;
-    Rng shuffle_rng;
+    uint64_t seed;
     int *order;               // (data->count) this epoch's order
     float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
     float *probs;             // (batch, 10)
@@ -114,9 +129,8 @@ typedef struct {
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
     require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
             batch, model->max_batch);
-    Trainer t = {model, optimizer, data, batch, rng_new(seed, STREAM_SHUFFLE), NULL, NULL, NULL, NULL};
+    Trainer t = {.model = model, .optimizer = optimizer, .data = data, .batch = batch, .seed = seed};
     t.order = xmalloc((size_t)data->count * sizeof(int));
-    for (int i = 0; i < data->count; i++) t.order[i] = i;
     t.images = xmalloc((size_t)batch * (IMAGE_SIZE + 2 * NUM_CLASSES) * sizeof(float));
     t.targets = t.images + (size_t)batch * IMAGE_SIZE;
     t.probs = t.targets + (size_t)batch * NUM_CLASSES;
@@ -128,16 +142,38 @@ void trainer_free(Trainer *t) {
     free(t->images);
 }
 
-// One pass over the training data in a fresh random order. Returns the
-// epoch's mean loss and accuracy (over the batches as they were trained).
-void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
-                 float *loss, float *accuracy) {
+// The order of one epoch, from (seed, epoch) alone: the identity, shuffled
+// by the epoch's own keyed stream. No epoch depends on the one before, so a
+// run resumed at epoch k sees the same images in the same order.
+void epoch_order(int *order, int count, uint64_t seed, int epoch) {
+    for (int i = 0; i < count; i++) order[i] = i;
+    Rng rng = rng_keyed(seed, STREAM_SHUFFLE, (uint64_t)epoch, 0);
+    shuffle(order, count, &rng);
+}
+
+const char *optimizer_name(const Optimizer *o) { return o->kind == OPTIMIZER_ADAM ? "adam" : "sgd"; }
+
+// A loss that is infinite or not a number poisons every weight it touches
+// (NaN - anything is NaN), so training stops at the first one.
+int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, float loss) {
+    return fail(err, EXIT_DIVERGED, "epoch %d, batch %d of %d: the loss is %g, not a finite number, "
+                "so training stopped. The likely cause is a learning rate too large for %s "
+                "(--lr %g): each step overshoots and the weights grow until a number overflows. "
+                "Try a learning rate ten times smaller%s.", epoch, batch, batches, loss,
+                optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
+}
+
+// One pass over the training data in this epoch's order. Fills the epoch's
+// mean loss and accuracy (over the batches as they were trained); returns 0,
+// or EXIT_DIVERGED with the message in *err.
+int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
+                float *loss, float *accuracy, Error *err) {
     Model *m = t->model;
     const Dataset *d = t->data;
     int batches = (d->count + t->batch - 1) / t->batch;
     double loss_sum = 0;
     long correct = 0, seen = 0;
-    shuffle(t->order, d->count, &t->shuffle_rng);
+    epoch_order(t->order, d->count, t->seed, epoch);
     if (progress) {
         progress->epoch_start = now_seconds();
         progress->epoch_done = 0;
@@ -149,8 +185,14 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
             memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
             memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
         }
+        Batch batch = {.images = t->images, .targets = t->targets, .count = n,
+                       .step = (long)(epoch - 1) * batches + b};
         memset(m->grads, 0, m->count * sizeof(float));
-        float batch_loss = m->compute_gradients(m->net, t->images, t->targets, n, t->probs);
+        float batch_loss = m->compute_gradients(m->net, &batch, t->probs);
+        if (!isfinite(batch_loss)) {
+            if (progress && progress->terminal) printf("\n");
+            return diverged(err, t->optimizer, epoch, b + 1, batches, batch_loss);
+        }
         optimizer_update(t->optimizer, m->params, m->grads, m->count);
         for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
         loss_sum += (double)batch_loss * n;
@@ -164,6 +206,7 @@ void train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History 
     }
     *loss = (float)(loss_sum / seen);
     *accuracy = (float)correct / (float)seen;
+    return 0;
 }
 
 typedef struct {
@@ -179,8 +222,9 @@ Evaluation evaluate(Model *m, const Dataset *d) {
     int correct = 0;
     for (int first = 0; first < d->count; first += m->max_batch) {
         int n = d->count - first < m->max_batch ? d->count - first : m->max_batch;
-        float loss = m->predict(m->net, d->images + (size_t)first * IMAGE_SIZE,
-                                d->targets + (size_t)first * NUM_CLASSES, n, probs);
+        Batch batch = {.images = d->images + (size_t)first * IMAGE_SIZE,
+                       .targets = d->targets + (size_t)first * NUM_CLASSES, .count = n};
+        float loss = m->predict(m->net, &batch, probs);
         loss_sum += (double)loss * n;
         for (int i = 0; i < n; i++) {
             int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
@@ -206,16 +250,26 @@ void print_confusion(const Evaluation *e) {
 }
 
 // Trains for `epochs` epochs with validation after each, filling history.
-void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
-           int epochs, int batch, uint64_t seed, History *h) {
+// Returns 0, or EXIT_DIVERGED with the message in *err.
+int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+          int epochs, int batch, uint64_t seed, History *h, Error *err) {
     Trainer t = trainer_new(m, opt, train_set, batch, seed);
-    Progress progress = {stdout_is_terminal(), now_seconds(), 0, 0, (long)epochs * train_set->count, 0, 0};
-    for (int epoch = 1; epoch <= epochs; epoch++) {
+    Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(),
+                         .total = (long)epochs * train_set->count};
+    int status = 0;
+    for (int epoch = 1; epoch <= epochs && !status; epoch++) {
         double start = now_seconds();
         float loss, accuracy;
-        train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy);
+        status = train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy, err);
+        if (status) break;
         double seconds = now_seconds() - start;
         Evaluation v = evaluate(m, validation);
+        if (!isfinite(v.loss)) {
+            status = fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: "
+                          "the weights have grown too large. Try a smaller learning rate (--lr %g now).",
+                          epoch, v.loss, opt->learning_rate);
+            break;
+        }
         int e = h->epochs++;
         h->train_loss[e] = loss, h->train_accuracy[e] = accuracy, h->seconds[e] = (float)seconds;
         h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy;
@@ -224,32 +278,35 @@ void train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *va
                100 * accuracy, v.loss, 100 * v.accuracy, seconds, train_set->count / seconds);
     }
     trainer_free(&t);
+    return status;
 }
 
 // The debugging habit: a model that cannot learn a handful of images by
 // heart has a bug, and this finds out in seconds rather than hours.
-int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed) {
+int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed, Error *err) {
     enum { MAX_OVERFIT_EPOCHS = 1000 };
     Trainer t = trainer_new(m, opt, few, batch < few->count ? batch : few->count, seed);
     Evaluation e = {0};
-    int epoch;
+    int epoch, status = 0;
     printf("overfitting %d training images: training on them until every one is right\n", few->count);
-    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS; epoch++) {
+    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS && !status; epoch++) {
         float loss, accuracy;
-        train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy);
+        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy, err);
+        if (status) break;
         e = evaluate(m, few);
         if (epoch % 10 == 0 || e.accuracy == 1.0f)
             printf("epoch %d  loss %.4f  accuracy %.2f%%\n", epoch, e.loss, 100 * e.accuracy);
         if (e.accuracy == 1.0f) break;
     }
     trainer_free(&t);
+    if (status) return status;
     if (e.accuracy == 1.0f) {
         printf("all %d images right after %d epochs: the model and its gradients can learn.\n", few->count, epoch);
         return 0;
     }
-    printf("after %d epochs only %.2f%% of %d images are right: something is wrong "
-           "(the gradients? the learning rate?)\n", MAX_OVERFIT_EPOCHS, 100 * e.accuracy, few->count);
-    return EXIT_NOT_LEARNING;
+    return fail(err, EXIT_NOT_LEARNING, "after %d epochs only %.2f%% of %d images are right: "
+                "something is wrong (the gradients? the learning rate?)", MAX_OVERFIT_EPOCHS,
+                100 * e.accuracy, few->count);
 }
 
 // The protocol's training set, or its first --limit images.
@@ -272,19 +329,24 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
+OptimizerKind optimizer_kind(const Options *o) {
+    return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
+}
+
 // Everything after the model is built: the sanity check, training (or
-// overfitting), the test. Fills *history and *result; returns the exit code.
-int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history, Result *result) {
+// overfitting), the test. Fills *history and *result; returns the exit
+// code, with the message in *err when it is not 0.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
+                 Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
-    Optimizer opt = optimizer_new(strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM,
-                                  (float)o->learning_rate, m->count);
+    Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
     int status = 0;
-    *result = (Result){m->name, 0, o->seed, 0, 0, 0};
+    *result = (Result){.model = m->name, .seed = o->seed};
     if (o->overfit) {
         Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
-        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed);
+        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed, err);
     } else {
         // Untrained, the network should be unsure: about 1/10 for every class,
         // so a loss near -ln(1/10). Far from it, the initialisation is off.
@@ -295,8 +357,10 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
                data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
         double start = now_seconds();
-        train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history);
+        status = train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history, err);
         result->seconds = now_seconds() - start;
+    }
+    if (!status && !o->overfit) {
         Evaluation test = evaluate(m, &data->test);
         print_confusion(&test);
         printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);

@@ -15,6 +15,12 @@
 #ifndef CHECK_H
 #define CHECK_H
 
+// The chapters ask for POSIX declarations (fdopen, ...); so must we, before
+// the first system header, or the chapter's request would come too late.
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>

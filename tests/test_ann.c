@@ -412,7 +412,9 @@ typedef struct {
     int calls, last_n;          // compute_gradients calls, and the size of the last
     int targets_match;          // did every image come with its own one-hot target?
     int grads_zeroed;           // was the gradient 0 at the start of every batch?
+    long steps[8];              // the step of each of the first eight batches
     float *grad;                // (1) the model's gradient
+    int poison_call;            // when > 0: the loss of this call (1, 2, ...) is NaN
 } Watcher;
 
 static float watcher_guess(const float *images, int n, float *probs) {
@@ -426,8 +428,10 @@ static float watcher_guess(const float *images, int n, float *probs) {
     return (float)(index_sum / n);
 }
 
-static float watcher_compute_gradients(void *net, const float *images, const float *targets, int n, float *probs) {
+static float watcher_compute_gradients(void *net, const Batch *batch, float *probs) {
     Watcher *w = net;
+    const float *images = batch->images, *targets = batch->targets;
+    int n = batch->count;
     for (int i = 0; i < n; i++) {
         int item = (int)images[(size_t)i * IMAGE_SIZE];
         w->seen[item]++;
@@ -437,13 +441,15 @@ static float watcher_compute_gradients(void *net, const float *images, const flo
     }
     w->grads_zeroed &= *w->grad == 0;
     *w->grad = 1;
+    if (w->calls < 8) w->steps[w->calls] = batch->step;
     w->calls++, w->last_n = n;
-    return watcher_guess(images, n, probs);
+    float loss = watcher_guess(images, n, probs);
+    return w->calls == w->poison_call ? NAN : loss;
 }
 
-static float watcher_predict(void *net, const float *images, const float *targets, int n, float *probs) {
-    (void)net, (void)targets;
-    return watcher_guess(images, n, probs);
+static float watcher_predict(void *net, const Batch *batch, float *probs) {
+    (void)net;
+    return watcher_guess(batch->images, batch->count, probs);
 }
 
 static void watcher_reset(Watcher *w, float *grad) {
@@ -468,12 +474,14 @@ static void test_training_loop(void) {
     static Watcher w;
     float param = 0, grad = 0;
     watcher_reset(&w, &grad);
-    Model m = {"watcher", &w, watcher_compute_gradients, watcher_predict, &param, &grad, 1, 64};
+    Model m = {.name = "watcher", .net = &w, .compute_gradients = watcher_compute_gradients,
+               .predict = watcher_predict, .params = &param, .grads = &grad, .count = 1, .max_batch = 64};
     Optimizer sgd = optimizer_new(OPTIMIZER_SGD, 0.5f, 1);
 
     Trainer t = trainer_new(&m, &sgd, &d, 64, 5);
     float loss, accuracy;
-    train_epoch(&t, 1, 2, NULL, NULL, &loss, &accuracy);
+    Error err = {0};
+    CHECK_EQ_INT(train_epoch(&t, 1, 2, NULL, NULL, &loss, &accuracy, &err), 0);
     int once = 1, identity = 1;
     for (int i = 0; i < WATCHED; i++) once &= w.seen[i] == 1, identity &= w.order[i] == i;
     CHECK(once);
@@ -487,18 +495,46 @@ static void test_training_loop(void) {
     CHECK_NEAR(accuracy, (double)right / WATCHED, 1e-6);
     int first_epoch[WATCHED];
     memcpy(first_epoch, w.order, sizeof first_epoch);
-    train_epoch(&t, 2, 2, NULL, NULL, &loss, &accuracy);
+    train_epoch(&t, 2, 2, NULL, NULL, &loss, &accuracy, &err);
     int twice = 1;
     for (int i = 0; i < WATCHED; i++) twice &= w.seen[i] == 2;
     CHECK(twice);
     CHECK(memcmp(first_epoch, w.order, sizeof first_epoch) != 0);  // a new order every epoch
+    // Steps number the batches of the whole run: 0-3 in epoch 1, 4-7 in epoch 2.
+    int steps_right = 1;
+    for (int k = 0; k < 8; k++) steps_right &= w.steps[k] == k;
+    CHECK(steps_right);
+    int second_epoch[WATCHED];
+    memcpy(second_epoch, w.order, sizeof second_epoch);  // the second epoch wrote over the first
     trainer_free(&t);
 
-    // The same seed gives the same first-epoch order.
+    // The same seed gives the same first-epoch order; and an epoch's order
+    // comes from (seed, epoch) alone: a fresh trainer that starts at epoch 2
+    // (as a resumed run would) sees the second epoch's order.
     watcher_reset(&w, &grad);
     t = trainer_new(&m, &sgd, &d, 64, 5);
-    train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy);
+    train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy, &err);
     CHECK(memcmp(first_epoch, w.order, sizeof first_epoch) == 0);
+    trainer_free(&t);
+    watcher_reset(&w, &grad);
+    t = trainer_new(&m, &sgd, &d, 64, 5);
+    train_epoch(&t, 2, 2, NULL, NULL, &loss, &accuracy, &err);
+    CHECK(memcmp(second_epoch, w.order, sizeof second_epoch) == 0);
+    CHECK_EQ_INT(w.steps[0], 4);
+    trainer_free(&t);
+
+    // A NaN loss stops the epoch at that batch, before the optimiser moves,
+    // with EXIT_DIVERGED and a message that says where and what to try.
+    watcher_reset(&w, &grad);
+    w.poison_call = 2;
+    param = 0;
+    t = trainer_new(&m, &sgd, &d, 64, 5);
+    CHECK_EQ_INT(train_epoch(&t, 3, 5, NULL, NULL, &loss, &accuracy, &err), EXIT_DIVERGED);
+    CHECK_EQ_INT(w.calls, 2);
+    CHECK_NEAR(param, -0.5, 0);  // one step, not two
+    if (!CHECK(strstr(err.message, "epoch 3, batch 2 of 4") && strstr(err.message, "learning rate") &&
+               strstr(err.message, "--lr 0.5")))
+        printf("     message: %s\n", err.message);
     trainer_free(&t);
     optimizer_free(&sgd);
 
@@ -529,10 +565,28 @@ static void train_small(FashionMnist *data, int seed, Ann *net, Evaluation *vali
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, model.count);
     Dataset few = dataset_slice(&data->train, 0, 4000);
     History *h = history_new(1, (few.count + 63) / 64);
-    train(&model, &opt, &few, &data->validation, 1, 64, (uint64_t)seed, h);
+    Error err = {0};
+    CHECK_EQ_INT(train(&model, &opt, &few, &data->validation, 1, 64, (uint64_t)seed, h, &err), 0);
     *validation = evaluate(&model, &data->validation);
     history_free(h);
     optimizer_free(&opt);
+}
+
+// SGD with a learning rate of 10 on single images overflows within the
+// first epoch: the run must stop with EXIT_DIVERGED and print no result line.
+static void run_diverging(void *unused) {
+    (void)unused;
+    char *args[] = {"chapter2", "--optimizer", "sgd", "--lr", "10", "--batch", "1", "--epochs", "3",
+                    "--limit", "500", NULL};
+    if (!freopen("build/diverged.out", "w", stdout)) _exit(99);
+    int status = chapter2_main(11, args);
+    fflush(stdout);
+    FILE *out = fopen("build/diverged.out", "r");
+    char line[512];
+    while (out && fgets(line, sizeof line, out))
+        if (strncmp(line, "result", 6) == 0 || strstr(line, "nan")) status = 98;
+    if (out) fclose(out);
+    exit(status);
 }
 
 static void test_training(void) {
@@ -559,6 +613,7 @@ static void test_training(void) {
 
     char *overfit_args[] = {"chapter2", "--overfit", "100", NULL};
     CHECK_EQ_INT(chapter2_main(3, overfit_args), 0);
+    CHECK_EXITS(run_diverging, NULL, EXIT_DIVERGED, "not a finite number");
 }
 
 /* ---- Bugs stop the program ----------------------------------------------
@@ -608,6 +663,24 @@ static void test_bad_options(void) {
     CHECK_NEAR(o.learning_rate, 0.01, 0);
 }
 
+// Output that cannot be written (a full disk) is an error, not a success.
+static void help_to_full_disk(void *unused) {
+    (void)unused;
+    char *args[] = {"chapter2", "--help", NULL};
+    if (!freopen("/dev/full", "w", stdout)) _exit(99);
+    exit(chapter2_main(2, args));
+}
+
+static void test_exit_codes(void) {
+    section("exit codes: one table, every code once, all in --help; stdout checked");
+    int unique = 1;
+    for (int i = 0; i < EXIT_TABLE_ROWS; i++)
+        for (int j = 0; j < i; j++) unique &= EXIT_TABLE[i].code != EXIT_TABLE[j].code;
+    CHECK(unique);
+    CHECK(EXIT_DIVERGED == 15 && EXIT_TOO_FEW == 14 && EXIT_BUG == 70 && EXIT_NOT_LEARNING == 12);
+    CHECK_EXITS(help_to_full_disk, NULL, EXIT_WRITE, "could not write the output");
+}
+
 int main(void) {
     test_rng();
     test_glorot();
@@ -619,6 +692,7 @@ int main(void) {
     test_training_loop();
     test_bugs_stop();
     test_bad_options();
+    test_exit_codes();
     test_training();
     return check_summary();
 }

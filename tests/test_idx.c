@@ -1,8 +1,8 @@
 /* test_idx.c - chapter 1: the IDX reader on files the test writes itself,
    good and broken in every way the reader promises to catch, then on the
    real Fashion-MNIST when `make data` has put it in data/. */
-#include <sys/stat.h>  // mkdir: tests may use POSIX, chapters do not
 #include "check.h"
+#include <sys/stat.h>  // mkdir: tests may use POSIX
 
 #define main chapter1_main
 #include "../chapters/chapter1.c"
@@ -170,9 +170,116 @@ static void test_every_truncation_and_header_byte(void) {
     CHECK(all_caught);
 }
 
+/* ---- Files that are not what they seem -------------------------------------
+   A FIFO would block the reader forever and /dev/zero never ends: both are
+   refused before a byte is read (a child process with an alarm turns a hang
+   into a failure rather than a stuck test). No read goes past what the
+   header promises, plus one byte. */
+static void load_in_child(void *split) {
+    alarm(5);
+    Dataset d = {0};
+    Error err = {0};
+    int code = load_dataset(DIR_, split, &d, &err);
+    fprintf(stderr, "%s", err.message);
+    exit(code);
+}
+
+static void test_not_regular_files(void) {
+    section("FIFOs, devices and directories are refused; reads are bounded");
+    Fixture f = good_fixture();
+    char path[256];
+    snprintf(path, sizeof path, "%s/fifo-images-idx3-ubyte", DIR_);
+    remove(path);  // a FIFO left by an earlier run would block write_fixture
+    write_fixture("fifo", &f);
+    remove(path);
+    CHECK(mkfifo(path, 0600) == 0);
+    CHECK_EXITS(load_in_child, "fifo", EXIT_MISSING, "not a regular file (a pipe, a device or a socket)");
+
+    write_fixture("zero", &f);
+    snprintf(path, sizeof path, "%s/zero-labels-idx1-ubyte", DIR_);
+    remove(path);
+    CHECK(symlink("/dev/zero", path) == 0);
+    CHECK_EXITS(load_in_child, "zero", EXIT_MISSING, "zero-labels-idx1-ubyte: not a regular file");
+
+    snprintf(path, sizeof path, "%s/dir-images-idx3-ubyte", DIR_);
+    remove(path);  // remove() takes an empty directory too
+    write_fixture("dir", &f);
+    remove(path);
+    mkdir(path, 0777);
+    CHECK_EXITS(load_in_child, "dir", EXIT_MISSING, "not a regular file (a directory)");
+
+    // The system's reason is in the message.
+    CHECK_EXITS(load_in_child, "absent", EXIT_MISSING, "cannot open the file (No such file or directory)");
+
+    // A file a megabyte longer than its header says: read to one byte past
+    // the promise, no further, and refused as too long.
+    static unsigned char longer[8 + N + (1 << 20)];
+    memcpy(longer, f.labels, f.label_size);
+    write_bytes("longer", "labels-idx1-ubyte", longer, sizeof longer);
+    snprintf(path, sizeof path, "%s/longer-labels-idx1-ubyte", DIR_);
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    Error err = {0};
+    CHECK_EQ_INT(read_idx_file(path, IDX_LABELS_MAGIC, &bytes, &size, &err), 0);
+    CHECK_EQ_INT(size, 8 + N + 1);
+    uint32_t count;
+    size_t body;
+    CHECK_EQ_INT(check_idx_header(path, bytes, size, IDX_LABELS_MAGIC, &count, &body, &err), EXIT_BAD_LENGTH);
+    CHECK(strstr(err.message, "too long") != NULL);
+    free(bytes);
+}
+
+/* ---- Writing files safely -----------------------------------------------------
+   A link planted where a temporary file might go is never followed, and a
+   write that fails leaves no temporary behind. */
+static int count_temporaries(const char *dir) {
+    char command[300];
+    snprintf(command, sizeof command, "ls -a %s | grep -c '\\.tmp$'", dir);
+    FILE *p = popen(command, "r");
+    int n = -1;
+    if (p && fscanf(p, "%d", &n) != 1) n = -1;
+    if (p) pclose(p);
+    return n;
+}
+
+static void test_safe_writes(void) {
+    section("write_file_atomically: planted links are not followed, failures leave nothing");
+    mkdir("build/writes", 0777);
+    FILE *victim = fopen("build/writes/victim", "w");
+    fputs("precious", victim);
+    fclose(victim);
+    remove("build/writes/out.pgm.tmp");
+    CHECK(symlink("victim", "build/writes/out.pgm.tmp") == 0);  // the name chapter 1 once used
+    Error err = {0};
+    CHECK_EQ_INT(write_file_atomically("build/writes/out.pgm", "new", 3, &err), 0);
+    char text[16] = {0};
+    victim = fopen("build/writes/victim", "r");
+    CHECK(fgets(text, sizeof text, victim) && strcmp(text, "precious") == 0);
+    fclose(victim);
+    FILE *out = fopen("build/writes/out.pgm", "r");
+    CHECK(fgets(text, sizeof text, out) && strcmp(text, "new") == 0);
+    fclose(out);
+    remove("build/writes/out.pgm.tmp");
+
+    // The rename fails (a directory is in the way): an error naming the
+    // reason, and no temporary left.
+    mkdir("build/writes/in_the_way", 0777);
+    CHECK_EQ_INT(write_file_atomically("build/writes/in_the_way", "x", 1, &err), EXIT_WRITE);
+    CHECK(strstr(err.message, "in_the_way: writing failed (Is a directory)") != NULL);
+    CHECK_EQ_INT(count_temporaries("build/writes"), 0);
+    CHECK_EQ_INT(write_file_atomically("build/no/such/dir/x.pgm", "x", 1, &err), EXIT_WRITE);
+    CHECK(strstr(err.message, "No such file or directory") != NULL);
+}
+
 static int run_chapter1(const char *data_dir) {
     char *argv[] = {"chapter1", "--data", (char *)data_dir, NULL};
     return chapter1_main(3, argv);
+}
+
+// Output that cannot be written is a failure, with the write exit code.
+static void chapter1_to_full_disk(void *dir) {
+    if (!freopen("/dev/full", "w", stdout)) _exit(99);
+    exit(run_chapter1(dir));
 }
 
 static void test_exit_codes(void) {
@@ -196,6 +303,25 @@ static void test_exit_codes(void) {
     f.labels[9] = 200;
     write_fixture("t10k", &f);
     CHECK_EQ_INT(run_chapter1(DIR_), EXIT_BAD_LABEL);
+
+    // Empty splits: a test file of 0 images, a training file too small to
+    // hold out a validation image.
+    f = good_fixture();
+    put_u32(f.images + 4, 0), put_u32(f.labels + 4, 0);
+    f.image_size = 16, f.label_size = 8;
+    write_fixture("t10k", &f);
+    CHECK_EQ_INT(run_chapter1(DIR_), EXIT_TOO_FEW);
+    f = good_fixture();
+    write_fixture("t10k", &f);
+    put_u32(f.images + 4, 9), put_u32(f.labels + 4, 9);
+    f.image_size = 16 + 9 * IMAGE_SIZE, f.label_size = 8 + 9;
+    write_fixture("train", &f);
+    CHECK_EQ_INT(run_chapter1(DIR_), EXIT_TOO_FEW);
+    put_u32(f.images + 4, 10), put_u32(f.labels + 4, 10);
+    f.image_size = 16 + 10 * IMAGE_SIZE, f.label_size = 8 + 10;
+    write_fixture("train", &f);
+    CHECK_EQ_INT(run_chapter1(DIR_), 0);
+    CHECK_EXITS(chapter1_to_full_disk, (void *)DIR_, EXIT_WRITE, "could not write the output (No space left on device)");
     DIR_ = saved;
 }
 
@@ -240,6 +366,8 @@ int main(void) {
     test_good_file();
     test_broken_files();
     test_every_truncation_and_header_byte();
+    test_not_regular_files();
+    test_safe_writes();
     test_exit_codes();
     test_real_data();
     return check_summary();
