@@ -1992,6 +1992,7 @@ void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
                                    logits->shape[0], logits->shape[1]);
 }
 
+
 // The op table: the one place an op is registered.
 typedef enum {
     OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
@@ -1999,14 +2000,14 @@ typedef enum {
 } OpKind;
 
 static const Op OPS[OP_COUNT] = {
-    [OP_MATMUL] = {"matmul", matmul_op_forward, matmul_op_backward},
-    [OP_BIAS_ADD] = {"bias_add", bias_add_op_forward, bias_add_op_backward},
-    [OP_RELU] = {"relu", relu_op_forward, relu_op_backward},
-    [OP_ADD] = {"add", add_op_forward, add_op_backward},
-    [OP_MUL] = {"mul", mul_op_forward, mul_op_backward},
-    [OP_SUM] = {"sum", sum_op_forward, sum_op_backward},
-    [OP_SOFTMAX_CROSS_ENTROPY] = {"softmax_cross_entropy", softmax_cross_entropy_op_forward,
-                                  softmax_cross_entropy_op_backward},
+    [OP_MATMUL] = {.name = "matmul", .forward = matmul_op_forward, .backward = matmul_op_backward},
+    [OP_BIAS_ADD] = {.name = "bias_add", .forward = bias_add_op_forward, .backward = bias_add_op_backward},
+    [OP_RELU] = {.name = "relu", .forward = relu_op_forward, .backward = relu_op_backward},
+    [OP_ADD] = {.name = "add", .forward = add_op_forward, .backward = add_op_backward},
+    [OP_MUL] = {.name = "mul", .forward = mul_op_forward, .backward = mul_op_backward},
+    [OP_SUM] = {.name = "sum", .forward = sum_op_forward, .backward = sum_op_backward},
+    [OP_SOFTMAX_CROSS_ENTROPY] = {.name = "softmax_cross_entropy", .forward = softmax_cross_entropy_op_forward,
+                                  .backward = softmax_cross_entropy_op_backward},
 };
 
 // The constructors: check the shapes, make the node.
@@ -2043,6 +2044,7 @@ Node *mul(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_MUL, (Node *[
 Node *sum(Graph *g, Node *x) {
     return graph_op(g, &OPS[OP_SUM], (Node *[]){x}, 1, 0, (int[]){1}, 1);
 }
+
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
     require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&

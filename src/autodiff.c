@@ -31,6 +31,10 @@ typedef struct {
     const char *name;
     void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
     void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
+//@ from 4
+    size_t (*scratch)(const Node *node, int max_batch);  // floats of scratch memory it needs, or NULL
+    int view;                                   // shares its input's memory (a reshape)
+//@ end
 } Op;
 
 typedef enum { INIT_ZEROS, INIT_ONES, INIT_GLOROT } Init;
@@ -51,6 +55,9 @@ struct Node {
     Init init;                  // parameters only
     float *saved;               // what backward needs (e.g. probabilities)
     size_t saved_per_item;      // floats of `saved` per batch item
+//@ from 4
+    int pad;                    // conv2d: zeros on each side (0 valid, KH/2 same)
+//@ end
 };
 
 struct Graph {
@@ -67,6 +74,11 @@ struct Graph {
     size_t param_count;
     float *memory;          // values, gradients and saved buffers of all other nodes
     int compiled;           // after graph_compile() the graph is fixed
+//@ from 4
+    KernelKind kernel;      // how convolutions and matrix multiplies are computed
+    float *scratch;         // (scratch_size) working memory ops share, one op at a time
+    size_t scratch_size;
+//@ end
 };
 
 // A graph with room for batches of up to max_batch items.
@@ -82,6 +94,9 @@ void graph_free(Graph *g) {
     free(g->params);
     free(g->grads);
     free(g->memory);
+//@ from 4
+    free(g->scratch);
+//@ end
     free(g);
 }
 
@@ -172,6 +187,11 @@ void graph_compile(Graph *g, Node *output) {
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
         size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+//@ from 4
+        if (n->op && n->op->view) continue;
+        if (n->op && n->op->scratch && n->op->scratch(n, g->max_batch) > g->scratch_size)
+            g->scratch_size = n->op->scratch(n, g->max_batch);
+//@ end
         if (n->is_parameter) params += capacity;
         else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
                       n->saved_per_item * (size_t)g->max_batch;
@@ -183,10 +203,20 @@ void graph_compile(Graph *g, Node *output) {
     memset(g->params, 0, params * sizeof(float));
     memset(g->grads, 0, params * sizeof(float));
     memset(g->memory, 0, other * sizeof(float));
+//@ from 4
+    g->scratch = xmalloc(g->scratch_size * sizeof(float));
+//@ end
     params = other = 0;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
         size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+//@ from 4
+        if (n->op && n->op->view) {  // the same numbers under another shape: no copy
+            n->value = n->inputs[0]->value;
+            n->grad = n->inputs[0]->grad;
+            continue;
+        }
+//@ end
         if (n->is_parameter) {
             n->value = g->params + params;
             n->grad = g->grads + params;
@@ -409,21 +439,82 @@ void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
                                    logits->shape[0], logits->shape[1]);
 }
 
+//@ from 4
+/* conv2d: x (B, H, W, C), kernel (KH, KW, C, OC), bias (OC) -> (B, OH, OW, OC),
+   with the node's `pad`. The graph's `kernel` says which implementation of
+   conv.c runs; they compute the same sums (in different orders). */
+ConvShape conv_shape_of(const Node *n) {
+    const Node *x = n->inputs[0], *w = n->inputs[1];
+    return conv_shape(x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0], w->shape[1],
+                      n->pad, w->shape[3]);
+}
+
+void conv2d_op_forward(Node *n, Graph *g) {
+    const Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
+    ConvShape s = conv_shape_of(n);
+    if (g->kernel == KERNEL_NAIVE) conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
+    else conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s, g->scratch);
+}
+
+void conv2d_op_backward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
+    ConvShape s = conv_shape_of(n);
+    if (g->kernel == KERNEL_NAIVE)
+        conv2d_backward_naive(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s);
+    else
+        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s, g->scratch);
+}
+
+// im2col's patches and their gradient, at the largest batch.
+size_t conv2d_op_scratch(const Node *n, int max_batch) {
+    ConvShape s = conv_shape_of(n);
+    s.batch = max_batch;
+    return 2 * conv_rows(&s) * conv_patch_size(&s);
+}
+
+// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
+void max_pool_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0];
+    max_pool_forward(n->value, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+}
+
+void max_pool_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0];
+    max_pool_backward(x->grad, n->grad, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+}
+
+// reshape: the same numbers read with another shape. graph_compile points
+// the node at its input's memory, so there is nothing to compute either way.
+void reshape_op_forward(Node *n, Graph *g) { (void)n, (void)g; }
+void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
+//@ end
+
 // The op table: the one place an op is registered.
 typedef enum {
     OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
+//@ from 4
+    OP_CONV2D, OP_MAX_POOL, OP_RESHAPE,
+//@ end
     OP_COUNT
 } OpKind;
 
 static const Op OPS[OP_COUNT] = {
-    [OP_MATMUL] = {"matmul", matmul_op_forward, matmul_op_backward},
-    [OP_BIAS_ADD] = {"bias_add", bias_add_op_forward, bias_add_op_backward},
-    [OP_RELU] = {"relu", relu_op_forward, relu_op_backward},
-    [OP_ADD] = {"add", add_op_forward, add_op_backward},
-    [OP_MUL] = {"mul", mul_op_forward, mul_op_backward},
-    [OP_SUM] = {"sum", sum_op_forward, sum_op_backward},
-    [OP_SOFTMAX_CROSS_ENTROPY] = {"softmax_cross_entropy", softmax_cross_entropy_op_forward,
-                                  softmax_cross_entropy_op_backward},
+    [OP_MATMUL] = {.name = "matmul", .forward = matmul_op_forward, .backward = matmul_op_backward},
+    [OP_BIAS_ADD] = {.name = "bias_add", .forward = bias_add_op_forward, .backward = bias_add_op_backward},
+    [OP_RELU] = {.name = "relu", .forward = relu_op_forward, .backward = relu_op_backward},
+    [OP_ADD] = {.name = "add", .forward = add_op_forward, .backward = add_op_backward},
+    [OP_MUL] = {.name = "mul", .forward = mul_op_forward, .backward = mul_op_backward},
+    [OP_SUM] = {.name = "sum", .forward = sum_op_forward, .backward = sum_op_backward},
+    [OP_SOFTMAX_CROSS_ENTROPY] = {.name = "softmax_cross_entropy", .forward = softmax_cross_entropy_op_forward,
+                                  .backward = softmax_cross_entropy_op_backward},
+//@ from 4
+    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward,
+                   .scratch = conv2d_op_scratch},
+    [OP_MAX_POOL] = {.name = "max_pool", .forward = max_pool_op_forward, .backward = max_pool_op_backward},
+    [OP_RESHAPE] = {.name = "reshape", .forward = reshape_op_forward, .backward = reshape_op_backward, .view = 1},
+//@ end
 };
 
 // The constructors: check the shapes, make the node.
@@ -460,6 +551,44 @@ Node *mul(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_MUL, (Node *[
 Node *sum(Graph *g, Node *x) {
     return graph_op(g, &OPS[OP_SUM], (Node *[]){x}, 1, 0, (int[]){1}, 1);
 }
+
+//@ from 4
+// conv2d with a bias; pad 0 is "valid", KH/2 "same" (odd kernels only).
+Node *conv2d(Graph *g, Node *x, Node *kernel, Node *bias, int pad) {
+    require(x->batched && x->rank == 4 && !kernel->batched && kernel->rank == 4 &&
+            kernel->shape[2] == x->shape[3] && bias->rank == 1 && bias->shape[0] == kernel->shape[3],
+            "conv2d needs x (B, H, W, C), a kernel (KH, KW, C, OC) and a bias (OC)");
+    require(kernel->shape[0] % 2 == 1 && kernel->shape[1] % 2 == 1 && pad >= 0 && pad <= kernel->shape[0] / 2,
+            "conv2d takes odd kernels and a padding from 0 to KH/2");
+    int OH = x->shape[1] + 2 * pad - kernel->shape[0] + 1, OW = x->shape[2] + 2 * pad - kernel->shape[1] + 1;
+    require(OH >= 1 && OW >= 1, "conv2d: a %dx%d kernel does not fit a %dx%d image", kernel->shape[0],
+            kernel->shape[1], x->shape[1], x->shape[2]);
+    Node *n = graph_op(g, &OPS[OP_CONV2D], (Node *[]){x, kernel, bias}, 3, 1,
+                       (int[]){OH, OW, kernel->shape[3]}, 3);
+    n->pad = pad;
+    return n;
+}
+
+Node *max_pool(Graph *g, Node *x) {
+    require(x->batched && x->rank == 4 && x->shape[1] >= POOL && x->shape[2] >= POOL,
+            "max_pool needs x (B, H, W, C) of at least 2x2");
+    return graph_op(g, &OPS[OP_MAX_POOL], (Node *[]){x}, 1, 1,
+                    (int[]){x->shape[1] / POOL, x->shape[2] / POOL, x->shape[3]}, 3);
+}
+
+// The same values under a new shape (of one batch item), no copy. A
+// reshaped leaf would share its gradient with a node whose gradient
+// graph_backward() clears, so only ops and gradient-free inputs qualify.
+Node *reshape(Graph *g, Node *x, const int *shape, int rank) {
+    size_t size = 1;
+    for (int d = 0; d < rank; d++) size *= (size_t)shape[d];
+    require(x->batched && size == x->item_size, "reshape must keep the number of values per item");
+    require(x->op || !x->requires_grad, "reshape: a leaf that needs a gradient cannot be reshaped");
+    return graph_op(g, &OPS[OP_RESHAPE], (Node *[]){x}, 1, 1, shape, rank);
+}
+
+Node *flatten(Graph *g, Node *x) { return reshape(g, x, (int[]){(int)x->item_size}, 1); }
+//@ end
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
     require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&

@@ -119,3 +119,28 @@ int main(int argc, char **argv) {
     return finish_output(argv[0], status);
 }
 //@ end
+//@ from 4
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return finish_output(argv[0], status);
+
+    KernelKind kernel = strcmp(options.kernel, "naive") == 0 ? KERNEL_NAIVE : KERNEL_IM2COL;
+    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel);
+    print_model_summary(&net, options.model);
+    printf("convolutions computed by: %s\n\n", options.kernel);
+    Model model = graph_model(&net, options.model);
+    History *history = NULL;
+    Result result;
+    Error err = {0};
+    status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    else if (!options.overfit) print_result(&result);
+
+    history_free(history);
+    graph_free(net.graph);
+    free_fashion_mnist(&data);
+    return finish_output(argv[0], status);
+}
+//@ end

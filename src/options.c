@@ -15,8 +15,11 @@ typedef struct {
     double learning_rate;  // 0 until parsed: then the optimiser's default
     const char *optimizer;
 //@ end
-//@ from 3
+//@ from 3 to 3
     int no_compare;
+//@ end
+//@ from 4
+    const char *model, *kernel;
 //@ end
 } Options;
 
@@ -25,6 +28,9 @@ Options default_options(void) {
         .data_dir = "data",
 //@ from 2
         .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
+//@ end
+//@ from 4
+        .model = "basic", .kernel = "im2col",
 //@ end
     };
 }
@@ -62,9 +68,15 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
                               OPTION_INT, &o->overfit, 1, 54000, NULL};
 //@ end
-//@ from 3
+//@ from 3 to 3
     specs[n++] = (OptionSpec){"--no-compare", NULL, "skip the second training run with chapter 2's hand-written ANN",
                               OPTION_FLAG, &o->no_compare, 0, 0, NULL};
+//@ end
+//@ from 4
+    specs[n++] = (OptionSpec){"--model", "NAME", "ann or basic (default: basic)",
+                              OPTION_TEXT, &o->model, 0, 0, "ann|basic"};
+    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions are computed: naive or im2col (default: im2col)",
+                              OPTION_TEXT, &o->kernel, 0, 0, "naive|im2col"};
 //@ end
     specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
     return n;

@@ -50,6 +50,24 @@
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
 //@ end
+//@ from 4 to 4
+/* chapter4.c - convolutions: the basic CNN.
+
+   What it adds: convolution (naive, then im2col on chapter 2's matrix
+   multiply) and max pooling as ops of the engine, with their backward
+   passes; reshape and flatten without a copy; the basic CNN of the protocol
+   with a layer-by-layer summary; --model ann|basic and --kernel naive|im2col.
+   What it drops: chapter 2's hand-written ANN and chapter 3's comparison
+   with it (their lessons are learned; the engine builds every model now).
+   What it is not: fast yet. The second half of chapter 4 replaces the
+   matrix multiply with a blocked, vectorised, threaded one.
+
+   Build and run:   make chapter4 && ./chapter4        (./chapter4 --help)
+              or:   cc -std=c11 -O3 chapters/chapter4.c -o chapter4 -lm
+   Read with:       book.md, "Chapter 4: Convolutions".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+//@ end
 
 // POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
 // where the system has them, inside `#if HAVE_POSIX`; this asks the C library
@@ -111,7 +129,7 @@
     X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
     X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \
 //@ end
-//@ from 3
+//@ from 3 to 3
     X(EXIT_BAD_GRADIENT, 13, "a self-check failed (the gradients, or engine vs chapter 2)") \
 //@ end
 //@ from 2

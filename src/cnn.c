@@ -1,0 +1,89 @@
+//@ from 4
+/* ----------------------------------------------------------------------------
+   The models of chapter 4 on the engine, and their summary table.
+
+   What this is: the basic CNN of the protocol built from the ops above, and
+   a table that says, layer by layer, what each one outputs, how many
+   parameters it has and how many multiply-adds it does per image; plus one
+   function that builds any model by its name, for --model.
+   What it is not: a model zoo. The shapes are the protocol's. */
+
+// A convolution block's parameters, Glorot kernel and zero bias.
+Node *conv_layer(Graph *g, Node *x, int out_channels, int pad, const char *kernel_label,
+                 const char *bias_label) {
+    Node *kernel = graph_parameter(g, kernel_label, (int[]){3, 3, x->shape[3], out_channels}, 4, INIT_GLOROT);
+    Node *bias = graph_parameter(g, bias_label, (int[]){out_channels}, 1, INIT_ZEROS);
+    return conv2d(g, x, kernel, bias, pad);
+}
+
+Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, const char *bias_label) {
+    Node *weight = graph_parameter(g, weight_label, (int[]){x->shape[1], out_width}, 2, INIT_GLOROT);
+    Node *bias = graph_parameter(g, bias_label, (int[]){out_width}, 1, INIT_ZEROS);
+    return bias_add(g, matmul(g, x, weight), bias);
+}
+
+/* The basic CNN: conv 3x3x32 valid, ReLU, max pool, conv 3x3x64 valid,
+   ReLU, max pool, flatten, dense 128, ReLU, dense 10, softmax.
+   28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10. */
+GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
+    x = max_pool(g, relu(g, conv_layer(g, x, 32, 0, "kernel1", "bias1")));
+    x = max_pool(g, relu(g, conv_layer(g, x, 64, 0, "kernel2", "bias2")));
+    x = relu(g, dense_layer(g, flatten(g, x), 128, "weight3", "bias3"));
+    x = dense_layer(g, x, NUM_CLASSES, "weight4", "bias4");
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+// Every model of this chapter, by the name --model takes.
+GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel) {
+    GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed) : basic_cnn_graph(max_batch, seed);
+    c.graph->kernel = kernel;
+    return c;
+}
+
+// Multiply-adds one image costs in a node: the heavy ops only, since the
+// rest (ReLU, pooling, bias) do one cheap operation per value.
+double multiply_adds_per_image(const Node *n) {
+    if (n->op == &OPS[OP_CONV2D]) {
+        const Node *w = n->inputs[1];
+        return (double)n->item_size * w->shape[0] * w->shape[1] * w->shape[2];
+    }
+    if (n->op == &OPS[OP_MATMUL]) return (double)n->inputs[1]->shape[0] * n->inputs[1]->shape[1];
+    return 0;
+}
+
+// The layer table printed before training, and the totals a reader can
+// check against the protocol (225,034 parameters for the basic CNN).
+void print_model_summary(const GraphClassifier *c, const char *name) {
+    const Graph *g = c->graph;
+    size_t parameters = 0;
+    double total_macs = 0;
+    printf("\nthe %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
+           "parameters", "multiply-adds");
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
+        size_t own = 0;
+        for (int k = 0; k < n->input_count; k++)
+            if (n->inputs[k]->is_parameter) own += n->inputs[k]->size;
+        char shape[48] = "";
+        for (int d = n->batched; d < n->rank; d++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
+        double macs = multiply_adds_per_image(n);
+        printf("  %-22s %-16s %10zu %14.0f\n", n->op->name, shape, own, macs);
+        parameters += own;
+        total_macs += macs;
+    }
+    printf("  %-22s %-16s %10zu %14.0f   (%.2f MFLOP per image forward)\n", "total", "", parameters,
+           total_macs, 2e-6 * total_macs);
+    if (g->scratch_size)
+        printf("  im2col scratch at batch %d: %.1f MB (the patches and their gradient)\n", g->max_batch,
+               g->scratch_size * sizeof(float) / 1e6);
+}
+//@ end

@@ -1,0 +1,224 @@
+//@ from 4
+/* ----------------------------------------------------------------------------
+   Convolution and pooling (book.md, "Chapter 4").
+
+   What this is: the layers of a convolutional network, each a forward and a
+   backward function with the convention of chapter 2 (backward ADDS into the
+   gradients it produces; a NULL gradient is not wanted), in two versions
+   that the tests hold against each other:
+   - naive: the definition, loop for loop. Slow, and the reference.
+   - im2col: every patch the kernel sees copied into a row of a matrix, so
+     the convolution becomes one matrix multiply (chapter 2's), and its
+     backward pass two more, with col2im to add the patch gradients back.
+   What it is not: fast. Chapter 4's second half keeps these as references
+   and runs the same arithmetic through a blocked, vectorised multiply.
+
+   Layout: activations are NHWC, (batch, height, width, channels), so the C
+   values of one pixel sit together; a kernel is (KH, KW, C, OC), which read
+   as a (KH*KW*C, OC) matrix is exactly what a patch row multiplies. Stride
+   1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
+   KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
+
+// How the engine computes convolutions and matrix multiplies (the graph
+// holds the choice; `--kernel` sets it).
+typedef enum { KERNEL_NAIVE, KERNEL_IM2COL } KernelKind;
+
+// The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
+// output (B, OH, OW, OC) with OH = H + 2*pad - KH + 1.
+typedef struct {
+    int batch, height, width, channels;
+    int kernel_h, kernel_w, pad, out_channels;
+    int out_h, out_w;
+} ConvShape;
+
+ConvShape conv_shape(int B, int H, int W, int C, int KH, int KW, int pad, int OC) {
+    return (ConvShape){.batch = B, .height = H, .width = W, .channels = C, .kernel_h = KH,
+                       .kernel_w = KW, .pad = pad, .out_channels = OC,
+                       .out_h = H + 2 * pad - KH + 1, .out_w = W + 2 * pad - KW + 1};
+}
+
+// The rows (output pixels) and columns (patch entries) of the im2col matrix.
+size_t conv_rows(const ConvShape *s) { return (size_t)s->batch * s->out_h * s->out_w; }
+size_t conv_patch_size(const ConvShape *s) { return (size_t)s->kernel_h * s->kernel_w * s->channels; }
+
+/* The definition: out[b,oh,ow,oc] = bias[oc] + the sum over the kernel
+   window of inp[b, oh+kh-pad, ow+kw-pad, c] * weight[kh,kw,c,oc], where a
+   position outside the image contributes 0 (the padding). Seven loops;
+   cross-correlation, strictly (the kernel is not flipped), which is what
+   every deep-learning library calls convolution. */
+void conv2d_forward_naive(float *out,           // (B, OH, OW, OC)
+                          const float *inp,     // (B, H, W, C)
+                          const float *weight,  // (KH, KW, C, OC)
+                          const float *bias,    // (OC)
+                          const ConvShape *s) {
+    int C = s->channels, OC = s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++)
+                for (int oc = 0; oc < OC; oc++) {
+                    float sum = bias[oc];
+                    for (int kh = 0; kh < s->kernel_h; kh++)
+                        for (int kw = 0; kw < s->kernel_w; kw++) {
+                            int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                            if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                            const float *x = inp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                            const float *w = weight + ((size_t)kh * s->kernel_w + kw) * C * OC + oc;
+                            for (int c = 0; c < C; c++) sum += x[c] * w[(size_t)c * OC];
+                        }
+                    out[(((size_t)b * s->out_h + oh) * s->out_w + ow) * OC + oc] = sum;
+                }
+}
+
+/* The gradients, from the same sum read backwards. Each input pixel was
+   used by every output whose window covered it, so
+       dinp[b,ih,iw,c]    += sum over (kh, kw, oc) of dout[b, ih-kh+pad, iw-kw+pad, oc] * weight[kh,kw,c,oc]
+       dweight[kh,kw,c,oc] += sum over (b, oh, ow) of inp[b, oh+kh-pad, ow+kw-pad, c] * dout[b,oh,ow,oc]
+       dbias[oc]          += sum over (b, oh, ow) of dout[b,oh,ow,oc]
+   (terms whose index falls outside the image or the output are left out).
+   The first is again a convolution: of dout, padded by KH-1-pad, with the
+   kernel turned 180 degrees and its C and OC swapped. */
+void conv2d_backward_naive(float *dinp,          // (B, H, W, C) or NULL
+                           float *dweight,       // (KH, KW, C, OC) or NULL
+                           float *dbias,         // (OC) or NULL
+                           const float *dout,    // (B, OH, OW, OC)
+                           const float *inp,     // (B, H, W, C)
+                           const float *weight,  // (KH, KW, C, OC)
+                           const ConvShape *s) {
+    int C = s->channels, OC = s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++) {
+                const float *g = dout + (((size_t)b * s->out_h + oh) * s->out_w + ow) * OC;
+                for (int oc = 0; oc < OC && dbias; oc++) dbias[oc] += g[oc];
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                        size_t pixel = (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        size_t tap = ((size_t)kh * s->kernel_w + kw) * C * OC;
+                        for (int c = 0; c < C; c++)
+                            for (int oc = 0; oc < OC; oc++) {
+                                if (dweight) dweight[tap + (size_t)c * OC + oc] += inp[pixel + c] * g[oc];
+                                if (dinp) dinp[pixel + c] += g[oc] * weight[tap + (size_t)c * OC + oc];
+                            }
+                    }
+            }
+}
+
+/* im2col: row (b, oh, ow) of `cols` is the patch that output pixel sees,
+   in kernel order (kh, kw, c), with zeros where the window hangs over the
+   edge. Then out = cols @ weight is the whole convolution in one multiply,
+   at the price of KH*KW copies of the input (see the book for sizes). */
+void im2col(float *cols,        // (B*OH*OW, KH*KW*C)
+            const float *inp,   // (B, H, W, C)
+            const ConvShape *s) {
+    int C = s->channels;
+    size_t row = 0;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++, row++) {
+                float *patch = cols + row * conv_patch_size(s);
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++, patch += C) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width)
+                            memset(patch, 0, (size_t)C * sizeof(float));
+                        else
+                            memcpy(patch, inp + (((size_t)b * s->height + ih) * s->width + iw) * C,
+                                   (size_t)C * sizeof(float));
+                    }
+            }
+}
+
+// col2im, im2col's backward: each patch entry's gradient is ADDED to the
+// input pixel it was copied from (a pixel sits in up to KH*KW patches).
+void col2im(float *dinp,         // (B, H, W, C)
+            const float *dcols,  // (B*OH*OW, KH*KW*C)
+            const ConvShape *s) {
+    int C = s->channels;
+    size_t row = 0;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++, row++) {
+                const float *patch = dcols + row * conv_patch_size(s);
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++, patch += C) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                        float *x = dinp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        for (int c = 0; c < C; c++) x[c] += patch[c];
+                    }
+            }
+}
+
+// The im2col convolution: a copy, then chapter 2's matrix multiply, then the
+// bias. `cols` is scratch memory of conv_rows * conv_patch_size floats.
+void conv2d_forward_im2col(float *out, const float *inp, const float *weight, const float *bias,
+                           const ConvShape *s, float *cols) {  // shapes as conv2d_forward_naive
+    int M = (int)conv_rows(s), K = (int)conv_patch_size(s);
+    im2col(cols, inp, s);
+    matmul_forward(out, cols, weight, M, K, s->out_channels);
+    bias_forward(out, bias, M, s->out_channels);
+}
+
+// Its backward: dweight += cols^T @ dout and dcols = dout @ weight^T are
+// chapter 2's matmul_backward; col2im adds dcols into dinp. `scratch` holds
+// two im2col matrices: the patches again, and their gradient.
+void conv2d_backward_im2col(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const ConvShape *s, float *scratch) {
+    size_t M = conv_rows(s), K = conv_patch_size(s);
+    float *cols = scratch, *dcols = dinp ? scratch + M * K : NULL;  // (M, K) each
+    im2col(cols, inp, s);
+    if (dcols) memset(dcols, 0, M * K * sizeof(float));
+    if (dbias) bias_backward(dbias, dout, (int)M, s->out_channels);
+    matmul_backward(dcols, dweight, dout, cols, weight, (int)M, (int)K, s->out_channels);
+    if (dinp) col2im(dinp, dcols, s);
+}
+
+/* Max pooling, 2x2 windows with stride 2: each output is the largest of
+   four inputs. An odd size is floored, as Keras and PyTorch do: 11 -> 5,
+   and the last row and column are never looked at. */
+enum { POOL = 2 };
+
+void max_pool_forward(float *out,          // (B, H/2, W/2, C)
+                      const float *inp,    // (B, H, W, C)
+                      int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
+                const float *x = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
+                for (int c = 0; c < C; c++) o[c] = x[c];
+                for (int dh = 0; dh < POOL; dh++)
+                    for (int dw = 0; dw < POOL; dw++) {
+                        const float *y = x + ((size_t)dh * W + dw) * C;
+                        for (int c = 0; c < C; c++) o[c] = y[c] > o[c] ? y[c] : o[c];
+                    }
+            }
+}
+
+/* The gradient goes to the input that was the maximum, and only to it (the
+   others did not move the output). On a tie it goes to the first maximum in
+   reading order (top-left first), which is also what the forward pass's
+   strict > picks. The maximum is found again from the input rather than
+   saved, which costs a pass but no memory. */
+void max_pool_backward(float *dinp,         // (B, H, W, C)
+                       const float *dout,   // (B, H/2, W/2, C)
+                       const float *inp,    // (B, H, W, C)
+                       int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++)
+                for (int c = 0; c < C; c++) {
+                    size_t first = (((size_t)b * H + POOL * oh) * W + POOL * ow) * C + c, best = first;
+                    for (int dh = 0; dh < POOL; dh++)
+                        for (int dw = 0; dw < POOL; dw++) {
+                            size_t at = first + ((size_t)dh * W + dw) * C;
+                            if (inp[at] > inp[best]) best = at;
+                        }
+                    dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
+                }
+}
+//@ end

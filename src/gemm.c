@@ -1,0 +1,909 @@
+//@ from 4
+/* ----------------------------------------------------------------------------
+   One fast matrix multiply for every convolution and dense pass.
+
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
+   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
+   them): a driver in portable C cuts the problem into blocks that fit the
+   caches and copies ("packs") each block of A and B into the order the
+   innermost loop reads; a micro-kernel, one per instruction set, multiplies
+   a packed strip of A by a packed panel of B into a small MR x NR tile of C
+   held in registers. A small thread pool runs the tiles of C in parallel.
+   An operand is either a strided matrix or the im2col "patch matrix" of an
+   image, which is never built: the packing reads the patches straight from
+   the image, so a convolution is one GEMM with no extra memory.
+   What it is not: a BLAS. Single precision only, no alpha or beta, no
+   transposed C; the blocking is tuned on one machine (the numbers are in
+   the comments, with the machine); the micro-kernels are x86's AVX2 and
+   AVX-512 plus a portable one in plain C, which every other machine uses.
+
+   The rules the tests check (tests/test_gemm.c):
+   - every kernel gives the same bits as the portable one, and any number
+     of threads the same bits as one (why: "Determinism", below);
+   - the answer matches a plain triple loop in double precision for any
+     shape, strides, patches, padding and accumulate flag;
+   - parallel_for runs every task exactly once.
+
+   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate) or
+   from 0: one rounding per step, in one fixed order, whatever the kernel,
+   the blocking or the number of threads. See "Determinism" below. */
+
+/* ----------------------------------------------------------------------------
+   The thread pool: persistent workers, one entry point.
+
+   Threads are created once (workers_new) and sleep on a condition variable
+   between calls. parallel_for(w, tasks, task, context) wakes them, and every
+   thread, the caller included, takes the next task number from a shared
+   counter until none are left; then the caller waits for the others to
+   finish and returns. Which thread runs which task changes from run to run;
+   the results must not, so a task writes only its own part of the output
+   and never adds into something another task writes. `worker` (0 for the
+   caller, 1..threads-1 for the helpers) says which thread is running the
+   task, for per-thread scratch memory such as GEMM's packing buffers.
+
+   Build with -DNO_THREADS (or on a system without POSIX) and parallel_for
+   runs the tasks one after the other on the caller: same results, one core.
+   A task must not call parallel_for on the same Workers (it would wait for
+   itself); gemm_in_task below is the serial GEMM for use inside a task. */
+
+#if HAVE_POSIX && !defined(NO_THREADS)
+#define HAVE_THREADS 1
+#include <pthread.h>
+#else
+#define HAVE_THREADS 0
+#endif
+
+typedef void ParallelTask(void *context, int task, int worker);
+
+typedef struct Workers Workers;
+
+typedef struct {
+    Workers *workers;
+    int index;  // 1..threads-1: the caller of parallel_for is worker 0
+} WorkerSeat;
+
+struct Workers {
+    int threads;  // the caller counts as one
+#if HAVE_THREADS
+    pthread_t *helpers;     // (threads - 1)
+    WorkerSeat *seats;      // (threads - 1): what each helper is told about itself
+    pthread_mutex_t lock;   // guards every field below
+    pthread_cond_t wake;    // a new round of tasks, or time to quit
+    pthread_cond_t done;    // the last helper finished its part of a round
+    unsigned long round;    // counts parallel_for calls; a helper wakes when it changes
+    int quitting;           // workers_free: helpers leave their loop
+    int busy;               // helpers not yet finished with this round
+    int running;            // a parallel_for is in progress
+    ParallelTask *task;     // this round's job: task(context, i, worker) for i < tasks
+    void *context;
+    int tasks, next_task;
+#endif
+};
+
+// How many processors are online, for a default thread count; 1 where the
+// system cannot tell us.
+int online_cpus(void) {
+#if HAVE_POSIX && defined(_SC_NPROCESSORS_ONLN)
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n >= 1 && n <= 1024 ? (int)n : 1;
+#else
+    return 1;
+#endif
+}
+
+#if HAVE_THREADS
+// Runs tasks until none are left. Called, and returns, with w->lock held;
+// the lock is released while a task runs, so the others can take tasks.
+void run_tasks(Workers *w, int worker) {
+    ParallelTask *task = w->task;
+    void *context = w->context;
+    while (w->next_task < w->tasks) {
+        int i = w->next_task++;
+        pthread_mutex_unlock(&w->lock);
+        task(context, i, worker);
+        pthread_mutex_lock(&w->lock);
+    }
+}
+
+void *worker_main(void *argument) {
+    WorkerSeat *seat = argument;
+    Workers *w = seat->workers;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->round == seen && !w->quitting) pthread_cond_wait(&w->wake, &w->lock);
+        if (w->quitting) break;
+        seen = w->round;
+        run_tasks(w, seat->index);
+        if (--w->busy == 0) pthread_cond_signal(&w->done);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+#endif
+
+// A pool of `threads` threads, the caller included (so threads - 1 are
+// created). Without thread support it is a pool of one.
+Workers *workers_new(int threads) {
+    require(threads >= 1, "workers_new: %d threads", threads);
+    Workers *w = xmalloc(sizeof *w);
+    memset(w, 0, sizeof *w);
+    w->threads = 1;
+#if HAVE_THREADS
+    int helpers = threads - 1;
+    w->helpers = xmalloc(sizeof *w->helpers * (size_t)helpers);
+    w->seats = xmalloc(sizeof *w->seats * (size_t)helpers);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    pthread_cond_init(&w->done, NULL);
+    for (int i = 0; i < helpers; i++) {
+        w->seats[i] = (WorkerSeat){w, i + 1};
+        if (pthread_create(&w->helpers[i], NULL, worker_main, &w->seats[i]) != 0) {
+            // Fewer threads change the speed, never the results: carry on.
+            fprintf(stderr, "warning: could only start %d of %d threads\n", w->threads, threads);
+            break;
+        }
+        w->threads++;
+    }
+#endif
+    return w;
+}
+
+void workers_free(Workers *w) {
+    if (!w) return;
+#if HAVE_THREADS
+    pthread_mutex_lock(&w->lock);
+    w->quitting = 1;
+    pthread_cond_broadcast(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->threads - 1; i++) pthread_join(w->helpers[i], NULL);
+    pthread_cond_destroy(&w->done);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    free(w->helpers);
+    free(w->seats);
+#endif
+    free(w);
+}
+
+// Runs task(context, i, worker) once for every i in [0, tasks), spread over
+// the pool's threads (w may be NULL: then on the caller alone). Returns when
+// all are done.
+void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
+    if (tasks <= 0) return;
+    if (!w || w->threads == 1 || tasks == 1) {
+        for (int i = 0; i < tasks; i++) task(context, i, 0);
+        return;
+    }
+#if HAVE_THREADS
+    pthread_mutex_lock(&w->lock);
+    require(!w->running, "parallel_for called from inside a task of the same pool");
+    w->running = 1;
+    w->task = task;
+    w->context = context;
+    w->tasks = tasks;
+    w->next_task = 0;
+    w->busy = w->threads - 1;
+    w->round++;
+    pthread_cond_broadcast(&w->wake);
+    run_tasks(w, 0);
+    while (w->busy > 0) pthread_cond_wait(&w->done, &w->lock);
+    w->running = 0;
+    pthread_mutex_unlock(&w->lock);
+#endif
+}
+
+/* ----------------------------------------------------------------------------
+   Operands: how element (r, c) of A or B is found. */
+
+// A stride-1 convolution's image and kernel sizes.
+typedef struct {
+    int batch, height, width, channels;  // the NHWC image: (B, H, W, C)
+    int kernel_h, kernel_w, pad;         // stride 1; output (B, OH, OW, OC)
+    int out_h, out_w;                    // H + 2*pad - KH + 1, same for W
+} ConvGeometry;
+
+typedef struct {
+    const float *data;
+    long row_stride, col_stride;   // MATRIX: element (r, c) = data[r*row_stride + c*col_stride]
+    const ConvGeometry *patches;   // PATCHES when non-NULL: data is the image; element (r, c) of the
+                                   // (B*OH*OW, KH*KW*C) im2col matrix, r = (b, oh, ow), c = (kh, kw, ci),
+                                   // 0 outside the image (zero padding)
+    int transposed;                // with patches: the operand is the transpose, (KH*KW*C, B*OH*OW)
+} Operand;
+
+// A row-major (rows, cols) matrix with rows `ld` floats apart, and its
+// transpose: the same memory read with the strides swapped.
+Operand matrix_operand(const float *data, long ld) { return (Operand){data, ld, 1, NULL, 0}; }
+Operand transposed_operand(const float *data, long ld) { return (Operand){data, 1, ld, NULL, 0}; }
+
+Operand patches_operand(const float *image,  // (B, H, W, C)
+                        const ConvGeometry *g, int transposed) {
+    return (Operand){image, 0, 0, g, transposed};
+}
+
+ConvGeometry conv_geometry(int batch, int height, int width, int channels, int kernel_h, int kernel_w, int pad) {
+    return (ConvGeometry){batch, height, width, channels, kernel_h, kernel_w, pad,
+                          height + 2 * pad - kernel_h + 1, width + 2 * pad - kernel_w + 1};
+}
+
+long patch_rows(const ConvGeometry *g) { return (long)g->batch * g->out_h * g->out_w; }
+long patch_cols(const ConvGeometry *g) { return (long)g->kernel_h * g->kernel_w * g->channels; }
+
+/* ----------------------------------------------------------------------------
+   Micro-kernels: a (MR, NR) tile of C from a packed strip of A and panel of B.
+
+   kernel(kc, a, b, c, ldc, load_c) computes, for every i < MR and j < NR,
+       c[i*ldc + j] = fma(a[(kc-1)*MR + i], b[(kc-1)*NR + j], ... fma(a[i], b[j], c0) ...)
+   with c0 = c[i*ldc + j] when load_c, else 0: k runs upwards, one fused
+   multiply-add (one rounding) per step. That is the whole contract, and
+   every kernel keeps it exactly, which is why they agree to the bit. Only
+   how many elements are computed at once differs. */
+
+typedef void MicroKernel(int kc,
+                         const float *a,  // (kc, MR) packed strip of A
+                         const float *b,  // (kc, NR) packed panel of B
+                         float *c,        // (MR, NR) tile of C, rows ldc floats apart
+                         long ldc, int load_c);
+
+// Runs `iterations` rounds of independent fused multiply-adds at full speed,
+// to measure the machine's peak; returns a value so the work is not dropped.
+typedef float PeakProbe(long iterations);
+
+typedef struct {
+    const char *name;        // "portable", "avx2", "avx512"
+    int mr, nr;              // the tile of C one call computes
+    MicroKernel *kernel;
+    PeakProbe *probe;
+    int probe_flops;         // floating-point operations per probe iteration
+    int (*supported)(void);  // can this CPU run it?
+} GemmKernel;
+
+enum { GEMM_MAX_MR = 6, GEMM_MAX_NR = 32 };  // the largest tile of any kernel below
+
+/* The portable kernel, 4x4: sixteen scalar accumulators. Per k it loads 4
+   values of A and 4 of B and does 16 fmaf. C's fmaf is exact (one
+   rounding) on every machine; where the instruction set has it (arm64,
+   which also has 32 registers for the 16 accumulators) it is one
+   instruction, 2 to 4 per cycle; on x86 built without -mfma it is a call
+   into the C library, slow but exact, which is why x86 has its own kernels.
+   It is also the reference the others are tested against. */
+void gemm_kernel_portable(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+    float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+    float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+    float *c0 = c, *c1 = c + ldc, *c2 = c + 2 * ldc, *c3 = c + 3 * ldc;  // (4) each: the rows of C
+    if (load_c) {
+        c00 = c0[0], c01 = c0[1], c02 = c0[2], c03 = c0[3];
+        c10 = c1[0], c11 = c1[1], c12 = c1[2], c13 = c1[3];
+        c20 = c2[0], c21 = c2[1], c22 = c2[2], c23 = c2[3];
+        c30 = c3[0], c31 = c3[1], c32 = c3[2], c33 = c3[3];
+    }
+    for (int k = 0; k < kc; k++, a += 4, b += 4) {
+        float b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3], ai;
+        ai = a[0], c00 = fmaf(ai, b0, c00), c01 = fmaf(ai, b1, c01), c02 = fmaf(ai, b2, c02), c03 = fmaf(ai, b3, c03);
+        ai = a[1], c10 = fmaf(ai, b0, c10), c11 = fmaf(ai, b1, c11), c12 = fmaf(ai, b2, c12), c13 = fmaf(ai, b3, c13);
+        ai = a[2], c20 = fmaf(ai, b0, c20), c21 = fmaf(ai, b1, c21), c22 = fmaf(ai, b2, c22), c23 = fmaf(ai, b3, c23);
+        ai = a[3], c30 = fmaf(ai, b0, c30), c31 = fmaf(ai, b1, c31), c32 = fmaf(ai, b2, c32), c33 = fmaf(ai, b3, c33);
+    }
+    c0[0] = c00, c0[1] = c01, c0[2] = c02, c0[3] = c03;
+    c1[0] = c10, c1[1] = c11, c1[2] = c12, c1[3] = c13;
+    c2[0] = c20, c2[1] = c21, c2[2] = c22, c2[3] = c23;
+    c3[0] = c30, c3[1] = c31, c3[2] = c32, c3[3] = c33;
+}
+
+// Eight independent chains: enough to hide a 4-cycle latency on 2 units.
+float peak_probe_portable(long iterations) {
+    // Different starting values, or the compiler sees eight copies of one
+    // chain and keeps only one (gcc does).
+    float x0 = 0, x1 = 1, x2 = 2, x3 = 3, x4 = 4, x5 = 5, x6 = 6, x7 = 7;
+    for (long i = 0; i < iterations; i++) {
+        // x = x/2 + 1 tends to 2: no overflow, no slow subnormal numbers
+        x0 = fmaf(x0, 0.5f, 1.0f), x1 = fmaf(x1, 0.5f, 1.0f), x2 = fmaf(x2, 0.5f, 1.0f), x3 = fmaf(x3, 0.5f, 1.0f);
+        x4 = fmaf(x4, 0.5f, 1.0f), x5 = fmaf(x5, 0.5f, 1.0f), x6 = fmaf(x6, 0.5f, 1.0f), x7 = fmaf(x7, 0.5f, 1.0f);
+    }
+    return x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
+}
+
+int always_supported(void) { return 1; }
+
+/* The x86 kernels. They are compiled for their instruction set with a
+   target attribute, whatever flags build the rest of the program, and run
+   only if the CPU says it has that set (__builtin_cpu_supports, which also
+   checks that the operating system saves the wide registers). Other
+   machines and compilers never see them, so never meet an instruction they
+   lack. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+
+int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
+
+/* AVX2 + FMA, 6x16. Registers (16 ymm of 8 floats): c00..c51, 12 of them,
+   hold the 6x16 tile of C (row i in ci0, ci1); b0, b1 load 16 values of B
+   per k; ai broadcasts one value of A to all 8 lanes. Per k: 12 FMAs of 8
+   lanes = 192 FLOPs from 2 loads + 6 broadcasts. With 2 FMA units (Haswell
+   on, Zen 2 on) that is 6 cycles per k, 32 FLOPs per cycle: the peak; and
+   12 independent chains cover an FMA latency of 4-5 cycles on 2 units. */
+__attribute__((target("avx2,fma")))
+void gemm_kernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load_c) {
+        c00 = _mm256_loadu_ps(c + 0 * ldc), c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
+        c10 = _mm256_loadu_ps(c + 1 * ldc), c11 = _mm256_loadu_ps(c + 1 * ldc + 8);
+        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
+        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
+        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += 6, b += 16) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
+        ai = _mm256_broadcast_ss(a + 0), c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
+        ai = _mm256_broadcast_ss(a + 1), c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
+        ai = _mm256_broadcast_ss(a + 2), c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
+        ai = _mm256_broadcast_ss(a + 3), c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
+        ai = _mm256_broadcast_ss(a + 4), c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
+        ai = _mm256_broadcast_ss(a + 5), c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+    }
+    _mm256_storeu_ps(c + 0 * ldc, c00), _mm256_storeu_ps(c + 0 * ldc + 8, c01);
+    _mm256_storeu_ps(c + 1 * ldc, c10), _mm256_storeu_ps(c + 1 * ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+// Twelve independent 8-lane chains, as many as the kernel keeps.
+__attribute__((target("avx2,fma")))
+float peak_probe_avx2(long iterations) {
+    __m256 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm256_set1_ps(0), x1 = _mm256_set1_ps(1), x2 = _mm256_set1_ps(2), x3 = _mm256_set1_ps(3);
+    x4 = _mm256_set1_ps(4), x5 = _mm256_set1_ps(5), x6 = _mm256_set1_ps(6), x7 = _mm256_set1_ps(7);
+    x8 = _mm256_set1_ps(8), x9 = _mm256_set1_ps(9), x10 = _mm256_set1_ps(10), x11 = _mm256_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm256_fmadd_ps(x0, half, one), x1 = _mm256_fmadd_ps(x1, half, one), x2 = _mm256_fmadd_ps(x2, half, one);
+        x3 = _mm256_fmadd_ps(x3, half, one), x4 = _mm256_fmadd_ps(x4, half, one), x5 = _mm256_fmadd_ps(x5, half, one);
+        x6 = _mm256_fmadd_ps(x6, half, one), x7 = _mm256_fmadd_ps(x7, half, one), x8 = _mm256_fmadd_ps(x8, half, one);
+        x9 = _mm256_fmadd_ps(x9, half, one), x10 = _mm256_fmadd_ps(x10, half, one), x11 = _mm256_fmadd_ps(x11, half, one);
+    }
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                               _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+
+/* AVX-512F, 6x32: the AVX2 kernel with registers twice as wide. Registers
+   (32 zmm of 16 floats): c00..c51, 12 of them, hold the 6x32 tile of C;
+   b0, b1 load 32 values of B per k; ai broadcasts one value of A to all 16
+   lanes. Per k: 12 FMAs of 16 lanes = 384 FLOPs from 2 loads + 6
+   broadcasts; with 2 FMA units (Skylake-SP Gold/Platinum, Ice Lake, Zen 4
+   at half rate) 6 cycles per k, 64 FLOPs per cycle, and 12 chains cover a
+   4-cycle latency on 2 units. */
+__attribute__((target("avx512f")))
+void gemm_kernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load_c) {
+        c00 = _mm512_loadu_ps(c + 0 * ldc), c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
+        c10 = _mm512_loadu_ps(c + 1 * ldc), c11 = _mm512_loadu_ps(c + 1 * ldc + 16);
+        c20 = _mm512_loadu_ps(c + 2 * ldc), c21 = _mm512_loadu_ps(c + 2 * ldc + 16);
+        c30 = _mm512_loadu_ps(c + 3 * ldc), c31 = _mm512_loadu_ps(c + 3 * ldc + 16);
+        c40 = _mm512_loadu_ps(c + 4 * ldc), c41 = _mm512_loadu_ps(c + 4 * ldc + 16);
+        c50 = _mm512_loadu_ps(c + 5 * ldc), c51 = _mm512_loadu_ps(c + 5 * ldc + 16);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += 6, b += 32) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ai;
+        ai = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ai, b0, c00), c01 = _mm512_fmadd_ps(ai, b1, c01);
+        ai = _mm512_set1_ps(a[1]), c10 = _mm512_fmadd_ps(ai, b0, c10), c11 = _mm512_fmadd_ps(ai, b1, c11);
+        ai = _mm512_set1_ps(a[2]), c20 = _mm512_fmadd_ps(ai, b0, c20), c21 = _mm512_fmadd_ps(ai, b1, c21);
+        ai = _mm512_set1_ps(a[3]), c30 = _mm512_fmadd_ps(ai, b0, c30), c31 = _mm512_fmadd_ps(ai, b1, c31);
+        ai = _mm512_set1_ps(a[4]), c40 = _mm512_fmadd_ps(ai, b0, c40), c41 = _mm512_fmadd_ps(ai, b1, c41);
+        ai = _mm512_set1_ps(a[5]), c50 = _mm512_fmadd_ps(ai, b0, c50), c51 = _mm512_fmadd_ps(ai, b1, c51);
+    }
+    _mm512_storeu_ps(c + 0 * ldc, c00), _mm512_storeu_ps(c + 0 * ldc + 16, c01);
+    _mm512_storeu_ps(c + 1 * ldc, c10), _mm512_storeu_ps(c + 1 * ldc + 16, c11);
+    _mm512_storeu_ps(c + 2 * ldc, c20), _mm512_storeu_ps(c + 2 * ldc + 16, c21);
+    _mm512_storeu_ps(c + 3 * ldc, c30), _mm512_storeu_ps(c + 3 * ldc + 16, c31);
+    _mm512_storeu_ps(c + 4 * ldc, c40), _mm512_storeu_ps(c + 4 * ldc + 16, c41);
+    _mm512_storeu_ps(c + 5 * ldc, c50), _mm512_storeu_ps(c + 5 * ldc + 16, c51);
+}
+
+__attribute__((target("avx512f")))
+float peak_probe_avx512(long iterations) {
+    __m512 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm512_set1_ps(0), x1 = _mm512_set1_ps(1), x2 = _mm512_set1_ps(2), x3 = _mm512_set1_ps(3);
+    x4 = _mm512_set1_ps(4), x5 = _mm512_set1_ps(5), x6 = _mm512_set1_ps(6), x7 = _mm512_set1_ps(7);
+    x8 = _mm512_set1_ps(8), x9 = _mm512_set1_ps(9), x10 = _mm512_set1_ps(10), x11 = _mm512_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm512_fmadd_ps(x0, half, one), x1 = _mm512_fmadd_ps(x1, half, one), x2 = _mm512_fmadd_ps(x2, half, one);
+        x3 = _mm512_fmadd_ps(x3, half, one), x4 = _mm512_fmadd_ps(x4, half, one), x5 = _mm512_fmadd_ps(x5, half, one);
+        x6 = _mm512_fmadd_ps(x6, half, one), x7 = _mm512_fmadd_ps(x7, half, one), x8 = _mm512_fmadd_ps(x8, half, one);
+        x9 = _mm512_fmadd_ps(x9, half, one), x10 = _mm512_fmadd_ps(x10, half, one), x11 = _mm512_fmadd_ps(x11, half, one);
+    }
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3)),
+                               _mm512_add_ps(_mm512_add_ps(x4, x5), _mm512_add_ps(x6, x7)));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_add_ps(x8, x9), _mm512_add_ps(x10, x11)));
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+
+// Every kernel this build has, the portable one first and the widest last.
+static const GemmKernel GEMM_KERNELS[] = {
+    {"portable", 4, 4, gemm_kernel_portable, peak_probe_portable, 8 * 2, always_supported},
+#if HAVE_X86_KERNELS
+    {"avx2", 6, 16, gemm_kernel_avx2, peak_probe_avx2, 12 * 8 * 2, cpu_has_avx2_fma},
+    {"avx512", 6, 32, gemm_kernel_avx512, peak_probe_avx512, 12 * 16 * 2, cpu_has_avx512f},
+#endif
+};
+enum { GEMM_KERNEL_COUNT = sizeof GEMM_KERNELS / sizeof GEMM_KERNELS[0] };
+
+// The kernel called `name`, or NULL if this build has none by that name
+// (the x86 ones exist only in x86 builds).
+const GemmKernel *gemm_kernel_by_name(const char *name) {
+    for (int i = 0; i < GEMM_KERNEL_COUNT; i++)
+        if (strcmp(GEMM_KERNELS[i].name, name) == 0) return &GEMM_KERNELS[i];
+    return NULL;
+}
+
+int gemm_kernel_supported(const GemmKernel *kernel) { return kernel && kernel->supported(); }
+
+// The widest kernel this CPU runs. A program asks once, when it makes its
+// GemmContext, and keeps the answer there.
+const GemmKernel *gemm_best_kernel(void) {
+    for (int i = GEMM_KERNEL_COUNT - 1; i > 0; i--)
+        if (GEMM_KERNELS[i].supported()) return &GEMM_KERNELS[i];
+    return &GEMM_KERNELS[0];
+}
+
+/* ----------------------------------------------------------------------------
+   Blocking: how big the packed blocks are.
+
+   The micro-kernel streams a (kc, MR) strip of A and a (kc, NR) panel of B
+   and keeps C in registers. Around it, three loops choose what stays in
+   which cache, for the machine the numbers were measured on (AMD EPYC Zen 3:
+   32 KB L1 data and 512 KB L2 per core, 32 MB L3 shared):
+   - KC = 256: the B panel in use, KC * NR * 4 bytes = 16 KB for AVX2, fits
+     in half of L1 and is reused by every strip of A; the other half holds
+     the strips of A and C passing through. Longer k also spreads the cost of
+     loading and storing the C tile over more FMAs.
+   - MC = 240: the packed block of A, MC * KC * 4 bytes = 240 KB, stays in
+     L2 (under half of it, leaving room for B and C) while every panel of B
+     passes over it. A multiple of 12, so of every kernel's MR.
+   - NC = 256: the packed block of B, KC * NC * 4 bytes = 256 KB, comes from
+     L2 or L3. Our widest layers have 256 outputs; a multiple of every NR.
+   The sweep behind these numbers is in tests/test_gemm.c's comment, as
+   measured by gemm_benchmark_shape. */
+enum { KC = 256, MC = 240, NC = 256 };
+
+/* Tasks. The output C is cut into tiles of at most MC x NC, and each tile is
+   one task. A task does the whole sum over k for its tile, so no two tasks
+   ever write the same element and nothing has to be added up across tasks.
+   The tiling depends only on M, N and K, never on the number of threads;
+   problems with too few tiles for several threads are cut finer, rows
+   first (the A block is the costlier one to pack twice), until there are
+   TASKS_WANTED tiles or a tile would fall under MIN_TASK_FLOPS (waking a
+   thread costs some 10-50 microseconds; 2 MFLOP take about 50 at full
+   speed). Tile sides stay multiples of TILE_M_UNIT and TILE_N_UNIT, so that
+   the kernels' tiles fit them with no waste. */
+enum { TASKS_WANTED = 4, TILE_M_UNIT = 12, TILE_N_UNIT = 16 };
+#define MIN_TASK_FLOPS 2e6
+
+/* ----------------------------------------------------------------------------
+   Packing: one row of an operand at a time.
+
+   pack_row(dst, stride, op, r, c0, n) writes elements (r, c0), ..., (r, c0 +
+   n - 1) of the operand to dst[0], dst[stride], ... Packing A calls it for
+   each row of a strip (stride MR: the strip is stored k by k), packing B for
+   each k of a panel (stride 1). Patches are read from the image here, which
+   is all there is to im2col. */
+
+// dst[(o - from) * stride] = data[base + o * step] for lo <= o < hi, and 0
+// for the other o in [from, to): a line of an image with zero padding on
+// both sides. data + base need not point into the array; only the elements
+// inside [lo, hi) are read.
+void pack_line(float *dst, long stride, const float *data, long base, long step, long lo, long hi, long from, long to) {
+    long inside_from = lo < from ? from : lo > to ? to : lo;
+    long inside_to = hi > to ? to : hi < inside_from ? inside_from : hi;
+    long o = from;
+    for (; o < inside_from; o++, dst += stride) *dst = 0.0f;
+    for (; o < inside_to; o++, dst += stride) *dst = data[base + o * step];
+    for (; o < to; o++, dst += stride) *dst = 0.0f;
+}
+
+void pack_row(float *dst,  // (n) elements, stride apart
+              long stride, const Operand *op, long r, long c0, long n) {
+    const ConvGeometry *g = op->patches;
+    if (!g) {  // a matrix
+        const float *src = op->data + r * op->row_stride + c0 * op->col_stride;  // (n) elements, col_stride apart
+        for (long j = 0; j < n; j++) dst[j * stride] = src[j * op->col_stride];
+    } else if (!op->transposed) {
+        /* Row r of the patch matrix is output pixel (b, oh, ow); its columns
+           run over (kh, kw, ci). For one kh the KW * C columns are KW
+           neighbouring pixels of image row ih = oh + kh - pad: contiguous
+           memory, so each kh is one line, with zeros where the kernel hangs
+           over the image's left or right edge (or all zeros above or below). */
+        int H = g->height, W = g->width, C = g->channels, pad = g->pad;
+        long line = (long)g->kernel_w * C;
+        int ow = (int)(r % g->out_w), oh = (int)(r / g->out_w % g->out_h), b = (int)(r / g->out_w / g->out_h);
+        long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;                        // first kw inside, in columns
+        long hi = (long)(W + pad - ow < g->kernel_w ? W + pad - ow : g->kernel_w) * C;  // one past the last
+        for (long c = c0; c < c0 + n;) {
+            long kh = c / line, from = c % line, to = from + (c0 + n - c) < line ? from + (c0 + n - c) : line;
+            long ih = oh + kh - pad;
+            long base = (((long)b * H + ih) * W + ow - pad) * C;  // where column kw = 0, ci = 0 would be
+            if (ih < 0 || ih >= H) pack_line(dst, stride, NULL, 0, 0, 0, 0, from, to);
+            else pack_line(dst, stride, op->data, base, 1, lo, hi, from, to);
+            dst += (to - from) * stride;
+            c += to - from;
+        }
+    } else {
+        /* Row r of the transposed patch matrix is one weight (kh, kw, ci);
+           its columns run over the output pixels (b, oh, ow), and each output
+           row (b, oh) is a line: image row ih = oh + kh - pad, every C-th
+           float, zeros where ow + kw - pad falls off the edge. */
+        int H = g->height, W = g->width, C = g->channels, pad = g->pad, OW = g->out_w, OH = g->out_h;
+        int ci = (int)(r % C), kw = (int)(r / C % g->kernel_w), kh = (int)(r / C / g->kernel_w);
+        long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
+        for (long c = c0; c < c0 + n;) {
+            long from = c % OW, to = from + (c0 + n - c) < OW ? from + (c0 + n - c) : OW;
+            long oh = c / OW % OH, b = c / OW / OH, ih = oh + kh - pad;
+            long base = ((b * H + ih) * W + kw - pad) * C + ci;  // where ow = 0 would be
+            if (ih < 0 || ih >= H) pack_line(dst, stride, NULL, 0, 0, 0, 0, from, to);
+            else pack_line(dst, stride, op->data, base, C, lo, hi, from, to);
+            dst += (to - from) * stride;
+            c += to - from;
+        }
+    }
+}
+
+// Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of mr
+// rows, each stored k by k: the order the micro-kernel reads. The rows
+// of the last strip beyond `rows` are zeros.
+void pack_a(float *packed,  // (ceil(rows / mr), kc, mr)
+            const Operand *A, long row0, int rows, long k0, int kc, int mr) {
+    for (int s = 0; s < rows; s += mr, packed += (size_t)kc * mr)
+        for (int i = 0; i < mr; i++) {
+            if (s + i < rows) pack_row(packed + i, mr, A, row0 + s + i, k0, kc);
+            else
+                for (int k = 0; k < kc; k++) packed[k * mr + i] = 0.0f;
+        }
+}
+
+// Rows [k0, k0 + kc) and columns [col0, col0 + cols) of B, as panels of nr
+// columns, each stored k by k. The columns of the last panel beyond
+// `cols` are zeros.
+void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
+            const Operand *B, long k0, int kc, long col0, int cols, int nr) {
+    for (int j = 0; j < cols; j += nr, packed += (size_t)kc * nr) {
+        int valid = cols - j < nr ? cols - j : nr;
+        for (int k = 0; k < kc; k++) {
+            pack_row(packed + (size_t)k * nr, 1, B, k0 + k, col0 + j, valid);
+            for (int v = valid; v < nr; v++) packed[(size_t)k * nr + v] = 0.0f;
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------
+   The driver.
+
+   Determinism. Element C(i, j) ends up as the chain
+       c = C(i, j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
+   in every case, because
+   - within a KC block the micro-kernel does exactly that for its k, in
+     order, each kernel with its own instruction but the same single
+     rounding (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all compute a*b+c
+     exactly, then round once to float);
+   - between KC blocks the partial sum goes to C and comes back: a float
+     stored and reloaded is the same float, so the chain just continues;
+   - MR, NR, MC, NC only choose which elements are computed together, never
+     what is added to an element or in which order; the zeros that pad the
+     packed edge strips and panels fall in rows and columns of the tile that
+     are never written back, and k is never padded;
+   - each tile is one task, done by one thread from k = 0 to K-1, and the
+     tiles depend on M, N, K alone: the number of threads decides who
+     computes a tile and when, not what is computed.
+   So any kernel and any number of threads give the same bits. (The compiler
+   must not fuse or reorder anything else here, and does not: gcc with
+   -std=c11 does not contract a*b+c on its own, and the chapter tells clang
+   not to with STDC FP_CONTRACT OFF; no -ffast-math.) */
+
+typedef struct GemmContext {
+    const GemmKernel *kernel;
+    Workers *workers;
+    float *packed_a;  // (threads, a_floats): each worker's packed block of A
+    float *packed_b;  // (threads, b_floats): each worker's packed block of B
+    long a_floats, b_floats;
+    void *memory;     // what packed_a and packed_b were carved from
+} GemmContext;
+
+long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// A context for `kernel` (which the CPU must support) and a pool of
+// `threads` threads, with packing buffers for each.
+GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+    require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
+            kernel ? kernel->name : "NULL");
+    require(kernel->mr <= GEMM_MAX_MR && kernel->nr <= GEMM_MAX_NR && MC % kernel->mr == 0,
+            "gemm_context_new: kernel %s's tile does not fit the blocking", kernel->name);
+    GemmContext *ctx = xmalloc(sizeof *ctx);
+    ctx->kernel = kernel;
+    ctx->workers = workers_new(threads);
+    enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
+    // Rounded to whole cache lines, so no two threads ever share a line.
+    ctx->a_floats = round_up((long)MC * KC, LINE_FLOATS);
+    ctx->b_floats = round_up(round_up(NC, kernel->nr) * KC, LINE_FLOATS);
+    size_t n = (size_t)ctx->workers->threads;
+    ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
+    uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
+    ctx->packed_a = (float *)start;
+    ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
+    return ctx;
+}
+
+void gemm_context_free(GemmContext *ctx) {
+    if (!ctx) return;
+    workers_free(ctx->workers);
+    free(ctx->memory);
+    free(ctx);
+}
+
+// One GEMM call, as the tasks see it.
+typedef struct {
+    const GemmContext *ctx;
+    int M, N, K;
+    const Operand *A, *B;
+    float *C;  // (M, N), rows ldc floats apart
+    long ldc;
+    int accumulate;
+    int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
+} GemmJob;
+
+// One tile of C, (at most tile_m, tile_n), all of K: one task.
+void gemm_tile(void *context, int task, int worker) {
+    const GemmJob *job = context;
+    const GemmKernel *kernel = job->ctx->kernel;
+    int mr = kernel->mr, nr = kernel->nr;
+    int row0 = task / job->tiles_n * job->tile_m, col0 = task % job->tiles_n * job->tile_n;
+    int rows = job->M - row0 < job->tile_m ? job->M - row0 : job->tile_m;
+    int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
+    float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/mr, kc, mr)
+    float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
+    for (int k0 = 0; k0 < job->K; k0 += KC) {
+        int kc = job->K - k0 < KC ? job->K - k0 : KC;
+        int load_c = job->accumulate || k0 > 0;  // the first block starts from 0 unless accumulating
+        pack_b(packed_b, job->B, k0, kc, col0, cols, nr);
+        pack_a(packed_a, job->A, row0, rows, k0, kc, mr);
+        // Panel by panel of B, which stays in L1 while every strip of A passes.
+        for (int j = 0; j < cols; j += nr)
+            for (int i = 0; i < rows; i += mr) {
+                const float *a = packed_a + (size_t)i * kc, *b = packed_b + (size_t)j * kc;
+                float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (mr, nr) tile, rows ldc apart
+                int h = rows - i < mr ? rows - i : mr, w = cols - j < nr ? cols - j : nr;
+                if (h == mr && w == nr) {
+                    kernel->kernel(kc, a, b, c, job->ldc, load_c);
+                    continue;
+                }
+                // An edge tile: the kernel works on a full tile in scratch, and
+                // only the h x w part that exists in C is copied in and out.
+                float scratch[GEMM_MAX_MR * GEMM_MAX_NR] = {0};  // (mr, nr)
+                for (int y = 0; y < h && load_c; y++) memcpy(scratch + y * nr, c + y * job->ldc, (size_t)w * sizeof(float));
+                kernel->kernel(kc, a, b, scratch, nr, load_c);
+                for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
+            }
+    }
+}
+
+// The operand has `rows` x `cols` elements and describes them sensibly.
+void check_operand(const Operand *op, long rows, long cols, const char *name) {
+    const ConvGeometry *g = op->patches;
+    require(op->data || rows == 0 || cols == 0, "gemm: operand %s has no data", name);
+    if (!g) return;
+    require(g->batch > 0 && g->height > 0 && g->width > 0 && g->channels > 0 && g->kernel_h > 0 &&
+            g->kernel_w > 0 && g->pad >= 0, "gemm: operand %s: a patch geometry with a size <= 0", name);
+    require(g->out_h == g->height + 2 * g->pad - g->kernel_h + 1 && g->out_w == g->width + 2 * g->pad - g->kernel_w + 1 &&
+            g->out_h > 0 && g->out_w > 0, "gemm: operand %s: output %dx%d, but a %dx%d image with a %dx%d "
+            "kernel and padding %d gives %dx%d", name, g->out_h, g->out_w, g->height, g->width, g->kernel_h,
+            g->kernel_w, g->pad, g->height + 2 * g->pad - g->kernel_h + 1, g->width + 2 * g->pad - g->kernel_w + 1);
+    long want_rows = op->transposed ? patch_cols(g) : patch_rows(g);
+    long want_cols = op->transposed ? patch_rows(g) : patch_cols(g);
+    require(rows == want_rows && cols == want_cols, "gemm: operand %s is (%ld, %ld) as used, but its "
+            "patches make a (%ld, %ld) matrix", name, rows, cols, want_rows, want_cols);
+}
+
+// Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
+// in parallel on `workers`, or on the caller as `worker` when that is NULL.
+void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
+              float *C, long ldc, int accumulate) {
+    require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
+    check_operand(&A, M, K, "A");
+    check_operand(&B, K, N, "B");
+    if (M == 0 || N == 0) return;
+    require(C != NULL, "gemm: no C");
+    if (K == 0) {  // an empty sum
+        for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
+    double flops = 2.0 * M * N * K;
+    while (tiles_m * tiles_n < TASKS_WANTED && flops / (tiles_m * tiles_n + 1) >= MIN_TASK_FLOPS) {
+        if (tiles_m < (M + TILE_M_UNIT - 1) / TILE_M_UNIT) tiles_m++;
+        else if (tiles_n < (N + TILE_N_UNIT - 1) / TILE_N_UNIT) tiles_n++;
+        else break;
+    }
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0};
+    job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
+    job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
+    job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
+    int tasks = (M + job.tile_m - 1) / job.tile_m * job.tiles_n;
+    if (workers) parallel_for(workers, tasks, gemm_tile, &job);
+    else
+        for (int t = 0; t < tasks; t++) gemm_tile(&job, t, worker);
+}
+
+// C (M, N), row stride ldc: C = (accumulate ? C : 0) + A (M, K) @ B (K, N),
+// on all of the context's threads.
+void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc, int accumulate) {
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate);
+}
+
+// The same, for use inside a parallel_for task (one image of a batch, say):
+// on the calling thread alone, with the buffers of `worker`, the number the
+// task was given. Same bits as gemm.
+void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Operand A, Operand B, float *C,
+                  long ldc, int accumulate) {
+    require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
+            ctx->workers->threads);
+    gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate);
+}
+
+/* ----------------------------------------------------------------------------
+   Measuring: the machine's peak, and GEMM against it. */
+
+// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
+// independent FMA chains, best of 20 runs of at least 5 ms each (the best,
+// because other programs on the machine only ever make a run slower).
+double gemm_peak_gflops(const GemmKernel *kernel) {
+    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
+    long iterations = 1000;
+    volatile float sink = 0;  // so the probe's result is used
+    double best = 0;
+    for (int run = 0; run < 20;) {
+        double start = now_seconds();
+        sink = sink + kernel->probe(iterations);
+        double seconds = now_seconds() - start;
+        if (seconds < 0.005) {
+            iterations *= 2;
+            continue;
+        }
+        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
+        best = gflops > best ? gflops : best;
+        run++;
+    }
+    return best;
+}
+
+// GFLOP/s of one GEMM (2*M*N*K floating-point operations), best of
+// `repeats` runs after one warm-up.
+double gemm_benchmark_shape(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, int accumulate,
+                            int repeats) {
+    float *C = xmalloc((size_t)M * N * sizeof(float) + 1);  // (M, N)
+    memset(C, 0, (size_t)M * N * sizeof(float));
+    double best = 1e30;
+    for (int run = 0; run <= repeats; run++) {
+        double start = now_seconds();
+        gemm(ctx, M, N, K, A, B, C, N, accumulate);
+        double seconds = now_seconds() - start;
+        if (run > 0 && seconds < best) best = seconds;
+    }
+    free(C);
+    return 2.0 * M * N * K / best * 1e-9;
+}
+
+// The three GEMMs of a convolution and of a dense layer, as the engine
+// makes them.
+typedef enum { PASS_FORWARD, PASS_INPUT_GRAD, PASS_WEIGHT_GRAD } GemmPass;
+static const char *const GEMM_PASS_NAMES[] = {"forward", "input grad", "weight grad"};
+
+float *random_floats(size_t n, uint64_t seed) {  // (n) uniform in [-1, 1)
+    float *x = xmalloc(n * sizeof(float) + 1);
+    Rng r = rng_new(seed, STREAM_CHECK);
+    for (size_t i = 0; i < n; i++) x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    return x;
+}
+
+/* A convolution of a (batch, size, size, channels) image with a k x k
+   kernel, `pad` zeros around, to out_channels:
+     forward      out (B*OH*OW, OC)  = PATCHES(image) @ W (k*k*C, OC)
+     input grad   dinp (B*H*W, C)   += PATCHES(dout, padded k-1-pad) @ W flipped (k*k*OC, C)
+     weight grad  dW (k*k*C, OC)    += PATCHES(image)^T @ dout (B*OH*OW, OC) */
+double gemm_benchmark_conv(const GemmContext *ctx, GemmPass pass, int batch, int size, int channels,
+                           int out_channels, int k, int pad, int repeats) {
+    ConvGeometry g = conv_geometry(batch, size, size, channels, k, k, pad);
+    ConvGeometry back = conv_geometry(batch, g.out_h, g.out_w, out_channels, k, k, k - 1 - pad);
+    long image = (long)batch * size * size * channels, out = patch_rows(&g) * out_channels;
+    float *x = random_floats((size_t)(image > out ? image : out), 1);  // the image, or dout
+    float *w = random_floats((size_t)patch_cols(&g) * out_channels, 2);
+    float *d = random_floats((size_t)out, 3);  // dout
+    double gflops = 0;
+    int M = (int)patch_rows(&g), K = (int)patch_cols(&g);
+    if (pass == PASS_FORWARD)
+        gflops = gemm_benchmark_shape(ctx, M, out_channels, K, patches_operand(x, &g, 0),
+                                      matrix_operand(w, out_channels), 1, repeats);
+    else if (pass == PASS_INPUT_GRAD)
+        gflops = gemm_benchmark_shape(ctx, (int)patch_rows(&back), channels, (int)patch_cols(&back),
+                                      patches_operand(d, &back, 0), matrix_operand(w, channels), 1, repeats);
+    else
+        gflops = gemm_benchmark_shape(ctx, K, out_channels, M, patches_operand(x, &g, 1),
+                                      matrix_operand(d, out_channels), 1, repeats);
+    free(x);
+    free(w);
+    free(d);
+    return gflops;
+}
+
+/* A dense layer, (batch, in) -> (batch, out):
+     forward      out (B, OC)   = x (B, C) @ W (C, OC)
+     input grad   dinp (B, C)  += dout (B, OC) @ W^T
+     weight grad  dW (C, OC)   += x^T @ dout (B, OC) */
+double gemm_benchmark_dense(const GemmContext *ctx, GemmPass pass, int batch, int in, int out, int repeats) {
+    float *x = random_floats((size_t)batch * in, 1), *w = random_floats((size_t)in * out, 2);
+    float *d = random_floats((size_t)batch * out, 3);
+    double gflops;
+    if (pass == PASS_FORWARD)
+        gflops = gemm_benchmark_shape(ctx, batch, out, in, matrix_operand(x, in), matrix_operand(w, out), 0, repeats);
+    else if (pass == PASS_INPUT_GRAD)
+        gflops = gemm_benchmark_shape(ctx, batch, in, out, matrix_operand(d, out), transposed_operand(w, out), 1,
+                                      repeats);
+    else
+        gflops = gemm_benchmark_shape(ctx, in, out, batch, transposed_operand(x, in), matrix_operand(d, out), 1,
+                                      repeats);
+    free(x);
+    free(w);
+    free(d);
+    return gflops;
+}
+
+// The GEMMs of the basic CNN and the ANN at batch 64, in GFLOP/s and as a
+// share of the peak of the threads in use (one core's peak times threads).
+void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
+    int threads = ctx->workers->threads;
+    double peak = gemm_peak_gflops(ctx->kernel) * threads;
+    fprintf(out, "kernel %s, %d thread%s, peak %.1f GFLOP/s (FMA probe)\n", ctx->kernel->name, threads,
+            threads == 1 ? "" : "s", peak);
+    static const struct { const char *name; int size, channels, out_channels, pad; } convs[] = {
+        {"conv1 28x28x1->32", 28, 1, 32, 0},
+        {"conv2 13x13x32->64", 13, 32, 64, 0},
+    };
+    for (int c = 0; c < 2; c++)
+        for (int pass = 0; pass < 3; pass++) {
+            if (convs[c].channels == 1 && pass == PASS_INPUT_GRAD) continue;  // the image needs no gradient
+            double gflops = gemm_benchmark_conv(ctx, (GemmPass)pass, 64, convs[c].size, convs[c].channels,
+                                                convs[c].out_channels, 3, convs[c].pad, repeats);
+            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", convs[c].name, GEMM_PASS_NAMES[pass], gflops,
+                    100 * gflops / peak);
+        }
+    static const int dense[][2] = {{784, 128}, {128, 64}, {64, 10}, {1600, 128}, {128, 10}};
+    for (int l = 0; l < 5; l++)
+        for (int pass = 0; pass < 3; pass++) {
+            char name[32];
+            snprintf(name, sizeof name, "dense %d->%d", dense[l][0], dense[l][1]);
+            double gflops = gemm_benchmark_dense(ctx, (GemmPass)pass, 64, dense[l][0], dense[l][1], repeats);
+            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", name, GEMM_PASS_NAMES[pass], gflops,
+                    100 * gflops / peak);
+        }
+}
+//@ end

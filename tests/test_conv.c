@@ -1,0 +1,302 @@
+/* test_conv.c - chapter 4: convolution and pooling. Each conv case is
+   checked three ways: the engine's backward pass (with the naive and the
+   im2col kernels) against central differences of an independent double-
+   precision reference, and the two kernels against each other, forward and
+   both gradients. Then max pooling exactly (ties, odd sizes), reshape
+   without a copy, the basic CNN's shapes and 225,034 parameters, and a few
+   real training steps. */
+#include "check.h"
+
+#define main chapter4_main
+#include "../chapters/chapter4.c"
+#undef main
+
+static const double STEP = 1e-6, TOLERANCE = 1e-4;
+
+static void fill(float *x, size_t n, float low, float high, Rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = low + (high - low) * rng_uniform(rng);
+}
+
+static double relative(double a, double b) { return fabs(a - b) / fmax(fmax(fabs(a), fabs(b)), 1e-3); }
+
+/* ---- Convolution, three ways ---------------------------------------------- */
+
+typedef struct {
+    ConvShape s;
+    float *r;  // (B, OH, OW, OC) the loss is sum(out * r)
+} ConvCase;
+
+// sum over the output of conv(x, w, b) * r, in double, straight from the
+// definition (written again here, not calling the chapter).
+static double reference_conv_loss(const ConvCase *c, const double *x, const double *w, const double *b) {
+    const ConvShape *s = &c->s;
+    double loss = 0;
+    for (int n = 0; n < s->batch; n++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++)
+                for (int oc = 0; oc < s->out_channels; oc++) {
+                    double sum = b[oc];
+                    for (int kh = 0; kh < s->kernel_h; kh++)
+                        for (int kw = 0; kw < s->kernel_w; kw++)
+                            for (int ci = 0; ci < s->channels; ci++) {
+                                int ih = oh - s->pad + kh, iw = ow - s->pad + kw;
+                                if (ih >= 0 && ih < s->height && iw >= 0 && iw < s->width)
+                                    sum += x[((n * s->height + ih) * s->width + iw) * s->channels + ci] *
+                                           w[((kh * s->kernel_w + kw) * s->channels + ci) * s->out_channels + oc];
+                            }
+                    loss += sum * c->r[((n * s->out_h + oh) * s->out_w + ow) * s->out_channels + oc];
+                }
+    return loss;
+}
+
+// Largest relative error between `analytic` and central differences of the
+// reference, over every element of the `which` operand (0 x, 1 w, 2 b).
+static double against_differences(const ConvCase *c, double *ops[3], size_t sizes[3], int which, const float *analytic) {
+    double worst = 0;
+    for (size_t i = 0; i < sizes[which]; i++) {
+        double saved = ops[which][i];
+        ops[which][i] = saved + STEP;
+        double up = reference_conv_loss(c, ops[0], ops[1], ops[2]);
+        ops[which][i] = saved - STEP;
+        double down = reference_conv_loss(c, ops[0], ops[1], ops[2]);
+        ops[which][i] = saved;
+        worst = fmax(worst, relative(analytic[i], (up - down) / (2 * STEP)));
+    }
+    return worst;
+}
+
+// The largest |a - b| over two arrays, relative to the largest |a|.
+static double max_difference(const float *a, const float *b, size_t n) {
+    double largest = 0, difference = 0;
+    for (size_t i = 0; i < n; i++) largest = fmax(largest, fabs(a[i])), difference = fmax(difference, fabs(a[i] - b[i]));
+    return difference / fmax(largest, 1e-30);
+}
+
+static void check_conv_case(int B, int H, int W, int C, int K, int pad, int OC, Rng *rng) {
+    char name[128];
+    snprintf(name, sizeof name, "conv2d %s: x (%d,%d,%d,%d), kernel (%d,%d,%d,%d)", pad ? "same" : "valid",
+             B, H, W, C, K, K, C, OC);
+    section(name);
+    float *grads[2][3];  // [kernel][x, w, b]
+    float *outs[2];
+    ConvCase c = {conv_shape(B, H, W, C, K, K, pad, OC), NULL};
+    size_t sizes[3] = {(size_t)B * H * W * C, (size_t)K * K * C * OC, (size_t)OC}, out_size = conv_rows(&c.s) * OC;
+    c.r = malloc(out_size * sizeof(float));
+    fill(c.r, out_size, -1, 1, rng);
+    double *ops[3];
+    float *values[3];
+    for (int k = 0; k < 3; k++) {
+        values[k] = malloc(sizes[k] * sizeof(float));
+        fill(values[k], sizes[k], -1, 1, rng);
+        ops[k] = malloc(sizes[k] * sizeof(double));
+        for (size_t i = 0; i < sizes[k]; i++) ops[k][i] = values[k][i];
+    }
+    for (int kernel = 0; kernel < 2; kernel++) {
+        Graph *g = graph_new(B);
+        g->kernel = kernel == 0 ? KERNEL_NAIVE : KERNEL_IM2COL;
+        Node *x0 = graph_input(g, "x", (int[]){H, W, C}, 3);
+        x0->requires_grad = 1;
+        Node *w = graph_parameter(g, "w", (int[]){K, K, C, OC}, 4, INIT_ZEROS);
+        Node *b = graph_parameter(g, "b", (int[]){OC}, 1, INIT_ZEROS);
+        Node *out = conv2d(g, x0, w, b, pad);
+        Node *r = graph_input(g, "r", out->shape + 1, 3);
+        graph_compile(g, sum(g, mul(g, out, r)));
+        memcpy(x0->value, values[0], sizes[0] * sizeof(float));
+        memcpy(w->value, values[1], sizes[1] * sizeof(float));
+        memcpy(b->value, values[2], sizes[2] * sizeof(float));
+        memcpy(r->value, c.r, out_size * sizeof(float));
+        graph_zero_grad(g);
+        graph_forward(g, 1);
+        graph_backward(g);
+        Node *nodes[3] = {x0, w, b};
+        outs[kernel] = malloc(out_size * sizeof(float));
+        memcpy(outs[kernel], out->value, out_size * sizeof(float));
+        for (int k = 0; k < 3; k++) {
+            grads[kernel][k] = malloc(sizes[k] * sizeof(float));
+            memcpy(grads[kernel][k], nodes[k]->grad, sizes[k] * sizeof(float));
+            double worst = against_differences(&c, ops, sizes, k, grads[kernel][k]);
+            if (!CHECK(worst < TOLERANCE))
+                printf("     %s, gradient of %s: relative error %.3g against differences\n",
+                       kernel ? "im2col" : "naive", "xwb" + k, worst);
+        }
+        graph_free(g);
+    }
+    // naive and im2col: the same sums, added in different orders, so they
+    // differ by rounding. A sum whose terms cancel can come out near 0 with
+    // the rounding of its larger terms, so each array's differences are
+    // measured against its largest value, not element by element.
+    double worst = max_difference(outs[0], outs[1], out_size);
+    for (int k = 0; k < 3; k++) worst = fmax(worst, max_difference(grads[0][k], grads[1][k], sizes[k]));
+    if (!CHECK(worst < 1e-5)) printf("     naive vs im2col: %.3g of the largest value\n", worst);
+    for (int k = 0; k < 3; k++) free(values[k]), free(ops[k]), free(grads[0][k]), free(grads[1][k]);
+    free(outs[0]), free(outs[1]), free(c.r);
+}
+
+static void test_conv_three_ways(Rng *rng) {
+    check_conv_case(2, 5, 7, 1, 3, 0, 3, rng);  // odd sizes, one channel, valid
+    check_conv_case(1, 6, 5, 3, 3, 1, 2, rng);  // three channels, same, a batch of 1
+    check_conv_case(2, 4, 4, 2, 3, 1, 4, rng);
+    check_conv_case(1, 7, 6, 2, 5, 2, 3, rng);  // a 5x5 kernel, same
+    check_conv_case(1, 3, 3, 1, 3, 0, 1, rng);  // the output is one pixel
+}
+
+/* ---- Max pooling, exactly -------------------------------------------------- */
+
+static void test_max_pool(void) {
+    section("max_pool: 2x2 windows, odd sizes floored, ties to the first maximum");
+    // One image 5x5, one channel: values chosen so each window's maximum is
+    // known; the last row and column (index 4) are never looked at.
+    float x[25] = {1, 2, 0, 0, 99,
+                   3, 4, 0, 5, 99,
+                   7, 7, 1, 1, 99,
+                   7, 7, 1, 2, 99,
+                   99, 99, 99, 99, 99};
+    float out[4], expected[4] = {4, 5, 7, 2};
+    max_pool_forward(out, x, 1, 5, 5, 1);
+    CHECK(memcmp(out, expected, sizeof out) == 0);
+    float dout[4] = {1, 2, 3, 4}, dx[25] = {0};
+    max_pool_backward(dx, dout, x, 1, 5, 5, 1);
+    float dx_expected[25] = {0};
+    dx_expected[6] = 1;   // 4 at (1,1)
+    dx_expected[8] = 2;   // 5 at (1,3)
+    dx_expected[10] = 3;  // a four-way tie of 7s: the first, at (2,0)
+    dx_expected[18] = 4;  // 2 at (3,3)
+    CHECK(memcmp(dx, dx_expected, sizeof dx) == 0);
+
+    // Channels stay apart: two channels interleaved (NHWC), each its own maximum.
+    float y[2 * 2 * 2] = {1, -1, 2, -2, 3, -3, 0, -4}, pooled[2];
+    max_pool_forward(pooled, y, 1, 2, 2, 2);
+    CHECK(pooled[0] == 3 && pooled[1] == -1);
+
+    // The engine's node: 11 -> 5, as in the basic CNN.
+    Graph *g = graph_new(1);
+    Node *in = graph_input(g, "x", (int[]){11, 11, 3}, 3);
+    Node *p = max_pool(g, in);
+    CHECK(p->shape[1] == 5 && p->shape[2] == 5 && p->shape[3] == 3);
+    graph_free(g);
+}
+
+/* ---- Reshape and flatten share memory -------------------------------------- */
+
+static void test_reshape_is_a_view(Rng *rng) {
+    section("reshape and flatten: no copy, gradients pass through");
+    Graph *g = graph_new(2);
+    Node *x = graph_input(g, "x", (int[]){12}, 1);
+    Node *w = graph_parameter(g, "w", (int[]){12}, 1, INIT_ZEROS);
+    Node *y = bias_add(g, x, w);                         // an op, so reshape may take it
+    Node *image = reshape(g, y, (int[]){2, 2, 3}, 3);    // (B, 2, 2, 3)
+    Node *flat = flatten(g, image);                      // (B, 12)
+    Node *r = graph_input(g, "r", (int[]){12}, 1);
+    graph_compile(g, sum(g, mul(g, flat, r)));
+    CHECK(image->value == y->value && flat->value == y->value && flat->grad == y->grad);
+    CHECK(image->rank == 4 && image->shape[1] == 2 && image->shape[3] == 3 && flat->shape[1] == 12);
+    fill(x->value, 24, -1, 1, rng);
+    fill(r->value, 24, -1, 1, rng);
+    graph_zero_grad(g);
+    graph_forward(g, 1);
+    graph_backward(g);
+    int right = 1;  // d/dw of sum((x + w) * r) = the column sums of r
+    for (int i = 0; i < 12; i++) right &= fabsf(w->grad[i] - (r->value[i] + r->value[12 + i])) < 1e-6f;
+    CHECK(right);
+    graph_free(g);
+}
+
+static void reshape_leaf_with_gradient(void *unused) {
+    (void)unused;
+    Graph *g = graph_new(1);
+    Node *x = graph_input(g, "x", (int[]){4}, 1);
+    x->requires_grad = 1;
+    reshape(g, x, (int[]){2, 2}, 2);
+}
+
+static void conv_too_large(void *unused) {
+    (void)unused;
+    Graph *g = graph_new(1);
+    Node *x = graph_input(g, "x", (int[]){2, 2, 1}, 3);
+    Node *w = graph_parameter(g, "w", (int[]){3, 3, 1, 1}, 4, INIT_ZEROS);
+    Node *b = graph_parameter(g, "b", (int[]){1}, 1, INIT_ZEROS);
+    conv2d(g, x, w, b, 0);
+}
+
+static void test_misuse(void) {
+    section("misuse of the new ops stops the program (exit code 70)");
+    CHECK_EXITS(reshape_leaf_with_gradient, NULL, EXIT_BUG, "bug: reshape: a leaf that needs a gradient");
+    CHECK_EXITS(conv_too_large, NULL, EXIT_BUG, "bug: conv2d: a 3x3 kernel does not fit a 2x2 image");
+}
+
+/* ---- The basic CNN ----------------------------------------------------------- */
+
+static void test_basic_cnn_shapes(void) {
+    section("the basic CNN: shapes of the protocol, 225,034 parameters");
+    GraphClassifier c = basic_cnn_graph(4, 1);
+    Graph *g = c.graph;
+    CHECK_EQ_INT(g->param_count, 225034);
+    int expected[][3] = {{26, 26, 32}, {13, 13, 32}, {11, 11, 64}, {5, 5, 64}};
+    int found = 0, shapes_right = 1;
+    double macs = 0;
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        macs += multiply_adds_per_image(n);
+        if (n->op == &OPS[OP_CONV2D] || n->op == &OPS[OP_MAX_POOL]) {
+            for (int d = 0; d < 3; d++) shapes_right &= found < 4 && n->shape[d + 1] == expected[found][d];
+            found++;
+        }
+        if (n->op == &OPS[OP_RESHAPE] && n->rank == 2) shapes_right &= n->shape[1] == 1600;
+    }
+    CHECK(shapes_right && found == 4);
+    // 26*26*32*9 + 11*11*64*288 + 1600*128 + 128*10 = 2,631,040: the protocol's 5.3 MFLOP.
+    CHECK_NEAR(macs, 2631040, 0);
+    graph_free(g);
+}
+
+static void test_training_steps(void) {
+    section("the basic CNN on real images: the loss falls, and twice is the same");
+    FashionMnist data;
+    Error err = {0};
+    if (load_fashion_mnist("data", &data, &err)) {
+        skip("no Fashion-MNIST in data/ (run `make data`)");
+        return;
+    }
+    Dataset few = dataset_slice(&data.train, 0, 32 * 12);
+    float losses[2][2];
+    float *weights[2];
+    for (int run = 0; run < 2; run++) {
+        GraphClassifier c = build_model("basic", 32, 7, KERNEL_IM2COL);
+        Model m = graph_model(&c, "basic");
+        Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+        Evaluation before = evaluate(&m, &few);
+        Trainer t = trainer_new(&m, &opt, &few, 32, 7);
+        float loss, accuracy;
+        CHECK_EQ_INT(train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy, &err), 0);
+        Evaluation after = evaluate(&m, &few);
+        losses[run][0] = before.loss, losses[run][1] = after.loss;
+        weights[run] = malloc(m.count * sizeof(float));
+        memcpy(weights[run], m.params, m.count * sizeof(float));
+        trainer_free(&t);
+        optimizer_free(&opt);
+        graph_free(c.graph);
+    }
+    if (!CHECK(losses[0][1] < losses[0][0] - 0.3f)) printf("     loss %.4f -> %.4f\n", losses[0][0], losses[0][1]);
+    CHECK(losses[0][0] == losses[1][0] && losses[0][1] == losses[1][1]);
+    CHECK(memcmp(weights[0], weights[1], 225034 * sizeof(float)) == 0);
+    free(weights[0]), free(weights[1]);
+    free_fashion_mnist(&data);
+
+    char *overfit[] = {"chapter4", "--overfit", "20", "--batch", "20", NULL};
+    CHECK_EQ_INT(chapter4_main(5, overfit), 0);
+    char *ann[] = {"chapter4", "--model", "ann", "--epochs", "1", "--limit", "500", NULL};
+    CHECK_EQ_INT(chapter4_main(7, ann), 0);
+    char *bad[] = {"chapter4", "--kernel", "fastest", NULL};
+    CHECK_EQ_INT(chapter4_main(3, bad), EXIT_USAGE);
+}
+
+int main(void) {
+    Rng rng = rng_new(44, STREAM_CHECK);
+    test_conv_three_ways(&rng);
+    test_max_pool();
+    test_reshape_is_a_view(&rng);
+    test_misuse();
+    test_basic_cnn_shapes();
+    test_training_steps();
+    return check_summary();
+}
