@@ -19,14 +19,14 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2 3 4
+CHAPTERS = 1 2 3 4 5
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/conv.c src/optim.c src/train.c src/ann.c src/autodiff.c src/cnn.c \
+           src/layers.c src/conv.c src/batchnorm.c src/optim.c src/train.c src/ann.c src/autodiff.c src/cnn.c \
            src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
-           build/test_conv
+           build/test_conv build/test_bn
 SCRIPT_TESTS = tests/test_get_data.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags data test test-build warnings clean

@@ -1605,7 +1605,8 @@ Model ann_model(Ann *net) {
      graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
      parameter gradients is the caller's job, once per optimiser step. */
 
-enum { MAX_RANK = 4, MAX_INPUTS = 3, MAX_NODES = 128 };
+enum { MAX_RANK = 4, MAX_NODES = 128 };
+enum { MAX_INPUTS = 3 };
 
 typedef struct Node Node;
 typedef struct Graph Graph;
@@ -1705,6 +1706,7 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     n->init = init;
     return n;
 }
+
 
 // Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
 // between pointers into different arrays.)
@@ -1993,6 +1995,7 @@ void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
 }
 
 
+
 // The op table: the one place an op is registered.
 typedef enum {
     OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
@@ -2108,7 +2111,8 @@ float graph_predict(void *net, const Batch *batch, float *probs) {
 Model graph_model(GraphClassifier *c, const char *name) {
     return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
                    .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
-                   .count = c->graph->param_count, .max_batch = c->graph->max_batch};
+                   .count = c->graph->param_count,
+                   .max_batch = c->graph->max_batch};
 }
 /* ----------------------------------------------------------------------------
    Checking the engine against chapter 2: gradients three ways, and training.

@@ -747,7 +747,8 @@ Options default_options(void) {
     return (Options){
         .data_dir = "data",
         .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
-        .model = "basic", .kernel = "im2col",
+        .kernel = "im2col",
+        .model = "basic",
     };
 }
 
@@ -1690,7 +1691,8 @@ static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES}
      graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
      parameter gradients is the caller's job, once per optimiser step. */
 
-enum { MAX_RANK = 4, MAX_INPUTS = 3, MAX_NODES = 128 };
+enum { MAX_RANK = 4, MAX_NODES = 128 };
+enum { MAX_INPUTS = 3 };
 
 typedef struct Node Node;
 typedef struct Graph Graph;
@@ -1797,6 +1799,7 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     n->init = init;
     return n;
 }
+
 
 // Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
 // between pointers into different arrays.)
@@ -2143,6 +2146,7 @@ void max_pool_op_backward(Node *n, Graph *g) {
 void reshape_op_forward(Node *n, Graph *g) { (void)n, (void)g; }
 void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
 
+
 // The op table: the one place an op is registered.
 typedef enum {
     OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
@@ -2298,7 +2302,8 @@ float graph_predict(void *net, const Batch *batch, float *probs) {
 Model graph_model(GraphClassifier *c, const char *name) {
     return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
                    .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
-                   .count = c->graph->param_count, .max_batch = c->graph->max_batch};
+                   .count = c->graph->param_count,
+                   .max_batch = c->graph->max_batch};
 }
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
@@ -2341,9 +2346,11 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     return (GraphClassifier){g, images, targets, loss};
 }
 
+
 // Every model of this chapter, by the name --model takes.
 GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel) {
-    GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed) : basic_cnn_graph(max_batch, seed);
+    GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
+                      : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
     return c;
 }
@@ -2365,14 +2372,16 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     const Graph *g = c->graph;
     size_t parameters = 0;
     double total_macs = 0;
-    printf("\nthe %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
+    printf("\nmodel %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
            "parameters", "multiply-adds");
+    size_t trainable = 0;
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
         if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
         size_t own = 0;
-        for (int k = 0; k < n->input_count; k++)
-            if (n->inputs[k]->is_parameter) own += n->inputs[k]->size;
+        for (int k = 0; k < n->input_count; k++) {
+            if (n->inputs[k]->is_parameter) own += n->inputs[k]->size, trainable += n->inputs[k]->size;
+        }
         char shape[48] = "";
         for (int d = n->batched; d < n->rank; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
@@ -2383,6 +2392,9 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     }
     printf("  %-22s %-16s %10zu %14.0f   (%.2f MFLOP per image forward)\n", "total", "", parameters,
            total_macs, 2e-6 * total_macs);
+    if (trainable != parameters)
+        printf("  %zu of the parameters are trained; the other %zu are batch norm's running statistics\n",
+               trainable, parameters - trainable);
     if (g->scratch_size)
         printf("  im2col scratch at batch %d: %.1f MB (the patches and their gradient)\n", g->max_batch,
                g->scratch_size * sizeof(float) / 1e6);

@@ -22,7 +22,13 @@
      graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
      parameter gradients is the caller's job, once per optimiser step. */
 
-enum { MAX_RANK = 4, MAX_INPUTS = 3, MAX_NODES = 128 };
+enum { MAX_RANK = 4, MAX_NODES = 128 };
+//@ from 3 to 4
+enum { MAX_INPUTS = 3 };
+//@ end
+//@ from 5
+enum { MAX_INPUTS = 5 };  // batch_norm: x, gamma, beta, running mean, running variance
+//@ end
 
 typedef struct Node Node;
 typedef struct Graph Graph;
@@ -58,6 +64,11 @@ struct Node {
 //@ from 4
     int pad;                    // conv2d: zeros on each side (0 valid, KH/2 same)
 //@ end
+//@ from 5
+    int is_state;               // kept, not learned: BatchNorm's running statistics
+    float rate;                 // dropout: the probability of dropping a value
+    size_t saved_fixed;         // floats of `saved` that do not grow with the batch
+//@ end
 };
 
 struct Graph {
@@ -79,6 +90,10 @@ struct Graph {
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
 //@ end
+//@ from 5
+    float *state;           // (state_count) every state node, in creation order
+    size_t state_count;
+//@ end
 };
 
 // A graph with room for batches of up to max_batch items.
@@ -96,6 +111,9 @@ void graph_free(Graph *g) {
     free(g->memory);
 //@ from 4
     free(g->scratch);
+//@ end
+//@ from 5
+    free(g->state);
 //@ end
     free(g);
 }
@@ -137,6 +155,19 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     n->init = init;
     return n;
 }
+
+//@ from 5
+// State: kept with the parameters (a checkpoint saves it), initialised like
+// them, changed by the ops that own it in training, never by the optimiser.
+Node *graph_state(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    require(init != INIT_GLOROT, "%s: state starts at zeros or ones", label);
+    Node *n = graph_add_node(g, NULL, 0, shape, rank);
+    n->label = label;
+    n->is_state = 1;
+    n->init = init;
+    return n;
+}
+//@ end
 
 // Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
 // between pointers into different arrays.)
@@ -192,6 +223,13 @@ void graph_compile(Graph *g, Node *output) {
         if (n->op && n->op->scratch && n->op->scratch(n, g->max_batch) > g->scratch_size)
             g->scratch_size = n->op->scratch(n, g->max_batch);
 //@ end
+//@ from 5
+        if (n->is_state) {
+            g->state_count += capacity;
+            continue;
+        }
+        other += n->saved_fixed;
+//@ end
         if (n->is_parameter) params += capacity;
         else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
                       n->saved_per_item * (size_t)g->max_batch;
@@ -206,6 +244,10 @@ void graph_compile(Graph *g, Node *output) {
 //@ from 4
     g->scratch = xmalloc(g->scratch_size * sizeof(float));
 //@ end
+//@ from 5
+    g->state = xmalloc(g->state_count * sizeof(float));
+    size_t states = 0;
+//@ end
     params = other = 0;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
@@ -214,6 +256,13 @@ void graph_compile(Graph *g, Node *output) {
         if (n->op && n->op->view) {  // the same numbers under another shape: no copy
             n->value = n->inputs[0]->value;
             n->grad = n->inputs[0]->grad;
+            continue;
+        }
+//@ end
+//@ from 5
+        if (n->is_state) {
+            n->value = g->state + states;
+            states += capacity;
             continue;
         }
 //@ end
@@ -233,6 +282,12 @@ void graph_compile(Graph *g, Node *output) {
             n->saved = g->memory + other;
             other += n->saved_per_item * (size_t)g->max_batch;
         }
+//@ from 5
+        if (n->saved_fixed) {  // after the per-item part, or on its own
+            if (!n->saved) n->saved = g->memory + other;
+            other += n->saved_fixed;
+        }
+//@ end
     }
 }
 
@@ -258,6 +313,13 @@ void graph_initialize(Graph *g, uint64_t seed) {
             for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
         }
     }
+//@ from 5
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (n->is_state)
+            for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
+    }
+//@ end
 }
 
 void graph_set_batch(Graph *g, int batch) {
@@ -491,11 +553,59 @@ void reshape_op_forward(Node *n, Graph *g) { (void)n, (void)g; }
 void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
 //@ end
 
+//@ from 5
+/* batch_norm: x (B, ..., C), gamma and beta (C), running mean and variance
+   (C, state) -> the shape of x. Statistics over every dimension but the
+   last. Saved: x_hat per item, then 1/sqrt(var + eps) per channel. */
+void batch_norm_op_forward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2], *mean = n->inputs[3], *var = n->inputs[4];
+    int C = gamma->shape[0];
+    size_t N = x->size / (size_t)C;
+    if (g->training)
+        batch_norm_forward_train(n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
+                                 mean->value, var->value, x->value, gamma->value, beta->value, N, C);
+    else
+        batch_norm_forward_infer(n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
+}
+
+void batch_norm_op_backward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2];
+    int C = gamma->shape[0];
+    batch_norm_backward(x->grad, gamma->grad, beta->grad, n->grad, n->saved,
+                        n->saved + n->saved_per_item * (size_t)g->max_batch, gamma->value, x->size / (size_t)C, C);
+}
+
+/* dropout: x -> the shape of x. Item i of the batch draws its mask from the
+   stream keyed by (seed, step, this node, i): the same masks at any thread
+   count, in any order, and in a resumed run. Saved: the mask. */
+void dropout_op_forward(Node *n, Graph *g) {
+    const Node *x = n->inputs[0];
+    if (!g->training) {
+        memcpy(n->value, x->value, n->size * sizeof(float));
+        return;
+    }
+    uint64_t layer = (uint64_t)(n - g->nodes);
+    for (int i = 0; i < n->shape[0]; i++) {
+        Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+        size_t at = (size_t)i * n->item_size;
+        dropout_forward_train(n->value + at, n->saved + at, x->value + at, n->item_size, n->rate, &rng);
+    }
+}
+
+void dropout_op_backward(Node *n, Graph *g) {
+    (void)g;
+    dropout_backward(n->inputs[0]->grad, n->grad, n->saved, n->size);
+}
+//@ end
+
 // The op table: the one place an op is registered.
 typedef enum {
     OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
 //@ from 4
     OP_CONV2D, OP_MAX_POOL, OP_RESHAPE,
+//@ end
+//@ from 5
+    OP_BATCH_NORM, OP_DROPOUT,
 //@ end
     OP_COUNT
 } OpKind;
@@ -514,6 +624,10 @@ static const Op OPS[OP_COUNT] = {
                    .scratch = conv2d_op_scratch},
     [OP_MAX_POOL] = {.name = "max_pool", .forward = max_pool_op_forward, .backward = max_pool_op_backward},
     [OP_RESHAPE] = {.name = "reshape", .forward = reshape_op_forward, .backward = reshape_op_backward, .view = 1},
+//@ end
+//@ from 5
+    [OP_BATCH_NORM] = {.name = "batch_norm", .forward = batch_norm_op_forward, .backward = batch_norm_op_backward},
+    [OP_DROPOUT] = {.name = "dropout", .forward = dropout_op_forward, .backward = dropout_op_backward},
 //@ end
 };
 
@@ -589,6 +703,32 @@ Node *reshape(Graph *g, Node *x, const int *shape, int rank) {
 
 Node *flatten(Graph *g, Node *x) { return reshape(g, x, (int[]){(int)x->item_size}, 1); }
 //@ end
+//@ from 5
+// batch_norm over the last dimension of x, with its own gamma (ones), beta
+// (zeros), running mean (zeros) and running variance (ones), labelled by
+// `labels` in that order (string literals: the nodes keep the pointers).
+Node *batch_norm(Graph *g, Node *x, const char *const labels[4]) {
+    require(x->batched && x->rank >= 2, "batch_norm needs x (B, ..., C)");
+    int C = x->shape[x->rank - 1];
+    Node *gamma = graph_parameter(g, labels[0], (int[]){C}, 1, INIT_ONES);
+    Node *beta = graph_parameter(g, labels[1], (int[]){C}, 1, INIT_ZEROS);
+    Node *mean = graph_state(g, labels[2], (int[]){C}, 1, INIT_ZEROS);
+    Node *var = graph_state(g, labels[3], (int[]){C}, 1, INIT_ONES);
+    Node *n = graph_op(g, &OPS[OP_BATCH_NORM], (Node *[]){x, gamma, beta, mean, var}, 5, 1,
+                       x->shape + 1, x->rank - 1);
+    n->saved_per_item = x->item_size;  // x_hat
+    n->saved_fixed = (size_t)C;        // 1 / sqrt(var + eps)
+    return n;
+}
+
+Node *dropout(Graph *g, Node *x, float rate) {
+    require(x->batched && rate >= 0 && rate < 1, "dropout needs a batched x and a rate in [0, 1)");
+    Node *n = graph_op(g, &OPS[OP_DROPOUT], (Node *[]){x}, 1, 1, x->shape + 1, x->rank - 1);
+    n->rate = rate;
+    n->saved_per_item = x->item_size;  // the mask
+    return n;
+}
+//@ end
 
 Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
     require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
@@ -652,6 +792,10 @@ float graph_predict(void *net, const Batch *batch, float *probs) {
 Model graph_model(GraphClassifier *c, const char *name) {
     return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
                    .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
-                   .count = c->graph->param_count, .max_batch = c->graph->max_batch};
+                   .count = c->graph->param_count,
+//@ from 5
+                   .state = c->graph->state, .state_count = c->graph->state_count,
+//@ end
+                   .max_batch = c->graph->max_batch};
 }
 //@ end

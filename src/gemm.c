@@ -234,15 +234,21 @@ long patch_cols(const ConvGeometry *g) { return (long)g->kernel_h * g->kernel_w 
 /* ----------------------------------------------------------------------------
    Micro-kernels: a (MR, NR) tile of C from a packed strip of A and panel of B.
 
-   kernel(kc, a, b, c, ldc, load_c) computes, for every i < MR and j < NR,
-       c[i*ldc + j] = fma(a[(kc-1)*MR + i], b[(kc-1)*NR + j], ... fma(a[i], b[j], c0) ...)
-   with c0 = c[i*ldc + j] when load_c, else 0: k runs upwards, one fused
+   kernel(kc, a, rs_a, cs_a, b, c, ldc, load_c) computes, for every i < MR
+   and j < NR, with A(i, k) = a[i*rs_a + k*cs_a] and B(k, j) = b[k*NR + j],
+       c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), c0) ...)
+   where c0 = c[i*ldc + j] when load_c, else 0: k runs upwards, one fused
    multiply-add (one rounding) per step. That is the whole contract, and
    every kernel keeps it exactly, which is why they agree to the bit. Only
-   how many elements are computed at once differs. */
+   how many elements are computed at once differs.
+
+   The strip of A may be stored by rows (rs_a = kc, cs_a = 1) or by columns
+   (rs_a = 1, cs_a = MR): whichever lets the packing read memory in order
+   (see pack_a). The kernel reads one value per row and k either way. */
 
 typedef void MicroKernel(int kc,
-                         const float *a,  // (kc, MR) packed strip of A
+                         const float *a,  // (MR, kc) strip of A, element (i, k) at a[i*rs_a + k*cs_a]
+                         long rs_a, long cs_a,
                          const float *b,  // (kc, NR) packed panel of B
                          float *c,        // (MR, NR) tile of C, rows ldc floats apart
                          long ldc, int load_c);
@@ -269,7 +275,8 @@ enum { GEMM_MAX_MR = 6, GEMM_MAX_NR = 32 };  // the largest tile of any kernel b
    instruction, 2 to 4 per cycle; on x86 built without -mfma it is a call
    into the C library, slow but exact, which is why x86 has its own kernels.
    It is also the reference the others are tested against. */
-void gemm_kernel_portable(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+void gemm_kernel_portable(int kc, const float *a, long rs_a, long cs_a, const float *b, float *c, long ldc,
+                          int load_c) {
     float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
     float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
     float *c0 = c, *c1 = c + ldc, *c2 = c + 2 * ldc, *c3 = c + 3 * ldc;  // (4) each: the rows of C
@@ -279,12 +286,12 @@ void gemm_kernel_portable(int kc, const float *a, const float *b, float *c, long
         c20 = c2[0], c21 = c2[1], c22 = c2[2], c23 = c2[3];
         c30 = c3[0], c31 = c3[1], c32 = c3[2], c33 = c3[3];
     }
-    for (int k = 0; k < kc; k++, a += 4, b += 4) {
+    for (int k = 0; k < kc; k++, a += cs_a, b += 4) {
         float b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3], ai;
         ai = a[0], c00 = fmaf(ai, b0, c00), c01 = fmaf(ai, b1, c01), c02 = fmaf(ai, b2, c02), c03 = fmaf(ai, b3, c03);
-        ai = a[1], c10 = fmaf(ai, b0, c10), c11 = fmaf(ai, b1, c11), c12 = fmaf(ai, b2, c12), c13 = fmaf(ai, b3, c13);
-        ai = a[2], c20 = fmaf(ai, b0, c20), c21 = fmaf(ai, b1, c21), c22 = fmaf(ai, b2, c22), c23 = fmaf(ai, b3, c23);
-        ai = a[3], c30 = fmaf(ai, b0, c30), c31 = fmaf(ai, b1, c31), c32 = fmaf(ai, b2, c32), c33 = fmaf(ai, b3, c33);
+        ai = a[rs_a], c10 = fmaf(ai, b0, c10), c11 = fmaf(ai, b1, c11), c12 = fmaf(ai, b2, c12), c13 = fmaf(ai, b3, c13);
+        ai = a[2 * rs_a], c20 = fmaf(ai, b0, c20), c21 = fmaf(ai, b1, c21), c22 = fmaf(ai, b2, c22), c23 = fmaf(ai, b3, c23);
+        ai = a[3 * rs_a], c30 = fmaf(ai, b0, c30), c31 = fmaf(ai, b1, c31), c32 = fmaf(ai, b2, c32), c33 = fmaf(ai, b3, c33);
     }
     c0[0] = c00, c0[1] = c01, c0[2] = c02, c0[3] = c03;
     c1[0] = c10, c1[1] = c11, c1[2] = c12, c1[3] = c13;
@@ -327,7 +334,8 @@ int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
    on, Zen 2 on) that is 6 cycles per k, 32 FLOPs per cycle: the peak; and
    12 independent chains cover an FMA latency of 4-5 cycles on 2 units. */
 __attribute__((target("avx2,fma")))
-void gemm_kernel_avx2(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+void gemm_kernel_avx2(int kc, const float *a, long rs_a, long cs_a, const float *b, float *c, long ldc,
+                      int load_c) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (load_c) {
         c00 = _mm256_loadu_ps(c + 0 * ldc), c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
@@ -339,14 +347,14 @@ void gemm_kernel_avx2(int kc, const float *a, const float *b, float *c, long ldc
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
     }
-    for (int k = 0; k < kc; k++, a += 6, b += 16) {
+    for (int k = 0; k < kc; k++, a += cs_a, b += 16) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
-        ai = _mm256_broadcast_ss(a + 0), c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
-        ai = _mm256_broadcast_ss(a + 1), c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
-        ai = _mm256_broadcast_ss(a + 2), c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
-        ai = _mm256_broadcast_ss(a + 3), c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
-        ai = _mm256_broadcast_ss(a + 4), c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
-        ai = _mm256_broadcast_ss(a + 5), c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+        ai = _mm256_broadcast_ss(a), c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
+        ai = _mm256_broadcast_ss(a + rs_a), c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
+        ai = _mm256_broadcast_ss(a + 2 * rs_a), c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
+        ai = _mm256_broadcast_ss(a + 3 * rs_a), c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
+        ai = _mm256_broadcast_ss(a + 4 * rs_a), c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
+        ai = _mm256_broadcast_ss(a + 5 * rs_a), c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
     }
     _mm256_storeu_ps(c + 0 * ldc, c00), _mm256_storeu_ps(c + 0 * ldc + 8, c01);
     _mm256_storeu_ps(c + 1 * ldc, c10), _mm256_storeu_ps(c + 1 * ldc + 8, c11);
@@ -387,7 +395,8 @@ float peak_probe_avx2(long iterations) {
    at half rate) 6 cycles per k, 64 FLOPs per cycle, and 12 chains cover a
    4-cycle latency on 2 units. */
 __attribute__((target("avx512f")))
-void gemm_kernel_avx512(int kc, const float *a, const float *b, float *c, long ldc, int load_c) {
+void gemm_kernel_avx512(int kc, const float *a, long rs_a, long cs_a, const float *b, float *c, long ldc,
+                        int load_c) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (load_c) {
         c00 = _mm512_loadu_ps(c + 0 * ldc), c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
@@ -399,14 +408,14 @@ void gemm_kernel_avx512(int kc, const float *a, const float *b, float *c, long l
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
     }
-    for (int k = 0; k < kc; k++, a += 6, b += 32) {
+    for (int k = 0; k < kc; k++, a += cs_a, b += 32) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ai;
         ai = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ai, b0, c00), c01 = _mm512_fmadd_ps(ai, b1, c01);
-        ai = _mm512_set1_ps(a[1]), c10 = _mm512_fmadd_ps(ai, b0, c10), c11 = _mm512_fmadd_ps(ai, b1, c11);
-        ai = _mm512_set1_ps(a[2]), c20 = _mm512_fmadd_ps(ai, b0, c20), c21 = _mm512_fmadd_ps(ai, b1, c21);
-        ai = _mm512_set1_ps(a[3]), c30 = _mm512_fmadd_ps(ai, b0, c30), c31 = _mm512_fmadd_ps(ai, b1, c31);
-        ai = _mm512_set1_ps(a[4]), c40 = _mm512_fmadd_ps(ai, b0, c40), c41 = _mm512_fmadd_ps(ai, b1, c41);
-        ai = _mm512_set1_ps(a[5]), c50 = _mm512_fmadd_ps(ai, b0, c50), c51 = _mm512_fmadd_ps(ai, b1, c51);
+        ai = _mm512_set1_ps(a[rs_a]), c10 = _mm512_fmadd_ps(ai, b0, c10), c11 = _mm512_fmadd_ps(ai, b1, c11);
+        ai = _mm512_set1_ps(a[2 * rs_a]), c20 = _mm512_fmadd_ps(ai, b0, c20), c21 = _mm512_fmadd_ps(ai, b1, c21);
+        ai = _mm512_set1_ps(a[3 * rs_a]), c30 = _mm512_fmadd_ps(ai, b0, c30), c31 = _mm512_fmadd_ps(ai, b1, c31);
+        ai = _mm512_set1_ps(a[4 * rs_a]), c40 = _mm512_fmadd_ps(ai, b0, c40), c41 = _mm512_fmadd_ps(ai, b1, c41);
+        ai = _mm512_set1_ps(a[5 * rs_a]), c50 = _mm512_fmadd_ps(ai, b0, c50), c51 = _mm512_fmadd_ps(ai, b1, c51);
     }
     _mm512_storeu_ps(c + 0 * ldc, c00), _mm512_storeu_ps(c + 0 * ldc + 16, c01);
     _mm512_storeu_ps(c + 1 * ldc, c10), _mm512_storeu_ps(c + 1 * ldc + 16, c11);
@@ -503,84 +512,151 @@ enum { TASKS_WANTED = 4, TILE_M_UNIT = 12, TILE_N_UNIT = 16 };
 #define MIN_TASK_FLOPS 2e6
 
 /* ----------------------------------------------------------------------------
-   Packing: one row of an operand at a time.
+   Packing: copying blocks of A and B into the order the micro-kernel reads.
 
-   pack_row(dst, stride, op, r, c0, n) writes elements (r, c0), ..., (r, c0 +
-   n - 1) of the operand to dst[0], dst[stride], ... Packing A calls it for
-   each row of a strip (stride MR: the strip is stored k by k), packing B for
-   each k of a panel (stride 1). Patches are read from the image here, which
-   is all there is to im2col. */
+   Everything goes through pack_block, which copies a block of an operand's
+   rows and columns into a dense array, row by row. A block of the transpose
+   is a block of the operand read the other way round, so the same function
+   packs A by rows, A by columns, and the panels of B. Patches are read from
+   the image here, which is all there is to im2col.
 
-// dst[(o - from) * stride] = data[base + o * step] for lo <= o < hi, and 0
-// for the other o in [from, to): a line of an image with zero padding on
-// both sides. data + base need not point into the array; only the elements
-// inside [lo, hi) are read.
-void pack_line(float *dst, long stride, const float *data, long base, long step, long lo, long hi, long from, long to) {
+   Each row of a block is made of "lines": runs of the operand that are
+   evenly spaced in memory, with zeros where a patch hangs over the image's
+   edge. Where the block starts is worked out once (with divisions); from
+   there on every position is counted up, because a division costs as much
+   as copying a dozen floats. */
+
+// dst[o - from] = data[base + o * step] for lo <= o < hi, and 0 for the
+// other o in [from, to): a line of an image with zero padding on both
+// sides. base may be negative; only the elements inside [lo, hi) are read.
+void pack_line(float *dst,  // (to - from)
+               const float *data, long base, long step, long lo, long hi, long from, long to) {
     long inside_from = lo < from ? from : lo > to ? to : lo;
     long inside_to = hi > to ? to : hi < inside_from ? inside_from : hi;
     long o = from;
-    for (; o < inside_from; o++, dst += stride) *dst = 0.0f;
-    for (; o < inside_to; o++, dst += stride) *dst = data[base + o * step];
-    for (; o < to; o++, dst += stride) *dst = 0.0f;
+    for (; o < inside_from; o++) *dst++ = 0.0f;
+    if (step == 1 && inside_to - inside_from >= 16) {  // long runs: the C library's copy is fastest
+        memcpy(dst, data + base + inside_from, (size_t)(inside_to - inside_from) * sizeof(float));
+        dst += inside_to - inside_from;
+        o = inside_to;
+    }
+    for (; o < inside_to; o++) *dst++ = data[base + o * step];
+    for (; o < to; o++) *dst++ = 0.0f;
 }
 
-void pack_row(float *dst,  // (n) elements, stride apart
-              long stride, const Operand *op, long r, long c0, long n) {
+// Rows [r0, r0 + rows) and columns [c0, c0 + cols) of the operand, row i
+// of the block at dst + i * ld.
+void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
+                long ld, const Operand *op, long r0, int rows, long c0, int cols) {
     const ConvGeometry *g = op->patches;
     if (!g) {  // a matrix
-        const float *src = op->data + r * op->row_stride + c0 * op->col_stride;  // (n) elements, col_stride apart
-        for (long j = 0; j < n; j++) dst[j * stride] = src[j * op->col_stride];
-    } else if (!op->transposed) {
-        /* Row r of the patch matrix is output pixel (b, oh, ow); its columns
-           run over (kh, kw, ci). For one kh the KW * C columns are KW
-           neighbouring pixels of image row ih = oh + kh - pad: contiguous
-           memory, so each kh is one line, with zeros where the kernel hangs
-           over the image's left or right edge (or all zeros above or below). */
-        int H = g->height, W = g->width, C = g->channels, pad = g->pad;
-        long line = (long)g->kernel_w * C;
-        int ow = (int)(r % g->out_w), oh = (int)(r / g->out_w % g->out_h), b = (int)(r / g->out_w / g->out_h);
-        long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;                        // first kw inside, in columns
-        long hi = (long)(W + pad - ow < g->kernel_w ? W + pad - ow : g->kernel_w) * C;  // one past the last
-        for (long c = c0; c < c0 + n;) {
-            long kh = c / line, from = c % line, to = from + (c0 + n - c) < line ? from + (c0 + n - c) : line;
-            long ih = oh + kh - pad;
-            long base = (((long)b * H + ih) * W + ow - pad) * C;  // where column kw = 0, ci = 0 would be
-            if (ih < 0 || ih >= H) pack_line(dst, stride, NULL, 0, 0, 0, 0, from, to);
-            else pack_line(dst, stride, op->data, base, 1, lo, hi, from, to);
-            dst += (to - from) * stride;
-            c += to - from;
+        long rs = op->row_stride, cs = op->col_stride;
+        const float *src = op->data + r0 * rs + c0 * cs;  // (rows, cols), rs and cs apart
+        for (int i = 0; i < rows; i++, dst += ld, src += rs) {
+            if (cs == 1)
+                for (int j = 0; j < cols; j++) dst[j] = src[j];
+            else
+                for (int j = 0; j < cols; j++) dst[j] = src[j * cs];
+        }
+        return;
+    }
+    int H = g->height, W = g->width, C = g->channels, KW = g->kernel_w, pad = g->pad;
+    int OH = g->out_h, OW = g->out_w;
+    if (!op->transposed) {
+        /* Row r is output pixel (b, oh, ow); its columns run over (kh, kw, ci).
+           For one kh the KW * C columns are KW neighbouring pixels of image
+           row ih = oh + kh - pad, which lie next to each other in memory: one
+           line, with zeros where kw reaches past the left or right edge, and
+           all zeros when ih is above or below the image. */
+        long line = (long)KW * C;
+        int ow = (int)(r0 % OW), oh = (int)(r0 / OW % OH), b = (int)(r0 / OW / OH);
+        int first_kh = (int)(c0 / line);
+        long first_from = c0 % line;
+        for (int i = 0; i < rows; i++, dst += ld) {
+            long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;             // kw inside the image, in columns
+            long hi = (long)(W + pad - ow < KW ? W + pad - ow : KW) * C;
+            long ih = oh + first_kh - pad, base = (((long)b * H + ih) * W + ow - pad) * C;
+            if (first_from + cols <= line && lo <= first_from && first_from + cols <= hi && ih >= 0 && ih < H) {
+                // The common case of a narrow block (a strip packed by columns):
+                // one piece of one line, all inside the image.
+                for (int j = 0; j < cols; j++) dst[j] = op->data[base + first_from + j];
+            } else {
+                float *d = dst;
+                long from = first_from, left = cols;
+                for (int kh = first_kh; left > 0; kh++, from = 0) {
+                    long to = from + left < line ? from + left : line;
+                    ih = oh + kh - pad;
+                    base = (((long)b * H + ih) * W + ow - pad) * C;  // where kw = 0, ci = 0 would be
+                    if (ih < 0 || ih >= H) pack_line(d, NULL, 0, 1, 0, 0, from, to);
+                    else pack_line(d, op->data, base, 1, lo, hi, from, to);
+                    d += to - from;
+                    left -= to - from;
+                }
+            }
+            if (++ow == OW) ow = 0, oh = (oh + 1) % OH, b += oh == 0;
         }
     } else {
-        /* Row r of the transposed patch matrix is one weight (kh, kw, ci);
-           its columns run over the output pixels (b, oh, ow), and each output
-           row (b, oh) is a line: image row ih = oh + kh - pad, every C-th
-           float, zeros where ow + kw - pad falls off the edge. */
-        int H = g->height, W = g->width, C = g->channels, pad = g->pad, OW = g->out_w, OH = g->out_h;
-        int ci = (int)(r % C), kw = (int)(r / C % g->kernel_w), kh = (int)(r / C / g->kernel_w);
-        long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
-        for (long c = c0; c < c0 + n;) {
-            long from = c % OW, to = from + (c0 + n - c) < OW ? from + (c0 + n - c) : OW;
-            long oh = c / OW % OH, b = c / OW / OH, ih = oh + kh - pad;
-            long base = ((b * H + ih) * W + kw - pad) * C + ci;  // where ow = 0 would be
-            if (ih < 0 || ih >= H) pack_line(dst, stride, NULL, 0, 0, 0, 0, from, to);
-            else pack_line(dst, stride, op->data, base, C, lo, hi, from, to);
-            dst += (to - from) * stride;
-            c += to - from;
+        /* Row r is one weight (kh, kw, ci); its columns run over the output
+           pixels (b, oh, ow). Each output row (b, oh) is a line: image row
+           ih = oh + kh - pad, every C-th float, with zeros where ow + kw - pad
+           falls off the edge. */
+        int ci = (int)(r0 % C), kw = (int)(r0 / C % KW), kh = (int)(r0 / C / KW);
+        int first_ow = (int)(c0 % OW), first_oh = (int)(c0 / OW % OH), first_b = (int)(c0 / OW / OH);
+        for (int i = 0; i < rows; i++, dst += ld) {
+            long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
+            float *d = dst;
+            long from = first_ow, left = cols;
+            for (int oh = first_oh, b = first_b; left > 0; from = 0, oh = (oh + 1) % OH, b += oh == 0) {
+                long to = from + left < OW ? from + left : OW, ih = oh + kh - pad;
+                long base = (((long)b * H + ih) * W + kw - pad) * C + ci;  // where ow = 0 would be
+                if (ih < 0 || ih >= H) pack_line(d, NULL, 0, 1, 0, 0, from, to);
+                else pack_line(d, op->data, base, C, lo, hi, from, to);
+                d += to - from;
+                left -= to - from;
+            }
+            if (++ci == C) ci = 0, kw = (kw + 1) % KW, kh += kw == 0;
         }
     }
 }
 
+// The same operand, read the other way round: element (r, c) of the
+// result is element (c, r) of op.
+Operand transpose(const Operand *op) {
+    return (Operand){op->data, op->col_stride, op->row_stride, op->patches, op->patches ? !op->transposed : 0};
+}
+
+/* Should a strip of A be stored by rows? Yes when the operand's rows are
+   the direction that runs along memory: a row-major matrix; patches, whose
+   rows are runs of KW * C neighbouring floats; transposed patches of a
+   one-channel image. Otherwise by columns: a transposed matrix (dense
+   weight gradients: MR neighbouring floats per k), transposed patches of
+   C channels (MR neighbouring channels per k). Either way the packing reads
+   memory in order and the micro-kernel reads the strip the same way. */
+int pack_a_by_rows(const Operand *A) {
+    if (!A->patches) return A->col_stride <= A->row_stride;
+    return !A->transposed || A->patches->channels == 1;
+}
+
 // Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of mr
-// rows, each stored k by k: the order the micro-kernel reads. The rows
-// of the last strip beyond `rows` are zeros.
-void pack_a(float *packed,  // (ceil(rows / mr), kc, mr)
-            const Operand *A, long row0, int rows, long k0, int kc, int mr) {
-    for (int s = 0; s < rows; s += mr, packed += (size_t)kc * mr)
-        for (int i = 0; i < mr; i++) {
-            if (s + i < rows) pack_row(packed + i, mr, A, row0 + s + i, k0, kc);
-            else
-                for (int k = 0; k < kc; k++) packed[k * mr + i] = 0.0f;
+// rows; *rs_a and *cs_a say how a strip is stored (see MicroKernel). The
+// rows of the last strip beyond `rows` are zeros.
+void pack_a(float *packed,  // (ceil(rows / mr), mr * kc)
+            long *rs_a, long *cs_a, const Operand *A, long row0, int rows, long k0, int kc, int mr) {
+    int by_rows = pack_a_by_rows(A);
+    Operand At = transpose(A);
+    *rs_a = by_rows ? kc : 1;
+    *cs_a = by_rows ? 1 : mr;
+    for (int s = 0; s < rows; s += mr, packed += (size_t)kc * mr) {
+        int valid = rows - s < mr ? rows - s : mr;
+        if (by_rows) {
+            pack_block(packed, kc, A, row0 + s, valid, k0, kc);
+            memset(packed + (size_t)valid * kc, 0, (size_t)(mr - valid) * kc * sizeof(float));
+        } else {
+            pack_block(packed, mr, &At, k0, kc, row0 + s, valid);
+            for (int k = 0; k < kc && valid < mr; k++)
+                memset(packed + (size_t)k * mr + valid, 0, (size_t)(mr - valid) * sizeof(float));
         }
+    }
 }
 
 // Rows [k0, k0 + kc) and columns [col0, col0 + cols) of B, as panels of nr
@@ -590,10 +666,9 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
             const Operand *B, long k0, int kc, long col0, int cols, int nr) {
     for (int j = 0; j < cols; j += nr, packed += (size_t)kc * nr) {
         int valid = cols - j < nr ? cols - j : nr;
-        for (int k = 0; k < kc; k++) {
-            pack_row(packed + (size_t)k * nr, 1, B, k0 + k, col0 + j, valid);
-            for (int v = valid; v < nr; v++) packed[(size_t)k * nr + v] = 0.0f;
-        }
+        pack_block(packed, nr, B, k0, kc, col0 + j, valid);
+        for (int k = 0; k < kc && valid < nr; k++)
+            memset(packed + (size_t)k * nr + valid, 0, (size_t)(nr - valid) * sizeof(float));
     }
 }
 
@@ -670,6 +745,7 @@ typedef struct {
     long ldc;
     int accumulate;
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
+    int kc;                       // the sum over k goes in blocks of kc <= KC
 } GemmJob;
 
 // One tile of C, (at most tile_m, tile_n), all of K: one task.
@@ -682,26 +758,27 @@ void gemm_tile(void *context, int task, int worker) {
     int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/mr, kc, mr)
     float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
-    for (int k0 = 0; k0 < job->K; k0 += KC) {
-        int kc = job->K - k0 < KC ? job->K - k0 : KC;
+    for (int k0 = 0; k0 < job->K; k0 += job->kc) {
+        int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
         int load_c = job->accumulate || k0 > 0;  // the first block starts from 0 unless accumulating
         pack_b(packed_b, job->B, k0, kc, col0, cols, nr);
-        pack_a(packed_a, job->A, row0, rows, k0, kc, mr);
+        long rs_a, cs_a;
+        pack_a(packed_a, &rs_a, &cs_a, job->A, row0, rows, k0, kc, mr);
         // Panel by panel of B, which stays in L1 while every strip of A passes.
-        for (int j = 0; j < cols; j += nr)
-            for (int i = 0; i < rows; i += mr) {
+        for (int i = 0; i < rows; i += mr)
+            for (int j = 0; j < cols; j += nr) {
                 const float *a = packed_a + (size_t)i * kc, *b = packed_b + (size_t)j * kc;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (mr, nr) tile, rows ldc apart
                 int h = rows - i < mr ? rows - i : mr, w = cols - j < nr ? cols - j : nr;
                 if (h == mr && w == nr) {
-                    kernel->kernel(kc, a, b, c, job->ldc, load_c);
+                    kernel->kernel(kc, a, rs_a, cs_a, b, c, job->ldc, load_c);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[GEMM_MAX_MR * GEMM_MAX_NR] = {0};  // (mr, nr)
                 for (int y = 0; y < h && load_c; y++) memcpy(scratch + y * nr, c + y * job->ldc, (size_t)w * sizeof(float));
-                kernel->kernel(kc, a, b, scratch, nr, load_c);
+                kernel->kernel(kc, a, rs_a, cs_a, b, scratch, nr, load_c);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
     }
@@ -744,7 +821,10 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         else if (tiles_n < (N + TILE_N_UNIT - 1) / TILE_N_UNIT) tiles_n++;
         else break;
     }
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
+    // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
+    // a short last block would load and store all of C again for little work.
+    job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
     job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
     job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
     job.tiles_n = (N + job.tile_n - 1) / job.tile_n;

@@ -30,7 +30,13 @@ Options default_options(void) {
         .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
 //@ end
 //@ from 4
-        .model = "basic", .kernel = "im2col",
+        .kernel = "im2col",
+//@ end
+//@ from 4 to 4
+        .model = "basic",
+//@ end
+//@ from 5
+        .model = "deeper",
 //@ end
     };
 }
@@ -73,8 +79,14 @@ int option_table(Options *o, OptionSpec *specs) {
                               OPTION_FLAG, &o->no_compare, 0, 0, NULL};
 //@ end
 //@ from 4
+//@ from 4 to 4
     specs[n++] = (OptionSpec){"--model", "NAME", "ann or basic (default: basic)",
                               OPTION_TEXT, &o->model, 0, 0, "ann|basic"};
+//@ end
+//@ from 5
+    specs[n++] = (OptionSpec){"--model", "NAME", "ann, basic or deeper (default: deeper)",
+                              OPTION_TEXT, &o->model, 0, 0, "ann|basic|deeper"};
+//@ end
     specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions are computed: naive or im2col (default: im2col)",
                               OPTION_TEXT, &o->kernel, 0, 0, "naive|im2col"};
 //@ end

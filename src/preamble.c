@@ -68,6 +68,23 @@
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
 //@ end
+//@ from 5 to 5
+/* chapter5.c - batch normalisation and dropout: the deeper CNN.
+
+   What it adds: a third kind of leaf, state (batch norm's running mean and
+   variance: kept and saved, never trained); batch_norm and dropout as ops,
+   each with a training and an inference mode; dropout masks from keyed
+   random streams, the same at any thread count; the deeper CNN of the
+   protocol (872,426 parameters, 871,530 trained); --model deeper.
+   What it is not: the full protocol yet. It trains a fixed number of epochs
+   and tests the last weights; early stopping and checkpoints are chapter 6.
+
+   Build and run:   make chapter5 && ./chapter5        (./chapter5 --help)
+              or:   cc -std=c11 -O3 chapters/chapter5.c -o chapter5 -lm
+   Read with:       book.md, "Chapter 5: Batch normalisation and dropout".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+//@ end
 
 // POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
 // where the system has them, inside `#if HAVE_POSIX`; this asks the C library

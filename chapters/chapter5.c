@@ -1,0 +1,2704 @@
+/* chapter5.c - batch normalisation and dropout: the deeper CNN.
+
+   What it adds: a third kind of leaf, state (batch norm's running mean and
+   variance: kept and saved, never trained); batch_norm and dropout as ops,
+   each with a training and an inference mode; dropout masks from keyed
+   random streams, the same at any thread count; the deeper CNN of the
+   protocol (872,426 parameters, 871,530 trained); --model deeper.
+   What it is not: the full protocol yet. It trains a fixed number of epochs
+   and tests the last weights; early stopping and checkpoints are chapter 6.
+
+   Build and run:   make chapter5 && ./chapter5        (./chapter5 --help)
+              or:   cc -std=c11 -O3 chapters/chapter5.c -o chapter5 -lm
+   Read with:       book.md, "Chapter 5: Batch normalisation and dropout".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+
+// POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
+// where the system has them, inside `#if HAVE_POSIX`; this asks the C library
+// to declare them, and changes nothing elsewhere.
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L
+#endif
+
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#define HAVE_POSIX 1
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#else
+#define HAVE_POSIX 0
+#endif
+
+// Arithmetic as written, with no multiply and add fused into one rounding
+// behind our back: one reason fewer for two compilers or machines to print
+// different numbers (expf and logf, which differ between C libraries, remain
+// one). gcc in -std=c11 mode already works this way (not in its default
+// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
+// has to be told.
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* ----------------------------------------------------------------------------
+   Exit codes: one per kind of failure, so a script (or a test) can tell them
+   apart. This one table makes both the names the code uses and the list that
+   `./chapterN --help` prints: EXIT_CODES(X) calls X once per row, and each
+   use below passes an X that turns a row into what it needs (an enum
+   constant, a row of EXIT_TABLE). A later chapter adds a failure by adding a
+   row; the codes of earlier chapters never change. */
+
+#define EXIT_CODES(X)                                                                       \
+    X(EXIT_USAGE, 2, "a bad command-line option")                                           \
+    X(EXIT_MISSING, 3, "a data file is missing, unreadable, or not a regular file")         \
+    X(EXIT_GZIPPED, 4, "a data file is still gzip-compressed")                              \
+    X(EXIT_BAD_MAGIC, 5, "a data file is not an IDX file of the expected kind")             \
+    X(EXIT_BAD_SHAPE, 6, "the images are not 28x28")                                        \
+    X(EXIT_BAD_LENGTH, 7, "a data file is truncated, or longer than its header says")       \
+    X(EXIT_COUNT_MISMATCH, 8, "images and labels differ in number")                         \
+    X(EXIT_BAD_LABEL, 9, "a label is outside 0-9")                                          \
+    X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
+    X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
+    X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
+    X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
+    X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \
+    X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
+    /* end of EXIT_CODES */
+
+#define EXIT_CODE_AS_ENUM(name, code, meaning) name = code,
+enum { EXIT_CODES(EXIT_CODE_AS_ENUM) };
+
+typedef struct {
+    int code;
+    const char *name, *meaning;
+} ExitCode;
+
+#define EXIT_CODE_AS_ROW(name, code, meaning) {code, #name, meaning},
+static const ExitCode EXIT_TABLE[] = {EXIT_CODES(EXIT_CODE_AS_ROW)};
+enum { EXIT_TABLE_ROWS = sizeof EXIT_TABLE / sizeof EXIT_TABLE[0] };
+
+// An error on its way up to main(): the exit code and a message that names
+// the file, what was found and the fix. Functions that can fail on bad input
+// fill one in and return its code, so nothing exits from deep inside.
+typedef struct {
+    int code;
+    char message[640];
+} Error;
+
+int fail(Error *err, int code, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(err->message, sizeof err->message, format, args);
+    va_end(args);
+    err->code = code;
+    return code;
+}
+
+// Out of memory is not something a user can fix by editing input, so it
+// stops the program at once, naming the line that asked (as llm.c does).
+void *malloc_check(size_t size, const char *file, int line) {
+    void *memory = malloc(size ? size : 1);
+    if (!memory) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, size);
+        exit(EXIT_NO_MEMORY);
+    }
+    return memory;
+}
+#define xmalloc(size) malloc_check((size), __FILE__, __LINE__)
+
+// A broken promise between parts of the program (a batch larger than the
+// buffers were made for, an op given inputs of the wrong shape) is a bug
+// for the programmer to fix, not the user: stop with the file and line.
+#define require(condition, ...)                                   \
+    do {                                                          \
+        if (!(condition)) {                                       \
+            fprintf(stderr, "%s:%d: bug: ", __FILE__, __LINE__);  \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fprintf(stderr, "\n");                                \
+            exit(EXIT_BUG);                                       \
+        }                                                         \
+    } while (0)
+
+// Wall-clock seconds (C11's timespec_get; clock() would count CPU time).
+double now_seconds(void) {
+    struct timespec t;
+    timespec_get(&t, TIME_UTC);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+// SplitMix64's finaliser (Steele, Lea and Flood, 2014): every input bit
+// changes about half of the output bits, so structured numbers (a time, a
+// counter, a key) come out well spread.
+uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Writes `size` bytes to `path` through a temporary file and a rename, so a
+   reader never sees half a file and a failed write leaves the old one intact.
+   The temporary's name ends in 16 hex digits mixed from the clock and the
+   address of a local variable (which differs from run to run where the
+   system randomises addresses), and it is created with C11's "x" mode,
+   which refuses a name that exists, a symlink included: a file or link
+   planted under a guessed name is never followed, another name is tried.
+   Any failure removes the temporary. */
+int write_file_atomically(const char *path, const void *bytes, size_t size, Error *err) {
+    char temp[1100];
+    FILE *f = NULL;
+    int local = 0;
+    uint64_t noise = mix64((uint64_t)time(NULL)) ^ mix64((uint64_t)clock()) ^
+                     mix64((uint64_t)(uintptr_t)&local) ^ mix64((uint64_t)(1e9 * now_seconds()));
+    errno = 0;
+    for (int attempt = 0; attempt < 100 && !f; attempt++) {
+        snprintf(temp, sizeof temp, "%s.%016llx.tmp", path, (unsigned long long)mix64(noise + (uint64_t)attempt));
+        errno = 0;
+        f = fopen(temp, "wbx");
+        if (!f && errno != EEXIST) break;
+    }
+    if (!f)
+        return fail(err, EXIT_WRITE, "%s: cannot create a file there (%s); does the directory "
+                    "exist, and may we write to it?", path, errno ? strerror(errno) : "no free name");
+    errno = 0;
+    int ok = fwrite(bytes, 1, size, f) == size;
+    ok &= fclose(f) == 0;
+    ok = ok && rename(temp, path) == 0;
+    if (!ok) {
+        int why = errno;
+        remove(temp);
+        return fail(err, EXIT_WRITE, "%s: writing failed (%s)", path, why ? strerror(why) : "disk full?");
+    }
+    return 0;
+}
+
+// Everything printed must reach its destination. A full disk or a closed
+// pipe shows only when the buffered output is written, so main() ends with
+// this. Returns the exit status to use.
+int finish_output(const char *program, int status) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "%s: could not write the output (%s)\n", program,
+                errno ? strerror(errno) : "write error");
+        return status ? status : EXIT_WRITE;
+    }
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   Random numbers: PCG32 (O'Neill, pcg-random.org), with streams.
+
+   What this is: our own generator, so the same seed gives the same numbers on
+   every machine and C library (rand() promises neither), and separate
+   streams, so that drawing one more number for, say, shuffling never shifts
+   the numbers that initialise the weights or drop units out.
+   What it is not: cryptographic.
+
+   PCG32 is a 64-bit linear congruential generator whose output is scrambled
+   by a xorshift and a data-dependent rotation. The increment of the LCG
+   must be odd; each odd increment gives an independent sequence, a stream. */
+
+typedef struct {
+    uint64_t state;
+    uint64_t increment;  // odd: (stream << 1) | 1
+} Rng;
+
+// One stream per use, so the uses never disturb each other.
+enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * 6364136223846793005ULL + r->increment;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rotation = (uint32_t)(old >> 59u);
+    return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+// The seeding of the reference implementation (pcg32_srandom_r).
+Rng rng_new(uint64_t seed, uint64_t stream) {
+    Rng r = {0, (stream << 1u) | 1u};
+    rng_next(&r);
+    r.state += seed;
+    rng_next(&r);
+    return r;
+}
+
+/* A keyed stream: the numbers for one purpose at one place in the run, for
+   instance (seed, STREAM_SHUFFLE, epoch 3, 0) or (seed, STREAM_DROPOUT,
+   step 1200, item 17). Anyone can open it at any time, in any order, on any
+   thread, and get the same numbers; nothing depends on what was drawn
+   before. That is what lets a run resume from any epoch without saving the
+   generator (chapter 6), and dropout give the same masks at any thread count
+   (chapter 5). The key is mixed into the starting state; the purpose picks
+   the stream. */
+Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
+    return rng_new(mix64(mix64(mix64(seed) ^ step) ^ item), purpose);
+}
+
+// Uniform in [0, 1): the top 24 bits, exactly representable in a float.
+float rng_uniform(Rng *r) {
+    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
+}
+
+// Uniform integer in [0, bound), without the bias of rng_next() % bound:
+// values below 2^32 mod bound are rejected, leaving a multiple of bound.
+uint32_t rng_below(Rng *r, uint32_t bound) {
+    uint32_t threshold = (0u - bound) % bound;
+    for (;;) {
+        uint32_t x = rng_next(r);
+        if (x >= threshold) return x % bound;
+    }
+}
+
+// Fisher-Yates: every permutation equally likely.
+void shuffle(int *items, int n, Rng *r) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(r, (uint32_t)i + 1);
+        int t = items[i];
+        items[i] = items[j];
+        items[j] = t;
+    }
+}
+/* ----------------------------------------------------------------------------
+   The IDX format (book.md, "Chapter 1").
+
+   What this is: a reader for the four Fashion-MNIST files, which checks every
+   promise the header makes before trusting a byte of the body, and turns the
+   bytes into the arrays the networks eat.
+   What it is not: a general IDX reader. It accepts unsigned-byte images of
+   28x28 and unsigned-byte labels, the only kinds this book needs.
+
+   An IDX file is a big-endian header followed by raw bytes:
+       bytes 0-1   zero
+       byte  2     element type (0x08 = unsigned byte)
+       byte  3     rank: 3 for images (count, rows, cols), 1 for labels
+       then one 4-byte big-endian size per dimension, then the data.
+   So the magic number, read as one big-endian int, is 0x00000803 = 2051 for
+   images and 0x00000801 = 2049 for labels. */
+
+enum { IMAGE_ROWS = 28, IMAGE_COLS = 28, IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS, NUM_CLASSES = 10 };
+enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049 };
+
+static const char *const CLASS_NAMES[NUM_CLASSES] = {
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+};
+
+// The byte order of the file, not of this machine: most significant first.
+uint32_t read_big_endian_u32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
+           (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
+}
+
+/* Opens a data file for reading, refusing anything but a regular file: a
+   FIFO would block the program forever, and a device such as /dev/zero
+   never ends. Under POSIX the file is opened without blocking (a FIFO with
+   no writer would block in fopen itself), asked what it is (fstat), and
+   only then handed to stdio; elsewhere fopen is all there is. The message
+   carries the system's reason (no such file, permission denied, ...). */
+int open_data_file(const char *path, FILE **file, Error *err) {
+    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+#if HAVE_POSIX
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    struct stat info;
+    memset(&info, 0, sizeof info);
+    if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+        close(fd);
+        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+                    S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    *file = fdopen(fd, "rb");
+    if (!*file) close(fd);
+#else
+    *file = fopen(path, "rb");
+#endif
+    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    return 0;
+}
+
+// Reads until `limit` bytes are in the buffer or the file ends, growing the
+// buffer as it goes, so a header that promises 4 GB costs nothing until the
+// bytes are really there. Returns 0, or an error code.
+int read_up_to(FILE *f, const char *path, size_t limit, unsigned char **buffer, size_t *capacity,
+               size_t *used, Error *err) {
+    while (*used < limit) {
+        if (*used == *capacity) {
+            size_t larger_capacity = *capacity * 2 > limit ? limit : *capacity * 2;
+            unsigned char *larger = realloc(*buffer, larger_capacity);
+            if (!larger) return fail(err, EXIT_NO_MEMORY, "%s: out of memory reading the file", path);
+            *buffer = larger;
+            *capacity = larger_capacity;
+        }
+        size_t got = fread(*buffer + *used, 1, *capacity - *used, f);
+        *used += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) return fail(err, EXIT_MISSING, "%s: the file could not be read to the end (%s)", path, strerror(errno));
+    return 0;
+}
+
+// How many bytes an IDX file whose first bytes are `bytes` should have, or
+// 0 when these bytes are not yet a header of the `magic` kind (in which
+// case check_idx_header says what is wrong).
+size_t idx_expected_size(const unsigned char *bytes, size_t size, uint32_t magic) {
+    if (size < 8 || read_big_endian_u32(bytes) != magic) return 0;
+    size_t header = 4 + 4 * (size_t)bytes[3], items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    return header + (size_t)read_big_endian_u32(bytes + 4) * items;
+}
+
+/* Reads an IDX file of the `magic` kind into memory, never more than its
+   header promises plus one byte (the byte that tells a file that is too
+   long). On success *bytes is the caller's to free; check_idx_header then
+   checks what was read. */
+int read_idx_file(const char *path, uint32_t magic, unsigned char **bytes, size_t *size, Error *err) {
+    enum { LONGEST_HEADER = 16 };  // images: magic, count, rows, columns
+    FILE *f = NULL;
+    if (open_data_file(path, &f, err)) return err->code;
+    size_t capacity = LONGEST_HEADER, used = 0;
+    unsigned char *buffer = xmalloc(capacity);
+    int status = read_up_to(f, path, LONGEST_HEADER, &buffer, &capacity, &used, err);
+    size_t expected = idx_expected_size(buffer, used, magic);
+    if (!status && expected >= used) status = read_up_to(f, path, expected + 1, &buffer, &capacity, &used, err);
+    fclose(f);
+    if (status) {
+        free(buffer);
+        return status;
+    }
+    *bytes = buffer;
+    *size = used;
+    return 0;
+}
+// Checks an IDX header against what we expect: the magic number, the rank,
+// and (for images) 28x28. On success *count is the first dimension and
+// *body the offset of the data. Every check names the file and the fix.
+// The magic number's third byte is the element type and its fourth the
+// rank, so checking the whole magic (2051 or 2049) checks both at once; the
+// rank also fixes where the header ends.
+int check_idx_header(const char *path, const unsigned char *bytes, size_t size,
+                     uint32_t magic, uint32_t *count, size_t *body, Error *err) {
+    const char *kind = magic == IDX_IMAGES_MAGIC ? "images" : "labels";
+    if (size >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b)
+        return fail(err, EXIT_GZIPPED, "%s: the file is still gzip-compressed. Decompress it: "
+                    "`mv %s %s.gz && gunzip %s.gz` (or run `make data`, which does).", path, path, path, path);
+    if (size < 4)
+        return fail(err, EXIT_BAD_LENGTH, "%s: only %zu bytes, too short for an IDX header; "
+                    "the download was cut short. Delete it and run `make data`.", path, size);
+    uint32_t found = read_big_endian_u32(bytes);
+    if (found != magic)
+        return fail(err, EXIT_BAD_MAGIC, "%s: magic number %u (0x%08x), expected %u for IDX %s. "
+                    "This is not the right file; check the name or run `make data`.",
+                    path, found, found, magic, kind);
+    size_t rank = bytes[3], header = 4 + 4 * rank;
+    if (size < header)
+        return fail(err, EXIT_BAD_LENGTH, "%s: the header is cut short (%zu of %zu bytes). "
+                    "Delete the file and run `make data`.", path, size, header);
+    *count = read_big_endian_u32(bytes + 4);
+    if (magic == IDX_IMAGES_MAGIC) {
+        uint32_t rows = read_big_endian_u32(bytes + 8), cols = read_big_endian_u32(bytes + 12);
+        if (rows != IMAGE_ROWS || cols != IMAGE_COLS)
+            return fail(err, EXIT_BAD_SHAPE, "%s: images of %ux%u, expected %dx%d. This is not "
+                        "Fashion-MNIST; run `make data`.", path, rows, cols, IMAGE_ROWS, IMAGE_COLS);
+    }
+    *body = header;
+    size_t items = magic == IDX_IMAGES_MAGIC ? IMAGE_SIZE : 1;
+    size_t expected = header + (size_t)*count * items;
+    if (size < expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: %zu bytes, but the header promises %zu (%u %s): "
+                    "the file is truncated. Delete it and run `make data`.", path, size, expected,
+                    *count, kind);
+    if (size > expected)
+        return fail(err, EXIT_BAD_LENGTH, "%s: more bytes than the %zu the header promises (%u %s): "
+                    "the file is too long. Delete it and run `make data`.", path, expected, *count, kind);
+    return 0;
+}
+
+// A labelled set of images. A split of a dataset is a Dataset too: the same
+// arrays, offset, so splitting copies nothing.
+typedef struct {
+    int count;
+    float *images;          // (count, 784) pixels in [0,1], row-major 28x28
+    unsigned char *labels;  // (count) class index 0-9
+    float *targets;         // (count, 10) one-hot: targets[i][labels[i]] = 1
+} Dataset;
+
+// The images and labels of one split (e.g. "train" or "t10k"), checked
+// against each other and turned into floats and one-hot targets.
+int load_dataset(const char *dir, const char *split, Dataset *out, Error *err) {
+    char image_path[1024], label_path[1024];
+    snprintf(image_path, sizeof image_path, "%s/%s-images-idx3-ubyte", dir, split);
+    snprintf(label_path, sizeof label_path, "%s/%s-labels-idx1-ubyte", dir, split);
+    unsigned char *image_bytes = NULL, *label_bytes = NULL;
+    size_t image_size = 0, label_size = 0, image_body = 0, label_body = 0;
+    uint32_t image_count = 0, label_count = 0;
+    err->code = 0;
+    if (read_idx_file(image_path, IDX_IMAGES_MAGIC, &image_bytes, &image_size, err) ||
+        check_idx_header(image_path, image_bytes, image_size, IDX_IMAGES_MAGIC,
+                         &image_count, &image_body, err) ||
+        read_idx_file(label_path, IDX_LABELS_MAGIC, &label_bytes, &label_size, err) ||
+        check_idx_header(label_path, label_bytes, label_size, IDX_LABELS_MAGIC,
+                         &label_count, &label_body, err)) {
+        free(image_bytes);
+        free(label_bytes);
+        return err->code;
+    }
+    if (image_count != label_count) {
+        fail(err, EXIT_COUNT_MISMATCH, "%s has %u images but %s has %u labels. The two files "
+             "come from different sets; run `make data`.", image_path, image_count,
+             label_path, label_count);
+    } else {
+        for (uint32_t i = 0; i < label_count; i++) {
+            unsigned label = label_bytes[label_body + i];
+            if (label >= NUM_CLASSES) {
+                fail(err, EXIT_BAD_LABEL, "%s: label %u of item %u is outside 0-9. The file is "
+                     "corrupt; delete it and run `make data`.", label_path, label, i);
+                break;
+            }
+        }
+    }
+    if (err->code == 0) {
+        int n = (int)image_count;
+        out->count = n;
+        out->images = xmalloc((size_t)n * IMAGE_SIZE * sizeof(float));
+        out->labels = xmalloc((size_t)n);
+        out->targets = xmalloc((size_t)n * NUM_CLASSES * sizeof(float));
+        for (size_t i = 0; i < (size_t)n * IMAGE_SIZE; i++)
+            out->images[i] = image_bytes[image_body + i] / 255.0f;
+        memcpy(out->labels, label_bytes + label_body, (size_t)n);
+        memset(out->targets, 0, (size_t)n * NUM_CLASSES * sizeof(float));
+        for (int i = 0; i < n; i++) out->targets[i * NUM_CLASSES + out->labels[i]] = 1.0f;
+    }
+    free(image_bytes);
+    free(label_bytes);
+    return err->code;
+}
+
+void free_dataset(Dataset *d) {
+    free(d->images);
+    free(d->labels);
+    free(d->targets);
+    *d = (Dataset){0};
+}
+
+// Items [first, first + count) of a dataset, sharing its memory.
+Dataset dataset_slice(const Dataset *d, int first, int count) {
+    return (Dataset){
+        .count = count,
+        .images = d->images + (size_t)first * IMAGE_SIZE,
+        .labels = d->labels + first,
+        .targets = d->targets + (size_t)first * NUM_CLASSES,
+    };
+}
+
+/* The protocol's split: validation is the last 6,000 training images (the
+   Keras validation_split=0.1 convention), training the first 54,000. The
+   test set stays untouched until the very end. */
+enum { VALIDATION_COUNT = 6000 };
+
+typedef struct {
+    Dataset all_training;  // owns the memory of train and validation
+    Dataset train, validation, test;
+} FashionMnist;
+
+void free_fashion_mnist(FashionMnist *data) {
+    free_dataset(&data->all_training);
+    free_dataset(&data->test);
+}
+
+int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
+    *data = (FashionMnist){0};
+    if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
+    if (load_dataset(dir, "t10k", &data->test, err)) {
+        free_dataset(&data->all_training);
+        return err->code;
+    }
+    int n = data->all_training.count;
+    int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    // An empty split trains on nothing, or reports an accuracy of 0 images.
+    if (validation == 0 || data->test.count == 0) {
+        fail(err, EXIT_TOO_FEW, "%s/%s-images-idx3-ubyte: %d images; at least %d are needed "
+             "(a tenth is held out for validation, and the test set must not be empty). Run "
+             "`make data`, or pass --data DIR for a directory with more.", dir,
+             validation == 0 ? "train" : "t10k", validation == 0 ? n : 0, validation == 0 ? 10 : 1);
+        free_fashion_mnist(data);
+        return err->code;
+    }
+    data->train = dataset_slice(&data->all_training, 0, n - validation);
+    data->validation = dataset_slice(&data->all_training, n - validation, validation);
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   Pictures: images in the terminal and in PGM/PPM files.
+
+   What this is: the smallest way to look at data without a library. PGM
+   (grey) and PPM (colour) are a text header and raw bytes, which every image
+   viewer and `convert` read; a 5x7 pixel font puts labels on them.
+   What it is not: a plotting library. Curves are left to gnuplot (chapter 7).
+
+   A binary PGM is "P5\n<width> <height>\n255\n" followed by width*height
+   bytes, row by row; a PPM is the same with "P6" and three bytes (R,G,B)
+   per pixel. */
+
+typedef struct {
+    int width, height, channels;  // channels: 1 grey (PGM), 3 colour (PPM)
+    unsigned char *pixels;        // (height, width, channels)
+} Picture;
+
+Picture picture_new(int width, int height, int channels, unsigned char background) {
+    Picture p = {width, height, channels, NULL};
+    size_t size = (size_t)width * height * channels;
+    p.pixels = xmalloc(size);
+    memset(p.pixels, background, size);
+    return p;
+}
+
+void picture_free(Picture *p) {
+    free(p->pixels);
+    p->pixels = NULL;
+}
+
+// Sets a square of scale x scale pixels to one colour (grey: colour[0]).
+void picture_put(Picture *p, int x, int y, int scale, const unsigned char *colour) {
+    for (int dy = 0; dy < scale; dy++)
+        for (int dx = 0; dx < scale; dx++) {
+            int px = x + dx, py = y + dy;
+            if (px < 0 || py < 0 || px >= p->width || py >= p->height) continue;
+            memcpy(p->pixels + ((size_t)py * p->width + px) * p->channels, colour, p->channels);
+        }
+}
+
+// Draws a 28x28 image with pixels in [0,1], each pixel as scale x scale.
+void picture_draw_image(Picture *p, int x, int y, int scale, const float *image) {  // (28,28)
+    for (int r = 0; r < IMAGE_ROWS; r++)
+        for (int c = 0; c < IMAGE_COLS; c++) {
+            unsigned char v = (unsigned char)lroundf(255.0f * image[r * IMAGE_COLS + c]);
+            unsigned char colour[3] = {v, v, v};
+            picture_put(p, x + c * scale, y + r * scale, scale, colour);
+        }
+}
+
+/* A 5x7 font: seven rows per character, the five low bits of each row are
+   its pixels, most significant on the left. Lower case is drawn as upper. */
+enum { GLYPH_WIDTH = 5, GLYPH_HEIGHT = 7, GLYPH_ADVANCE = 6 };
+static const unsigned char FONT[128][GLYPH_HEIGHT] = {
+    ['A'] = {0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11}, ['B'] = {0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E},
+    ['C'] = {0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E}, ['D'] = {0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C},
+    ['E'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F}, ['F'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10},
+    ['G'] = {0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F}, ['H'] = {0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11},
+    ['I'] = {0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}, ['J'] = {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C},
+    ['K'] = {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, ['L'] = {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F},
+    ['M'] = {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11}, ['N'] = {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11},
+    ['O'] = {0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['P'] = {0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10},
+    ['Q'] = {0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D}, ['R'] = {0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11},
+    ['S'] = {0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E}, ['T'] = {0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04},
+    ['U'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['V'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04},
+    ['W'] = {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A}, ['X'] = {0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11},
+    ['Y'] = {0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04}, ['Z'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F},
+    ['0'] = {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, ['1'] = {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},
+    ['2'] = {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}, ['3'] = {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E},
+    ['4'] = {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, ['5'] = {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},
+    ['6'] = {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, ['7'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},
+    ['8'] = {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, ['9'] = {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C},
+    ['-'] = {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}, ['/'] = {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00},
+    ['.'] = {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}, [':'] = {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00},
+    ['%'] = {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, ['='] = {0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00},
+};
+
+// Draws text with its top-left corner at (x, y); each font pixel is
+// scale x scale. Returns the x just after the last character.
+int picture_draw_text(Picture *p, int x, int y, int scale, const char *text,
+                      const unsigned char *colour) {
+    for (; *text; text++, x += GLYPH_ADVANCE * scale) {
+        unsigned char ch = (unsigned char)*text;
+        if (ch >= 'a' && ch <= 'z') ch = (unsigned char)(ch - 'a' + 'A');
+        if (ch >= 128) continue;
+        for (int row = 0; row < GLYPH_HEIGHT; row++)
+            for (int col = 0; col < GLYPH_WIDTH; col++)
+                if (FONT[ch][row] >> (GLYPH_WIDTH - 1 - col) & 1)
+                    picture_put(p, x + col * scale, y + row * scale, scale, colour);
+    }
+    return x;
+}
+
+int picture_write(const Picture *p, const char *path, Error *err) {
+    char header[64];
+    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n",
+                               p->channels == 1 ? 5 : 6, p->width, p->height);
+    size_t body = (size_t)p->width * p->height * p->channels;
+    unsigned char *file = xmalloc(header_size + body);
+    memcpy(file, header, header_size);
+    memcpy(file + header_size, p->pixels, body);
+    int status = write_file_atomically(path, file, header_size + body, err);
+    free(file);
+    return status;
+}
+
+/* In the terminal: one character per pixel pair. Two image rows are averaged
+   into one text row, because a character cell is about twice as tall as it is
+   wide; the ramp runs from dark (space) to bright (@). */
+void print_images_as_text(const Dataset *d, const int *items, int n) {
+    static const char RAMP[] = " .:-=+*#%@";
+    const int levels = (int)sizeof RAMP - 1;
+    for (int i = 0; i < n; i++)
+        printf("%-*.*s", IMAGE_COLS + 2, IMAGE_COLS, CLASS_NAMES[d->labels[items[i]]]);
+    printf("\n");
+    for (int r = 0; r < IMAGE_ROWS; r += 2) {
+        for (int i = 0; i < n; i++) {
+            const float *image = d->images + (size_t)items[i] * IMAGE_SIZE;  // (28,28)
+            for (int c = 0; c < IMAGE_COLS; c++) {
+                float v = 0.5f * (image[r * IMAGE_COLS + c] + image[(r + 1) * IMAGE_COLS + c]);
+                int level = (int)(v * levels);
+                putchar(RAMP[level < levels ? level : levels - 1]);
+            }
+            printf("  ");
+        }
+        printf("\n");
+    }
+}
+/* ----------------------------------------------------------------------------
+   A first look at the data: shapes, class counts, pixel statistics, a few
+   images in the terminal and a labelled sample grid on disk.
+
+   What this is: the checks to make before training anything, because a model
+   trained on the wrong data fails quietly.
+   What it is not: a data pipeline; nothing here changes the data. */
+
+void print_split_shape(const char *name, const Dataset *d) {
+    printf("  %-10s images (%d, %d) float in [0,1]   labels (%d,) 0-9   targets (%d, %d) one-hot\n",
+           name, d->count, IMAGE_SIZE, d->count, d->count, NUM_CLASSES);
+}
+
+void count_classes(const Dataset *d, int *counts) {  // counts: (10)
+    memset(counts, 0, NUM_CLASSES * sizeof(int));
+    for (int i = 0; i < d->count; i++) counts[d->labels[i]]++;
+}
+
+void print_class_counts(const FashionMnist *data) {
+    const Dataset *splits[] = {&data->train, &data->validation, &data->test};
+    const char *names[] = {"train", "validation", "test"};
+    printf("\nimages per class:\n  %-13s %8s %11s %8s\n", "class", names[0], names[1], names[2]);
+    int counts[3][NUM_CLASSES];
+    for (int s = 0; s < 3; s++) count_classes(splits[s], counts[s]);
+    for (int k = 0; k < NUM_CLASSES; k++)
+        printf("  %d %-11s %8d %11d %8d\n", k, CLASS_NAMES[k], counts[0][k], counts[1][k], counts[2][k]);
+}
+
+// Mean and standard deviation of all pixels, summed in double: a float sum of
+// 42 million values would lose the low digits long before the end.
+void pixel_statistics(const Dataset *d, double *mean, double *std) {
+    double sum = 0, sum_squares = 0;
+    size_t n = (size_t)d->count * IMAGE_SIZE;
+    for (size_t i = 0; i < n; i++) {
+        sum += d->images[i];
+        sum_squares += (double)d->images[i] * d->images[i];
+    }
+    *mean = n ? sum / n : 0;
+    *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
+}
+
+// The first `per_class` training images of every class, one row per class,
+// each row headed by the class name.
+int write_sample_grid(const Dataset *d, int per_class, const char *path, Error *err) {
+    const int scale = 2, cell = (IMAGE_COLS + 2) * scale, label_width = 12 * GLYPH_ADVANCE * scale;
+    Picture p = picture_new(label_width + per_class * cell, NUM_CLASSES * cell, 1, 0);
+    const unsigned char white[1] = {255};
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        int y = k * cell;
+        picture_draw_text(&p, scale, y + (cell - GLYPH_HEIGHT * scale) / 2, scale, CLASS_NAMES[k], white);
+        for (int i = 0, shown = 0; i < d->count && shown < per_class; i++)
+            if (d->labels[i] == k)
+                picture_draw_image(&p, label_width + shown++ * cell + scale, y + scale, scale,
+                                   d->images + (size_t)i * IMAGE_SIZE);
+    }
+    int status = picture_write(&p, path, err);
+    picture_free(&p);
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   Command-line options.
+
+   What this is: one table of options, from which both the parser and the
+   --help text are made, so the two cannot disagree. A later chapter adds an
+   option by adding a row.
+   What it is not: getopt. Options are long (--name value), and every number
+   is checked against its range. */
+
+typedef struct {
+    const char *data_dir;
+    int help;
+    int epochs, batch, seed, limit, overfit;
+    double learning_rate;  // 0 until parsed: then the optimiser's default
+    const char *optimizer;
+    const char *model, *kernel;
+} Options;
+
+Options default_options(void) {
+    return (Options){
+        .data_dir = "data",
+        .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
+        .kernel = "im2col",
+        .model = "deeper",
+    };
+}
+
+typedef enum { OPTION_FLAG, OPTION_INT, OPTION_REAL, OPTION_TEXT } OptionKind;
+
+typedef struct {
+    const char *name, *value_name, *help;
+    OptionKind kind;
+    void *target;       // where the parsed value goes: int*, double* or const char**
+    double min, max;    // the accepted range of a number
+    const char *choices;  // for text: the accepted words, "a|b", or NULL for any
+} OptionSpec;
+
+enum { MAX_OPTIONS = 32 };
+
+// The table. Its targets point into *o, so it is made for each parse.
+int option_table(Options *o, OptionSpec *specs) {
+    int n = 0;
+    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
+                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
+    specs[n++] = (OptionSpec){"--epochs", "N", "training epochs (default: 10)",
+                              OPTION_INT, &o->epochs, 1, 1000, NULL};
+    specs[n++] = (OptionSpec){"--batch", "N", "images per mini-batch (default: 64)",
+                              OPTION_INT, &o->batch, 1, 4096, NULL};
+    specs[n++] = (OptionSpec){"--lr", "RATE", "learning rate (default: 0.001 for adam, 0.01 for sgd)",
+                              OPTION_REAL, &o->learning_rate, 1e-9, 10, NULL};
+    specs[n++] = (OptionSpec){"--optimizer", "NAME", "adam or sgd (default: adam)",
+                              OPTION_TEXT, &o->optimizer, 0, 0, "adam|sgd"};
+    specs[n++] = (OptionSpec){"--seed", "N", "seed of every random stream (default: 1)",
+                              OPTION_INT, &o->seed, 0, 2147483647, NULL};
+    specs[n++] = (OptionSpec){"--limit", "N", "train on the first N training images only",
+                              OPTION_INT, &o->limit, 1, 54000, NULL};
+    specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
+                              OPTION_INT, &o->overfit, 1, 54000, NULL};
+    specs[n++] = (OptionSpec){"--model", "NAME", "ann, basic or deeper (default: deeper)",
+                              OPTION_TEXT, &o->model, 0, 0, "ann|basic|deeper"};
+    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions are computed: naive or im2col (default: im2col)",
+                              OPTION_TEXT, &o->kernel, 0, 0, "naive|im2col"};
+    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    return n;
+}
+
+void print_usage(FILE *out, const char *program) {
+    Options scratch;
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(&scratch, specs);
+    fprintf(out, "usage: %s [options]\n\noptions:\n", program);
+    for (int i = 0; i < n; i++) {
+        char left[40];
+        snprintf(left, sizeof left, "%s %s", specs[i].name, specs[i].value_name ? specs[i].value_name : "");
+        fprintf(out, "  %-20s %s\n", left, specs[i].help);
+    }
+    fprintf(out, "\nexit codes:\n    0  success\n");
+    for (int code = 1; code < 256; code++)  // in order of code, whatever the table's order
+        for (int i = 0; i < EXIT_TABLE_ROWS; i++)
+            if (EXIT_TABLE[i].code == code) fprintf(out, "  %3d  %s\n", code, EXIT_TABLE[i].meaning);
+}
+
+// Is `word` one of the '|'-separated words in `choices`?
+int is_choice(const char *word, const char *choices) {
+    size_t length = strlen(word);
+    for (const char *c = choices; *c; c += strcspn(c, "|"), c += *c == '|')
+        if (strcspn(c, "|") == length && strncmp(c, word, length) == 0) return 1;
+    return 0;
+}
+
+int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
+    char *end = NULL;
+    if (spec->kind == OPTION_TEXT) {
+        if (spec->choices && !is_choice(text, spec->choices))
+            return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
+        *(const char **)spec->target = text;
+        return 0;
+    }
+    double value = strtod(text, &end);
+    if (end == text || *end != '\0' || !(value >= spec->min && value <= spec->max))
+        return fail(err, EXIT_USAGE, "%s takes a number from %g to %g, not '%s'",
+                    spec->name, spec->min, spec->max, text);
+    if (spec->kind == OPTION_REAL) {
+        *(double *)spec->target = value;
+        return 0;
+    }
+    if (value != floor(value))
+        return fail(err, EXIT_USAGE, "%s takes a whole number, not '%s'", spec->name, text);
+    *(int *)spec->target = (int)value;
+    return 0;
+}
+
+int parse_options(int argc, char **argv, Options *o, Error *err) {
+    *o = default_options();
+    OptionSpec specs[MAX_OPTIONS];
+    int n = option_table(o, specs);
+    for (int a = 1; a < argc; a++) {
+        const OptionSpec *spec = NULL;
+        for (int i = 0; i < n && !spec; i++)
+            if (strcmp(argv[a], specs[i].name) == 0) spec = &specs[i];
+        if (!spec) return fail(err, EXIT_USAGE, "unknown option '%s'", argv[a]);
+        if (spec->kind == OPTION_FLAG) {
+            *(int *)spec->target = 1;
+            continue;
+        }
+        if (a + 1 >= argc) return fail(err, EXIT_USAGE, "%s needs a value (%s)", spec->name, spec->value_name);
+        if (parse_option_value(spec, argv[++a], err)) return err->code;
+    }
+    if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+    return 0;
+}
+/* ----------------------------------------------------------------------------
+   Layers: each a forward and a backward function, side by side
+   (book.md, "Chapter 2" derives every backward pass).
+
+   One convention for all of them, the one llm.c uses:
+       name_forward(outputs..., inputs..., sizes)
+       name_backward(input gradients..., output gradient, saved inputs..., sizes)
+   Backward functions ADD into the gradients they produce (+=), never
+   overwrite; the caller zeroes gradients once per step. Adding is what the
+   chain rule asks when a value feeds two places, and chapter 3 relies on it.
+   A NULL input gradient means "not needed" (nothing learns from the pixels).
+
+   Arrays are flat and row-major; every pointer has its shape beside it.
+   B is the batch size, C the input width, OC the output width.
+   What this is not: fast. These loops are plain C; chapter 4 brings SIMD. */
+
+// out = inp @ weight. The loop order b, c, oc walks both weight and out
+// along their rows, one contiguous stretch at a time, which the cache and
+// the compiler's vectoriser like; the textbook order b, oc, c would stride
+// down a column of weight, one cache line per multiply.
+void matmul_forward(float *out,           // (B, OC)
+                    const float *inp,     // (B, C)
+                    const float *weight,  // (C, OC)
+                    int B, int C, int OC) {
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * OC;
+        for (int oc = 0; oc < OC; oc++) o[oc] = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float x = inp[(size_t)b * C + c];
+            const float *w = weight + (size_t)c * OC;
+            for (int oc = 0; oc < OC; oc++) o[oc] += x * w[oc];
+        }
+    }
+}
+
+// dinp += dout @ weight^T and dweight += inp^T @ dout (either may be NULL).
+void matmul_backward(float *dinp,          // (B, C) or NULL
+                     float *dweight,       // (C, OC) or NULL
+                     const float *dout,    // (B, OC)
+                     const float *inp,     // (B, C)
+                     const float *weight,  // (C, OC)
+                     int B, int C, int OC) {
+    for (int b = 0; b < B; b++) {
+        const float *g = dout + (size_t)b * OC;
+        for (int c = 0; c < C && dweight; c++) {
+            float x = inp[(size_t)b * C + c];
+            float *dw = dweight + (size_t)c * OC;
+            for (int oc = 0; oc < OC; oc++) dw[oc] += x * g[oc];
+        }
+        for (int c = 0; c < C && dinp; c++) {
+            const float *w = weight + (size_t)c * OC;
+            float sum = 0.0f;
+            for (int oc = 0; oc < OC; oc++) sum += g[oc] * w[oc];
+            dinp[(size_t)b * C + c] += sum;
+        }
+    }
+}
+
+// out += bias, on every row.
+void bias_forward(float *out,         // (B, OC)
+                  const float *bias,  // (OC)
+                  int B, int OC) {
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++) out[(size_t)b * OC + oc] += bias[oc];
+}
+
+// dbias += the column sums of dout (the bias was added to every row).
+void bias_backward(float *dbias,       // (OC)
+                   const float *dout,  // (B, OC)
+                   int B, int OC) {
+    for (int b = 0; b < B; b++)
+        for (int oc = 0; oc < OC; oc++) dbias[oc] += dout[(size_t)b * OC + oc];
+}
+
+// A dense (fully connected) layer: out = inp @ weight + bias.
+void dense_forward(float *out, const float *inp, const float *weight, const float *bias,
+                   int B, int C, int OC) {  // out (B,OC), inp (B,C), weight (C,OC), bias (OC)
+    matmul_forward(out, inp, weight, B, C, OC);
+    bias_forward(out, bias, B, OC);
+}
+
+void dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const float *inp, const float *weight, int B, int C, int OC) {
+    bias_backward(dbias, dout, B, OC);
+    matmul_backward(dinp, dweight, dout, inp, weight, B, C, OC);
+}
+
+// out = max(0, inp), elementwise over N values.
+void relu_forward(float *out, const float *inp, size_t N) {
+    for (size_t i = 0; i < N; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+}
+
+// The slope is 1 where the input was positive and 0 elsewhere (at exactly 0
+// we take 0, as every framework does).
+void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
+    for (size_t i = 0; i < N; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+// Softmax followed by cross-entropy against the targets, averaged over the
+// batch. Computed from the logits with the log-sum-exp trick: subtracting
+// the row's maximum before exp() changes nothing mathematically and keeps
+// exp() from overflowing. Returns the mean loss; keeps the probabilities.
+float softmax_cross_entropy_forward(float *probs,          // (B, K)
+                                    const float *logits,   // (B, K)
+                                    const float *targets,  // (B, K) each row sums to 1
+                                    int B, int K) {
+    double total = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + (size_t)b * K, *t = targets + (size_t)b * K;
+        float *p = probs + (size_t)b * K;
+        float max = z[0];
+        for (int k = 1; k < K; k++) max = z[k] > max ? z[k] : max;
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) sum += p[k] = expf(z[k] - max);
+        float log_sum = logf(sum), loss = 0.0f;
+        for (int k = 0; k < K; k++) {
+            p[k] /= sum;
+            loss -= t[k] * (z[k] - max - log_sum);  // -t * log(softmax(z))
+        }
+        total += loss;
+    }
+    return (float)(total / B);
+}
+
+// d(mean loss)/d(logits) = (probs - targets) / B: the famous "p - y".
+void softmax_cross_entropy_backward(float *dlogits,        // (B, K)
+                                    float dloss,           // gradient of the mean loss, 1 at the top
+                                    const float *probs,    // (B, K)
+                                    const float *targets,  // (B, K)
+                                    int B, int K) {
+    float scale = dloss / (float)B;
+    for (size_t i = 0; i < (size_t)B * K; i++) dlogits[i] += scale * (probs[i] - targets[i]);
+}
+
+// Glorot (Xavier) uniform: U(-limit, limit) with limit = sqrt(6 / (fan_in +
+// fan_out)), which keeps the variance of activations and of gradients about
+// the same from layer to layer at the start of training.
+void glorot_uniform(float *weight, size_t n, int fan_in, int fan_out, Rng *rng) {
+    float limit = sqrtf(6.0f / (float)(fan_in + fan_out));
+    for (size_t i = 0; i < n; i++) weight[i] = (2.0f * rng_uniform(rng) - 1.0f) * limit;
+}
+/* ----------------------------------------------------------------------------
+   Convolution and pooling (book.md, "Chapter 4").
+
+   What this is: the layers of a convolutional network, each a forward and a
+   backward function with the convention of chapter 2 (backward ADDS into the
+   gradients it produces; a NULL gradient is not wanted), in two versions
+   that the tests hold against each other:
+   - naive: the definition, loop for loop. Slow, and the reference.
+   - im2col: every patch the kernel sees copied into a row of a matrix, so
+     the convolution becomes one matrix multiply (chapter 2's), and its
+     backward pass two more, with col2im to add the patch gradients back.
+   What it is not: fast. Chapter 4's second half keeps these as references
+   and runs the same arithmetic through a blocked, vectorised multiply.
+
+   Layout: activations are NHWC, (batch, height, width, channels), so the C
+   values of one pixel sit together; a kernel is (KH, KW, C, OC), which read
+   as a (KH*KW*C, OC) matrix is exactly what a patch row multiplies. Stride
+   1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
+   KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
+
+// How the engine computes convolutions and matrix multiplies (the graph
+// holds the choice; `--kernel` sets it).
+typedef enum { KERNEL_NAIVE, KERNEL_IM2COL } KernelKind;
+
+// The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
+// output (B, OH, OW, OC) with OH = H + 2*pad - KH + 1.
+typedef struct {
+    int batch, height, width, channels;
+    int kernel_h, kernel_w, pad, out_channels;
+    int out_h, out_w;
+} ConvShape;
+
+ConvShape conv_shape(int B, int H, int W, int C, int KH, int KW, int pad, int OC) {
+    return (ConvShape){.batch = B, .height = H, .width = W, .channels = C, .kernel_h = KH,
+                       .kernel_w = KW, .pad = pad, .out_channels = OC,
+                       .out_h = H + 2 * pad - KH + 1, .out_w = W + 2 * pad - KW + 1};
+}
+
+// The rows (output pixels) and columns (patch entries) of the im2col matrix.
+size_t conv_rows(const ConvShape *s) { return (size_t)s->batch * s->out_h * s->out_w; }
+size_t conv_patch_size(const ConvShape *s) { return (size_t)s->kernel_h * s->kernel_w * s->channels; }
+
+/* The definition: out[b,oh,ow,oc] = bias[oc] + the sum over the kernel
+   window of inp[b, oh+kh-pad, ow+kw-pad, c] * weight[kh,kw,c,oc], where a
+   position outside the image contributes 0 (the padding). Seven loops;
+   cross-correlation, strictly (the kernel is not flipped), which is what
+   every deep-learning library calls convolution. */
+void conv2d_forward_naive(float *out,           // (B, OH, OW, OC)
+                          const float *inp,     // (B, H, W, C)
+                          const float *weight,  // (KH, KW, C, OC)
+                          const float *bias,    // (OC)
+                          const ConvShape *s) {
+    int C = s->channels, OC = s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++)
+                for (int oc = 0; oc < OC; oc++) {
+                    float sum = bias[oc];
+                    for (int kh = 0; kh < s->kernel_h; kh++)
+                        for (int kw = 0; kw < s->kernel_w; kw++) {
+                            int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                            if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                            const float *x = inp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                            const float *w = weight + ((size_t)kh * s->kernel_w + kw) * C * OC + oc;
+                            for (int c = 0; c < C; c++) sum += x[c] * w[(size_t)c * OC];
+                        }
+                    out[(((size_t)b * s->out_h + oh) * s->out_w + ow) * OC + oc] = sum;
+                }
+}
+
+/* The gradients, from the same sum read backwards. Each input pixel was
+   used by every output whose window covered it, so
+       dinp[b,ih,iw,c]    += sum over (kh, kw, oc) of dout[b, ih-kh+pad, iw-kw+pad, oc] * weight[kh,kw,c,oc]
+       dweight[kh,kw,c,oc] += sum over (b, oh, ow) of inp[b, oh+kh-pad, ow+kw-pad, c] * dout[b,oh,ow,oc]
+       dbias[oc]          += sum over (b, oh, ow) of dout[b,oh,ow,oc]
+   (terms whose index falls outside the image or the output are left out).
+   The first is again a convolution: of dout, padded by KH-1-pad, with the
+   kernel turned 180 degrees and its C and OC swapped. */
+void conv2d_backward_naive(float *dinp,          // (B, H, W, C) or NULL
+                           float *dweight,       // (KH, KW, C, OC) or NULL
+                           float *dbias,         // (OC) or NULL
+                           const float *dout,    // (B, OH, OW, OC)
+                           const float *inp,     // (B, H, W, C)
+                           const float *weight,  // (KH, KW, C, OC)
+                           const ConvShape *s) {
+    int C = s->channels, OC = s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++) {
+                const float *g = dout + (((size_t)b * s->out_h + oh) * s->out_w + ow) * OC;
+                for (int oc = 0; oc < OC && dbias; oc++) dbias[oc] += g[oc];
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                        size_t pixel = (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        size_t tap = ((size_t)kh * s->kernel_w + kw) * C * OC;
+                        for (int c = 0; c < C; c++)
+                            for (int oc = 0; oc < OC; oc++) {
+                                if (dweight) dweight[tap + (size_t)c * OC + oc] += inp[pixel + c] * g[oc];
+                                if (dinp) dinp[pixel + c] += g[oc] * weight[tap + (size_t)c * OC + oc];
+                            }
+                    }
+            }
+}
+
+/* im2col: row (b, oh, ow) of `cols` is the patch that output pixel sees,
+   in kernel order (kh, kw, c), with zeros where the window hangs over the
+   edge. Then out = cols @ weight is the whole convolution in one multiply,
+   at the price of KH*KW copies of the input (see the book for sizes). */
+void im2col(float *cols,        // (B*OH*OW, KH*KW*C)
+            const float *inp,   // (B, H, W, C)
+            const ConvShape *s) {
+    int C = s->channels;
+    size_t row = 0;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++, row++) {
+                float *patch = cols + row * conv_patch_size(s);
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++, patch += C) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width)
+                            memset(patch, 0, (size_t)C * sizeof(float));
+                        else
+                            memcpy(patch, inp + (((size_t)b * s->height + ih) * s->width + iw) * C,
+                                   (size_t)C * sizeof(float));
+                    }
+            }
+}
+
+// col2im, im2col's backward: each patch entry's gradient is ADDED to the
+// input pixel it was copied from (a pixel sits in up to KH*KW patches).
+void col2im(float *dinp,         // (B, H, W, C)
+            const float *dcols,  // (B*OH*OW, KH*KW*C)
+            const ConvShape *s) {
+    int C = s->channels;
+    size_t row = 0;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < s->out_h; oh++)
+            for (int ow = 0; ow < s->out_w; ow++, row++) {
+                const float *patch = dcols + row * conv_patch_size(s);
+                for (int kh = 0; kh < s->kernel_h; kh++)
+                    for (int kw = 0; kw < s->kernel_w; kw++, patch += C) {
+                        int ih = oh + kh - s->pad, iw = ow + kw - s->pad;
+                        if (ih < 0 || ih >= s->height || iw < 0 || iw >= s->width) continue;
+                        float *x = dinp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        for (int c = 0; c < C; c++) x[c] += patch[c];
+                    }
+            }
+}
+
+// The im2col convolution: a copy, then chapter 2's matrix multiply, then the
+// bias. `cols` is scratch memory of conv_rows * conv_patch_size floats.
+void conv2d_forward_im2col(float *out, const float *inp, const float *weight, const float *bias,
+                           const ConvShape *s, float *cols) {  // shapes as conv2d_forward_naive
+    int M = (int)conv_rows(s), K = (int)conv_patch_size(s);
+    im2col(cols, inp, s);
+    matmul_forward(out, cols, weight, M, K, s->out_channels);
+    bias_forward(out, bias, M, s->out_channels);
+}
+
+// Its backward: dweight += cols^T @ dout and dcols = dout @ weight^T are
+// chapter 2's matmul_backward; col2im adds dcols into dinp. `scratch` holds
+// two im2col matrices: the patches again, and their gradient.
+void conv2d_backward_im2col(float *dinp, float *dweight, float *dbias, const float *dout,
+                            const float *inp, const float *weight, const ConvShape *s, float *scratch) {
+    size_t M = conv_rows(s), K = conv_patch_size(s);
+    float *cols = scratch, *dcols = dinp ? scratch + M * K : NULL;  // (M, K) each
+    im2col(cols, inp, s);
+    if (dcols) memset(dcols, 0, M * K * sizeof(float));
+    if (dbias) bias_backward(dbias, dout, (int)M, s->out_channels);
+    matmul_backward(dcols, dweight, dout, cols, weight, (int)M, (int)K, s->out_channels);
+    if (dinp) col2im(dinp, dcols, s);
+}
+
+/* Max pooling, 2x2 windows with stride 2: each output is the largest of
+   four inputs. An odd size is floored, as Keras and PyTorch do: 11 -> 5,
+   and the last row and column are never looked at. */
+enum { POOL = 2 };
+
+void max_pool_forward(float *out,          // (B, H/2, W/2, C)
+                      const float *inp,    // (B, H, W, C)
+                      int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
+                const float *x = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
+                for (int c = 0; c < C; c++) o[c] = x[c];
+                for (int dh = 0; dh < POOL; dh++)
+                    for (int dw = 0; dw < POOL; dw++) {
+                        const float *y = x + ((size_t)dh * W + dw) * C;
+                        for (int c = 0; c < C; c++) o[c] = y[c] > o[c] ? y[c] : o[c];
+                    }
+            }
+}
+
+/* The gradient goes to the input that was the maximum, and only to it (the
+   others did not move the output). On a tie it goes to the first maximum in
+   reading order (top-left first), which is also what the forward pass's
+   strict > picks. The maximum is found again from the input rather than
+   saved, which costs a pass but no memory. */
+void max_pool_backward(float *dinp,         // (B, H, W, C)
+                       const float *dout,   // (B, H/2, W/2, C)
+                       const float *inp,    // (B, H, W, C)
+                       int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++)
+                for (int c = 0; c < C; c++) {
+                    size_t first = (((size_t)b * H + POOL * oh) * W + POOL * ow) * C + c, best = first;
+                    for (int dh = 0; dh < POOL; dh++)
+                        for (int dw = 0; dw < POOL; dw++) {
+                            size_t at = first + ((size_t)dh * W + dw) * C;
+                            if (inp[at] > inp[best]) best = at;
+                        }
+                    dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
+                }
+}
+/* ----------------------------------------------------------------------------
+   Batch normalisation and dropout (book.md, "Chapter 5").
+
+   What this is: the two layers that let the deeper CNN train fast and
+   generalise, each a forward and a backward function with chapter 2's
+   convention (backward ADDS), and each with two modes:
+   - batch_norm: in training, every channel is normalised with the mean and
+     variance of this batch, and running averages of both are kept; in
+     inference, the running averages are used, so one image's answer does
+     not depend on the others in its batch.
+   - dropout: in training, each value is kept with probability 1 - rate and
+     scaled by 1/(1 - rate) ("inverted" dropout, so the expected value is
+     unchanged); in inference it is the identity.
+   What it is not: a general normaliser. Statistics are taken over every
+   dimension but the last (the channel of NHWC, the feature of a dense
+   layer), which is what the protocol's BatchNorm layers do.
+
+   The protocol's constants are Keras's: momentum 0.99 for the running
+   averages (running = 0.99 * running + 0.01 * batch; PyTorch writes the
+   same thing as momentum 0.1 of the new value), epsilon 1e-3, and the
+   biased variance (divided by the count) both for normalising and for the
+   running average. */
+
+static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
+
+/* Training mode, per channel c over the N rows of x:
+       mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N is up to 50,176)
+       x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
+   x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
+   running averages move 1% of the way to this batch's statistics. */
+void batch_norm_forward_train(float *out,           // (N, C)
+                              float *x_hat,         // (N, C) saved for backward
+                              float *inv_std,       // (C) saved for backward
+                              float *running_mean,  // (C) updated
+                              float *running_var,   // (C) updated
+                              const float *x,       // (N, C)
+                              const float *gamma, const float *beta,  // (C) each
+                              size_t N, int C) {
+    for (int c = 0; c < C; c++) {
+        double sum = 0, squares = 0;
+        for (size_t i = 0; i < N; i++) sum += x[i * C + c];
+        float mean = (float)(sum / (double)N);
+        for (size_t i = 0; i < N; i++) {
+            double d = (double)x[i * C + c] - mean;
+            squares += d * d;
+        }
+        float var = (float)(squares / (double)N);
+        inv_std[c] = 1.0f / sqrtf(var + BN_EPSILON);
+        for (size_t i = 0; i < N; i++) {
+            x_hat[i * C + c] = (x[i * C + c] - mean) * inv_std[c];
+            out[i * C + c] = gamma[c] * x_hat[i * C + c] + beta[c];
+        }
+        running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * mean;
+        running_var[c] = BN_MOMENTUM * running_var[c] + (1.0f - BN_MOMENTUM) * var;
+    }
+}
+
+// Inference mode: the running averages stand in for the batch's statistics.
+void batch_norm_forward_infer(float *out, const float *x, const float *gamma, const float *beta,
+                              const float *running_mean, const float *running_var, size_t N, int C) {
+    for (int c = 0; c < C; c++) {
+        float scale = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
+        for (size_t i = 0; i < N; i++) out[i * C + c] = (x[i * C + c] - running_mean[c]) * scale + beta[c];
+    }
+}
+
+/* The backward pass (book.md derives it). With g = dout, per channel:
+       dbeta  += sum(g)            dgamma += sum(g * x_hat)
+       dx     += gamma * inv_std * (g - mean(g) - x_hat * mean(g * x_hat))
+   The last line is the three paths from x to the loss added up: directly
+   through x_hat, through the mean, and through the variance. */
+void batch_norm_backward(float *dx,            // (N, C) or NULL
+                         float *dgamma,        // (C) or NULL
+                         float *dbeta,         // (C) or NULL
+                         const float *dout,    // (N, C)
+                         const float *x_hat,   // (N, C)
+                         const float *inv_std, // (C)
+                         const float *gamma,   // (C)
+                         size_t N, int C) {
+    for (int c = 0; c < C; c++) {
+        double sum_g = 0, sum_g_xhat = 0;
+        for (size_t i = 0; i < N; i++) {
+            sum_g += dout[i * C + c];
+            sum_g_xhat += (double)dout[i * C + c] * x_hat[i * C + c];
+        }
+        if (dbeta) dbeta[c] += (float)sum_g;
+        if (dgamma) dgamma[c] += (float)sum_g_xhat;
+        if (!dx) continue;
+        float scale = gamma[c] * inv_std[c], mean_g = (float)(sum_g / (double)N),
+              mean_g_xhat = (float)(sum_g_xhat / (double)N);
+        for (size_t i = 0; i < N; i++)
+            dx[i * C + c] += scale * (dout[i * C + c] - mean_g - x_hat[i * C + c] * mean_g_xhat);
+    }
+}
+
+/* Dropout in training: each of the n values of one item is kept with
+   probability 1 - rate, from the item's own keyed stream, so the mask does
+   not depend on which thread draws it or on any other item. The mask is
+   saved as the factor each value was multiplied by (0 or 1/(1 - rate)). */
+void dropout_forward_train(float *out,        // (n)
+                           float *mask,       // (n) saved for backward
+                           const float *x,    // (n)
+                           size_t n, float rate, Rng *rng) {
+    float keep = 1.0f / (1.0f - rate);
+    for (size_t i = 0; i < n; i++) {
+        mask[i] = rng_uniform(rng) < rate ? 0.0f : keep;
+        out[i] = x[i] * mask[i];
+    }
+}
+
+// The gradient flows where the value did, with the same factor.
+void dropout_backward(float *dx, const float *dout, const float *mask, size_t n) {
+    for (size_t i = 0; i < n; i++) dx[i] += dout[i] * mask[i];
+}
+/* ----------------------------------------------------------------------------
+   Optimisers: SGD and Adam, over one flat array of parameters.
+
+   What this is: the update rule, applied to every parameter of a model at
+   once. Because each model keeps all its parameters in one allocation (and
+   its gradients in another, in the same order), an optimiser needs to know
+   nothing about layers.
+   What it is not: a scheduler; the learning rate is constant. */
+
+typedef enum { OPTIMIZER_SGD, OPTIMIZER_ADAM } OptimizerKind;
+
+typedef struct {
+    OptimizerKind kind;
+    float learning_rate;
+    float beta1, beta2, epsilon;  // Adam's, from the protocol
+    long step;                    // updates so far (Adam's bias correction needs it)
+    float *m, *v;                 // (count) Adam's moment estimates, one allocation; NULL for SGD
+} Optimizer;
+
+Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
+    Optimizer o = {kind, learning_rate, 0.9f, 0.999f, 1e-7f, 0, NULL, NULL};
+    if (kind == OPTIMIZER_ADAM) {
+        o.m = xmalloc(2 * count * sizeof(float));
+        o.v = o.m + count;
+        memset(o.m, 0, 2 * count * sizeof(float));
+    }
+    return o;
+}
+
+void optimizer_free(Optimizer *o) {
+    free(o->m);
+    o->m = o->v = NULL;
+}
+
+// Plain gradient descent: a step downhill, proportional to the slope.
+void sgd_update(float *params, const float *grads, size_t count, float learning_rate) {
+    for (size_t i = 0; i < count; i++) params[i] -= learning_rate * grads[i];
+}
+
+/* Adam (Kingma and Ba, 2015, Algorithm 1): running averages of the gradient
+   (m) and of its square (v), corrected for starting at zero, give every
+   parameter a step of about learning_rate in the direction the recent
+   gradients agree on, whatever the gradient's scale. Epsilon is added to
+   sqrt(v_hat), as in the paper and in PyTorch; Keras adds it before the
+   correction of v, which differs only for gradients near epsilon. */
+void adam_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    o->step++;
+    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
+    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
+    for (size_t i = 0; i < count; i++) {
+        float g = grads[i];
+        o->m[i] = o->beta1 * o->m[i] + (1.0f - o->beta1) * g;
+        o->v[i] = o->beta2 * o->v[i] + (1.0f - o->beta2) * g * g;
+        float m_hat = o->m[i] / correction1, v_hat = o->v[i] / correction2;
+        params[i] -= o->learning_rate * m_hat / (sqrtf(v_hat) + o->epsilon);
+    }
+}
+
+void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
+    else sgd_update(params, grads, count, o->learning_rate);
+}
+/* ----------------------------------------------------------------------------
+   Training: mini-batches, progress, validation, the test, the summary.
+
+   What this is: the loop every model of the book is trained with. It sees a
+   model only through the small Model interface below, so it does not care
+   whether gradients come from hand-written backward passes (chapter 2) or
+   from automatic differentiation (chapter 3 on).
+   What it is not: clever. One pass over the shuffled training images per
+   epoch, an optimiser step per batch, an evaluation per epoch. */
+
+// One mini-batch as a model sees it. `step` numbers the optimiser steps of
+// the whole run (0, 1, 2, ...), and follows from the epoch and the batch
+// alone, so an op that draws random numbers (dropout, chapter 5) can key
+// its stream by it and get the same numbers in a resumed run.
+typedef struct {
+    const float *images;   // (count, 784)
+    const float *targets;  // (count, 10)
+    int count;
+    long step;
+} Batch;
+
+typedef struct {
+    const char *name;  // for the summary line: "ann", ...
+    void *net;
+    // Forward and backward in training mode: fills probs (count, 10),
+    // ADDS the gradients into grads, returns the mean loss.
+    float (*compute_gradients)(void *net, const Batch *batch, float *probs);
+    // Forward only, in inference mode: fills probs (count, 10), returns the mean loss.
+    float (*predict)(void *net, const Batch *batch, float *probs);
+    float *params, *grads;  // (count) each, in the same order
+    size_t count;
+    // What the model keeps without learning it by gradient (BatchNorm's
+    // running statistics, chapter 5): the optimiser never touches it, but a
+    // checkpoint must save it with the parameters. NULL and 0 for the ANN.
+    float *state;           // (state_count)
+    size_t state_count;
+    int max_batch;          // the most images one call may take
+} Model;
+int argmax(const float *row, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) best = row[i] > row[best] ? i : best;
+    return best;
+}
+
+/* Is standard output a terminal? Only POSIX can tell (isatty), so elsewhere
+   the answer is no and progress comes as plain lines. isatty is declared here
+   rather than by including unistd.h, which not every system has. */
+#if defined(__unix__) || defined(__APPLE__)
+int isatty(int fd);
+int stdout_is_terminal(void) { return isatty(1); }
+#else
+int stdout_is_terminal(void) { return 0; }
+#endif
+
+typedef struct {
+    int terminal;                // update one line in place, or print plain lines
+    double start, last;          // seconds: when training started, when we last printed
+    long done, total;            // training images seen so far, and in the whole run
+    double epoch_start;          // seconds: when this epoch's training started
+    long epoch_done;             // training images seen so far in this epoch
+} Progress;
+
+void print_duration(double seconds) {
+    long s = seconds > 0 ? (long)(seconds + 0.5) : 0;
+    if (s >= 3600) printf("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else printf("%ld:%02ld", s / 60, s % 60);
+}
+
+// One progress report. On a terminal: at most ten a second, and at the last
+// batch of an epoch. In a log: at each quarter of an epoch, so the log stays
+// readable; the epoch's own summary line (printed by train) ends it.
+// Images/s counts this epoch's training only; the ETA divides what is left by
+// the rate of the whole run so far, which from epoch 2 on includes the
+// validation pauses, since they recur (the final test is not foreseen).
+void report_progress(Progress *p, int epoch, int epochs, int batch, int batches,
+                     double loss, double accuracy) {
+    double now = now_seconds();
+    int last_batch = batch == batches;
+    int quarter = batches >= 4 && batch % (batches / 4) == 0;
+    if (p->terminal ? !(last_batch || now - p->last >= 0.1) : !(quarter && !last_batch)) return;
+    p->last = now;
+    double rate = p->epoch_done / fmax(now - p->epoch_start, 1e-9);
+    double overall_rate = p->done / fmax(now - p->start, 1e-9);
+    printf("%sepoch %d/%d  batch %d/%d  loss %.4f  accuracy %.2f%%  %.0f images/s  ETA ",
+           p->terminal ? "\r" : "", epoch, epochs, batch, batches, loss, 100 * accuracy, rate);
+    print_duration((p->total - p->done) / fmax(overall_rate, 1e-9));
+    printf(p->terminal ? "   " : "\n");
+    fflush(stdout);
+}
+
+// Per-epoch curves (and the loss of every batch), for reports and plots.
+enum { MAX_EPOCHS = 1000 };
+typedef struct {
+    int epochs;
+    float train_loss[MAX_EPOCHS], train_accuracy[MAX_EPOCHS];
+    float validation_loss[MAX_EPOCHS], validation_accuracy[MAX_EPOCHS];
+    float seconds[MAX_EPOCHS];  // training time of each epoch, without validation
+    float *batch_losses;        // (batch_count) in training order
+    int batch_count, batch_capacity;
+} History;
+
+History *history_new(int epochs, int batches_per_epoch) {
+    History *h = xmalloc(sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->batch_capacity = epochs * batches_per_epoch;
+    h->batch_losses = xmalloc((size_t)h->batch_capacity * sizeof(float));
+    return h;
+}
+
+void history_free(History *h) {
+    if (h) free(h->batch_losses);
+    free(h);
+}
+
+// What the loop needs besides the model: the data, the order of this
+// epoch, and one batch's worth of buffers, allocated once.
+typedef struct {
+    Model *model;
+    Optimizer *optimizer;
+    const Dataset *data;
+    int batch;
+    uint64_t seed;
+    int *order;               // (data->count) this epoch's order
+    float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
+    float *probs;             // (batch, 10)
+} Trainer;
+
+Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
+    require(batch >= 1 && batch <= model->max_batch, "batch %d, but the model takes 1 to %d images",
+            batch, model->max_batch);
+    Trainer t = {.model = model, .optimizer = optimizer, .data = data, .batch = batch, .seed = seed};
+    t.order = xmalloc((size_t)data->count * sizeof(int));
+    t.images = xmalloc((size_t)batch * (IMAGE_SIZE + 2 * NUM_CLASSES) * sizeof(float));
+    t.targets = t.images + (size_t)batch * IMAGE_SIZE;
+    t.probs = t.targets + (size_t)batch * NUM_CLASSES;
+    return t;
+}
+
+void trainer_free(Trainer *t) {
+    free(t->order);
+    free(t->images);
+}
+
+// The order of one epoch, from (seed, epoch) alone: the identity, shuffled
+// by the epoch's own keyed stream. No epoch depends on the one before, so a
+// run resumed at epoch k sees the same images in the same order.
+void epoch_order(int *order, int count, uint64_t seed, int epoch) {
+    for (int i = 0; i < count; i++) order[i] = i;
+    Rng rng = rng_keyed(seed, STREAM_SHUFFLE, (uint64_t)epoch, 0);
+    shuffle(order, count, &rng);
+}
+
+const char *optimizer_name(const Optimizer *o) { return o->kind == OPTIMIZER_ADAM ? "adam" : "sgd"; }
+
+// A loss that is infinite or not a number poisons every weight it touches
+// (NaN - anything is NaN), so training stops at the first one.
+int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, float loss) {
+    return fail(err, EXIT_DIVERGED, "epoch %d, batch %d of %d: the loss is %g, not a finite number, "
+                "so training stopped. The likely cause is a learning rate too large for %s "
+                "(--lr %g): each step overshoots and the weights grow until a number overflows. "
+                "Try a learning rate ten times smaller%s.", epoch, batch, batches, loss,
+                optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
+}
+
+// One pass over the training data in this epoch's order. Fills the epoch's
+// mean loss and accuracy (over the batches as they were trained); returns 0,
+// or EXIT_DIVERGED with the message in *err.
+int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
+                float *loss, float *accuracy, Error *err) {
+    Model *m = t->model;
+    const Dataset *d = t->data;
+    int batches = (d->count + t->batch - 1) / t->batch;
+    double loss_sum = 0;
+    long correct = 0, seen = 0;
+    epoch_order(t->order, d->count, t->seed, epoch);
+    if (progress) {
+        progress->epoch_start = now_seconds();
+        progress->epoch_done = 0;
+    }
+    for (int b = 0; b < batches; b++) {
+        int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
+        for (int i = 0; i < n; i++) {
+            int item = t->order[first + i];
+            memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
+            memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
+        }
+        Batch batch = {.images = t->images, .targets = t->targets, .count = n,
+                       .step = (long)(epoch - 1) * batches + b};
+        memset(m->grads, 0, m->count * sizeof(float));
+        float batch_loss = m->compute_gradients(m->net, &batch, t->probs);
+        if (!isfinite(batch_loss)) {
+            if (progress && progress->terminal) printf("\n");
+            return diverged(err, t->optimizer, epoch, b + 1, batches, batch_loss);
+        }
+        optimizer_update(t->optimizer, m->params, m->grads, m->count);
+        for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
+        loss_sum += (double)batch_loss * n;
+        seen += n;
+        if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
+        if (progress) {
+            progress->done += n;
+            progress->epoch_done += n;
+            report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
+        }
+    }
+    *loss = (float)(loss_sum / seen);
+    *accuracy = (float)correct / (float)seen;
+    return 0;
+}
+
+typedef struct {
+    float loss, accuracy;
+    int confusion[NUM_CLASSES][NUM_CLASSES];  // [true class][predicted class]
+} Evaluation;
+
+// Loss, accuracy and confusion matrix on a whole dataset, in inference mode.
+Evaluation evaluate(Model *m, const Dataset *d) {
+    Evaluation e = {0};
+    float *probs = xmalloc((size_t)m->max_batch * NUM_CLASSES * sizeof(float));  // (max_batch, 10)
+    double loss_sum = 0;
+    int correct = 0;
+    for (int first = 0; first < d->count; first += m->max_batch) {
+        int n = d->count - first < m->max_batch ? d->count - first : m->max_batch;
+        Batch batch = {.images = d->images + (size_t)first * IMAGE_SIZE,
+                       .targets = d->targets + (size_t)first * NUM_CLASSES, .count = n};
+        float loss = m->predict(m->net, &batch, probs);
+        loss_sum += (double)loss * n;
+        for (int i = 0; i < n; i++) {
+            int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
+            e.confusion[truth][guess]++;
+            correct += truth == guess;
+        }
+    }
+    free(probs);
+    e.loss = d->count ? (float)(loss_sum / d->count) : 0;
+    e.accuracy = d->count ? (float)correct / (float)d->count : 0;
+    return e;
+}
+
+void print_confusion(const Evaluation *e) {
+    printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%13s", "");
+    for (int k = 0; k < NUM_CLASSES; k++) printf(" %5.5s", CLASS_NAMES[k]);
+    printf("\n");
+    for (int t = 0; t < NUM_CLASSES; t++) {
+        printf("  %-11s", CLASS_NAMES[t]);
+        for (int k = 0; k < NUM_CLASSES; k++) printf(" %5d", e->confusion[t][k]);
+        printf("\n");
+    }
+}
+
+// Trains for `epochs` epochs with validation after each, filling history.
+// Returns 0, or EXIT_DIVERGED with the message in *err.
+int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+          int epochs, int batch, uint64_t seed, History *h, Error *err) {
+    Trainer t = trainer_new(m, opt, train_set, batch, seed);
+    Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(),
+                         .total = (long)epochs * train_set->count};
+    int status = 0;
+    for (int epoch = 1; epoch <= epochs && !status; epoch++) {
+        double start = now_seconds();
+        float loss, accuracy;
+        status = train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy, err);
+        if (status) break;
+        double seconds = now_seconds() - start;
+        Evaluation v = evaluate(m, validation);
+        if (!isfinite(v.loss)) {
+            status = fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: "
+                          "the weights have grown too large. Try a smaller learning rate (--lr %g now).",
+                          epoch, v.loss, opt->learning_rate);
+            break;
+        }
+        int e = h->epochs++;
+        h->train_loss[e] = loss, h->train_accuracy[e] = accuracy, h->seconds[e] = (float)seconds;
+        h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy;
+        printf("%sepoch %d/%d  train loss %.4f accuracy %.2f%%  validation loss %.4f accuracy %.2f%%  "
+               "%.2f s  %.0f images/s\n", progress.terminal ? "\r" : "", epoch, epochs, loss,
+               100 * accuracy, v.loss, 100 * v.accuracy, seconds, train_set->count / seconds);
+    }
+    trainer_free(&t);
+    return status;
+}
+
+// The debugging habit: a model that cannot learn a handful of images by
+// heart has a bug, and this finds out in seconds rather than hours.
+int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t seed, Error *err) {
+    enum { MAX_OVERFIT_EPOCHS = 1000 };
+    Trainer t = trainer_new(m, opt, few, batch < few->count ? batch : few->count, seed);
+    Evaluation e = {0};
+    int epoch, status = 0;
+    printf("overfitting %d training images: training on them until every one is right\n", few->count);
+    for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS && !status; epoch++) {
+        float loss, accuracy;
+        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy, err);
+        if (status) break;
+        e = evaluate(m, few);
+        if (epoch % 10 == 0 || e.accuracy == 1.0f)
+            printf("epoch %d  loss %.4f  accuracy %.2f%%\n", epoch, e.loss, 100 * e.accuracy);
+        if (e.accuracy == 1.0f) break;
+    }
+    trainer_free(&t);
+    if (status) return status;
+    if (e.accuracy == 1.0f) {
+        printf("all %d images right after %d epochs: the model and its gradients can learn.\n", few->count, epoch);
+        return 0;
+    }
+    return fail(err, EXIT_NOT_LEARNING, "after %d epochs only %.2f%% of %d images are right: "
+                "something is wrong (the gradients? the learning rate?)", MAX_OVERFIT_EPOCHS,
+                100 * e.accuracy, few->count);
+}
+
+// The protocol's training set, or its first --limit images.
+Dataset training_set(const FashionMnist *data, const Options *o) {
+    Dataset d = data->train;
+    if (o->limit && o->limit < d.count) d.count = o->limit;
+    return d;
+}
+
+// The line a script reads: the last line a chapter prints.
+typedef struct {
+    const char *model;
+    int epochs, seed;
+    float test_loss, test_accuracy;
+    double seconds;
+} Result;
+
+void print_result(const Result *r) {
+    printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
+           r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
+}
+
+OptimizerKind optimizer_kind(const Options *o) {
+    return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
+}
+
+// Everything after the model is built: the sanity check, training (or
+// overfitting), the test. Fills *history and *result; returns the exit
+// code, with the message in *err when it is not 0.
+int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
+                 Result *result, Error *err) {
+    Dataset train_set = training_set(data, o);
+    printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
+           m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
+    Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
+    int status = 0;
+    *result = (Result){.model = m->name, .seed = o->seed};
+    if (o->overfit) {
+        Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
+        status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed, err);
+    } else {
+        // Untrained, the network should be unsure: about 1/10 for every class,
+        // so a loss near -ln(1/10). Far from it, the initialisation is off.
+        Evaluation before = evaluate(m, &data->validation);
+        printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
+               before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+        *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
+        printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
+               data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
+        double start = now_seconds();
+        status = train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history, err);
+        result->seconds = now_seconds() - start;
+    }
+    if (!status && !o->overfit) {
+        Evaluation test = evaluate(m, &data->test);
+        print_confusion(&test);
+        printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
+        result->epochs = o->epochs;
+        result->test_loss = test.loss;
+        result->test_accuracy = test.accuracy;
+    }
+    optimizer_free(&opt);
+    return status;
+}
+/* ----------------------------------------------------------------------------
+   The ANN: 784 -> Dense(128) ReLU -> Dense(64) ReLU -> Dense(10) softmax.
+
+   What this is: the first model of the book, with its forward and backward
+   passes written out by hand from the layers above.
+   What it is not: reusable for another architecture; that is what the
+   automatic differentiation of chapter 3 is for.
+
+   Memory, as in llm.c: one allocation for all parameters, one for their
+   gradients (same order, so the optimiser can treat both as flat arrays),
+   one for the activations and one for their gradients, each carved into
+   named pointers. */
+
+enum { ANN_LAYERS = 3 };
+static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};
+/* ----------------------------------------------------------------------------
+   Reverse-mode automatic differentiation (book.md, "Chapter 3").
+
+   What this is: a graph of nodes, each holding a value, a gradient, and the
+   op that computed it from its input nodes. Running the ops in topological
+   order computes the loss; running their backward functions in the reverse
+   order computes the gradient of the loss with respect to every node, by
+   the chain rule, one op at a time. A new layer is a new op: a forward and a
+   backward function and a row in the op table; the ordering, the memory and
+   the backward pass stay as they are.
+   What it is not: dynamic. The graph is built once, compiled (ordered, and
+   given all its memory), then replayed for every batch; only the batch size
+   may change between runs, up to the size it was compiled for.
+
+   The rules the engine keeps, which the tests check:
+   - Backward ADDS into gradients. A node that feeds two ops receives the sum
+     of both contributions, which is what the chain rule says.
+   - graph_backward() clears the gradients of the computed (interior) nodes
+     itself, so calling it twice gives the same interior gradients; but it
+     adds into the gradients of parameters, so calling it twice without
+     graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
+     parameter gradients is the caller's job, once per optimiser step. */
+
+enum { MAX_RANK = 4, MAX_NODES = 128 };
+enum { MAX_INPUTS = 5 };  // batch_norm: x, gamma, beta, running mean, running variance
+
+typedef struct Node Node;
+typedef struct Graph Graph;
+
+typedef struct {
+    const char *name;
+    void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
+    void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
+    size_t (*scratch)(const Node *node, int max_batch);  // floats of scratch memory it needs, or NULL
+    int view;                                   // shares its input's memory (a reshape)
+} Op;
+
+typedef enum { INIT_ZEROS, INIT_ONES, INIT_GLOROT } Init;
+
+struct Node {
+    const Op *op;               // NULL for a leaf: an input or a parameter
+    const char *label;          // for printing; may be NULL
+    Node *inputs[MAX_INPUTS];
+    int input_count;
+    int rank, shape[MAX_RANK];  // shape[0] is the batch size when batched
+    int batched;                // does shape[0] follow graph_set_batch()?
+    size_t item_size;           // elements per batch item (batched) or in all
+    size_t size;                // elements now
+    float *value;               // (shape)
+    float *grad;                // (shape), or NULL when no gradient is needed
+    int requires_grad;          // a parameter, or a parameter upstream (tests may set it on an input)
+    int is_parameter;
+    Init init;                  // parameters only
+    float *saved;               // what backward needs (e.g. probabilities)
+    size_t saved_per_item;      // floats of `saved` per batch item
+    int pad;                    // conv2d: zeros on each side (0 valid, KH/2 same)
+    int is_state;               // kept, not learned: BatchNorm's running statistics
+    float rate;                 // dropout: the probability of dropping a value
+    size_t saved_fixed;         // floats of `saved` that do not grow with the batch
+};
+
+struct Graph {
+    Node nodes[MAX_NODES];  // in creation order, which is also a valid order
+    int count;
+    Node *order[MAX_NODES]; // what graph_forward runs: the output and all it needs
+    int order_count;
+    Node *output;
+    int max_batch, batch;
+    int training;           // the mode of the last forward: dropout and batch norm differ
+    uint64_t seed;          // with step, the key of the streams of ops that draw random numbers
+    long step;              // the optimiser step being computed (see Batch)
+    float *params, *grads;  // (param_count) each: every parameter, in creation order
+    size_t param_count;
+    float *memory;          // values, gradients and saved buffers of all other nodes
+    int compiled;           // after graph_compile() the graph is fixed
+    KernelKind kernel;      // how convolutions and matrix multiplies are computed
+    float *scratch;         // (scratch_size) working memory ops share, one op at a time
+    size_t scratch_size;
+    float *state;           // (state_count) every state node, in creation order
+    size_t state_count;
+};
+
+// A graph with room for batches of up to max_batch items.
+Graph *graph_new(int max_batch) {
+    Graph *g = xmalloc(sizeof *g);
+    memset(g, 0, sizeof *g);
+    g->max_batch = g->batch = max_batch;
+    return g;
+}
+
+void graph_free(Graph *g) {
+    if (!g) return;
+    free(g->params);
+    free(g->grads);
+    free(g->memory);
+    free(g->scratch);
+    free(g->state);
+    free(g);
+}
+
+// Adds a node of the given shape. For a batched node, `shape` leaves out
+// the batch dimension: {784} makes a node of shape (batch, 784).
+Node *graph_add_node(Graph *g, const Op *op, int batched, const int *shape, int rank) {
+    require(!g->compiled, "a node added after graph_compile(); build the whole graph first");
+    require(g->count < MAX_NODES, "more than %d nodes", MAX_NODES);
+    require(rank + batched <= MAX_RANK, "rank %d is more than %d", rank + batched, MAX_RANK);
+    Node *n = &g->nodes[g->count++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->batched = batched;
+    n->rank = rank + batched;
+    n->item_size = 1;
+    if (batched) n->shape[0] = g->batch;
+    for (int i = 0; i < rank; i++) {
+        n->shape[i + batched] = shape[i];
+        n->item_size *= (size_t)shape[i];
+    }
+    n->size = batched ? n->item_size * (size_t)g->batch : n->item_size;
+    return n;
+}
+
+// A batched input (images, targets): filled by the caller, never differentiated.
+Node *graph_input(Graph *g, const char *label, const int *shape, int rank) {
+    Node *n = graph_add_node(g, NULL, 1, shape, rank);
+    n->label = label;
+    return n;
+}
+
+// A parameter: learned, so it needs a gradient; initialised by graph_initialize().
+Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    require(init != INIT_GLOROT || rank >= 2, "%s: Glorot needs a fan in and a fan out (rank 2 or more)", label);
+    Node *n = graph_add_node(g, NULL, 0, shape, rank);
+    n->label = label;
+    n->is_parameter = n->requires_grad = 1;
+    n->init = init;
+    return n;
+}
+
+// State: kept with the parameters (a checkpoint saves it), initialised like
+// them, changed by the ops that own it in training, never by the optimiser.
+Node *graph_state(Graph *g, const char *label, const int *shape, int rank, Init init) {
+    require(init != INIT_GLOROT, "%s: state starts at zeros or ones", label);
+    Node *n = graph_add_node(g, NULL, 0, shape, rank);
+    n->label = label;
+    n->is_state = 1;
+    n->init = init;
+    return n;
+}
+
+// Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
+// between pointers into different arrays.)
+int graph_owns(const Graph *g, const Node *n) {
+    for (int i = 0; i < g->count; i++)
+        if (&g->nodes[i] == n) return 1;
+    return 0;
+}
+
+// An op node over the given inputs; it needs a gradient if any input does.
+Node *graph_op(Graph *g, const Op *op, Node **inputs, int input_count,
+               int batched, const int *shape, int rank) {
+    for (int i = 0; i < input_count; i++)
+        require(graph_owns(g, inputs[i]), "%s: an input from another graph", op->name);
+    Node *n = graph_add_node(g, op, batched, shape, rank);
+    n->input_count = input_count;
+    for (int i = 0; i < input_count; i++) {
+        n->inputs[i] = inputs[i];
+        n->requires_grad |= inputs[i]->requires_grad;
+    }
+    return n;
+}
+
+/* Topological order: every node after all of its inputs. A depth-first walk
+   from the output adds a node once all its inputs have been added, so nodes
+   the output does not depend on are left out, and a node reached along two
+   paths (a diamond) is added once. */
+void topological_visit(Graph *g, Node *n, char *visited) {
+    int index = (int)(n - g->nodes);
+    if (visited[index]) return;
+    visited[index] = 1;
+    for (int i = 0; i < n->input_count; i++) topological_visit(g, n->inputs[i], visited);
+    g->order[g->order_count++] = n;
+}
+
+// Orders the graph for `output` and gives every node its memory: one block
+// for the parameters, one for their gradients (in creation order, so an
+// optimiser can treat them as flat arrays), one for everything else.
+void graph_compile(Graph *g, Node *output) {
+    require(!g->compiled, "graph_compile() called twice");
+    require(graph_owns(g, output), "graph_compile: the output is not a node of this graph");
+    g->compiled = 1;
+    char visited[MAX_NODES] = {0};
+    g->output = output;
+    g->order_count = 0;
+    topological_visit(g, output, visited);
+    size_t params = 0, other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->op && n->op->view) continue;
+        if (n->op && n->op->scratch && n->op->scratch(n, g->max_batch) > g->scratch_size)
+            g->scratch_size = n->op->scratch(n, g->max_batch);
+        if (n->is_state) {
+            g->state_count += capacity;
+            continue;
+        }
+        other += n->saved_fixed;
+        if (n->is_parameter) params += capacity;
+        else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
+                      n->saved_per_item * (size_t)g->max_batch;
+    }
+    g->param_count = params;
+    g->params = xmalloc(params * sizeof(float));
+    g->grads = xmalloc(params * sizeof(float));
+    g->memory = xmalloc(other * sizeof(float));
+    memset(g->params, 0, params * sizeof(float));
+    memset(g->grads, 0, params * sizeof(float));
+    memset(g->memory, 0, other * sizeof(float));
+    g->scratch = xmalloc(g->scratch_size * sizeof(float));
+    g->state = xmalloc(g->state_count * sizeof(float));
+    size_t states = 0;
+    params = other = 0;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
+        if (n->op && n->op->view) {  // the same numbers under another shape: no copy
+            n->value = n->inputs[0]->value;
+            n->grad = n->inputs[0]->grad;
+            continue;
+        }
+        if (n->is_state) {
+            n->value = g->state + states;
+            states += capacity;
+            continue;
+        }
+        if (n->is_parameter) {
+            n->value = g->params + params;
+            n->grad = g->grads + params;
+            params += capacity;
+            continue;
+        }
+        n->value = g->memory + other;
+        other += capacity;
+        if (n->requires_grad) {
+            n->grad = g->memory + other;
+            other += capacity;
+        }
+        if (n->saved_per_item) {
+            n->saved = g->memory + other;
+            other += n->saved_per_item * (size_t)g->max_batch;
+        }
+        if (n->saved_fixed) {  // after the per-item part, or on its own
+            if (!n->saved) n->saved = g->memory + other;
+            other += n->saved_fixed;
+        }
+    }
+}
+
+// Parameters in creation order from the init stream: Glorot for weights,
+// zeros for biases, ones for scales. A weight's last two dimensions are its
+// inputs and outputs: (C, OC) for a dense layer, and (KH, KW, C, OC) for a
+// convolution kernel, whose fans are C and OC times the KH*KW positions.
+// The seed is kept too: ops that draw random numbers (dropout) open keyed
+// streams of it, so one seed fixes everything.
+void graph_initialize(Graph *g, uint64_t seed) {
+    require(g->compiled, "graph_initialize() before graph_compile(): the parameters have no memory yet");
+    Rng rng = rng_new(seed, STREAM_INIT);
+    g->seed = seed;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->is_parameter) continue;
+        if (n->init == INIT_GLOROT) {
+            int receptive = 1;
+            for (int d = 0; d < n->rank - 2; d++) receptive *= n->shape[d];
+            glorot_uniform(n->value, n->size, n->shape[n->rank - 2] * receptive,
+                           n->shape[n->rank - 1] * receptive, &rng);
+        } else {
+            for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
+        }
+    }
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (n->is_state)
+            for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
+    }
+}
+
+void graph_set_batch(Graph *g, int batch) {
+    require(g->compiled, "graph_set_batch() before graph_compile()");
+    require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
+    g->batch = batch;
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->batched) continue;
+        n->shape[0] = batch;
+        n->size = n->item_size * (size_t)batch;
+    }
+}
+
+// Runs every op in order; returns the output's first value (the loss).
+float graph_forward(Graph *g, int training) {
+    require(g->compiled, "graph_forward() before graph_compile()");
+    g->training = training;
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op) n->op->forward(n, g);
+    }
+    return g->output->value[0];
+}
+
+// Clears the gradients that graph_backward() adds into: those of the
+// parameters, and of any input that asked for one.
+void graph_zero_grad(Graph *g) {
+    require(g->compiled, "graph_zero_grad() before graph_compile()");
+    for (int i = 0; i < g->count; i++) {
+        Node *n = &g->nodes[i];
+        if (!n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+    }
+}
+
+// The gradient of the output (a scalar) with respect to every node that
+// needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
+// The forward pass must have run in training mode: the gradients are of
+// what the training forward computed, and with batch norm (chapter 5) an
+// inference forward computes something else, so its gradients would be
+// silently wrong.
+void graph_backward(Graph *g) {
+    require(g->compiled, "graph_backward() before graph_compile()");
+    require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+    }
+    require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
+    g->output->grad[0] = 1.0f;
+    for (int i = g->order_count - 1; i >= 0; i--) {
+        Node *n = g->order[i];
+        if (n->op && n->requires_grad) n->op->backward(n, g);
+    }
+}
+
+void print_shape(const Node *n) {
+    printf("(");
+    for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
+    printf(")");
+}
+
+// The graph as a list, in the order it runs.
+void graph_print(const Graph *g) {
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        printf("  %2d  %-22s ", (int)(n - g->nodes), n->op ? n->op->name : n->is_parameter ? "parameter" : "input");
+        print_shape(n);
+        if (n->label) printf("  %s", n->label);
+        for (int k = 0; k < n->input_count; k++)
+            printf(k ? ", %d" : "  <- %d", (int)(n->inputs[k] - g->nodes));
+        printf("\n");
+    }
+}
+
+/* ---- The ops ---------------------------------------------------------------
+   Each op is a forward and a backward function over its node, mostly calling
+   the layer kernels of chapter 2, plus a constructor that checks shapes. The
+   backward functions skip inputs that need no gradient (grad == NULL). */
+
+// Adds src into dst, elementwise: the backward of every "copy" of a gradient.
+void accumulate(float *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+// matmul: x (B, C) @ w (C, OC) -> (B, OC)
+void matmul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+void matmul_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0], *w = n->inputs[1];
+    matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+}
+
+// bias_add: x (B, ..., C) + b (C) -> the shape of x; b is added along the
+// last dimension, so the same op serves dense layers and (NHWC) convolutions.
+void bias_add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0], *b = n->inputs[1];
+    memcpy(n->value, x->value, n->size * sizeof(float));
+    bias_forward(n->value, b->value, (int)(n->size / b->size), (int)b->size);
+}
+
+void bias_add_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0], *b = n->inputs[1];
+    if (x->grad) accumulate(x->grad, n->grad, n->size);
+    if (b->grad) bias_backward(b->grad, n->grad, (int)(n->size / b->size), (int)b->size);
+}
+
+void relu_op_forward(Node *n, Graph *g) {
+    (void)g;
+    relu_forward(n->value, n->inputs[0]->value, n->size);
+}
+
+void relu_op_backward(Node *n, Graph *g) {
+    (void)g;
+    relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
+}
+
+// add: a + b, same shapes. d(a+b)/da = 1, so each input gets the gradient as is.
+void add_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] + n->inputs[1]->value[i];
+}
+
+void add_op_backward(Node *n, Graph *g) {
+    (void)g;
+    for (int k = 0; k < 2; k++)
+        if (n->inputs[k]->grad) accumulate(n->inputs[k]->grad, n->grad, n->size);
+}
+
+// mul: a * b elementwise. d(ab)/da = b and d(ab)/db = a.
+void mul_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = n->inputs[0]->value[i] * n->inputs[1]->value[i];
+}
+
+void mul_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *a = n->inputs[0], *b = n->inputs[1];
+    for (size_t i = 0; i < n->size; i++) {
+        if (a->grad) a->grad[i] += n->grad[i] * b->value[i];
+        if (b->grad) b->grad[i] += n->grad[i] * a->value[i];
+    }
+}
+
+// sum: every element of x -> a scalar. Each element moved the sum by 1.
+void sum_op_forward(Node *n, Graph *g) {
+    (void)g;
+    double total = 0;
+    for (size_t i = 0; i < n->inputs[0]->size; i++) total += n->inputs[0]->value[i];
+    n->value[0] = (float)total;
+}
+
+void sum_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0];
+    for (size_t i = 0; i < x->size; i++) x->grad[i] += n->grad[0];
+}
+
+// softmax_cross_entropy: logits (B, K), targets (B, K) -> the mean loss, a
+// scalar. Keeps the probabilities (saved) for backward and for accuracy.
+void softmax_cross_entropy_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *logits = n->inputs[0], *targets = n->inputs[1];
+    n->value[0] = softmax_cross_entropy_forward(n->saved, logits->value, targets->value,
+                                                logits->shape[0], logits->shape[1]);
+}
+
+void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *logits = n->inputs[0], *targets = n->inputs[1];
+    softmax_cross_entropy_backward(logits->grad, n->grad[0], n->saved, targets->value,
+                                   logits->shape[0], logits->shape[1]);
+}
+
+/* conv2d: x (B, H, W, C), kernel (KH, KW, C, OC), bias (OC) -> (B, OH, OW, OC),
+   with the node's `pad`. The graph's `kernel` says which implementation of
+   conv.c runs; they compute the same sums (in different orders). */
+ConvShape conv_shape_of(const Node *n) {
+    const Node *x = n->inputs[0], *w = n->inputs[1];
+    return conv_shape(x->shape[0], x->shape[1], x->shape[2], x->shape[3], w->shape[0], w->shape[1],
+                      n->pad, w->shape[3]);
+}
+
+void conv2d_op_forward(Node *n, Graph *g) {
+    const Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
+    ConvShape s = conv_shape_of(n);
+    if (g->kernel == KERNEL_NAIVE) conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
+    else conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s, g->scratch);
+}
+
+void conv2d_op_backward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
+    ConvShape s = conv_shape_of(n);
+    if (g->kernel == KERNEL_NAIVE)
+        conv2d_backward_naive(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s);
+    else
+        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s, g->scratch);
+}
+
+// im2col's patches and their gradient, at the largest batch.
+size_t conv2d_op_scratch(const Node *n, int max_batch) {
+    ConvShape s = conv_shape_of(n);
+    s.batch = max_batch;
+    return 2 * conv_rows(&s) * conv_patch_size(&s);
+}
+
+// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
+void max_pool_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *x = n->inputs[0];
+    max_pool_forward(n->value, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+}
+
+void max_pool_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0];
+    max_pool_backward(x->grad, n->grad, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+}
+
+// reshape: the same numbers read with another shape. graph_compile points
+// the node at its input's memory, so there is nothing to compute either way.
+void reshape_op_forward(Node *n, Graph *g) { (void)n, (void)g; }
+void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
+
+/* batch_norm: x (B, ..., C), gamma and beta (C), running mean and variance
+   (C, state) -> the shape of x. Statistics over every dimension but the
+   last. Saved: x_hat per item, then 1/sqrt(var + eps) per channel. */
+void batch_norm_op_forward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2], *mean = n->inputs[3], *var = n->inputs[4];
+    int C = gamma->shape[0];
+    size_t N = x->size / (size_t)C;
+    if (g->training)
+        batch_norm_forward_train(n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
+                                 mean->value, var->value, x->value, gamma->value, beta->value, N, C);
+    else
+        batch_norm_forward_infer(n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
+}
+
+void batch_norm_op_backward(Node *n, Graph *g) {
+    Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2];
+    int C = gamma->shape[0];
+    batch_norm_backward(x->grad, gamma->grad, beta->grad, n->grad, n->saved,
+                        n->saved + n->saved_per_item * (size_t)g->max_batch, gamma->value, x->size / (size_t)C, C);
+}
+
+/* dropout: x -> the shape of x. Item i of the batch draws its mask from the
+   stream keyed by (seed, step, this node, i): the same masks at any thread
+   count, in any order, and in a resumed run. Saved: the mask. */
+void dropout_op_forward(Node *n, Graph *g) {
+    const Node *x = n->inputs[0];
+    if (!g->training) {
+        memcpy(n->value, x->value, n->size * sizeof(float));
+        return;
+    }
+    uint64_t layer = (uint64_t)(n - g->nodes);
+    for (int i = 0; i < n->shape[0]; i++) {
+        Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+        size_t at = (size_t)i * n->item_size;
+        dropout_forward_train(n->value + at, n->saved + at, x->value + at, n->item_size, n->rate, &rng);
+    }
+}
+
+void dropout_op_backward(Node *n, Graph *g) {
+    (void)g;
+    dropout_backward(n->inputs[0]->grad, n->grad, n->saved, n->size);
+}
+
+// The op table: the one place an op is registered.
+typedef enum {
+    OP_MATMUL, OP_BIAS_ADD, OP_RELU, OP_ADD, OP_MUL, OP_SUM, OP_SOFTMAX_CROSS_ENTROPY,
+    OP_CONV2D, OP_MAX_POOL, OP_RESHAPE,
+    OP_BATCH_NORM, OP_DROPOUT,
+    OP_COUNT
+} OpKind;
+
+static const Op OPS[OP_COUNT] = {
+    [OP_MATMUL] = {.name = "matmul", .forward = matmul_op_forward, .backward = matmul_op_backward},
+    [OP_BIAS_ADD] = {.name = "bias_add", .forward = bias_add_op_forward, .backward = bias_add_op_backward},
+    [OP_RELU] = {.name = "relu", .forward = relu_op_forward, .backward = relu_op_backward},
+    [OP_ADD] = {.name = "add", .forward = add_op_forward, .backward = add_op_backward},
+    [OP_MUL] = {.name = "mul", .forward = mul_op_forward, .backward = mul_op_backward},
+    [OP_SUM] = {.name = "sum", .forward = sum_op_forward, .backward = sum_op_backward},
+    [OP_SOFTMAX_CROSS_ENTROPY] = {.name = "softmax_cross_entropy", .forward = softmax_cross_entropy_op_forward,
+                                  .backward = softmax_cross_entropy_op_backward},
+    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward,
+                   .scratch = conv2d_op_scratch},
+    [OP_MAX_POOL] = {.name = "max_pool", .forward = max_pool_op_forward, .backward = max_pool_op_backward},
+    [OP_RESHAPE] = {.name = "reshape", .forward = reshape_op_forward, .backward = reshape_op_backward, .view = 1},
+    [OP_BATCH_NORM] = {.name = "batch_norm", .forward = batch_norm_op_forward, .backward = batch_norm_op_backward},
+    [OP_DROPOUT] = {.name = "dropout", .forward = dropout_op_forward, .backward = dropout_op_backward},
+};
+
+// The constructors: check the shapes, make the node.
+Node *matmul(Graph *g, Node *x, Node *w) {
+    require(x->batched && x->rank == 2 && !w->batched && w->rank == 2 && x->shape[1] == w->shape[0],
+            "matmul needs x (B, C) and w (C, OC)");
+    return graph_op(g, &OPS[OP_MATMUL], (Node *[]){x, w}, 2, 1, &w->shape[1], 1);
+}
+
+Node *bias_add(Graph *g, Node *x, Node *b) {
+    require(!b->batched && b->rank == 1 && x->shape[x->rank - 1] == b->shape[0],
+            "bias_add needs a bias as long as the last dimension of x");
+    return graph_op(g, &OPS[OP_BIAS_ADD], (Node *[]){x, b}, 2, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+int same_shape(const Node *a, const Node *b) {
+    if (a->batched != b->batched || a->rank != b->rank) return 0;
+    for (int d = 0; d < a->rank; d++)
+        if (a->shape[d] != b->shape[d]) return 0;
+    return 1;
+}
+
+Node *same_shape_op(Graph *g, OpKind kind, Node **inputs, int count) {
+    for (int k = 1; k < count; k++)
+        require(same_shape(inputs[k], inputs[0]), "%s needs inputs of the same shape", OPS[kind].name);
+    Node *x = inputs[0];
+    return graph_op(g, &OPS[kind], inputs, count, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+Node *relu(Graph *g, Node *x) { return same_shape_op(g, OP_RELU, (Node *[]){x}, 1); }
+Node *add(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_ADD, (Node *[]){a, b}, 2); }
+Node *mul(Graph *g, Node *a, Node *b) { return same_shape_op(g, OP_MUL, (Node *[]){a, b}, 2); }
+
+Node *sum(Graph *g, Node *x) {
+    return graph_op(g, &OPS[OP_SUM], (Node *[]){x}, 1, 0, (int[]){1}, 1);
+}
+
+// conv2d with a bias; pad 0 is "valid", KH/2 "same" (odd kernels only).
+Node *conv2d(Graph *g, Node *x, Node *kernel, Node *bias, int pad) {
+    require(x->batched && x->rank == 4 && !kernel->batched && kernel->rank == 4 &&
+            kernel->shape[2] == x->shape[3] && bias->rank == 1 && bias->shape[0] == kernel->shape[3],
+            "conv2d needs x (B, H, W, C), a kernel (KH, KW, C, OC) and a bias (OC)");
+    require(kernel->shape[0] % 2 == 1 && kernel->shape[1] % 2 == 1 && pad >= 0 && pad <= kernel->shape[0] / 2,
+            "conv2d takes odd kernels and a padding from 0 to KH/2");
+    int OH = x->shape[1] + 2 * pad - kernel->shape[0] + 1, OW = x->shape[2] + 2 * pad - kernel->shape[1] + 1;
+    require(OH >= 1 && OW >= 1, "conv2d: a %dx%d kernel does not fit a %dx%d image", kernel->shape[0],
+            kernel->shape[1], x->shape[1], x->shape[2]);
+    Node *n = graph_op(g, &OPS[OP_CONV2D], (Node *[]){x, kernel, bias}, 3, 1,
+                       (int[]){OH, OW, kernel->shape[3]}, 3);
+    n->pad = pad;
+    return n;
+}
+
+Node *max_pool(Graph *g, Node *x) {
+    require(x->batched && x->rank == 4 && x->shape[1] >= POOL && x->shape[2] >= POOL,
+            "max_pool needs x (B, H, W, C) of at least 2x2");
+    return graph_op(g, &OPS[OP_MAX_POOL], (Node *[]){x}, 1, 1,
+                    (int[]){x->shape[1] / POOL, x->shape[2] / POOL, x->shape[3]}, 3);
+}
+
+// The same values under a new shape (of one batch item), no copy. A
+// reshaped leaf would share its gradient with a node whose gradient
+// graph_backward() clears, so only ops and gradient-free inputs qualify.
+Node *reshape(Graph *g, Node *x, const int *shape, int rank) {
+    size_t size = 1;
+    for (int d = 0; d < rank; d++) size *= (size_t)shape[d];
+    require(x->batched && size == x->item_size, "reshape must keep the number of values per item");
+    require(x->op || !x->requires_grad, "reshape: a leaf that needs a gradient cannot be reshaped");
+    return graph_op(g, &OPS[OP_RESHAPE], (Node *[]){x}, 1, 1, shape, rank);
+}
+
+Node *flatten(Graph *g, Node *x) { return reshape(g, x, (int[]){(int)x->item_size}, 1); }
+// batch_norm over the last dimension of x, with its own gamma (ones), beta
+// (zeros), running mean (zeros) and running variance (ones), labelled by
+// `labels` in that order (string literals: the nodes keep the pointers).
+Node *batch_norm(Graph *g, Node *x, const char *const labels[4]) {
+    require(x->batched && x->rank >= 2, "batch_norm needs x (B, ..., C)");
+    int C = x->shape[x->rank - 1];
+    Node *gamma = graph_parameter(g, labels[0], (int[]){C}, 1, INIT_ONES);
+    Node *beta = graph_parameter(g, labels[1], (int[]){C}, 1, INIT_ZEROS);
+    Node *mean = graph_state(g, labels[2], (int[]){C}, 1, INIT_ZEROS);
+    Node *var = graph_state(g, labels[3], (int[]){C}, 1, INIT_ONES);
+    Node *n = graph_op(g, &OPS[OP_BATCH_NORM], (Node *[]){x, gamma, beta, mean, var}, 5, 1,
+                       x->shape + 1, x->rank - 1);
+    n->saved_per_item = x->item_size;  // x_hat
+    n->saved_fixed = (size_t)C;        // 1 / sqrt(var + eps)
+    return n;
+}
+
+Node *dropout(Graph *g, Node *x, float rate) {
+    require(x->batched && rate >= 0 && rate < 1, "dropout needs a batched x and a rate in [0, 1)");
+    Node *n = graph_op(g, &OPS[OP_DROPOUT], (Node *[]){x}, 1, 1, x->shape + 1, x->rank - 1);
+    n->rate = rate;
+    n->saved_per_item = x->item_size;  // the mask
+    return n;
+}
+
+Node *softmax_cross_entropy(Graph *g, Node *logits, Node *targets) {
+    require(logits->batched && targets->batched && logits->rank == 2 && targets->rank == 2 &&
+            logits->shape[1] == targets->shape[1], "softmax_cross_entropy needs logits and targets (B, K)");
+    // The targets are data, not something to learn: no gradient flows to them.
+    require(!targets->requires_grad, "softmax_cross_entropy: the targets must not need a gradient");
+    Node *n = graph_op(g, &OPS[OP_SOFTMAX_CROSS_ENTROPY], (Node *[]){logits, targets}, 2, 0, (int[]){1}, 1);
+    n->saved_per_item = (size_t)logits->shape[1];  // the probabilities
+    return n;
+}
+
+/* ---- Models on the engine ------------------------------------------------ */
+
+// A classifier built on a graph: where its images and targets go in, and
+// the loss node, whose saved buffer holds the probabilities.
+typedef struct {
+    Graph *graph;
+    Node *images, *targets, *loss;
+} GraphClassifier;
+
+// The ANN of chapter 2, as a graph. Parameters are created in the order of
+// chapter 2's memory (weight, bias, layer by layer), so the same seed gives
+// the same initial weights, laid out the same way.
+GraphClassifier ann_graph(int max_batch, uint64_t seed) {
+    static const char *labels[2 * ANN_LAYERS] = {"weight1", "bias1", "weight2", "bias2", "weight3", "bias3"};
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = images;
+    for (int l = 0; l < ANN_LAYERS; l++) {
+        Node *w = graph_parameter(g, labels[2 * l], (int[]){ANN_WIDTHS[l], ANN_WIDTHS[l + 1]}, 2, INIT_GLOROT);
+        Node *b = graph_parameter(g, labels[2 * l + 1], (int[]){ANN_WIDTHS[l + 1]}, 1, INIT_ZEROS);
+        x = bias_add(g, matmul(g, x, w), b);
+        if (l < ANN_LAYERS - 1) x = relu(g, x);
+    }
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+float graph_run(GraphClassifier *c, const Batch *batch, int training, float *probs) {
+    graph_set_batch(c->graph, batch->count);
+    c->graph->step = batch->step;
+    memcpy(c->images->value, batch->images, c->images->size * sizeof(float));
+    memcpy(c->targets->value, batch->targets, c->targets->size * sizeof(float));
+    float loss = graph_forward(c->graph, training);
+    if (training) graph_backward(c->graph);
+    memcpy(probs, c->loss->saved, (size_t)batch->count * NUM_CLASSES * sizeof(float));
+    return loss;
+}
+
+float graph_compute_gradients(void *net, const Batch *batch, float *probs) {
+    return graph_run(net, batch, 1, probs);
+}
+
+float graph_predict(void *net, const Batch *batch, float *probs) {
+    return graph_run(net, batch, 0, probs);
+}
+
+Model graph_model(GraphClassifier *c, const char *name) {
+    return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
+                   .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
+                   .count = c->graph->param_count,
+                   .state = c->graph->state, .state_count = c->graph->state_count,
+                   .max_batch = c->graph->max_batch};
+}
+/* ----------------------------------------------------------------------------
+   The models of chapter 4 on the engine, and their summary table.
+
+   What this is: the basic CNN of the protocol built from the ops above, and
+   a table that says, layer by layer, what each one outputs, how many
+   parameters it has and how many multiply-adds it does per image; plus one
+   function that builds any model by its name, for --model.
+   What it is not: a model zoo. The shapes are the protocol's. */
+
+// A convolution block's parameters, Glorot kernel and zero bias.
+Node *conv_layer(Graph *g, Node *x, int out_channels, int pad, const char *kernel_label,
+                 const char *bias_label) {
+    Node *kernel = graph_parameter(g, kernel_label, (int[]){3, 3, x->shape[3], out_channels}, 4, INIT_GLOROT);
+    Node *bias = graph_parameter(g, bias_label, (int[]){out_channels}, 1, INIT_ZEROS);
+    return conv2d(g, x, kernel, bias, pad);
+}
+
+Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, const char *bias_label) {
+    Node *weight = graph_parameter(g, weight_label, (int[]){x->shape[1], out_width}, 2, INIT_GLOROT);
+    Node *bias = graph_parameter(g, bias_label, (int[]){out_width}, 1, INIT_ZEROS);
+    return bias_add(g, matmul(g, x, weight), bias);
+}
+
+/* The basic CNN: conv 3x3x32 valid, ReLU, max pool, conv 3x3x64 valid,
+   ReLU, max pool, flatten, dense 128, ReLU, dense 10, softmax.
+   28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10. */
+GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
+    x = max_pool(g, relu(g, conv_layer(g, x, 32, 0, "kernel1", "bias1")));
+    x = max_pool(g, relu(g, conv_layer(g, x, 64, 0, "kernel2", "bias2")));
+    x = relu(g, dense_layer(g, flatten(g, x), 128, "weight3", "bias3"));
+    x = dense_layer(g, x, NUM_CLASSES, "weight4", "bias4");
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+/* The deeper CNN: two blocks of (conv 3x3 same, batch norm, ReLU) twice,
+   max pool, dropout 0.25; then dense 256, batch norm, ReLU, dropout 0.5,
+   dense 10. The convolutions and the first dense layer keep their biases
+   even before batch norm (which subtracts them again), as the Keras
+   original does, so the parameter count is the protocol's 872,426.
+   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10. */
+Node *conv_bn_relu(Graph *g, Node *x, int out_channels, const char *const labels[6]) {
+    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
+    return relu(g, batch_norm(g, conv, labels + 2));
+}
+
+GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
+    Graph *g = graph_new(max_batch);
+    Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
+    Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
+    Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
+    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
+    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
+    x = dropout(g, max_pool(g, x), 0.25f);
+    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
+    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
+    x = dropout(g, max_pool(g, x), 0.25f);
+    x = dense_layer(g, flatten(g, x), 256, "weight5", "bias5");
+    x = batch_norm(g, x, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
+    x = dropout(g, relu(g, x), 0.5f);
+    x = dense_layer(g, x, NUM_CLASSES, "weight6", "bias6");
+    Node *loss = softmax_cross_entropy(g, x, targets);
+    graph_compile(g, loss);
+    graph_initialize(g, seed);
+    return (GraphClassifier){g, images, targets, loss};
+}
+
+// Every model of this chapter, by the name --model takes.
+GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel) {
+    GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
+                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed)
+                      : basic_cnn_graph(max_batch, seed);
+    c.graph->kernel = kernel;
+    return c;
+}
+
+// Multiply-adds one image costs in a node: the heavy ops only, since the
+// rest (ReLU, pooling, bias) do one cheap operation per value.
+double multiply_adds_per_image(const Node *n) {
+    if (n->op == &OPS[OP_CONV2D]) {
+        const Node *w = n->inputs[1];
+        return (double)n->item_size * w->shape[0] * w->shape[1] * w->shape[2];
+    }
+    if (n->op == &OPS[OP_MATMUL]) return (double)n->inputs[1]->shape[0] * n->inputs[1]->shape[1];
+    return 0;
+}
+
+// The layer table printed before training, and the totals a reader can
+// check against the protocol (225,034 parameters for the basic CNN).
+void print_model_summary(const GraphClassifier *c, const char *name) {
+    const Graph *g = c->graph;
+    size_t parameters = 0;
+    double total_macs = 0;
+    printf("\nmodel %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
+           "parameters", "multiply-adds");
+    size_t trainable = 0;
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
+        size_t own = 0;
+        for (int k = 0; k < n->input_count; k++) {
+            if (n->inputs[k]->is_parameter) own += n->inputs[k]->size, trainable += n->inputs[k]->size;
+            if (n->inputs[k]->is_state) own += n->inputs[k]->size;
+        }
+        char shape[48] = "";
+        for (int d = n->batched; d < n->rank; d++)
+            snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
+        double macs = multiply_adds_per_image(n);
+        printf("  %-22s %-16s %10zu %14.0f\n", n->op->name, shape, own, macs);
+        parameters += own;
+        total_macs += macs;
+    }
+    printf("  %-22s %-16s %10zu %14.0f   (%.2f MFLOP per image forward)\n", "total", "", parameters,
+           total_macs, 2e-6 * total_macs);
+    if (trainable != parameters)
+        printf("  %zu of the parameters are trained; the other %zu are batch norm's running statistics\n",
+               trainable, parameters - trainable);
+    if (g->scratch_size)
+        printf("  im2col scratch at batch %d: %.1f MB (the patches and their gradient)\n", g->max_batch,
+               g->scratch_size * sizeof(float) / 1e6);
+}
+/* ----------------------------------------------------------------------------
+   The program. */
+
+enum { CONTINUE = -1 };
+
+// Parses the options and loads the data. Returns CONTINUE when there is work
+// to do, otherwise the exit code (0 after --help).
+int begin(int argc, char **argv, Options *options, FashionMnist *data) {
+    Error err = {0};
+    if (parse_options(argc, argv, options, &err)) {
+        fprintf(stderr, "%s: %s\n\n", argv[0], err.message);
+        print_usage(stderr, argv[0]);
+        return err.code;
+    }
+    if (options->help) {
+        print_usage(stdout, argv[0]);
+        return 0;
+    }
+    if (load_fashion_mnist(options->data_dir, data, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+           data->train.count, data->validation.count, data->test.count);
+    return CONTINUE;
+}
+
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) return finish_output(argv[0], status);
+
+    KernelKind kernel = strcmp(options.kernel, "naive") == 0 ? KERNEL_NAIVE : KERNEL_IM2COL;
+    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel);
+    print_model_summary(&net, options.model);
+    printf("convolutions computed by: %s\n\n", options.kernel);
+    Model model = graph_model(&net, options.model);
+    History *history = NULL;
+    Result result;
+    Error err = {0};
+    status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    else if (!options.overfit) print_result(&result);
+
+    history_free(history);
+    graph_free(net.graph);
+    free_fashion_mnist(&data);
+    return finish_output(argv[0], status);
+}

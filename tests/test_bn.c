@@ -1,0 +1,282 @@
+/* test_bn.c - chapter 5: batch normalisation and dropout. BatchNorm three
+   ways (the engine's backward against central differences of a double-
+   precision reference, and its forward against a direct computation), over
+   conv-shaped and dense-shaped inputs; inference with the running values;
+   the running values after k steps against a hand computation; dropout's
+   masks (rate, scaling, keyed streams); the deeper CNN's parameter counts;
+   and a few real training steps. */
+#include "check.h"
+
+#define main chapter5_main
+#include "../chapters/chapter5.c"
+#undef main
+
+static const double STEP = 1e-6, TOLERANCE = 1e-4;
+
+static void fill(float *x, size_t n, float low, float high, Rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = low + (high - low) * rng_uniform(rng);
+}
+
+static double relative(double a, double b) { return fabs(a - b) / fmax(fmax(fabs(a), fabs(b)), 1e-3); }
+
+/* ---- BatchNorm three ways -------------------------------------------------- */
+
+typedef struct {
+    size_t N;
+    int C;
+    const float *r;  // (N, C): the loss is sum(out * r)
+} BnCase;
+
+// sum(batch_norm(x) * r) in double, from the definition.
+static double reference_bn_loss(const BnCase *c, const double *x, const double *gamma, const double *beta) {
+    double loss = 0;
+    for (int ch = 0; ch < c->C; ch++) {
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < c->N; i++) mean += x[i * c->C + ch];
+        mean /= (double)c->N;
+        for (size_t i = 0; i < c->N; i++) var += (x[i * c->C + ch] - mean) * (x[i * c->C + ch] - mean);
+        var /= (double)c->N;  // biased, as Keras
+        for (size_t i = 0; i < c->N; i++)
+            loss += (gamma[ch] * (x[i * c->C + ch] - mean) / sqrt(var + 1e-3) + beta[ch]) * c->r[i * c->C + ch];
+    }
+    return loss;
+}
+
+static void check_bn_case(const char *name, int B, const int *item_shape, int rank, Rng *rng) {
+    section(name);
+    Graph *g = graph_new(B);
+    Node *x0 = graph_input(g, "x", item_shape, rank);
+    x0->requires_grad = 1;
+    Node *w = x0;  // the gradient checked first is x's
+    Node *out = batch_norm(g, x0, (const char *const[]){"gamma", "beta", "mean", "variance"});
+    Node *r = graph_input(g, "r", item_shape, rank);
+    graph_compile(g, sum(g, mul(g, out, r)));
+    graph_initialize(g, 1);
+    Node *gamma = out->inputs[1], *beta = out->inputs[2], *mean = out->inputs[3], *var = out->inputs[4];
+    int C = gamma->shape[0];
+    size_t n = x0->size, N = n / (size_t)C;
+    fill(x0->value, n, -2, 3, rng);
+    fill(r->value, n, -1, 1, rng);
+    fill(gamma->value, (size_t)C, 0.5f, 1.5f, rng);
+    fill(beta->value, (size_t)C, -0.5f, 0.5f, rng);
+    graph_zero_grad(g);
+    graph_forward(g, 1);
+    graph_backward(g);
+
+    // The forward pass against a direct computation (in double).
+    double worst_forward = 0;
+    for (int ch = 0; ch < C; ch++) {
+        double m = 0, v = 0;
+        for (size_t i = 0; i < N; i++) m += x0->value[i * C + ch];
+        m /= (double)N;
+        for (size_t i = 0; i < N; i++) v += (x0->value[i * C + ch] - m) * (x0->value[i * C + ch] - m);
+        v /= (double)N;
+        for (size_t i = 0; i < N; i++) {
+            double y = gamma->value[ch] * (x0->value[i * C + ch] - m) / sqrt(v + 1e-3) + beta->value[ch];
+            worst_forward = fmax(worst_forward, fabs(y - out->value[i * C + ch]));
+        }
+        // One step of the running averages from (0, 1): 0.01 of the batch's.
+        worst_forward = fmax(worst_forward, fabs(mean->value[ch] - 0.01 * m));
+        worst_forward = fmax(worst_forward, fabs(var->value[ch] - (0.99 + 0.01 * v)));
+    }
+    if (!CHECK(worst_forward < 1e-5)) printf("     forward vs direct: %.3g\n", worst_forward);
+
+    // The gradients against central differences of the double reference.
+    BnCase c = {N, C, r->value};
+    double *ops[3];
+    const Node *nodes[3] = {w, gamma, beta};
+    for (int k = 0; k < 3; k++) {
+        ops[k] = malloc(nodes[k]->size * sizeof(double));
+        for (size_t i = 0; i < nodes[k]->size; i++) ops[k][i] = k == 0 ? x0->value[i] : nodes[k]->value[i];
+    }
+    for (int k = 0; k < 3; k++) {
+        double worst = 0;
+        for (size_t i = 0; i < nodes[k]->size; i++) {
+            double saved = ops[k][i];
+            ops[k][i] = saved + STEP;
+            double up = reference_bn_loss(&c, ops[0], ops[1], ops[2]);
+            ops[k][i] = saved - STEP;
+            double down = reference_bn_loss(&c, ops[0], ops[1], ops[2]);
+            ops[k][i] = saved;
+            worst = fmax(worst, relative(nodes[k]->grad[i], (up - down) / (2 * STEP)));
+        }
+        if (!CHECK(worst < TOLERANCE)) printf("     gradient of %s: %.3g against differences\n", k ? nodes[k]->label : "x", worst);
+    }
+    for (int k = 0; k < 3; k++) free(ops[k]);
+
+    // Inference uses the running values, not the batch's.
+    fill(mean->value, (size_t)C, -1, 1, rng);
+    fill(var->value, (size_t)C, 0.5f, 2, rng);
+    graph_forward(g, 0);
+    double worst_inference = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ch = (int)(i % (size_t)C);
+        double y = gamma->value[ch] * (x0->value[i] - mean->value[ch]) / sqrt(var->value[ch] + 1e-3) + beta->value[ch];
+        worst_inference = fmax(worst_inference, fabs(y - out->value[i]));
+    }
+    if (!CHECK(worst_inference < 1e-5)) printf("     inference vs running values: %.3g\n", worst_inference);
+    graph_free(g);
+}
+
+static void test_batch_norm(Rng *rng) {
+    check_bn_case("batch_norm over a conv-shaped input (3, 4, 5, 6): per channel", 3, (int[]){4, 5, 6}, 3, rng);
+    check_bn_case("batch_norm over a dense-shaped input (7, 5): per feature", 7, (int[]){5}, 1, rng);
+    check_bn_case("batch_norm over a batch of 2, one channel", 2, (int[]){3, 3, 1}, 3, rng);
+}
+
+// Three training steps of batch norm on constant batches: the running
+// values follow running = 0.99 * running + 0.01 * batch, by hand.
+static void test_running_averages(void) {
+    section("running mean and variance after 3 steps, by hand");
+    Graph *g = graph_new(2);
+    Node *x0 = graph_input(g, "x", (int[]){1}, 1);
+    Node *w = graph_parameter(g, "w", (int[]){1}, 1, INIT_ZEROS);
+    Node *out = batch_norm(g, bias_add(g, x0, w), (const char *const[]){"gamma", "beta", "mean", "variance"});
+    graph_compile(g, sum(g, out));
+    graph_initialize(g, 1);
+    double mean = 0, var = 1;
+    float batches[3][2] = {{1, 3}, {2, 6}, {-1, -1}};
+    for (int k = 0; k < 3; k++) {
+        memcpy(x0->value, batches[k], sizeof batches[k]);
+        graph_forward(g, 1);
+        double m = (batches[k][0] + batches[k][1]) / 2.0, d = (batches[k][0] - batches[k][1]) / 2.0;
+        mean = 0.99 * mean + 0.01 * m;
+        var = 0.99 * var + 0.01 * d * d;  // the biased variance of two values: ((a-b)/2)^2
+    }
+    CHECK_NEAR(out->inputs[3]->value[0], mean, 1e-6);
+    CHECK_NEAR(out->inputs[4]->value[0], var, 1e-6);
+    // Inference changes nothing.
+    graph_forward(g, 0);
+    CHECK_NEAR(out->inputs[3]->value[0], mean, 1e-6);
+    graph_free(g);
+}
+
+/* ---- Dropout ------------------------------------------------------------------ */
+
+static Graph *dropout_graph(int B, int width, float rate, Node **x, Node **out) {
+    Graph *g = graph_new(B);
+    *x = graph_input(g, "x", (int[]){width}, 1);
+    Node *w = graph_parameter(g, "w", (int[]){width}, 1, INIT_ZEROS);
+    *out = dropout(g, bias_add(g, *x, w), rate);
+    graph_compile(g, sum(g, *out));
+    graph_initialize(g, 9);
+    return g;
+}
+
+static void test_dropout(void) {
+    section("dropout: the rate, inverted scaling, keyed masks, identity in inference");
+    enum { B = 8, WIDTH = 5000 };
+    Node *x, *out;
+    Graph *g = dropout_graph(B, WIDTH, 0.25f, &x, &out);
+    for (size_t i = 0; i < x->size; i++) x->value[i] = 1.0f;
+    g->step = 3;
+    graph_forward(g, 1);
+    size_t dropped = 0;
+    double total = 0;
+    int only_two_values = 1;
+    for (size_t i = 0; i < out->size; i++) {
+        dropped += out->value[i] == 0.0f;
+        total += out->value[i];
+        only_two_values &= out->value[i] == 0.0f || out->value[i] == 1.0f / 0.75f;
+    }
+    double fraction = (double)dropped / (double)out->size;  // 40,000 draws: standard error 0.0022
+    if (!CHECK(fabs(fraction - 0.25) < 0.01)) printf("     dropped %.4f\n", fraction);
+    CHECK(only_two_values);
+    CHECK_NEAR(total / (double)out->size, 1.0, 0.02);  // the expected value is kept
+    // The gradient flows exactly where the values did, scaled the same.
+    graph_zero_grad(g);
+    graph_backward(g);
+    Node *w = out->inputs[0]->inputs[1];
+    double expected = 0;
+    for (int b = 0; b < B; b++) expected += out->value[(size_t)b * WIDTH + 7];
+    CHECK_NEAR(w->grad[7], expected, 1e-5);
+
+    // The same step gives the same masks; another step, other masks; and
+    // item i's mask does not depend on the batch size (its own stream).
+    float *first = malloc(out->size * sizeof(float));
+    memcpy(first, out->value, out->size * sizeof(float));
+    graph_forward(g, 1);
+    CHECK(memcmp(first, out->value, out->size * sizeof(float)) == 0);
+    g->step = 4;
+    graph_forward(g, 1);
+    CHECK(memcmp(first, out->value, out->size * sizeof(float)) != 0);
+    g->step = 3;
+    graph_set_batch(g, 3);
+    graph_forward(g, 1);
+    CHECK(memcmp(first, out->value, 3 * WIDTH * sizeof(float)) == 0);
+    graph_set_batch(g, B);
+    // Inference: the identity.
+    graph_forward(g, 0);
+    int identity = 1;
+    for (size_t i = 0; i < out->size; i++) identity &= out->value[i] == 1.0f;
+    CHECK(identity);
+    free(first);
+    graph_free(g);
+}
+
+/* ---- The deeper CNN ----------------------------------------------------------- */
+
+static void test_deeper_cnn(void) {
+    section("the deeper CNN: 872,426 parameters, 871,530 trained");
+    GraphClassifier c = deeper_cnn_graph(2, 1);
+    CHECK_EQ_INT(c.graph->param_count + c.graph->state_count, 872426);
+    CHECK_EQ_INT(c.graph->param_count, 871530);
+    Model m = graph_model(&c, "deeper");
+    CHECK(m.state == c.graph->state && m.state_count == 896);
+    int ones = 0;  // running variances start at 1, means at 0
+    for (size_t i = 0; i < m.state_count; i++) ones += m.state[i] == 1.0f;
+    CHECK_EQ_INT(ones, 448);
+    graph_free(c.graph);
+}
+
+static void backward_after_inference(void *unused) {
+    (void)unused;
+    GraphClassifier c = deeper_cnn_graph(2, 1);
+    graph_forward(c.graph, 0);
+    graph_backward(c.graph);
+}
+
+static void test_real_steps(void) {
+    section("a few real training steps, then inference: finite and deterministic");
+    CHECK_EXITS(backward_after_inference, NULL, EXIT_BUG, "bug: graph_backward() after an inference-mode forward");
+    FashionMnist data;
+    Error err = {0};
+    if (load_fashion_mnist("data", &data, &err)) {
+        skip("no Fashion-MNIST in data/ (run `make data`)");
+        return;
+    }
+    Dataset few = dataset_slice(&data.train, 0, 16 * 4);
+    Dataset check = dataset_slice(&data.validation, 0, 32);
+    Evaluation results[2];
+    float *state[2];
+    for (int run = 0; run < 2; run++) {
+        GraphClassifier c = build_model("deeper", 16, 3, KERNEL_IM2COL);
+        Model m = graph_model(&c, "deeper");
+        Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+        Trainer t = trainer_new(&m, &opt, &few, 16, 3);
+        float loss, accuracy;
+        CHECK_EQ_INT(train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy, &err), 0);
+        CHECK(isfinite(loss));
+        results[run] = evaluate(&m, &check);
+        state[run] = malloc(m.state_count * sizeof(float));
+        memcpy(state[run], m.state, m.state_count * sizeof(float));
+        trainer_free(&t);
+        optimizer_free(&opt);
+        graph_free(c.graph);
+    }
+    CHECK(isfinite(results[0].loss));
+    CHECK(results[0].loss == results[1].loss);
+    CHECK(memcmp(state[0], state[1], 896 * sizeof(float)) == 0);
+    free(state[0]), free(state[1]);
+    free_fashion_mnist(&data);
+}
+
+int main(void) {
+    Rng rng = rng_new(55, STREAM_CHECK);
+    test_batch_norm(&rng);
+    test_running_averages();
+    test_dropout();
+    test_deeper_cnn();
+    test_real_steps();
+    return check_summary();
+}
