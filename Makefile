@@ -13,7 +13,7 @@
 CC      ?= cc
 CFLAGS  ?= -O3 -Wall -Wextra -pedantic
 NEEDED  = -std=c11
-LDLIBS  = -lm
+LDLIBS  = -lm -pthread
 STRICT  = $(NEEDED) -O3 -Wall -Wextra -pedantic -Werror
 SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -21,12 +21,12 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
 # The chapters, and the marked sources they are generated from, in order.
 CHAPTERS = 1 2 3 4 5
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/conv.c src/batchnorm.c src/optim.c src/train.c src/ann.c src/autodiff.c src/cnn.c \
-           src/gradcheck.c src/main.c
+           src/layers.c src/conv.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/bench.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
-           build/test_conv build/test_bn
+           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn
 SCRIPT_TESTS = tests/test_get_data.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags data test test-build warnings clean
@@ -92,6 +92,13 @@ check-excerpts: build/check_excerpts
 build/test_tangle: tests/test_tangle.c src/tangle.c tests/check.h
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
+
+# The thread pool and the blocked GEMM again under ThreadSanitizer, which
+# finds data races; it cannot be combined with AddressSanitizer.
+TSAN = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fsanitize=thread
+build/test_gemm_tsan: tests/test_gemm.c tests/check.h chapters/chapter4.c
+	@mkdir -p build
+	$(CC) $(TSAN) $< -o $@ $(LDLIBS)
 
 build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
 	@mkdir -p build

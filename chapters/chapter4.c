@@ -71,6 +71,7 @@
     X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
     X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
     X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
+    X(EXIT_NO_KERNEL, 16, "--kernel names a micro-kernel this CPU or build does not have")  \
     X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
     X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \
     X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
@@ -741,13 +742,14 @@ typedef struct {
     double learning_rate;  // 0 until parsed: then the optimiser's default
     const char *optimizer;
     const char *model, *kernel;
+    int threads, bench;
 } Options;
 
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
         .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
-        .kernel = "im2col",
+        .kernel = "auto",
         .model = "basic",
     };
 }
@@ -785,8 +787,14 @@ int option_table(Options *o, OptionSpec *specs) {
                               OPTION_INT, &o->overfit, 1, 54000, NULL};
     specs[n++] = (OptionSpec){"--model", "NAME", "ann or basic (default: basic)",
                               OPTION_TEXT, &o->model, 0, 0, "ann|basic"};
-    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions are computed: naive or im2col (default: im2col)",
-                              OPTION_TEXT, &o->kernel, 0, 0, "naive|im2col"};
+    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions and matrix multiplies are computed: naive, "
+                              "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
+                              "micro-kernel; auto picks the widest this CPU runs (default: auto)",
+                              OPTION_TEXT, &o->kernel, 0, 0, "auto|naive|im2col|portable|avx2|avx512"};
+    specs[n++] = (OptionSpec){"--threads", "N", "threads for the blocked GEMM (default: the CPUs online)",
+                              OPTION_INT, &o->threads, 1, 256, NULL};
+    specs[n++] = (OptionSpec){"--bench", NULL, "measure this machine's peak and every layer's speed, then exit",
+                              OPTION_FLAG, &o->bench, 0, 0, NULL};
     specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
     return n;
 }
@@ -1018,8 +1026,9 @@ void glorot_uniform(float *weight, size_t n, int fan_in, int fan_out, Rng *rng) 
    KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
 
 // How the engine computes convolutions and matrix multiplies (the graph
-// holds the choice; `--kernel` sets it).
-typedef enum { KERNEL_NAIVE, KERNEL_IM2COL } KernelKind;
+// holds the choice; `--kernel` sets it): the two references here, or the
+// blocked GEMM of chapter 4's second half with one of its micro-kernels.
+typedef enum { KERNEL_NAIVE, KERNEL_IM2COL, KERNEL_BLOCKED } KernelKind;
 
 // The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
 // output (B, OH, OW, OC) with OH = H + 2*pad - KH + 1.
@@ -1218,6 +1227,1097 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                         }
                     dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
                 }
+}
+/* ----------------------------------------------------------------------------
+   One fast matrix multiply for every convolution and dense pass.
+
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
+   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
+   them): a driver in portable C cuts the problem into blocks that fit the
+   caches and copies ("packs") each block of A and B into the order the
+   innermost loop reads; a micro-kernel, one per instruction set, multiplies
+   a packed strip of A by a packed panel of B into a small MR x NR tile of C
+   held in registers. A small thread pool runs the tiles of C in parallel.
+   An operand is either a strided matrix or the im2col "patch matrix" of an
+   image, which is never built: the packing reads the patches straight from
+   the image, so a convolution is one GEMM with no extra memory.
+   What it is not: a BLAS. Single precision only, no alpha or beta, no
+   transposed C; the blocking is tuned on one machine (the numbers are in
+   the comments, with the machine); the micro-kernels are x86's AVX2 and
+   AVX-512 plus a portable one in plain C, which every other machine uses.
+
+   The rules the tests check (tests/test_gemm.c):
+   - every kernel gives the same bits as the portable one, and any number
+     of threads the same bits as one (why: "Determinism", below);
+   - the answer matches a plain triple loop in double precision for any
+     shape, strides, patches, padding and accumulate flag;
+   - parallel_for runs every task exactly once.
+
+   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate) or
+   from 0: one rounding per step, in one fixed order, whatever the kernel,
+   the blocking or the number of threads. See "Determinism" below. */
+
+/* ----------------------------------------------------------------------------
+   The thread pool: persistent workers, one entry point.
+
+   Threads are created once (workers_new) and sleep on a condition variable
+   between calls. parallel_for(w, tasks, task, context) wakes them, and every
+   thread, the caller included, takes the next task number from a shared
+   counter until none are left; then the caller waits for the others to
+   finish and returns. Which thread runs which task changes from run to run;
+   the results must not, so a task writes only its own part of the output
+   and never adds into something another task writes. `worker` (0 for the
+   caller, 1..threads-1 for the helpers) says which thread is running the
+   task, for per-thread scratch memory such as GEMM's packing buffers.
+
+   Build with -DNO_THREADS (or on a system without POSIX) and parallel_for
+   runs the tasks one after the other on the caller: same results, one core.
+   A task must not call parallel_for on the same Workers (it would wait for
+   itself); gemm_in_task below is the serial GEMM for use inside a task. */
+
+#if HAVE_POSIX && !defined(NO_THREADS)
+#define HAVE_THREADS 1
+#include <pthread.h>
+#else
+#define HAVE_THREADS 0
+#endif
+
+typedef void ParallelTask(void *context, int task, int worker);
+
+typedef struct Workers Workers;
+
+typedef struct {
+    Workers *workers;
+    int index;  // 1..threads-1: the caller of parallel_for is worker 0
+} WorkerSeat;
+
+struct Workers {
+    int threads;  // the caller counts as one
+#if HAVE_THREADS
+    pthread_t *helpers;     // (threads - 1)
+    WorkerSeat *seats;      // (threads - 1): what each helper is told about itself
+    pthread_mutex_t lock;   // guards every field below
+    pthread_cond_t wake;    // a new round of tasks, or time to quit
+    pthread_cond_t done;    // the last helper finished its part of a round
+    unsigned long round;    // counts parallel_for calls; a helper wakes when it changes
+    int quitting;           // workers_free: helpers leave their loop
+    int busy;               // helpers not yet finished with this round
+    int running;            // a parallel_for is in progress
+    ParallelTask *task;     // this round's job: task(context, i, worker) for i < tasks
+    void *context;
+    int tasks, next_task;
+#endif
+};
+
+// How many processors are online, for a default thread count; 1 where the
+// system cannot tell us.
+int online_cpus(void) {
+#if HAVE_POSIX && defined(_SC_NPROCESSORS_ONLN)
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n >= 1 && n <= 1024 ? (int)n : 1;
+#else
+    return 1;
+#endif
+}
+
+#if HAVE_THREADS
+// Runs tasks until none are left. Called, and returns, with w->lock held;
+// the lock is released while a task runs, so the others can take tasks.
+void run_tasks(Workers *w, int worker) {
+    ParallelTask *task = w->task;
+    void *context = w->context;
+    while (w->next_task < w->tasks) {
+        int i = w->next_task++;
+        pthread_mutex_unlock(&w->lock);
+        task(context, i, worker);
+        pthread_mutex_lock(&w->lock);
+    }
+}
+
+void *worker_main(void *argument) {
+    WorkerSeat *seat = argument;
+    Workers *w = seat->workers;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->round == seen && !w->quitting) pthread_cond_wait(&w->wake, &w->lock);
+        if (w->quitting) break;
+        seen = w->round;
+        run_tasks(w, seat->index);
+        if (--w->busy == 0) pthread_cond_signal(&w->done);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+#endif
+
+// A pool of `threads` threads, the caller included (so threads - 1 are
+// created). Without thread support it is a pool of one.
+Workers *workers_new(int threads) {
+    require(threads >= 1, "workers_new: %d threads", threads);
+    Workers *w = xmalloc(sizeof *w);
+    memset(w, 0, sizeof *w);
+    w->threads = 1;
+#if HAVE_THREADS
+    int helpers = threads - 1;
+    w->helpers = xmalloc(sizeof *w->helpers * (size_t)helpers);
+    w->seats = xmalloc(sizeof *w->seats * (size_t)helpers);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    pthread_cond_init(&w->done, NULL);
+    for (int i = 0; i < helpers; i++) {
+        w->seats[i] = (WorkerSeat){w, i + 1};
+        if (pthread_create(&w->helpers[i], NULL, worker_main, &w->seats[i]) != 0) {
+            // Fewer threads change the speed, never the results: carry on.
+            fprintf(stderr, "warning: could only start %d of %d threads\n", w->threads, threads);
+            break;
+        }
+        w->threads++;
+    }
+#endif
+    return w;
+}
+
+void workers_free(Workers *w) {
+    if (!w) return;
+#if HAVE_THREADS
+    pthread_mutex_lock(&w->lock);
+    w->quitting = 1;
+    pthread_cond_broadcast(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->threads - 1; i++) pthread_join(w->helpers[i], NULL);
+    pthread_cond_destroy(&w->done);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    free(w->helpers);
+    free(w->seats);
+#endif
+    free(w);
+}
+
+// Runs task(context, i, worker) once for every i in [0, tasks), spread over
+// the pool's threads (w may be NULL: then on the caller alone). Returns when
+// all are done.
+void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
+    if (tasks <= 0) return;
+    if (!w || w->threads == 1 || tasks == 1) {
+        for (int i = 0; i < tasks; i++) task(context, i, 0);
+        return;
+    }
+#if HAVE_THREADS
+    pthread_mutex_lock(&w->lock);
+    require(!w->running, "parallel_for called from inside a task of the same pool");
+    w->running = 1;
+    w->task = task;
+    w->context = context;
+    w->tasks = tasks;
+    w->next_task = 0;
+    w->busy = w->threads - 1;
+    w->round++;
+    pthread_cond_broadcast(&w->wake);
+    run_tasks(w, 0);
+    while (w->busy > 0) pthread_cond_wait(&w->done, &w->lock);
+    w->running = 0;
+    pthread_mutex_unlock(&w->lock);
+#endif
+}
+
+/* ----------------------------------------------------------------------------
+   Operands: how element (r, c) of A or B is found. */
+
+typedef struct {
+    const float *data;
+    long row_stride, col_stride;   // MATRIX: element (r, c) = data[r*row_stride + c*col_stride]
+    const ConvShape *patches;      // PATCHES when non-NULL: data is the image; element (r, c) of the
+                                   // (B*OH*OW, KH*KW*C) im2col matrix, r = (b, oh, ow), c = (kh, kw, ci),
+                                   // 0 outside the image (zero padding)
+    int transposed;                // with patches: the operand is the transpose, (KH*KW*C, B*OH*OW)
+} Operand;
+
+// A row-major (rows, cols) matrix with rows `ld` floats apart, and its
+// transpose: the same memory read with the strides swapped.
+Operand matrix_operand(const float *data, long ld) { return (Operand){data, ld, 1, NULL, 0}; }
+Operand transposed_operand(const float *data, long ld) { return (Operand){data, 1, ld, NULL, 0}; }
+
+Operand patches_operand(const float *image,  // (B, H, W, C)
+                        const ConvShape *g, int transposed) {
+    return (Operand){image, 0, 0, g, transposed};
+}
+
+/* ----------------------------------------------------------------------------
+   Micro-kernels: a (MR, NR) tile of C from a packed strip of A and panel of B.
+
+   kernel(kc, a, rs_a, cs_a, b, ldb, c, ldc, load_c) computes, for every
+   i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a], B(k, j) = b[k*ldb + j],
+       c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), c0) ...)
+   where c0 = c[i*ldc + j] when load_c, else 0: k runs upwards, one fused
+   multiply-add (one rounding) per step. That is the whole contract, and
+   every kernel keeps it exactly, which is why they agree to the bit. Only
+   how many elements are computed at once differs.
+
+   The strip of A may be stored by rows (rs_a = kc, cs_a = 1) or by columns
+   (rs_a = 1, cs_a = MR): whichever lets the packing read memory in order
+   (see pack_a); or it may be a matrix operand where it lies, if one of its
+   strides is 1. The same goes for B: a packed panel (ldb = NR), or a
+   row-major matrix where it lies (ldb its row stride). */
+
+typedef void MicroKernel(int kc,
+                         const float *a,  // (MR, kc) strip of A, element (i, k) at a[i*rs_a + k*cs_a]
+                         long rs_a, long cs_a,
+                         const float *b,  // (kc, NR) panel of B, rows ldb floats apart
+                         long ldb,
+                         float *c,        // (MR, NR) tile of C, rows ldc floats apart
+                         long ldc, int load_c);
+
+// Runs `iterations` rounds of independent fused multiply-adds at full speed,
+// to measure the machine's peak; returns a value so the work is not dropped.
+typedef float PeakProbe(long iterations);
+
+typedef struct {
+    const char *name;        // "portable", "avx2", "avx512"
+    int mr, nr;              // the tile of C one call computes
+    MicroKernel *kernel;
+    PeakProbe *probe;
+    int probe_flops;         // floating-point operations per probe iteration
+    int (*supported)(void);  // can this CPU run it?
+} GemmKernel;
+
+/* Every kernel computes MR = 6 rows of C at a time, and as many columns,
+   NR, as its registers hold: 6 broadcasts of A and 2 loads of B feed 12
+   FMAs per k, which keeps two FMA units busy (see the AVX2 kernel). One MR
+   for all lets the packing of A be the same for every kernel. */
+enum { MR = 6, GEMM_MAX_NR = 32 };
+
+/* The portable kernel, 6x4: 24 scalar accumulators, c00..c53 (row, column).
+   Per k it loads 6 values of A and 4 of B and does 24 fmaf. C's fmaf is
+   exact (one rounding) on every machine; where the instruction set has it
+   (arm64, whose 32 registers hold the 24 accumulators, the 4 values of B and
+   one of A) it is one instruction, 2 to 4 per cycle; on x86 built without
+   -mfma it is a call into the C library, slow but exact, which is why x86
+   has kernels of its own. It is the reference the others are tested against. */
+void gemm_kernel_portable(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
+                          long ldc, int load_c) {
+    float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+    float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+    float c40 = 0, c41 = 0, c42 = 0, c43 = 0, c50 = 0, c51 = 0, c52 = 0, c53 = 0;
+    float *r0 = c, *r1 = c + ldc, *r2 = c + 2 * ldc, *r3 = c + 3 * ldc, *r4 = c + 4 * ldc, *r5 = c + 5 * ldc;  // (4) each
+    if (load_c) {
+        c00 = r0[0], c01 = r0[1], c02 = r0[2], c03 = r0[3], c10 = r1[0], c11 = r1[1], c12 = r1[2], c13 = r1[3];
+        c20 = r2[0], c21 = r2[1], c22 = r2[2], c23 = r2[3], c30 = r3[0], c31 = r3[1], c32 = r3[2], c33 = r3[3];
+        c40 = r4[0], c41 = r4[1], c42 = r4[2], c43 = r4[3], c50 = r5[0], c51 = r5[1], c52 = r5[2], c53 = r5[3];
+    }
+    for (int k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        float b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3], ai;
+        ai = a[0], c00 = fmaf(ai, b0, c00), c01 = fmaf(ai, b1, c01), c02 = fmaf(ai, b2, c02), c03 = fmaf(ai, b3, c03);
+        ai = a[rs_a], c10 = fmaf(ai, b0, c10), c11 = fmaf(ai, b1, c11), c12 = fmaf(ai, b2, c12), c13 = fmaf(ai, b3, c13);
+        ai = a[2 * rs_a], c20 = fmaf(ai, b0, c20), c21 = fmaf(ai, b1, c21), c22 = fmaf(ai, b2, c22), c23 = fmaf(ai, b3, c23);
+        ai = a[3 * rs_a], c30 = fmaf(ai, b0, c30), c31 = fmaf(ai, b1, c31), c32 = fmaf(ai, b2, c32), c33 = fmaf(ai, b3, c33);
+        ai = a[4 * rs_a], c40 = fmaf(ai, b0, c40), c41 = fmaf(ai, b1, c41), c42 = fmaf(ai, b2, c42), c43 = fmaf(ai, b3, c43);
+        ai = a[5 * rs_a], c50 = fmaf(ai, b0, c50), c51 = fmaf(ai, b1, c51), c52 = fmaf(ai, b2, c52), c53 = fmaf(ai, b3, c53);
+    }
+    r0[0] = c00, r0[1] = c01, r0[2] = c02, r0[3] = c03, r1[0] = c10, r1[1] = c11, r1[2] = c12, r1[3] = c13;
+    r2[0] = c20, r2[1] = c21, r2[2] = c22, r2[3] = c23, r3[0] = c30, r3[1] = c31, r3[2] = c32, r3[3] = c33;
+    r4[0] = c40, r4[1] = c41, r4[2] = c42, r4[3] = c43, r5[0] = c50, r5[1] = c51, r5[2] = c52, r5[3] = c53;
+}
+
+// Eight independent chains: enough to hide a 4-cycle latency on 2 units.
+float peak_probe_portable(long iterations) {
+    // Different starting values, or the compiler sees eight copies of one
+    // chain and keeps only one (gcc does).
+    float x0 = 0, x1 = 1, x2 = 2, x3 = 3, x4 = 4, x5 = 5, x6 = 6, x7 = 7;
+    for (long i = 0; i < iterations; i++) {
+        // x = x/2 + 1 tends to 2: no overflow, no slow subnormal numbers
+        x0 = fmaf(x0, 0.5f, 1.0f), x1 = fmaf(x1, 0.5f, 1.0f), x2 = fmaf(x2, 0.5f, 1.0f), x3 = fmaf(x3, 0.5f, 1.0f);
+        x4 = fmaf(x4, 0.5f, 1.0f), x5 = fmaf(x5, 0.5f, 1.0f), x6 = fmaf(x6, 0.5f, 1.0f), x7 = fmaf(x7, 0.5f, 1.0f);
+    }
+    return x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
+}
+
+int always_supported(void) { return 1; }
+
+/* The x86 kernels. They are compiled for their instruction set with a
+   target attribute, whatever flags build the rest of the program, and run
+   only if the CPU says it has that set (__builtin_cpu_supports, which also
+   checks that the operating system saves the wide registers). Other
+   machines and compilers never see them, so never meet an instruction they
+   lack. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+
+int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
+
+/* AVX2 + FMA, 6x16. Registers (16 ymm of 8 floats): c00..c51, 12 of them,
+   hold the 6x16 tile of C (row i in ci0, ci1); b0, b1 load 16 values of B
+   per k; ai broadcasts one value of A to all 8 lanes. Per k: 12 FMAs of 8
+   lanes = 192 FLOPs from 2 loads + 6 broadcasts. With 2 FMA units (Haswell
+   on, Zen 2 on) that is 6 cycles per k, 32 FLOPs per cycle: the peak; and
+   12 independent chains cover an FMA latency of 4-5 cycles on 2 units. */
+__attribute__((target("avx2,fma")))
+void gemm_kernel_avx2(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
+                      long ldc, int load_c) {
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load_c) {
+        c00 = _mm256_loadu_ps(c + 0 * ldc), c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
+        c10 = _mm256_loadu_ps(c + 1 * ldc), c11 = _mm256_loadu_ps(c + 1 * ldc + 8);
+        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
+        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
+        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
+        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
+        ai = _mm256_broadcast_ss(a), c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
+        ai = _mm256_broadcast_ss(a + rs_a), c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
+        ai = _mm256_broadcast_ss(a + 2 * rs_a), c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
+        ai = _mm256_broadcast_ss(a + 3 * rs_a), c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
+        ai = _mm256_broadcast_ss(a + 4 * rs_a), c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
+        ai = _mm256_broadcast_ss(a + 5 * rs_a), c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+    }
+    _mm256_storeu_ps(c + 0 * ldc, c00), _mm256_storeu_ps(c + 0 * ldc + 8, c01);
+    _mm256_storeu_ps(c + 1 * ldc, c10), _mm256_storeu_ps(c + 1 * ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20), _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30), _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40), _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50), _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+
+// Twelve independent 8-lane chains, as many as the kernel keeps.
+__attribute__((target("avx2,fma")))
+float peak_probe_avx2(long iterations) {
+    __m256 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm256_set1_ps(0), x1 = _mm256_set1_ps(1), x2 = _mm256_set1_ps(2), x3 = _mm256_set1_ps(3);
+    x4 = _mm256_set1_ps(4), x5 = _mm256_set1_ps(5), x6 = _mm256_set1_ps(6), x7 = _mm256_set1_ps(7);
+    x8 = _mm256_set1_ps(8), x9 = _mm256_set1_ps(9), x10 = _mm256_set1_ps(10), x11 = _mm256_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm256_fmadd_ps(x0, half, one), x1 = _mm256_fmadd_ps(x1, half, one), x2 = _mm256_fmadd_ps(x2, half, one);
+        x3 = _mm256_fmadd_ps(x3, half, one), x4 = _mm256_fmadd_ps(x4, half, one), x5 = _mm256_fmadd_ps(x5, half, one);
+        x6 = _mm256_fmadd_ps(x6, half, one), x7 = _mm256_fmadd_ps(x7, half, one), x8 = _mm256_fmadd_ps(x8, half, one);
+        x9 = _mm256_fmadd_ps(x9, half, one), x10 = _mm256_fmadd_ps(x10, half, one), x11 = _mm256_fmadd_ps(x11, half, one);
+    }
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                               _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+
+/* AVX-512F, 6x32: the AVX2 kernel with registers twice as wide. Registers
+   (32 zmm of 16 floats): c00..c51, 12 of them, hold the 6x32 tile of C;
+   b0, b1 load 32 values of B per k; ai broadcasts one value of A to all 16
+   lanes. Per k: 12 FMAs of 16 lanes = 384 FLOPs from 2 loads + 6
+   broadcasts; with 2 FMA units (Skylake-SP Gold/Platinum, Ice Lake, Zen 4
+   at half rate) 6 cycles per k, 64 FLOPs per cycle, and 12 chains cover a
+   4-cycle latency on 2 units. */
+__attribute__((target("avx512f")))
+void gemm_kernel_avx512(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
+                        long ldc, int load_c) {
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (load_c) {
+        c00 = _mm512_loadu_ps(c + 0 * ldc), c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
+        c10 = _mm512_loadu_ps(c + 1 * ldc), c11 = _mm512_loadu_ps(c + 1 * ldc + 16);
+        c20 = _mm512_loadu_ps(c + 2 * ldc), c21 = _mm512_loadu_ps(c + 2 * ldc + 16);
+        c30 = _mm512_loadu_ps(c + 3 * ldc), c31 = _mm512_loadu_ps(c + 3 * ldc + 16);
+        c40 = _mm512_loadu_ps(c + 4 * ldc), c41 = _mm512_loadu_ps(c + 4 * ldc + 16);
+        c50 = _mm512_loadu_ps(c + 5 * ldc), c51 = _mm512_loadu_ps(c + 5 * ldc + 16);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
+    }
+    for (int k = 0; k < kc; k++, a += cs_a, b += ldb) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ai;
+        ai = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ai, b0, c00), c01 = _mm512_fmadd_ps(ai, b1, c01);
+        ai = _mm512_set1_ps(a[rs_a]), c10 = _mm512_fmadd_ps(ai, b0, c10), c11 = _mm512_fmadd_ps(ai, b1, c11);
+        ai = _mm512_set1_ps(a[2 * rs_a]), c20 = _mm512_fmadd_ps(ai, b0, c20), c21 = _mm512_fmadd_ps(ai, b1, c21);
+        ai = _mm512_set1_ps(a[3 * rs_a]), c30 = _mm512_fmadd_ps(ai, b0, c30), c31 = _mm512_fmadd_ps(ai, b1, c31);
+        ai = _mm512_set1_ps(a[4 * rs_a]), c40 = _mm512_fmadd_ps(ai, b0, c40), c41 = _mm512_fmadd_ps(ai, b1, c41);
+        ai = _mm512_set1_ps(a[5 * rs_a]), c50 = _mm512_fmadd_ps(ai, b0, c50), c51 = _mm512_fmadd_ps(ai, b1, c51);
+    }
+    _mm512_storeu_ps(c + 0 * ldc, c00), _mm512_storeu_ps(c + 0 * ldc + 16, c01);
+    _mm512_storeu_ps(c + 1 * ldc, c10), _mm512_storeu_ps(c + 1 * ldc + 16, c11);
+    _mm512_storeu_ps(c + 2 * ldc, c20), _mm512_storeu_ps(c + 2 * ldc + 16, c21);
+    _mm512_storeu_ps(c + 3 * ldc, c30), _mm512_storeu_ps(c + 3 * ldc + 16, c31);
+    _mm512_storeu_ps(c + 4 * ldc, c40), _mm512_storeu_ps(c + 4 * ldc + 16, c41);
+    _mm512_storeu_ps(c + 5 * ldc, c50), _mm512_storeu_ps(c + 5 * ldc + 16, c51);
+}
+
+__attribute__((target("avx512f")))
+float peak_probe_avx512(long iterations) {
+    __m512 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm512_set1_ps(0), x1 = _mm512_set1_ps(1), x2 = _mm512_set1_ps(2), x3 = _mm512_set1_ps(3);
+    x4 = _mm512_set1_ps(4), x5 = _mm512_set1_ps(5), x6 = _mm512_set1_ps(6), x7 = _mm512_set1_ps(7);
+    x8 = _mm512_set1_ps(8), x9 = _mm512_set1_ps(9), x10 = _mm512_set1_ps(10), x11 = _mm512_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm512_fmadd_ps(x0, half, one), x1 = _mm512_fmadd_ps(x1, half, one), x2 = _mm512_fmadd_ps(x2, half, one);
+        x3 = _mm512_fmadd_ps(x3, half, one), x4 = _mm512_fmadd_ps(x4, half, one), x5 = _mm512_fmadd_ps(x5, half, one);
+        x6 = _mm512_fmadd_ps(x6, half, one), x7 = _mm512_fmadd_ps(x7, half, one), x8 = _mm512_fmadd_ps(x8, half, one);
+        x9 = _mm512_fmadd_ps(x9, half, one), x10 = _mm512_fmadd_ps(x10, half, one), x11 = _mm512_fmadd_ps(x11, half, one);
+    }
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3)),
+                               _mm512_add_ps(_mm512_add_ps(x4, x5), _mm512_add_ps(x6, x7)));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_add_ps(x8, x9), _mm512_add_ps(x10, x11)));
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+
+// Every kernel this build has, the portable one first and the widest last.
+static const GemmKernel GEMM_KERNELS[] = {
+    {"portable", 6, 4, gemm_kernel_portable, peak_probe_portable, 8 * 2, always_supported},
+#if HAVE_X86_KERNELS
+    {"avx2", 6, 16, gemm_kernel_avx2, peak_probe_avx2, 12 * 8 * 2, cpu_has_avx2_fma},
+    {"avx512", 6, 32, gemm_kernel_avx512, peak_probe_avx512, 12 * 16 * 2, cpu_has_avx512f},
+#endif
+};
+enum { GEMM_KERNEL_COUNT = sizeof GEMM_KERNELS / sizeof GEMM_KERNELS[0] };
+
+// The kernel called `name`, or NULL if this build has none by that name
+// (the x86 ones exist only in x86 builds).
+const GemmKernel *gemm_kernel_by_name(const char *name) {
+    for (int i = 0; i < GEMM_KERNEL_COUNT; i++)
+        if (strcmp(GEMM_KERNELS[i].name, name) == 0) return &GEMM_KERNELS[i];
+    return NULL;
+}
+
+int gemm_kernel_supported(const GemmKernel *kernel) { return kernel && kernel->supported(); }
+
+// The widest kernel this CPU runs. A program asks once, when it makes its
+// GemmContext, and keeps the answer there.
+const GemmKernel *gemm_best_kernel(void) {
+    for (int i = GEMM_KERNEL_COUNT - 1; i > 0; i--)
+        if (GEMM_KERNELS[i].supported()) return &GEMM_KERNELS[i];
+    return &GEMM_KERNELS[0];
+}
+
+/* ----------------------------------------------------------------------------
+   Blocking: how big the packed blocks are.
+
+   The micro-kernel streams a (kc, MR) strip of A and a (kc, NR) panel of B
+   and keeps C in registers. Around it, three loops choose what stays in
+   which cache, for the machine the numbers were measured on (AMD EPYC Zen 3:
+   32 KB L1 data and 512 KB L2 per core, 32 MB L3 shared):
+   - KC = 256: the B panel in use, KC * NR * 4 bytes = 16 KB for AVX2, fits
+     in half of L1 and is reused by every strip of A; the other half holds
+     the strips of A and C passing through. Longer k also spreads the cost of
+     loading and storing the C tile over more FMAs.
+   - MC = 240: the packed block of A, MC * KC * 4 bytes = 240 KB, stays in
+     L2 (under half of it, leaving room for B and C) while every panel of B
+     passes over it. A multiple of MR.
+   - NC = 256: the packed block of B, KC * NC * 4 bytes = 256 KB, comes from
+     L2 or L3. Our widest layers have 256 outputs; a multiple of every NR.
+   Measured (AVX2, gcc -O3, one thread, best of 30 runs on a machine that
+   was busy with other work, so +-5% is noise), GFLOP/s for the basic CNN's
+   conv2 forward / input gradient / weight gradient and dense 1600->128:
+       KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
+       KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
+       KC 384, MC 240:  72 / 71 / 40 / 36
+   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare. */
+enum { KC = 256, MC = 240, NC = 256 };
+
+/* Tasks. The output C is cut into tiles of at most MC x NC, and each tile is
+   one task. A task does the whole sum over k for its tile, so no two tasks
+   ever write the same element and nothing has to be added up across tasks.
+   The tiling depends only on M, N and K, never on the number of threads;
+   problems with too few tiles for several threads are cut finer, rows
+   first (the A block is the costlier one to pack twice), until there are
+   TASKS_WANTED tiles or a tile would fall under MIN_TASK_FLOPS (waking a
+   thread costs some 10-50 microseconds; 2 MFLOP take about 50 at full
+   speed). Tile sides stay multiples of MR and of 16 (AVX2's NR), so that
+   the kernels' tiles fit them with little waste. */
+enum { TASKS_WANTED = 4, TILE_M_UNIT = MR, TILE_N_UNIT = 16 };
+#define MIN_TASK_FLOPS 2e6
+
+/* ----------------------------------------------------------------------------
+   Packing: copying blocks of A and B into the order the micro-kernel reads.
+
+   Everything goes through pack_block, which copies a block of an operand's
+   rows and columns into a dense array, row by row. A block of the transpose
+   is a block of the operand read the other way round, so the same function
+   packs A by rows, A by columns, and the panels of B. Patches are read from
+   the image here, which is all there is to im2col.
+
+   Each row of a block is made of "lines": runs of the operand that are
+   evenly spaced in memory, with zeros where a patch hangs over the image's
+   edge. Where the block starts is worked out once (with divisions); from
+   there on every position is counted up, because a division costs as much
+   as copying a dozen floats. */
+
+// dst[o - from] = data[base + o * step] for lo <= o < hi, and 0 for the
+// other o in [from, to): a line of an image with zero padding on both
+// sides. base may be negative; only the elements inside [lo, hi) are read.
+void pack_line(float *dst,  // (to - from)
+               const float *data, long base, long step, long lo, long hi, long from, long to) {
+    long inside_from = lo < from ? from : lo > to ? to : lo;
+    long inside_to = hi > to ? to : hi < inside_from ? inside_from : hi;
+    long o = from;
+    for (; o < inside_from; o++) *dst++ = 0.0f;
+    if (step == 1 && inside_to - inside_from >= 16) {  // long runs: the C library's copy is fastest
+        memcpy(dst, data + base + inside_from, (size_t)(inside_to - inside_from) * sizeof(float));
+        dst += inside_to - inside_from;
+        o = inside_to;
+    }
+    for (; o < inside_to; o++) *dst++ = data[base + o * step];
+    for (; o < to; o++) *dst++ = 0.0f;
+}
+
+// Rows [r0, r0 + rows) and columns [c0, c0 + cols) of the operand, row i
+// of the block at dst + i * ld.
+void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
+                long ld, const Operand *op, long r0, int rows, long c0, int cols) {
+    const ConvShape *g = op->patches;
+    if (!g) {  // a matrix
+        long rs = op->row_stride, cs = op->col_stride;
+        const float *src = op->data + r0 * rs + c0 * cs;  // (rows, cols), rs and cs apart
+        for (int i = 0; i < rows; i++, dst += ld, src += rs) {
+            if (cs == 1)
+                for (int j = 0; j < cols; j++) dst[j] = src[j];
+            else
+                for (int j = 0; j < cols; j++) dst[j] = src[j * cs];
+        }
+        return;
+    }
+    int H = g->height, W = g->width, C = g->channels, KW = g->kernel_w, pad = g->pad;
+    int OH = g->out_h, OW = g->out_w;
+    if (!op->transposed) {
+        /* Row r is output pixel (b, oh, ow); its columns run over (kh, kw, ci).
+           For one kh the KW * C columns are KW neighbouring pixels of image
+           row ih = oh + kh - pad, which lie next to each other in memory: one
+           line, with zeros where kw reaches past the left or right edge, and
+           all zeros when ih is above or below the image. */
+        long line = (long)KW * C;
+        int ow = (int)(r0 % OW), oh = (int)(r0 / OW % OH), b = (int)(r0 / OW / OH);
+        int first_kh = (int)(c0 / line);
+        long first_from = c0 % line;
+        int narrow = first_from + cols <= line;  // all the columns are in one line (one kh)
+        for (int i = 0; i < rows; i++, dst += ld) {
+            long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;             // kw inside the image, in columns
+            long hi = (long)(W + pad - ow < KW ? W + pad - ow : KW) * C;
+            long ih = oh + first_kh - pad;
+            if (narrow && lo <= first_from && first_from + cols <= hi && ih >= 0 && ih < H) {
+                // A strip packed by columns asks for MR columns of many rows:
+                // one piece of one line per row, nearly always inside the image.
+                const float *src = op->data + (((long)b * H + ih) * W + ow - pad) * C + first_from;  // (cols)
+                if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // a fixed size: a few moves
+                else memcpy(dst, src, (size_t)cols * sizeof(float));
+            } else {
+                float *d = dst;
+                long from = first_from, left = cols;
+                for (int kh = first_kh; left > 0; kh++, from = 0) {
+                    long to = from + left < line ? from + left : line;
+                    ih = oh + kh - pad;
+                    long base = (((long)b * H + ih) * W + ow - pad) * C;  // where kw = 0, ci = 0 would be
+                    if (ih < 0 || ih >= H) pack_line(d, NULL, 0, 1, 0, 0, from, to);
+                    else pack_line(d, op->data, base, 1, lo, hi, from, to);
+                    d += to - from;
+                    left -= to - from;
+                }
+            }
+            if (++ow == OW) {
+                ow = 0;
+                if (++oh == OH) oh = 0, b++;
+            }
+        }
+    } else {
+        /* Row r is one weight (kh, kw, ci); its columns run over the output
+           pixels (b, oh, ow). Each output row (b, oh) is a line: image row
+           ih = oh + kh - pad, every C-th float, with zeros where ow + kw - pad
+           falls off the edge. */
+        int ci = (int)(r0 % C), kw = (int)(r0 / C % KW), kh = (int)(r0 / C / KW);
+        int first_ow = (int)(c0 % OW), first_oh = (int)(c0 / OW % OH), first_b = (int)(c0 / OW / OH);
+        for (int i = 0; i < rows; i++, dst += ld) {
+            long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
+            float *d = dst;
+            long from = first_ow, left = cols;
+            for (int oh = first_oh, b = first_b; left > 0; from = 0, oh = oh + 1 < OH ? oh + 1 : 0, b += oh == 0) {
+                long to = from + left < OW ? from + left : OW, ih = oh + kh - pad;
+                long base = (((long)b * H + ih) * W + kw - pad) * C + ci;  // where ow = 0 would be
+                if (ih < 0 || ih >= H) pack_line(d, NULL, 0, 1, 0, 0, from, to);
+                else pack_line(d, op->data, base, C, lo, hi, from, to);
+                d += to - from;
+                left -= to - from;
+            }
+            if (++ci == C) ci = 0, kw = kw + 1 < KW ? kw + 1 : 0, kh += kw == 0;
+        }
+    }
+}
+
+// The same operand, read the other way round: element (r, c) of the
+// result is element (c, r) of op.
+Operand transpose(const Operand *op) {
+    return (Operand){op->data, op->col_stride, op->row_stride, op->patches, op->patches ? !op->transposed : 0};
+}
+
+/* Should a strip of A be stored by rows? Yes when the operand's rows are
+   the direction that runs along memory: a row-major matrix; patches, whose
+   rows are runs of KW * C neighbouring floats; transposed patches of a
+   one-channel image. Otherwise by columns: a transposed matrix (dense
+   weight gradients: MR neighbouring floats per k), transposed patches of
+   C channels (MR neighbouring channels per k). Either way the packing reads
+   memory in order and the micro-kernel reads the strip the same way. */
+int pack_a_by_rows(const Operand *A) {
+    if (!A->patches) return A->col_stride <= A->row_stride;
+    return !A->transposed || A->patches->channels == 1;
+}
+
+// Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
+// rows; *rs_a and *cs_a say how a strip is stored (see MicroKernel). The
+// rows of the last strip beyond `rows` are zeros.
+void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
+            long *rs_a, long *cs_a, const Operand *A, long row0, int rows, long k0, int kc) {
+    int by_rows = pack_a_by_rows(A);
+    Operand At = transpose(A);
+    *rs_a = by_rows ? kc : 1;
+    *cs_a = by_rows ? 1 : MR;
+    for (int s = 0; s < rows; s += MR, packed += (size_t)kc * MR) {
+        int valid = rows - s < MR ? rows - s : MR;
+        if (by_rows) {
+            pack_block(packed, kc, A, row0 + s, valid, k0, kc);
+            memset(packed + (size_t)valid * kc, 0, (size_t)(MR - valid) * kc * sizeof(float));
+        } else {
+            pack_block(packed, MR, &At, k0, kc, row0 + s, valid);
+            for (int k = 0; k < kc && valid < MR; k++)
+                memset(packed + (size_t)k * MR + valid, 0, (size_t)(MR - valid) * sizeof(float));
+        }
+    }
+}
+
+// Rows [k0, k0 + kc) and columns [col0, col0 + cols) of B, as panels of nr
+// columns, each stored k by k. The columns of the last panel beyond
+// `cols` are zeros.
+void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
+            const Operand *B, long k0, int kc, long col0, int cols, int nr) {
+    for (int j = 0; j < cols; j += nr, packed += (size_t)kc * nr) {
+        int valid = cols - j < nr ? cols - j : nr;
+        pack_block(packed, nr, B, k0, kc, col0 + j, valid);
+        for (int k = 0; k < kc && valid < nr; k++)
+            memset(packed + (size_t)k * nr + valid, 0, (size_t)(nr - valid) * sizeof(float));
+    }
+}
+
+/* ----------------------------------------------------------------------------
+   The driver.
+
+   Determinism. Element C(i, j) ends up as the chain
+       c = C(i, j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
+   in every case, because
+   - within a KC block the micro-kernel does exactly that for its k, in
+     order, each kernel with its own instruction but the same single
+     rounding (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all compute a*b+c
+     exactly, then round once to float);
+   - between KC blocks the partial sum goes to C and comes back: a float
+     stored and reloaded is the same float, so the chain just continues;
+   - MR, NR, MC, NC only choose which elements are computed together, never
+     what is added to an element or in which order; the zeros that pad the
+     packed edge strips and panels fall in rows and columns of the tile that
+     are never written back, and k is never padded;
+   - each tile is one task, done by one thread from k = 0 to K-1, and the
+     tiles depend on M, N, K alone: the number of threads decides who
+     computes a tile and when, not what is computed.
+   So any kernel and any number of threads give the same bits. (The compiler
+   must not fuse or reorder anything else here, and does not: gcc with
+   -std=c11 does not contract a*b+c on its own, and the chapter tells clang
+   not to with STDC FP_CONTRACT OFF; no -ffast-math.) */
+
+typedef struct GemmContext {
+    const GemmKernel *kernel;
+    Workers *workers;
+    float *packed_a;  // (threads, a_floats): each worker's packed block of A
+    float *packed_b;  // (threads, b_floats): each worker's packed block of B
+    long a_floats, b_floats;
+    void *memory;     // what packed_a and packed_b were carved from
+} GemmContext;
+
+long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// A context for `kernel` (which the CPU must support) and a pool of
+// `threads` threads, with packing buffers for each.
+GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+    require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
+            kernel ? kernel->name : "NULL");
+    require(kernel->mr == MR && kernel->nr <= GEMM_MAX_NR && NC % kernel->nr == 0,
+            "gemm_context_new: kernel %s's tile does not fit the blocking", kernel->name);
+    GemmContext *ctx = xmalloc(sizeof *ctx);
+    ctx->kernel = kernel;
+    ctx->workers = workers_new(threads);
+    enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
+    // Rounded to whole cache lines, so no two threads ever share a line.
+    ctx->a_floats = round_up((long)MC * KC, LINE_FLOATS);
+    ctx->b_floats = round_up(round_up(NC, kernel->nr) * KC, LINE_FLOATS);
+    size_t n = (size_t)ctx->workers->threads;
+    ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
+    uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
+    ctx->packed_a = (float *)start;
+    ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
+    return ctx;
+}
+
+void gemm_context_free(GemmContext *ctx) {
+    if (!ctx) return;
+    workers_free(ctx->workers);
+    free(ctx->memory);
+    free(ctx);
+}
+
+// One GEMM call, as the tasks see it.
+typedef struct {
+    const GemmContext *ctx;
+    int M, N, K;
+    const Operand *A, *B;
+    float *C;  // (M, N), rows ldc floats apart
+    long ldc;
+    int accumulate;
+    int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
+    int kc;                       // the sum over k goes in blocks of kc <= KC
+} GemmJob;
+
+/* One tile of C, (at most tile_m, tile_n), all of K: one task.
+
+   B is packed so that every strip of A finds its panel in one contiguous
+   run; that pays when many strips use each panel. A tile of few rows
+   (a dense layer's batch of 64 cut into tasks, a convolution's weight
+   gradient with 9 rows) uses each panel a few times only, and copying it
+   costs more than it saves: then a row-major B (NR neighbouring floats per
+   k) is read where it lies, and only a last, partial panel is copied.
+   Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
+   gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
+   72 -> 63 if its weights were not packed. A is always packed (a matrix A
+   read in place was no faster, and patches must be gathered anyway). */
+enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
+void gemm_tile(void *context, int task, int worker) {
+    const GemmJob *job = context;
+    const GemmKernel *kernel = job->ctx->kernel;
+    const Operand *A = job->A, *B = job->B;
+    int nr = kernel->nr;
+    int row0 = task / job->tiles_n * job->tile_m, col0 = task % job->tiles_n * job->tile_n;
+    int rows = job->M - row0 < job->tile_m ? job->M - row0 : job->tile_m;
+    int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
+    float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/MR, MR, kc)
+    float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
+    int b_in_place = !B->patches && B->col_stride == 1 && rows <= B_IN_PLACE_ROWS;
+    int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
+    for (int k0 = 0; k0 < job->K; k0 += job->kc) {
+        int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
+        int load_c = job->accumulate || k0 > 0;  // the first block starts from 0 unless accumulating
+        long rs_a, cs_a;
+        pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
+        pack_a(packed_a, &rs_a, &cs_a, A, row0, rows, k0, kc);
+        // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
+        // while the panels of B stream past it from L2, and C is written
+        // MR whole rows at a time. (Panel-outer, the BLIS order, measured
+        // 10-15% slower here: our panels of B are few and C's rows long.)
+        for (int i = 0; i < rows; i += MR) {
+            const float *a = packed_a + (size_t)i * kc;  // (MR, kc) strip, rs_a and cs_a apart
+            for (int j = 0; j < cols; j += nr) {
+                const float *b;  // (kc, nr) panel of B, rows ldb apart
+                long ldb;
+                if (j < direct_cols) b = B->data + k0 * B->row_stride + col0 + j, ldb = B->row_stride;
+                else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
+                float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
+                int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
+                if (h == MR && w == nr) {
+                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
+                    continue;
+                }
+                // An edge tile: the kernel works on a full tile in scratch, and
+                // only the h x w part that exists in C is copied in and out.
+                float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
+                for (int y = 0; y < h && load_c; y++) memcpy(scratch + y * nr, c + y * job->ldc, (size_t)w * sizeof(float));
+                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c);
+                for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
+            }
+        }
+    }
+}
+
+// The operand has `rows` x `cols` elements and describes them sensibly.
+void check_operand(const Operand *op, long rows, long cols, const char *name) {
+    const ConvShape *g = op->patches;
+    require(op->data || rows == 0 || cols == 0, "gemm: operand %s has no data", name);
+    if (!g) return;
+    require(g->batch > 0 && g->height > 0 && g->width > 0 && g->channels > 0 && g->kernel_h > 0 &&
+            g->kernel_w > 0 && g->pad >= 0, "gemm: operand %s: a patch geometry with a size <= 0", name);
+    require(g->out_h == g->height + 2 * g->pad - g->kernel_h + 1 && g->out_w == g->width + 2 * g->pad - g->kernel_w + 1 &&
+            g->out_h > 0 && g->out_w > 0, "gemm: operand %s: output %dx%d, but a %dx%d image with a %dx%d "
+            "kernel and padding %d gives %dx%d", name, g->out_h, g->out_w, g->height, g->width, g->kernel_h,
+            g->kernel_w, g->pad, g->height + 2 * g->pad - g->kernel_h + 1, g->width + 2 * g->pad - g->kernel_w + 1);
+    long want_rows = op->transposed ? (long)conv_patch_size(g) : (long)conv_rows(g);
+    long want_cols = op->transposed ? (long)conv_rows(g) : (long)conv_patch_size(g);
+    require(rows == want_rows && cols == want_cols, "gemm: operand %s is (%ld, %ld) as used, but its "
+            "patches make a (%ld, %ld) matrix", name, rows, cols, want_rows, want_cols);
+}
+
+// Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
+// in parallel on `workers`, or on the caller as `worker` when that is NULL.
+void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
+              float *C, long ldc, int accumulate) {
+    require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
+    check_operand(&A, M, K, "A");
+    check_operand(&B, K, N, "B");
+    if (M == 0 || N == 0) return;
+    require(C != NULL, "gemm: no C");
+    if (K == 0) {  // an empty sum
+        for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return;
+    }
+    int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
+    double flops = 2.0 * M * N * K;
+    while (tiles_m * tiles_n < TASKS_WANTED && flops / (tiles_m * tiles_n + 1) >= MIN_TASK_FLOPS) {
+        if (tiles_m < (M + TILE_M_UNIT - 1) / TILE_M_UNIT) tiles_m++;
+        else if (tiles_n < (N + TILE_N_UNIT - 1) / TILE_N_UNIT) tiles_n++;
+        else break;
+    }
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
+    // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
+    // a short last block would load and store all of C again for little work.
+    job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+    job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
+    job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
+    job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
+    require(job.tile_m <= MC && job.tile_n <= NC, "gemm: a %dx%d tile outgrows the packing buffers",
+            job.tile_m, job.tile_n);
+    int tasks = (M + job.tile_m - 1) / job.tile_m * job.tiles_n;
+    if (workers) parallel_for(workers, tasks, gemm_tile, &job);
+    else
+        for (int t = 0; t < tasks; t++) gemm_tile(&job, t, worker);
+}
+
+// C (M, N), row stride ldc: C = (accumulate ? C : 0) + A (M, K) @ B (K, N),
+// on all of the context's threads.
+void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc, int accumulate) {
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate);
+}
+
+// The same, for use inside a parallel_for task (one image of a batch, say):
+// on the calling thread alone, with the buffers of `worker`, the number the
+// task was given. Same bits as gemm.
+void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Operand A, Operand B, float *C,
+                  long ldc, int accumulate) {
+    require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
+            ctx->workers->threads);
+    gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate);
+}
+
+/* ----------------------------------------------------------------------------
+   Measuring: the machine's peak, and GEMM against it. */
+
+// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
+// independent FMA chains, best of 20 runs of at least 5 ms each (the best,
+// because other programs on the machine only ever make a run slower).
+double gemm_peak_gflops(const GemmKernel *kernel) {
+    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
+    long iterations = 1000;
+    volatile float sink = 0;  // so the probe's result is used
+    double best = 0;
+    for (int run = 0; run < 20;) {
+        double start = now_seconds();
+        sink = sink + kernel->probe(iterations);
+        double seconds = now_seconds() - start;
+        if (seconds < 0.005) {
+            iterations *= 2;
+            continue;
+        }
+        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
+        best = gflops > best ? gflops : best;
+        run++;
+    }
+    return best;
+}
+
+// GFLOP/s of one GEMM (2*M*N*K floating-point operations), best of
+// `repeats` runs after one warm-up.
+double gemm_benchmark_shape(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, int accumulate,
+                            int repeats) {
+    float *C = xmalloc((size_t)M * N * sizeof(float) + 1);  // (M, N)
+    memset(C, 0, (size_t)M * N * sizeof(float));
+    double best = 1e30;
+    for (int run = 0; run <= repeats; run++) {
+        double start = now_seconds();
+        gemm(ctx, M, N, K, A, B, C, N, accumulate);
+        double seconds = now_seconds() - start;
+        if (run > 0 && seconds < best) best = seconds;
+    }
+    free(C);
+    return 2.0 * M * N * K / best * 1e-9;
+}
+
+// The three GEMMs of a convolution and of a dense layer, as the engine
+// makes them.
+typedef enum { PASS_FORWARD, PASS_INPUT_GRAD, PASS_WEIGHT_GRAD } GemmPass;
+static const char *const GEMM_PASS_NAMES[] = {"forward", "input grad", "weight grad"};
+
+float *random_floats(size_t n, uint64_t seed) {  // (n) uniform in [-1, 1)
+    float *x = xmalloc(n * sizeof(float) + 1);
+    Rng r = rng_new(seed, STREAM_CHECK);
+    for (size_t i = 0; i < n; i++) x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    return x;
+}
+
+/* A convolution of a (batch, size, size, channels) image with a k x k
+   kernel, `pad` zeros around, to out_channels:
+     forward      out (B*OH*OW, OC)  = PATCHES(image) @ W (k*k*C, OC)
+     input grad   dinp (B*H*W, C)   += PATCHES(dout, padded k-1-pad) @ W flipped (k*k*OC, C)
+     weight grad  dW (k*k*C, OC)    += PATCHES(image)^T @ dout (B*OH*OW, OC) */
+double gemm_benchmark_conv(const GemmContext *ctx, GemmPass pass, int batch, int size, int channels,
+                           int out_channels, int k, int pad, int repeats) {
+    ConvShape g = conv_shape(batch, size, size, channels, k, k, pad, out_channels);
+    ConvShape back = conv_shape(batch, g.out_h, g.out_w, out_channels, k, k, k - 1 - pad, channels);
+    long image = (long)batch * size * size * channels, out = (long)conv_rows(&g) * out_channels;
+    float *x = random_floats((size_t)(image > out ? image : out), 1);  // the image, or dout
+    float *w = random_floats((size_t)(long)conv_patch_size(&g) * out_channels, 2);
+    float *d = random_floats((size_t)out, 3);  // dout
+    double gflops = 0;
+    int M = (int)(long)conv_rows(&g), K = (int)(long)conv_patch_size(&g);
+    if (pass == PASS_FORWARD)
+        gflops = gemm_benchmark_shape(ctx, M, out_channels, K, patches_operand(x, &g, 0),
+                                      matrix_operand(w, out_channels), 1, repeats);
+    else if (pass == PASS_INPUT_GRAD)
+        gflops = gemm_benchmark_shape(ctx, (int)(long)conv_rows(&back), channels, (int)(long)conv_patch_size(&back),
+                                      patches_operand(d, &back, 0), matrix_operand(w, channels), 1, repeats);
+    else
+        gflops = gemm_benchmark_shape(ctx, K, out_channels, M, patches_operand(x, &g, 1),
+                                      matrix_operand(d, out_channels), 1, repeats);
+    free(x);
+    free(w);
+    free(d);
+    return gflops;
+}
+
+/* A dense layer, (batch, in) -> (batch, out):
+     forward      out (B, OC)   = x (B, C) @ W (C, OC)
+     input grad   dinp (B, C)  += dout (B, OC) @ W^T
+     weight grad  dW (C, OC)   += x^T @ dout (B, OC) */
+double gemm_benchmark_dense(const GemmContext *ctx, GemmPass pass, int batch, int in, int out, int repeats) {
+    float *x = random_floats((size_t)batch * in, 1), *w = random_floats((size_t)in * out, 2);
+    float *d = random_floats((size_t)batch * out, 3);
+    double gflops;
+    if (pass == PASS_FORWARD)
+        gflops = gemm_benchmark_shape(ctx, batch, out, in, matrix_operand(x, in), matrix_operand(w, out), 0, repeats);
+    else if (pass == PASS_INPUT_GRAD)
+        gflops = gemm_benchmark_shape(ctx, batch, in, out, matrix_operand(d, out), transposed_operand(w, out), 1,
+                                      repeats);
+    else
+        gflops = gemm_benchmark_shape(ctx, in, out, batch, transposed_operand(x, in), matrix_operand(d, out), 1,
+                                      repeats);
+    free(x);
+    free(w);
+    free(d);
+    return gflops;
+}
+
+// The GEMMs of the basic CNN and the ANN at batch 64, in GFLOP/s and as a
+// share of the peak of the threads in use (one core's peak times threads).
+void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
+    int threads = ctx->workers->threads;
+    double peak = gemm_peak_gflops(ctx->kernel) * threads;
+    fprintf(out, "kernel %s, %d thread%s, peak %.1f GFLOP/s (FMA probe)\n", ctx->kernel->name, threads,
+            threads == 1 ? "" : "s", peak);
+    static const struct { const char *name; int size, channels, out_channels, pad; } convs[] = {
+        {"conv1 28x28x1->32", 28, 1, 32, 0},
+        {"conv2 13x13x32->64", 13, 32, 64, 0},
+    };
+    for (int c = 0; c < 2; c++)
+        for (int pass = 0; pass < 3; pass++) {
+            if (convs[c].channels == 1 && pass == PASS_INPUT_GRAD) continue;  // the image needs no gradient
+            double gflops = gemm_benchmark_conv(ctx, (GemmPass)pass, 64, convs[c].size, convs[c].channels,
+                                                convs[c].out_channels, 3, convs[c].pad, repeats);
+            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", convs[c].name, GEMM_PASS_NAMES[pass], gflops,
+                    100 * gflops / peak);
+        }
+    static const int dense[][2] = {{784, 128}, {128, 64}, {64, 10}, {1600, 128}, {128, 10}};
+    for (int l = 0; l < 5; l++)
+        for (int pass = 0; pass < 3; pass++) {
+            char name[32];
+            snprintf(name, sizeof name, "dense %d->%d", dense[l][0], dense[l][1]);
+            double gflops = gemm_benchmark_dense(ctx, (GemmPass)pass, 64, dense[l][0], dense[l][1], repeats);
+            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", name, GEMM_PASS_NAMES[pass], gflops,
+                    100 * gflops / peak);
+        }
+}
+/* ----------------------------------------------------------------------------
+   Convolutions and dense layers on the blocked GEMM.
+
+   What this is: the same passes as the naive and im2col versions above (and
+   chapter 2's dense layer), which the tests hold these to, each now one or
+   two calls of gemm(): the engine's ops call these when the graph's kernel
+   is KERNEL_BLOCKED.
+   What it is not: new arithmetic. The sums are the definition's; only
+   their order (and one rounding per multiply-add) differ, which is why
+   these agree with the references to rounding, not to the bit. */
+
+// out = bias on every row, then out += patches(inp) @ weight: a convolution
+// is one GEMM whose A is the image's im2col matrix, built inside the packing.
+void conv2d_forward_blocked(const GemmContext *ctx,
+                            float *out,           // (B, OH, OW, OC)
+                            const float *inp,     // (B, H, W, C)
+                            const float *weight,  // (KH, KW, C, OC)
+                            const float *bias,    // (OC)
+                            const ConvShape *s) {
+    size_t rows = conv_rows(s);
+    int OC = s->out_channels;
+    for (size_t i = 0; i < rows; i++) memcpy(out + i * OC, bias, (size_t)OC * sizeof(float));
+    gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches_operand(inp, s, 0), matrix_operand(weight, OC),
+         out, OC, 1);
+}
+
+// The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->
+// (KH, KW, OC, C), tap (kh, kw) moved to (KH-1-kh, KW-1-kw).
+void flip_kernel(float *flipped,       // (KH, KW, OC, C)
+                 const float *weight,  // (KH, KW, C, OC)
+                 const ConvShape *s) {
+    int KH = s->kernel_h, KW = s->kernel_w, C = s->channels, OC = s->out_channels;
+    for (int kh = 0; kh < KH; kh++)
+        for (int kw = 0; kw < KW; kw++)
+            for (int c = 0; c < C; c++)
+                for (int oc = 0; oc < OC; oc++)
+                    flipped[(((size_t)(KH - 1 - kh) * KW + (KW - 1 - kw)) * OC + oc) * C + c] =
+                        weight[(((size_t)kh * KW + kw) * C + c) * OC + oc];
+}
+
+/* The backward pass, as conv.c derives it:
+   - dweight += patches(inp)^T @ dout: the transposed patch matrix as A;
+   - dinp += the convolution of dout, padded by KH-1-pad, with the flipped
+     kernel: again one GEMM with a patch matrix as A, so the input gradient
+     needs no col2im and adds nothing from two places at once;
+   - dbias += the column sums of dout.
+   `flipped` is scratch for KH*KW*C*OC floats. */
+void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
+                             const float *dout, const float *inp, const float *weight, const ConvShape *s,
+                             float *flipped) {  // shapes as conv2d_backward_naive
+    int OC = s->out_channels, C = s->channels;
+    int rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
+    if (dbias) bias_backward(dbias, dout, rows, OC);
+    if (dweight)
+        gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);
+    if (dinp) {
+        flip_kernel(flipped, weight, s);
+        ConvShape back = conv_shape(s->batch, s->out_h, s->out_w, OC, s->kernel_h, s->kernel_w,
+                                    s->kernel_h - 1 - s->pad, C);
+        gemm(ctx, (int)conv_rows(&back), C, (int)conv_patch_size(&back), patches_operand(dout, &back, 0),
+             matrix_operand(flipped, C), dinp, C, 1);
+    }
+}
+
+// Dense layers: out = inp @ weight; dinp += dout @ weight^T; dweight += inp^T @ dout.
+void matmul_forward_blocked(const GemmContext *ctx, float *out, const float *inp, const float *weight,
+                            int B, int C, int OC) {  // out (B, OC), inp (B, C), weight (C, OC)
+    gemm(ctx, B, OC, C, matrix_operand(inp, C), matrix_operand(weight, OC), out, OC, 0);
+}
+
+void matmul_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, const float *dout,
+                             const float *inp, const float *weight, int B, int C, int OC) {
+    if (dinp) gemm(ctx, B, C, OC, matrix_operand(dout, OC), transposed_operand(weight, OC), dinp, C, 1);
+    if (dweight) gemm(ctx, C, OC, B, transposed_operand(inp, C), matrix_operand(dout, OC), dweight, OC, 1);
 }
 /* ----------------------------------------------------------------------------
    Optimisers: SGD and Adam, over one flat array of parameters.
@@ -1611,6 +2711,25 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
+// The most memory the program held at once, where the system can tell
+// (getrusage reports kilobytes on Linux, bytes on macOS).
+#if HAVE_POSIX
+#include <sys/resource.h>
+#endif
+void print_peak_memory(void) {
+#if HAVE_POSIX
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) == 0) {
+#ifdef __APPLE__
+        double megabytes = (double)usage.ru_maxrss / 1e6;
+#else
+        double megabytes = (double)usage.ru_maxrss * 1024 / 1e6;
+#endif
+        printf("peak memory: %.0f MB\n", megabytes);
+    }
+#endif
+}
+
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
@@ -1701,7 +2820,6 @@ typedef struct {
     const char *name;
     void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
     void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
-    size_t (*scratch)(const Node *node, int max_batch);  // floats of scratch memory it needs, or NULL
     int view;                                   // shares its input's memory (a reshape)
 } Op;
 
@@ -1741,6 +2859,7 @@ struct Graph {
     float *memory;          // values, gradients and saved buffers of all other nodes
     int compiled;           // after graph_compile() the graph is fixed
     KernelKind kernel;      // how convolutions and matrix multiplies are computed
+    GemmContext *gemm;      // KERNEL_BLOCKED: the micro-kernel, the threads, the packing buffers
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
 };
@@ -1759,6 +2878,7 @@ void graph_free(Graph *g) {
     free(g->grads);
     free(g->memory);
     free(g->scratch);
+    gemm_context_free(g->gemm);
     free(g);
 }
 
@@ -1851,8 +2971,6 @@ void graph_compile(Graph *g, Node *output) {
         Node *n = &g->nodes[i];
         size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
         if (n->op && n->op->view) continue;
-        if (n->op && n->op->scratch && n->op->scratch(n, g->max_batch) > g->scratch_size)
-            g->scratch_size = n->op->scratch(n, g->max_batch);
         if (n->is_parameter) params += capacity;
         else other += capacity * (1 + (n->requires_grad ? 1 : 0)) +
                       n->saved_per_item * (size_t)g->max_batch;
@@ -1864,7 +2982,6 @@ void graph_compile(Graph *g, Node *output) {
     memset(g->params, 0, params * sizeof(float));
     memset(g->grads, 0, params * sizeof(float));
     memset(g->memory, 0, other * sizeof(float));
-    g->scratch = xmalloc(g->scratch_size * sizeof(float));
     params = other = 0;
     for (int i = 0; i < g->count; i++) {
         Node *n = &g->nodes[i];
@@ -1915,6 +3032,17 @@ void graph_initialize(Graph *g, uint64_t seed) {
             for (size_t k = 0; k < n->size; k++) n->value[k] = n->init == INIT_ONES ? 1.0f : 0.0f;
         }
     }
+}
+
+// Working memory for the op that runs now, at least `floats` of it: it
+// grows to what the hungriest op needs (in the first full batch) and stays.
+float *graph_scratch(Graph *g, size_t floats) {
+    if (floats > g->scratch_size) {
+        free(g->scratch);
+        g->scratch = xmalloc(floats * sizeof(float));
+        g->scratch_size = floats;
+    }
+    return g->scratch;
 }
 
 void graph_set_batch(Graph *g, int batch) {
@@ -2004,12 +3132,21 @@ void accumulate(float *dst, const float *src, size_t n) {
 void matmul_op_forward(Node *n, Graph *g) {
     (void)g;
     const Node *x = n->inputs[0], *w = n->inputs[1];
+    if (g->kernel == KERNEL_BLOCKED) {
+        matmul_forward_blocked(g->gemm, n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+        return;
+    }
     matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
 
 void matmul_op_backward(Node *n, Graph *g) {
     (void)g;
     Node *x = n->inputs[0], *w = n->inputs[1];
+    if (g->kernel == KERNEL_BLOCKED) {
+        matmul_backward_blocked(g->gemm, x->grad, w->grad, n->grad, x->value, w->value, x->shape[0],
+                                w->shape[0], w->shape[1]);
+        return;
+    }
     matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
 
@@ -2108,8 +3245,13 @@ ConvShape conv_shape_of(const Node *n) {
 void conv2d_op_forward(Node *n, Graph *g) {
     const Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
     ConvShape s = conv_shape_of(n);
-    if (g->kernel == KERNEL_NAIVE) conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
-    else conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s, g->scratch);
+    if (g->kernel == KERNEL_NAIVE)
+        conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
+    else if (g->kernel == KERNEL_IM2COL)
+        conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s,
+                              graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
+    else
+        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
 }
 
 void conv2d_op_backward(Node *n, Graph *g) {
@@ -2117,15 +3259,12 @@ void conv2d_op_backward(Node *n, Graph *g) {
     ConvShape s = conv_shape_of(n);
     if (g->kernel == KERNEL_NAIVE)
         conv2d_backward_naive(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s);
-    else
-        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s, g->scratch);
-}
-
-// im2col's patches and their gradient, at the largest batch.
-size_t conv2d_op_scratch(const Node *n, int max_batch) {
-    ConvShape s = conv_shape_of(n);
-    s.batch = max_batch;
-    return 2 * conv_rows(&s) * conv_patch_size(&s);
+    else if (g->kernel == KERNEL_IM2COL)  // the patches and their gradient
+        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
+                               graph_scratch(g, 2 * conv_rows(&s) * conv_patch_size(&s)));
+    else  // the kernel turned around
+        conv2d_backward_blocked(g->gemm, x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
+                                graph_scratch(g, conv_patch_size(&s) * (size_t)s.out_channels));
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
@@ -2163,8 +3302,7 @@ static const Op OPS[OP_COUNT] = {
     [OP_SUM] = {.name = "sum", .forward = sum_op_forward, .backward = sum_op_backward},
     [OP_SOFTMAX_CROSS_ENTROPY] = {.name = "softmax_cross_entropy", .forward = softmax_cross_entropy_op_forward,
                                   .backward = softmax_cross_entropy_op_backward},
-    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward,
-                   .scratch = conv2d_op_scratch},
+    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward},
     [OP_MAX_POOL] = {.name = "max_pool", .forward = max_pool_op_forward, .backward = max_pool_op_backward},
     [OP_RESHAPE] = {.name = "reshape", .forward = reshape_op_forward, .backward = reshape_op_backward, .view = 1},
 };
@@ -2347,11 +3485,13 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
 }
 
 
-// Every model of this chapter, by the name --model takes.
-GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel) {
+// Every model of this chapter, by the name --model takes, computed by
+// `kernel` (with `gemm`, which the graph takes over, for KERNEL_BLOCKED).
+GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
     GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
+    c.graph->gemm = gemm;
     return c;
 }
 
@@ -2374,7 +3514,7 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     double total_macs = 0;
     printf("\nmodel %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
            "parameters", "multiply-adds");
-    size_t trainable = 0;
+    size_t trainable = 0, largest_patches = 0;  // floats of one image's im2col matrix
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
         if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
@@ -2386,6 +3526,11 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
         for (int d = n->batched; d < n->rank; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
         double macs = multiply_adds_per_image(n);
+        if (n->op == &OPS[OP_CONV2D]) {
+            ConvShape s = conv_shape_of(n);
+            size_t per_image = conv_rows(&s) / (size_t)s.batch * conv_patch_size(&s);
+            largest_patches = per_image > largest_patches ? per_image : largest_patches;
+        }
         printf("  %-22s %-16s %10zu %14.0f\n", n->op->name, shape, own, macs);
         parameters += own;
         total_macs += macs;
@@ -2395,9 +3540,299 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     if (trainable != parameters)
         printf("  %zu of the parameters are trained; the other %zu are batch norm's running statistics\n",
                trainable, parameters - trainable);
-    if (g->scratch_size)
-        printf("  im2col scratch at batch %d: %.1f MB (the patches and their gradient)\n", g->max_batch,
-               g->scratch_size * sizeof(float) / 1e6);
+    if (largest_patches)
+        printf("  im2col would need %.1f MB at batch %d (the largest patch matrix and its gradient)\n",
+               2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);
+}
+/* ----------------------------------------------------------------------------
+   --bench: how fast each layer runs, against what the machine can do.
+
+   What this is: the measurements chapter 4 quotes. First the machine: each
+   micro-kernel's peak (an FMA probe, one thread and all of them) and the
+   memory bandwidth (a triad over arrays far larger than the caches). Then
+   every convolution and dense layer of the three models at batch 64, each
+   pass (forward, input gradient, weight gradient), in every version this
+   CPU runs, each first checked against the naive version: GFLOP/s and the
+   share of the peak. The table is also written as data, with a gnuplot
+   script that draws it as a roofline, under plots/.
+   What it is not: a timed test. Speeds vary from run to run and machine to
+   machine; the tests check correctness, this only reports. */
+
+typedef struct {
+    const char *model, *name;
+    int conv;                     // 1: a 3x3 convolution, 0: a dense layer
+    int size, channels, outputs;  // conv: (size, size, channels) -> outputs; dense: channels -> outputs
+    int pad;
+} BenchLayer;
+
+static const BenchLayer BENCH_LAYERS[] = {
+    {"ann", "dense 784->128", 0, 0, 784, 128, 0},
+    {"ann", "dense 128->64", 0, 0, 128, 64, 0},
+    {"ann", "dense 64->10", 0, 0, 64, 10, 0},
+    {"basic", "conv 28x28x1->32", 1, 28, 1, 32, 0},
+    {"basic", "conv 13x13x32->64", 1, 13, 32, 64, 0},
+    {"basic", "dense 1600->128", 0, 0, 1600, 128, 0},
+    {"basic", "dense 128->10", 0, 0, 128, 10, 0},
+    {"deeper", "conv 28x28x1->32", 1, 28, 1, 32, 1},
+    {"deeper", "conv 28x28x32->32", 1, 28, 32, 32, 1},
+    {"deeper", "conv 14x14x32->64", 1, 14, 32, 64, 1},
+    {"deeper", "conv 14x14x64->64", 1, 14, 64, 64, 1},
+    {"deeper", "dense 3136->256", 0, 0, 3136, 256, 0},
+    {"deeper", "dense 256->10", 0, 0, 256, 10, 0},
+};
+enum { BENCH_LAYER_COUNT = sizeof BENCH_LAYERS / sizeof BENCH_LAYERS[0], BENCH_BATCH = 64 };
+static const char *const PASS_NAMES[3] = {"forward", "input grad", "weight grad"};
+
+// One layer's operands and outputs, allocated once per layer.
+typedef struct {
+    ConvShape s;              // conv only
+    int B, C, OC;             // dense only
+    size_t n_in, n_weight, n_out;
+    float *x, *w, *b, *dout;  // inputs: (n_in), (n_weight), (OC), (n_out)
+    float *out, *dx, *dw, *db, *scratch;
+} BenchData;
+
+void bench_data_new(BenchData *d, const BenchLayer *l) {
+    memset(d, 0, sizeof *d);
+    if (l->conv) {
+        d->s = conv_shape(BENCH_BATCH, l->size, l->size, l->channels, 3, 3, l->pad, l->outputs);
+        d->n_in = (size_t)BENCH_BATCH * l->size * l->size * l->channels;
+        d->n_weight = conv_patch_size(&d->s) * (size_t)l->outputs;
+        d->n_out = conv_rows(&d->s) * (size_t)l->outputs;
+        d->scratch = xmalloc(2 * conv_rows(&d->s) * conv_patch_size(&d->s) * sizeof(float));
+    } else {
+        d->B = BENCH_BATCH, d->C = l->channels, d->OC = l->outputs;
+        d->n_in = (size_t)d->B * d->C, d->n_weight = (size_t)d->C * d->OC, d->n_out = (size_t)d->B * d->OC;
+    }
+    size_t sizes[] = {d->n_in, d->n_weight, (size_t)l->outputs, d->n_out};
+    float **inputs[] = {&d->x, &d->w, &d->b, &d->dout};
+    Rng rng = rng_new(17, STREAM_CHECK);
+    for (int k = 0; k < 4; k++) {
+        *inputs[k] = xmalloc(sizes[k] * sizeof(float));
+        for (size_t i = 0; i < sizes[k]; i++) (*inputs[k])[i] = 2 * rng_uniform(&rng) - 1;
+    }
+    d->out = xmalloc(d->n_out * sizeof(float));
+    d->dx = xmalloc(d->n_in * sizeof(float));
+    d->dw = xmalloc(d->n_weight * sizeof(float));
+    d->db = xmalloc((size_t)l->outputs * sizeof(float));
+}
+
+void bench_data_free(BenchData *d) {
+    float *buffers[] = {d->x, d->w, d->b, d->dout, d->out, d->dx, d->dw, d->db, d->scratch};
+    for (int k = 0; k < 9; k++) free(buffers[k]);
+}
+
+// Runs one pass of one layer with one version (ctx NULL: `kind` is naive or
+// im2col); the result is in out, dx or dw. Gradients start from zero.
+void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
+    if (pass == 1) memset(d->dx, 0, d->n_in * sizeof(float));
+    if (pass == 2) memset(d->dw, 0, d->n_weight * sizeof(float));
+    float *dx = pass == 1 ? d->dx : NULL, *dw = pass == 2 ? d->dw : NULL;
+    if (l->conv) {
+        if (kind == KERNEL_NAIVE && pass == 0) conv2d_forward_naive(d->out, d->x, d->w, d->b, &d->s);
+        else if (kind == KERNEL_NAIVE) conv2d_backward_naive(dx, dw, NULL, d->dout, d->x, d->w, &d->s);
+        else if (kind == KERNEL_IM2COL && pass == 0) conv2d_forward_im2col(d->out, d->x, d->w, d->b, &d->s, d->scratch);
+        else if (kind == KERNEL_IM2COL) conv2d_backward_im2col(dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
+        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s);
+        else conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
+    } else {
+        if (kind != KERNEL_BLOCKED && pass == 0) matmul_forward(d->out, d->x, d->w, d->B, d->C, d->OC);
+        else if (kind != KERNEL_BLOCKED) matmul_backward(dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
+        else if (pass == 0) matmul_forward_blocked(ctx, d->out, d->x, d->w, d->B, d->C, d->OC);
+        else matmul_backward_blocked(ctx, dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
+    }
+}
+
+// Multiply-adds of one pass of one layer at batch 64 (the same for all passes).
+double bench_multiply_adds(const BenchData *d, const BenchLayer *l) {
+    return l->conv ? (double)conv_rows(&d->s) * conv_patch_size(&d->s) * l->outputs : (double)d->B * d->C * d->OC;
+}
+
+// The result of a pass: the array it writes.
+const float *bench_result(const BenchData *d, int pass, size_t *n) {
+    *n = pass == 0 ? d->n_out : pass == 1 ? d->n_in : d->n_weight;
+    return pass == 0 ? d->out : pass == 1 ? d->dx : d->dw;
+}
+
+// The largest |a - b| relative to the largest |a|.
+double largest_difference(const float *a, const float *b, size_t n) {
+    double largest = 0, difference = 0;
+    for (size_t i = 0; i < n; i++) {
+        largest = fmax(largest, fabs(a[i]));
+        difference = fmax(difference, fabs((double)a[i] - b[i]));
+    }
+    return difference / fmax(largest, 1e-30);
+}
+
+// Seconds of one pass: the best of a few runs (the least disturbed), or of
+// one for the slow references.
+double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
+    int runs = kind == KERNEL_BLOCKED ? 5 : 1;
+    double best = INFINITY;
+    for (int r = 0; r < runs; r++) {
+        double start = now_seconds();
+        bench_run(d, l, pass, kind, ctx);
+        best = fmin(best, now_seconds() - start);
+    }
+    return best;
+}
+
+// Text built in memory, then written in one go with write_file_atomically.
+typedef struct {
+    char *bytes;
+    size_t used, capacity;
+} Text;
+
+void text_printf(Text *t, const char *format, ...) {
+    for (;;) {
+        va_list args;
+        va_start(args, format);
+        int n = vsnprintf(t->bytes ? t->bytes + t->used : NULL, t->bytes ? t->capacity - t->used : 0, format, args);
+        va_end(args);
+        if (n >= 0 && t->bytes && t->used + (size_t)n < t->capacity) {
+            t->used += (size_t)n;
+            return;
+        }
+        size_t larger = (t->capacity + (size_t)(n > 0 ? n : 0) + 1) * 2;
+        char *grown = xmalloc(larger);
+        if (t->bytes) memcpy(grown, t->bytes, t->used);
+        free(t->bytes);
+        t->bytes = grown, t->capacity = larger;
+    }
+}
+
+// A roofline: the peak as a flat line, the bandwidth as a slope, every
+// measured pass as a point at its arithmetic intensity.
+static const char ROOFLINE_SCRIPT[] =
+    "# plots/roofline.gp - draws plots/bench.dat (written by ./chapter4 --bench) as a roofline.\n"
+    "# Run from the top of the repository: gnuplot plots/roofline.gp (writes plots/roofline.svg).\n"
+    "set terminal svg size 900,600\nset output 'plots/roofline.svg'\n"
+    "set logscale xy\nset xlabel 'FLOPs per byte (at least)'\nset ylabel 'GFLOP/s'\nset key left top\n"
+    "peak = %.1f\nbandwidth = %.1f\n"
+    "roof(x) = x * bandwidth < peak ? x * bandwidth : peak\n"
+    "plot [0.1:1000] roof(x) title 'roofline (measured peak and bandwidth)' lw 2, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) eq 'naive' ? $5 : 1/0) title 'naive' pt 6, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) eq 'im2col' ? $5 : 1/0) title 'im2col' pt 4, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' ? $5 : 1/0) title 'blocked' pt 7\n";
+
+// All threads running a kernel's FMA probe at once: the machine's peak.
+typedef struct {
+    const GemmKernel *kernel;
+    double gflops[256];
+} PeakJob;
+
+void peak_task(void *context, int task, int worker) {
+    (void)worker;
+    PeakJob *job = context;
+    job->gflops[task] = gemm_peak_gflops(job->kernel);
+}
+
+// Memory bandwidth: a[i] = b[i] + 3 c[i] over three 64 MB arrays, split into
+// equal parts, one per task; bytes moved per second, best of 5.
+typedef struct {
+    float *a, *b, *c;
+    size_t n;
+    int parts;
+} TriadJob;
+
+void triad_task(void *context, int task, int worker) {
+    (void)worker;
+    TriadJob *t = context;
+    size_t from = t->n * (size_t)task / (size_t)t->parts, to = t->n * (size_t)(task + 1) / (size_t)t->parts;
+    for (size_t i = from; i < to; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
+}
+
+double memory_bandwidth(Workers *w, int parts) {
+    TriadJob t = {.n = (size_t)16 << 20, .parts = parts};
+    t.a = xmalloc(3 * t.n * sizeof(float));
+    t.b = t.a + t.n, t.c = t.b + t.n;
+    for (size_t i = 0; i < 3 * t.n; i++) t.a[i] = 1.0f;
+    double best = INFINITY;
+    for (int r = 0; r < 5; r++) {
+        double start = now_seconds();
+        parallel_for(w, parts, triad_task, &t);
+        best = fmin(best, now_seconds() - start);
+    }
+    free(t.a);
+    return 3.0 * (double)t.n * sizeof(float) / best / 1e9;
+}
+
+/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
+   `threads` threads for the blocked versions; the references run on one. */
+int run_benchmark(int threads, Error *err) {
+    const GemmKernel *kernels[3];
+    int kernel_count = 0;
+    double peak_one[3], peak_all[3];
+    const char *names[3] = {"portable", "avx2", "avx512"};
+    Workers *workers = workers_new(threads);
+    printf("the machine: %d thread%s\n", threads, threads == 1 ? "" : "s");
+    for (int k = 0; k < 3; k++) {
+        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
+        if (!gemm_kernel_supported(kernel)) {
+            printf("  %-8s  not on this CPU or in this build\n", names[k]);
+            continue;
+        }
+        PeakJob job = {.kernel = kernel};
+        parallel_for(workers, threads, peak_task, &job);
+        peak_one[kernel_count] = gemm_peak_gflops(kernel);
+        peak_all[kernel_count] = 0;
+        for (int t = 0; t < threads; t++) peak_all[kernel_count] += job.gflops[t];
+        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", names[k],
+               peak_one[kernel_count], peak_all[kernel_count], threads);
+        kernels[kernel_count++] = kernel;
+    }
+    double bandwidth_one = memory_bandwidth(workers, 1), bandwidth_all = memory_bandwidth(workers, threads);
+    printf("  memory    %.1f GB/s from one core, %.1f from %d (triad over 192 MB)\n\n", bandwidth_one,
+           bandwidth_all, threads);
+    workers_free(workers);
+
+    Text data = {0};
+    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench)\n");
+    printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
+           "of the widest kernel; blocked: its kernel on %d thread%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s");
+    printf("  %-7s %-19s %-11s %-9s %8s %7s  %s\n", "model", "layer", "pass", "version", "GFLOP/s", "% peak",
+           "checked against naive");
+    for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
+        const BenchLayer *l = &BENCH_LAYERS[i];
+        BenchData d;
+        bench_data_new(&d, l);
+        for (int pass = 0; pass < 3; pass++) {
+            if (l->conv && l->channels == 1 && pass == 1) continue;  // the images need no gradient
+            size_t n;
+            bench_run(&d, l, pass, KERNEL_NAIVE, NULL);
+            const float *result = bench_result(&d, pass, &n);
+            float *reference = xmalloc(n * sizeof(float));
+            memcpy(reference, result, n * sizeof(float));
+            double macs = bench_multiply_adds(&d, l);
+            // Bytes a pass must at least move: its three matrices once (the roofline's x axis).
+            double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
+            for (int v = 0; v < 2 + kernel_count; v++) {
+                KernelKind kind = v == 0 ? KERNEL_NAIVE : v == 1 ? KERNEL_IM2COL : KERNEL_BLOCKED;
+                GemmContext *ctx = v >= 2 ? gemm_context_new(kernels[v - 2], threads) : NULL;
+                double seconds = bench_time(&d, l, pass, kind, ctx);
+                double difference = largest_difference(reference, bench_result(&d, pass, &n), n);
+                double gflops = 2 * macs / seconds / 1e9;
+                double peak = v >= 2 ? peak_all[v - 2] : peak_one[kernel_count - 1];
+                const char *version = v == 0 ? "naive" : v == 1 ? "im2col" : kernels[v - 2]->name;
+                printf("  %-7s %-19s %-11s %-9s %8.1f %6.1f%%  %s (%.1e)\n", l->model, l->name, PASS_NAMES[pass],
+                       version, gflops, 100 * gflops / peak, difference < 1e-4 ? "ok" : "DIFFERS", difference);
+                text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
+                        gflops, 100 * gflops / peak, 2 * macs / bytes);
+                gemm_context_free(ctx);
+            }
+            free(reference);
+        }
+        bench_data_free(&d);
+    }
+    Text script = {0};
+    text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
+    int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
+                 write_file_atomically("plots/roofline.gp", script.bytes, script.used, err);
+    free(data.bytes);
+    free(script.bytes);
+    if (!status) printf("\nwrote plots/bench.dat and plots/roofline.gp (gnuplot plots/roofline.gp draws "
+                        "plots/roofline.svg)\n");
+    return status ? err->code : 0;
 }
 /* ----------------------------------------------------------------------------
    The program. */
@@ -2417,6 +3852,7 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         print_usage(stdout, argv[0]);
         return 0;
     }
+    if (options->bench) return CONTINUE;  // the benchmark needs no data
     if (load_fashion_mnist(options->data_dir, data, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -2426,23 +3862,59 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
     return CONTINUE;
 }
 
+/* What --kernel and --threads ask for, on this machine: the kind, and for
+   the blocked GEMM a context (micro-kernel, threads, packing buffers).
+   Asking for a micro-kernel the CPU lacks is refused here, before it could
+   run an instruction the CPU does not have. */
+int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error *err) {
+    *gemm = NULL;
+    *kind = strcmp(o->kernel, "naive") == 0 ? KERNEL_NAIVE : strcmp(o->kernel, "im2col") == 0 ? KERNEL_IM2COL
+                                                                                             : KERNEL_BLOCKED;
+    if (*kind != KERNEL_BLOCKED) return 0;
+    const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
+    if (!gemm_kernel_supported(k))
+        return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
+                    "this CPU runs (here: %s).", o->kernel, k ? "this CPU does not have the instructions it needs"
+                    : "this build has no such kernel (the SIMD kernels exist only in x86-64 builds)",
+                    gemm_best_kernel()->name);
+    *gemm = gemm_context_new(k, o->threads ? o->threads : online_cpus());
+    return 0;
+}
+
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return finish_output(argv[0], status);
+    Error err = {0};
+    if (options.bench) {
+        status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
+        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return finish_output(argv[0], status);
+    }
+    KernelKind kernel;
+    GemmContext *gemm;
+    if (choose_kernel(&options, &kernel, &gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        free_fashion_mnist(&data);
+        return finish_output(argv[0], err.code);
+    }
 
-    KernelKind kernel = strcmp(options.kernel, "naive") == 0 ? KERNEL_NAIVE : KERNEL_IM2COL;
-    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel);
+    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel, gemm);
     print_model_summary(&net, options.model);
-    printf("convolutions computed by: %s\n\n", options.kernel);
+    if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
+                     gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
+    else printf("matrix multiplies: %s (a reference: one thread, no SIMD beyond what the compiler finds)\n\n",
+                options.kernel);
     Model model = graph_model(&net, options.model);
     History *history = NULL;
     Result result;
-    Error err = {0};
     status = fit_and_test(&model, &data, &options, &history, &result, &err);
     if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
-    else if (!options.overfit) print_result(&result);
+    else if (!options.overfit) {
+        print_peak_memory();
+        print_result(&result);
+    }
 
     history_free(history);
     graph_free(net.graph);

@@ -38,7 +38,6 @@ typedef struct {
     void (*forward)(Node *node, Graph *graph);  // node->value from its inputs' values
     void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
 //@ from 4
-    size_t (*scratch)(const Node *node, int max_batch);  // floats of scratch memory it needs, or NULL
     int view;                                   // shares its input's memory (a reshape)
 //@ end
 } Op;
@@ -87,6 +86,7 @@ struct Graph {
     int compiled;           // after graph_compile() the graph is fixed
 //@ from 4
     KernelKind kernel;      // how convolutions and matrix multiplies are computed
+    GemmContext *gemm;      // KERNEL_BLOCKED: the micro-kernel, the threads, the packing buffers
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
 //@ end
@@ -111,6 +111,7 @@ void graph_free(Graph *g) {
     free(g->memory);
 //@ from 4
     free(g->scratch);
+    gemm_context_free(g->gemm);
 //@ end
 //@ from 5
     free(g->state);
@@ -220,8 +221,6 @@ void graph_compile(Graph *g, Node *output) {
         size_t capacity = n->batched ? n->item_size * (size_t)g->max_batch : n->item_size;
 //@ from 4
         if (n->op && n->op->view) continue;
-        if (n->op && n->op->scratch && n->op->scratch(n, g->max_batch) > g->scratch_size)
-            g->scratch_size = n->op->scratch(n, g->max_batch);
 //@ end
 //@ from 5
         if (n->is_state) {
@@ -241,9 +240,6 @@ void graph_compile(Graph *g, Node *output) {
     memset(g->params, 0, params * sizeof(float));
     memset(g->grads, 0, params * sizeof(float));
     memset(g->memory, 0, other * sizeof(float));
-//@ from 4
-    g->scratch = xmalloc(g->scratch_size * sizeof(float));
-//@ end
 //@ from 5
     g->state = xmalloc(g->state_count * sizeof(float));
     size_t states = 0;
@@ -321,6 +317,19 @@ void graph_initialize(Graph *g, uint64_t seed) {
     }
 //@ end
 }
+
+//@ from 4
+// Working memory for the op that runs now, at least `floats` of it: it
+// grows to what the hungriest op needs (in the first full batch) and stays.
+float *graph_scratch(Graph *g, size_t floats) {
+    if (floats > g->scratch_size) {
+        free(g->scratch);
+        g->scratch = xmalloc(floats * sizeof(float));
+        g->scratch_size = floats;
+    }
+    return g->scratch;
+}
+//@ end
 
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");
@@ -409,12 +418,25 @@ void accumulate(float *dst, const float *src, size_t n) {
 void matmul_op_forward(Node *n, Graph *g) {
     (void)g;
     const Node *x = n->inputs[0], *w = n->inputs[1];
+//@ from 4
+    if (g->kernel == KERNEL_BLOCKED) {
+        matmul_forward_blocked(g->gemm, n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
+        return;
+    }
+//@ end
     matmul_forward(n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
 
 void matmul_op_backward(Node *n, Graph *g) {
     (void)g;
     Node *x = n->inputs[0], *w = n->inputs[1];
+//@ from 4
+    if (g->kernel == KERNEL_BLOCKED) {
+        matmul_backward_blocked(g->gemm, x->grad, w->grad, n->grad, x->value, w->value, x->shape[0],
+                                w->shape[0], w->shape[1]);
+        return;
+    }
+//@ end
     matmul_backward(x->grad, w->grad, n->grad, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
 }
 
@@ -514,8 +536,13 @@ ConvShape conv_shape_of(const Node *n) {
 void conv2d_op_forward(Node *n, Graph *g) {
     const Node *x = n->inputs[0], *w = n->inputs[1], *b = n->inputs[2];
     ConvShape s = conv_shape_of(n);
-    if (g->kernel == KERNEL_NAIVE) conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
-    else conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s, g->scratch);
+    if (g->kernel == KERNEL_NAIVE)
+        conv2d_forward_naive(n->value, x->value, w->value, b->value, &s);
+    else if (g->kernel == KERNEL_IM2COL)
+        conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s,
+                              graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
+    else
+        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
 }
 
 void conv2d_op_backward(Node *n, Graph *g) {
@@ -523,15 +550,12 @@ void conv2d_op_backward(Node *n, Graph *g) {
     ConvShape s = conv_shape_of(n);
     if (g->kernel == KERNEL_NAIVE)
         conv2d_backward_naive(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s);
-    else
-        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s, g->scratch);
-}
-
-// im2col's patches and their gradient, at the largest batch.
-size_t conv2d_op_scratch(const Node *n, int max_batch) {
-    ConvShape s = conv_shape_of(n);
-    s.batch = max_batch;
-    return 2 * conv_rows(&s) * conv_patch_size(&s);
+    else if (g->kernel == KERNEL_IM2COL)  // the patches and their gradient
+        conv2d_backward_im2col(x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
+                               graph_scratch(g, 2 * conv_rows(&s) * conv_patch_size(&s)));
+    else  // the kernel turned around
+        conv2d_backward_blocked(g->gemm, x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
+                                graph_scratch(g, conv_patch_size(&s) * (size_t)s.out_channels));
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
@@ -620,8 +644,7 @@ static const Op OPS[OP_COUNT] = {
     [OP_SOFTMAX_CROSS_ENTROPY] = {.name = "softmax_cross_entropy", .forward = softmax_cross_entropy_op_forward,
                                   .backward = softmax_cross_entropy_op_backward},
 //@ from 4
-    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward,
-                   .scratch = conv2d_op_scratch},
+    [OP_CONV2D] = {.name = "conv2d", .forward = conv2d_op_forward, .backward = conv2d_op_backward},
     [OP_MAX_POOL] = {.name = "max_pool", .forward = max_pool_op_forward, .backward = max_pool_op_backward},
     [OP_RESHAPE] = {.name = "reshape", .forward = reshape_op_forward, .backward = reshape_op_backward, .view = 1},
 //@ end

@@ -74,14 +74,16 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
 }
 //@ end
 
-// Every model of this chapter, by the name --model takes.
-GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel) {
+// Every model of this chapter, by the name --model takes, computed by
+// `kernel` (with `gemm`, which the graph takes over, for KERNEL_BLOCKED).
+GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
     GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
 //@ from 5
                       : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed)
 //@ end
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
+    c.graph->gemm = gemm;
     return c;
 }
 
@@ -104,7 +106,7 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     double total_macs = 0;
     printf("\nmodel %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
            "parameters", "multiply-adds");
-    size_t trainable = 0;
+    size_t trainable = 0, largest_patches = 0;  // floats of one image's im2col matrix
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
         if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
@@ -119,6 +121,11 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
         for (int d = n->batched; d < n->rank; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
         double macs = multiply_adds_per_image(n);
+        if (n->op == &OPS[OP_CONV2D]) {
+            ConvShape s = conv_shape_of(n);
+            size_t per_image = conv_rows(&s) / (size_t)s.batch * conv_patch_size(&s);
+            largest_patches = per_image > largest_patches ? per_image : largest_patches;
+        }
         printf("  %-22s %-16s %10zu %14.0f\n", n->op->name, shape, own, macs);
         parameters += own;
         total_macs += macs;
@@ -128,8 +135,8 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     if (trainable != parameters)
         printf("  %zu of the parameters are trained; the other %zu are batch norm's running statistics\n",
                trainable, parameters - trainable);
-    if (g->scratch_size)
-        printf("  im2col scratch at batch %d: %.1f MB (the patches and their gradient)\n", g->max_batch,
-               g->scratch_size * sizeof(float) / 1e6);
+    if (largest_patches)
+        printf("  im2col would need %.1f MB at batch %d (the largest patch matrix and its gradient)\n",
+               2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);
 }
 //@ end

@@ -20,8 +20,9 @@
    KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
 
 // How the engine computes convolutions and matrix multiplies (the graph
-// holds the choice; `--kernel` sets it).
-typedef enum { KERNEL_NAIVE, KERNEL_IM2COL } KernelKind;
+// holds the choice; `--kernel` sets it): the two references here, or the
+// blocked GEMM of chapter 4's second half with one of its micro-kernels.
+typedef enum { KERNEL_NAIVE, KERNEL_IM2COL, KERNEL_BLOCKED } KernelKind;
 
 // The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
 // output (B, OH, OW, OC) with OH = H + 2*pad - KH + 1.

@@ -16,6 +16,9 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         print_usage(stdout, argv[0]);
         return 0;
     }
+//@ from 4
+    if (options->bench) return CONTINUE;  // the benchmark needs no data
+//@ end
     if (load_fashion_mnist(options->data_dir, data, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -120,23 +123,59 @@ int main(int argc, char **argv) {
 }
 //@ end
 //@ from 4
+/* What --kernel and --threads ask for, on this machine: the kind, and for
+   the blocked GEMM a context (micro-kernel, threads, packing buffers).
+   Asking for a micro-kernel the CPU lacks is refused here, before it could
+   run an instruction the CPU does not have. */
+int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error *err) {
+    *gemm = NULL;
+    *kind = strcmp(o->kernel, "naive") == 0 ? KERNEL_NAIVE : strcmp(o->kernel, "im2col") == 0 ? KERNEL_IM2COL
+                                                                                             : KERNEL_BLOCKED;
+    if (*kind != KERNEL_BLOCKED) return 0;
+    const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
+    if (!gemm_kernel_supported(k))
+        return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
+                    "this CPU runs (here: %s).", o->kernel, k ? "this CPU does not have the instructions it needs"
+                    : "this build has no such kernel (the SIMD kernels exist only in x86-64 builds)",
+                    gemm_best_kernel()->name);
+    *gemm = gemm_context_new(k, o->threads ? o->threads : online_cpus());
+    return 0;
+}
+
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     int status = begin(argc, argv, &options, &data);
     if (status != CONTINUE) return finish_output(argv[0], status);
+    Error err = {0};
+    if (options.bench) {
+        status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
+        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return finish_output(argv[0], status);
+    }
+    KernelKind kernel;
+    GemmContext *gemm;
+    if (choose_kernel(&options, &kernel, &gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        free_fashion_mnist(&data);
+        return finish_output(argv[0], err.code);
+    }
 
-    KernelKind kernel = strcmp(options.kernel, "naive") == 0 ? KERNEL_NAIVE : KERNEL_IM2COL;
-    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel);
+    GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel, gemm);
     print_model_summary(&net, options.model);
-    printf("convolutions computed by: %s\n\n", options.kernel);
+    if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
+                     gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
+    else printf("matrix multiplies: %s (a reference: one thread, no SIMD beyond what the compiler finds)\n\n",
+                options.kernel);
     Model model = graph_model(&net, options.model);
     History *history = NULL;
     Result result;
-    Error err = {0};
     status = fit_and_test(&model, &data, &options, &history, &result, &err);
     if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
-    else if (!options.overfit) print_result(&result);
+    else if (!options.overfit) {
+        print_peak_memory();
+        print_result(&result);
+    }
 
     history_free(history);
     graph_free(net.graph);

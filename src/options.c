@@ -20,6 +20,7 @@ typedef struct {
 //@ end
 //@ from 4
     const char *model, *kernel;
+    int threads, bench;
 //@ end
 } Options;
 
@@ -30,7 +31,7 @@ Options default_options(void) {
         .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
 //@ end
 //@ from 4
-        .kernel = "im2col",
+        .kernel = "auto",
 //@ end
 //@ from 4 to 4
         .model = "basic",
@@ -87,8 +88,14 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){"--model", "NAME", "ann, basic or deeper (default: deeper)",
                               OPTION_TEXT, &o->model, 0, 0, "ann|basic|deeper"};
 //@ end
-    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions are computed: naive or im2col (default: im2col)",
-                              OPTION_TEXT, &o->kernel, 0, 0, "naive|im2col"};
+    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions and matrix multiplies are computed: naive, "
+                              "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
+                              "micro-kernel; auto picks the widest this CPU runs (default: auto)",
+                              OPTION_TEXT, &o->kernel, 0, 0, "auto|naive|im2col|portable|avx2|avx512"};
+    specs[n++] = (OptionSpec){"--threads", "N", "threads for the blocked GEMM (default: the CPUs online)",
+                              OPTION_INT, &o->threads, 1, 256, NULL};
+    specs[n++] = (OptionSpec){"--bench", NULL, "measure this machine's peak and every layer's speed, then exit",
+                              OPTION_FLAG, &o->bench, 0, 0, NULL};
 //@ end
     specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
     return n;

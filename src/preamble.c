@@ -142,6 +142,9 @@
     X(EXIT_WRITE, 10, "an output file, or the standard output, could not be written")       \
     X(EXIT_NO_MEMORY, 11, "out of memory")                                                  \
     X(EXIT_TOO_FEW, 14, "too few images: a split would be empty")                           \
+//@ from 4
+    X(EXIT_NO_KERNEL, 16, "--kernel names a micro-kernel this CPU or build does not have")  \
+//@ end
 //@ from 2
     X(EXIT_NOT_LEARNING, 12, "--overfit never reached 100%")                                \
     X(EXIT_DIVERGED, 15, "training diverged: the loss is not a finite number")              \

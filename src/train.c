@@ -329,6 +329,27 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
+//@ from 4
+// The most memory the program held at once, where the system can tell
+// (getrusage reports kilobytes on Linux, bytes on macOS).
+#if HAVE_POSIX
+#include <sys/resource.h>
+#endif
+void print_peak_memory(void) {
+#if HAVE_POSIX
+    struct rusage usage;
+    if (getrusage(RUSAGE_SELF, &usage) == 0) {
+#ifdef __APPLE__
+        double megabytes = (double)usage.ru_maxrss / 1e6;
+#else
+        double megabytes = (double)usage.ru_maxrss * 1024 / 1e6;
+#endif
+        printf("peak memory: %.0f MB\n", megabytes);
+    }
+#endif
+}
+//@ end
+
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }

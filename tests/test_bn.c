@@ -250,7 +250,7 @@ static void test_real_steps(void) {
     Evaluation results[2];
     float *state[2];
     for (int run = 0; run < 2; run++) {
-        GraphClassifier c = build_model("deeper", 16, 3, KERNEL_IM2COL);
+        GraphClassifier c = build_model("deeper", 16, 3, KERNEL_IM2COL, NULL);
         Model m = graph_model(&c, "deeper");
         Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
         Trainer t = trainer_new(&m, &opt, &few, 16, 3);

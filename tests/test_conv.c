@@ -261,7 +261,7 @@ static void test_training_steps(void) {
     float losses[2][2];
     float *weights[2];
     for (int run = 0; run < 2; run++) {
-        GraphClassifier c = build_model("basic", 32, 7, KERNEL_IM2COL);
+        GraphClassifier c = build_model("basic", 32, 7, KERNEL_IM2COL, NULL);
         Model m = graph_model(&c, "basic");
         Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
         Evaluation before = evaluate(&m, &few);
@@ -290,8 +290,129 @@ static void test_training_steps(void) {
     CHECK_EQ_INT(chapter4_main(3, bad), EXIT_USAGE);
 }
 
+/* ---- The blocked path ------------------------------------------------------------
+   The blocked GEMM against the references on the conv cases; every micro-
+   kernel this CPU has, and 1, 2 and 3 threads, give the same bits; a kernel
+   the CPU lacks is refused with its own exit code. */
+
+// One training step of a small basic CNN (forward, backward, Adam) with the
+// given kernel and threads; returns the weights after it (the caller frees).
+static float *one_step(const Dataset *d, const char *kernel_name, int threads, float *loss) {
+    GemmContext *ctx = gemm_context_new(gemm_kernel_by_name(kernel_name), threads);
+    GraphClassifier c = build_model("basic", 16, 5, KERNEL_BLOCKED, ctx);
+    Model m = graph_model(&c, "basic");
+    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+    Batch batch = {.images = d->images, .targets = d->targets, .count = 16};
+    float probs[16 * NUM_CLASSES];
+    memset(m.grads, 0, m.count * sizeof(float));
+    *loss = m.compute_gradients(m.net, &batch, probs);
+    optimizer_update(&opt, m.params, m.grads, m.count);
+    float *weights = malloc(m.count * sizeof(float));
+    memcpy(weights, m.params, m.count * sizeof(float));
+    optimizer_free(&opt);
+    graph_free(c.graph);
+    return weights;
+}
+
+static void test_blocked_same_bits(Rng *rng) {
+    section("blocked GEMM: every kernel and thread count, the same bits; close to naive");
+    static float images[16 * IMAGE_SIZE], targets[16 * NUM_CLASSES];
+    static unsigned char labels[16];
+    fill(images, 16 * IMAGE_SIZE, 0, 1, rng);
+    for (int i = 0; i < 16; i++) labels[i] = (unsigned char)(i % 10), targets[i * NUM_CLASSES + i % 10] = 1;
+    Dataset d = {16, images, labels, targets};
+    float reference_loss, loss;
+    float *reference = one_step(&d, "portable", 1, &reference_loss);
+    const char *kernels[] = {"portable", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++) {
+        if (!gemm_kernel_supported(gemm_kernel_by_name(kernels[k]))) {
+            char why[96];
+            snprintf(why, sizeof why, "the %s kernel: this CPU or build does not have it", kernels[k]);
+            skip(why);
+            continue;
+        }
+        for (int threads = 1; threads <= 3; threads++) {
+            float *w = one_step(&d, kernels[k], threads, &loss);
+            if (!CHECK(loss == reference_loss && memcmp(w, reference, 225034 * sizeof(float)) == 0))
+                printf("     %s with %d threads differs from portable with 1\n", kernels[k], threads);
+            free(w);
+        }
+    }
+    free(reference);
+}
+
+static void check_blocked_conv(int B, int H, int W, int C, int K, int pad, int OC, Rng *rng) {
+    ConvShape s = conv_shape(B, H, W, C, K, K, pad, OC);
+    size_t nx = (size_t)B * H * W * C, nw = (size_t)K * K * C * OC, no = conv_rows(&s) * OC;
+    float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float)), *b = malloc(OC * sizeof(float));
+    float *dout = malloc(no * sizeof(float)), *out[2], *dx[2], *dw[2], *db[2];
+    fill(x, nx, -1, 1, rng), fill(w, nw, -1, 1, rng), fill(b, (size_t)OC, -1, 1, rng), fill(dout, no, -1, 1, rng);
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 2);
+    float *flipped = malloc(nw * sizeof(float));
+    for (int v = 0; v < 2; v++) {
+        out[v] = malloc(no * sizeof(float)), dx[v] = calloc(nx, sizeof(float));
+        dw[v] = calloc(nw, sizeof(float)), db[v] = calloc((size_t)OC, sizeof(float));
+        if (v == 0) {
+            conv2d_forward_naive(out[v], x, w, b, &s);
+            conv2d_backward_naive(dx[v], dw[v], db[v], dout, x, w, &s);
+        } else {
+            conv2d_forward_blocked(ctx, out[v], x, w, b, &s);
+            conv2d_backward_blocked(ctx, dx[v], dw[v], db[v], dout, x, w, &s, flipped);
+        }
+    }
+    double worst = fmax(fmax(max_difference(out[0], out[1], no), max_difference(dx[0], dx[1], nx)),
+                        fmax(max_difference(dw[0], dw[1], nw), max_difference(db[0], db[1], (size_t)OC)));
+    if (!CHECK(worst < 1e-5))
+        printf("     blocked vs naive, x (%d,%d,%d,%d) k %d pad %d oc %d: %.3g\n", B, H, W, C, K, pad, OC, worst);
+    for (int v = 0; v < 2; v++) free(out[v]), free(dx[v]), free(dw[v]), free(db[v]);
+    free(x), free(w), free(b), free(dout), free(flipped);
+    gemm_context_free(ctx);
+}
+
+static void test_blocked_against_naive(Rng *rng) {
+    section("blocked convolutions against the naive ones, forward and both gradients");
+    check_blocked_conv(2, 5, 7, 1, 3, 0, 3, rng);
+    check_blocked_conv(1, 6, 5, 3, 3, 1, 2, rng);
+    check_blocked_conv(3, 13, 13, 32, 3, 0, 64, rng);  // the basic CNN's second layer, 3 images
+    check_blocked_conv(1, 7, 6, 2, 5, 2, 3, rng);
+    // Dense: blocked against chapter 2's loops.
+    enum { BD = 5, CD = 37, OD = 19 };
+    float x[BD * CD], w[CD * OD], g[BD * OD], out[2][BD * OD], dx[2][BD * CD] = {{0}}, dw[2][CD * OD] = {{0}};
+    fill(x, BD * CD, -1, 1, rng), fill(w, CD * OD, -1, 1, rng), fill(g, BD * OD, -1, 1, rng);
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 2);
+    matmul_forward(out[0], x, w, BD, CD, OD);
+    matmul_backward(dx[0], dw[0], g, x, w, BD, CD, OD);
+    matmul_forward_blocked(ctx, out[1], x, w, BD, CD, OD);
+    matmul_backward_blocked(ctx, dx[1], dw[1], g, x, w, BD, CD, OD);
+    CHECK(max_difference(out[0], out[1], BD * OD) < 1e-5 && max_difference(dx[0], dx[1], BD * CD) < 1e-5 &&
+          max_difference(dw[0], dw[1], CD * OD) < 1e-5);
+    gemm_context_free(ctx);
+}
+
+static void test_missing_kernel(void) {
+    section("a kernel the CPU lacks is refused (exit code 16)");
+    const char *missing = NULL;
+    const char *kernels[] = {"avx2", "avx512"};
+    for (int k = 0; k < 2 && !missing; k++)
+        if (!gemm_kernel_supported(gemm_kernel_by_name(kernels[k]))) missing = kernels[k];
+    if (!missing) {
+        skip("this CPU has every kernel: nothing to refuse");
+        return;
+    }
+    Options o = default_options();
+    o.kernel = missing;
+    KernelKind kind;
+    GemmContext *gemm;
+    Error err = {0};
+    CHECK_EQ_INT(choose_kernel(&o, &kind, &gemm, &err), EXIT_NO_KERNEL);
+    CHECK(gemm == NULL && strstr(err.message, "Use --kernel auto") != NULL);
+}
+
 int main(void) {
     Rng rng = rng_new(44, STREAM_CHECK);
+    test_blocked_against_naive(&rng);
+    test_blocked_same_bits(&rng);
+    test_missing_kernel();
     test_conv_three_ways(&rng);
     test_max_pool();
     test_reshape_is_a_view(&rng);

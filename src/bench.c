@@ -1,0 +1,292 @@
+//@ from 4
+/* ----------------------------------------------------------------------------
+   --bench: how fast each layer runs, against what the machine can do.
+
+   What this is: the measurements chapter 4 quotes. First the machine: each
+   micro-kernel's peak (an FMA probe, one thread and all of them) and the
+   memory bandwidth (a triad over arrays far larger than the caches). Then
+   every convolution and dense layer of the three models at batch 64, each
+   pass (forward, input gradient, weight gradient), in every version this
+   CPU runs, each first checked against the naive version: GFLOP/s and the
+   share of the peak. The table is also written as data, with a gnuplot
+   script that draws it as a roofline, under plots/.
+   What it is not: a timed test. Speeds vary from run to run and machine to
+   machine; the tests check correctness, this only reports. */
+
+typedef struct {
+    const char *model, *name;
+    int conv;                     // 1: a 3x3 convolution, 0: a dense layer
+    int size, channels, outputs;  // conv: (size, size, channels) -> outputs; dense: channels -> outputs
+    int pad;
+} BenchLayer;
+
+static const BenchLayer BENCH_LAYERS[] = {
+    {"ann", "dense 784->128", 0, 0, 784, 128, 0},
+    {"ann", "dense 128->64", 0, 0, 128, 64, 0},
+    {"ann", "dense 64->10", 0, 0, 64, 10, 0},
+    {"basic", "conv 28x28x1->32", 1, 28, 1, 32, 0},
+    {"basic", "conv 13x13x32->64", 1, 13, 32, 64, 0},
+    {"basic", "dense 1600->128", 0, 0, 1600, 128, 0},
+    {"basic", "dense 128->10", 0, 0, 128, 10, 0},
+    {"deeper", "conv 28x28x1->32", 1, 28, 1, 32, 1},
+    {"deeper", "conv 28x28x32->32", 1, 28, 32, 32, 1},
+    {"deeper", "conv 14x14x32->64", 1, 14, 32, 64, 1},
+    {"deeper", "conv 14x14x64->64", 1, 14, 64, 64, 1},
+    {"deeper", "dense 3136->256", 0, 0, 3136, 256, 0},
+    {"deeper", "dense 256->10", 0, 0, 256, 10, 0},
+};
+enum { BENCH_LAYER_COUNT = sizeof BENCH_LAYERS / sizeof BENCH_LAYERS[0], BENCH_BATCH = 64 };
+static const char *const PASS_NAMES[3] = {"forward", "input grad", "weight grad"};
+
+// One layer's operands and outputs, allocated once per layer.
+typedef struct {
+    ConvShape s;              // conv only
+    int B, C, OC;             // dense only
+    size_t n_in, n_weight, n_out;
+    float *x, *w, *b, *dout;  // inputs: (n_in), (n_weight), (OC), (n_out)
+    float *out, *dx, *dw, *db, *scratch;
+} BenchData;
+
+void bench_data_new(BenchData *d, const BenchLayer *l) {
+    memset(d, 0, sizeof *d);
+    if (l->conv) {
+        d->s = conv_shape(BENCH_BATCH, l->size, l->size, l->channels, 3, 3, l->pad, l->outputs);
+        d->n_in = (size_t)BENCH_BATCH * l->size * l->size * l->channels;
+        d->n_weight = conv_patch_size(&d->s) * (size_t)l->outputs;
+        d->n_out = conv_rows(&d->s) * (size_t)l->outputs;
+        d->scratch = xmalloc(2 * conv_rows(&d->s) * conv_patch_size(&d->s) * sizeof(float));
+    } else {
+        d->B = BENCH_BATCH, d->C = l->channels, d->OC = l->outputs;
+        d->n_in = (size_t)d->B * d->C, d->n_weight = (size_t)d->C * d->OC, d->n_out = (size_t)d->B * d->OC;
+    }
+    size_t sizes[] = {d->n_in, d->n_weight, (size_t)l->outputs, d->n_out};
+    float **inputs[] = {&d->x, &d->w, &d->b, &d->dout};
+    Rng rng = rng_new(17, STREAM_CHECK);
+    for (int k = 0; k < 4; k++) {
+        *inputs[k] = xmalloc(sizes[k] * sizeof(float));
+        for (size_t i = 0; i < sizes[k]; i++) (*inputs[k])[i] = 2 * rng_uniform(&rng) - 1;
+    }
+    d->out = xmalloc(d->n_out * sizeof(float));
+    d->dx = xmalloc(d->n_in * sizeof(float));
+    d->dw = xmalloc(d->n_weight * sizeof(float));
+    d->db = xmalloc((size_t)l->outputs * sizeof(float));
+}
+
+void bench_data_free(BenchData *d) {
+    float *buffers[] = {d->x, d->w, d->b, d->dout, d->out, d->dx, d->dw, d->db, d->scratch};
+    for (int k = 0; k < 9; k++) free(buffers[k]);
+}
+
+// Runs one pass of one layer with one version (ctx NULL: `kind` is naive or
+// im2col); the result is in out, dx or dw. Gradients start from zero.
+void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
+    if (pass == 1) memset(d->dx, 0, d->n_in * sizeof(float));
+    if (pass == 2) memset(d->dw, 0, d->n_weight * sizeof(float));
+    float *dx = pass == 1 ? d->dx : NULL, *dw = pass == 2 ? d->dw : NULL;
+    if (l->conv) {
+        if (kind == KERNEL_NAIVE && pass == 0) conv2d_forward_naive(d->out, d->x, d->w, d->b, &d->s);
+        else if (kind == KERNEL_NAIVE) conv2d_backward_naive(dx, dw, NULL, d->dout, d->x, d->w, &d->s);
+        else if (kind == KERNEL_IM2COL && pass == 0) conv2d_forward_im2col(d->out, d->x, d->w, d->b, &d->s, d->scratch);
+        else if (kind == KERNEL_IM2COL) conv2d_backward_im2col(dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
+        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s);
+        else conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
+    } else {
+        if (kind != KERNEL_BLOCKED && pass == 0) matmul_forward(d->out, d->x, d->w, d->B, d->C, d->OC);
+        else if (kind != KERNEL_BLOCKED) matmul_backward(dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
+        else if (pass == 0) matmul_forward_blocked(ctx, d->out, d->x, d->w, d->B, d->C, d->OC);
+        else matmul_backward_blocked(ctx, dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
+    }
+}
+
+// Multiply-adds of one pass of one layer at batch 64 (the same for all passes).
+double bench_multiply_adds(const BenchData *d, const BenchLayer *l) {
+    return l->conv ? (double)conv_rows(&d->s) * conv_patch_size(&d->s) * l->outputs : (double)d->B * d->C * d->OC;
+}
+
+// The result of a pass: the array it writes.
+const float *bench_result(const BenchData *d, int pass, size_t *n) {
+    *n = pass == 0 ? d->n_out : pass == 1 ? d->n_in : d->n_weight;
+    return pass == 0 ? d->out : pass == 1 ? d->dx : d->dw;
+}
+
+// The largest |a - b| relative to the largest |a|.
+double largest_difference(const float *a, const float *b, size_t n) {
+    double largest = 0, difference = 0;
+    for (size_t i = 0; i < n; i++) {
+        largest = fmax(largest, fabs(a[i]));
+        difference = fmax(difference, fabs((double)a[i] - b[i]));
+    }
+    return difference / fmax(largest, 1e-30);
+}
+
+// Seconds of one pass: the best of a few runs (the least disturbed), or of
+// one for the slow references.
+double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
+    int runs = kind == KERNEL_BLOCKED ? 5 : 1;
+    double best = INFINITY;
+    for (int r = 0; r < runs; r++) {
+        double start = now_seconds();
+        bench_run(d, l, pass, kind, ctx);
+        best = fmin(best, now_seconds() - start);
+    }
+    return best;
+}
+
+// Text built in memory, then written in one go with write_file_atomically.
+typedef struct {
+    char *bytes;
+    size_t used, capacity;
+} Text;
+
+void text_printf(Text *t, const char *format, ...) {
+    for (;;) {
+        va_list args;
+        va_start(args, format);
+        int n = vsnprintf(t->bytes ? t->bytes + t->used : NULL, t->bytes ? t->capacity - t->used : 0, format, args);
+        va_end(args);
+        if (n >= 0 && t->bytes && t->used + (size_t)n < t->capacity) {
+            t->used += (size_t)n;
+            return;
+        }
+        size_t larger = (t->capacity + (size_t)(n > 0 ? n : 0) + 1) * 2;
+        char *grown = xmalloc(larger);
+        if (t->bytes) memcpy(grown, t->bytes, t->used);
+        free(t->bytes);
+        t->bytes = grown, t->capacity = larger;
+    }
+}
+
+// A roofline: the peak as a flat line, the bandwidth as a slope, every
+// measured pass as a point at its arithmetic intensity.
+static const char ROOFLINE_SCRIPT[] =
+    "# plots/roofline.gp - draws plots/bench.dat (written by ./chapter4 --bench) as a roofline.\n"
+    "# Run from the top of the repository: gnuplot plots/roofline.gp (writes plots/roofline.svg).\n"
+    "set terminal svg size 900,600\nset output 'plots/roofline.svg'\n"
+    "set logscale xy\nset xlabel 'FLOPs per byte (at least)'\nset ylabel 'GFLOP/s'\nset key left top\n"
+    "peak = %.1f\nbandwidth = %.1f\n"
+    "roof(x) = x * bandwidth < peak ? x * bandwidth : peak\n"
+    "plot [0.1:1000] roof(x) title 'roofline (measured peak and bandwidth)' lw 2, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) eq 'naive' ? $5 : 1/0) title 'naive' pt 6, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) eq 'im2col' ? $5 : 1/0) title 'im2col' pt 4, \\\n"
+    "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' ? $5 : 1/0) title 'blocked' pt 7\n";
+
+// All threads running a kernel's FMA probe at once: the machine's peak.
+typedef struct {
+    const GemmKernel *kernel;
+    double gflops[256];
+} PeakJob;
+
+void peak_task(void *context, int task, int worker) {
+    (void)worker;
+    PeakJob *job = context;
+    job->gflops[task] = gemm_peak_gflops(job->kernel);
+}
+
+// Memory bandwidth: a[i] = b[i] + 3 c[i] over three 64 MB arrays, split into
+// equal parts, one per task; bytes moved per second, best of 5.
+typedef struct {
+    float *a, *b, *c;
+    size_t n;
+    int parts;
+} TriadJob;
+
+void triad_task(void *context, int task, int worker) {
+    (void)worker;
+    TriadJob *t = context;
+    size_t from = t->n * (size_t)task / (size_t)t->parts, to = t->n * (size_t)(task + 1) / (size_t)t->parts;
+    for (size_t i = from; i < to; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
+}
+
+double memory_bandwidth(Workers *w, int parts) {
+    TriadJob t = {.n = (size_t)16 << 20, .parts = parts};
+    t.a = xmalloc(3 * t.n * sizeof(float));
+    t.b = t.a + t.n, t.c = t.b + t.n;
+    for (size_t i = 0; i < 3 * t.n; i++) t.a[i] = 1.0f;
+    double best = INFINITY;
+    for (int r = 0; r < 5; r++) {
+        double start = now_seconds();
+        parallel_for(w, parts, triad_task, &t);
+        best = fmin(best, now_seconds() - start);
+    }
+    free(t.a);
+    return 3.0 * (double)t.n * sizeof(float) / best / 1e9;
+}
+
+/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
+   `threads` threads for the blocked versions; the references run on one. */
+int run_benchmark(int threads, Error *err) {
+    const GemmKernel *kernels[3];
+    int kernel_count = 0;
+    double peak_one[3], peak_all[3];
+    const char *names[3] = {"portable", "avx2", "avx512"};
+    Workers *workers = workers_new(threads);
+    printf("the machine: %d thread%s\n", threads, threads == 1 ? "" : "s");
+    for (int k = 0; k < 3; k++) {
+        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
+        if (!gemm_kernel_supported(kernel)) {
+            printf("  %-8s  not on this CPU or in this build\n", names[k]);
+            continue;
+        }
+        PeakJob job = {.kernel = kernel};
+        parallel_for(workers, threads, peak_task, &job);
+        peak_one[kernel_count] = gemm_peak_gflops(kernel);
+        peak_all[kernel_count] = 0;
+        for (int t = 0; t < threads; t++) peak_all[kernel_count] += job.gflops[t];
+        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", names[k],
+               peak_one[kernel_count], peak_all[kernel_count], threads);
+        kernels[kernel_count++] = kernel;
+    }
+    double bandwidth_one = memory_bandwidth(workers, 1), bandwidth_all = memory_bandwidth(workers, threads);
+    printf("  memory    %.1f GB/s from one core, %.1f from %d (triad over 192 MB)\n\n", bandwidth_one,
+           bandwidth_all, threads);
+    workers_free(workers);
+
+    Text data = {0};
+    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench)\n");
+    printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
+           "of the widest kernel; blocked: its kernel on %d thread%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s");
+    printf("  %-7s %-19s %-11s %-9s %8s %7s  %s\n", "model", "layer", "pass", "version", "GFLOP/s", "% peak",
+           "checked against naive");
+    for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
+        const BenchLayer *l = &BENCH_LAYERS[i];
+        BenchData d;
+        bench_data_new(&d, l);
+        for (int pass = 0; pass < 3; pass++) {
+            if (l->conv && l->channels == 1 && pass == 1) continue;  // the images need no gradient
+            size_t n;
+            bench_run(&d, l, pass, KERNEL_NAIVE, NULL);
+            const float *result = bench_result(&d, pass, &n);
+            float *reference = xmalloc(n * sizeof(float));
+            memcpy(reference, result, n * sizeof(float));
+            double macs = bench_multiply_adds(&d, l);
+            // Bytes a pass must at least move: its three matrices once (the roofline's x axis).
+            double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
+            for (int v = 0; v < 2 + kernel_count; v++) {
+                KernelKind kind = v == 0 ? KERNEL_NAIVE : v == 1 ? KERNEL_IM2COL : KERNEL_BLOCKED;
+                GemmContext *ctx = v >= 2 ? gemm_context_new(kernels[v - 2], threads) : NULL;
+                double seconds = bench_time(&d, l, pass, kind, ctx);
+                double difference = largest_difference(reference, bench_result(&d, pass, &n), n);
+                double gflops = 2 * macs / seconds / 1e9;
+                double peak = v >= 2 ? peak_all[v - 2] : peak_one[kernel_count - 1];
+                const char *version = v == 0 ? "naive" : v == 1 ? "im2col" : kernels[v - 2]->name;
+                printf("  %-7s %-19s %-11s %-9s %8.1f %6.1f%%  %s (%.1e)\n", l->model, l->name, PASS_NAMES[pass],
+                       version, gflops, 100 * gflops / peak, difference < 1e-4 ? "ok" : "DIFFERS", difference);
+                text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
+                        gflops, 100 * gflops / peak, 2 * macs / bytes);
+                gemm_context_free(ctx);
+            }
+            free(reference);
+        }
+        bench_data_free(&d);
+    }
+    Text script = {0};
+    text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
+    int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
+                 write_file_atomically("plots/roofline.gp", script.bytes, script.used, err);
+    free(data.bytes);
+    free(script.bytes);
+    if (!status) printf("\nwrote plots/bench.dat and plots/roofline.gp (gnuplot plots/roofline.gp draws "
+                        "plots/roofline.svg)\n");
+    return status ? err->code : 0;
+}
+//@ end

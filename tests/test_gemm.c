@@ -1,0 +1,396 @@
+/* test_gemm.c - chapter 4's blocked matrix multiply (src/gemm.c): the
+   answer against a plain triple loop in double precision, on awkward
+   shapes, strides and patch geometries; the exact order of every sum
+   (a chain of fmaf in k order, bit for bit); every kernel this CPU runs
+   bit-identical to the portable one; 1, 2 and 3 threads bit-identical;
+   parallel_for running every task exactly once; the guards.
+   Kernels this CPU lacks (AVX-512 on most machines) are skipped, and say so. */
+#include "check.h"
+
+#define main chapter4_main
+#include "../chapters/chapter4.c"
+#undef main
+
+// The patches of a (B, H, W, C) image under a KH x KW kernel: the output
+// channels do not matter to the patch matrix.
+static ConvShape conv_geometry(int B, int H, int W, int C, int KH, int KW, int pad) {
+    return conv_shape(B, H, W, C, KH, KW, pad, 1);
+}
+
+// Element (r, c) of an operand, straight from the definition in gemm.c:
+// the im2col matrix's row r = (b, oh, ow), column c = (kh, kw, ci), 0
+// outside the image. Independent of the packing code it checks.
+static double element(const Operand *op, long r, long c) {
+    const ConvShape *g = op->patches;
+    if (!g) return op->data[r * op->row_stride + c * op->col_stride];
+    if (op->transposed) {
+        long t = r;
+        r = c, c = t;
+    }
+    long ow = r % g->out_w, oh = r / g->out_w % g->out_h, b = r / g->out_w / g->out_h;
+    long ci = c % g->channels, kw = c / g->channels % g->kernel_w, kh = c / g->channels / g->kernel_w;
+    long ih = oh + kh - g->pad, iw = ow + kw - g->pad;
+    if (ih < 0 || ih >= g->height || iw < 0 || iw >= g->width) return 0;
+    return op->data[((b * g->height + ih) * g->width + iw) * g->channels + ci];
+}
+
+static float *random_array(size_t n, uint64_t seed) {  // (n) in [-1, 1)
+    return random_floats(n, seed);
+}
+
+// One problem: its operands own their memory.
+typedef struct {
+    int M, N, K, accumulate;
+    long ldc;
+    Operand A, B;
+    ConvShape *geometry;  // the patches', if any: Operand points at it, so it has a fixed home
+    float *a, *b, *c0;       // c0: (M, ldc), what C holds before the call
+} Problem;
+
+static void problem_free(Problem *p) {
+    free(p->a);
+    free(p->b);
+    free(p->c0);
+    free(p->geometry);
+}
+
+// A matrix operand of (rows, cols), stored plainly or transposed, with
+// rows (or columns) `extra` floats longer than needed: strided.
+static Operand make_matrix(float **memory, int rows, int cols, int transposed, int extra, uint64_t seed) {
+    long ld = (transposed ? rows : cols) + extra;
+    long n = (transposed ? cols : rows) * ld;
+    *memory = random_array((size_t)n, seed);
+    return transposed ? transposed_operand(*memory, ld) : matrix_operand(*memory, ld);
+}
+
+static Problem matrix_problem(int M, int N, int K, int a_transposed, int b_transposed, int extra, int accumulate,
+                              uint64_t seed) {
+    Problem p = {.M = M, .N = N, .K = K, .accumulate = accumulate, .ldc = N + extra};
+    p.A = make_matrix(&p.a, M, K, a_transposed, extra, seed);
+    p.B = make_matrix(&p.b, K, N, b_transposed, extra, seed + 1);
+    p.c0 = random_array((size_t)M * p.ldc + 1, seed + 2);
+    return p;
+}
+
+/* Patches on one side, a matrix on the other:
+   role 0: PATCHES (rows, KK) @ B (KK, N)             the forward pass
+   role 1: PATCHES^T (KK, rows) @ B (rows, N)         the weight gradient
+   role 2: A (M, rows) @ PATCHES (rows, KK)           patches as B
+   role 3: A (M, KK) @ PATCHES^T (KK, rows)           transposed patches as B */
+static Problem patch_problem(ConvShape g, int role, int other, int accumulate, uint64_t seed) {
+    Problem p = {.accumulate = accumulate};
+    long rows = (long)conv_rows(&g), kk = (long)conv_patch_size(&g);
+    p.geometry = xmalloc(sizeof g);
+    *p.geometry = g;
+    float *image = random_array((size_t)g.batch * g.height * g.width * g.channels, seed);
+    Operand patches = patches_operand(image, p.geometry, role == 1 || role == 3);
+    if (role == 0 || role == 1) {
+        p.M = (int)(role == 0 ? rows : kk), p.K = (int)(role == 0 ? kk : rows), p.N = other;
+        p.a = image, p.A = patches;
+        p.B = make_matrix(&p.b, p.K, p.N, 0, 0, seed + 1);
+    } else {
+        p.M = other, p.K = (int)(role == 2 ? rows : kk), p.N = (int)(role == 2 ? kk : rows);
+        p.b = image, p.B = patches;
+        p.A = make_matrix(&p.a, p.M, p.K, 0, 0, seed + 1);
+    }
+    p.ldc = p.N;
+    p.c0 = random_array((size_t)p.M * p.ldc + 1, seed + 2);
+    return p;
+}
+
+// C for the problem, computed with the given context.
+static float *run(const GemmContext *ctx, const Problem *p) {  // (M, ldc)
+    float *c = xmalloc((size_t)p->M * p->ldc * sizeof(float) + 1);
+    memcpy(c, p->c0, (size_t)p->M * p->ldc * sizeof(float));
+    gemm(ctx, p->M, p->N, p->K, p->A, p->B, c, p->ldc, p->accumulate);
+    return c;
+}
+
+// The answer within float rounding of a double-precision sum, and the
+// columns past N (the stride's gap) untouched.
+static int matches_reference(const Problem *p, const float *c) {
+    int ok = 1;
+    for (int i = 0; i < p->M; i++) {
+        for (int j = 0; j < p->N; j++) {
+            double sum = p->accumulate ? p->c0[(size_t)i * p->ldc + j] : 0, size = fabs(sum);
+            for (int k = 0; k < p->K; k++) {
+                double t = element(&p->A, i, k) * element(&p->B, k, j);
+                sum += t;
+                size += fabs(t);
+            }
+            // each of the K + 1 roundings is at most 2^-24 of the running size
+            if (fabs(c[(size_t)i * p->ldc + j] - sum) > (p->K + 1) * size * 0x1p-24 + 1e-30) ok = 0;
+        }
+        for (long j = p->N; j < p->ldc; j++)
+            if (c[(size_t)i * p->ldc + j] != p->c0[(size_t)i * p->ldc + j]) ok = 0;
+    }
+    return ok;
+}
+
+// The promised order, bit for bit: for each element, fmaf over k upwards
+// from C's old value or 0.
+static int matches_fma_chain(const Problem *p, const float *c) {
+    for (int i = 0; i < p->M; i++)
+        for (int j = 0; j < p->N; j++) {
+            float sum = p->accumulate ? p->c0[(size_t)i * p->ldc + j] : 0.0f;
+            for (int k = 0; k < p->K; k++) sum = fmaf((float)element(&p->A, i, k), (float)element(&p->B, k, j), sum);
+            if (memcmp(&sum, &c[(size_t)i * p->ldc + j], sizeof sum) != 0) return 0;
+        }
+    return 1;
+}
+
+enum { MAX_PROBLEMS = 80 };
+
+// The awkward shapes: sizes of 1, K = 9 and N = 10 as in the networks,
+// M, N, K not multiples of any MR, NR or KC, K and M past KC and MC,
+// N past NC, every transposition and stride, both accumulate modes.
+static int make_problems(Problem *ps) {
+    int n = 0;
+    static const int shapes[][3] = {
+        {1, 1, 1}, {1, 10, 9}, {7, 10, 9}, {6, 16, 256}, {13, 17, 300}, {5, 33, 513}, {250, 37, 70}, {19, 259, 31},
+        {64, 10, 64}, {2, 3, 1},
+    };
+    for (int s = 0; s < 10; s++)
+        for (int variant = 0; variant < 4; variant++)
+            ps[n] = matrix_problem(shapes[s][0], shapes[s][1], shapes[s][2], variant & 1, variant >> 1,
+                                   (s + variant) % 3, (s + variant) % 2, 100 + 10 * (uint64_t)n), n++;
+    // Patch geometries: valid and same padding, padding of k - 1 (the input
+    // gradient), odd sizes, C = 1 and 3 and 8, a non-square kernel, 1x1.
+    ConvShape geometries[] = {
+        conv_geometry(2, 5, 7, 1, 3, 3, 0), conv_geometry(1, 6, 5, 3, 3, 3, 1), conv_geometry(3, 4, 4, 3, 3, 3, 2),
+        conv_geometry(2, 9, 7, 8, 3, 2, 1), conv_geometry(1, 1, 1, 1, 1, 1, 0), conv_geometry(1, 7, 3, 2, 5, 3, 2),
+    };
+    for (int gi = 0; gi < 6; gi++)
+        for (int role = 0; role < 4; role++)
+            ps[n] = patch_problem(geometries[gi], role, role < 2 ? 10 + gi : 3 + gi, (gi + role) % 2,
+                                  500 + 10 * (uint64_t)n), n++;
+    // A bigger convolution, to cross KC and MC in the patches.
+    ps[n++] = patch_problem(conv_geometry(3, 13, 11, 32, 3, 3, 1), 0, 40, 1, 900);
+    ps[n++] = patch_problem(conv_geometry(3, 13, 11, 32, 3, 3, 1), 1, 40, 1, 901);
+    require(n <= MAX_PROBLEMS, "too many problems");
+    return n;
+}
+
+static void test_against_reference(Problem *ps, int n) {
+    section("gemm against a double-precision triple loop, and the fmaf chain bit for bit");
+    const GemmKernel *kernels[] = {gemm_kernel_by_name("portable"), gemm_best_kernel()};
+    for (int kk = 0; kk < 2; kk++) {
+        GemmContext *ctx = gemm_context_new(kernels[kk], 2);
+        int near = 0, exact = 0;
+        for (int i = 0; i < n; i++) {
+            float *c = run(ctx, &ps[i]);
+            int ok = matches_reference(&ps[i], c), bits = matches_fma_chain(&ps[i], c);
+            if (!ok || !bits)
+                printf("     kernel %s, problem %d: M=%d N=%d K=%d%s%s\n", kernels[kk]->name, i, ps[i].M, ps[i].N,
+                       ps[i].K, ok ? "" : ", wrong answer", bits ? "" : ", not the fmaf chain");
+            near += ok;
+            exact += bits;
+            free(c);
+        }
+        CHECK_EQ_INT(near, n);
+        CHECK_EQ_INT(exact, n);
+        gemm_context_free(ctx);
+    }
+}
+
+static void test_kernels_identical(Problem *ps, int n) {
+    section("every kernel this CPU runs gives the portable kernel's bits");
+    GemmContext *portable = gemm_context_new(gemm_kernel_by_name("portable"), 1);
+    static const char *const names[] = {"avx2", "avx512"};
+    for (int k = 0; k < 2; k++) {
+        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
+        char why[128];
+        if (!gemm_kernel_supported(kernel)) {
+            snprintf(why, sizeof why, "kernel %s: %s", names[k],
+                     kernel ? "this CPU lacks the instructions" : "not built on this machine (x86-64 only)");
+            skip(why);
+            continue;
+        }
+        GemmContext *ctx = gemm_context_new(kernel, 1);
+        int same = 0;
+        for (int i = 0; i < n; i++) {
+            float *want = run(portable, &ps[i]), *got = run(ctx, &ps[i]);
+            same += memcmp(want, got, (size_t)ps[i].M * ps[i].ldc * sizeof(float)) == 0;
+            free(want);
+            free(got);
+        }
+        printf("     %s: %d of %d problems identical\n", names[k], same, n);
+        CHECK_EQ_INT(same, n);
+        gemm_context_free(ctx);
+    }
+    gemm_context_free(portable);
+}
+
+static void test_threads_identical(void) {
+    section("1, 2 and 3 threads give the same bits");
+    // Big enough to be cut into several tasks: a convolution's forward pass,
+    // its weight gradient (small output, long sum) and a dense layer.
+    ConvShape g = conv_geometry(8, 13, 13, 32, 3, 3, 0);
+    Problem ps[] = {
+        patch_problem(g, 0, 64, 1, 7), patch_problem(g, 1, 64, 1, 8), matrix_problem(64, 128, 784, 0, 0, 0, 0, 9),
+        matrix_problem(784, 128, 64, 1, 0, 0, 1, 10), matrix_problem(500, 300, 40, 0, 1, 3, 0, 11),
+    };
+    const GemmKernel *kernel = gemm_best_kernel();
+    GemmContext *ctx[3];
+    for (int t = 0; t < 3; t++) ctx[t] = gemm_context_new(kernel, t + 1);
+    for (int i = 0; i < 5; i++) {
+        float *one = run(ctx[0], &ps[i]);
+        for (int t = 1; t < 3; t++) {
+            float *many = run(ctx[t], &ps[i]);
+            if (!CHECK(memcmp(one, many, (size_t)ps[i].M * ps[i].ldc * sizeof(float)) == 0))
+                printf("     problem %d, %d threads\n", i, t + 1);
+            free(many);
+        }
+        free(one);
+    }
+    for (int t = 0; t < 3; t++) gemm_context_free(ctx[t]);
+    for (int i = 0; i < 5; i++) problem_free(&ps[i]);
+}
+
+// gemm_in_task, called from inside parallel_for tasks, matches gemm.
+typedef struct {
+    const GemmContext *ctx;
+    const Problem *p;
+    float *c;  // (tasks, M, ldc)
+} InTask;
+
+static void one_gemm_in_task(void *context, int task, int worker) {
+    const InTask *t = context;
+    float *c = t->c + (size_t)task * t->p->M * t->p->ldc;
+    memcpy(c, t->p->c0, (size_t)t->p->M * t->p->ldc * sizeof(float));
+    gemm_in_task(t->ctx, worker, t->p->M, t->p->N, t->p->K, t->p->A, t->p->B, c, t->p->ldc, t->p->accumulate);
+}
+
+static void test_gemm_in_task(void) {
+    section("gemm_in_task inside parallel_for gives gemm's bits");
+    Problem p = patch_problem(conv_geometry(1, 13, 13, 32, 3, 3, 1), 0, 64, 1, 12);
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 3);
+    enum { TASKS = 6 };
+    InTask t = {ctx, &p, xmalloc((size_t)TASKS * p.M * p.ldc * sizeof(float))};
+    parallel_for(ctx->workers, TASKS, one_gemm_in_task, &t);
+    float *want = run(ctx, &p);
+    int same = 0;
+    for (int i = 0; i < TASKS; i++)
+        same += memcmp(want, t.c + (size_t)i * p.M * p.ldc, (size_t)p.M * p.ldc * sizeof(float)) == 0;
+    CHECK_EQ_INT(same, TASKS);
+    free(want);
+    free(t.c);
+    gemm_context_free(ctx);
+    problem_free(&p);
+}
+
+// parallel_for: every task exactly once, on a worker the pool has.
+typedef struct {
+    int *runs;     // (tasks)
+    int *workers;  // (tasks): who ran it
+} Tally;
+
+static void count_task(void *context, int task, int worker) {
+    Tally *t = context;
+    t->runs[task]++;
+    t->workers[task] = worker;
+}
+
+static void test_parallel_for(void) {
+    section("parallel_for runs every task exactly once");
+    static const int task_counts[] = {0, 1, 2, 7, 1000};
+    for (int threads = 1; threads <= 3; threads++) {
+        Workers *w = workers_new(threads);
+        CHECK_EQ_INT(w->threads, HAVE_THREADS ? threads : 1);
+        for (int round = 0; round < 3; round++)  // the pool is reused
+            for (int c = 0; c < 5; c++) {
+                int n = task_counts[c], once = 0, in_pool = 0;
+                Tally t = {xmalloc(sizeof(int) * (size_t)n + 1), xmalloc(sizeof(int) * (size_t)n + 1)};
+                memset(t.runs, 0, sizeof(int) * (size_t)n);
+                parallel_for(w, n, count_task, &t);
+                for (int i = 0; i < n; i++) {
+                    once += t.runs[i] == 1;
+                    in_pool += t.workers[i] >= 0 && t.workers[i] < w->threads;
+                }
+                CHECK_EQ_INT(once, n);
+                CHECK_EQ_INT(in_pool, n);
+                free(t.runs);
+                free(t.workers);
+            }
+        workers_free(w);
+    }
+    int runs[3] = {0}, workers[3] = {0};
+    Tally t = {runs, workers};
+    parallel_for(NULL, 3, count_task, &t);  // no pool: on the caller
+    CHECK(runs[0] == 1 && runs[1] == 1 && runs[2] == 1);
+    CHECK(online_cpus() >= 1);
+}
+
+static void test_edges(void) {
+    section("empty sums and empty outputs");
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 2);
+    float c[6] = {1, 2, 3, 4, 5, 6}, a[1] = {0}, b[1] = {0};
+    gemm(ctx, 2, 3, 0, matrix_operand(a, 0), matrix_operand(b, 3), c, 3, 1);  // K = 0, accumulate: unchanged
+    CHECK(c[0] == 1 && c[5] == 6);
+    gemm(ctx, 2, 3, 0, matrix_operand(a, 0), matrix_operand(b, 3), c, 3, 0);  // K = 0: C = 0
+    CHECK(c[0] == 0 && c[5] == 0);
+    gemm(ctx, 0, 3, 5, matrix_operand(a, 5), matrix_operand(b, 3), NULL, 3, 0);  // M = 0: nothing to do
+    CHECK(1);
+    gemm_context_free(ctx);
+}
+
+static void test_kernel_table(void) {
+    section("the kernel table");
+    const GemmKernel *best = gemm_best_kernel();
+    CHECK(gemm_kernel_supported(best));
+    CHECK(gemm_kernel_supported(gemm_kernel_by_name("portable")));
+    CHECK(gemm_kernel_by_name("sse9") == NULL);
+    CHECK(!gemm_kernel_supported(NULL));
+    printf("     best kernel here: %s\n", best->name);
+}
+
+// What must stop the program (exit 70, a bug) does.
+static void bad_geometry(void *unused) {
+    (void)unused;
+    GemmContext *ctx = gemm_context_new(gemm_kernel_by_name("portable"), 1);
+    ConvShape g = conv_geometry(1, 5, 5, 1, 3, 3, 0);
+    g.out_h = 5;  // should be 3
+    float image[25] = {0}, w[9] = {0}, out[25];
+    gemm(ctx, 15, 1, 9, patches_operand(image, &g, 0), matrix_operand(w, 1), out, 1, 0);
+}
+
+static void wrong_size(void *unused) {
+    (void)unused;
+    GemmContext *ctx = gemm_context_new(gemm_kernel_by_name("portable"), 1);
+    ConvShape g = conv_geometry(1, 5, 5, 1, 3, 3, 0);
+    float image[25] = {0}, w[9] = {0}, out[25];
+    gemm(ctx, 10, 1, 9, patches_operand(image, &g, 0), matrix_operand(w, 1), out, 1, 0);  // M should be 9
+}
+
+static void nested(void *context, int task, int worker) {
+    (void)task, (void)worker;
+    parallel_for(context, 4, count_task, NULL);
+}
+
+static void nested_parallel_for(void *unused) {
+    (void)unused;
+    Workers *w = workers_new(2);
+    parallel_for(w, 2, nested, w);
+}
+
+static void test_guards(void) {
+    section("misuse stops with exit 70");
+    CHECK_EXITS(bad_geometry, NULL, EXIT_BUG, "output 5x3, but a 5x5 image");
+    CHECK_EXITS(wrong_size, NULL, EXIT_BUG, "patches make a (9, 9) matrix");
+    if (HAVE_THREADS) CHECK_EXITS(nested_parallel_for, NULL, EXIT_BUG, "inside a task");
+}
+
+int main(void) {
+    static Problem ps[MAX_PROBLEMS];
+    int n = make_problems(ps);
+    test_kernel_table();
+    test_parallel_for();
+    test_edges();
+    test_against_reference(ps, n);
+    test_kernels_identical(ps, n);
+    test_threads_identical();
+    test_gemm_in_task();
+    test_guards();
+    for (int i = 0; i < n; i++) problem_free(&ps[i]);
+    return check_summary();
+}
