@@ -1382,7 +1382,6 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
-
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }

@@ -1386,7 +1386,6 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
-
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
@@ -1815,7 +1814,6 @@ void graph_initialize(Graph *g, uint64_t seed) {
         }
     }
 }
-
 
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");

@@ -2824,6 +2824,7 @@ void print_result(const Result *r) {
            r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
 }
 
+
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
 #if HAVE_POSIX
@@ -2842,7 +2843,6 @@ void print_peak_memory(void) {
     }
 #endif
 }
-
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
@@ -3184,6 +3184,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
     }
 }
 
+
 // Working memory for the op that runs now, at least `floats` of it: it
 // grows to what the hungriest op needs (in the first full batch) and stays.
 float *graph_scratch(Graph *g, size_t floats) {
@@ -3194,7 +3195,6 @@ float *graph_scratch(Graph *g, size_t floats) {
     }
     return g->scratch;
 }
-
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");
     require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);

@@ -319,6 +319,7 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 //@ from 4
+
 // Working memory for the op that runs now, at least `floats` of it: it
 // grows to what the hungriest op needs (in the first full batch) and stays.
 float *graph_scratch(Graph *g, size_t floats) {
@@ -330,7 +331,6 @@ float *graph_scratch(Graph *g, size_t floats) {
     return g->scratch;
 }
 //@ end
-
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");
     require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);

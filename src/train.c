@@ -330,6 +330,7 @@ void print_result(const Result *r) {
 }
 
 //@ from 4
+
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
 #if HAVE_POSIX
@@ -349,7 +350,6 @@ void print_peak_memory(void) {
 #endif
 }
 //@ end
-
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
