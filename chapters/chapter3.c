@@ -1893,6 +1893,7 @@ void graph_print(const Graph *g) {
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
    backward functions skip inputs that need no gradient (grad == NULL). */
 
+
 // Adds src into dst, elementwise: the backward of every "copy" of a gradient.
 void accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];

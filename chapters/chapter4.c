@@ -2255,6 +2255,21 @@ void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
+// Every row of one image's output set to the bias.
+typedef struct {
+    float *out;         // (B, OH*OW*OC)
+    const float *bias;  // (OC)
+    size_t per_image;   // OH*OW*OC
+    int OC;
+} BiasJob;
+
+void bias_fill_task(void *context, int image, int worker) {
+    (void)worker;
+    const BiasJob *job = context;
+    float *out = job->out + (size_t)image * job->per_image;
+    for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
+}
+
 // out = bias on every row, then out += patches(inp) @ weight: a convolution
 // is one GEMM whose A is the image's im2col matrix, built inside the packing.
 void conv2d_forward_blocked(const GemmContext *ctx,
@@ -2265,7 +2280,8 @@ void conv2d_forward_blocked(const GemmContext *ctx,
                             const ConvShape *s) {
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
-    for (size_t i = 0; i < rows; i++) memcpy(out + i * OC, bias, (size_t)OC * sizeof(float));
+    BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
+    parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
     gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches_operand(inp, s, 0), matrix_operand(weight, OC),
          out, OC, 1);
 }
@@ -3123,6 +3139,37 @@ void graph_print(const Graph *g) {
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
    backward functions skip inputs that need no gradient (grad == NULL). */
 
+/* Memory-bound ops (ReLU, pooling) split their batch over the graph's
+   threads, one task per item. An item's outputs are its own, so which
+   thread does which item changes nothing in the result. Without the
+   blocked kernel there are no threads, and the items run in order. */
+typedef void ItemWork(Node *n, int item);
+
+typedef struct {
+    Node *node;
+    ItemWork *work;
+} ItemJob;
+
+void item_task(void *context, int task, int worker) {
+    (void)worker;
+    ItemJob *job = context;
+    job->work(job->node, task);
+}
+
+void for_each_item(Graph *g, Node *n, ItemWork *work) {
+    ItemJob job = {n, work};
+    parallel_for(g->gemm ? g->gemm->workers : NULL, n->shape[0], item_task, &job);
+}
+
+void relu_item_forward(Node *n, int i) {
+    relu_forward(n->value + i * n->item_size, n->inputs[0]->value + i * n->item_size, n->item_size);
+}
+
+void relu_item_backward(Node *n, int i) {
+    size_t at = i * n->item_size;
+    relu_backward(n->inputs[0]->grad + at, n->grad + at, n->inputs[0]->value + at, n->item_size);
+}
+
 // Adds src into dst, elementwise: the backward of every "copy" of a gradient.
 void accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
@@ -3168,11 +3215,19 @@ void bias_add_op_backward(Node *n, Graph *g) {
 
 void relu_op_forward(Node *n, Graph *g) {
     (void)g;
+    if (n->batched) {
+        for_each_item(g, n, relu_item_forward);
+        return;
+    }
     relu_forward(n->value, n->inputs[0]->value, n->size);
 }
 
 void relu_op_backward(Node *n, Graph *g) {
     (void)g;
+    if (n->batched) {
+        for_each_item(g, n, relu_item_backward);
+        return;
+    }
     relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
 }
 
@@ -3268,17 +3323,21 @@ void conv2d_op_backward(Node *n, Graph *g) {
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
-void max_pool_op_forward(Node *n, Graph *g) {
-    (void)g;
+// One image at a time, on the graph's threads.
+void max_pool_item_forward(Node *n, int i) {
     const Node *x = n->inputs[0];
-    max_pool_forward(n->value, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
+                     x->shape[3]);
 }
 
-void max_pool_op_backward(Node *n, Graph *g) {
-    (void)g;
+void max_pool_item_backward(Node *n, int i) {
     Node *x = n->inputs[0];
-    max_pool_backward(x->grad, n->grad, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
+                      x->shape[1], x->shape[2], x->shape[3]);
 }
+
+void max_pool_op_forward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_forward); }
+void max_pool_op_backward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_backward); }
 
 // reshape: the same numbers read with another shape. graph_compile points
 // the node at its input's memory, so there is nothing to compute either way.

@@ -2254,6 +2254,21 @@ void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
+// Every row of one image's output set to the bias.
+typedef struct {
+    float *out;         // (B, OH*OW*OC)
+    const float *bias;  // (OC)
+    size_t per_image;   // OH*OW*OC
+    int OC;
+} BiasJob;
+
+void bias_fill_task(void *context, int image, int worker) {
+    (void)worker;
+    const BiasJob *job = context;
+    float *out = job->out + (size_t)image * job->per_image;
+    for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
+}
+
 // out = bias on every row, then out += patches(inp) @ weight: a convolution
 // is one GEMM whose A is the image's im2col matrix, built inside the packing.
 void conv2d_forward_blocked(const GemmContext *ctx,
@@ -2264,7 +2279,8 @@ void conv2d_forward_blocked(const GemmContext *ctx,
                             const ConvShape *s) {
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
-    for (size_t i = 0; i < rows; i++) memcpy(out + i * OC, bias, (size_t)OC * sizeof(float));
+    BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
+    parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
     gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches_operand(inp, s, 0), matrix_operand(weight, OC),
          out, OC, 1);
 }
@@ -2347,7 +2363,12 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
        mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N is up to 50,176)
        x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
    x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
-   running averages move 1% of the way to this batch's statistics. */
+   running averages move 1% of the way to this batch's statistics.
+   Every loop walks x row by row, all channels of a row together, as memory
+   holds them: going channel by channel down the rows would touch one float
+   of every 64-byte line and make the layer several times slower. */
+enum { BN_MAX_CHANNELS = 1024 };
+
 void batch_norm_forward_train(float *out,           // (N, C)
                               float *x_hat,         // (N, C) saved for backward
                               float *inv_std,       // (C) saved for backward
@@ -2356,32 +2377,38 @@ void batch_norm_forward_train(float *out,           // (N, C)
                               const float *x,       // (N, C)
                               const float *gamma, const float *beta,  // (C) each
                               size_t N, int C) {
+    require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
+    double sum[BN_MAX_CHANNELS] = {0}, squares[BN_MAX_CHANNELS] = {0};
+    float mean[BN_MAX_CHANNELS];
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) sum[c] += x[i * C + c];
+    for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / (double)N);
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            double d = (double)x[i * C + c] - mean[c];
+            squares[c] += d * d;
+        }
     for (int c = 0; c < C; c++) {
-        double sum = 0, squares = 0;
-        for (size_t i = 0; i < N; i++) sum += x[i * C + c];
-        float mean = (float)(sum / (double)N);
-        for (size_t i = 0; i < N; i++) {
-            double d = (double)x[i * C + c] - mean;
-            squares += d * d;
-        }
-        float var = (float)(squares / (double)N);
+        float var = (float)(squares[c] / (double)N);
         inv_std[c] = 1.0f / sqrtf(var + BN_EPSILON);
-        for (size_t i = 0; i < N; i++) {
-            x_hat[i * C + c] = (x[i * C + c] - mean) * inv_std[c];
-            out[i * C + c] = gamma[c] * x_hat[i * C + c] + beta[c];
-        }
-        running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * mean;
+        running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * mean[c];
         running_var[c] = BN_MOMENTUM * running_var[c] + (1.0f - BN_MOMENTUM) * var;
     }
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            x_hat[i * C + c] = (x[i * C + c] - mean[c]) * inv_std[c];
+            out[i * C + c] = gamma[c] * x_hat[i * C + c] + beta[c];
+        }
 }
 
 // Inference mode: the running averages stand in for the batch's statistics.
 void batch_norm_forward_infer(float *out, const float *x, const float *gamma, const float *beta,
                               const float *running_mean, const float *running_var, size_t N, int C) {
-    for (int c = 0; c < C; c++) {
-        float scale = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
-        for (size_t i = 0; i < N; i++) out[i * C + c] = (x[i * C + c] - running_mean[c]) * scale + beta[c];
-    }
+    require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
+    float scale[BN_MAX_CHANNELS];
+    for (int c = 0; c < C; c++) scale[c] = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) out[i * C + c] = (x[i * C + c] - running_mean[c]) * scale[c] + beta[c];
 }
 
 /* The backward pass (book.md derives it). With g = dout, per channel:
@@ -2397,20 +2424,25 @@ void batch_norm_backward(float *dx,            // (N, C) or NULL
                          const float *inv_std, // (C)
                          const float *gamma,   // (C)
                          size_t N, int C) {
-    for (int c = 0; c < C; c++) {
-        double sum_g = 0, sum_g_xhat = 0;
-        for (size_t i = 0; i < N; i++) {
-            sum_g += dout[i * C + c];
-            sum_g_xhat += (double)dout[i * C + c] * x_hat[i * C + c];
+    require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
+    double sum_g[BN_MAX_CHANNELS] = {0}, sum_g_xhat[BN_MAX_CHANNELS] = {0};
+    float scale[BN_MAX_CHANNELS], mean_g[BN_MAX_CHANNELS], mean_g_xhat[BN_MAX_CHANNELS];
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            sum_g[c] += dout[i * C + c];
+            sum_g_xhat[c] += (double)dout[i * C + c] * x_hat[i * C + c];
         }
-        if (dbeta) dbeta[c] += (float)sum_g;
-        if (dgamma) dgamma[c] += (float)sum_g_xhat;
-        if (!dx) continue;
-        float scale = gamma[c] * inv_std[c], mean_g = (float)(sum_g / (double)N),
-              mean_g_xhat = (float)(sum_g_xhat / (double)N);
-        for (size_t i = 0; i < N; i++)
-            dx[i * C + c] += scale * (dout[i * C + c] - mean_g - x_hat[i * C + c] * mean_g_xhat);
+    for (int c = 0; c < C; c++) {
+        if (dbeta) dbeta[c] += (float)sum_g[c];
+        if (dgamma) dgamma[c] += (float)sum_g_xhat[c];
+        scale[c] = gamma[c] * inv_std[c];
+        mean_g[c] = (float)(sum_g[c] / (double)N);
+        mean_g_xhat[c] = (float)(sum_g_xhat[c] / (double)N);
     }
+    if (!dx) return;
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < C; c++)
+            dx[i * C + c] += scale[c] * (dout[i * C + c] - mean_g[c] - x_hat[i * C + c] * mean_g_xhat[c]);
 }
 
 /* Dropout in training: each of the n values of one item is kept with
@@ -3273,6 +3305,37 @@ void graph_print(const Graph *g) {
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
    backward functions skip inputs that need no gradient (grad == NULL). */
 
+/* Memory-bound ops (ReLU, pooling) split their batch over the graph's
+   threads, one task per item. An item's outputs are its own, so which
+   thread does which item changes nothing in the result. Without the
+   blocked kernel there are no threads, and the items run in order. */
+typedef void ItemWork(Node *n, int item);
+
+typedef struct {
+    Node *node;
+    ItemWork *work;
+} ItemJob;
+
+void item_task(void *context, int task, int worker) {
+    (void)worker;
+    ItemJob *job = context;
+    job->work(job->node, task);
+}
+
+void for_each_item(Graph *g, Node *n, ItemWork *work) {
+    ItemJob job = {n, work};
+    parallel_for(g->gemm ? g->gemm->workers : NULL, n->shape[0], item_task, &job);
+}
+
+void relu_item_forward(Node *n, int i) {
+    relu_forward(n->value + i * n->item_size, n->inputs[0]->value + i * n->item_size, n->item_size);
+}
+
+void relu_item_backward(Node *n, int i) {
+    size_t at = i * n->item_size;
+    relu_backward(n->inputs[0]->grad + at, n->grad + at, n->inputs[0]->value + at, n->item_size);
+}
+
 // Adds src into dst, elementwise: the backward of every "copy" of a gradient.
 void accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
@@ -3318,11 +3381,19 @@ void bias_add_op_backward(Node *n, Graph *g) {
 
 void relu_op_forward(Node *n, Graph *g) {
     (void)g;
+    if (n->batched) {
+        for_each_item(g, n, relu_item_forward);
+        return;
+    }
     relu_forward(n->value, n->inputs[0]->value, n->size);
 }
 
 void relu_op_backward(Node *n, Graph *g) {
     (void)g;
+    if (n->batched) {
+        for_each_item(g, n, relu_item_backward);
+        return;
+    }
     relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
 }
 
@@ -3418,17 +3489,21 @@ void conv2d_op_backward(Node *n, Graph *g) {
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
-void max_pool_op_forward(Node *n, Graph *g) {
-    (void)g;
+// One image at a time, on the graph's threads.
+void max_pool_item_forward(Node *n, int i) {
     const Node *x = n->inputs[0];
-    max_pool_forward(n->value, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
+                     x->shape[3]);
 }
 
-void max_pool_op_backward(Node *n, Graph *g) {
-    (void)g;
+void max_pool_item_backward(Node *n, int i) {
     Node *x = n->inputs[0];
-    max_pool_backward(x->grad, n->grad, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
+                      x->shape[1], x->shape[2], x->shape[3]);
 }
+
+void max_pool_op_forward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_forward); }
+void max_pool_op_backward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_backward); }
 
 // reshape: the same numbers read with another shape. graph_compile points
 // the node at its input's memory, so there is nothing to compute either way.

@@ -409,6 +409,39 @@ void graph_print(const Graph *g) {
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
    backward functions skip inputs that need no gradient (grad == NULL). */
 
+//@ from 4
+/* Memory-bound ops (ReLU, pooling) split their batch over the graph's
+   threads, one task per item. An item's outputs are its own, so which
+   thread does which item changes nothing in the result. Without the
+   blocked kernel there are no threads, and the items run in order. */
+typedef void ItemWork(Node *n, int item);
+
+typedef struct {
+    Node *node;
+    ItemWork *work;
+} ItemJob;
+
+void item_task(void *context, int task, int worker) {
+    (void)worker;
+    ItemJob *job = context;
+    job->work(job->node, task);
+}
+
+void for_each_item(Graph *g, Node *n, ItemWork *work) {
+    ItemJob job = {n, work};
+    parallel_for(g->gemm ? g->gemm->workers : NULL, n->shape[0], item_task, &job);
+}
+
+void relu_item_forward(Node *n, int i) {
+    relu_forward(n->value + i * n->item_size, n->inputs[0]->value + i * n->item_size, n->item_size);
+}
+
+void relu_item_backward(Node *n, int i) {
+    size_t at = i * n->item_size;
+    relu_backward(n->inputs[0]->grad + at, n->grad + at, n->inputs[0]->value + at, n->item_size);
+}
+//@ end
+
 // Adds src into dst, elementwise: the backward of every "copy" of a gradient.
 void accumulate(float *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
@@ -458,11 +491,23 @@ void bias_add_op_backward(Node *n, Graph *g) {
 
 void relu_op_forward(Node *n, Graph *g) {
     (void)g;
+//@ from 4
+    if (n->batched) {
+        for_each_item(g, n, relu_item_forward);
+        return;
+    }
+//@ end
     relu_forward(n->value, n->inputs[0]->value, n->size);
 }
 
 void relu_op_backward(Node *n, Graph *g) {
     (void)g;
+//@ from 4
+    if (n->batched) {
+        for_each_item(g, n, relu_item_backward);
+        return;
+    }
+//@ end
     relu_backward(n->inputs[0]->grad, n->grad, n->inputs[0]->value, n->size);
 }
 
@@ -559,17 +604,21 @@ void conv2d_op_backward(Node *n, Graph *g) {
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
-void max_pool_op_forward(Node *n, Graph *g) {
-    (void)g;
+// One image at a time, on the graph's threads.
+void max_pool_item_forward(Node *n, int i) {
     const Node *x = n->inputs[0];
-    max_pool_forward(n->value, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
+                     x->shape[3]);
 }
 
-void max_pool_op_backward(Node *n, Graph *g) {
-    (void)g;
+void max_pool_item_backward(Node *n, int i) {
     Node *x = n->inputs[0];
-    max_pool_backward(x->grad, n->grad, x->value, x->shape[0], x->shape[1], x->shape[2], x->shape[3]);
+    max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
+                      x->shape[1], x->shape[2], x->shape[3]);
 }
+
+void max_pool_op_forward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_forward); }
+void max_pool_op_backward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_backward); }
 
 // reshape: the same numbers read with another shape. graph_compile points
 // the node at its input's memory, so there is nothing to compute either way.

@@ -10,6 +10,21 @@
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
+// Every row of one image's output set to the bias.
+typedef struct {
+    float *out;         // (B, OH*OW*OC)
+    const float *bias;  // (OC)
+    size_t per_image;   // OH*OW*OC
+    int OC;
+} BiasJob;
+
+void bias_fill_task(void *context, int image, int worker) {
+    (void)worker;
+    const BiasJob *job = context;
+    float *out = job->out + (size_t)image * job->per_image;
+    for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
+}
+
 // out = bias on every row, then out += patches(inp) @ weight: a convolution
 // is one GEMM whose A is the image's im2col matrix, built inside the packing.
 void conv2d_forward_blocked(const GemmContext *ctx,
@@ -20,7 +35,8 @@ void conv2d_forward_blocked(const GemmContext *ctx,
                             const ConvShape *s) {
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
-    for (size_t i = 0; i < rows; i++) memcpy(out + i * OC, bias, (size_t)OC * sizeof(float));
+    BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
+    parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
     gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches_operand(inp, s, 0), matrix_operand(weight, OC),
          out, OC, 1);
 }
