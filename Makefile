@@ -29,7 +29,7 @@ TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_exa
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn
 SCRIPT_TESTS = tests/test_get_data.sh
 
-.PHONY: all bench chapters check-chapters check-excerpts check-flags data test test-build warnings clean
+.PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -80,6 +80,17 @@ check-flags:
 	@$(MAKE) -s -n -B chapter1 CFLAGS=-O0 | grep -q -- '$(NEEDED) -O0' || \
 	  { echo "FAIL: make CFLAGS=-O0 chapter1 no longer compiles with $(NEEDED)"; exit 1; }
 
+# Chapter 4 on as another machine builds it: no SIMD kernels (-DNO_SIMD, as on
+# arm64) and no threads (-DNO_THREADS); it must still build without a
+# warning and train, on the portable kernel.
+check-portable:
+	@mkdir -p build
+	@$(CC) $(STRICT) -DNO_SIMD -DNO_THREADS chapters/chapter4.c -o build/chapter4-portable $(LDLIBS)
+	@build/chapter4-portable --overfit 8 --batch 8 > build/chapter4-portable.log 2>&1 && \
+	  grep -q 'portable micro-kernel, 1 thread' build/chapter4-portable.log && grep -q '^all 8 images right' build/chapter4-portable.log || \
+	  { echo "FAIL: chapter 4 without SIMD and threads"; tail -n 5 build/chapter4-portable.log; exit 1; }
+	@echo "chapter 4 without SIMD and threads: builds and trains on the portable kernel"
+
 # Code quoted in book.md must be in the chapter it names (tests/check_excerpts.c).
 build/check_excerpts: tests/check_excerpts.c
 	@mkdir -p build
@@ -110,7 +121,7 @@ test-build: $(TESTS)
 # get it; CI installs the Debian package first, so nothing is skipped there.
 # Each test program ends with "N passed, N failed"; the last line adds them up,
 # and counts a program that died before its summary as one failure.
-test: warnings check-chapters check-flags check-excerpts test-build
+test: warnings check-chapters check-flags check-excerpts check-portable test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
 	@status=0; for t in $(TESTS) $(SCRIPT_TESTS); do \
 	  log=build/$$(basename $$t .sh).log; \

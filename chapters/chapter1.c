@@ -464,7 +464,7 @@ typedef struct {
 } Picture;
 
 Picture picture_new(int width, int height, int channels, unsigned char background) {
-    Picture p = {width, height, channels, NULL};
+    Picture p = {.width = width, .height = height, .channels = channels};
     size_t size = (size_t)width * height * channels;
     p.pixels = xmalloc(size);
     memset(p.pixels, background, size);
@@ -668,9 +668,10 @@ enum { MAX_OPTIONS = 32 };
 // The table. Its targets point into *o, so it is made for each parse.
 int option_table(Options *o, OptionSpec *specs) {
     int n = 0;
-    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
-                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
-    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    specs[n++] = (OptionSpec){.name = "--data", .value_name = "DIR", .help = "where the four IDX files are (default: data)",
+                              .kind = OPTION_TEXT, .target = &o->data_dir};
+    specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
+                              .kind = OPTION_FLAG, .target = &o->help};
     return n;
 }
 

@@ -557,7 +557,7 @@ typedef struct {
 } Picture;
 
 Picture picture_new(int width, int height, int channels, unsigned char background) {
-    Picture p = {width, height, channels, NULL};
+    Picture p = {.width = width, .height = height, .channels = channels};
     size_t size = (size_t)width * height * channels;
     p.pixels = xmalloc(size);
     memset(p.pixels, background, size);
@@ -766,25 +766,26 @@ enum { MAX_OPTIONS = 32 };
 // The table. Its targets point into *o, so it is made for each parse.
 int option_table(Options *o, OptionSpec *specs) {
     int n = 0;
-    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
-                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
-    specs[n++] = (OptionSpec){"--epochs", "N", "training epochs (default: 10)",
-                              OPTION_INT, &o->epochs, 1, 1000, NULL};
-    specs[n++] = (OptionSpec){"--batch", "N", "images per mini-batch (default: 64)",
-                              OPTION_INT, &o->batch, 1, 4096, NULL};
-    specs[n++] = (OptionSpec){"--lr", "RATE", "learning rate (default: 0.001 for adam, 0.01 for sgd)",
-                              OPTION_REAL, &o->learning_rate, 1e-9, 10, NULL};
-    specs[n++] = (OptionSpec){"--optimizer", "NAME", "adam or sgd (default: adam)",
-                              OPTION_TEXT, &o->optimizer, 0, 0, "adam|sgd"};
-    specs[n++] = (OptionSpec){"--seed", "N", "seed of every random stream (default: 1)",
-                              OPTION_INT, &o->seed, 0, 2147483647, NULL};
-    specs[n++] = (OptionSpec){"--limit", "N", "train on the first N training images only",
-                              OPTION_INT, &o->limit, 1, 54000, NULL};
-    specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
-                              OPTION_INT, &o->overfit, 1, 54000, NULL};
-    specs[n++] = (OptionSpec){"--no-compare", NULL, "skip the second training run with chapter 2's hand-written ANN",
-                              OPTION_FLAG, &o->no_compare, 0, 0, NULL};
-    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    specs[n++] = (OptionSpec){.name = "--data", .value_name = "DIR", .help = "where the four IDX files are (default: data)",
+                              .kind = OPTION_TEXT, .target = &o->data_dir};
+    specs[n++] = (OptionSpec){.name = "--epochs", .value_name = "N", .help = "training epochs (default: 10)",
+                              .kind = OPTION_INT, .target = &o->epochs, .min = 1, .max = 1000};
+    specs[n++] = (OptionSpec){.name = "--batch", .value_name = "N", .help = "images per mini-batch (default: 64)",
+                              .kind = OPTION_INT, .target = &o->batch, .min = 1, .max = 4096};
+    specs[n++] = (OptionSpec){.name = "--lr", .value_name = "RATE", .help = "learning rate (default: 0.001 for adam, 0.01 for sgd)",
+                              .kind = OPTION_REAL, .target = &o->learning_rate, .min = 1e-9, .max = 10};
+    specs[n++] = (OptionSpec){.name = "--optimizer", .value_name = "NAME", .help = "adam or sgd (default: adam)",
+                              .kind = OPTION_TEXT, .target = &o->optimizer, .choices = "adam|sgd"};
+    specs[n++] = (OptionSpec){.name = "--seed", .value_name = "N", .help = "seed of every random stream (default: 1)",
+                              .kind = OPTION_INT, .target = &o->seed, .min = 0, .max = 2147483647};
+    specs[n++] = (OptionSpec){.name = "--limit", .value_name = "N", .help = "train on the first N training images only",
+                              .kind = OPTION_INT, .target = &o->limit, .min = 1, .max = 54000};
+    specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
+                              .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
+    specs[n++] = (OptionSpec){.name = "--no-compare", .value_name = NULL, .help = "skip the second training run with chapter 2's hand-written ANN",
+                              .kind = OPTION_FLAG, .target = &o->no_compare};
+    specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
+                              .kind = OPTION_FLAG, .target = &o->help};
     return n;
 }
 
@@ -1014,7 +1015,7 @@ typedef struct {
 } Optimizer;
 
 Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
-    Optimizer o = {kind, learning_rate, 0.9f, 0.999f, 1e-7f, 0, NULL, NULL};
+    Optimizer o = {.kind = kind, .learning_rate = learning_rate, .beta1 = 0.9f, .beta2 = 0.999f, .epsilon = 1e-7f};
     if (kind == OPTIMIZER_ADAM) {
         o.m = xmalloc(2 * count * sizeof(float));
         o.v = o.m + count;
@@ -2087,7 +2088,7 @@ GraphClassifier ann_graph(int max_batch, uint64_t seed) {
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
     graph_initialize(g, seed);
-    return (GraphClassifier){g, images, targets, loss};
+    return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
 
 float graph_run(GraphClassifier *c, const Batch *batch, int training, float *probs) {

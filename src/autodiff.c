@@ -839,7 +839,7 @@ GraphClassifier ann_graph(int max_batch, uint64_t seed) {
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
     graph_initialize(g, seed);
-    return (GraphClassifier){g, images, targets, loss};
+    return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
 
 float graph_run(GraphClassifier *c, const Batch *batch, int training, float *probs) {

@@ -37,7 +37,7 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
     graph_initialize(g, seed);
-    return (GraphClassifier){g, images, targets, loss};
+    return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
 
 //@ from 5
@@ -70,7 +70,7 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
     graph_initialize(g, seed);
-    return (GraphClassifier){g, images, targets, loss};
+    return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
 //@ end
 

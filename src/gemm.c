@@ -312,8 +312,8 @@ int always_supported(void) { return 1; }
    only if the CPU says it has that set (__builtin_cpu_supports, which also
    checks that the operating system saves the wide registers). Other
    machines and compilers never see them, so never meet an instruction they
-   lack. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
 #define HAVE_X86_KERNELS 1
 #include <immintrin.h>
 

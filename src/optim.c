@@ -19,7 +19,7 @@ typedef struct {
 } Optimizer;
 
 Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
-    Optimizer o = {kind, learning_rate, 0.9f, 0.999f, 1e-7f, 0, NULL, NULL};
+    Optimizer o = {.kind = kind, .learning_rate = learning_rate, .beta1 = 0.9f, .beta2 = 0.999f, .epsilon = 1e-7f};
     if (kind == OPTIMIZER_ADAM) {
         o.m = xmalloc(2 * count * sizeof(float));
         o.v = o.m + count;

@@ -57,47 +57,48 @@ enum { MAX_OPTIONS = 32 };
 // The table. Its targets point into *o, so it is made for each parse.
 int option_table(Options *o, OptionSpec *specs) {
     int n = 0;
-    specs[n++] = (OptionSpec){"--data", "DIR", "where the four IDX files are (default: data)",
-                              OPTION_TEXT, &o->data_dir, 0, 0, NULL};
+    specs[n++] = (OptionSpec){.name = "--data", .value_name = "DIR", .help = "where the four IDX files are (default: data)",
+                              .kind = OPTION_TEXT, .target = &o->data_dir};
 //@ from 2
-    specs[n++] = (OptionSpec){"--epochs", "N", "training epochs (default: 10)",
-                              OPTION_INT, &o->epochs, 1, 1000, NULL};
-    specs[n++] = (OptionSpec){"--batch", "N", "images per mini-batch (default: 64)",
-                              OPTION_INT, &o->batch, 1, 4096, NULL};
-    specs[n++] = (OptionSpec){"--lr", "RATE", "learning rate (default: 0.001 for adam, 0.01 for sgd)",
-                              OPTION_REAL, &o->learning_rate, 1e-9, 10, NULL};
-    specs[n++] = (OptionSpec){"--optimizer", "NAME", "adam or sgd (default: adam)",
-                              OPTION_TEXT, &o->optimizer, 0, 0, "adam|sgd"};
-    specs[n++] = (OptionSpec){"--seed", "N", "seed of every random stream (default: 1)",
-                              OPTION_INT, &o->seed, 0, 2147483647, NULL};
-    specs[n++] = (OptionSpec){"--limit", "N", "train on the first N training images only",
-                              OPTION_INT, &o->limit, 1, 54000, NULL};
-    specs[n++] = (OptionSpec){"--overfit", "N", "train on N images until all are right (a debugging check)",
-                              OPTION_INT, &o->overfit, 1, 54000, NULL};
+    specs[n++] = (OptionSpec){.name = "--epochs", .value_name = "N", .help = "training epochs (default: 10)",
+                              .kind = OPTION_INT, .target = &o->epochs, .min = 1, .max = 1000};
+    specs[n++] = (OptionSpec){.name = "--batch", .value_name = "N", .help = "images per mini-batch (default: 64)",
+                              .kind = OPTION_INT, .target = &o->batch, .min = 1, .max = 4096};
+    specs[n++] = (OptionSpec){.name = "--lr", .value_name = "RATE", .help = "learning rate (default: 0.001 for adam, 0.01 for sgd)",
+                              .kind = OPTION_REAL, .target = &o->learning_rate, .min = 1e-9, .max = 10};
+    specs[n++] = (OptionSpec){.name = "--optimizer", .value_name = "NAME", .help = "adam or sgd (default: adam)",
+                              .kind = OPTION_TEXT, .target = &o->optimizer, .choices = "adam|sgd"};
+    specs[n++] = (OptionSpec){.name = "--seed", .value_name = "N", .help = "seed of every random stream (default: 1)",
+                              .kind = OPTION_INT, .target = &o->seed, .min = 0, .max = 2147483647};
+    specs[n++] = (OptionSpec){.name = "--limit", .value_name = "N", .help = "train on the first N training images only",
+                              .kind = OPTION_INT, .target = &o->limit, .min = 1, .max = 54000};
+    specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
+                              .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
 //@ end
 //@ from 3 to 3
-    specs[n++] = (OptionSpec){"--no-compare", NULL, "skip the second training run with chapter 2's hand-written ANN",
-                              OPTION_FLAG, &o->no_compare, 0, 0, NULL};
+    specs[n++] = (OptionSpec){.name = "--no-compare", .value_name = NULL, .help = "skip the second training run with chapter 2's hand-written ANN",
+                              .kind = OPTION_FLAG, .target = &o->no_compare};
 //@ end
 //@ from 4
 //@ from 4 to 4
-    specs[n++] = (OptionSpec){"--model", "NAME", "ann or basic (default: basic)",
-                              OPTION_TEXT, &o->model, 0, 0, "ann|basic"};
+    specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
 //@ end
 //@ from 5
-    specs[n++] = (OptionSpec){"--model", "NAME", "ann, basic or deeper (default: deeper)",
-                              OPTION_TEXT, &o->model, 0, 0, "ann|basic|deeper"};
+    specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic|deeper"};
 //@ end
-    specs[n++] = (OptionSpec){"--kernel", "NAME", "how convolutions and matrix multiplies are computed: naive, "
+    specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",
-                              OPTION_TEXT, &o->kernel, 0, 0, "auto|naive|im2col|portable|avx2|avx512"};
-    specs[n++] = (OptionSpec){"--threads", "N", "threads for the blocked GEMM (default: the CPUs online)",
-                              OPTION_INT, &o->threads, 1, 256, NULL};
-    specs[n++] = (OptionSpec){"--bench", NULL, "measure this machine's peak and every layer's speed, then exit",
-                              OPTION_FLAG, &o->bench, 0, 0, NULL};
+                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
+    specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
+                              .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
+    specs[n++] = (OptionSpec){.name = "--bench", .value_name = NULL, .help = "measure this machine's peak and every layer's speed, then exit",
+                              .kind = OPTION_FLAG, .target = &o->bench};
 //@ end
-    specs[n++] = (OptionSpec){"--help", NULL, "print this help and exit", OPTION_FLAG, &o->help, 0, 0, NULL};
+    specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
+                              .kind = OPTION_FLAG, .target = &o->help};
     return n;
 }
 

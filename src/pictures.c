@@ -16,7 +16,7 @@ typedef struct {
 } Picture;
 
 Picture picture_new(int width, int height, int channels, unsigned char background) {
-    Picture p = {width, height, channels, NULL};
+    Picture p = {.width = width, .height = height, .channels = channels};
     size_t size = (size_t)width * height * channels;
     p.pixels = xmalloc(size);
     memset(p.pixels, background, size);
