@@ -5,7 +5,7 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
-#   make bench         time one epoch of the chapters that train
+#   make bench         the machine's peak, every layer's speed, one epoch of each model
 #   make clean         remove what the build made (not data/, not chapters/)
 
 # What a build needs (the language standard, the libraries) stays apart from
@@ -132,11 +132,16 @@ test: warnings check-chapters check-flags check-excerpts check-portable test-bui
 	  END { printf "total: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; printf "\n" }'; \
 	exit $$status
 
-# Speed, measured: one epoch of each chapter that trains, and the engine's
-# overhead. Numbers vary from run to run; the book quotes what it measured.
-bench: chapter2 chapter3
+# Speed, measured: the machine's peak and every layer against it (chapter 4's
+# --bench, which also writes plots/bench.dat), then one epoch of each model.
+# Numbers vary from run to run; the book quotes what it measured.
+bench: chapter2 chapter3 chapter4 chapter5
+	./chapter4 --bench
 	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
-	./chapter3 --epochs 1 | grep -E '^epoch 1/1  train|^time per|^result'
+	./chapter3 --epochs 1 --no-compare | grep -E '^epoch 1/1  train|^result'
+	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'
+	./chapter4 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
+	./chapter5 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
 
 clean:
 	rm -rf build $(PROGRAMS)

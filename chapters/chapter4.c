@@ -1,16 +1,21 @@
-/* chapter4.c - convolutions: the basic CNN.
+/* chapter4.c - convolutions: the basic CNN, correct and then fast.
 
-   What it adds: convolution (naive, then im2col on chapter 2's matrix
-   multiply) and max pooling as ops of the engine, with their backward
-   passes; reshape and flatten without a copy; the basic CNN of the protocol
-   with a layer-by-layer summary; --model ann|basic and --kernel naive|im2col.
+   What it adds: convolution and max pooling as ops of the engine, with
+   their backward passes, in three versions that the tests hold against
+   each other: naive (the definition), im2col (chapter 2's matrix multiply)
+   and blocked (one cache-blocked GEMM with packing, implicit im2col and a
+   register-tiled micro-kernel: portable C, AVX2 or AVX-512, chosen at run
+   time, on a small thread pool, giving the same bits on every kernel and
+   thread count); reshape and flatten without a copy; the basic CNN of the
+   protocol with a layer-by-layer summary; --model, --kernel, --threads and
+   --bench (the machine's peak and every layer's speed against it).
    What it drops: chapter 2's hand-written ANN and chapter 3's comparison
-   with it (their lessons are learned; the engine builds every model now).
-   What it is not: fast yet. The second half of chapter 4 replaces the
-   matrix multiply with a blocked, vectorised, threaded one.
+   with it; the engine builds every model now.
+   What it is not: a BLAS, or the full protocol (early stopping and
+   checkpoints come in chapter 6).
 
    Build and run:   make chapter4 && ./chapter4        (./chapter4 --help)
-              or:   cc -std=c11 -O3 chapters/chapter4.c -o chapter4 -lm
+              or:   cc -std=c11 -O3 chapters/chapter4.c -o chapter4 -lm -pthread
    Read with:       book.md, "Chapter 4: Convolutions".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */

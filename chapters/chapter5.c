@@ -9,7 +9,7 @@
    and tests the last weights; early stopping and checkpoints are chapter 6.
 
    Build and run:   make chapter5 && ./chapter5        (./chapter5 --help)
-              or:   cc -std=c11 -O3 chapters/chapter5.c -o chapter5 -lm
+              or:   cc -std=c11 -O3 chapters/chapter5.c -o chapter5 -lm -pthread
    Read with:       book.md, "Chapter 5: Batch normalisation and dropout".
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
