@@ -42,6 +42,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <sys/resource.h>  // getrusage: the peak memory
 #else
 #define HAVE_POSIX 0
 #endif
@@ -2736,9 +2737,6 @@ void print_result(const Result *r) {
 
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
-#if HAVE_POSIX
-#include <sys/resource.h>
-#endif
 void print_peak_memory(void) {
 #if HAVE_POSIX
     struct rusage usage;

@@ -113,6 +113,9 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+//@ from 4
+#include <sys/resource.h>  // getrusage: the peak memory
+//@ end
 #else
 #define HAVE_POSIX 0
 #endif

@@ -333,9 +333,6 @@ void print_result(const Result *r) {
 
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
-#if HAVE_POSIX
-#include <sys/resource.h>
-#endif
 void print_peak_memory(void) {
 #if HAVE_POSIX
     struct rusage usage;
