@@ -3147,9 +3147,10 @@ void graph_print(const Graph *g) {
    threads, one task per item. An item's outputs are its own, so which
    thread does which item changes nothing in the result. Without the
    blocked kernel there are no threads, and the items run in order. */
-typedef void ItemWork(Node *n, int item);
+typedef void ItemWork(const Graph *g, Node *n, int item);
 
 typedef struct {
+    const Graph *graph;
     Node *node;
     ItemWork *work;
 } ItemJob;
@@ -3157,19 +3158,24 @@ typedef struct {
 void item_task(void *context, int task, int worker) {
     (void)worker;
     ItemJob *job = context;
-    job->work(job->node, task);
+    job->work(job->graph, job->node, task);
 }
+
+// The graph's threads: the blocked GEMM's, or none for the references.
+Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NULL; }
 
 void for_each_item(Graph *g, Node *n, ItemWork *work) {
-    ItemJob job = {n, work};
-    parallel_for(g->gemm ? g->gemm->workers : NULL, n->shape[0], item_task, &job);
+    ItemJob job = {g, n, work};
+    parallel_for(graph_workers(g), n->shape[0], item_task, &job);
 }
 
-void relu_item_forward(Node *n, int i) {
+void relu_item_forward(const Graph *g, Node *n, int i) {
+    (void)g;
     relu_forward(n->value + i * n->item_size, n->inputs[0]->value + i * n->item_size, n->item_size);
 }
 
-void relu_item_backward(Node *n, int i) {
+void relu_item_backward(const Graph *g, Node *n, int i) {
+    (void)g;
     size_t at = i * n->item_size;
     relu_backward(n->inputs[0]->grad + at, n->grad + at, n->inputs[0]->value + at, n->item_size);
 }
@@ -3328,13 +3334,15 @@ void conv2d_op_backward(Node *n, Graph *g) {
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
 // One image at a time, on the graph's threads.
-void max_pool_item_forward(Node *n, int i) {
+void max_pool_item_forward(const Graph *g, Node *n, int i) {
+    (void)g;
     const Node *x = n->inputs[0];
     max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
                      x->shape[3]);
 }
 
-void max_pool_item_backward(Node *n, int i) {
+void max_pool_item_backward(const Graph *g, Node *n, int i) {
+    (void)g;
     Node *x = n->inputs[0];
     max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
                       x->shape[1], x->shape[2], x->shape[3]);

@@ -414,9 +414,10 @@ void graph_print(const Graph *g) {
    threads, one task per item. An item's outputs are its own, so which
    thread does which item changes nothing in the result. Without the
    blocked kernel there are no threads, and the items run in order. */
-typedef void ItemWork(Node *n, int item);
+typedef void ItemWork(const Graph *g, Node *n, int item);
 
 typedef struct {
+    const Graph *graph;
     Node *node;
     ItemWork *work;
 } ItemJob;
@@ -424,19 +425,24 @@ typedef struct {
 void item_task(void *context, int task, int worker) {
     (void)worker;
     ItemJob *job = context;
-    job->work(job->node, task);
+    job->work(job->graph, job->node, task);
 }
+
+// The graph's threads: the blocked GEMM's, or none for the references.
+Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NULL; }
 
 void for_each_item(Graph *g, Node *n, ItemWork *work) {
-    ItemJob job = {n, work};
-    parallel_for(g->gemm ? g->gemm->workers : NULL, n->shape[0], item_task, &job);
+    ItemJob job = {g, n, work};
+    parallel_for(graph_workers(g), n->shape[0], item_task, &job);
 }
 
-void relu_item_forward(Node *n, int i) {
+void relu_item_forward(const Graph *g, Node *n, int i) {
+    (void)g;
     relu_forward(n->value + i * n->item_size, n->inputs[0]->value + i * n->item_size, n->item_size);
 }
 
-void relu_item_backward(Node *n, int i) {
+void relu_item_backward(const Graph *g, Node *n, int i) {
+    (void)g;
     size_t at = i * n->item_size;
     relu_backward(n->inputs[0]->grad + at, n->grad + at, n->inputs[0]->value + at, n->item_size);
 }
@@ -605,13 +611,15 @@ void conv2d_op_backward(Node *n, Graph *g) {
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
 // One image at a time, on the graph's threads.
-void max_pool_item_forward(Node *n, int i) {
+void max_pool_item_forward(const Graph *g, Node *n, int i) {
+    (void)g;
     const Node *x = n->inputs[0];
     max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
                      x->shape[3]);
 }
 
-void max_pool_item_backward(Node *n, int i) {
+void max_pool_item_backward(const Graph *g, Node *n, int i) {
+    (void)g;
     Node *x = n->inputs[0];
     max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
                       x->shape[1], x->shape[2], x->shape[3]);
@@ -635,34 +643,38 @@ void batch_norm_op_forward(Node *n, Graph *g) {
     int C = gamma->shape[0];
     size_t N = x->size / (size_t)C;
     if (g->training)
-        batch_norm_forward_train(n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
+        batch_norm_forward_train(graph_workers(g), n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
                                  mean->value, var->value, x->value, gamma->value, beta->value, N, C);
     else
-        batch_norm_forward_infer(n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
+        batch_norm_forward_infer(graph_workers(g), n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
 }
 
 void batch_norm_op_backward(Node *n, Graph *g) {
     Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2];
     int C = gamma->shape[0];
-    batch_norm_backward(x->grad, gamma->grad, beta->grad, n->grad, n->saved,
+    batch_norm_backward(graph_workers(g), x->grad, gamma->grad, beta->grad, n->grad, n->saved,
                         n->saved + n->saved_per_item * (size_t)g->max_batch, gamma->value, x->size / (size_t)C, C);
 }
 
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
    stream keyed by (seed, step, this node, i): the same masks at any thread
    count, in any order, and in a resumed run. Saved: the mask. */
+// Item i's mask from its own stream, keyed by the run's seed, this step,
+// this node and i: the same whichever thread draws it, and whenever.
+void dropout_item_forward(const Graph *g, Node *n, int i) {
+    uint64_t layer = (uint64_t)(n - g->nodes);
+    Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+    size_t at = (size_t)i * n->item_size;
+    dropout_forward_train(n->value + at, n->saved + at, n->inputs[0]->value + at, n->item_size, n->rate, &rng);
+}
+
 void dropout_op_forward(Node *n, Graph *g) {
     const Node *x = n->inputs[0];
     if (!g->training) {
         memcpy(n->value, x->value, n->size * sizeof(float));
         return;
     }
-    uint64_t layer = (uint64_t)(n - g->nodes);
-    for (int i = 0; i < n->shape[0]; i++) {
-        Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
-        size_t at = (size_t)i * n->item_size;
-        dropout_forward_train(n->value + at, n->saved + at, x->value + at, n->item_size, n->rate, &rng);
-    }
+    for_each_item(g, n, dropout_item_forward);
 }
 
 void dropout_op_backward(Node *n, Graph *g) {

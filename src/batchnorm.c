@@ -29,12 +29,70 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
        x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
    x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
    running averages move 1% of the way to this batch's statistics.
+
    Every loop walks x row by row, all channels of a row together, as memory
    holds them: going channel by channel down the rows would touch one float
-   of every 64-byte line and make the layer several times slower. */
-enum { BN_MAX_CHANNELS = 1024 };
+   of every 64-byte line and make the layer several times slower.
 
-void batch_norm_forward_train(float *out,           // (N, C)
+   The rows are cut into BN_PARTS fixed parts, which the threads share out:
+   each part sums its rows, and the parts' sums are added in part order. The
+   parts depend on N alone, so the sums, and every bit after them, are the
+   same at any number of threads (and with none: `workers` may be NULL). */
+enum { BN_MAX_CHANNELS = 1024, BN_PARTS = 16 };
+
+typedef struct {
+    float *out, *x_hat;                   // (N, C) each: what a pass writes (x_hat: training only)
+    const float *x, *dout, *saved_x_hat;  // (N, C) each: what a pass reads
+    const float *mean, *scale, *shift;    // (C) each: normalising is (x - mean) * scale, then + shift
+    const float *gamma;                   // (C) training: out = gamma * x_hat + shift
+    const float *mean_g, *mean_g_xhat;    // (C) each: the backward pass's
+    double *sums, *more_sums;             // (BN_PARTS, C) each: the parts' sums
+    size_t N;
+    int C;
+} BnJob;
+
+size_t bn_first_row(const BnJob *j, int part) { return j->N * (size_t)part / BN_PARTS; }
+
+// sums[part][c] = the sum of x (no mean) or of (x - mean)^2 over the part's rows.
+void bn_sums_task(void *context, int part, int worker) {
+    (void)worker;
+    const BnJob *j = context;
+    double *sum = j->sums + (size_t)part * j->C;
+    for (int c = 0; c < j->C; c++) sum[c] = 0;
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
+        for (int c = 0; c < j->C; c++) {
+            double d = j->mean ? (double)j->x[i * j->C + c] - j->mean[c] : j->x[i * j->C + c];
+            sum[c] += j->mean ? d * d : d;
+        }
+}
+
+// x_hat = (x - mean) * scale and out = gamma * x_hat + shift in training;
+// out = (x - mean) * scale + shift in inference.
+void bn_normalize_task(void *context, int part, int worker) {
+    (void)worker;
+    const BnJob *j = context;
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
+        for (int c = 0; c < j->C; c++) {
+            size_t at = i * j->C + c;
+            float normal = (j->x[at] - j->mean[c]) * j->scale[c];
+            if (j->x_hat) {
+                j->x_hat[at] = normal;
+                j->out[at] = j->gamma[c] * normal + j->shift[c];
+            } else {
+                j->out[at] = normal + j->shift[c];
+            }
+        }
+}
+
+// Adds the parts' sums in part order: the same order at any thread count.
+void bn_add_parts(double *total, const double *sums, int C) {
+    for (int c = 0; c < C; c++) total[c] = 0;
+    for (int part = 0; part < BN_PARTS; part++)
+        for (int c = 0; c < C; c++) total[c] += sums[(size_t)part * C + c];
+}
+
+void batch_norm_forward_train(Workers *workers,
+                              float *out,           // (N, C)
                               float *x_hat,         // (N, C) saved for backward
                               float *inv_std,       // (C) saved for backward
                               float *running_mean,  // (C) updated
@@ -43,45 +101,67 @@ void batch_norm_forward_train(float *out,           // (N, C)
                               const float *gamma, const float *beta,  // (C) each
                               size_t N, int C) {
     require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
-    double sum[BN_MAX_CHANNELS] = {0}, squares[BN_MAX_CHANNELS] = {0};
+    double total[BN_MAX_CHANNELS];
     float mean[BN_MAX_CHANNELS];
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) sum[c] += x[i * C + c];
-    for (int c = 0; c < C; c++) mean[c] = (float)(sum[c] / (double)N);
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) {
-            double d = (double)x[i * C + c] - mean[c];
-            squares[c] += d * d;
-        }
+    BnJob job = {.x = x, .N = N, .C = C};
+    job.sums = xmalloc((size_t)BN_PARTS * C * sizeof(double));
+    parallel_for(workers, BN_PARTS, bn_sums_task, &job);
+    bn_add_parts(total, job.sums, C);
+    for (int c = 0; c < C; c++) mean[c] = (float)(total[c] / (double)N);
+    job.mean = mean;
+    parallel_for(workers, BN_PARTS, bn_sums_task, &job);
+    bn_add_parts(total, job.sums, C);
     for (int c = 0; c < C; c++) {
-        float var = (float)(squares[c] / (double)N);
+        float var = (float)(total[c] / (double)N);
         inv_std[c] = 1.0f / sqrtf(var + BN_EPSILON);
         running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * mean[c];
         running_var[c] = BN_MOMENTUM * running_var[c] + (1.0f - BN_MOMENTUM) * var;
     }
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) {
-            x_hat[i * C + c] = (x[i * C + c] - mean[c]) * inv_std[c];
-            out[i * C + c] = gamma[c] * x_hat[i * C + c] + beta[c];
-        }
+    job.out = out, job.x_hat = x_hat, job.scale = inv_std, job.gamma = gamma, job.shift = beta;
+    parallel_for(workers, BN_PARTS, bn_normalize_task, &job);
+    free(job.sums);
 }
 
 // Inference mode: the running averages stand in for the batch's statistics.
-void batch_norm_forward_infer(float *out, const float *x, const float *gamma, const float *beta,
+void batch_norm_forward_infer(Workers *workers, float *out, const float *x, const float *gamma, const float *beta,
                               const float *running_mean, const float *running_var, size_t N, int C) {
     require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
     float scale[BN_MAX_CHANNELS];
     for (int c = 0; c < C; c++) scale[c] = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) out[i * C + c] = (x[i * C + c] - running_mean[c]) * scale[c] + beta[c];
+    BnJob job = {.out = out, .x = x, .mean = running_mean, .scale = scale, .shift = beta, .N = N, .C = C};
+    parallel_for(workers, BN_PARTS, bn_normalize_task, &job);
 }
 
 /* The backward pass (book.md derives it). With g = dout, per channel:
        dbeta  += sum(g)            dgamma += sum(g * x_hat)
        dx     += gamma * inv_std * (g - mean(g) - x_hat * mean(g * x_hat))
    The last line is the three paths from x to the loss added up: directly
-   through x_hat, through the mean, and through the variance. */
-void batch_norm_backward(float *dx,            // (N, C) or NULL
+   through x_hat, through the mean, and through the variance. The sums go in
+   the same fixed parts as the forward pass's. */
+void bn_gradient_sums_task(void *context, int part, int worker) {
+    (void)worker;
+    const BnJob *j = context;
+    double *sum_g = j->sums + (size_t)part * j->C, *sum_g_xhat = j->more_sums + (size_t)part * j->C;
+    for (int c = 0; c < j->C; c++) sum_g[c] = sum_g_xhat[c] = 0;
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
+        for (int c = 0; c < j->C; c++) {
+            sum_g[c] += j->dout[i * j->C + c];
+            sum_g_xhat[c] += (double)j->dout[i * j->C + c] * j->saved_x_hat[i * j->C + c];
+        }
+}
+
+void bn_input_gradient_task(void *context, int part, int worker) {
+    (void)worker;
+    const BnJob *j = context;
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
+        for (int c = 0; c < j->C; c++) {
+            size_t at = i * j->C + c;
+            j->out[at] += j->scale[c] * (j->dout[at] - j->mean_g[c] - j->saved_x_hat[at] * j->mean_g_xhat[c]);
+        }
+}
+
+void batch_norm_backward(Workers *workers,
+                         float *dx,            // (N, C) or NULL
                          float *dgamma,        // (C) or NULL
                          float *dbeta,         // (C) or NULL
                          const float *dout,    // (N, C)
@@ -90,13 +170,15 @@ void batch_norm_backward(float *dx,            // (N, C) or NULL
                          const float *gamma,   // (C)
                          size_t N, int C) {
     require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
-    double sum_g[BN_MAX_CHANNELS] = {0}, sum_g_xhat[BN_MAX_CHANNELS] = {0};
+    double sum_g[BN_MAX_CHANNELS], sum_g_xhat[BN_MAX_CHANNELS];
     float scale[BN_MAX_CHANNELS], mean_g[BN_MAX_CHANNELS], mean_g_xhat[BN_MAX_CHANNELS];
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) {
-            sum_g[c] += dout[i * C + c];
-            sum_g_xhat[c] += (double)dout[i * C + c] * x_hat[i * C + c];
-        }
+    BnJob job = {.dout = dout, .saved_x_hat = x_hat, .N = N, .C = C};
+    job.sums = xmalloc(2 * (size_t)BN_PARTS * C * sizeof(double));
+    job.more_sums = job.sums + (size_t)BN_PARTS * C;
+    parallel_for(workers, BN_PARTS, bn_gradient_sums_task, &job);
+    bn_add_parts(sum_g, job.sums, C);
+    bn_add_parts(sum_g_xhat, job.more_sums, C);
+    free(job.sums);
     for (int c = 0; c < C; c++) {
         if (dbeta) dbeta[c] += (float)sum_g[c];
         if (dgamma) dgamma[c] += (float)sum_g_xhat[c];
@@ -105,9 +187,8 @@ void batch_norm_backward(float *dx,            // (N, C) or NULL
         mean_g_xhat[c] = (float)(sum_g_xhat[c] / (double)N);
     }
     if (!dx) return;
-    for (size_t i = 0; i < N; i++)
-        for (int c = 0; c < C; c++)
-            dx[i * C + c] += scale[c] * (dout[i * C + c] - mean_g[c] - x_hat[i * C + c] * mean_g_xhat[c]);
+    job.out = dx, job.scale = scale, job.mean_g = mean_g, job.mean_g_xhat = mean_g_xhat;
+    parallel_for(workers, BN_PARTS, bn_input_gradient_task, &job);
 }
 
 /* Dropout in training: each of the n values of one item is kept with
