@@ -1024,7 +1024,7 @@ void glorot_uniform(float *weight, size_t n, int fan_in, int fan_out, Rng *rng) 
    values of one pixel sit together; a kernel is (KH, KW, C, OC), which read
    as a (KH*KW*C, OC) matrix is exactly what a patch row multiplies. Stride
    1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
-   KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
+   KH-1), KH/2 is "same" (it keeps its size; kernels are odd and square). */
 
 // How the engine computes convolutions and matrix multiplies (the graph
 // holds the choice; `--kernel` sets it): the two references here, or the
@@ -1311,12 +1311,13 @@ struct Workers {
 #endif
 };
 
-// How many processors are online, for a default thread count; 1 where the
-// system cannot tell us.
+// How many processors are online, for a default thread count (at most
+// MAX_THREADS, as --threads); 1 where the system cannot tell us.
+enum { MAX_THREADS = 256 };
 int online_cpus(void) {
 #if HAVE_POSIX && defined(_SC_NPROCESSORS_ONLN)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n >= 1 && n <= 1024 ? (int)n : 1;
+    return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
 #else
     return 1;
 #endif
@@ -2110,7 +2111,7 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
 }
 
 /* ----------------------------------------------------------------------------
-   Measuring: the machine's peak, and GEMM against it. */
+   Measuring: the machine's peak (bench.c measures every layer against it). */
 
 // One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
 // independent FMA chains, best of 20 runs of at least 5 ms each (the best,
@@ -2135,116 +2136,6 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
     return best;
 }
 
-// GFLOP/s of one GEMM (2*M*N*K floating-point operations), best of
-// `repeats` runs after one warm-up.
-double gemm_benchmark_shape(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, int accumulate,
-                            int repeats) {
-    float *C = xmalloc((size_t)M * N * sizeof(float) + 1);  // (M, N)
-    memset(C, 0, (size_t)M * N * sizeof(float));
-    double best = 1e30;
-    for (int run = 0; run <= repeats; run++) {
-        double start = now_seconds();
-        gemm(ctx, M, N, K, A, B, C, N, accumulate);
-        double seconds = now_seconds() - start;
-        if (run > 0 && seconds < best) best = seconds;
-    }
-    free(C);
-    return 2.0 * M * N * K / best * 1e-9;
-}
-
-// The three GEMMs of a convolution and of a dense layer, as the engine
-// makes them.
-typedef enum { PASS_FORWARD, PASS_INPUT_GRAD, PASS_WEIGHT_GRAD } GemmPass;
-static const char *const GEMM_PASS_NAMES[] = {"forward", "input grad", "weight grad"};
-
-float *random_floats(size_t n, uint64_t seed) {  // (n) uniform in [-1, 1)
-    float *x = xmalloc(n * sizeof(float) + 1);
-    Rng r = rng_new(seed, STREAM_CHECK);
-    for (size_t i = 0; i < n; i++) x[i] = 2.0f * rng_uniform(&r) - 1.0f;
-    return x;
-}
-
-/* A convolution of a (batch, size, size, channels) image with a k x k
-   kernel, `pad` zeros around, to out_channels:
-     forward      out (B*OH*OW, OC)  = PATCHES(image) @ W (k*k*C, OC)
-     input grad   dinp (B*H*W, C)   += PATCHES(dout, padded k-1-pad) @ W flipped (k*k*OC, C)
-     weight grad  dW (k*k*C, OC)    += PATCHES(image)^T @ dout (B*OH*OW, OC) */
-double gemm_benchmark_conv(const GemmContext *ctx, GemmPass pass, int batch, int size, int channels,
-                           int out_channels, int k, int pad, int repeats) {
-    ConvShape g = conv_shape(batch, size, size, channels, k, k, pad, out_channels);
-    ConvShape back = conv_shape(batch, g.out_h, g.out_w, out_channels, k, k, k - 1 - pad, channels);
-    long image = (long)batch * size * size * channels, out = (long)conv_rows(&g) * out_channels;
-    float *x = random_floats((size_t)(image > out ? image : out), 1);  // the image, or dout
-    float *w = random_floats((size_t)(long)conv_patch_size(&g) * out_channels, 2);
-    float *d = random_floats((size_t)out, 3);  // dout
-    double gflops = 0;
-    int M = (int)(long)conv_rows(&g), K = (int)(long)conv_patch_size(&g);
-    if (pass == PASS_FORWARD)
-        gflops = gemm_benchmark_shape(ctx, M, out_channels, K, patches_operand(x, &g, 0),
-                                      matrix_operand(w, out_channels), 1, repeats);
-    else if (pass == PASS_INPUT_GRAD)
-        gflops = gemm_benchmark_shape(ctx, (int)(long)conv_rows(&back), channels, (int)(long)conv_patch_size(&back),
-                                      patches_operand(d, &back, 0), matrix_operand(w, channels), 1, repeats);
-    else
-        gflops = gemm_benchmark_shape(ctx, K, out_channels, M, patches_operand(x, &g, 1),
-                                      matrix_operand(d, out_channels), 1, repeats);
-    free(x);
-    free(w);
-    free(d);
-    return gflops;
-}
-
-/* A dense layer, (batch, in) -> (batch, out):
-     forward      out (B, OC)   = x (B, C) @ W (C, OC)
-     input grad   dinp (B, C)  += dout (B, OC) @ W^T
-     weight grad  dW (C, OC)   += x^T @ dout (B, OC) */
-double gemm_benchmark_dense(const GemmContext *ctx, GemmPass pass, int batch, int in, int out, int repeats) {
-    float *x = random_floats((size_t)batch * in, 1), *w = random_floats((size_t)in * out, 2);
-    float *d = random_floats((size_t)batch * out, 3);
-    double gflops;
-    if (pass == PASS_FORWARD)
-        gflops = gemm_benchmark_shape(ctx, batch, out, in, matrix_operand(x, in), matrix_operand(w, out), 0, repeats);
-    else if (pass == PASS_INPUT_GRAD)
-        gflops = gemm_benchmark_shape(ctx, batch, in, out, matrix_operand(d, out), transposed_operand(w, out), 1,
-                                      repeats);
-    else
-        gflops = gemm_benchmark_shape(ctx, in, out, batch, transposed_operand(x, in), matrix_operand(d, out), 1,
-                                      repeats);
-    free(x);
-    free(w);
-    free(d);
-    return gflops;
-}
-
-// The GEMMs of the basic CNN and the ANN at batch 64, in GFLOP/s and as a
-// share of the peak of the threads in use (one core's peak times threads).
-void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
-    int threads = ctx->workers->threads;
-    double peak = gemm_peak_gflops(ctx->kernel) * threads;
-    fprintf(out, "kernel %s, %d thread%s, peak %.1f GFLOP/s (FMA probe)\n", ctx->kernel->name, threads,
-            threads == 1 ? "" : "s", peak);
-    static const struct { const char *name; int size, channels, out_channels, pad; } convs[] = {
-        {"conv1 28x28x1->32", 28, 1, 32, 0},
-        {"conv2 13x13x32->64", 13, 32, 64, 0},
-    };
-    for (int c = 0; c < 2; c++)
-        for (int pass = 0; pass < 3; pass++) {
-            if (convs[c].channels == 1 && pass == PASS_INPUT_GRAD) continue;  // the image needs no gradient
-            double gflops = gemm_benchmark_conv(ctx, (GemmPass)pass, 64, convs[c].size, convs[c].channels,
-                                                convs[c].out_channels, 3, convs[c].pad, repeats);
-            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", convs[c].name, GEMM_PASS_NAMES[pass], gflops,
-                    100 * gflops / peak);
-        }
-    static const int dense[][2] = {{784, 128}, {128, 64}, {64, 10}, {1600, 128}, {128, 10}};
-    for (int l = 0; l < 5; l++)
-        for (int pass = 0; pass < 3; pass++) {
-            char name[32];
-            snprintf(name, sizeof name, "dense %d->%d", dense[l][0], dense[l][1]);
-            double gflops = gemm_benchmark_dense(ctx, (GemmPass)pass, 64, dense[l][0], dense[l][1], repeats);
-            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", name, GEMM_PASS_NAMES[pass], gflops,
-                    100 * gflops / peak);
-        }
-}
 /* ----------------------------------------------------------------------------
    Convolutions and dense layers on the blocked GEMM.
 
@@ -2362,7 +2253,7 @@ void matmul_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight
 static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
 
 /* Training mode, per channel c over the N rows of x:
-       mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N is up to 50,176)
+       mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N = B*H*W, 50,176 at batch 64)
        x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
    x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
    running averages move 1% of the way to this batch's statistics.
@@ -2965,6 +2856,14 @@ OptimizerKind optimizer_kind(const Options *o) {
 int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
                  Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
+    // Batch norm normalises a dense layer's features over the batch: one
+    // image alone is its own mean, normalises to 0 and trains nothing.
+    int images = o->overfit && o->overfit < train_set.count ? o->overfit : train_set.count;
+    int batch = o->batch < images ? o->batch : images;
+    if (m->state_count && (batch == 1 || images % batch == 1))
+        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
+                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
+                    "--batch or --limit", o->batch, images);
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
@@ -3385,7 +3284,7 @@ void graph_print(const Graph *g) {
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
    backward functions skip inputs that need no gradient (grad == NULL). */
 
-/* Memory-bound ops (ReLU, pooling) split their batch over the graph's
+/* Memory-bound ops (ReLU, pooling, dropout) split their batch over the graph's
    threads, one task per item. An item's outputs are its own, so which
    thread does which item changes nothing in the result. Without the
    blocked kernel there are no threads, and the items run in order. */
@@ -3557,8 +3456,10 @@ void conv2d_op_forward(Node *n, Graph *g) {
     else if (g->kernel == KERNEL_IM2COL)
         conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s,
                               graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
-    else
+    else {
+        require(g->gemm, "conv2d: the blocked kernel without a GEMM context");
         conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
+    }
 }
 
 void conv2d_op_backward(Node *n, Graph *g) {
@@ -3622,8 +3523,6 @@ void batch_norm_op_backward(Node *n, Graph *g) {
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
    stream keyed by (seed, step, this node, i): the same masks at any thread
    count, in any order, and in a resumed run. Saved: the mask. */
-// Item i's mask from its own stream, keyed by the run's seed, this step,
-// this node and i: the same whichever thread draws it, and whenever.
 void dropout_item_forward(const Graph *g, Node *n, int i) {
     uint64_t layer = (uint64_t)(n - g->nodes);
     Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
@@ -3709,8 +3608,10 @@ Node *conv2d(Graph *g, Node *x, Node *kernel, Node *bias, int pad) {
     require(x->batched && x->rank == 4 && !kernel->batched && kernel->rank == 4 &&
             kernel->shape[2] == x->shape[3] && bias->rank == 1 && bias->shape[0] == kernel->shape[3],
             "conv2d needs x (B, H, W, C), a kernel (KH, KW, C, OC) and a bias (OC)");
-    require(kernel->shape[0] % 2 == 1 && kernel->shape[1] % 2 == 1 && pad >= 0 && pad <= kernel->shape[0] / 2,
-            "conv2d takes odd kernels and a padding from 0 to KH/2");
+    // One `pad` for both sides of a square kernel: the blocked input
+    // gradient pads dout by KH-1-pad, which is right only when KW = KH.
+    require(kernel->shape[0] == kernel->shape[1] && kernel->shape[0] % 2 == 1 && pad >= 0 &&
+            pad <= kernel->shape[0] / 2, "conv2d takes odd square kernels and a padding from 0 to KH/2");
     int OH = x->shape[1] + 2 * pad - kernel->shape[0] + 1, OW = x->shape[2] + 2 * pad - kernel->shape[1] + 1;
     require(OH >= 1 && OW >= 1, "conv2d: a %dx%d kernel does not fit a %dx%d image", kernel->shape[0],
             kernel->shape[1], x->shape[1], x->shape[2]);
@@ -4138,7 +4039,7 @@ static const char ROOFLINE_SCRIPT[] =
 // All threads running a kernel's FMA probe at once: the machine's peak.
 typedef struct {
     const GemmKernel *kernel;
-    double gflops[256];
+    double gflops[MAX_THREADS];
 } PeakJob;
 
 void peak_task(void *context, int task, int worker) {

@@ -410,7 +410,7 @@ void graph_print(const Graph *g) {
    backward functions skip inputs that need no gradient (grad == NULL). */
 
 //@ from 4
-/* Memory-bound ops (ReLU, pooling) split their batch over the graph's
+/* Memory-bound ops (ReLU, pooling, dropout) split their batch over the graph's
    threads, one task per item. An item's outputs are its own, so which
    thread does which item changes nothing in the result. Without the
    blocked kernel there are no threads, and the items run in order. */
@@ -592,8 +592,10 @@ void conv2d_op_forward(Node *n, Graph *g) {
     else if (g->kernel == KERNEL_IM2COL)
         conv2d_forward_im2col(n->value, x->value, w->value, b->value, &s,
                               graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
-    else
+    else {
+        require(g->gemm, "conv2d: the blocked kernel without a GEMM context");
         conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
+    }
 }
 
 void conv2d_op_backward(Node *n, Graph *g) {
@@ -659,8 +661,6 @@ void batch_norm_op_backward(Node *n, Graph *g) {
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
    stream keyed by (seed, step, this node, i): the same masks at any thread
    count, in any order, and in a resumed run. Saved: the mask. */
-// Item i's mask from its own stream, keyed by the run's seed, this step,
-// this node and i: the same whichever thread draws it, and whenever.
 void dropout_item_forward(const Graph *g, Node *n, int i) {
     uint64_t layer = (uint64_t)(n - g->nodes);
     Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
@@ -756,8 +756,10 @@ Node *conv2d(Graph *g, Node *x, Node *kernel, Node *bias, int pad) {
     require(x->batched && x->rank == 4 && !kernel->batched && kernel->rank == 4 &&
             kernel->shape[2] == x->shape[3] && bias->rank == 1 && bias->shape[0] == kernel->shape[3],
             "conv2d needs x (B, H, W, C), a kernel (KH, KW, C, OC) and a bias (OC)");
-    require(kernel->shape[0] % 2 == 1 && kernel->shape[1] % 2 == 1 && pad >= 0 && pad <= kernel->shape[0] / 2,
-            "conv2d takes odd kernels and a padding from 0 to KH/2");
+    // One `pad` for both sides of a square kernel: the blocked input
+    // gradient pads dout by KH-1-pad, which is right only when KW = KH.
+    require(kernel->shape[0] == kernel->shape[1] && kernel->shape[0] % 2 == 1 && pad >= 0 &&
+            pad <= kernel->shape[0] / 2, "conv2d takes odd square kernels and a padding from 0 to KH/2");
     int OH = x->shape[1] + 2 * pad - kernel->shape[0] + 1, OW = x->shape[2] + 2 * pad - kernel->shape[1] + 1;
     require(OH >= 1 && OW >= 1, "conv2d: a %dx%d kernel does not fit a %dx%d image", kernel->shape[0],
             kernel->shape[1], x->shape[1], x->shape[2]);

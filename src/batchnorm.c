@@ -25,7 +25,7 @@
 static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
 
 /* Training mode, per channel c over the N rows of x:
-       mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N is up to 50,176)
+       mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N = B*H*W, 50,176 at batch 64)
        x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
    x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
    running averages move 1% of the way to this batch's statistics.

@@ -173,7 +173,7 @@ static const char ROOFLINE_SCRIPT[] =
 // All threads running a kernel's FMA probe at once: the machine's peak.
 typedef struct {
     const GemmKernel *kernel;
-    double gflops[256];
+    double gflops[MAX_THREADS];
 } PeakJob;
 
 void peak_task(void *context, int task, int worker) {

@@ -17,7 +17,7 @@
    values of one pixel sit together; a kernel is (KH, KW, C, OC), which read
    as a (KH*KW*C, OC) matrix is exactly what a patch row multiplies. Stride
    1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
-   KH-1), KH/2 is "same" (it keeps its size, for odd KH). */
+   KH-1), KH/2 is "same" (it keeps its size; kernels are odd and square). */
 
 // How the engine computes convolutions and matrix multiplies (the graph
 // holds the choice; `--kernel` sets it): the two references here, or the

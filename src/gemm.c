@@ -81,12 +81,13 @@ struct Workers {
 #endif
 };
 
-// How many processors are online, for a default thread count; 1 where the
-// system cannot tell us.
+// How many processors are online, for a default thread count (at most
+// MAX_THREADS, as --threads); 1 where the system cannot tell us.
+enum { MAX_THREADS = 256 };
 int online_cpus(void) {
 #if HAVE_POSIX && defined(_SC_NPROCESSORS_ONLN)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n >= 1 && n <= 1024 ? (int)n : 1;
+    return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
 #else
     return 1;
 #endif
@@ -880,7 +881,7 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
 }
 
 /* ----------------------------------------------------------------------------
-   Measuring: the machine's peak, and GEMM against it. */
+   Measuring: the machine's peak (bench.c measures every layer against it). */
 
 // One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
 // independent FMA chains, best of 20 runs of at least 5 ms each (the best,
@@ -905,114 +906,4 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
     return best;
 }
 
-// GFLOP/s of one GEMM (2*M*N*K floating-point operations), best of
-// `repeats` runs after one warm-up.
-double gemm_benchmark_shape(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, int accumulate,
-                            int repeats) {
-    float *C = xmalloc((size_t)M * N * sizeof(float) + 1);  // (M, N)
-    memset(C, 0, (size_t)M * N * sizeof(float));
-    double best = 1e30;
-    for (int run = 0; run <= repeats; run++) {
-        double start = now_seconds();
-        gemm(ctx, M, N, K, A, B, C, N, accumulate);
-        double seconds = now_seconds() - start;
-        if (run > 0 && seconds < best) best = seconds;
-    }
-    free(C);
-    return 2.0 * M * N * K / best * 1e-9;
-}
-
-// The three GEMMs of a convolution and of a dense layer, as the engine
-// makes them.
-typedef enum { PASS_FORWARD, PASS_INPUT_GRAD, PASS_WEIGHT_GRAD } GemmPass;
-static const char *const GEMM_PASS_NAMES[] = {"forward", "input grad", "weight grad"};
-
-float *random_floats(size_t n, uint64_t seed) {  // (n) uniform in [-1, 1)
-    float *x = xmalloc(n * sizeof(float) + 1);
-    Rng r = rng_new(seed, STREAM_CHECK);
-    for (size_t i = 0; i < n; i++) x[i] = 2.0f * rng_uniform(&r) - 1.0f;
-    return x;
-}
-
-/* A convolution of a (batch, size, size, channels) image with a k x k
-   kernel, `pad` zeros around, to out_channels:
-     forward      out (B*OH*OW, OC)  = PATCHES(image) @ W (k*k*C, OC)
-     input grad   dinp (B*H*W, C)   += PATCHES(dout, padded k-1-pad) @ W flipped (k*k*OC, C)
-     weight grad  dW (k*k*C, OC)    += PATCHES(image)^T @ dout (B*OH*OW, OC) */
-double gemm_benchmark_conv(const GemmContext *ctx, GemmPass pass, int batch, int size, int channels,
-                           int out_channels, int k, int pad, int repeats) {
-    ConvShape g = conv_shape(batch, size, size, channels, k, k, pad, out_channels);
-    ConvShape back = conv_shape(batch, g.out_h, g.out_w, out_channels, k, k, k - 1 - pad, channels);
-    long image = (long)batch * size * size * channels, out = (long)conv_rows(&g) * out_channels;
-    float *x = random_floats((size_t)(image > out ? image : out), 1);  // the image, or dout
-    float *w = random_floats((size_t)(long)conv_patch_size(&g) * out_channels, 2);
-    float *d = random_floats((size_t)out, 3);  // dout
-    double gflops = 0;
-    int M = (int)(long)conv_rows(&g), K = (int)(long)conv_patch_size(&g);
-    if (pass == PASS_FORWARD)
-        gflops = gemm_benchmark_shape(ctx, M, out_channels, K, patches_operand(x, &g, 0),
-                                      matrix_operand(w, out_channels), 1, repeats);
-    else if (pass == PASS_INPUT_GRAD)
-        gflops = gemm_benchmark_shape(ctx, (int)(long)conv_rows(&back), channels, (int)(long)conv_patch_size(&back),
-                                      patches_operand(d, &back, 0), matrix_operand(w, channels), 1, repeats);
-    else
-        gflops = gemm_benchmark_shape(ctx, K, out_channels, M, patches_operand(x, &g, 1),
-                                      matrix_operand(d, out_channels), 1, repeats);
-    free(x);
-    free(w);
-    free(d);
-    return gflops;
-}
-
-/* A dense layer, (batch, in) -> (batch, out):
-     forward      out (B, OC)   = x (B, C) @ W (C, OC)
-     input grad   dinp (B, C)  += dout (B, OC) @ W^T
-     weight grad  dW (C, OC)   += x^T @ dout (B, OC) */
-double gemm_benchmark_dense(const GemmContext *ctx, GemmPass pass, int batch, int in, int out, int repeats) {
-    float *x = random_floats((size_t)batch * in, 1), *w = random_floats((size_t)in * out, 2);
-    float *d = random_floats((size_t)batch * out, 3);
-    double gflops;
-    if (pass == PASS_FORWARD)
-        gflops = gemm_benchmark_shape(ctx, batch, out, in, matrix_operand(x, in), matrix_operand(w, out), 0, repeats);
-    else if (pass == PASS_INPUT_GRAD)
-        gflops = gemm_benchmark_shape(ctx, batch, in, out, matrix_operand(d, out), transposed_operand(w, out), 1,
-                                      repeats);
-    else
-        gflops = gemm_benchmark_shape(ctx, in, out, batch, transposed_operand(x, in), matrix_operand(d, out), 1,
-                                      repeats);
-    free(x);
-    free(w);
-    free(d);
-    return gflops;
-}
-
-// The GEMMs of the basic CNN and the ANN at batch 64, in GFLOP/s and as a
-// share of the peak of the threads in use (one core's peak times threads).
-void gemm_benchmark_table(const GemmContext *ctx, int repeats, FILE *out) {
-    int threads = ctx->workers->threads;
-    double peak = gemm_peak_gflops(ctx->kernel) * threads;
-    fprintf(out, "kernel %s, %d thread%s, peak %.1f GFLOP/s (FMA probe)\n", ctx->kernel->name, threads,
-            threads == 1 ? "" : "s", peak);
-    static const struct { const char *name; int size, channels, out_channels, pad; } convs[] = {
-        {"conv1 28x28x1->32", 28, 1, 32, 0},
-        {"conv2 13x13x32->64", 13, 32, 64, 0},
-    };
-    for (int c = 0; c < 2; c++)
-        for (int pass = 0; pass < 3; pass++) {
-            if (convs[c].channels == 1 && pass == PASS_INPUT_GRAD) continue;  // the image needs no gradient
-            double gflops = gemm_benchmark_conv(ctx, (GemmPass)pass, 64, convs[c].size, convs[c].channels,
-                                                convs[c].out_channels, 3, convs[c].pad, repeats);
-            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", convs[c].name, GEMM_PASS_NAMES[pass], gflops,
-                    100 * gflops / peak);
-        }
-    static const int dense[][2] = {{784, 128}, {128, 64}, {64, 10}, {1600, 128}, {128, 10}};
-    for (int l = 0; l < 5; l++)
-        for (int pass = 0; pass < 3; pass++) {
-            char name[32];
-            snprintf(name, sizeof name, "dense %d->%d", dense[l][0], dense[l][1]);
-            double gflops = gemm_benchmark_dense(ctx, (GemmPass)pass, 64, dense[l][0], dense[l][1], repeats);
-            fprintf(out, "  %-22s %-12s %7.1f GFLOP/s %5.1f%%\n", name, GEMM_PASS_NAMES[pass], gflops,
-                    100 * gflops / peak);
-        }
-}
 //@ end

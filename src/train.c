@@ -357,6 +357,16 @@ OptimizerKind optimizer_kind(const Options *o) {
 int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
                  Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
+//@ from 5
+    // Batch norm normalises a dense layer's features over the batch: one
+    // image alone is its own mean, normalises to 0 and trains nothing.
+    int images = o->overfit && o->overfit < train_set.count ? o->overfit : train_set.count;
+    int batch = o->batch < images ? o->batch : images;
+    if (m->state_count && (batch == 1 || images % batch == 1))
+        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
+                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
+                    "--batch or --limit", o->batch, images);
+//@ end
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);

@@ -238,6 +238,11 @@ static void backward_after_inference(void *unused) {
 
 static void test_real_steps(void) {
     section("a few real training steps, then inference: finite and deterministic");
+    // A batch of one image cannot teach batch norm: refused, as is a last batch of one.
+    char *one[] = {"chapter5", "--batch", "1", "--limit", "10", NULL};
+    CHECK_EQ_INT(chapter5_main(5, one), EXIT_USAGE);
+    char *last_one[] = {"chapter5", "--batch", "4", "--limit", "9", NULL};
+    CHECK_EQ_INT(chapter5_main(5, last_one), EXIT_USAGE);
     CHECK_EXITS(backward_after_inference, NULL, EXIT_BUG, "bug: graph_backward() after an inference-mode forward");
     FashionMnist data;
     Error err = {0};

@@ -218,10 +218,20 @@ static void conv_too_large(void *unused) {
     conv2d(g, x, w, b, 0);
 }
 
+static void conv_not_square(void *unused) {
+    (void)unused;
+    Graph *g = graph_new(1);
+    Node *x = graph_input(g, "x", (int[]){7, 7, 1}, 3);
+    Node *w = graph_parameter(g, "w", (int[]){3, 5, 1, 1}, 4, INIT_ZEROS);
+    Node *b = graph_parameter(g, "b", (int[]){1}, 1, INIT_ZEROS);
+    conv2d(g, x, w, b, 0);
+}
+
 static void test_misuse(void) {
     section("misuse of the new ops stops the program (exit code 70)");
     CHECK_EXITS(reshape_leaf_with_gradient, NULL, EXIT_BUG, "bug: reshape: a leaf that needs a gradient");
     CHECK_EXITS(conv_too_large, NULL, EXIT_BUG, "bug: conv2d: a 3x3 kernel does not fit a 2x2 image");
+    CHECK_EXITS(conv_not_square, NULL, EXIT_BUG, "bug: conv2d takes odd square kernels");
 }
 
 /* ---- The basic CNN ----------------------------------------------------------- */

@@ -35,7 +35,10 @@ static double element(const Operand *op, long r, long c) {
 }
 
 static float *random_array(size_t n, uint64_t seed) {  // (n) in [-1, 1)
-    return random_floats(n, seed);
+    float *x = malloc(n * sizeof(float) + 1);
+    Rng r = rng_new(seed, STREAM_CHECK);
+    for (size_t i = 0; i < n; i++) x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    return x;
 }
 
 // One problem: its operands own their memory.
@@ -329,8 +332,7 @@ static void test_edges(void) {
     CHECK(c[0] == 1 && c[5] == 6);
     gemm(ctx, 2, 3, 0, matrix_operand(a, 0), matrix_operand(b, 3), c, 3, 0);  // K = 0: C = 0
     CHECK(c[0] == 0 && c[5] == 0);
-    gemm(ctx, 0, 3, 5, matrix_operand(a, 5), matrix_operand(b, 3), NULL, 3, 0);  // M = 0: nothing to do
-    CHECK(1);
+    gemm(ctx, 0, 3, 5, matrix_operand(a, 5), matrix_operand(b, 3), NULL, 3, 0);  // M = 0: returns, C never touched
     gemm_context_free(ctx);
 }
 
