@@ -3836,7 +3836,10 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     *gemm = NULL;
     *kind = strcmp(o->kernel, "naive") == 0 ? KERNEL_NAIVE : strcmp(o->kernel, "im2col") == 0 ? KERNEL_IM2COL
                                                                                              : KERNEL_BLOCKED;
-    if (*kind != KERNEL_BLOCKED) return 0;
+    if (*kind != KERNEL_BLOCKED) {
+        if (o->threads > 1) printf("note: --threads has no effect on --kernel %s, a one-thread reference\n", o->kernel);
+        return 0;
+    }
     const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
     if (!gemm_kernel_supported(k))
         return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
