@@ -18,7 +18,8 @@
 
    The protocol's constants are Keras's: momentum 0.99 for the running
    averages (running = 0.99 * running + 0.01 * batch; PyTorch writes the
-   same thing as momentum 0.1 of the new value), epsilon 1e-3, and the
+   same rule with momentum 0.01, the weight of the new value, and its
+   default 0.1 is Keras's 0.9), epsilon 1e-3, and the
    biased variance (divided by the count) both for normalising and for the
    running average. */
 
