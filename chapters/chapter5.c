@@ -4209,20 +4209,26 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
-    int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) return finish_output(argv[0], status);
     Error err = {0};
+    KernelKind kernel = KERNEL_NAIVE;
+    GemmContext *gemm = NULL;
+    // The kernel is asked for first, so a --kernel this CPU lacks is refused
+    // before hundreds of megabytes of images are read (begin() parses the
+    // options again, and reports any other mistake in them).
+    if (parse_options(argc, argv, &options, &err) == 0 && !options.help && !options.bench &&
+        choose_kernel(&options, &kernel, &gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return finish_output(argv[0], err.code);
+    }
+    int status = begin(argc, argv, &options, &data);
+    if (status != CONTINUE) {
+        gemm_context_free(gemm);
+        return finish_output(argv[0], status);
+    }
     if (options.bench) {
         status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
         if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return finish_output(argv[0], status);
-    }
-    KernelKind kernel;
-    GemmContext *gemm;
-    if (choose_kernel(&options, &kernel, &gemm, &err)) {
-        fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        free_fashion_mnist(&data);
-        return finish_output(argv[0], err.code);
     }
 
     GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel, gemm);

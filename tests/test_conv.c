@@ -416,6 +416,9 @@ static void test_missing_kernel(void) {
     Error err = {0};
     CHECK_EQ_INT(choose_kernel(&o, &kind, &gemm, &err), EXIT_NO_KERNEL);
     CHECK(gemm == NULL && strstr(err.message, "Use --kernel auto") != NULL);
+    // Through main, and before the data: a missing directory does not matter yet.
+    char *args[] = {"chapter4", "--kernel", (char *)missing, "--data", "build/no/such/dir", NULL};
+    CHECK_EQ_INT(chapter4_main(5, args), EXIT_NO_KERNEL);
 }
 
 int main(void) {
