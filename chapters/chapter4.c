@@ -3078,7 +3078,6 @@ void accumulate(float *dst, const float *src, size_t n) {
 
 // matmul: x (B, C) @ w (C, OC) -> (B, OC)
 void matmul_op_forward(Node *n, Graph *g) {
-    (void)g;
     const Node *x = n->inputs[0], *w = n->inputs[1];
     if (g->kernel == KERNEL_BLOCKED) {
         matmul_forward_blocked(g->gemm, n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
@@ -3088,7 +3087,6 @@ void matmul_op_forward(Node *n, Graph *g) {
 }
 
 void matmul_op_backward(Node *n, Graph *g) {
-    (void)g;
     Node *x = n->inputs[0], *w = n->inputs[1];
     if (g->kernel == KERNEL_BLOCKED) {
         matmul_backward_blocked(g->gemm, x->grad, w->grad, n->grad, x->value, w->value, x->shape[0],
@@ -3115,7 +3113,6 @@ void bias_add_op_backward(Node *n, Graph *g) {
 }
 
 void relu_op_forward(Node *n, Graph *g) {
-    (void)g;
     if (n->batched) {
         for_each_item(g, n, relu_item_forward);
         return;
@@ -3124,7 +3121,6 @@ void relu_op_forward(Node *n, Graph *g) {
 }
 
 void relu_op_backward(Node *n, Graph *g) {
-    (void)g;
     if (n->batched) {
         for_each_item(g, n, relu_item_backward);
         return;

@@ -3329,7 +3329,6 @@ void accumulate(float *dst, const float *src, size_t n) {
 
 // matmul: x (B, C) @ w (C, OC) -> (B, OC)
 void matmul_op_forward(Node *n, Graph *g) {
-    (void)g;
     const Node *x = n->inputs[0], *w = n->inputs[1];
     if (g->kernel == KERNEL_BLOCKED) {
         matmul_forward_blocked(g->gemm, n->value, x->value, w->value, x->shape[0], w->shape[0], w->shape[1]);
@@ -3339,7 +3338,6 @@ void matmul_op_forward(Node *n, Graph *g) {
 }
 
 void matmul_op_backward(Node *n, Graph *g) {
-    (void)g;
     Node *x = n->inputs[0], *w = n->inputs[1];
     if (g->kernel == KERNEL_BLOCKED) {
         matmul_backward_blocked(g->gemm, x->grad, w->grad, n->grad, x->value, w->value, x->shape[0],
@@ -3366,7 +3364,6 @@ void bias_add_op_backward(Node *n, Graph *g) {
 }
 
 void relu_op_forward(Node *n, Graph *g) {
-    (void)g;
     if (n->batched) {
         for_each_item(g, n, relu_item_forward);
         return;
@@ -3375,7 +3372,6 @@ void relu_op_forward(Node *n, Graph *g) {
 }
 
 void relu_op_backward(Node *n, Graph *g) {
-    (void)g;
     if (n->batched) {
         for_each_item(g, n, relu_item_backward);
         return;
