@@ -19,10 +19,10 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2 3 4 5
+CHAPTERS = 1 2 3 4 5 6
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
            src/layers.c src/conv.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
-           src/train.c src/ann.c src/autodiff.c src/cnn.c src/bench.c src/gradcheck.c src/main.c
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/bench.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \

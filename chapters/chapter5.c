@@ -301,22 +301,22 @@ uint32_t read_big_endian_u32(const unsigned char *bytes) {
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
 }
 
-/* Opens a data file for reading, refusing anything but a regular file: a
+/* Opens a file for reading, refusing anything but a regular file: a
    FIFO would block the program forever, and a device such as /dev/zero
    never ends. Under POSIX the file is opened without blocking (a FIFO with
    no writer would block in fopen itself), asked what it is (fstat), and
    only then handed to stdio; elsewhere fopen is all there is. The message
-   carries the system's reason (no such file, permission denied, ...). */
-int open_data_file(const char *path, FILE **file, Error *err) {
-    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+   carries the system's reason (no such file, permission denied, ...), the
+   exit code is the caller's, and so is the fix the message ends with. */
+int open_regular_file(const char *path, FILE **file, int code, const char *fix, Error *err) {
 #if HAVE_POSIX
     int fd = open(path, O_RDONLY | O_NONBLOCK);
-    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    if (fd < 0) return fail(err, code, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
     struct stat info;
     memset(&info, 0, sizeof info);
     if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
         close(fd);
-        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+        return fail(err, code, "%s: not a regular file (%s). %s", path,
                     S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
@@ -325,8 +325,13 @@ int open_data_file(const char *path, FILE **file, Error *err) {
 #else
     *file = fopen(path, "rb");
 #endif
-    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    if (!*file) return fail(err, code, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
     return 0;
+}
+
+int open_data_file(const char *path, FILE **file, Error *err) {
+    return open_regular_file(path, file, EXIT_MISSING, "Run `make data` to fetch Fashion-MNIST, "
+                             "or pass --data DIR for a directory that holds it.", err);
 }
 
 // Reads until `limit` bytes are in the buffer or the file ends, growing the
@@ -748,7 +753,8 @@ typedef struct {
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
-        .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
+        .batch = 64, .seed = 1, .optimizer = "adam",
+        .epochs = 10,
         .kernel = "auto",
         .model = "deeper",
     };
@@ -2665,22 +2671,29 @@ int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, 
                 optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
 }
 
-// One pass over the training data in this epoch's order. Fills the epoch's
-// mean loss and accuracy (over the batches as they were trained); returns 0,
-// or EXIT_DIVERGED with the message in *err.
-int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
-                float *loss, float *accuracy, Error *err) {
+// Where an epoch stands: how many of its batches are done and the sums over
+// them. A fresh epoch starts at zero; chapter 6 saves this in a checkpoint,
+// so that a run interrupted in the middle of an epoch resumes there.
+typedef struct {
+    int batches_done;
+    double loss_sum;     // the batch losses, each times its images
+    long correct, seen;  // training images classified right, and seen
+} EpochState;
+
+// One pass over the training data in this epoch's order, from the batch
+// *s has reached to the last, adding to *s. Returns 0, EXIT_DIVERGED with
+// the message in *err, or (chapter 6) EXIT_INTERRUPTED after the batch
+// during which Ctrl-C was pressed.
+int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *progress, History *h, Error *err) {
     Model *m = t->model;
     const Dataset *d = t->data;
     int batches = (d->count + t->batch - 1) / t->batch;
-    double loss_sum = 0;
-    long correct = 0, seen = 0;
     epoch_order(t->order, d->count, t->seed, epoch);
     if (progress) {
         progress->epoch_start = now_seconds();
         progress->epoch_done = 0;
     }
-    for (int b = 0; b < batches; b++) {
+    for (int b = s->batches_done; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
             int item = t->order[first + i];
@@ -2696,18 +2709,17 @@ int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *
             return diverged(err, t->optimizer, epoch, b + 1, batches, batch_loss);
         }
         optimizer_update(t->optimizer, m->params, m->grads, m->count);
-        for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
-        loss_sum += (double)batch_loss * n;
-        seen += n;
+        for (int i = 0; i < n; i++) s->correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
+        s->loss_sum += (double)batch_loss * n;
+        s->seen += n;
+        s->batches_done = b + 1;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
             progress->done += n;
             progress->epoch_done += n;
-            report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
+            report_progress(progress, epoch, epochs, b + 1, batches, s->loss_sum / s->seen, (double)s->correct / s->seen);
         }
     }
-    *loss = (float)(loss_sum / seen);
-    *accuracy = (float)correct / (float)seen;
     return 0;
 }
 
@@ -2761,10 +2773,11 @@ int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *val
     int status = 0;
     for (int epoch = 1; epoch <= epochs && !status; epoch++) {
         double start = now_seconds();
-        float loss, accuracy;
-        status = train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy, err);
+        EpochState s = {0};
+        status = train_epoch(&t, epoch, epochs, &s, &progress, h, err);
         if (status) break;
         double seconds = now_seconds() - start;
+        float loss = (float)(s.loss_sum / s.seen), accuracy = (float)s.correct / (float)s.seen;
         Evaluation v = evaluate(m, validation);
         if (!isfinite(v.loss)) {
             status = fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: "
@@ -2792,8 +2805,8 @@ int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t se
     int epoch, status = 0;
     printf("overfitting %d training images: training on them until every one is right\n", few->count);
     for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS && !status; epoch++) {
-        float loss, accuracy;
-        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy, err);
+        EpochState s = {0};
+        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, &s, NULL, NULL, err);
         if (status) break;
         e = evaluate(m, few);
         if (epoch % 10 == 0 || e.accuracy == 1.0f)
@@ -2827,8 +2840,9 @@ typedef struct {
 } Result;
 
 void print_result(const Result *r) {
-    printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
-           r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
+    printf("result model=%s epochs=%d ", r->model, r->epochs);
+    printf("seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", r->seed, r->test_loss, r->test_accuracy,
+           r->seconds);
 }
 
 
@@ -2847,6 +2861,23 @@ void print_peak_memory(void) {
     }
 #endif
 }
+// Untrained, the network should be unsure: about 1/10 for every class,
+// so a loss near -ln(1/10). Far from it, the initialisation is off.
+void print_initial_loss(Model *m, const Dataset *validation) {
+    Evaluation before = evaluate(m, validation);
+    printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
+           before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+}
+
+// The test: the confusion matrix, the loss and the accuracy, into *result.
+void test_model(Model *m, const Dataset *test, Result *result) {
+    Evaluation e = evaluate(m, test);
+    print_confusion(&e);
+    printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", e.loss, 100 * e.accuracy, test->count);
+    result->test_loss = e.loss;
+    result->test_accuracy = e.accuracy;
+}
+
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
@@ -2874,26 +2905,16 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
         status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed, err);
     } else {
-        // Untrained, the network should be unsure: about 1/10 for every class,
-        // so a loss near -ln(1/10). Far from it, the initialisation is off.
-        Evaluation before = evaluate(m, &data->validation);
-        printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
-               before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+        print_initial_loss(m, &data->validation);
         *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
         printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
                data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
         double start = now_seconds();
         status = train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history, err);
         result->seconds = now_seconds() - start;
-    }
-    if (!status && !o->overfit) {
-        Evaluation test = evaluate(m, &data->test);
-        print_confusion(&test);
-        printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
         result->epochs = o->epochs;
-        result->test_loss = test.loss;
-        result->test_accuracy = test.accuracy;
     }
+    if (!status && !o->overfit) test_model(m, &data->test, result);
     optimizer_free(&opt);
     return status;
 }

@@ -890,6 +890,9 @@ Model graph_model(GraphClassifier *c, const char *name) {
 //@ from 5
                    .state = c->graph->state, .state_count = c->graph->state_count,
 //@ end
+//@ from 6
+                   .graph = c->graph,
+//@ end
                    .max_batch = c->graph->max_batch};
 }
 //@ end

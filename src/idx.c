@@ -29,22 +29,22 @@ uint32_t read_big_endian_u32(const unsigned char *bytes) {
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
 }
 
-/* Opens a data file for reading, refusing anything but a regular file: a
+/* Opens a file for reading, refusing anything but a regular file: a
    FIFO would block the program forever, and a device such as /dev/zero
    never ends. Under POSIX the file is opened without blocking (a FIFO with
    no writer would block in fopen itself), asked what it is (fstat), and
    only then handed to stdio; elsewhere fopen is all there is. The message
-   carries the system's reason (no such file, permission denied, ...). */
-int open_data_file(const char *path, FILE **file, Error *err) {
-    const char *fix = "Run `make data` to fetch Fashion-MNIST, or pass --data DIR for a directory that holds it.";
+   carries the system's reason (no such file, permission denied, ...), the
+   exit code is the caller's, and so is the fix the message ends with. */
+int open_regular_file(const char *path, FILE **file, int code, const char *fix, Error *err) {
 #if HAVE_POSIX
     int fd = open(path, O_RDONLY | O_NONBLOCK);
-    if (fd < 0) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    if (fd < 0) return fail(err, code, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
     struct stat info;
     memset(&info, 0, sizeof info);
     if (fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
         close(fd);
-        return fail(err, EXIT_MISSING, "%s: not a regular file (%s). %s", path,
+        return fail(err, code, "%s: not a regular file (%s). %s", path,
                     S_ISDIR(info.st_mode) ? "a directory" : "a pipe, a device or a socket", fix);
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
@@ -53,8 +53,13 @@ int open_data_file(const char *path, FILE **file, Error *err) {
 #else
     *file = fopen(path, "rb");
 #endif
-    if (!*file) return fail(err, EXIT_MISSING, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
+    if (!*file) return fail(err, code, "%s: cannot open the file (%s). %s", path, strerror(errno), fix);
     return 0;
+}
+
+int open_data_file(const char *path, FILE **file, Error *err) {
+    return open_regular_file(path, file, EXIT_MISSING, "Run `make data` to fetch Fashion-MNIST, "
+                             "or pass --data DIR for a directory that holds it.", err);
 }
 
 // Reads until `limit` bytes are in the buffer or the file ends, growing the

@@ -170,6 +170,17 @@ int main(int argc, char **argv) {
         return finish_output(argv[0], status);
     }
 
+//@ from 6
+    // --evaluate builds the model its checkpoint names, whatever --model says.
+    CheckpointFile checkpoint = {0};
+    if (options.evaluate && open_checkpoint(options.evaluate, &checkpoint, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        gemm_context_free(gemm);
+        free_fashion_mnist(&data);
+        return finish_output(argv[0], err.code);
+    }
+    if (options.evaluate) options.model = checkpoint.key.model;
+//@ end
     GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel, gemm);
     print_model_summary(&net, options.model);
     if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
@@ -179,7 +190,18 @@ int main(int argc, char **argv) {
     Model model = graph_model(&net, options.model);
     History *history = NULL;
     Result result;
+//@ from 4 to 5
     status = fit_and_test(&model, &data, &options, &history, &result, &err);
+//@ end
+//@ from 6
+    if (options.evaluate) {
+        status = evaluate_checkpoint(&model, &checkpoint, &data, &result, &err);
+        if (!status) test_model(&model, &data.test, &result);
+        checkpoint_file_free(&checkpoint);
+    } else {
+        status = fit_and_test(&model, &data, &options, &history, &result, &err);
+    }
+//@ end
     if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
     else if (!options.overfit) {
         print_peak_memory();

@@ -22,13 +22,25 @@ typedef struct {
     const char *model, *kernel;
     int threads, bench;
 //@ end
+//@ from 6
+    int patience, stop_after;
+    const char *checkpoints, *resume, *evaluate;  // a directory, and two checkpoint files (or NULL)
+    int argc;     // the command line, for the command that resumes a run
+    char **argv;
+//@ end
 } Options;
 
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
 //@ from 2
-        .epochs = 10, .batch = 64, .seed = 1, .optimizer = "adam",
+        .batch = 64, .seed = 1, .optimizer = "adam",
+//@ end
+//@ from 2 to 5
+        .epochs = 10,
+//@ end
+//@ from 6
+        .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
 //@ end
 //@ from 4
         .kernel = "auto",
@@ -59,9 +71,25 @@ int option_table(Options *o, OptionSpec *specs) {
     int n = 0;
     specs[n++] = (OptionSpec){.name = "--data", .value_name = "DIR", .help = "where the four IDX files are (default: data)",
                               .kind = OPTION_TEXT, .target = &o->data_dir};
-//@ from 2
+//@ from 2 to 5
     specs[n++] = (OptionSpec){.name = "--epochs", .value_name = "N", .help = "training epochs (default: 10)",
                               .kind = OPTION_INT, .target = &o->epochs, .min = 1, .max = 1000};
+//@ end
+//@ from 6
+    specs[n++] = (OptionSpec){.name = "--epochs", .value_name = "N", .help = "the most epochs to train; early stopping may end sooner (default: 30)",
+                              .kind = OPTION_INT, .target = &o->epochs, .min = 1, .max = 1000};
+    specs[n++] = (OptionSpec){.name = "--patience", .value_name = "N", .help = "stop after N epochs without a lower validation loss (default: 3)",
+                              .kind = OPTION_INT, .target = &o->patience, .min = 1, .max = 1000};
+    specs[n++] = (OptionSpec){.name = "--checkpoints", .value_name = "DIR", .help = "where checkpoints are written (default: checkpoints)",
+                              .kind = OPTION_TEXT, .target = &o->checkpoints};
+    specs[n++] = (OptionSpec){.name = "--resume", .value_name = "FILE", .help = "continue the run a checkpoint was saved from, exactly",
+                              .kind = OPTION_TEXT, .target = &o->resume};
+    specs[n++] = (OptionSpec){.name = "--evaluate", .value_name = "FILE", .help = "test the best weights of a checkpoint, without training",
+                              .kind = OPTION_TEXT, .target = &o->evaluate};
+    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps (to try --resume)",
+                              .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
+//@ end
+//@ from 2
     specs[n++] = (OptionSpec){.name = "--batch", .value_name = "N", .help = "images per mini-batch (default: 64)",
                               .kind = OPTION_INT, .target = &o->batch, .min = 1, .max = 4096};
     specs[n++] = (OptionSpec){.name = "--lr", .value_name = "RATE", .help = "learning rate (default: 0.001 for adam, 0.01 for sgd)",
@@ -166,6 +194,13 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     }
 //@ from 2
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+//@ end
+//@ from 6
+    o->argc = argc, o->argv = argv;
+    if (o->resume && o->evaluate) return fail(err, EXIT_USAGE, "--resume and --evaluate: choose one");
+    if ((o->resume || o->evaluate) && o->overfit)
+        return fail(err, EXIT_USAGE, "--overfit trains from scratch; it cannot be combined with --%s",
+                    o->resume ? "resume" : "evaluate");
 //@ end
     return 0;
 }

@@ -36,6 +36,9 @@ typedef struct {
     float *state;           // (state_count)
     size_t state_count;
     int max_batch;          // the most images one call may take
+//@ from 6
+    struct Graph *graph;    // the tensors' names and shapes, for a checkpoint
+//@ end
 } Model;
 int argmax(const float *row, int n) {
     int best = 0;
@@ -124,6 +127,10 @@ typedef struct {
     int *order;               // (data->count) this epoch's order
     float *images, *targets;  // (batch, 784) and (batch, 10): the batch, gathered
     float *probs;             // (batch, 10)
+//@ from 6
+    const volatile sig_atomic_t *interrupted;  // set by the Ctrl-C handler; NULL: never
+    long stop_after;          // --stop-after: pause once this many steps are done (0: never)
+//@ end
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
@@ -151,6 +158,16 @@ void epoch_order(int *order, int count, uint64_t seed, int epoch) {
     shuffle(order, count, &rng);
 }
 
+//@ from 6
+// Should training pause after `steps_done` optimiser steps of the run? When
+// Ctrl-C was pressed, or --stop-after asks for it (the same pause, at a
+// step chosen in advance: how the tests and the book interrupt a run at
+// an exact place).
+int should_pause(const Trainer *t, long steps_done) {
+    return (t->interrupted && *t->interrupted) || (t->stop_after && steps_done >= t->stop_after);
+}
+
+//@ end
 const char *optimizer_name(const Optimizer *o) { return o->kind == OPTIMIZER_ADAM ? "adam" : "sgd"; }
 
 // A loss that is infinite or not a number poisons every weight it touches
@@ -163,22 +180,29 @@ int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, 
                 optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
 }
 
-// One pass over the training data in this epoch's order. Fills the epoch's
-// mean loss and accuracy (over the batches as they were trained); returns 0,
-// or EXIT_DIVERGED with the message in *err.
-int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *h,
-                float *loss, float *accuracy, Error *err) {
+// Where an epoch stands: how many of its batches are done and the sums over
+// them. A fresh epoch starts at zero; chapter 6 saves this in a checkpoint,
+// so that a run interrupted in the middle of an epoch resumes there.
+typedef struct {
+    int batches_done;
+    double loss_sum;     // the batch losses, each times its images
+    long correct, seen;  // training images classified right, and seen
+} EpochState;
+
+// One pass over the training data in this epoch's order, from the batch
+// *s has reached to the last, adding to *s. Returns 0, EXIT_DIVERGED with
+// the message in *err, or (chapter 6) EXIT_INTERRUPTED after the batch
+// during which Ctrl-C was pressed.
+int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *progress, History *h, Error *err) {
     Model *m = t->model;
     const Dataset *d = t->data;
     int batches = (d->count + t->batch - 1) / t->batch;
-    double loss_sum = 0;
-    long correct = 0, seen = 0;
     epoch_order(t->order, d->count, t->seed, epoch);
     if (progress) {
         progress->epoch_start = now_seconds();
         progress->epoch_done = 0;
     }
-    for (int b = 0; b < batches; b++) {
+    for (int b = s->batches_done; b < batches; b++) {
         int first = b * t->batch, n = d->count - first < t->batch ? d->count - first : t->batch;
         for (int i = 0; i < n; i++) {
             int item = t->order[first + i];
@@ -194,18 +218,20 @@ int train_epoch(Trainer *t, int epoch, int epochs, Progress *progress, History *
             return diverged(err, t->optimizer, epoch, b + 1, batches, batch_loss);
         }
         optimizer_update(t->optimizer, m->params, m->grads, m->count);
-        for (int i = 0; i < n; i++) correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
-        loss_sum += (double)batch_loss * n;
-        seen += n;
+        for (int i = 0; i < n; i++) s->correct += argmax(t->probs + i * NUM_CLASSES, NUM_CLASSES) == d->labels[t->order[first + i]];
+        s->loss_sum += (double)batch_loss * n;
+        s->seen += n;
+        s->batches_done = b + 1;
         if (h && h->batch_count < h->batch_capacity) h->batch_losses[h->batch_count++] = batch_loss;
         if (progress) {
             progress->done += n;
             progress->epoch_done += n;
-            report_progress(progress, epoch, epochs, b + 1, batches, loss_sum / seen, (double)correct / seen);
+            report_progress(progress, epoch, epochs, b + 1, batches, s->loss_sum / s->seen, (double)s->correct / s->seen);
         }
+//@ from 6
+        if (b + 1 < batches && should_pause(t, batch.step + 1)) return EXIT_INTERRUPTED;
+//@ end
     }
-    *loss = (float)(loss_sum / seen);
-    *accuracy = (float)correct / (float)seen;
     return 0;
 }
 
@@ -249,6 +275,29 @@ void print_confusion(const Evaluation *e) {
     }
 }
 
+//@ from 6
+// Per class: of the images given this class, how many were it (precision);
+// of the images of this class, how many were found (recall); and F1, their
+// harmonic mean, which is high only when both are. Then their plain means
+// over the classes (macro averages), each class counting the same.
+void print_class_report(const Evaluation *e) {
+    double sum_precision = 0, sum_recall = 0, sum_f1 = 0;
+    printf("\n%-13s %9s %9s %9s\n", "class", "precision", "recall", "F1");
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        long predicted = 0, actual = 0;
+        for (int j = 0; j < NUM_CLASSES; j++) predicted += e->confusion[j][k], actual += e->confusion[k][j];
+        double precision = predicted ? (double)e->confusion[k][k] / predicted : 0;
+        double recall = actual ? (double)e->confusion[k][k] / actual : 0;
+        double f1 = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0;
+        printf("  %-11s %9.4f %9.4f %9.4f\n", CLASS_NAMES[k], precision, recall, f1);
+        sum_precision += precision, sum_recall += recall, sum_f1 += f1;
+    }
+    printf("  %-11s %9.4f %9.4f %9.4f\n", "macro mean", sum_precision / NUM_CLASSES, sum_recall / NUM_CLASSES,
+           sum_f1 / NUM_CLASSES);
+}
+
+//@ end
+//@ from 2 to 5
 // Trains for `epochs` epochs with validation after each, filling history.
 // Returns 0, or EXIT_DIVERGED with the message in *err.
 int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
@@ -259,10 +308,11 @@ int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *val
     int status = 0;
     for (int epoch = 1; epoch <= epochs && !status; epoch++) {
         double start = now_seconds();
-        float loss, accuracy;
-        status = train_epoch(&t, epoch, epochs, &progress, h, &loss, &accuracy, err);
+        EpochState s = {0};
+        status = train_epoch(&t, epoch, epochs, &s, &progress, h, err);
         if (status) break;
         double seconds = now_seconds() - start;
+        float loss = (float)(s.loss_sum / s.seen), accuracy = (float)s.correct / (float)s.seen;
         Evaluation v = evaluate(m, validation);
         if (!isfinite(v.loss)) {
             status = fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: "
@@ -280,6 +330,7 @@ int train(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *val
     trainer_free(&t);
     return status;
 }
+//@ end
 
 // The debugging habit: a model that cannot learn a handful of images by
 // heart has a bug, and this finds out in seconds rather than hours.
@@ -290,8 +341,8 @@ int overfit(Model *m, Optimizer *opt, const Dataset *few, int batch, uint64_t se
     int epoch, status = 0;
     printf("overfitting %d training images: training on them until every one is right\n", few->count);
     for (epoch = 1; epoch <= MAX_OVERFIT_EPOCHS && !status; epoch++) {
-        float loss, accuracy;
-        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, NULL, NULL, &loss, &accuracy, err);
+        EpochState s = {0};
+        status = train_epoch(&t, epoch, MAX_OVERFIT_EPOCHS, &s, NULL, NULL, err);
         if (status) break;
         e = evaluate(m, few);
         if (epoch % 10 == 0 || e.accuracy == 1.0f)
@@ -320,15 +371,66 @@ Dataset training_set(const FashionMnist *data, const Options *o) {
 typedef struct {
     const char *model;
     int epochs, seed;
+//@ from 6
+    int best_epoch;  // the epoch whose weights were tested
+//@ end
     float test_loss, test_accuracy;
     double seconds;
 } Result;
 
 void print_result(const Result *r) {
-    printf("result model=%s epochs=%d seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n",
-           r->model, r->epochs, r->seed, r->test_loss, r->test_accuracy, r->seconds);
+    printf("result model=%s epochs=%d ", r->model, r->epochs);
+//@ from 6
+    printf("best_epoch=%d ", r->best_epoch);
+//@ end
+    printf("seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", r->seed, r->test_loss, r->test_accuracy,
+           r->seconds);
 }
 
+//@ from 6
+/* ----------------------------------------------------------------------------
+   Early stopping (book.md 6.2): watch the validation loss after every
+   epoch, remember the best, and stop when it has not improved for
+   `patience` epochs in a row. The loss and not the accuracy: the loss
+   still moves when the accuracy is stuck on a plateau, and it rises first
+   when the model starts to learn its training images by heart. */
+
+typedef struct {
+    int patience;
+    float best_loss;    // the lowest validation loss so far (infinite before the first epoch)
+    int best_epoch;     // the epoch that reached it (0 before the first epoch)
+    int epochs_without_improvement;
+} EarlyStopping;
+
+typedef enum { STOPPING_IMPROVED, STOPPING_WAIT, STOPPING_STOP } StoppingDecision;
+
+EarlyStopping early_stopping_new(int patience) {
+    return (EarlyStopping){.patience = patience, .best_loss = INFINITY};
+}
+
+// What to do after `epoch`, whose validation loss was `loss`. Only a loss
+// strictly lower than the best counts as an improvement (as in Keras).
+StoppingDecision early_stopping_update(EarlyStopping *s, int epoch, float loss) {
+    if (loss < s->best_loss) {
+        s->best_loss = loss;
+        s->best_epoch = epoch;
+        s->epochs_without_improvement = 0;
+        return STOPPING_IMPROVED;
+    }
+    return ++s->epochs_without_improvement >= s->patience ? STOPPING_STOP : STOPPING_WAIT;
+}
+
+// Where a run stands: everything but the tensors and the history that a
+// checkpoint must hold for a resumed run to go on exactly as this one would.
+typedef struct {
+    int epochs_done;        // complete epochs, validated
+    EpochState epoch;       // the epoch after them, when it is under way
+    EarlyStopping stopping;
+    int stopped;            // early stopping has ended the run (only the test is left)
+    double seconds;         // training time so far, over every session of the run
+} RunState;
+
+//@ end
 //@ from 4
 
 // The most memory the program held at once, where the system can tell
@@ -346,6 +448,32 @@ void print_peak_memory(void) {
     }
 #endif
 }
+//@ end
+// Untrained, the network should be unsure: about 1/10 for every class,
+// so a loss near -ln(1/10). Far from it, the initialisation is off.
+void print_initial_loss(Model *m, const Dataset *validation) {
+    Evaluation before = evaluate(m, validation);
+    printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
+           before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+}
+
+// The test: the confusion matrix, the loss and the accuracy, into *result.
+void test_model(Model *m, const Dataset *test, Result *result) {
+    Evaluation e = evaluate(m, test);
+    print_confusion(&e);
+//@ from 6
+    print_class_report(&e);
+//@ end
+    printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", e.loss, 100 * e.accuracy, test->count);
+    result->test_loss = e.loss;
+    result->test_accuracy = e.accuracy;
+}
+
+//@ from 6
+// Defined with the checkpoints, further down: it needs the engine's graph.
+int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+                 const Options *o, History *h, Result *result, Error *err);
+
 //@ end
 OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
@@ -376,26 +504,25 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         Dataset few = dataset_slice(&train_set, 0, o->overfit < train_set.count ? o->overfit : train_set.count);
         status = overfit(m, &opt, &few, o->batch, (uint64_t)o->seed, err);
     } else {
-        // Untrained, the network should be unsure: about 1/10 for every class,
-        // so a loss near -ln(1/10). Far from it, the initialisation is off.
-        Evaluation before = evaluate(m, &data->validation);
-        printf("initial validation loss %.4f (a uniform guess over 10 classes gives ln(10) = %.4f)%s\n",
-               before.loss, log(10.0), fabs(before.loss - log(10.0)) > 0.5 ? "  <- suspicious" : "");
+//@ from 2 to 5
+        print_initial_loss(m, &data->validation);
         *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
         printf("training on %d images, validating on %d, %d epoch%s\n", train_set.count,
                data->validation.count, o->epochs, o->epochs == 1 ? "" : "s");
         double start = now_seconds();
         status = train(m, &opt, &train_set, &data->validation, o->epochs, o->batch, (uint64_t)o->seed, *history, err);
         result->seconds = now_seconds() - start;
-    }
-    if (!status && !o->overfit) {
-        Evaluation test = evaluate(m, &data->test);
-        print_confusion(&test);
-        printf("\ntest loss %.4f, test accuracy %.2f%% (%d images)\n", test.loss, 100 * test.accuracy, data->test.count);
         result->epochs = o->epochs;
-        result->test_loss = test.loss;
-        result->test_accuracy = test.accuracy;
+//@ end
+//@ from 6
+        if (!o->resume) print_initial_loss(m, &data->validation);  // a resumed run is not untrained
+        *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
+        printf("training on %d images, validating on %d, at most %d epochs, stopping after %d without "
+               "improvement\n", train_set.count, data->validation.count, o->epochs, o->patience);
+        status = run_protocol(m, &opt, &train_set, &data->validation, o, *history, result, err);
+//@ end
     }
+    if (!status && !o->overfit) test_model(m, &data->test, result);
     optimizer_free(&opt);
     return status;
 }

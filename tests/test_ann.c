@@ -452,6 +452,15 @@ static float watcher_predict(void *net, const Batch *batch, float *probs) {
     return watcher_guess(batch->images, batch->count, probs);
 }
 
+// One whole epoch from its start; its mean loss and accuracy.
+static int epoch_means(Trainer *t, int epoch, int epochs, float *loss, float *accuracy, Error *err) {
+    EpochState s = {0};
+    int status = train_epoch(t, epoch, epochs, &s, NULL, NULL, err);
+    *loss = s.seen ? (float)(s.loss_sum / s.seen) : 0;
+    *accuracy = s.seen ? (float)s.correct / (float)s.seen : 0;
+    return status;
+}
+
 static void watcher_reset(Watcher *w, float *grad) {
     memset(w, 0, sizeof *w);
     w->targets_match = w->grads_zeroed = 1;
@@ -481,7 +490,7 @@ static void test_training_loop(void) {
     Trainer t = trainer_new(&m, &sgd, &d, 64, 5);
     float loss, accuracy;
     Error err = {0};
-    CHECK_EQ_INT(train_epoch(&t, 1, 2, NULL, NULL, &loss, &accuracy, &err), 0);
+    CHECK_EQ_INT(epoch_means(&t, 1, 2, &loss, &accuracy, &err), 0);
     int once = 1, identity = 1;
     for (int i = 0; i < WATCHED; i++) once &= w.seen[i] == 1, identity &= w.order[i] == i;
     CHECK(once);
@@ -495,7 +504,7 @@ static void test_training_loop(void) {
     CHECK_NEAR(accuracy, (double)right / WATCHED, 1e-6);
     int first_epoch[WATCHED];
     memcpy(first_epoch, w.order, sizeof first_epoch);
-    train_epoch(&t, 2, 2, NULL, NULL, &loss, &accuracy, &err);
+    epoch_means(&t, 2, 2, &loss, &accuracy, &err);
     int twice = 1;
     for (int i = 0; i < WATCHED; i++) twice &= w.seen[i] == 2;
     CHECK(twice);
@@ -513,12 +522,12 @@ static void test_training_loop(void) {
     // (as a resumed run would) sees the second epoch's order.
     watcher_reset(&w, &grad);
     t = trainer_new(&m, &sgd, &d, 64, 5);
-    train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy, &err);
+    epoch_means(&t, 1, 1, &loss, &accuracy, &err);
     CHECK(memcmp(first_epoch, w.order, sizeof first_epoch) == 0);
     trainer_free(&t);
     watcher_reset(&w, &grad);
     t = trainer_new(&m, &sgd, &d, 64, 5);
-    train_epoch(&t, 2, 2, NULL, NULL, &loss, &accuracy, &err);
+    epoch_means(&t, 2, 2, &loss, &accuracy, &err);
     CHECK(memcmp(second_epoch, w.order, sizeof second_epoch) == 0);
     CHECK_EQ_INT(w.steps[0], 4);
     trainer_free(&t);
@@ -529,7 +538,7 @@ static void test_training_loop(void) {
     w.poison_call = 2;
     param = 0;
     t = trainer_new(&m, &sgd, &d, 64, 5);
-    CHECK_EQ_INT(train_epoch(&t, 3, 5, NULL, NULL, &loss, &accuracy, &err), EXIT_DIVERGED);
+    CHECK_EQ_INT(epoch_means(&t, 3, 5, &loss, &accuracy, &err), EXIT_DIVERGED);
     CHECK_EQ_INT(w.calls, 2);
     CHECK_NEAR(param, -0.5, 0);  // one step, not two
     if (!CHECK(strstr(err.message, "epoch 3, batch 2 of 4") && strstr(err.message, "learning rate") &&

@@ -276,8 +276,8 @@ static void test_training_steps(void) {
         Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
         Evaluation before = evaluate(&m, &few);
         Trainer t = trainer_new(&m, &opt, &few, 32, 7);
-        float loss, accuracy;
-        CHECK_EQ_INT(train_epoch(&t, 1, 1, NULL, NULL, &loss, &accuracy, &err), 0);
+        EpochState s = {0};
+        CHECK_EQ_INT(train_epoch(&t, 1, 1, &s, NULL, NULL, &err), 0);
         Evaluation after = evaluate(&m, &few);
         losses[run][0] = before.loss, losses[run][1] = after.loss;
         weights[run] = malloc(m.count * sizeof(float));

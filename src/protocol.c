@@ -1,0 +1,292 @@
+//@ from 6
+/* ----------------------------------------------------------------------------
+   The protocol's run: early stopping, checkpoints, Ctrl-C and exact resume
+   (book.md 6.2-6.9).
+
+   What this is: the training loop of chapter 2 wrapped in what a long run
+   needs. After every epoch: validation, the early-stopping decision, the
+   best weights kept (in memory and in checkpoints/MODEL-seedN-best.ckpt),
+   and the whole run saved to checkpoints/MODEL-seedN-last.ckpt. On Ctrl-C
+   or SIGTERM: finish the batch, save, print the command that resumes, exit
+   130. With --resume: the run goes on from the checkpoint so exactly that
+   its weights and its result are bit for bit those of a run never stopped.
+   What it is not: a scheduler. One run, one model, one seed; chapter 7
+   runs many. */
+
+/* The one variable of the book outside every function. A signal handler
+   runs between any two instructions of the program, so it may do almost
+   nothing: C allows it to set a `volatile sig_atomic_t` and little more
+   (no printf, no malloc, no file). The training loop looks at the flag
+   after each batch. The handler also puts the default action back, so a
+   second Ctrl-C stops the program at once, the way Ctrl-C usually does. */
+static volatile sig_atomic_t interrupted_by;  // the signal's number, 0 while none came
+
+void on_interrupt(int signal_number) {
+    interrupted_by = signal_number;
+    signal(signal_number, SIG_DFL);
+}
+
+void catch_interrupts(void) {
+    signal(SIGINT, on_interrupt);
+    signal(SIGTERM, on_interrupt);
+}
+
+// A live run: the model and optimiser it trains, where it stands, and the
+// weights (then state) of its best epoch so far.
+typedef struct {
+    Model *model;
+    Graph *graph;
+    Optimizer *optimizer;
+    const Options *options;
+    RunKey key;
+    RunState run;
+    History *history;
+    float *best;  // (param_count + state_count)
+    char best_path[1100], last_path[1100];
+} Run;
+
+RunSnapshot run_snapshot(const Run *r) {
+    const Graph *g = r->graph;
+    return (RunSnapshot){.key = r->key, .run = r->run, .history = r->history, .params = g->params,
+                         .state = g->state, .adam_step = r->optimizer->step, .adam_m = r->optimizer->m,
+                         .adam_v = r->optimizer->v, .best_params = r->best, .best_state = r->best + g->param_count};
+}
+
+int save_run(const Run *r, const char *path, Error *err) {
+    RunSnapshot s = run_snapshot(r);
+    return save_checkpoint(path, r->graph, &s, err);
+}
+
+// The checkpoints directory, made if it is not there (where the system can).
+int make_checkpoint_paths(Run *r, Error *err) {
+    const Options *o = r->options;
+#if HAVE_POSIX
+    if (mkdir(o->checkpoints, 0777) != 0 && errno != EEXIST)
+        return fail(err, EXIT_WRITE, "%s: cannot make the checkpoint directory (%s); choose another with "
+                    "--checkpoints DIR", o->checkpoints, strerror(errno));
+#endif
+    snprintf(r->best_path, sizeof r->best_path, "%s/%s-seed%d-best.ckpt", o->checkpoints, o->model, o->seed);
+    snprintf(r->last_path, sizeof r->last_path, "%s/%s-seed%d-last.ckpt", o->checkpoints, o->model, o->seed);
+    return 0;
+}
+
+// A word as the shell reads it back: quoted unless it is plainly safe.
+void print_shell_word(const char *word) {
+    if (*word && strspn(word, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+-") == strlen(word)) {
+        printf("%s", word);
+        return;
+    }
+    putchar('\'');
+    for (const char *c = word; *c; c++) printf(*c == '\'' ? "'\\''" : "%c", *c);
+    putchar('\'');
+}
+
+// The command that continues this run: the same words, without an earlier
+// --resume or --stop-after, and with --resume FILE.
+void print_resume_command(const Options *o, const char *path) {
+    printf("to resume:");
+    for (int a = 0; a < o->argc; a++) {
+        if (a > 0 && a + 1 < o->argc && (!strcmp(o->argv[a], "--resume") || !strcmp(o->argv[a], "--stop-after"))) {
+            a++;
+            continue;
+        }
+        putchar(' ');
+        print_shell_word(o->argv[a]);
+    }
+    printf(" --resume ");
+    print_shell_word(path);
+    printf("\n");
+}
+
+int interrupted(const Run *r, int epoch, Error *err) {
+    Error saving = {0};
+    if (save_run(r, r->last_path, &saving)) {
+        *err = saving;
+        return err->code;
+    }
+    const char *why = interrupted_by == SIGINT ? "Ctrl-C" : interrupted_by ? "SIGTERM" : "--stop-after";
+    printf("\n%s: stopped in epoch %d after batch %d; saved %s\n", why, epoch, r->run.epoch.batches_done, r->last_path);
+    print_resume_command(r->options, r->last_path);
+    return fail(err, EXIT_INTERRUPTED, "interrupted (%s); the run can be resumed from %s", why, r->last_path);
+}
+
+// After a validated epoch: keep the best weights, decide, save.
+int end_epoch(Run *r, int epoch, float validation_loss, Error *err) {
+    Graph *g = r->graph;
+    StoppingDecision decision = early_stopping_update(&r->run.stopping, epoch, validation_loss);
+    r->run.epochs_done = epoch;
+    r->run.epoch = (EpochState){0};
+    r->run.stopped = decision == STOPPING_STOP;
+    if (decision == STOPPING_IMPROVED) {
+        memcpy(r->best, g->params, g->param_count * sizeof(float));
+        memcpy(r->best + g->param_count, g->state, g->state_count * sizeof(float));
+        if (save_run(r, r->best_path, err)) return err->code;
+    }
+    if (save_run(r, r->last_path, err)) return err->code;
+    if (decision == STOPPING_STOP)
+        printf("early stopping after epoch %d: the validation loss has not improved for %d epochs; the best "
+               "was %.4f, at epoch %d\n", epoch, r->run.stopping.patience, r->run.stopping.best_loss,
+               r->run.stopping.best_epoch);
+    return 0;
+}
+
+// Validation after an epoch, its line, its row of the history.
+int validate_epoch(Run *r, const Dataset *validation, int epoch, int terminal, double seconds, long images,
+                   Error *err) {
+    const EpochState *s = &r->run.epoch;
+    Evaluation v = evaluate(r->model, validation);
+    if (!isfinite(v.loss))
+        return fail(err, EXIT_DIVERGED, "epoch %d: the validation loss is %g, not a finite number: the weights "
+                    "have grown too large. Try a smaller learning rate (--lr %g now).", epoch, v.loss,
+                    r->options->learning_rate);
+    History *h = r->history;
+    int e = h->epochs++;
+    h->train_loss[e] = (float)(s->loss_sum / s->seen), h->train_accuracy[e] = (float)s->correct / (float)s->seen;
+    h->validation_loss[e] = v.loss, h->validation_accuracy[e] = v.accuracy, h->seconds[e] = (float)seconds;
+    printf("%sepoch %d/%d  train loss %.4f accuracy %.2f%%  validation loss %.4f accuracy %.2f%%  "
+           "%.2f s  %.0f images/s%s\n", terminal ? "\r" : "", epoch, (int)r->key.epochs, h->train_loss[e],
+           100 * h->train_accuracy[e], v.loss, 100 * v.accuracy, seconds, images / fmax(seconds, 1e-9),
+           v.loss < r->run.stopping.best_loss ? "  (best so far)" : "");
+    return 0;
+}
+
+// Epochs until early stopping, --epochs, Ctrl-C or divergence.
+int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Error *err) {
+    const Options *o = r->options;
+    Trainer t = trainer_new(r->model, r->optimizer, train_set, o->batch, (uint64_t)o->seed);
+    t.interrupted = &interrupted_by;
+    t.stop_after = o->stop_after;
+    int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
+    long remaining = ((long)r->key.epochs - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
+    Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(), .total = remaining};
+    catch_interrupts();
+    while (!status && !r->run.stopped && r->run.epochs_done < (int)r->key.epochs) {
+        int epoch = r->run.epochs_done + 1;
+        long seen_before = r->run.epoch.seen;
+        double start = now_seconds();
+        status = train_epoch(&t, epoch, (int)r->key.epochs, &r->run.epoch, &progress, r->history, err);
+        double seconds = now_seconds() - start;
+        r->run.seconds += seconds;
+        if (status == EXIT_INTERRUPTED) status = interrupted(r, epoch, err);
+        if (status) break;  // diverged: the last checkpoint, of a good epoch, stays as it was
+        status = validate_epoch(r, validation, epoch, progress.terminal, seconds, r->run.epoch.seen - seen_before, err);
+        if (!status) status = end_epoch(r, epoch, r->history->validation_loss[epoch - 1], err);
+        if (!status && !r->run.stopped && epoch < (int)r->key.epochs && should_pause(&t, (long)epoch * batches))
+            status = interrupted(r, epoch + 1, err);
+    }
+    trainer_free(&t);
+    return status;
+}
+
+/* ---- Resuming --------------------------------------------------------------- */
+
+// A resumed run must be the same run: the same model and every option that
+// shapes its numbers (not --threads or --kernel: the blocked kernels give
+// the same bits on any of them).
+int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
+    RunKey want = run_key(o);
+    const RunKey *k = &f->key;
+    if (strcmp(k->model, want.model) != 0)
+        return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of the %s model, but this run trains --model %s. "
+                    "Add --model %s to resume it.", f->path, k->model, want.model, k->model);
+    const char *differs = strcmp(k->optimizer, want.optimizer) ? "--optimizer" : k->learning_rate != want.learning_rate ? "--lr"
+                        : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
+                        : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
+    if (!differs) return 0;
+    return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
+                "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
+                "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.", f->path, differs,
+                k->model, k->optimizer, k->learning_rate, k->seed, k->batch, k->epochs, k->patience,
+                k->limit ? " --limit " : "", k->limit);
+}
+
+void history_copy(History *to, const History *from) {
+    float *batch_losses = to->batch_losses;
+    int capacity = to->batch_capacity;
+    require(from->batch_count <= capacity, "a history of %d batches into room for %d", from->batch_count, capacity);
+    *to = *from;
+    to->batch_losses = batch_losses, to->batch_capacity = capacity;
+    memcpy(to->batch_losses, from->batch_losses, (size_t)from->batch_count * sizeof(float));
+}
+
+// Reads the whole checkpoint, checks it, and only then puts it in place.
+int resume_run(Run *r, int batches, Error *err) {
+    CheckpointFile f;
+    RunSnapshot s;
+    if (open_checkpoint(r->options->resume, &f, err)) return err->code;
+    int status = check_resume_key(&f, r->options, err);
+    if (!status) status = read_run_snapshot(&f, r->graph, batches, &s, err);
+    checkpoint_file_free(&f);
+    if (status) return status;
+    Graph *g = r->graph;
+    memcpy(g->params, s.params, g->param_count * sizeof(float));
+    memcpy(g->state, s.state, g->state_count * sizeof(float));
+    memcpy(r->best, s.best_params, g->param_count * sizeof(float));
+    memcpy(r->best + g->param_count, s.best_state, g->state_count * sizeof(float));
+    r->optimizer->step = s.adam_step;
+    if (r->optimizer->m) {
+        memcpy(r->optimizer->m, s.adam_m, g->param_count * sizeof(float));
+        memcpy(r->optimizer->v, s.adam_v, g->param_count * sizeof(float));
+    }
+    r->run = s.run;
+    history_copy(r->history, s.history);
+    printf("resuming from %s: %d epoch%s done, %d batch%s of the next; best validation loss %.4f at epoch %d\n",
+           r->options->resume, r->run.epochs_done, r->run.epochs_done == 1 ? "" : "s", r->run.epoch.batches_done,
+           r->run.epoch.batches_done == 1 ? "" : "es", r->run.stopping.best_loss, r->run.stopping.best_epoch);
+    run_snapshot_free(&s);
+    return 0;
+}
+
+/* ---- The run ---------------------------------------------------------------- */
+
+/* Trains m under the protocol (or goes on with the run --resume names),
+   then puts the best epoch's weights and state back in the model, for the
+   test. Fills h and, in r, the epochs, the best epoch and the seconds. */
+int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+                 const Options *o, History *h, Result *result, Error *err) {
+    Graph *g = m->graph;
+    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o),
+             .run = {.stopping = early_stopping_new(o->patience)}, .history = h};
+    r.best = xmalloc((g->param_count + g->state_count) * sizeof(float));
+    memcpy(r.best, g->params, g->param_count * sizeof(float));
+    memcpy(r.best + g->param_count, g->state, g->state_count * sizeof(float));
+    int batches = (train_set->count + o->batch - 1) / o->batch;
+    int status = make_checkpoint_paths(&r, err);
+    if (!status && o->resume) status = resume_run(&r, batches, err);
+    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from)\n", r.best_path, r.last_path);
+    if (!status) status = run_epochs(&r, train_set, validation, err);
+    if (!status) {
+        if (!r.run.stopped) printf("reached --epochs %d\n", (int)r.key.epochs);
+        printf("testing the weights of epoch %d (validation loss %.4f), as saved in %s\n",
+               r.run.stopping.best_epoch, r.run.stopping.best_loss, r.best_path);
+        memcpy(g->params, r.best, g->param_count * sizeof(float));
+        memcpy(g->state, r.best + g->param_count, g->state_count * sizeof(float));
+    }
+    result->epochs = r.run.epochs_done;
+    result->best_epoch = r.run.stopping.best_epoch;
+    result->seconds = r.run.seconds;
+    free(r.best);
+    return status;
+}
+
+/* ---- --evaluate --------------------------------------------------------------- */
+
+// The test set on the best weights of a checkpoint, read and checked
+// against the model built for it (`m`, of the model the file names).
+int evaluate_checkpoint(Model *m, const CheckpointFile *f, const FashionMnist *data, Result *result, Error *err) {
+    Graph *g = m->graph;
+    Dataset train_set = data->train;
+    if (f->key.limit && (int)f->key.limit < train_set.count) train_set.count = (int)f->key.limit;
+    RunSnapshot s;
+    if (read_run_snapshot(f, g, (train_set.count + (int)f->key.batch - 1) / (int)f->key.batch, &s, err)) return err->code;
+    memcpy(g->params, s.best_params, g->param_count * sizeof(float));
+    memcpy(g->state, s.best_state, g->state_count * sizeof(float));
+    printf("%s: model %s, seed %u, %d epoch%s trained%s; testing the weights of epoch %d (validation loss %.4f)\n",
+           f->path, f->key.model, f->key.seed, s.run.epochs_done, s.run.epochs_done == 1 ? "" : "s",
+           s.run.stopped ? " (stopped early)" : "", s.run.stopping.best_epoch, s.run.stopping.best_loss);
+    *result = (Result){.model = m->name, .seed = (int)f->key.seed, .epochs = s.run.epochs_done,
+                       .best_epoch = s.run.stopping.best_epoch, .seconds = s.run.seconds};
+    run_snapshot_free(&s);
+    return 0;
+}
+//@ end
