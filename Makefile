@@ -26,7 +26,7 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
-           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn
+           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume
 SCRIPT_TESTS = tests/test_get_data.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean
@@ -110,6 +110,13 @@ TSAN = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fsanitize=thread
 build/test_gemm_tsan: tests/test_gemm.c tests/check.h chapters/chapter4.c
 	@mkdir -p build
 	$(CC) $(TSAN) $< -o $@ $(LDLIBS)
+
+# Whole runs of chapter 6, many of them: optimised, with UndefinedBehaviorSanitizer
+# only (AddressSanitizer would make them ten times slower; test_checkpoint
+# has the checkpoint reader under it).
+build/test_resume: tests/test_resume.c tests/check.h chapters/chapter6.c
+	@mkdir -p build
+	$(CC) $(NEEDED) -O2 -g -Wall -Wextra -pedantic -fsanitize=undefined -fno-sanitize-recover=undefined $< -o $@ $(LDLIBS)
 
 build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
 	@mkdir -p build

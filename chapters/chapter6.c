@@ -4377,6 +4377,10 @@ int read_run_key(CheckpointFile *f, Error *err) {
         k->limit > 54000 || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
         !(k->learning_rate >= 1e-9 && k->learning_rate <= 10))
         return damaged(f, "the RUN section holds an option out of its range", err);
+    if (!is_choice(k->model, "ann|basic|deeper"))
+        return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of a model named '%s', which this chapter does "
+                    "not build (it builds ann, basic and deeper): the checkpoint is of another model. %s", f->path,
+                    k->model, CHECKPOINT_FIX);
     return 0;
 }
 
