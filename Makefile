@@ -6,7 +6,14 @@
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
 #   make bench         the machine's peak, every layer's speed, one epoch of each model
-#   make clean         remove what the build made (not data/, not chapters/)
+#   make clean         remove what the build made (not data/, not chapters/, not starter/)
+#
+# For a class (book.md, "For instructors"):
+#   make starter                       starter/chapterN.c, the exercises left to do (never overwrites)
+#   make check-exercise N=2.adam [FILE=...]   one exercise's checks (default FILE: starter/chapter2.c)
+#   make test-chapter N=2 [FILE=...]   every exercise check and chapter 2's tests on one file
+#   make check-answer N=5.no-bias A=...   a quick check's answer, right or not yet
+#   make grade DIR=submissions         every check on every file in DIR, as a table
 
 # What a build needs (the language standard, the libraries) stays apart from
 # what a user may override: `make CFLAGS=-O0 chapter2` still compiles C11.
@@ -27,9 +34,10 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume
-SCRIPT_TESTS = tests/test_get_data.sh
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_exercises.sh
 
-.PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean
+.PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
+        starter check-exercise test-chapter check-answer grade
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -51,12 +59,18 @@ chapters: build/tangle
 	  mv chapters/chapter$$n.c.tmp chapters/chapter$$n.c; echo "  chapters/chapter$$n.c"; \
 	done
 
+# The committed chapters must be what src/ generates, and every starter
+# version must generate too (its exercise markers well formed).
 check-chapters: build/tangle
 	@mkdir -p build/check; status=0; \
 	for n in $(CHAPTERS); do \
 	  build/tangle $$n $(SOURCES) > build/check/chapter$$n.c || exit 1; \
+	  build/tangle --starter $$n $(SOURCES) > build/check/starter$$n.c || exit 1; \
 	  if ! cmp -s build/check/chapter$$n.c chapters/chapter$$n.c; then \
-	    echo "chapters/chapter$$n.c differs from what src/ generates; run 'make chapters' and commit it."; \
+	    echo "chapters/chapter$$n.c differs from what src/ generates."; \
+	    echo "  Students: nothing here overwrites your work; test your file with"; \
+	    echo "  'make test-chapter N=$$n FILE=chapters/chapter$$n.c' (better: work in a copy, or in 'make starter')."; \
+	    echo "  Maintainers who changed src/: regenerate with 'make chapters' and commit both."; \
 	    diff -u chapters/chapter$$n.c build/check/chapter$$n.c | head -n 20; status=1; \
 	  fi; \
 	done; exit $$status
@@ -151,6 +165,51 @@ bench: chapter2 chapter3 chapter4 chapter5
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
 	./chapter5 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
+
+# ---- For a class ------------------------------------------------------------
+# Starters are written once: a student's work in starter/ is never overwritten.
+STARTER_DIR = starter
+starter: build/tangle
+	@mkdir -p $(STARTER_DIR)
+	@for n in $(CHAPTERS); do f=$(STARTER_DIR)/chapter$$n.c; \
+	  if [ -e $$f ]; then echo "  $$f exists: kept as it is (delete it for a fresh copy)"; \
+	  else build/tangle --starter $$n $(SOURCES) > $$f.tmp && mv $$f.tmp $$f && echo "  $$f"; fi; \
+	done
+
+EXERCISE_CHAPTER = $(firstword $(subst ., ,$(N)))
+check-exercise:
+	@test -n "$(N)" || { echo "usage: make check-exercise N=2.adam [FILE=starter/chapter2.c]"; exit 2; }
+	@sh tests/exercise.sh $(EXERCISE_CHAPTER) "$(or $(FILE),starter/chapter$(EXERCISE_CHAPTER).c)" $(N)
+
+# Each chapter's own test programs, which test_chapter builds against FILE.
+CHAPTER_TESTS_1 = idx
+CHAPTER_TESTS_2 = ann worked_example
+CHAPTER_TESTS_3 = autodiff
+CHAPTER_TESTS_4 = conv gemm
+CHAPTER_TESTS_5 = bn
+CHAPTER_TESTS_6 = checkpoint resume
+test-chapter:
+	@test -n "$(N)" || { echo "usage: make test-chapter N=2 [FILE=starter/chapter2.c]"; exit 2; }
+	@file="$(or $(FILE),starter/chapter$(N).c)"; status=0; mkdir -p build/chapter-tests; \
+	echo "== the exercises of $$file"; sh tests/exercise.sh $(N) "$$file" || status=1; \
+	for t in $(CHAPTER_TESTS_$(N)); do \
+	  echo "== tests/test_$$t.c on $$file"; \
+	  $(CC) $(NEEDED) -O2 -g -I. -fsanitize=undefined "-DCHAPTER_FILE=\"$$file\"" tests/test_$$t.c \
+	    -o build/chapter-tests/test_$$t $(LDLIBS) || { status=1; continue; }; \
+	  build/chapter-tests/test_$$t > build/chapter-tests/test_$$t.log 2>&1 || status=1; \
+	  grep -E -A1 '^FAIL|passed,' build/chapter-tests/test_$$t.log; \
+	done; exit $$status
+
+build/answers: tests/answers.c
+	@mkdir -p build
+	@$(CC) $(STRICT) $< -o $@
+
+check-answer: build/answers
+	@if [ -z "$(N)" ]; then build/answers; else build/answers "$(N)" "$(A)"; fi
+
+grade:
+	@test -n "$(DIR)" || { echo "usage: make grade DIR=directory-of-students-files"; exit 2; }
+	@sh tests/grade.sh "$(DIR)"
 
 clean:
 	rm -rf build $(PROGRAMS)

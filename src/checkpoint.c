@@ -56,12 +56,17 @@ enum { TENSOR_PARAMETER = 1, TENSOR_STATE = 2 };
    all but one in four billion of the rest. Fast enough: a checkpoint is
    checked once. */
 uint32_t crc32_update(uint32_t crc, const unsigned char *bytes, size_t size) {
+    //@ exercise 6 crc32: continue the CRC-32 `crc` over `size` more bytes, a bit at a time (book.md 6.5).
     crc = ~crc;
     for (size_t i = 0; i < size; i++) {
         crc ^= bytes[i];
         for (int bit = 0; bit < 8; bit++) crc = crc >> 1 ^ (0xEDB88320u & (0u - (crc & 1)));
     }
     return ~crc;
+    //@ stub
+    (void)bytes, (void)size;
+    return crc;
+    //@ end
 }
 
 // The options that shape a run's numbers; a resumed run must have the same.

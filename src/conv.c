@@ -208,6 +208,7 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                        const float *dout,   // (B, H/2, W/2, C)
                        const float *inp,    // (B, H, W, C)
                        int B, int H, int W, int C) {
+    //@ exercise 4 max-pool-backward: send each output's gradient to the input that was its window's maximum (book.md 4.5).
     int OH = H / POOL, OW = W / POOL;
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++)
@@ -221,5 +222,8 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                         }
                     dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
                 }
+    //@ stub
+    (void)dinp, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C;
+    //@ end
 }
 //@ end

@@ -129,8 +129,12 @@ void softmax_cross_entropy_backward(float *dlogits,        // (B, K)
                                     const float *probs,    // (B, K)
                                     const float *targets,  // (B, K)
                                     int B, int K) {
+    //@ exercise 2 softmax-backward: add dloss times d(mean loss)/d(logits) into dlogits (book.md 2.5).
     float scale = dloss / (float)B;
     for (size_t i = 0; i < (size_t)B * K; i++) dlogits[i] += scale * (probs[i] - targets[i]);
+    //@ stub
+    (void)dlogits, (void)dloss, (void)probs, (void)targets, (void)B, (void)K;
+    //@ end
 }
 
 // Glorot (Xavier) uniform: U(-limit, limit) with limit = sqrt(6 / (fan_in +

@@ -45,6 +45,7 @@ void sgd_update(float *params, const float *grads, size_t count, float learning_
    sqrt(v_hat), as in the paper and in PyTorch; Keras adds it before the
    correction of v, which differs only for gradients near epsilon. */
 void adam_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    //@ exercise 2 adam: count the step, update m and v, correct them for their start at zero, move each parameter (book.md 2.10).
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);
     float correction2 = 1.0f - powf(o->beta2, (float)o->step);
@@ -55,6 +56,9 @@ void adam_update(Optimizer *o, float *params, const float *grads, size_t count) 
         float m_hat = o->m[i] / correction1, v_hat = o->v[i] / correction2;
         params[i] -= o->learning_rate * m_hat / (sqrtf(v_hat) + o->epsilon);
     }
+    //@ stub
+    (void)o, (void)params, (void)grads, (void)count;
+    //@ end
 }
 
 void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {

@@ -7,7 +7,11 @@
 #include <sys/stat.h>  // mkdir: tests may use POSIX
 
 #define main chapter3_main
-#include "../chapters/chapter3.c"
+// `make test-chapter N=3 FILE=...` builds this against a student's chapter.
+#ifndef CHAPTER_FILE
+#define CHAPTER_FILE "../chapters/chapter3.c"
+#endif
+#include CHAPTER_FILE
 #undef main
 
 /* Errors are measured with the chapter's relative_error, whose floor is

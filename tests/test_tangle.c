@@ -1,6 +1,7 @@
-/* test_tangle.c - the chapter generator: both marker forms, nesting, and
-   every marker error. It writes small marked sources under build/ and reads
-   back what tangle makes of them. */
+/* test_tangle.c - the chapter generator: both chapter marker forms,
+   nesting, exercises in full and starter chapters, and every marker error.
+   It writes small marked sources under build/ and reads back what tangle
+   makes of them. */
 #include "check.h"
 
 #define main tangle_main
@@ -11,13 +12,13 @@ static const char *SOURCE_PATH = "build/tangle_case.c";
 
 // Writes `source` to a file, tangles chapter `n` of it and returns the text
 // (static buffer) and the status.
-static const char *tangle_text(const char *source, int n, int *status) {
+static const char *tangle_text_of(const char *source, int n, int starter, int *status) {
     static char text[4096];
     FILE *f = fopen(SOURCE_PATH, "w");
     fputs(source, f);
     fclose(f);
     FILE *out = tmpfile();
-    *status = tangle_file(SOURCE_PATH, n, out);
+    *status = tangle_file(SOURCE_PATH, n, starter, out);
     rewind(out);
     size_t used = fread(text, 1, sizeof text - 1, out);
     text[used] = '\0';
@@ -25,13 +26,19 @@ static const char *tangle_text(const char *source, int n, int *status) {
     return text;
 }
 
-static void check_chapter(const char *source, int n, const char *expected) {
+static const char *tangle_text(const char *source, int n, int *status) {
+    return tangle_text_of(source, n, 0, status);
+}
+
+static void check_version(const char *source, int n, int starter, const char *expected) {
     int status;
-    const char *text = tangle_text(source, n, &status);
+    const char *text = tangle_text_of(source, n, starter, &status);
     CHECK_EQ_INT(status, 0);
     if (!CHECK(strcmp(text, expected) == 0))
-        printf("     chapter %d: got\n%s     expected\n%s", n, text, expected);
+        printf("     chapter %d%s: got\n%s     expected\n%s", n, starter ? " (starter)" : "", text, expected);
 }
+
+static void check_chapter(const char *source, int n, const char *expected) { check_version(source, n, 0, expected); }
 
 static void test_marker_forms(void) {
     section("from K on, and from A to B");
@@ -79,16 +86,56 @@ static void test_errors(void) {
         "//@ from 2 onwards\n//@ end\n",
         "//@ end\n",                    // nothing to close
         "//@ from 2\nnever closed\n",
+        "//@ exercise 2 x: do it\nsolution\n//@ end\n",          // no stub
+        "//@ stub\n",                                             // a stub outside an exercise
+        "//@ exercise 2 x: do it\n//@ stub\n//@ stub\n//@ end\n",  // two stubs
+        "//@ exercise 2 x:\n//@ stub\n//@ end\n",                // nothing to do
+        "//@ exercise two x: do it\n//@ stub\n//@ end\n",        // no chapter
+        "//@ exercise 2 X: do it\n//@ stub\n//@ end\n",          // names are lower case
+        "//@ exercise 2 x: do it\n//@ stub\n",                    // never closed
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         tangle_text(bad[i], 2, &status);
         CHECK_EQ_INT(status, EXIT_MARKER);
     }
     FILE *out = tmpfile();
-    CHECK_EQ_INT(tangle_file("build/no/such/file.c", 1, out), EXIT_READ);
+    CHECK_EQ_INT(tangle_file("build/no/such/file.c", 1, 0, out), EXIT_READ);
     fclose(out);
     // Comments that merely start like a marker are ordinary lines.
     check_chapter("// @ from 2 is how a marker looks\n", 1, "// @ from 2 is how a marker looks\n");
+}
+
+static void test_exercises(void) {
+    section("exercises: the solution everywhere but in the starter of their chapter");
+    const char *source =
+        "//@ from 2\n"
+        "int f(void) {\n"
+        "    //@ exercise 2 f-body: return the answer, which is a long sentence that the generator must wrap\n"
+        "    return 42;\n"
+        "    //@ stub\n"
+        "    return 0;\n"
+        "    //@ end\n"
+        "}\n"
+        "//@ end\n"
+        "//@ exercise 3 g: three's\n"
+        "g\n"
+        "//@ stub\n"
+        "stub g\n"
+        "//@ end\n";
+    const char *full = "int f(void) {\n    return 42;\n}\ng\n";
+    check_chapter(source, 2, full);
+    check_chapter(source, 3, full);
+    check_version(source, 1, 1, "g\n");  // chapter 1 has no f; g's chapter is 3
+    check_version(source, 2, 1,
+                  "int f(void) {\n"
+                  "    // TODO (exercise 2.f-body): return the answer, which is a long sentence that the generator\n"
+                  "    // must wrap\n"
+                  "    return 0;\n"
+                  "}\n"
+                  "g\n");
+    check_version(source, 3, 1, "int f(void) {\n    return 42;\n}\n// TODO (exercise 3.g): three's\nstub g\n");
+    // An exercise inside a block its chapter does not see leaves no TODO.
+    check_version("//@ from 4\n//@ exercise 2 h: x\nh\n//@ stub\ns\n//@ end\n//@ end\n", 2, 1, "");
 }
 
 static void test_command_line(void) {
@@ -99,12 +146,15 @@ static void test_command_line(void) {
     CHECK_EQ_INT(tangle_main(3, bad_chapter), EXIT_USAGE);
     char *zero[] = {"tangle", "0", "file.c", NULL};
     CHECK_EQ_INT(tangle_main(3, zero), EXIT_USAGE);
+    char *starter_alone[] = {"tangle", "--starter", "2", NULL};
+    CHECK_EQ_INT(tangle_main(3, starter_alone), EXIT_USAGE);
 }
 
 int main(void) {
     test_marker_forms();
     test_nesting();
     test_errors();
+    test_exercises();
     test_command_line();
     return check_summary();
 }

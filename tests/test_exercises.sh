@@ -1,0 +1,72 @@
+#!/bin/sh
+# test_exercises.sh - the classroom machinery: starter chapters, exercise
+# checks, quick-check answers and the grading table.
+#
+# Every starter chapter must compile without a warning (gcc, and clang where
+# it is installed); the exercise checks must all pass on the full chapters
+# and, on each starter, fail for exactly the exercises of that chapter;
+# `make starter` must never overwrite a student's file; the grading table
+# must say the right thing for a good, a starter, a broken and an unnamed
+# file. Ends with "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.." || exit 1
+work=build/classroom
+rm -rf "$work" && mkdir -p "$work/class" || exit 1
+
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+check() { if eval "$2"; then pass; else fail "$1"; fi; }
+
+make -s starter STARTER_DIR="$work/starter" > "$work/starter.log" 2>&1 || fail "make starter"
+chapters=$(ls chapters | sed -n 's/^chapter\([0-9]*\)\.c$/\1/p' | sort -n)
+compilers="${CC:-cc} $(command -v clang >/dev/null 2>&1 && echo clang)"
+
+for n in $chapters; do
+    starter=$work/starter/chapter$n.c
+    check "starter/chapter$n.c has a TODO for each of its exercises" \
+        "[ \"\$(grep -c 'TODO (exercise $n\.' $starter)\" = \"\$(grep -c '//@ exercise $n ' src/*.c | awk -F: '{ s += \$2 } END { print s }')\" ]"
+    for cc in $compilers; do
+        check "starter chapter $n compiles without a warning under $cc" \
+            "$cc -std=c11 -O2 -Wall -Wextra -pedantic -Werror $starter -o $work/starter$n-$(basename $cc) -lm -pthread > $work/cc.log 2>&1"
+    done
+    sh tests/exercise.sh "$n" "chapters/chapter$n.c" > "$work/full$n.log" 2>&1
+    check "every exercise check passes on chapters/chapter$n.c" "[ \$? = 0 ] && ! grep -q 'not yet' $work/full$n.log"
+    sh tests/exercise.sh "$n" "$starter" > "$work/starter$n.log" 2>&1
+    status=$?
+    expected=$(grep -h '//@ exercise [0-9]* ' src/*.c | awk '$3 == '"$n"' { sub(":", "", $4); print $3 "." $4 }' | sort | tr '\n' ' ')
+    got=$(sed -n 's/^exercise \([^:]*\): not yet.*/\1/p' "$work/starter$n.log" | sort | tr '\n' ' ')
+    check "on the starter of chapter $n exactly its exercises fail ($expected)" "[ $status = 1 ] && [ \"$got\" = \"$expected\" ]"
+done
+
+# make starter keeps what is there.
+echo "/* my work */" >> "$work/starter/chapter2.c"
+make -s starter STARTER_DIR="$work/starter" > "$work/again.log" 2>&1
+check "make starter does not overwrite a student's file" "tail -n 1 $work/starter/chapter2.c | grep -q 'my work' && grep -q 'exists: kept' $work/again.log"
+
+# One exercise at a time, and an unknown one.
+make -s check-exercise N=2.adam FILE=chapters/chapter2.c > "$work/one.log" 2>&1
+check "check-exercise runs one exercise" "[ \$? = 0 ] && [ \"\$(cat $work/one.log)\" = 'exercise 2.adam: ok' ]"
+make -s check-exercise N=2.adma FILE=chapters/chapter2.c > "$work/typo.log" 2>&1
+check "an unknown exercise is named and the known ones listed" "grep -q \"no exercise '2.adma'.*2.adam\" $work/typo.log"
+
+# Quick-check answers.
+make -s check-answer N=5.no-bias A=871,978 > "$work/answer.log" 2>&1
+check "a right answer" "[ \$? = 0 ] && grep -q right $work/answer.log"
+make -s check-answer N=5.no-bias A=872426 > "$work/answer.log" 2>&1
+check "a wrong answer, not revealed" "[ \$? != 0 ] && grep -q 'not yet' $work/answer.log && ! grep -q 871978 $work/answer.log"
+
+# The grading table.
+cp chapters/chapter2.c "$work/class/alice.c"
+cp "$work/starter/chapter6.c" "$work/class/bob.c"
+printf '/* chapter3.c - broken */\nint main(void) { return x; }\n' > "$work/class/carol.c"
+printf 'int main(void) { return 0; }\n' > "$work/class/dan.c"
+make -s grade DIR="$work/class" > "$work/grade.log" 2>&1
+check "grade: a full chapter passes all" "grep -q 'alice.c  *2  *3/3  *-' $work/grade.log"
+check "grade: a starter fails its chapter's exercises" "grep -q 'bob.c  *6  *6/8  *6.early-stopping 6.crc32' $work/grade.log"
+check "grade: a broken file" "grep -q 'carol.c  *3  *does not compile' $work/grade.log"
+check "grade: a file with no chapter" "grep -q 'dan.c  *?' $work/grade.log"
+
+[ $failed = 0 ] || cat "$work/grade.log"
+echo "$passed passed, $failed failed"
+[ $failed = 0 ]
