@@ -6,6 +6,7 @@
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
 #   make bench         the machine's peak, every layer's speed, one epoch of each model
+#   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
 # For a class (book.md, "For instructors"):
@@ -37,7 +38,7 @@ TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_exa
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_exercises.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
-        starter check-exercise test-chapter check-answer grade
+        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -146,6 +147,7 @@ test: warnings check-chapters check-flags check-excerpts test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
 	@if [ -f data/t10k-labels-idx1-ubyte ]; then $(MAKE) -s check-portable; \
 	  else echo "skip: chapter 4 without SIMD and threads (no Fashion-MNIST)"; fi
+	@$(MAKE) -s fuzz-smoke
 	@status=0; for t in $(TESTS) $(SCRIPT_TESTS); do \
 	  log=build/$$(basename $$t .sh).log; \
 	  echo "== $$t"; case $$t in *.sh) sh $$t;; *) $$t;; esac > $$log 2>&1; rc=$$?; cat $$log; \
@@ -165,6 +167,33 @@ bench: chapter2 chapter3 chapter4 chapter5
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
 	./chapter5 --epochs 1 | grep -E '^epoch 1/1  train|^peak|^result'
+
+# ---- Fuzzing (tests/fuzz) --------------------------------------------------------
+# Each parser a user can feed, under libFuzzer with AddressSanitizer and
+# UndefinedBehaviorSanitizer: clang only. The committed seeds are in
+# tests/fuzz/corpus/NAME; what a run finds goes to build/fuzz/NAME.
+FUZZERS = idx options checkpoint
+FUZZ_SECONDS = 60
+FUZZ_CC = clang
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c chapters/chapter6.c
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(NEEDED) -g -O1 -Wall -Wextra -pedantic -Werror -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined $< -o $@ $(LDLIBS)
+
+fuzz: $(FUZZERS:%=build/fuzz/fuzz_%)
+	@for f in $(FUZZERS); do mkdir -p build/fuzz/$$f; echo "== fuzz_$$f, $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/$$f- \
+	    build/fuzz/$$f tests/fuzz/corpus/$$f 2>&1 | grep -E '^stat::number_of_executed_units|^==[0-9]+==|ERROR|SUMMARY' \
+	    || true; \
+	  ls build/fuzz/$$f-crash-* build/fuzz/$$f-leak-* build/fuzz/$$f-timeout-* 2>/dev/null && exit 1; \
+	done; true
+
+# A few seconds of each, in `make test`, where clang's libFuzzer is installed.
+fuzz-smoke:
+	@if ! printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
+	     $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/fuzz-probe > /dev/null 2>&1; then \
+	  echo "skip: fuzzing (no clang with libFuzzer)"; exit 0; fi; \
+	$(MAKE) -s fuzz FUZZ_SECONDS=5
 
 # ---- For a class ------------------------------------------------------------
 # Starters are written once: a student's work in starter/ is never overwritten.

@@ -4384,9 +4384,17 @@ int read_run_key(CheckpointFile *f, Error *err) {
     return 0;
 }
 
-/* Reads the file and checks all that can be checked without a model: the
-   header, every section's framing and checksum, the run's options. On
-   success f->bytes is the caller's to free (checkpoint_file_free). */
+// All that can be checked without a model: the header, every section's
+// framing and checksum, the run's options.
+int check_checkpoint(CheckpointFile *f, Error *err) {
+    int status = check_checkpoint_header(f, err);
+    if (!status) status = check_checkpoint_sections(f, err);
+    if (!status) status = read_run_key(f, err);
+    return status;
+}
+
+/* Reads the file, bounded, and checks it (check_checkpoint). On success
+   f->bytes is the caller's to free (checkpoint_file_free). */
 int open_checkpoint(const char *path, CheckpointFile *f, Error *err) {
     memset(f, 0, sizeof *f);
     f->path = path;
@@ -4400,9 +4408,7 @@ int open_checkpoint(const char *path, CheckpointFile *f, Error *err) {
     else if (f->size > MAX_CHECKPOINT_BYTES)
         status = fail(err, EXIT_CHECKPOINT_UNREADABLE, "%s: more than %zu bytes, far more than a checkpoint "
                       "of this book's models: not a checkpoint. %s", path, MAX_CHECKPOINT_BYTES, CHECKPOINT_FIX);
-    if (!status) status = check_checkpoint_header(f, err);
-    if (!status) status = check_checkpoint_sections(f, err);
-    if (!status) status = read_run_key(f, err);
+    if (!status) status = check_checkpoint(f, err);
     if (status) checkpoint_file_free(f);
     return status;
 }
