@@ -1393,8 +1393,8 @@ typedef struct {
 
 void print_result(const Result *r) {
     printf("result model=%s epochs=%d ", r->model, r->epochs);
-    printf("seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", r->seed, r->test_loss, r->test_accuracy,
-           r->seconds);
+    printf("seed=%d test_loss=%.4f test_accuracy=%.4f ", r->seed, r->test_loss, r->test_accuracy);
+    printf("seconds=%.1f\n", r->seconds);
 }
 
 // Untrained, the network should be unsure: about 1/10 for every class,

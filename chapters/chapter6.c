@@ -2892,6 +2892,7 @@ typedef struct {
     const char *model;
     int epochs, seed;
     int best_epoch;  // the epoch whose weights were tested
+    uint32_t weights;  // their fingerprint (weights_fingerprint)
     float test_loss, test_accuracy;
     double seconds;
 } Result;
@@ -2899,8 +2900,9 @@ typedef struct {
 void print_result(const Result *r) {
     printf("result model=%s epochs=%d ", r->model, r->epochs);
     printf("best_epoch=%d ", r->best_epoch);
-    printf("seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", r->seed, r->test_loss, r->test_accuracy,
-           r->seconds);
+    printf("seed=%d test_loss=%.4f test_accuracy=%.4f ", r->seed, r->test_loss, r->test_accuracy);
+    printf("weights=%08x ", (unsigned)r->weights);
+    printf("seconds=%.1f\n", r->seconds);
 }
 
 /* ----------------------------------------------------------------------------
@@ -4205,6 +4207,19 @@ ByteBuffer checkpoint_bytes(const Graph *g, const RunSnapshot *s) {
     return file;
 }
 
+// A fingerprint of a model's weights: the CRC-32 of its parameters and
+// state as a checkpoint stores them (float32, little-endian). The result
+// line prints it, so two runs can be seen to end with the same weights, bit
+// for bit, on any machine.
+uint32_t weights_fingerprint(const Graph *g) {
+    ByteBuffer b = {0};
+    put_floats(&b, g->params, g->param_count);
+    put_floats(&b, g->state, g->state_count);
+    uint32_t crc = crc32_update(0, b.bytes, b.used);
+    free(b.bytes);
+    return crc;
+}
+
 // Written whole or not at all (write_file_atomically: a temporary created
 // exclusively, synced, renamed over the old file).
 int save_checkpoint(const char *path, const Graph *g, const RunSnapshot *s, Error *err) {
@@ -4795,6 +4810,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     }
     result->epochs = r.run.epochs_done;
     result->best_epoch = r.run.stopping.best_epoch;
+    result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
     free(r.best);
     return status;
@@ -4816,7 +4832,8 @@ int evaluate_checkpoint(Model *m, const CheckpointFile *f, const FashionMnist *d
            f->path, f->key.model, f->key.seed, s.run.epochs_done, s.run.epochs_done == 1 ? "" : "s",
            s.run.stopped ? " (stopped early)" : "", s.run.stopping.best_epoch, s.run.stopping.best_loss);
     *result = (Result){.model = m->name, .seed = (int)f->key.seed, .epochs = s.run.epochs_done,
-                       .best_epoch = s.run.stopping.best_epoch, .seconds = s.run.seconds};
+                       .best_epoch = s.run.stopping.best_epoch, .weights = weights_fingerprint(g),
+                       .seconds = s.run.seconds};
     run_snapshot_free(&s);
     return 0;
 }
@@ -4931,11 +4948,14 @@ const float *bench_result(const BenchData *d, int pass, size_t *n) {
 }
 
 // The largest |a - b| relative to the largest |a|.
+// (With ifs rather than fmax: gcc 12 for arm64 crashes, an internal
+// compiler error, vectorising a loop of fmax at -O3.)
 double largest_difference(const float *a, const float *b, size_t n) {
     double largest = 0, difference = 0;
     for (size_t i = 0; i < n; i++) {
-        largest = fmax(largest, fabs(a[i]));
-        difference = fmax(difference, fabs((double)a[i] - b[i]));
+        double size = fabs(a[i]), gap = fabs((double)a[i] - b[i]);
+        if (size > largest) largest = size;
+        if (gap > difference) difference = gap;
     }
     return difference / fmax(largest, 1e-30);
 }

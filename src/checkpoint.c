@@ -225,6 +225,19 @@ ByteBuffer checkpoint_bytes(const Graph *g, const RunSnapshot *s) {
     return file;
 }
 
+// A fingerprint of a model's weights: the CRC-32 of its parameters and
+// state as a checkpoint stores them (float32, little-endian). The result
+// line prints it, so two runs can be seen to end with the same weights, bit
+// for bit, on any machine.
+uint32_t weights_fingerprint(const Graph *g) {
+    ByteBuffer b = {0};
+    put_floats(&b, g->params, g->param_count);
+    put_floats(&b, g->state, g->state_count);
+    uint32_t crc = crc32_update(0, b.bytes, b.used);
+    free(b.bytes);
+    return crc;
+}
+
 // Written whole or not at all (write_file_atomically: a temporary created
 // exclusively, synced, renamed over the old file).
 int save_checkpoint(const char *path, const Graph *g, const RunSnapshot *s, Error *err) {

@@ -264,6 +264,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     }
     result->epochs = r.run.epochs_done;
     result->best_epoch = r.run.stopping.best_epoch;
+    result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
     free(r.best);
     return status;
@@ -285,7 +286,8 @@ int evaluate_checkpoint(Model *m, const CheckpointFile *f, const FashionMnist *d
            f->path, f->key.model, f->key.seed, s.run.epochs_done, s.run.epochs_done == 1 ? "" : "s",
            s.run.stopped ? " (stopped early)" : "", s.run.stopping.best_epoch, s.run.stopping.best_loss);
     *result = (Result){.model = m->name, .seed = (int)f->key.seed, .epochs = s.run.epochs_done,
-                       .best_epoch = s.run.stopping.best_epoch, .seconds = s.run.seconds};
+                       .best_epoch = s.run.stopping.best_epoch, .weights = weights_fingerprint(g),
+                       .seconds = s.run.seconds};
     run_snapshot_free(&s);
     return 0;
 }

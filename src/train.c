@@ -373,6 +373,7 @@ typedef struct {
     int epochs, seed;
 //@ from 6
     int best_epoch;  // the epoch whose weights were tested
+    uint32_t weights;  // their fingerprint (weights_fingerprint)
 //@ end
     float test_loss, test_accuracy;
     double seconds;
@@ -383,8 +384,11 @@ void print_result(const Result *r) {
 //@ from 6
     printf("best_epoch=%d ", r->best_epoch);
 //@ end
-    printf("seed=%d test_loss=%.4f test_accuracy=%.4f seconds=%.1f\n", r->seed, r->test_loss, r->test_accuracy,
-           r->seconds);
+    printf("seed=%d test_loss=%.4f test_accuracy=%.4f ", r->seed, r->test_loss, r->test_accuracy);
+//@ from 6
+    printf("weights=%08x ", (unsigned)r->weights);
+//@ end
+    printf("seconds=%.1f\n", r->seconds);
 }
 
 //@ from 6
