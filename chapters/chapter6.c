@@ -4644,7 +4644,7 @@ void print_resume_command(const Options *o, const char *path) {
     printf("\n");
 }
 
-int interrupted(const Run *r, int epoch, Error *err) {
+int save_and_pause(const Run *r, int epoch, Error *err) {
     Error saving = {0};
     if (save_run(r, r->last_path, &saving)) {
         *err = saving;
@@ -4713,12 +4713,12 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
         status = train_epoch(&t, epoch, (int)r->key.epochs, &r->run.epoch, &progress, r->history, err);
         double seconds = now_seconds() - start;
         r->run.seconds += seconds;
-        if (status == EXIT_INTERRUPTED) status = interrupted(r, epoch, err);
+        if (status == EXIT_INTERRUPTED) status = save_and_pause(r, epoch, err);
         if (status) break;  // diverged: the last checkpoint, of a good epoch, stays as it was
         status = validate_epoch(r, validation, epoch, progress.terminal, seconds, r->run.epoch.seen - seen_before, err);
         if (!status) status = end_epoch(r, epoch, r->history->validation_loss[epoch - 1], err);
         if (!status && !r->run.stopped && epoch < (int)r->key.epochs && should_pause(&t, (long)epoch * batches))
-            status = interrupted(r, epoch + 1, err);
+            status = save_and_pause(r, epoch + 1, err);
     }
     trainer_free(&t);
     return status;

@@ -428,6 +428,16 @@ static void test_nothing_partially_loaded(void) {
     fixture_free(&f);
 }
 
+// Does `path` load, against f's model, as `one` or (if not NULL) `other`?
+static int loads_as(const char *path, const Fixture *f, const RunSnapshot *one, const RunSnapshot *other) {
+    RunSnapshot back;
+    Error err = {0};
+    if (load(path, f->net.graph, f->batches, &back, &err) != 0) return 0;
+    int same = same_snapshot(one, &back, f->net.graph) || (other && same_snapshot(other, &back, f->net.graph));
+    run_snapshot_free(&back);
+    return same;
+}
+
 /* ---- Crashes while writing ------------------------------------------------------- */
 
 static int temporaries_in(const char *dir, const char *prefix) {
@@ -470,10 +480,7 @@ static void test_failed_write(void) {
     rlim_t limits[] = {0, 1, 100, 4096, 100000, 400000};
     for (int k = 0; k < 6; k++) {
         refused &= save_with_size_limit(path, &new_, limits[k]) == EXIT_WRITE;
-        RunSnapshot back;
-        int status = load(path, old.net.graph, old.batches, &back, &err);
-        intact &= status == 0 && same_snapshot(&old.s, &back, old.net.graph);
-        if (status == 0) run_snapshot_free(&back);
+        intact &= loads_as(path, &old, &old.s, NULL);
     }
     CHECK(refused);
     CHECK(intact);
@@ -506,10 +513,7 @@ static void test_killed_writer(void) {
         nanosleep(&pause, NULL);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        RunSnapshot back;
-        int status = load(path, a.net.graph, a.batches, &back, &err);
-        whole &= status == 0 && (same_snapshot(&a.s, &back, a.net.graph) || same_snapshot(&b.s, &back, a.net.graph));
-        if (status == 0) run_snapshot_free(&back);
+        whole &= loads_as(path, &a, &a.s, &b.s);
     }
     CHECK(whole);
     // A killed writer cannot remove its temporary; it stays beside the
