@@ -4309,7 +4309,7 @@ void checkpoint_file_free(CheckpointFile *f) {
 }
 
 static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under --checkpoints DIR, "
-                                     "default checkpoints/); to start a run afresh, leave out --resume.";
+                                     "default checkpoints/).";
 
 int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     if (f->size < 4 || memcmp(f->bytes, CHECKPOINT_MAGIC, 4) != 0) {
@@ -4577,6 +4577,12 @@ void catch_interrupts(void) {
     signal(SIGTERM, on_interrupt);
 }
 
+// After training, Ctrl-C stops the program at once again (the test is short).
+void release_interrupts(void) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+}
+
 // A live run: the model and optimiser it trains, where it stands, and the
 // weights (then state) of its best epoch so far.
 typedef struct {
@@ -4720,6 +4726,7 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
         if (!status && !r->run.stopped && epoch < (int)r->key.epochs && should_pause(&t, (long)epoch * batches))
             status = save_and_pause(r, epoch + 1, err);
     }
+    release_interrupts();
     trainer_free(&t);
     return status;
 }

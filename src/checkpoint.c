@@ -327,7 +327,7 @@ void checkpoint_file_free(CheckpointFile *f) {
 }
 
 static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under --checkpoints DIR, "
-                                     "default checkpoints/); to start a run afresh, leave out --resume.";
+                                     "default checkpoints/).";
 
 int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     if (f->size < 4 || memcmp(f->bytes, CHECKPOINT_MAGIC, 4) != 0) {

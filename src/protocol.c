@@ -31,6 +31,12 @@ void catch_interrupts(void) {
     signal(SIGTERM, on_interrupt);
 }
 
+// After training, Ctrl-C stops the program at once again (the test is short).
+void release_interrupts(void) {
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+}
+
 // A live run: the model and optimiser it trains, where it stands, and the
 // weights (then state) of its best epoch so far.
 typedef struct {
@@ -174,6 +180,7 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
         if (!status && !r->run.stopped && epoch < (int)r->key.epochs && should_pause(&t, (long)epoch * batches))
             status = save_and_pause(r, epoch + 1, err);
     }
+    release_interrupts();
     trainer_free(&t);
     return status;
 }
