@@ -22,7 +22,7 @@ typedef struct {
 } Answer;
 
 static const Answer ANSWERS[] = {
-    {"1.file-size", "the size in bytes of train-images-idx3-ubyte, from its header", 0xf47f4bf4dc13331fULL},
+    {"1.cut-size", "bytes of an IDX image file that holds only the first 1,000 test images", 0x88f9ccc9499113f1ULL},
     {"2.multiply-adds", "multiply-adds in one forward pass of the ANN, for one image", 0x091f1a67696cea0eULL},
     {"3.forward-mode", "forward-mode passes needed for the ANN's whole gradient", 0xf728c6675f11ebaeULL},
     {"4.patch-bytes", "bytes of the basic CNN's second im2col patch matrix at batch 64", 0xa457037f39761b79ULL},
