@@ -9,6 +9,8 @@
    to cheat.
 
    Usage: answers NAME ANSWER     (answers with no arguments lists the names)
+          answers --fingerprint ANSWER   (for an instructor adding a quick check:
+                                          the number to put in the table)
    An answer is compared after dropping spaces, commas, underscores and a
    final full stop: "871,978" and "871978" are the same answer. */
 #include <ctype.h>
@@ -47,6 +49,12 @@ static void normalise(const char *answer, char *out, size_t size) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--fingerprint") == 0) {
+        char plain[256];
+        normalise(argv[2], plain, sizeof plain);
+        printf("0x%016llxULL\n", (unsigned long long)fingerprint(plain));
+        return 0;
+    }
     if (argc != 3) {
         printf("usage: make check-answer N=NAME A=ANSWER\n\nthe quick checks:\n");
         for (int k = 0; k < ANSWER_COUNT; k++) printf("  %-16s %s\n", ANSWERS[k].name, ANSWERS[k].question);
