@@ -6,11 +6,12 @@
 #
 # 1. Every chapter builds for arm64 without a warning.
 # 2. The test programs that finish in a minute or so under emulation run
-#    there: test_idx, test_worked_example, test_gemm (every kernel the
-#    build has, against the naive one, at 1 to 4 threads) and
-#    test_checkpoint. test_ann, test_autodiff, test_conv and test_bn train
-#    real models and each takes more than 3 minutes under qemu, so they
-#    run natively only.
+#    there: test_idx, test_worked_example and test_gemm (every kernel the
+#    build has, against the naive one; 1, 2 and 3 threads bit for bit).
+#    test_checkpoint passes there too but takes a minute, which the suite's
+#    time cannot spare (run it by hand: see book.md, Appendix A);
+#    test_ann, test_autodiff, test_conv and test_bn train real models and
+#    each takes more than 3 minutes under qemu, so they run natively only.
 # 3. Short real runs of chapters 2 and 4 on a cut-down data set print the
 #    same `result` line as on this machine (seconds aside); chapter 6's
 #    arm64 runs are cells of tests/determinism.sh.
@@ -36,7 +37,7 @@ done
 
 # -O1: gcc 12's arm64 vectoriser crashes (an internal compiler error) on
 # test_ann.c at -O2; the chapters themselves build at -O2 above.
-for t in idx worked_example gemm checkpoint; do
+for t in idx worked_example gemm; do
     if aarch64-linux-gnu-gcc -std=c11 -O1 -I. tests/test_$t.c -o "$work/test_$t" -lm -pthread > "$work/test_$t.build" 2>&1 &&
        $qemu "$work/test_$t" > "$work/test_$t.log" 2>&1; then pass; else fail "tests/test_$t.c under qemu"; tail -n 5 "$work/test_$t.log"; fi
     grep -E '^[0-9]+ passed' "$work/test_$t.log" | sed "s/^/  test_$t on arm64: /"

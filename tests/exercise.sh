@@ -14,7 +14,7 @@ if [ ! -f "$file" ]; then
 fi
 mkdir -p build/exercises
 bin=build/exercises/$(printf '%s' "$file" | tr -c 'A-Za-z0-9\n' '_')
-if ! ${CC:-cc} -std=c11 -O2 -Wall -Wextra -pedantic -I. -DCHAPTER="$chapter" "-DCHAPTER_FILE=\"$file\"" \
+if ! ${CC:-cc} -std=c11 -O1 -Wall -Wextra -pedantic -I. -DCHAPTER="$chapter" "-DCHAPTER_FILE=\"$file\"" \
         tests/exercises.c -o "$bin" -lm -pthread > "$bin.log" 2>&1; then
     echo "$file does not compile with the checks of chapter $chapter:"
     grep -m 10 'error' "$bin.log"
