@@ -35,7 +35,7 @@ SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/o
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
         starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke
