@@ -84,10 +84,12 @@ data:
 warnings:
 	@mkdir -p build/warnings
 	@for n in $(CHAPTERS); do \
+	  pids=""; \
 	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
 	    echo "  $$cc -Werror chapters/chapter$$n.c"; \
-	    $$cc $(STRICT) chapters/chapter$$n.c -o build/warnings/chapter$$n-$$(basename $$cc) $(LDLIBS) || exit 1; \
+	    $$cc $(STRICT) chapters/chapter$$n.c -o build/warnings/chapter$$n-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
 	  done; \
+	  for p in $$pids; do wait $$p || exit 1; done; \
 	done
 
 # A user's CFLAGS must not drop what the build needs.
@@ -143,7 +145,10 @@ test-build: $(TESTS)
 # get it; CI installs the Debian package first, so nothing is skipped there.
 # Each test program ends with "N passed, N failed"; the last line adds them up,
 # and counts a program that died before its summary as one failure.
-test: warnings check-chapters check-flags check-excerpts test-build
+# The test programs are built two at a time: most of the suite's building
+# is compiling a whole chapter into each of them.
+test: warnings check-chapters check-flags check-excerpts
+	@$(MAKE) -s -j2 test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
 	@if [ -f data/t10k-labels-idx1-ubyte ]; then $(MAKE) -s check-portable; \
 	  else echo "skip: chapter 4 without SIMD and threads (no Fashion-MNIST)"; fi
@@ -193,7 +198,7 @@ fuzz-smoke:
 	@if ! printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
 	     $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/fuzz-probe > /dev/null 2>&1; then \
 	  echo "skip: fuzzing (no clang with libFuzzer)"; exit 0; fi; \
-	$(MAKE) -s fuzz FUZZ_SECONDS=5
+	$(MAKE) -s -j2 $(FUZZERS:%=build/fuzz/fuzz_%) && $(MAKE) -s fuzz FUZZ_SECONDS=5
 
 # ---- For a class ------------------------------------------------------------
 # Starters are written once: a student's work in starter/ is never overwritten.
