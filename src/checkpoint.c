@@ -330,11 +330,10 @@ static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under
                                      "default checkpoints/).";
 
 int check_checkpoint_header(const CheckpointFile *f, Error *err) {
-    if (f->size < 4 || memcmp(f->bytes, CHECKPOINT_MAGIC, 4) != 0) {
-        if (f->size >= 4 || memcmp(f->bytes, CHECKPOINT_MAGIC, f->size) != 0)
-            return fail(err, EXIT_CHECKPOINT_NOT, "%s: not a checkpoint (it does not start with 'FMCK'). %s",
-                        f->path, CHECKPOINT_FIX);
-    }
+    // A file shorter than the magic number is not a checkpoint unless it is its start.
+    if (memcmp(f->bytes, CHECKPOINT_MAGIC, f->size < 4 ? f->size : 4) != 0)
+        return fail(err, EXIT_CHECKPOINT_NOT, "%s: not a checkpoint (it does not start with 'FMCK'). %s", f->path,
+                    CHECKPOINT_FIX);
     if (f->size < 16)
         return fail(err, EXIT_CHECKPOINT_TRUNCATED, "%s: only %zu bytes, too short for a checkpoint's header; "
                     "the file is truncated. %s", f->path, f->size, CHECKPOINT_FIX);
@@ -437,7 +436,7 @@ int open_checkpoint(const char *path, CheckpointFile *f, Error *err) {
     f->bytes = xmalloc(capacity);
     int status = read_up_to(file, path, MAX_CHECKPOINT_BYTES + 1, &f->bytes, &capacity, &f->size, err);
     fclose(file);
-    if (status) err->code = status = EXIT_CHECKPOINT_UNREADABLE;  // read_up_to speaks of data files
+    if (status == EXIT_MISSING) err->code = status = EXIT_CHECKPOINT_UNREADABLE;  // read_up_to's code is for data files
     else if (f->size > MAX_CHECKPOINT_BYTES)
         status = fail(err, EXIT_CHECKPOINT_UNREADABLE, "%s: more than %zu bytes, far more than a checkpoint "
                       "of this book's models: not a checkpoint. %s", path, MAX_CHECKPOINT_BYTES, CHECKPOINT_FIX);

@@ -29,35 +29,14 @@ static const char *RUNS = "build/resume-runs";
 
 static const char *SMALL_DATA = "build/resume-runs/data";
 
-// An IDX file cut to its first `count` items (the count in its header too).
-static int cut_idx(const char *from, const char *to, uint32_t count, size_t item_size, size_t header) {
-    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-    size_t size = header + count * item_size;
-    unsigned char *bytes = malloc(size);
-    int ok = in && out && fread(bytes, 1, size, in) == size;
-    for (int i = 0; i < 4; i++) bytes[4 + i] = (unsigned char)(count >> (24 - 8 * i));
-    ok = ok && fwrite(bytes, 1, size, out) == size;
-    free(bytes);
-    if (in) fclose(in);
-    if (out) ok &= fclose(out) == 0;
-    return ok;
-}
-
-// Fashion-MNIST made small, so that each run validates on 200 images and
-// tests on 1,000 rather than 6,000 and 10,000: the first 2,000 training
-// images (a tenth held out for validation) and the first 1,000 test images.
+// Fashion-MNIST made small (tests/small_data.sh), so that each run
+// validates on 200 images and tests on 1,000 rather than 6,000 and 10,000:
+// the first 2,000 training images (a tenth held out for validation) and
+// the first 1,000 test images.
 static int make_small_data(void) {
-    char to[256];
-    const char *names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                            "t10k-labels-idx1-ubyte"};
-    int ok = 1;
-    for (int k = 0; k < 4; k++) {
-        char from[256];
-        snprintf(from, sizeof from, "data/%s", names[k]);
-        snprintf(to, sizeof to, "%s/%s", SMALL_DATA, names[k]);
-        ok &= cut_idx(from, to, k < 2 ? 2000 : 1000, k % 2 ? 1 : 784, k % 2 ? 8 : 16);
-    }
-    return ok;
+    char command[256];
+    snprintf(command, sizeof command, "sh tests/small_data.sh data %s 2000 1000", SMALL_DATA);
+    return system(command) == 0;
 }
 
 // ./chapter6 with `args` (NULL-terminated) in a child, output to `log`.
