@@ -27,18 +27,18 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2 3 4 5 6
+CHAPTERS = 1 2 3 4 5 6 7
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
            src/layers.c src/conv.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
-           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/bench.c src/gradcheck.c src/main.c
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/bench.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
-           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
-        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke
+        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -77,7 +77,19 @@ check-chapters: build/tangle
 	done; exit $$status
 
 data:
-	@sh src/get-data.sh data
+	@sh src/get-data.sh --install data
+
+# The curves and bars of chapter 7 (and chapter 4's roofline), drawn by
+# gnuplot from the scripts the chapters write into plots/. The chapters
+# never need gnuplot: their pictures (PPM and PNG) are their own.
+plots:
+	@command -v gnuplot > /dev/null 2>&1 || { echo "make plots needs gnuplot, which is not installed: sudo apt-get \
+	install gnuplot-nox (Debian, Ubuntu) or brew install gnuplot (macOS). The PPM and PNG pictures in plots/ need nothing."; exit 1; }
+	@ls plots/*.gp > /dev/null 2>&1 || { echo "no gnuplot scripts in plots/ yet: run ./chapter7 (or ./chapter7 --quick) first"; exit 1; }
+	@for g in plots/*.gp; do \
+	  case $$g in plots/roofline.gp) gnuplot $$g || exit 1; echo "  $$g -> plots/roofline.svg";; \
+	  *) (cd plots && gnuplot $$(basename $$g)) || exit 1; echo "  $$g -> $${g%.gp}.svg, $${g%.gp}.png";; esac; \
+	done
 
 # Every chapter must compile without a warning, under gcc and (where it is
 # installed) clang.
@@ -222,6 +234,7 @@ CHAPTER_TESTS_3 = autodiff
 CHAPTER_TESTS_4 = conv gemm
 CHAPTER_TESTS_5 = bn
 CHAPTER_TESTS_6 = checkpoint resume
+CHAPTER_TESTS_7 = compare
 test-chapter:
 	@test -n "$(N)" || { echo "usage: make test-chapter N=2 [FILE=starter/chapter2.c]"; exit 2; }
 	@file="$(or $(FILE),starter/chapter$(N).c)"; status=0; mkdir -p build/chapter-tests; \

@@ -750,6 +750,9 @@ typedef struct {
     int threads, bench;
 } Options;
 
+// The models --model builds, and a checkpoint may hold.
+static const char MODEL_NAMES[] = "ann|basic|deeper";
+
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
@@ -792,7 +795,7 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
                               .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic|deeper"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",
@@ -3795,26 +3798,41 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
    dense 10. The convolutions and the first dense layer keep their biases
    even before batch norm (which subtracts them again), as the Keras
    original does, so the parameter count is the protocol's 872,426.
-   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10. */
-Node *conv_bn_relu(Graph *g, Node *x, int out_channels, const char *const labels[6]) {
-    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
-    return relu(g, batch_norm(g, conv, labels + 2));
+   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10.
+   `with_batch_norm` and `with_dropout` are 1 for the protocol's model;
+   chapter 7 takes one of them out at a time, to measure what each is worth
+   (an ablation). Taking a layer out leaves every other layer as it was. */
+typedef struct {
+    int with_batch_norm, with_dropout;
+} DeeperParts;
+
+Node *maybe_batch_norm(Graph *g, Node *x, DeeperParts parts, const char *const labels[4]) {
+    return parts.with_batch_norm ? batch_norm(g, x, labels) : x;
 }
 
-GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
+Node *maybe_dropout(Graph *g, Node *x, DeeperParts parts, float rate) {
+    return parts.with_dropout ? dropout(g, x, rate) : x;
+}
+
+Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
+    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
+    return relu(g, maybe_batch_norm(g, conv, parts, labels + 2));
+}
+
+GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
     Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
     Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
     x = dense_layer(g, flatten(g, x), 256, "weight5", "bias5");
-    x = batch_norm(g, x, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
-    x = dropout(g, relu(g, x), 0.5f);
+    x = maybe_batch_norm(g, x, parts, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
+    x = maybe_dropout(g, relu(g, x), parts, 0.5f);
     x = dense_layer(g, x, NUM_CLASSES, "weight6", "bias6");
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
@@ -3826,7 +3844,7 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
 // `kernel` (with `gemm`, which the graph takes over, for KERNEL_BLOCKED).
 GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
     GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
-                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed)
+                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){1, 1})
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
     c.graph->gemm = gemm;
@@ -4226,30 +4244,42 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
+/* Everything before the models: the options, the kernel, the data, and
+   --bench. Returns CONTINUE when there is a model to train, otherwise the
+   exit code (0 after --help or --bench). */
+int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
+    Error err = {0};
+    *kernel = KERNEL_NAIVE;
+    *gemm = NULL;
+    // The kernel is asked for first, so a --kernel this CPU lacks is refused
+    // before hundreds of megabytes of images are read (begin() parses the
+    // options again, and reports any other mistake in them).
+    if (parse_options(argc, argv, options, &err) == 0 && !options->help && !options->bench &&
+        choose_kernel(options, kernel, gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    int status = begin(argc, argv, options, data);
+    if (status != CONTINUE) {
+        gemm_context_free(*gemm);
+        return status;
+    }
+    if (options->bench) {
+        status = run_benchmark(options->threads ? options->threads : online_cpus(), &err);
+        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return status;
+    }
+    return CONTINUE;
+}
+
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     Error err = {0};
-    KernelKind kernel = KERNEL_NAIVE;
-    GemmContext *gemm = NULL;
-    // The kernel is asked for first, so a --kernel this CPU lacks is refused
-    // before hundreds of megabytes of images are read (begin() parses the
-    // options again, and reports any other mistake in them).
-    if (parse_options(argc, argv, &options, &err) == 0 && !options.help && !options.bench &&
-        choose_kernel(&options, &kernel, &gemm, &err)) {
-        fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], err.code);
-    }
-    int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) {
-        gemm_context_free(gemm);
-        return finish_output(argv[0], status);
-    }
-    if (options.bench) {
-        status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
-        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], status);
-    }
+    KernelKind kernel;
+    GemmContext *gemm;
+    int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     GraphClassifier net = build_model(options.model, options.batch, (uint64_t)options.seed, kernel, gemm);
     print_model_summary(&net, options.model);

@@ -791,6 +791,9 @@ typedef struct {
     char **argv;
 } Options;
 
+// The models --model builds, and a checkpoint may hold.
+static const char MODEL_NAMES[] = "ann|basic|deeper";
+
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
@@ -843,7 +846,7 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
                               .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic|deeper"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",
@@ -2835,20 +2838,33 @@ void print_confusion(const Evaluation *e) {
 // of the images of this class, how many were found (recall); and F1, their
 // harmonic mean, which is high only when both are. Then their plain means
 // over the classes (macro averages), each class counting the same.
-void print_class_report(const Evaluation *e) {
-    double sum_precision = 0, sum_recall = 0, sum_f1 = 0;
-    printf("\n%-13s %9s %9s %9s\n", "class", "precision", "recall", "F1");
+typedef struct {
+    double precision[NUM_CLASSES], recall[NUM_CLASSES], f1[NUM_CLASSES];
+    double macro_precision, macro_recall, macro_f1;
+} ClassFigures;
+
+ClassFigures class_figures(const Evaluation *e) {
+    const int (*confusion)[NUM_CLASSES] = e->confusion;  // [true class][predicted class]
+    ClassFigures f = {0};
     for (int k = 0; k < NUM_CLASSES; k++) {
         long predicted = 0, actual = 0;
-        for (int j = 0; j < NUM_CLASSES; j++) predicted += e->confusion[j][k], actual += e->confusion[k][j];
-        double precision = predicted ? (double)e->confusion[k][k] / predicted : 0;
-        double recall = actual ? (double)e->confusion[k][k] / actual : 0;
-        double f1 = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0;
-        printf("  %-11s %9.4f %9.4f %9.4f\n", CLASS_NAMES[k], precision, recall, f1);
-        sum_precision += precision, sum_recall += recall, sum_f1 += f1;
+        for (int j = 0; j < NUM_CLASSES; j++) predicted += confusion[j][k], actual += confusion[k][j];
+        double precision = predicted ? (double)confusion[k][k] / predicted : 0;
+        double recall = actual ? (double)confusion[k][k] / actual : 0;
+        f.precision[k] = precision, f.recall[k] = recall;
+        f.f1[k] = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0;
+        f.macro_precision += precision, f.macro_recall += recall, f.macro_f1 += f.f1[k];
     }
-    printf("  %-11s %9.4f %9.4f %9.4f\n", "macro mean", sum_precision / NUM_CLASSES, sum_recall / NUM_CLASSES,
-           sum_f1 / NUM_CLASSES);
+    f.macro_precision /= NUM_CLASSES, f.macro_recall /= NUM_CLASSES, f.macro_f1 /= NUM_CLASSES;
+    return f;
+}
+
+void print_class_report(const Evaluation *e) {
+    ClassFigures f = class_figures(e);
+    printf("\n%-13s %9s %9s %9s\n", "class", "precision", "recall", "F1");
+    for (int k = 0; k < NUM_CLASSES; k++)
+        printf("  %-11s %9.4f %9.4f %9.4f\n", CLASS_NAMES[k], f.precision[k], f.recall[k], f.f1[k]);
+    printf("  %-11s %9.4f %9.4f %9.4f\n", "macro mean", f.macro_precision, f.macro_recall, f.macro_f1);
 }
 
 
@@ -3900,26 +3916,41 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
    dense 10. The convolutions and the first dense layer keep their biases
    even before batch norm (which subtracts them again), as the Keras
    original does, so the parameter count is the protocol's 872,426.
-   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10. */
-Node *conv_bn_relu(Graph *g, Node *x, int out_channels, const char *const labels[6]) {
-    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
-    return relu(g, batch_norm(g, conv, labels + 2));
+   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10.
+   `with_batch_norm` and `with_dropout` are 1 for the protocol's model;
+   chapter 7 takes one of them out at a time, to measure what each is worth
+   (an ablation). Taking a layer out leaves every other layer as it was. */
+typedef struct {
+    int with_batch_norm, with_dropout;
+} DeeperParts;
+
+Node *maybe_batch_norm(Graph *g, Node *x, DeeperParts parts, const char *const labels[4]) {
+    return parts.with_batch_norm ? batch_norm(g, x, labels) : x;
 }
 
-GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
+Node *maybe_dropout(Graph *g, Node *x, DeeperParts parts, float rate) {
+    return parts.with_dropout ? dropout(g, x, rate) : x;
+}
+
+Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
+    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
+    return relu(g, maybe_batch_norm(g, conv, parts, labels + 2));
+}
+
+GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
     Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
     Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
     x = dense_layer(g, flatten(g, x), 256, "weight5", "bias5");
-    x = batch_norm(g, x, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
-    x = dropout(g, relu(g, x), 0.5f);
+    x = maybe_batch_norm(g, x, parts, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
+    x = maybe_dropout(g, relu(g, x), parts, 0.5f);
     x = dense_layer(g, x, NUM_CLASSES, "weight6", "bias6");
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
@@ -3931,7 +3962,7 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
 // `kernel` (with `gemm`, which the graph takes over, for KERNEL_BLOCKED).
 GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
     GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
-                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed)
+                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){1, 1})
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
     c.graph->gemm = gemm;
@@ -4053,7 +4084,7 @@ uint32_t crc32_update(uint32_t crc, const unsigned char *bytes, size_t size) {
 
 // The options that shape a run's numbers; a resumed run must have the same.
 typedef struct {
-    char model[16], optimizer[8];
+    char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
 } RunKey;
@@ -4311,6 +4342,11 @@ void checkpoint_file_free(CheckpointFile *f) {
 static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under --checkpoints DIR, "
                                      "default checkpoints/).";
 
+int damaged_header(const CheckpointFile *f, uint32_t sections, Error *err) {
+    return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: the header says %u sections, but a checkpoint has %d: the "
+                "file is damaged. %s", f->path, sections, CHECKPOINT_SECTIONS, CHECKPOINT_FIX);
+}
+
 int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     // A file shorter than the magic number is not a checkpoint unless it is its start.
     if (memcmp(f->bytes, CHECKPOINT_MAGIC, f->size < 4 ? f->size : 4) != 0)
@@ -4330,9 +4366,7 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: written by chapter %u; this is chapter %d, and each chapter "
                     "reads only its own checkpoints. Use ./chapter%u with it.", f->path, chapter, CHECKPOINT_CHAPTER,
                     chapter);
-    if (sections != CHECKPOINT_SECTIONS)
-        return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: the header says %u sections, but a checkpoint has %d: the "
-                    "file is damaged. %s", f->path, sections, CHECKPOINT_SECTIONS, CHECKPOINT_FIX);
+    if (sections != CHECKPOINT_SECTIONS) return damaged_header(f, sections, err);
     return 0;
 }
 
@@ -4391,10 +4425,10 @@ int read_run_key(CheckpointFile *f, Error *err) {
         k->limit > 54000 || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
         !(k->learning_rate >= 1e-9 && k->learning_rate <= 10))
         return damaged(f, "the RUN section holds an option out of its range", err);
-    if (!is_choice(k->model, "ann|basic|deeper"))
+    if (!is_choice(k->model, MODEL_NAMES))
         return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of a model named '%s', which this chapter does "
-                    "not build (it builds ann, basic and deeper): the checkpoint is of another model. %s", f->path,
-                    k->model, CHECKPOINT_FIX);
+                    "not build (it builds %s): the checkpoint is of another model. %s", f->path, k->model,
+                    MODEL_NAMES, CHECKPOINT_FIX);
     return 0;
 }
 
@@ -4608,16 +4642,38 @@ int save_run(const Run *r, const char *path, Error *err) {
     return save_checkpoint(path, r->graph, &s, err);
 }
 
-// The checkpoints directory, made if it is not there (where the system can).
+// A directory and those above it, made if they are not there (where the
+// system can).
+int make_directory(const char *path, const char *option, Error *err) {
+#if HAVE_POSIX
+    char partial[1024];
+    size_t length = strlen(path);
+    for (size_t end = 1; end <= length && length < sizeof partial; end++) {
+        if (end < length && path[end] != '/') continue;
+        memcpy(partial, path, end);
+        partial[end] = '\0';
+        if (mkdir(partial, 0777) != 0 && errno != EEXIST)
+            return fail(err, EXIT_WRITE, "%s: cannot make the directory (%s); choose another with %s DIR", partial,
+                        strerror(errno), option);
+    }
+#else
+    (void)path, (void)option, (void)err;
+#endif
+    return 0;
+}
+
+// Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
+// (chapter 7: MODEL-augment-seedN-... for a run with --augment).
+void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
+    snprintf(path, size, "%s/%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->seed, which);
+}
+
+// The checkpoints directory, made if it is not there.
 int make_checkpoint_paths(Run *r, Error *err) {
     const Options *o = r->options;
-#if HAVE_POSIX
-    if (mkdir(o->checkpoints, 0777) != 0 && errno != EEXIST)
-        return fail(err, EXIT_WRITE, "%s: cannot make the checkpoint directory (%s); choose another with "
-                    "--checkpoints DIR", o->checkpoints, strerror(errno));
-#endif
-    snprintf(r->best_path, sizeof r->best_path, "%s/%s-seed%d-best.ckpt", o->checkpoints, o->model, o->seed);
-    snprintf(r->last_path, sizeof r->last_path, "%s/%s-seed%d-last.ckpt", o->checkpoints, o->model, o->seed);
+    if (make_directory(o->checkpoints, "--checkpoints", err)) return err->code;
+    checkpoint_path(o, "best", r->best_path, sizeof r->best_path);
+    checkpoint_path(o, "last", r->last_path, sizeof r->last_path);
     return 0;
 }
 
@@ -4633,7 +4689,8 @@ void print_shell_word(const char *word) {
 }
 
 // The command that continues this run: the same words, without an earlier
-// --resume or --stop-after, and with --resume FILE.
+// --resume or --stop-after, and (chapter 6) with --resume FILE. Chapter 7
+// finds its checkpoints by itself: the same command goes on.
 void print_resume_command(const Options *o, const char *path) {
     printf("to resume:");
     for (int a = 0; a < o->argc; a++) {
@@ -5186,30 +5243,42 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
+/* Everything before the models: the options, the kernel, the data, and
+   --bench. Returns CONTINUE when there is a model to train, otherwise the
+   exit code (0 after --help or --bench). */
+int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
+    Error err = {0};
+    *kernel = KERNEL_NAIVE;
+    *gemm = NULL;
+    // The kernel is asked for first, so a --kernel this CPU lacks is refused
+    // before hundreds of megabytes of images are read (begin() parses the
+    // options again, and reports any other mistake in them).
+    if (parse_options(argc, argv, options, &err) == 0 && !options->help && !options->bench &&
+        choose_kernel(options, kernel, gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    int status = begin(argc, argv, options, data);
+    if (status != CONTINUE) {
+        gemm_context_free(*gemm);
+        return status;
+    }
+    if (options->bench) {
+        status = run_benchmark(options->threads ? options->threads : online_cpus(), &err);
+        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return status;
+    }
+    return CONTINUE;
+}
+
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     Error err = {0};
-    KernelKind kernel = KERNEL_NAIVE;
-    GemmContext *gemm = NULL;
-    // The kernel is asked for first, so a --kernel this CPU lacks is refused
-    // before hundreds of megabytes of images are read (begin() parses the
-    // options again, and reports any other mistake in them).
-    if (parse_options(argc, argv, &options, &err) == 0 && !options.help && !options.bench &&
-        choose_kernel(&options, &kernel, &gemm, &err)) {
-        fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], err.code);
-    }
-    int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) {
-        gemm_context_free(gemm);
-        return finish_output(argv[0], status);
-    }
-    if (options.bench) {
-        status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
-        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], status);
-    }
+    KernelKind kernel;
+    GemmContext *gemm;
+    int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
     // --evaluate builds the model its checkpoint names, whatever --model says.
     CheckpointFile checkpoint = {0};

@@ -43,6 +43,12 @@ enum { CHECKPOINT_VERSION = 1, CHECKPOINT_SECTIONS = 6 };
 //@ from 6 to 6
 enum { CHECKPOINT_CHAPTER = 6 };
 //@ end
+//@ from 7
+// Chapter 7 writes the same format with one more option in RUN (--augment)
+// and reads chapter 6's files too: the same runs, so the comparison can
+// build on the long runs chapter 6 already made.
+enum { CHECKPOINT_CHAPTER = 7 };
+//@ end
 static const char CHECKPOINT_MAGIC[4] = {'F', 'M', 'C', 'K'};
 static const char SECTION_TAGS[CHECKPOINT_SECTIONS][5] = {"RUN ", "PROG", "HIST", "WGHT", "ADAM", "BEST"};
 enum { SECTION_RUN, SECTION_PROGRESS, SECTION_HISTORY, SECTION_WEIGHTS, SECTION_ADAM, SECTION_BEST };
@@ -71,14 +77,20 @@ uint32_t crc32_update(uint32_t crc, const unsigned char *bytes, size_t size) {
 
 // The options that shape a run's numbers; a resumed run must have the same.
 typedef struct {
-    char model[16], optimizer[8];
+    char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
+//@ from 7
+    uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+//@ end
 } RunKey;
 
 RunKey run_key(const Options *o) {
     RunKey k = {.seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
+//@ from 7
+    k.augment = (uint32_t)o->augment;
+//@ end
     snprintf(k.model, sizeof k.model, "%s", o->model);
     snprintf(k.optimizer, sizeof k.optimizer, "%s", o->optimizer);
     return k;
@@ -182,6 +194,9 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
         put_name(p, s->key.model), put_name(p, s->key.optimizer);
         put_uint(p, s->key.seed, 4), put_uint(p, s->key.batch, 4), put_uint(p, s->key.limit, 4);
         put_uint(p, s->key.epochs, 4), put_uint(p, s->key.patience, 4), put_f64(p, s->key.learning_rate);
+//@ from 7
+        put_uint(p, s->key.augment, 4);
+//@ end
         break;
     case SECTION_PROGRESS:
         put_uint(p, (uint64_t)s->run.epochs_done, 4), put_uint(p, (uint64_t)s->run.epoch.batches_done, 4);
@@ -329,6 +344,11 @@ void checkpoint_file_free(CheckpointFile *f) {
 static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under --checkpoints DIR, "
                                      "default checkpoints/).";
 
+int damaged_header(const CheckpointFile *f, uint32_t sections, Error *err) {
+    return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: the header says %u sections, but a checkpoint has %d: the "
+                "file is damaged. %s", f->path, sections, CHECKPOINT_SECTIONS, CHECKPOINT_FIX);
+}
+
 int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     // A file shorter than the magic number is not a checkpoint unless it is its start.
     if (memcmp(f->bytes, CHECKPOINT_MAGIC, f->size < 4 ? f->size : 4) != 0)
@@ -344,13 +364,14 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: format version %u, but this program reads version %d%s. %s",
                     f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)" : "",
                     CHECKPOINT_FIX);
+//@ from 7
+    if (chapter == 6) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
+//@ end
     if (chapter != CHECKPOINT_CHAPTER)
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: written by chapter %u; this is chapter %d, and each chapter "
                     "reads only its own checkpoints. Use ./chapter%u with it.", f->path, chapter, CHECKPOINT_CHAPTER,
                     chapter);
-    if (sections != CHECKPOINT_SECTIONS)
-        return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: the header says %u sections, but a checkpoint has %d: the "
-                    "file is damaged. %s", f->path, sections, CHECKPOINT_SECTIONS, CHECKPOINT_FIX);
+    if (sections != CHECKPOINT_SECTIONS) return damaged_header(f, sections, err);
     return 0;
 }
 
@@ -404,15 +425,19 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->seed = (uint32_t)take_uint(&r, 4), k->batch = (uint32_t)take_uint(&r, 4), k->limit = (uint32_t)take_uint(&r, 4);
     k->epochs = (uint32_t)take_uint(&r, 4), k->patience = (uint32_t)take_uint(&r, 4);
     k->learning_rate = take_f64(&r);
+//@ from 7
+    k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
+    if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+//@ end
     if (!r.ok || r.at != r.size) return damaged(f, "the RUN section has the wrong length", err);
     if (!is_choice(k->optimizer, "adam|sgd") || k->seed > 2147483647u || k->batch < 1 || k->batch > 4096 ||
         k->limit > 54000 || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
         !(k->learning_rate >= 1e-9 && k->learning_rate <= 10))
         return damaged(f, "the RUN section holds an option out of its range", err);
-    if (!is_choice(k->model, "ann|basic|deeper"))
+    if (!is_choice(k->model, MODEL_NAMES))
         return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of a model named '%s', which this chapter does "
-                    "not build (it builds ann, basic and deeper): the checkpoint is of another model. %s", f->path,
-                    k->model, CHECKPOINT_FIX);
+                    "not build (it builds %s): the checkpoint is of another model. %s", f->path, k->model,
+                    MODEL_NAMES, CHECKPOINT_FIX);
     return 0;
 }
 

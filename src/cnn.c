@@ -46,26 +46,41 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
    dense 10. The convolutions and the first dense layer keep their biases
    even before batch norm (which subtracts them again), as the Keras
    original does, so the parameter count is the protocol's 872,426.
-   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10. */
-Node *conv_bn_relu(Graph *g, Node *x, int out_channels, const char *const labels[6]) {
-    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
-    return relu(g, batch_norm(g, conv, labels + 2));
+   28x28x1 -> 28x28x32 -> 14x14x32 -> 14x14x64 -> 7x7x64 = 3136 -> 256 -> 10.
+   `with_batch_norm` and `with_dropout` are 1 for the protocol's model;
+   chapter 7 takes one of them out at a time, to measure what each is worth
+   (an ablation). Taking a layer out leaves every other layer as it was. */
+typedef struct {
+    int with_batch_norm, with_dropout;
+} DeeperParts;
+
+Node *maybe_batch_norm(Graph *g, Node *x, DeeperParts parts, const char *const labels[4]) {
+    return parts.with_batch_norm ? batch_norm(g, x, labels) : x;
 }
 
-GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
+Node *maybe_dropout(Graph *g, Node *x, DeeperParts parts, float rate) {
+    return parts.with_dropout ? dropout(g, x, rate) : x;
+}
+
+Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
+    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
+    return relu(g, maybe_batch_norm(g, conv, parts, labels + 2));
+}
+
+GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
     Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
     Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
-    x = conv_bn_relu(g, x, 32, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
-    x = conv_bn_relu(g, x, 64, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
-    x = dropout(g, max_pool(g, x), 0.25f);
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
+    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
+    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
+    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
     x = dense_layer(g, flatten(g, x), 256, "weight5", "bias5");
-    x = batch_norm(g, x, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
-    x = dropout(g, relu(g, x), 0.5f);
+    x = maybe_batch_norm(g, x, parts, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
+    x = maybe_dropout(g, relu(g, x), parts, 0.5f);
     x = dense_layer(g, x, NUM_CLASSES, "weight6", "bias6");
     Node *loss = softmax_cross_entropy(g, x, targets);
     graph_compile(g, loss);
@@ -79,7 +94,11 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed) {
 GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
     GraphClassifier c = strcmp(name, "ann") == 0 ? ann_graph(max_batch, seed)
 //@ from 5
-                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed)
+                      : strcmp(name, "deeper") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){1, 1})
+//@ end
+//@ from 7
+                      : strcmp(name, "deeper-nodropout") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){1, 0})
+                      : strcmp(name, "deeper-nobn") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){0, 1})
 //@ end
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;

@@ -14,6 +14,10 @@
 # or that holds something other than a file under one of them.
 set -u
 
+# --install (what `make data` passes): on Debian or Ubuntu, as root, with no
+# copy of the data anywhere, install the package dataset-fashion-mnist first.
+install=no
+if [ "${1:-}" = "--install" ]; then install=yes; shift; fi
 dest=${1:-data}
 mirror=http://fashion-mnist.s3-website.eu-central-1.amazonaws.com
 debian=/usr/share/datasets/fashion-mnist
@@ -105,6 +109,17 @@ done <<END
 $files
 END
 [ "$bad" = 0 ] || exit 1
+
+# Nothing here, nowhere to copy from: as root on Debian, the package.
+if [ "$install" = yes ] && [ ! -f "$dest/t10k-labels-idx1-ubyte" ] && [ -z "${FASHION_MNIST_DIR:-}" ] &&
+   [ ! -d "$debian" ] && [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing the Debian package dataset-fashion-mnist (you are root): apt-get install -y dataset-fashion-mnist"
+        apt-get install -y dataset-fashion-mnist >/dev/null || echo "  apt-get failed (see above); trying the other sources" >&2
+    else
+        echo "note: on this Debian system, sudo apt-get install dataset-fashion-mnist   gives the data without a download"
+    fi
+fi
 
 status=0
 while read -r name size md5; do

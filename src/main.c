@@ -145,30 +145,43 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
+/* Everything before the models: the options, the kernel, the data, and
+   --bench. Returns CONTINUE when there is a model to train, otherwise the
+   exit code (0 after --help or --bench). */
+int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
+    Error err = {0};
+    *kernel = KERNEL_NAIVE;
+    *gemm = NULL;
+    // The kernel is asked for first, so a --kernel this CPU lacks is refused
+    // before hundreds of megabytes of images are read (begin() parses the
+    // options again, and reports any other mistake in them).
+    if (parse_options(argc, argv, options, &err) == 0 && !options->help && !options->bench &&
+        choose_kernel(options, kernel, gemm, &err)) {
+        fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return err.code;
+    }
+    int status = begin(argc, argv, options, data);
+    if (status != CONTINUE) {
+        gemm_context_free(*gemm);
+        return status;
+    }
+    if (options->bench) {
+        status = run_benchmark(options->threads ? options->threads : online_cpus(), &err);
+        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+        return status;
+    }
+    return CONTINUE;
+}
+
+//@ from 4 to 6
 int main(int argc, char **argv) {
     Options options;
     FashionMnist data;
     Error err = {0};
-    KernelKind kernel = KERNEL_NAIVE;
-    GemmContext *gemm = NULL;
-    // The kernel is asked for first, so a --kernel this CPU lacks is refused
-    // before hundreds of megabytes of images are read (begin() parses the
-    // options again, and reports any other mistake in them).
-    if (parse_options(argc, argv, &options, &err) == 0 && !options.help && !options.bench &&
-        choose_kernel(&options, &kernel, &gemm, &err)) {
-        fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], err.code);
-    }
-    int status = begin(argc, argv, &options, &data);
-    if (status != CONTINUE) {
-        gemm_context_free(gemm);
-        return finish_output(argv[0], status);
-    }
-    if (options.bench) {
-        status = run_benchmark(options.threads ? options.threads : online_cpus(), &err);
-        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
-        return finish_output(argv[0], status);
-    }
+    KernelKind kernel;
+    GemmContext *gemm;
+    int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
+    if (status != CONTINUE) return finish_output(argv[0], status);
 
 //@ from 6
     // --evaluate builds the model its checkpoint names, whatever --model says.
@@ -213,4 +226,23 @@ int main(int argc, char **argv) {
     free_fashion_mnist(&data);
     return finish_output(argv[0], status);
 }
+//@ end
+//@ from 7
+int main(int argc, char **argv) {
+    Options options;
+    FashionMnist data;
+    KernelKind kernel;
+    GemmContext *gemm;
+    int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
+    if (status != CONTINUE) return finish_output(argv[0], status);
+    if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
+                     gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
+    Error err = {0};
+    status = compare_models(&options, &data, kernel, gemm, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    gemm_context_free(gemm);
+    free_fashion_mnist(&data);
+    return finish_output(argv[0], status);
+}
+//@ end
 //@ end

@@ -28,7 +28,23 @@ typedef struct {
     int argc;     // the command line, for the command that resumes a run
     char **argv;
 //@ end
+//@ from 7
+    const char *models;  // "ann,basic,deeper": the models chapter 7 compares
+    int seeds, augment, quick;
+    const char *plots;   // the directory the pictures go to
+//@ end
 } Options;
+//@ from 5 to 6
+
+// The models --model builds, and a checkpoint may hold.
+static const char MODEL_NAMES[] = "ann|basic|deeper";
+//@ end
+//@ from 7
+
+// The models --models builds, and a checkpoint may hold: chapter 5's three
+// and the deeper CNN without dropout, or without batch norm (ablations).
+static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn";
+//@ end
 
 Options default_options(void) {
     return (Options){
@@ -41,6 +57,9 @@ Options default_options(void) {
 //@ end
 //@ from 6
         .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
+//@ end
+//@ from 7
+        .models = "ann,basic,deeper", .seeds = 1, .plots = "plots",
 //@ end
 //@ from 4
         .kernel = "auto",
@@ -82,12 +101,28 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->patience, .min = 1, .max = 1000};
     specs[n++] = (OptionSpec){.name = "--checkpoints", .value_name = "DIR", .help = "where checkpoints are written (default: checkpoints)",
                               .kind = OPTION_TEXT, .target = &o->checkpoints};
+//@ from 6 to 6
     specs[n++] = (OptionSpec){.name = "--resume", .value_name = "FILE", .help = "continue the run a checkpoint was saved from, exactly",
                               .kind = OPTION_TEXT, .target = &o->resume};
     specs[n++] = (OptionSpec){.name = "--evaluate", .value_name = "FILE", .help = "test the best weights of a checkpoint, without training",
                               .kind = OPTION_TEXT, .target = &o->evaluate};
+//@ end
     specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps (to try --resume)",
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
+//@ end
+//@ from 7
+    specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
+                              "deeper-nodropout, deeper-nobn (default: ann,basic,deeper)",
+                              .kind = OPTION_TEXT, .target = &o->models};
+    specs[n++] = (OptionSpec){.name = "--seeds", .value_name = "N", .help = "train each model N times, with seeds --seed to --seed + N - 1 (default: 1)",
+                              .kind = OPTION_INT, .target = &o->seeds, .min = 1, .max = 100};
+    specs[n++] = (OptionSpec){.name = "--augment", .value_name = NULL, .help = "shift training images by up to 2 pixels and flip half of them",
+                              .kind = OPTION_FLAG, .target = &o->augment};
+    specs[n++] = (OptionSpec){.name = "--quick", .value_name = NULL, .help = "a small version of everything, in about a minute (3000 training, "
+                              "1000 validation and 1000 test images, at most 4 epochs)",
+                              .kind = OPTION_FLAG, .target = &o->quick};
+    specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots)",
+                              .kind = OPTION_TEXT, .target = &o->plots};
 //@ end
 //@ from 2
     specs[n++] = (OptionSpec){.name = "--batch", .value_name = "N", .help = "images per mini-batch (default: 64)",
@@ -100,6 +135,8 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->seed, .min = 0, .max = 2147483647};
     specs[n++] = (OptionSpec){.name = "--limit", .value_name = "N", .help = "train on the first N training images only",
                               .kind = OPTION_INT, .target = &o->limit, .min = 1, .max = 54000};
+//@ end
+//@ from 2 to 6
     specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
                               .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
 //@ end
@@ -112,9 +149,9 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
                               .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
 //@ end
-//@ from 5
+//@ from 5 to 6
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic|deeper"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
 //@ end
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
@@ -176,6 +213,29 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
     return 0;
 }
 
+//@ from 7
+// --models, split at the commas into names, each a model and none twice.
+// Returns how many, or -1 with the message in *err.
+enum { MAX_MODELS = 5, MODEL_NAME_SIZE = 24 };
+int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], Error *err) {
+    int count = 0;
+    for (const char *at = list;; at++) {
+        int length = (int)strcspn(at, ",");
+        char name[MODEL_NAME_SIZE] = "";
+        if (length < MODEL_NAME_SIZE) memcpy(name, at, (size_t)length);
+        if (length >= MODEL_NAME_SIZE || !is_choice(name, MODEL_NAMES))
+            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are %s, separated by "
+                        "commas (for example --models ann,deeper)", length, at, MODEL_NAMES), -1;
+        for (int i = 0; i < count; i++)
+            if (strcmp(names[i], name) == 0) return fail(err, EXIT_USAGE, "--models: '%s' is named twice", name), -1;
+        memcpy(names[count++], name, sizeof name);
+        at += length;
+        if (!*at) return count;
+        if (count == MAX_MODELS) return fail(err, EXIT_USAGE, "--models: at most %d models", MAX_MODELS), -1;
+    }
+}
+
+//@ end
 int parse_options(int argc, char **argv, Options *o, Error *err) {
     *o = default_options();
     OptionSpec specs[MAX_OPTIONS];
@@ -194,6 +254,12 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     }
 //@ from 2
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+//@ end
+//@ from 7
+    char names[MAX_MODELS][MODEL_NAME_SIZE];
+    if (split_model_list(o->models, names, err) < 0) return err->code;
+    // A quick run's checkpoints are of other runs (fewer images), kept apart.
+    if (o->quick && strcmp(o->checkpoints, "checkpoints") == 0) o->checkpoints = "checkpoints/quick";
 //@ end
 //@ from 6
     o->argc = argc, o->argv = argv;

@@ -63,16 +63,44 @@ int save_run(const Run *r, const char *path, Error *err) {
     return save_checkpoint(path, r->graph, &s, err);
 }
 
-// The checkpoints directory, made if it is not there (where the system can).
+// A directory and those above it, made if they are not there (where the
+// system can).
+int make_directory(const char *path, const char *option, Error *err) {
+#if HAVE_POSIX
+    char partial[1024];
+    size_t length = strlen(path);
+    for (size_t end = 1; end <= length && length < sizeof partial; end++) {
+        if (end < length && path[end] != '/') continue;
+        memcpy(partial, path, end);
+        partial[end] = '\0';
+        if (mkdir(partial, 0777) != 0 && errno != EEXIST)
+            return fail(err, EXIT_WRITE, "%s: cannot make the directory (%s); choose another with %s DIR", partial,
+                        strerror(errno), option);
+    }
+#else
+    (void)path, (void)option, (void)err;
+#endif
+    return 0;
+}
+
+// Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
+// (chapter 7: MODEL-augment-seedN-... for a run with --augment).
+void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
+//@ from 6 to 6
+    snprintf(path, size, "%s/%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->seed, which);
+//@ end
+//@ from 7
+    snprintf(path, size, "%s/%s%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->augment ? "-augment" : "", o->seed,
+             which);
+//@ end
+}
+
+// The checkpoints directory, made if it is not there.
 int make_checkpoint_paths(Run *r, Error *err) {
     const Options *o = r->options;
-#if HAVE_POSIX
-    if (mkdir(o->checkpoints, 0777) != 0 && errno != EEXIST)
-        return fail(err, EXIT_WRITE, "%s: cannot make the checkpoint directory (%s); choose another with "
-                    "--checkpoints DIR", o->checkpoints, strerror(errno));
-#endif
-    snprintf(r->best_path, sizeof r->best_path, "%s/%s-seed%d-best.ckpt", o->checkpoints, o->model, o->seed);
-    snprintf(r->last_path, sizeof r->last_path, "%s/%s-seed%d-last.ckpt", o->checkpoints, o->model, o->seed);
+    if (make_directory(o->checkpoints, "--checkpoints", err)) return err->code;
+    checkpoint_path(o, "best", r->best_path, sizeof r->best_path);
+    checkpoint_path(o, "last", r->last_path, sizeof r->last_path);
     return 0;
 }
 
@@ -88,7 +116,8 @@ void print_shell_word(const char *word) {
 }
 
 // The command that continues this run: the same words, without an earlier
-// --resume or --stop-after, and with --resume FILE.
+// --resume or --stop-after, and (chapter 6) with --resume FILE. Chapter 7
+// finds its checkpoints by itself: the same command goes on.
 void print_resume_command(const Options *o, const char *path) {
     printf("to resume:");
     for (int a = 0; a < o->argc; a++) {
@@ -99,8 +128,13 @@ void print_resume_command(const Options *o, const char *path) {
         putchar(' ');
         print_shell_word(o->argv[a]);
     }
+//@ from 6 to 6
     printf(" --resume ");
     print_shell_word(path);
+//@ end
+//@ from 7
+    (void)path;
+//@ end
     printf("\n");
 }
 
@@ -162,6 +196,9 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
     Trainer t = trainer_new(r->model, r->optimizer, train_set, o->batch, (uint64_t)o->seed);
     t.interrupted = &interrupted_by;
     t.stop_after = o->stop_after;
+//@ from 7
+    t.augment = o->augment;
+//@ end
     int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
     long remaining = ((long)r->key.epochs - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
     Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(), .total = remaining};
@@ -199,6 +236,9 @@ int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
     const char *differs = strcmp(k->optimizer, want.optimizer) ? "--optimizer" : k->learning_rate != want.learning_rate ? "--lr"
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
+//@ from 7
+    if (!differs && k->augment != want.augment) differs = "--augment";
+//@ end
     if (!differs) return 0;
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "

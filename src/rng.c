@@ -19,6 +19,9 @@ typedef struct {
 
 // One stream per use, so the uses never disturb each other.
 enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+//@ from 7
+enum { STREAM_AUGMENT = 5 };
+//@ end
 
 uint32_t rng_next(Rng *r) {
     uint64_t old = r->state;

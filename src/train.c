@@ -131,6 +131,9 @@ typedef struct {
     const volatile sig_atomic_t *interrupted;  // set by the Ctrl-C handler; NULL: never
     long stop_after;          // --stop-after: pause once this many steps are done (0: never)
 //@ end
+//@ from 7
+    int augment;              // --augment: shift and flip each training image as it is gathered
+//@ end
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
@@ -165,6 +168,27 @@ void epoch_order(int *order, int count, uint64_t seed, int epoch) {
 // an exact place).
 int should_pause(const Trainer *t, long steps_done) {
     return (t->interrupted && *t->interrupted) || (t->stop_after && steps_done >= t->stop_after);
+}
+
+//@ end
+//@ from 7
+/* --augment (book.md 7.6): each training image, each time it is used, is
+   shifted by -2 to 2 pixels in each direction (the pixels shifted in are
+   black, the background) and, half of the time, mirrored left to right.
+   A shirt is a shirt a pixel to the left and in a mirror, so the model
+   sees more shirts than there are. The draw is keyed by (seed, epoch,
+   image), like dropout's, so a resumed run draws the same. */
+void augment_image(float *image, uint64_t seed, int epoch, int item) {  // (28, 28), in place
+    Rng rng = rng_keyed(seed, STREAM_AUGMENT, (uint64_t)epoch, (uint64_t)item);
+    int dx = (int)rng_below(&rng, 5) - 2, dy = (int)rng_below(&rng, 5) - 2, mirror = (int)rng_below(&rng, 2);
+    float original[IMAGE_SIZE];
+    memcpy(original, image, sizeof original);
+    for (int r = 0; r < IMAGE_ROWS; r++)
+        for (int c = 0; c < IMAGE_COLS; c++) {
+            int from_r = r - dy, from_c = mirror ? IMAGE_COLS - 1 - (c - dx) : c - dx;
+            int inside = from_r >= 0 && from_r < IMAGE_ROWS && from_c >= 0 && from_c < IMAGE_COLS;
+            image[r * IMAGE_COLS + c] = inside ? original[from_r * IMAGE_COLS + from_c] : 0.0f;
+        }
 }
 
 //@ end
@@ -208,6 +232,9 @@ int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *prog
             int item = t->order[first + i];
             memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
             memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
+//@ from 7
+            if (t->augment) augment_image(t->images + (size_t)i * IMAGE_SIZE, t->seed, epoch, item);
+//@ end
         }
         Batch batch = {.images = t->images, .targets = t->targets, .count = n,
                        .step = (long)(epoch - 1) * batches + b};
@@ -240,8 +267,16 @@ typedef struct {
     int confusion[NUM_CLASSES][NUM_CLASSES];  // [true class][predicted class]
 } Evaluation;
 
+//@ from 2 to 6
 // Loss, accuracy and confusion matrix on a whole dataset, in inference mode.
 Evaluation evaluate(Model *m, const Dataset *d) {
+//@ end
+//@ from 7
+// Loss, accuracy and confusion matrix on a whole dataset, in inference
+// mode; and when `guesses` is not NULL, each image's predicted class and
+// the probability the model gave it (for McNemar's test and the galleries).
+Evaluation evaluate_each(Model *m, const Dataset *d, unsigned char *guesses, float *confidence) {  // (count) each
+//@ end
     Evaluation e = {0};
     float *probs = xmalloc((size_t)m->max_batch * NUM_CLASSES * sizeof(float));  // (max_batch, 10)
     double loss_sum = 0;
@@ -256,6 +291,9 @@ Evaluation evaluate(Model *m, const Dataset *d) {
             int truth = d->labels[first + i], guess = argmax(probs + i * NUM_CLASSES, NUM_CLASSES);
             e.confusion[truth][guess]++;
             correct += truth == guess;
+//@ from 7
+            if (guesses) guesses[first + i] = (unsigned char)guess, confidence[first + i] = probs[i * NUM_CLASSES + guess];
+//@ end
         }
     }
     free(probs);
@@ -263,6 +301,10 @@ Evaluation evaluate(Model *m, const Dataset *d) {
     e.accuracy = d->count ? (float)correct / (float)d->count : 0;
     return e;
 }
+//@ from 7
+
+Evaluation evaluate(Model *m, const Dataset *d) { return evaluate_each(m, d, NULL, NULL); }
+//@ end
 
 void print_confusion(const Evaluation *e) {
     printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%13s", "");
@@ -280,20 +322,33 @@ void print_confusion(const Evaluation *e) {
 // of the images of this class, how many were found (recall); and F1, their
 // harmonic mean, which is high only when both are. Then their plain means
 // over the classes (macro averages), each class counting the same.
-void print_class_report(const Evaluation *e) {
-    double sum_precision = 0, sum_recall = 0, sum_f1 = 0;
-    printf("\n%-13s %9s %9s %9s\n", "class", "precision", "recall", "F1");
+typedef struct {
+    double precision[NUM_CLASSES], recall[NUM_CLASSES], f1[NUM_CLASSES];
+    double macro_precision, macro_recall, macro_f1;
+} ClassFigures;
+
+ClassFigures class_figures(const Evaluation *e) {
+    const int (*confusion)[NUM_CLASSES] = e->confusion;  // [true class][predicted class]
+    ClassFigures f = {0};
     for (int k = 0; k < NUM_CLASSES; k++) {
         long predicted = 0, actual = 0;
-        for (int j = 0; j < NUM_CLASSES; j++) predicted += e->confusion[j][k], actual += e->confusion[k][j];
-        double precision = predicted ? (double)e->confusion[k][k] / predicted : 0;
-        double recall = actual ? (double)e->confusion[k][k] / actual : 0;
-        double f1 = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0;
-        printf("  %-11s %9.4f %9.4f %9.4f\n", CLASS_NAMES[k], precision, recall, f1);
-        sum_precision += precision, sum_recall += recall, sum_f1 += f1;
+        for (int j = 0; j < NUM_CLASSES; j++) predicted += confusion[j][k], actual += confusion[k][j];
+        double precision = predicted ? (double)confusion[k][k] / predicted : 0;
+        double recall = actual ? (double)confusion[k][k] / actual : 0;
+        f.precision[k] = precision, f.recall[k] = recall;
+        f.f1[k] = precision + recall > 0 ? 2 * precision * recall / (precision + recall) : 0;
+        f.macro_precision += precision, f.macro_recall += recall, f.macro_f1 += f.f1[k];
     }
-    printf("  %-11s %9.4f %9.4f %9.4f\n", "macro mean", sum_precision / NUM_CLASSES, sum_recall / NUM_CLASSES,
-           sum_f1 / NUM_CLASSES);
+    f.macro_precision /= NUM_CLASSES, f.macro_recall /= NUM_CLASSES, f.macro_f1 /= NUM_CLASSES;
+    return f;
+}
+
+void print_class_report(const Evaluation *e) {
+    ClassFigures f = class_figures(e);
+    printf("\n%-13s %9s %9s %9s\n", "class", "precision", "recall", "F1");
+    for (int k = 0; k < NUM_CLASSES; k++)
+        printf("  %-11s %9.4f %9.4f %9.4f\n", CLASS_NAMES[k], f.precision[k], f.recall[k], f.f1[k]);
+    printf("  %-11s %9.4f %9.4f %9.4f\n", "macro mean", f.macro_precision, f.macro_recall, f.macro_f1);
 }
 
 //@ end

@@ -329,6 +329,35 @@ static const char *check_crc32(char *why, size_t size) {
 }
 #endif
 
+#if CHAPTER >= 7
+// Hand-computed: with n = b + c images on which the models differ, the
+// p-value is 2 * sum_{i <= min(b,c)} C(n, i) / 2^n, at most 1.
+static const char *check_mcnemar(char *why, size_t size) {
+    static const struct {
+        long b, c;
+        double p;
+    } cases[] = {
+        {0, 5, 2.0 / 32},                 // all five one way: 2 * (1/32)
+        {9, 1, 2.0 * 11 / 1024},          // C(10,0) + C(10,1) = 11
+        {10, 20, 2 * 0.049368573352694511},  // P(X <= 10), X ~ Binomial(30, 1/2)
+        {7, 7, 1},                        // an even split: no evidence, p = 1 (capped)
+        {0, 0, 1},                        // no image differs
+        {0, 2000, 0},                     // 2^-1999 underflows to 0 in double: still a number
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        double p = mcnemar_exact_p(cases[k].b, cases[k].c);
+        if (!(fabs(p - cases[k].p) <= 1e-9 * fmax(1, cases[k].p))) {
+            snprintf(why, size, "with b = %ld images only the first model gets right and c = %ld only the second "
+                     "does, p should be %.10g; yours is %.10g. Sum C(n, i) / 2^n for i from 0 to min(b, c), with "
+                     "n = b + c, as exp(lgamma ...) so that 2^n cannot overflow; double it; at most 1.",
+                     cases[k].b, cases[k].c, cases[k].p, p);
+            return why;
+        }
+    }
+    return NULL;
+}
+#endif
+
 /* ---- The table -------------------------------------------------------------------- */
 
 typedef struct {
@@ -354,6 +383,9 @@ static const Exercise EXERCISES[] = {
 #if CHAPTER >= 6
     {"6.early-stopping", check_early_stopping},
     {"6.crc32", check_crc32},
+#endif
+#if CHAPTER >= 7
+    {"7.mcnemar", check_mcnemar},
 #endif
 };
 enum { EXERCISE_COUNT = sizeof EXERCISES / sizeof EXERCISES[0] };

@@ -222,7 +222,7 @@ static void test_dropout(void) {
 
 static void test_deeper_cnn(void) {
     section("the deeper CNN: 872,426 parameters, 871,530 trained");
-    GraphClassifier c = deeper_cnn_graph(2, 1);
+    GraphClassifier c = deeper_cnn_graph(2, 1, (DeeperParts){1, 1});
     CHECK_EQ_INT(c.graph->param_count + c.graph->state_count, 872426);
     CHECK_EQ_INT(c.graph->param_count, 871530);
     Model m = graph_model(&c, "deeper");
@@ -235,7 +235,7 @@ static void test_deeper_cnn(void) {
 
 static void backward_after_inference(void *unused) {
     (void)unused;
-    GraphClassifier c = deeper_cnn_graph(2, 1);
+    GraphClassifier c = deeper_cnn_graph(2, 1, (DeeperParts){1, 1});
     graph_forward(c.graph, 0);
     graph_backward(c.graph);
 }

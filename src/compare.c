@@ -1,0 +1,723 @@
+//@ from 7
+/* ----------------------------------------------------------------------------
+   The comparison (book.md 7.1-7.8).
+
+   What this is: chapter 6's protocol run for every model and seed asked
+   for, one after another, each continued from its checkpoint when it has
+   one (so running the same command again after a stop goes on where it
+   stopped, and a finished run is only tested again); the test of each
+   run's best weights kept image by image, so that two models can be
+   compared on the same images (McNemar's test); then the table, the plot
+   data with gnuplot scripts, and the pictures.
+   What it is not: a hyper-parameter search. Every model trains with the
+   protocol's settings; only --augment changes what it sees. */
+
+/* ---- Text files and the list of files written ------------------------------ */
+
+enum { MAX_FILES = 128 };
+typedef struct {
+    char paths[MAX_FILES][1100];
+    int count;
+} FileList;
+
+// Appends printf-style text to a buffer, for the text files written below.
+void put_text(ByteBuffer *b, const char *format, ...) {
+    char line[2048];
+    va_list args;
+    va_start(args, format);
+    int length = vsnprintf(line, sizeof line, format, args);
+    va_end(args);
+    require(length >= 0 && length < (int)sizeof line, "a line of %d characters in a text file", length);
+    put_bytes(b, line, (size_t)length);
+}
+
+// Writes dir/name (atomically) and adds it to the list; frees the buffer.
+int write_listed(const char *dir, const char *name, ByteBuffer *b, FileList *files, Error *err) {
+    require(files->count < MAX_FILES, "more than %d files", MAX_FILES);
+    char *path = files->paths[files->count];
+    snprintf(path, sizeof files->paths[0], "%s/%s", dir, name);
+    int status = write_file_atomically(path, b->bytes, b->used, err);
+    free(b->bytes);
+    *b = (ByteBuffer){0};
+    if (!status) files->count++;
+    return status;
+}
+
+// A picture as dir/name.ppm, and the same as dir/name.png for browsers.
+int save_picture(const Picture *p, const char *dir, const char *name, FileList *files, Error *err) {
+    char file[256];
+    snprintf(file, sizeof file, "%s.ppm", name);
+    ByteBuffer b = {0};
+    char header[64];
+    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n", p->channels == 1 ? 5 : 6, p->width, p->height);
+    put_bytes(&b, header, (size_t)header_size);
+    put_bytes(&b, p->pixels, (size_t)p->width * p->height * p->channels);
+    if (write_listed(dir, file, &b, files, err)) return err->code;
+    snprintf(file, sizeof file, "%s.png", name);
+    b = png_bytes(p);
+    return write_listed(dir, file, &b, files, err);
+}
+
+/* ---- McNemar's exact test -------------------------------------------------- */
+
+/* Two models tested on the same images. Where both are right or both wrong
+   the images say nothing about which is better; what counts is `b`, the
+   images only the first gets right, and `c`, those only the second does.
+   If the models were equally good, each of these n = b + c images would be
+   the first's with probability 1/2: b ~ Binomial(n, 1/2). The two-sided
+   p-value is the probability of a split at least as uneven as the one
+   seen: 2 P(X <= min(b, c)), at most 1. The binomial coefficients are
+   summed as logarithms (lgamma), since 2^-n underflows for n > 1074. */
+double mcnemar_exact_p(long b, long c) {
+    //@ exercise 7 mcnemar: the two-sided exact p-value of b against c, summing binomial terms as logarithms (book.md 7.3).
+    long n = b + c, low = b < c ? b : c;
+    if (n == 0) return 1;
+    double sum = 0;
+    for (long i = 0; i <= low; i++)
+        sum += exp(lgamma(n + 1.0) - lgamma(i + 1.0) - lgamma(n - i + 1.0) - n * log(2.0));
+    return fmin(1.0, 2 * sum);
+    //@ stub
+    (void)b, (void)c;
+    return 1;
+    //@ end
+}
+
+/* ---- One run: a model and a seed, trained (or resumed) and tested ---------- */
+
+// A run of the comparison, tested image by image.
+typedef struct {
+    const char *model;
+    int seed;
+    Result result;
+    History *history;
+    Evaluation test;
+    ClassFigures classes;
+    unsigned char *guesses;  // (test count) the class each test image was given
+    float *confidence;       // (test count) the probability of that class
+    size_t parameters;       // learned, and kept (batch norm's running statistics), as Keras counts
+    double multiply_adds;    // per image, forward
+    double training_images;  // over all its epochs
+} RunReport;
+
+void run_report_free(RunReport *r) {
+    history_free(r->history);
+    free(r->guesses);
+    free(r->confidence);
+}
+
+size_t model_multiply_adds(const Graph *g) {
+    double total = 0;
+    for (int i = 0; i < g->order_count; i++) total += multiply_adds_per_image(g->order[i]);
+    return (size_t)total;
+}
+
+// Does a file of that name exist? (Without opening it: a FIFO would block.)
+int file_exists(const char *path) {
+#if HAVE_POSIX
+    struct stat info;
+    return stat(path, &info) == 0;
+#else
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+#endif
+}
+
+int draw_network(const GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
+                 FileList *files, Error *err);
+
+/* Trains (or resumes, or only re-tests) one model with one seed. A run
+   whose last checkpoint exists goes on from it: chapter 6's --resume,
+   which also refuses a checkpoint of other options. */
+int run_one(const Options *base, const char *model, int seed, KernelKind kernel, GemmContext *gemm,
+            const FashionMnist *data, RunReport *report, FileList *files, Error *err) {
+    Options o = *base;
+    o.model = model, o.seed = seed;
+    char last[1100];
+    checkpoint_path(&o, "last", last, sizeof last);
+    if (file_exists(last)) o.resume = last;
+    GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
+    Model m = graph_model(&net, model);
+    *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
+                          .multiply_adds = (double)model_multiply_adds(net.graph)};
+    int status = fit_and_test(&m, data, &o, &report->history, &report->result, err);
+    if (!status) {
+        const Dataset *test = &data->test;
+        report->guesses = xmalloc((size_t)test->count);
+        report->confidence = xmalloc((size_t)test->count * sizeof(float));
+        report->test = evaluate_each(&m, test, report->guesses, report->confidence);
+        report->classes = class_figures(&report->test);
+        report->training_images = (double)training_set(data, &o).count * report->result.epochs;
+        print_result(&report->result);
+        if (seed == base->seed && strcmp(model, "ann") != 0) status = draw_network(&net, test, model, base, files, err);
+    }
+    net.graph->gemm = NULL;  // the threads and buffers stay for the next run
+    graph_free(net.graph);
+    return status;
+}
+
+/* ---- Every run ------------------------------------------------------------- */
+
+typedef struct {
+    char names[MAX_MODELS][MODEL_NAME_SIZE];
+    int models, seeds;
+    RunReport *runs;  // (models, seeds)
+    int done;         // runs finished, in order
+} Comparison;
+
+RunReport *comparison_run(Comparison *c, int model, int seed_index) { return &c->runs[model * c->seeds + seed_index]; }
+
+// The time the rest of the comparison should take, from the runs done in
+// this session: seconds per (multiply-add x image), times the work left,
+// each unfinished model assumed to run as many epochs as its runs so far
+// (or as the runs of other models, before it has any). A rough guide.
+void print_comparison_eta(const Comparison *c, const Options *o, double seconds, double work_done, long train_count) {
+    if (work_done <= 0) return;
+    double epochs_seen = 0, runs_seen = 0, left = 0;
+    for (int r = 0; r < c->done; r++) epochs_seen += c->runs[r].result.epochs, runs_seen++;
+    for (int r = c->done; r < c->models * c->seeds; r++) {
+        int model = r / c->seeds;
+        double epochs = 0, count = 0;
+        for (int s = 0; s < c->seeds && model * c->seeds + s < c->done; s++)
+            epochs += comparison_run((Comparison *)c, model, s)->result.epochs, count++;
+        double expected = count ? epochs / count : runs_seen ? epochs_seen / runs_seen : o->epochs;
+        left += expected * train_count * comparison_run((Comparison *)c, model, 0)->multiply_adds;
+    }
+    printf("comparison: %d of %d runs done; about ", c->done, c->models * c->seeds);
+    print_duration(left * seconds / work_done);
+    printf(" left (a guess from the runs so far)\n\n");
+}
+
+int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel, GemmContext *gemm,
+                   Comparison *c, FileList *files, Error *err) {
+    c->models = split_model_list(o->models, c->names, err);
+    if (c->models < 0) return err->code;
+    c->seeds = o->seeds;
+    c->runs = xmalloc((size_t)c->models * c->seeds * sizeof(RunReport));
+    memset(c->runs, 0, (size_t)c->models * c->seeds * sizeof(RunReport));
+    double trained_seconds = 0, trained_work = 0;
+    long train_count = training_set(data, o).count;
+    int status = 0;
+    for (int i = 0; i < c->models && !status; i++)
+        for (int s = 0; s < c->seeds && !status; s++) {
+            RunReport *r = comparison_run(c, i, s);
+            printf("==== run %d of %d: %s%s, seed %d ====\n", c->done + 1, c->models * c->seeds, c->names[i],
+                   o->augment ? " (augmented)" : "", o->seed + s);
+            double start = now_seconds();
+            status = run_one(o, c->names[i], o->seed + s, kernel, gemm, data, r, files, err);
+            if (status) break;
+            c->done++;
+            // Only runs that trained here tell how fast this machine is now.
+            double seconds = now_seconds() - start;
+            if (seconds > 0.5 * r->result.seconds && r->result.seconds > 0)
+                trained_seconds += r->result.seconds, trained_work += r->training_images * r->multiply_adds;
+            print_comparison_eta(c, o, trained_seconds, trained_work, train_count);
+        }
+    return status;
+}
+
+void comparison_free(Comparison *c) {
+    for (int r = 0; r < c->models * c->seeds; r++) run_report_free(&c->runs[r]);
+    free(c->runs);
+}
+
+/* ---- The table -------------------------------------------------------------- */
+
+// Mean and (sample) standard deviation of one figure over a model's seeds.
+typedef struct {
+    double mean, sd;
+} Spread;
+
+Spread spread(const Comparison *c, int model, double (*figure)(const RunReport *)) {
+    double sum = 0, squares = 0;
+    for (int s = 0; s < c->seeds; s++) sum += figure(comparison_run((Comparison *)c, model, s));
+    Spread out = {.mean = sum / c->seeds};
+    for (int s = 0; s < c->seeds; s++) {
+        double d = figure(comparison_run((Comparison *)c, model, s)) - out.mean;
+        squares += d * d;
+    }
+    out.sd = c->seeds > 1 ? sqrt(squares / (c->seeds - 1)) : 0;
+    return out;
+}
+
+double figure_accuracy(const RunReport *r) { return 100.0 * r->test.accuracy; }
+double figure_macro_f1(const RunReport *r) { return r->classes.macro_f1; }
+double figure_loss(const RunReport *r) { return r->test.loss; }
+double figure_epochs(const RunReport *r) { return r->result.epochs; }
+double figure_best_epoch(const RunReport *r) { return r->result.best_epoch; }
+double figure_epoch_seconds(const RunReport *r) { return r->result.seconds / fmax(r->result.epochs, 1); }
+double figure_images_per_second(const RunReport *r) { return r->training_images / fmax(r->result.seconds, 1e-9); }
+
+// "93.12 ± 0.20" with one seed's figure alone when there is one seed.
+void put_spread(ByteBuffer *b, Spread s, int decimals, int seeds) {
+    if (seeds > 1) put_text(b, "%.*f ± %.*f", decimals, s.mean, decimals, s.sd);
+    else put_text(b, "%.*f", decimals, s.mean);
+}
+
+// The comparison table, in Markdown (printed and written to results.md).
+void put_results_table(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "| model | parameters | MFLOP/image | epochs | best epoch | s/epoch | images/s | test loss "
+                "| test accuracy %% | macro-F1 |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for (int i = 0; i < c->models; i++) {
+        const RunReport *first = comparison_run((Comparison *)c, i, 0);
+        put_text(b, "| %s | %zu | %.2f | ", c->names[i], first->parameters, 2 * first->multiply_adds / 1e6);
+        put_spread(b, spread(c, i, figure_epochs), 1, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_best_epoch), 1, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_epoch_seconds), 1, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_images_per_second), 0, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_loss), 4, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_accuracy), 2, c->seeds), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_macro_f1), 4, c->seeds), put_text(b, " |\n");
+    }
+}
+
+// Every pair of models, seed by seed, on the same test images.
+void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
+    put_text(b, "\n| first | second | seed | only the first right | only the second right | "
+                "difference (points) | McNemar p |\n|---|---|--:|--:|--:|--:|--:|\n");
+    for (int i = 0; i < c->models; i++)
+        for (int j = i + 1; j < c->models; j++)
+            for (int s = 0; s < c->seeds; s++) {
+                const RunReport *x = comparison_run((Comparison *)c, i, s), *y = comparison_run((Comparison *)c, j, s);
+                long only_x = 0, only_y = 0;
+                for (int k = 0; k < test->count; k++) {
+                    int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
+                    only_x += x_right && !y_right, only_y += y_right && !x_right;
+                }
+                put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %.2g |\n", c->names[i], c->names[j], x->seed, only_x,
+                         only_y, 100.0 * (y->test.accuracy - x->test.accuracy), mcnemar_exact_p(only_x, only_y));
+            }
+}
+
+// F1 of every class, each model's mean over its seeds.
+void put_class_table(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "\n| class |");
+    for (int i = 0; i < c->models; i++) put_text(b, " %s F1 |", c->names[i]);
+    put_text(b, "\n|---|");
+    for (int i = 0; i < c->models; i++) put_text(b, "--:|");
+    put_text(b, "\n");
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        put_text(b, "| %s |", CLASS_NAMES[k]);
+        for (int i = 0; i < c->models; i++) {
+            double sum = 0;
+            for (int s = 0; s < c->seeds; s++) sum += comparison_run((Comparison *)c, i, s)->classes.f1[k];
+            put_text(b, " %.4f |", sum / c->seeds);
+        }
+        put_text(b, "\n");
+    }
+}
+
+int write_results(const Comparison *c, const FashionMnist *data, const Options *o, FileList *files, Error *err) {
+    ByteBuffer b = {0};
+    put_text(&b, "# Fashion-MNIST: the comparison\n\nWritten by `");
+    for (int a = 0; a < o->argc; a++) put_text(&b, "%s%s", a ? " " : "", o->argv[a]);
+    put_text(&b, "`: %d training, %d validation and %d test images; %d seed%s per model (mean ± standard "
+                 "deviation over the seeds)%s. Seconds are training time, validation excluded.\n\n",
+             training_set(data, o).count, data->validation.count, data->test.count, c->seeds, c->seeds == 1 ? "" : "s",
+             o->augment ? "; training images shifted and flipped (--augment)" : "");
+    put_results_table(&b, c);
+    put_mcnemar_table(&b, c, &data->test);
+    put_class_table(&b, c);
+    fwrite(b.bytes, 1, b.used, stdout);
+    return write_listed(o->plots, "results.md", &b, files, err);
+}
+
+/* ---- Plot data and gnuplot scripts ----------------------------------------- */
+
+/* Each script draws its figure twice, as SVG and as PNG, with the same
+   commands: gnuplot's `replot` cannot repeat a multiplot. Titles are
+   printed "noenhanced", so that a '_' or '^' in a name stays a letter. */
+static const char *const GNUPLOT_TERMINALS[2][2] = {{"svg size 1000,420 dynamic font 'sans,11'", "svg"},
+                                                     {"pngcairo size 1000,420 font 'sans,10'", "png"}};
+
+// curves.dat: the first seed's epochs of every model, one block each.
+void put_curves_data(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "# the first seed of each model: one block per model (gnuplot: index i)\n"
+                "# epoch  train_loss  train_accuracy  validation_loss  validation_accuracy  best(1/0)\n");
+    for (int i = 0; i < c->models; i++) {
+        const RunReport *r = comparison_run((Comparison *)c, i, 0);
+        const History *h = r->history;
+        put_text(b, "%s# %s, seed %d: best epoch %d, stopped after %d\n", i ? "\n\n" : "", c->names[i], r->seed,
+                 r->result.best_epoch, r->result.epochs);
+        for (int e = 0; e < h->epochs; e++)
+            put_text(b, "%d %.6f %.6f %.6f %.6f %d\n", e + 1, h->train_loss[e], h->train_accuracy[e],
+                     h->validation_loss[e], h->validation_accuracy[e], e + 1 == r->result.best_epoch);
+    }
+}
+
+void put_curves_script(ByteBuffer *b, const Comparison *c) {
+    int most = 1;
+    for (int i = 0; i < c->models; i++) most = fmax(most, comparison_run((Comparison *)c, i, 0)->result.epochs);
+    put_text(b, "# Training curves: gnuplot curves.gp (in this directory) writes curves.svg and curves.png.\n"
+                "# Solid: validation; dashed: training; a circle: the best epoch, whose weights were tested.\n");
+    for (int t = 0; t < 2; t++) {
+        put_text(b, "\nset terminal %s\nset output 'curves.%s'\nset multiplot layout 1,2\nset grid\n"
+                    "set key noenhanced top right\nset xlabel 'epoch'\nset xtics %d\n", GNUPLOT_TERMINALS[t][0],
+                 GNUPLOT_TERMINALS[t][1], most <= 15 ? 1 : 5);
+        for (int panel = 0; panel < 2; panel++) {
+            int train_column = panel ? 3 : 2, validation_column = panel ? 5 : 4;
+            put_text(b, "set title '%s'\nset ylabel '%s'\nplot ", panel ? "accuracy" : "loss",
+                     panel ? "accuracy" : "cross-entropy loss");
+            for (int i = 0; i < c->models; i++)
+                put_text(b, "%s'curves.dat' index %d using 1:%d with lines lw 2 lc %d title '%s', \\\n"
+                            "     '' index %d using 1:%d with lines dt 2 lc %d notitle, \\\n"
+                            "     '' index %d using 1:($6 == 1 ? $%d : 1/0) with points pt 6 ps 2 lc %d notitle",
+                         i ? ", \\\n     " : "", i, validation_column, i + 1, c->names[i], i, train_column, i + 1, i,
+                         validation_column, i + 1);
+            put_text(b, "\n");
+        }
+        put_text(b, "unset multiplot\n");
+    }
+}
+
+// classes.dat: each class's F1, mean over the seeds, one column per model.
+void put_classes_data(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "class");
+    for (int i = 0; i < c->models; i++) put_text(b, " %s", c->names[i]);
+    put_text(b, "\n");
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        put_text(b, "\"%s\"", CLASS_NAMES[k]);
+        for (int i = 0; i < c->models; i++) {
+            double sum = 0;
+            for (int s = 0; s < c->seeds; s++) sum += comparison_run((Comparison *)c, i, s)->classes.f1[k];
+            put_text(b, " %.6f", sum / c->seeds);
+        }
+        put_text(b, "\n");
+    }
+}
+
+void put_classes_script(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "# F1 per class and model: gnuplot classes.gp writes classes.svg and classes.png.\n");
+    for (int t = 0; t < 2; t++)
+        put_text(b, "\nset terminal %s\nset output 'classes.%s'\nset title 'F1 per class (mean over the seeds)'\n"
+                    "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
+                    "set yrange [0:1]\nset grid ytics\nset key noenhanced top left horizontal\nset xtics noenhanced rotate by -30\n"
+                    "plot for [i=2:%d] 'classes.dat' using i:xtic(1) title columnheader(i)\n",
+                 GNUPLOT_TERMINALS[t][0], GNUPLOT_TERMINALS[t][1], c->models + 1);
+}
+
+int write_plot_files(const Comparison *c, const Options *o, FileList *files, Error *err) {
+    ByteBuffer b = {0};
+    put_curves_data(&b, c);
+    int status = write_listed(o->plots, "curves.dat", &b, files, err);
+    if (!status) put_curves_script(&b, c), status = write_listed(o->plots, "curves.gp", &b, files, err);
+    if (!status) put_classes_data(&b, c), status = write_listed(o->plots, "classes.dat", &b, files, err);
+    if (!status) put_classes_script(&b, c), status = write_listed(o->plots, "classes.gp", &b, files, err);
+    return status;
+}
+
+/* ---- Pictures: confusion matrices ------------------------------------------ */
+
+static const unsigned char WHITE[3] = {255, 255, 255}, BLACK[3] = {0, 0, 0};
+static const unsigned char GREEN[3] = {0, 120, 0}, RED[3] = {190, 0, 0};
+
+// A colour between two, at t in [0, 1].
+void blend(unsigned char out[3], const unsigned char from[3], const unsigned char to[3], double t) {
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    for (int i = 0; i < 3; i++) out[i] = (unsigned char)lround(from[i] + t * (to[i] - from[i]));
+}
+
+void fill_rectangle(Picture *p, int x, int y, int width, int height, const unsigned char *colour) {
+    for (int dy = 0; dy < height; dy++)
+        for (int dx = 0; dx < width; dx++) picture_put(p, x + dx, y + dy, 1, colour);
+}
+
+// Text read from bottom to top (turned a quarter left), its first letter's
+// bottom-left corner at (x, y).
+void picture_draw_text_up(Picture *p, int x, int y, const char *text, const unsigned char *colour) {
+    for (; *text; text++, y -= GLYPH_ADVANCE) {
+        unsigned char ch = (unsigned char)*text;
+        if (ch >= 'a' && ch <= 'z') ch = (unsigned char)(ch - 'a' + 'A');
+        if (ch >= 128) continue;
+        for (int row = 0; row < GLYPH_HEIGHT; row++)
+            for (int col = 0; col < GLYPH_WIDTH; col++)
+                if (FONT[ch][row] >> (GLYPH_WIDTH - 1 - col) & 1) picture_put(p, x + row, y - col, 1, colour);
+    }
+}
+
+enum { CELL = 40, LEFT_MARGIN = 84, TOP_MARGIN = 112, SCALE_WIDTH = 70 };
+
+// The frame of a 10x10 matrix picture: title, class names on both axes.
+Picture matrix_picture(const char *title, const char *subtitle) {
+    Picture p = picture_new(LEFT_MARGIN + NUM_CLASSES * CELL + SCALE_WIDTH, TOP_MARGIN + NUM_CLASSES * CELL + 30, 3, 255);
+    picture_draw_text(&p, 8, 6, 2, title, BLACK);
+    picture_draw_text(&p, 8, 26, 1, subtitle, BLACK);
+    for (int k = 0; k < NUM_CLASSES; k++) {
+        picture_draw_text(&p, 4, TOP_MARGIN + k * CELL + (CELL - GLYPH_HEIGHT) / 2, 1, CLASS_NAMES[k], BLACK);
+        picture_draw_text_up(&p, LEFT_MARGIN + k * CELL + (CELL - GLYPH_HEIGHT) / 2, TOP_MARGIN - 4, CLASS_NAMES[k], BLACK);
+    }
+    picture_draw_text(&p, LEFT_MARGIN, TOP_MARGIN + NUM_CLASSES * CELL + 8, 1, "rows: true class; columns: predicted", BLACK);
+    return p;
+}
+
+// One cell: its colour and its number, in white on a dark colour.
+void draw_cell(Picture *p, int row, int col, const unsigned char *colour, const char *text, int dark) {
+    int x = LEFT_MARGIN + col * CELL, y = TOP_MARGIN + row * CELL;
+    fill_rectangle(p, x, y, CELL - 1, CELL - 1, colour);
+    int width = (int)strlen(text) * GLYPH_ADVANCE - 1;
+    picture_draw_text(p, x + (CELL - width) / 2, y + (CELL - GLYPH_HEIGHT) / 2, 1, text, dark ? WHITE : BLACK);
+}
+
+// The scale beside the matrix: `steps` colours from top (high) to bottom.
+void draw_scale(Picture *p, const unsigned char low[3], const unsigned char high[3], const char *top, const char *bottom) {
+    int x = LEFT_MARGIN + NUM_CLASSES * CELL + 10, height = NUM_CLASSES * CELL;
+    for (int y = 0; y < height; y++) {
+        unsigned char colour[3];
+        blend(colour, low, high, 1.0 - (double)y / (height - 1));
+        fill_rectangle(p, x, TOP_MARGIN + y, 14, 1, colour);
+    }
+    picture_draw_text(p, x + 18, TOP_MARGIN, 1, top, BLACK);
+    picture_draw_text(p, x + 18, TOP_MARGIN + height - GLYPH_HEIGHT, 1, bottom, BLACK);
+}
+
+/* A confusion matrix: each cell coloured by its share of the row (of the
+   images of that true class), from white (none) to dark blue (all), with
+   the count written in it. */
+Picture confusion_picture(const RunReport *r) {
+    static const unsigned char DARK_BLUE[3] = {8, 48, 107};
+    char title[128], subtitle[128], count[16];
+    snprintf(title, sizeof title, "%s, seed %d", r->model, r->seed);
+    snprintf(subtitle, sizeof subtitle, "test accuracy %.2f%%, colour: share of the true class", 100 * r->test.accuracy);
+    Picture p = matrix_picture(title, subtitle);
+    for (int t = 0; t < NUM_CLASSES; t++) {
+        long row_total = 0;
+        for (int k = 0; k < NUM_CLASSES; k++) row_total += r->test.confusion[t][k];
+        for (int k = 0; k < NUM_CLASSES; k++) {
+            double share = row_total ? (double)r->test.confusion[t][k] / row_total : 0;
+            unsigned char colour[3];
+            blend(colour, WHITE, DARK_BLUE, share);
+            snprintf(count, sizeof count, "%d", r->test.confusion[t][k]);
+            draw_cell(&p, t, k, colour, count, share > 0.45);
+        }
+    }
+    draw_scale(&p, WHITE, DARK_BLUE, "100%", "0%");
+    return p;
+}
+
+/* What changed from model a to model b: b's count minus a's, in green
+   where b is better (more right on the diagonal, fewer mistakes off it)
+   and red where it is worse; the stronger, the larger the change. */
+Picture confusion_change_picture(const RunReport *a, const RunReport *b) {
+    char title[128], subtitle[160], text[16];
+    snprintf(title, sizeof title, "%s minus %s", b->model, a->model);
+    snprintf(subtitle, sizeof subtitle, "seed %d: %.2f%% to %.2f%%; green: better, red: worse", a->seed,
+             100 * a->test.accuracy, 100 * b->test.accuracy);
+    Picture p = matrix_picture(title, subtitle);
+    int largest = 1;
+    for (int t = 0; t < NUM_CLASSES; t++)
+        for (int k = 0; k < NUM_CLASSES; k++) {
+            int change = abs(b->test.confusion[t][k] - a->test.confusion[t][k]);
+            largest = change > largest ? change : largest;
+        }
+    for (int t = 0; t < NUM_CLASSES; t++)
+        for (int k = 0; k < NUM_CLASSES; k++) {
+            int change = b->test.confusion[t][k] - a->test.confusion[t][k];
+            int better = t == k ? change > 0 : change < 0;
+            unsigned char colour[3];
+            blend(colour, WHITE, better ? GREEN : RED, (double)abs(change) / largest);
+            snprintf(text, sizeof text, change ? "%+d" : "0", change);
+            draw_cell(&p, t, k, colour, text, (double)abs(change) / largest > 0.55);
+        }
+    snprintf(text, sizeof text, "%d", largest);
+    draw_scale(&p, WHITE, GREEN, text, "0");
+    return p;
+}
+
+/* ---- Pictures: galleries ---------------------------------------------------- */
+
+enum { GALLERY_COLUMNS = 10, GALLERY_SCALE = 3, GALLERY_CELL_WIDTH = 100, GALLERY_CELL_HEIGHT = 84 + 24,
+       GALLERY_HEADING = 18 };
+
+// One test image with its true class and what the model said.
+void draw_gallery_item(Picture *p, int x, int y, const RunReport *r, const Dataset *test, int item) {
+    picture_draw_image(p, x + (GALLERY_CELL_WIDTH - 84) / 2, y, GALLERY_SCALE, test->images + (size_t)item * IMAGE_SIZE);
+    char line[64];
+    int truth = test->labels[item], guess = r->guesses[item];
+    snprintf(line, sizeof line, "%s", CLASS_NAMES[truth]);
+    picture_draw_text(p, x + 2, y + 86, 1, line, BLACK);
+    snprintf(line, sizeof line, "%s %.0f%%", CLASS_NAMES[guess], 100 * r->confidence[item]);
+    picture_draw_text(p, x + 2, y + 96, 1, line, truth == guess ? GREEN : RED);
+}
+
+// The most confident mistakes: the wrong answers with the highest
+// probability, highest first (ties: the earlier image first).
+int most_confident_mistakes(const RunReport *r, const Dataset *test, int *items, int most) {
+    int found = 0;
+    for (int i = 0; i < test->count; i++) {
+        if (r->guesses[i] == test->labels[i]) continue;
+        int at = found < most ? found++ : most;
+        while (at > 0 && r->confidence[items[at - 1]] < r->confidence[i]) {
+            if (at < most) items[at] = items[at - 1];
+            at--;
+        }
+        if (at < most) items[at] = i;
+    }
+    return found;
+}
+
+/* Three rows of test images: the first the model got right, the first it
+   got wrong, and its most confident mistakes. Under each image: its true
+   class (black) and the model's answer with its probability (green when
+   right, red when wrong). */
+Picture gallery_picture(const RunReport *r, const Dataset *test) {
+    int rows[3][GALLERY_COLUMNS], counts[3] = {0, 0, 0};
+    for (int i = 0; i < test->count; i++) {
+        int right = r->guesses[i] == test->labels[i];
+        int *count = &counts[right ? 0 : 1];
+        if (*count < GALLERY_COLUMNS) rows[right ? 0 : 1][(*count)++] = i;
+    }
+    counts[2] = most_confident_mistakes(r, test, rows[2], GALLERY_COLUMNS);
+    counts[2] = counts[2] < GALLERY_COLUMNS ? counts[2] : GALLERY_COLUMNS;
+    static const char *const HEADINGS[3] = {"right", "wrong", "the most confident mistakes"};
+    Picture p = picture_new(GALLERY_COLUMNS * GALLERY_CELL_WIDTH, 30 + 3 * (GALLERY_HEADING + GALLERY_CELL_HEIGHT), 3, 255);
+    char title[128];
+    snprintf(title, sizeof title, "%s, seed %d: test images, true class and answer", r->model, r->seed);
+    picture_draw_text(&p, 6, 6, 2, title, BLACK);
+    for (int row = 0; row < 3; row++) {
+        int y = 30 + row * (GALLERY_HEADING + GALLERY_CELL_HEIGHT);
+        picture_draw_text(&p, 6, y + 4, 1, HEADINGS[row], BLACK);
+        for (int col = 0; col < counts[row]; col++)
+            draw_gallery_item(&p, col * GALLERY_CELL_WIDTH, y + GALLERY_HEADING, r, test, rows[row][col]);
+    }
+    return p;
+}
+
+/* ---- Pictures: what the first convolution learned --------------------------- */
+
+const Node *first_convolution(const Graph *g) {
+    for (int i = 0; i < g->order_count; i++)
+        if (g->order[i]->op == &OPS[OP_CONV2D]) return g->order[i];
+    return NULL;
+}
+
+/* The first layer's filters, each 3x3 weights drawn 12 times as large:
+   grey is 0, white the largest positive weight, black the most negative
+   (one scale for all, so filters can be compared). */
+Picture filters_picture(const Node *kernel, const char *model) {  // kernel: (3, 3, 1, C)
+    int channels = kernel->shape[3], per_row = 8, zoom = 12, gap = 6, size = 3 * zoom;
+    int rows = (channels + per_row - 1) / per_row;
+    Picture p = picture_new(per_row * (size + gap) + gap, 30 + rows * (size + gap), 3, 255);
+    char title[96];
+    snprintf(title, sizeof title, "%s: the first layer's %d filters", model, channels);
+    picture_draw_text(&p, 6, 6, 1, title, BLACK);
+    float largest = 1e-12f;
+    for (size_t i = 0; i < kernel->size; i++) largest = fmaxf(largest, fabsf(kernel->value[i]));
+    for (int f = 0; f < channels; f++)
+        for (int r = 0; r < 3; r++)
+            for (int c = 0; c < 3; c++) {
+                float w = kernel->value[(r * 3 + c) * channels + f];  // [r][c][0][f]
+                unsigned char v = (unsigned char)lroundf(127.5f + 127.5f * w / largest), grey[3] = {v, v, v};
+                picture_put(&p, gap + f % per_row * (size + gap) + c * zoom, 30 + f / per_row * (size + gap) + r * zoom,
+                            zoom, grey);
+            }
+    return p;
+}
+
+/* One test image and what the first layer makes of it: each filter's
+   output after ReLU, scaled to its own largest value (white). */
+Picture feature_maps_picture(GraphClassifier *net, const Dataset *test, const char *model) {
+    Batch one = {.images = test->images, .targets = test->targets, .count = 1};
+    float probs[NUM_CLASSES];
+    graph_predict(net, &one, probs);
+    const Node *conv = first_convolution(net->graph);
+    int height = conv->shape[1], width = conv->shape[2], channels = conv->shape[3], zoom = 2, gap = 4, per_row = 8;
+    int tile = height * zoom + gap, left = 28 * 3 + 2 * gap;
+    Picture p = picture_new(left + per_row * (width * zoom + gap), 30 + (channels + per_row - 1) / per_row * tile, 3, 255);
+    char title[128];
+    snprintf(title, sizeof title, "%s: test image 0 (%s) and the first layer's %d feature maps", model,
+             CLASS_NAMES[test->labels[0]], channels);
+    picture_draw_text(&p, 6, 6, 1, title, BLACK);
+    picture_draw_image(&p, gap, 30, 3, test->images);
+    for (int f = 0; f < channels; f++) {
+        float largest = 1e-12f;
+        for (int i = 0; i < height * width; i++) largest = fmaxf(largest, conv->value[i * channels + f]);
+        for (int y = 0; y < height; y++)
+            for (int x = 0; x < width; x++) {
+                float v = fmaxf(conv->value[(y * width + x) * channels + f], 0) / largest;  // [0][y][x][f]
+                unsigned char grey = (unsigned char)lroundf(255 * v), colour[3] = {grey, grey, grey};
+                picture_put(&p, left + f % per_row * (width * zoom + gap) + x * zoom, 30 + f / per_row * tile + y * zoom,
+                            zoom, colour);
+            }
+    }
+    return p;
+}
+
+int draw_network(const GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
+                 FileList *files, Error *err) {
+    const Node *conv = first_convolution(net->graph);
+    if (!conv || test->count == 0) return 0;
+    char file[64];
+    Picture p = filters_picture(conv->inputs[1], name);
+    snprintf(file, sizeof file, "filters-%s", name);
+    int status = save_picture(&p, o->plots, file, files, err);
+    picture_free(&p);
+    if (status) return status;
+    p = feature_maps_picture((GraphClassifier *)net, test, name);
+    snprintf(file, sizeof file, "features-%s", name);
+    status = save_picture(&p, o->plots, file, files, err);
+    picture_free(&p);
+    return status;
+}
+
+// Each model's confusion matrix and gallery (its first seed), and what
+// changed from each model to the next in the list.
+int draw_comparison(const Comparison *c, const Dataset *test, const Options *o, FileList *files, Error *err) {
+    int status = 0;
+    char file[96];
+    for (int i = 0; i < c->models && !status; i++) {
+        const RunReport *r = comparison_run((Comparison *)c, i, 0);
+        Picture p = confusion_picture(r);
+        snprintf(file, sizeof file, "confusion-%s", c->names[i]);
+        status = save_picture(&p, o->plots, file, files, err);
+        picture_free(&p);
+        if (status) break;
+        p = gallery_picture(r, test);
+        snprintf(file, sizeof file, "gallery-%s", c->names[i]);
+        status = save_picture(&p, o->plots, file, files, err);
+        picture_free(&p);
+        if (status || i == 0) continue;
+        p = confusion_change_picture(comparison_run((Comparison *)c, i - 1, 0), r);
+        snprintf(file, sizeof file, "change-%s-to-%s", c->names[i - 1], c->names[i]);
+        status = save_picture(&p, o->plots, file, files, err);
+        picture_free(&p);
+    }
+    return status;
+}
+
+/* ---- The chapter's work ------------------------------------------------------- */
+
+// --quick: a small real version of everything, for classes and tests.
+void make_quick(Options *o, FashionMnist *data) {
+    enum { QUICK_TRAIN = 3000, QUICK_VALIDATION = 1000, QUICK_TEST = 1000, QUICK_EPOCHS = 4 };
+    if (!o->limit || o->limit > QUICK_TRAIN) o->limit = QUICK_TRAIN;
+    if (o->epochs > QUICK_EPOCHS) o->epochs = QUICK_EPOCHS;
+    if (data->validation.count > QUICK_VALIDATION) data->validation.count = QUICK_VALIDATION;
+    if (data->test.count > QUICK_TEST) data->test.count = QUICK_TEST;
+    printf("--quick: %d training images at most, %d validation, %d test; at most %d epochs\n", o->limit,
+           data->validation.count, data->test.count, o->epochs);
+}
+
+int compare_models(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
+    if (o->quick) make_quick(o, data);
+    FileList *files = xmalloc(sizeof *files);
+    files->count = 0;
+    Comparison c = {0};
+    double start = now_seconds();
+    int status = make_directory(o->plots, "--plots", err);
+    if (!status) status = run_comparison(o, data, kernel, gemm, &c, files, err);
+    if (!status) status = write_results(&c, data, o, files, err);
+    if (!status) status = write_plot_files(&c, o, files, err);
+    if (!status) status = draw_comparison(&c, &data->test, o, files, err);
+    if (!status) {
+        printf("\nthe comparison took ");
+        print_duration(now_seconds() - start);
+        printf(" in this session\n");
+    }
+    if (files->count) printf("\nwrote %d files:\n", files->count);
+    for (int i = 0; i < files->count; i++) printf("  %s\n", files->paths[i]);
+    if (!status) printf("\n`make plots` draws the curves and bars with gnuplot.\n");
+    comparison_free(&c);
+    free(files);
+    return status;
+}
+//@ end
