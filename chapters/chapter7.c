@@ -817,7 +817,7 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->patience, .min = 1, .max = 1000};
     specs[n++] = (OptionSpec){.name = "--checkpoints", .value_name = "DIR", .help = "where checkpoints are written (default: checkpoints)",
                               .kind = OPTION_TEXT, .target = &o->checkpoints};
-    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps (to try --resume)",
+    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps of a run (the same command goes on)",
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
     specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
                               "deeper-nodropout, deeper-nobn (default: ann,basic,deeper)",

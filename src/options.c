@@ -107,8 +107,14 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--evaluate", .value_name = "FILE", .help = "test the best weights of a checkpoint, without training",
                               .kind = OPTION_TEXT, .target = &o->evaluate};
 //@ end
+//@ from 6 to 6
     specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps (to try --resume)",
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
+//@ end
+//@ from 7
+    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps of a run (the same command goes on)",
+                              .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
+//@ end
 //@ end
 //@ from 7
     specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "

@@ -289,6 +289,41 @@ static void test_reads_chapter6(void) {
     graph_free(g);
 }
 
+/* ---- The pictures of a CNN's first layer, under AddressSanitizer ------------------ */
+
+static void test_network_pictures(void) {
+    Dataset test = {.count = 2};
+    float images[2 * IMAGE_SIZE], targets[2 * NUM_CLASSES] = {0};
+    unsigned char labels[2] = {9, 0};
+    for (int i = 0; i < 2 * IMAGE_SIZE; i++) images[i] = (float)(i % 29) / 29;
+    targets[9] = targets[NUM_CLASSES] = 1;
+    test.images = images, test.targets = targets, test.labels = labels;
+    static const char *const models[] = {"basic", "deeper"};
+    for (int m = 0; m < 2; m++) {
+        GraphClassifier net = build_model(models[m], 2, 1, KERNEL_NAIVE, NULL);
+        const Node *conv = first_convolution(net.graph);
+        Picture filters = filters_picture(conv->inputs[1], models[m]);
+        Picture maps = feature_maps_picture(&net, &test, models[m]);
+        // The map of filter f at (y, x) is drawn 2x at a known place: check one.
+        int width = conv->shape[2], channels = conv->shape[3];
+        CHECK(filters.width > 0 && maps.width == 28 * 3 + 8 + 8 * (width * 2 + 4));
+        float largest = 1e-12f;
+        for (int i = 0; i < conv->shape[1] * width; i++) largest = fmaxf(largest, conv->value[i * channels + 3]);
+        int all_there = 1, lit = 0;
+        for (int y = 0; y < conv->shape[1]; y++)
+            for (int x = 0; x < width; x++) {
+                float v = fmaxf(conv->value[(y * width + x) * channels + 3], 0) / largest;
+                size_t at = ((size_t)(30 + y * 2) * maps.width + (28 * 3 + 8) + 3 * (width * 2 + 4) + x * 2) * 3;
+                all_there &= maps.pixels[at] == lroundf(255 * v);
+                lit += v > 0.1f;
+            }
+        CHECK(all_there && lit > 10);
+        picture_free(&filters);
+        picture_free(&maps);
+        graph_free(net.graph);
+    }
+}
+
 /* ---- Checking files a run wrote ----------------------------------------------------- */
 
 static unsigned char *slurp(const char *path, size_t *size) {
@@ -352,5 +387,6 @@ int main(int argc, char **argv) {
     test_augment();
     test_model_list();
     test_reads_chapter6();
+    test_network_pictures();
     return check_summary();
 }

@@ -3,7 +3,8 @@
 # memcheck: no invalid read or write, no use of an uninitialised value, no
 # memory definitely or indirectly lost at exit. Chapters 4 to 6 run the ANN
 # on the engine (the blocked GEMM, the threads, and in chapter 6 the
-# checkpoints, a pause and a resume): the convolutions and batch norm under
+# checkpoints, a pause and a resume; in chapter 7 the comparison, stopped
+# and gone on with, and its pictures): the convolutions and batch norm under
 # valgrind take minutes, so they are left to AddressSanitizer in the tests
 # (book.md, Appendix A, has a by-hand run of every model). Needs valgrind
 # and Fashion-MNIST; skips without them. Ends with "N passed, N failed".
@@ -15,7 +16,7 @@ fi
 work=build/valgrind
 rm -rf "$work" && mkdir -p "$work" || exit 1
 sh tests/small_data.sh data "$work/data" 500 100
-make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 > /dev/null || exit 1
+make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 > /dev/null || exit 1
 passed=0 failed=0
 memcheck() {  # memcheck EXPECTED-EXIT-CODE PROGRAM ARGS...
     expected=$1; shift
@@ -34,5 +35,7 @@ memcheck 130 ./chapter6 --model ann --epochs 2 --limit 128 --checkpoints "$work"
 memcheck 0 ./chapter6 --model ann --epochs 2 --limit 128 --checkpoints "$work" --resume "$work/ann-seed1-last.ckpt"
 memcheck 0 ./chapter6 --evaluate "$work/ann-seed1-best.ckpt"
 memcheck 21 ./chapter6 --evaluate tests/fuzz/corpus/checkpoint/seed1.ckpt
+memcheck 130 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7" --stop-after 1
+memcheck 0 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7"
 echo "$passed passed, $failed failed"
 [ $failed = 0 ]
