@@ -38,7 +38,7 @@ TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_exa
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
-        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots
+        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -78,6 +78,11 @@ check-chapters: build/tangle
 
 data:
 	@sh src/get-data.sh --install data
+
+# The front door: the data if it is not there, chapter 7 built, and the
+# comparison run (`make compare ARGS="--seeds 3"`, `ARGS=--quick`, ...).
+compare: data chapter7
+	./chapter7 $(ARGS)
 
 # The curves and bars of chapter 7 (and chapter 4's roofline), drawn by
 # gnuplot from the scripts the chapters write into plots/. The chapters

@@ -829,7 +829,7 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--quick", .value_name = NULL, .help = "a small version of everything, in about a minute (3000 training, "
                               "1000 validation and 1000 test images, at most 4 epochs)",
                               .kind = OPTION_FLAG, .target = &o->quick};
-    specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots)",
+    specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots, and plots/quick with --quick)",
                               .kind = OPTION_TEXT, .target = &o->plots};
     specs[n++] = (OptionSpec){.name = "--batch", .value_name = "N", .help = "images per mini-batch (default: 64)",
                               .kind = OPTION_INT, .target = &o->batch, .min = 1, .max = 4096};
@@ -940,8 +940,10 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
     char names[MAX_MODELS][MODEL_NAME_SIZE];
     if (split_model_list(o->models, names, err) < 0) return err->code;
-    // A quick run's checkpoints are of other runs (fewer images), kept apart.
+    // A quick run's checkpoints are of other runs (fewer images), and its
+    // pictures are not the book's: both kept apart.
     if (o->quick && strcmp(o->checkpoints, "checkpoints") == 0) o->checkpoints = "checkpoints/quick";
+    if (o->quick && strcmp(o->plots, "plots") == 0) o->plots = "plots/quick";
     o->argc = argc, o->argv = argv;
     if (o->resume && o->evaluate) return fail(err, EXIT_USAGE, "--resume and --evaluate: choose one");
     if ((o->resume || o->evaluate) && o->overfit)
@@ -5190,6 +5192,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     checkpoint_path(&o, "last", last, sizeof last);
     if (file_exists(last)) o.resume = last;
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
+    if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
     *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
                           .multiply_adds = (double)model_multiply_adds(net.graph)};

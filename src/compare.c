@@ -137,6 +137,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     checkpoint_path(&o, "last", last, sizeof last);
     if (file_exists(last)) o.resume = last;
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
+    if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
     *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
                           .multiply_adds = (double)model_multiply_adds(net.graph)};

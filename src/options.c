@@ -127,7 +127,7 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--quick", .value_name = NULL, .help = "a small version of everything, in about a minute (3000 training, "
                               "1000 validation and 1000 test images, at most 4 epochs)",
                               .kind = OPTION_FLAG, .target = &o->quick};
-    specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots)",
+    specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots, and plots/quick with --quick)",
                               .kind = OPTION_TEXT, .target = &o->plots};
 //@ end
 //@ from 2
@@ -264,8 +264,10 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
 //@ from 7
     char names[MAX_MODELS][MODEL_NAME_SIZE];
     if (split_model_list(o->models, names, err) < 0) return err->code;
-    // A quick run's checkpoints are of other runs (fewer images), kept apart.
+    // A quick run's checkpoints are of other runs (fewer images), and its
+    // pictures are not the book's: both kept apart.
     if (o->quick && strcmp(o->checkpoints, "checkpoints") == 0) o->checkpoints = "checkpoints/quick";
+    if (o->quick && strcmp(o->plots, "plots") == 0) o->plots = "plots/quick";
 //@ end
 //@ from 6
     o->argc = argc, o->argv = argv;
