@@ -5221,7 +5221,8 @@ typedef struct {
     int done;         // runs finished, in order
 } Comparison;
 
-RunReport *comparison_run(Comparison *c, int model, int seed_index) { return &c->runs[model * c->seeds + seed_index]; }
+// The run of model number `model` with its seed number `seed_index` (0 for --seed).
+RunReport *comparison_run(const Comparison *c, int model, int seed_index) { return &c->runs[model * c->seeds + seed_index]; }
 
 // The time the rest of the comparison should take, from the runs done in
 // this session: seconds per (multiply-add x image), times the work left,
@@ -5235,9 +5236,9 @@ void print_comparison_eta(const Comparison *c, const Options *o, double seconds,
         int model = r / c->seeds;
         double epochs = 0, count = 0;
         for (int s = 0; s < c->seeds && model * c->seeds + s < c->done; s++)
-            epochs += comparison_run((Comparison *)c, model, s)->result.epochs, count++;
+            epochs += comparison_run(c, model, s)->result.epochs, count++;
         double expected = count ? epochs / count : runs_seen ? epochs_seen / runs_seen : o->epochs;
-        left += expected * train_count * comparison_run((Comparison *)c, model, 0)->multiply_adds;
+        left += expected * train_count * comparison_run(c, model, 0)->multiply_adds;
     }
     printf("comparison: %d of %d runs done; about ", c->done, c->models * c->seeds);
     print_duration(left * seconds / work_done);
@@ -5286,10 +5287,10 @@ typedef struct {
 
 Spread spread(const Comparison *c, int model, double (*figure)(const RunReport *)) {
     double sum = 0, squares = 0;
-    for (int s = 0; s < c->seeds; s++) sum += figure(comparison_run((Comparison *)c, model, s));
+    for (int s = 0; s < c->seeds; s++) sum += figure(comparison_run(c, model, s));
     Spread out = {.mean = sum / c->seeds};
     for (int s = 0; s < c->seeds; s++) {
-        double d = figure(comparison_run((Comparison *)c, model, s)) - out.mean;
+        double d = figure(comparison_run(c, model, s)) - out.mean;
         squares += d * d;
     }
     out.sd = c->seeds > 1 ? sqrt(squares / (c->seeds - 1)) : 0;
@@ -5315,7 +5316,7 @@ void put_results_table(ByteBuffer *b, const Comparison *c) {
     put_text(b, "| model | parameters | MFLOP/image | epochs | best epoch | s/epoch | images/s | test loss "
                 "| test accuracy %% | macro-F1 |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int i = 0; i < c->models; i++) {
-        const RunReport *first = comparison_run((Comparison *)c, i, 0);
+        const RunReport *first = comparison_run(c, i, 0);
         put_text(b, "| %s | %zu | %.2f | ", c->names[i], first->parameters, 2 * first->multiply_adds / 1e6);
         put_spread(b, spread(c, i, figure_epochs), 1, c->seeds), put_text(b, " | ");
         put_spread(b, spread(c, i, figure_best_epoch), 1, c->seeds), put_text(b, " | ");
@@ -5334,7 +5335,7 @@ void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) 
     for (int i = 0; i < c->models; i++)
         for (int j = i + 1; j < c->models; j++)
             for (int s = 0; s < c->seeds; s++) {
-                const RunReport *x = comparison_run((Comparison *)c, i, s), *y = comparison_run((Comparison *)c, j, s);
+                const RunReport *x = comparison_run(c, i, s), *y = comparison_run(c, j, s);
                 long only_x = 0, only_y = 0;
                 for (int k = 0; k < test->count; k++) {
                     int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
@@ -5345,20 +5346,30 @@ void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) 
             }
 }
 
-// F1 of every class, each model's mean over its seeds.
+// Precision, recall or F1 of class k, the mean over a model's seeds.
+typedef enum { PRECISION, RECALL, F1 } ClassFigure;
+
+double mean_class_figure(const Comparison *c, int model, int k, ClassFigure which) {
+    double sum = 0;
+    for (int s = 0; s < c->seeds; s++) {
+        const ClassFigures *f = &comparison_run(c, model, s)->classes;
+        sum += which == PRECISION ? f->precision[k] : which == RECALL ? f->recall[k] : f->f1[k];
+    }
+    return sum / c->seeds;
+}
+
+// Precision, recall and F1 of every class and model (means over the seeds).
 void put_class_table(ByteBuffer *b, const Comparison *c) {
     put_text(b, "\n| class |");
-    for (int i = 0; i < c->models; i++) put_text(b, " %s F1 |", c->names[i]);
+    for (int i = 0; i < c->models; i++) put_text(b, " %s precision | %s recall | %s F1 |", c->names[i], c->names[i], c->names[i]);
     put_text(b, "\n|---|");
-    for (int i = 0; i < c->models; i++) put_text(b, "--:|");
+    for (int i = 0; i < c->models; i++) put_text(b, "--:|--:|--:|");
     put_text(b, "\n");
     for (int k = 0; k < NUM_CLASSES; k++) {
         put_text(b, "| %s |", CLASS_NAMES[k]);
-        for (int i = 0; i < c->models; i++) {
-            double sum = 0;
-            for (int s = 0; s < c->seeds; s++) sum += comparison_run((Comparison *)c, i, s)->classes.f1[k];
-            put_text(b, " %.4f |", sum / c->seeds);
-        }
+        for (int i = 0; i < c->models; i++)
+            put_text(b, " %.4f | %.4f | %.4f |", mean_class_figure(c, i, k, PRECISION), mean_class_figure(c, i, k, RECALL),
+                     mean_class_figure(c, i, k, F1));
         put_text(b, "\n");
     }
 }
@@ -5391,7 +5402,7 @@ void put_curves_data(ByteBuffer *b, const Comparison *c) {
     put_text(b, "# the first seed of each model: one block per model (gnuplot: index i)\n"
                 "# epoch  train_loss  train_accuracy  validation_loss  validation_accuracy  best(1/0)\n");
     for (int i = 0; i < c->models; i++) {
-        const RunReport *r = comparison_run((Comparison *)c, i, 0);
+        const RunReport *r = comparison_run(c, i, 0);
         const History *h = r->history;
         put_text(b, "%s# %s, seed %d: best epoch %d, stopped after %d\n", i ? "\n\n" : "", c->names[i], r->seed,
                  r->result.best_epoch, r->result.epochs);
@@ -5403,7 +5414,7 @@ void put_curves_data(ByteBuffer *b, const Comparison *c) {
 
 void put_curves_script(ByteBuffer *b, const Comparison *c) {
     int most = 1;
-    for (int i = 0; i < c->models; i++) most = fmax(most, comparison_run((Comparison *)c, i, 0)->result.epochs);
+    for (int i = 0; i < c->models; i++) most = fmax(most, comparison_run(c, i, 0)->result.epochs);
     put_text(b, "# Training curves: gnuplot curves.gp (in this directory) writes curves.svg and curves.png.\n"
                 "# Solid: validation; dashed: training; a circle: the best epoch, whose weights were tested.\n");
     for (int t = 0; t < 2; t++) {
@@ -5433,11 +5444,7 @@ void put_classes_data(ByteBuffer *b, const Comparison *c) {
     put_text(b, "\n");
     for (int k = 0; k < NUM_CLASSES; k++) {
         put_text(b, "\"%s\"", CLASS_NAMES[k]);
-        for (int i = 0; i < c->models; i++) {
-            double sum = 0;
-            for (int s = 0; s < c->seeds; s++) sum += comparison_run((Comparison *)c, i, s)->classes.f1[k];
-            put_text(b, " %.6f", sum / c->seeds);
-        }
+        for (int i = 0; i < c->models; i++) put_text(b, " %.6f", mean_class_figure(c, i, k, F1));
         put_text(b, "\n");
     }
 }
@@ -5721,7 +5728,7 @@ int draw_comparison(const Comparison *c, const Dataset *test, const Options *o, 
     int status = 0;
     char file[96];
     for (int i = 0; i < c->models && !status; i++) {
-        const RunReport *r = comparison_run((Comparison *)c, i, 0);
+        const RunReport *r = comparison_run(c, i, 0);
         Picture p = confusion_picture(r);
         snprintf(file, sizeof file, "confusion-%s", c->names[i]);
         status = save_picture(&p, o->plots, file, files, err);
@@ -5732,7 +5739,7 @@ int draw_comparison(const Comparison *c, const Dataset *test, const Options *o, 
         status = save_picture(&p, o->plots, file, files, err);
         picture_free(&p);
         if (status || i == 0) continue;
-        p = confusion_change_picture(comparison_run((Comparison *)c, i - 1, 0), r);
+        p = confusion_change_picture(comparison_run(c, i - 1, 0), r);
         snprintf(file, sizeof file, "change-%s-to-%s", c->names[i - 1], c->names[i]);
         status = save_picture(&p, o->plots, file, files, err);
         picture_free(&p);
