@@ -85,15 +85,15 @@ compare: data chapter7
 	./chapter7 $(ARGS)
 
 # The curves and bars of chapter 7 (and chapter 4's roofline), drawn by
-# gnuplot from the scripts the chapters write into plots/. The chapters
+# gnuplot from the scripts the chapters write into plots/ (and plots/quick/). The chapters
 # never need gnuplot: their pictures (PPM and PNG) are their own.
 plots:
 	@command -v gnuplot > /dev/null 2>&1 || { echo "make plots needs gnuplot, which is not installed: sudo apt-get \
 	install gnuplot-nox (Debian, Ubuntu) or brew install gnuplot (macOS). The PPM and PNG pictures in plots/ need nothing."; exit 1; }
-	@ls plots/*.gp > /dev/null 2>&1 || { echo "no gnuplot scripts in plots/ yet: run ./chapter7 (or ./chapter7 --quick) first"; exit 1; }
-	@for g in plots/*.gp; do \
+	@ls plots/*.gp plots/*/*.gp 2> /dev/null | grep -q . || { echo "no gnuplot scripts in plots/ yet: run ./chapter7 (or ./chapter7 --quick) first"; exit 1; }
+	@for g in plots/*.gp plots/*/*.gp; do [ -f "$$g" ] || continue; \
 	  case $$g in plots/roofline.gp) gnuplot $$g || exit 1; echo "  $$g -> plots/roofline.svg";; \
-	  *) (cd plots && gnuplot $$(basename $$g)) || exit 1; echo "  $$g -> $${g%.gp}.svg, $${g%.gp}.png";; esac; \
+	  *) (cd $$(dirname $$g) && gnuplot $$(basename $$g)) || exit 1; echo "  $$g -> $${g%.gp}.svg, $${g%.gp}.png";; esac; \
 	done
 
 # Every chapter must compile without a warning, under gcc and (where it is

@@ -1,3 +1,24 @@
+/* chapter7.c - the comparison: three models, several seeds, a verdict.
+
+   What it adds: ./chapter7 trains every model --models names (the ANN, the
+   basic CNN, the deeper CNN, and the deeper CNN without dropout or without
+   batch norm) with --seeds seeds each, by chapter 6's protocol, each run
+   going on from its checkpoint when it has one (chapter 6's runs count);
+   tests each on its best weights image by image; compares the models on
+   the same images with McNemar's exact test; writes results.md, gnuplot
+   data and scripts, and pictures (confusion matrices, what changed between
+   two models, galleries of right and wrong answers, the first layer's
+   filters and feature maps) as PPM and as PNG, by an encoder of our own.
+   --augment shifts and mirrors the training images; --quick does all of
+   it small, in about a minute.
+   What it is not: a hyper-parameter search; every model trains with the
+   protocol's settings.
+
+   Build and run:   make chapter7 && ./chapter7 --seeds 3   (./chapter7 --help)
+              or:   make compare ARGS="--seeds 3"            (the data, the build, the run)
+   Read with:       book.md, "Chapter 7".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
 
 // POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
 // where the system has them, inside `#if HAVE_POSIX`; this asks the C library
@@ -4088,6 +4109,7 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
      RUN   the options that shape the numbers: model and optimizer (u8
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
+           and, in chapter 7's files, --augment (u32: 0 or 1)
      PROG  where the run stands: epochs done, batches done of the next,
            its loss sum (float64), correct and seen (u64); the best
            validation loss (float32), its epoch, the epochs without
@@ -5252,6 +5274,12 @@ int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel
     c->seeds = o->seeds;
     c->runs = xmalloc((size_t)c->models * c->seeds * sizeof(RunReport));
     memset(c->runs, 0, (size_t)c->models * c->seeds * sizeof(RunReport));
+    // Each model's size and cost, before any run: the time estimate needs them.
+    for (int i = 0; i < c->models; i++) {
+        GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
+        for (int s = 0; s < c->seeds; s++) comparison_run(c, i, s)->multiply_adds = (double)model_multiply_adds(sizing.graph);
+        graph_free(sizing.graph);
+    }
     double trained_seconds = 0, trained_work = 0;
     long train_count = training_set(data, o).count;
     int status = 0;
@@ -5677,7 +5705,9 @@ Picture filters_picture(const Node *kernel, const char *model) {  // kernel: (3,
 }
 
 /* One test image and what the first layer makes of it: each filter's
-   output after ReLU, scaled to its own largest value (white). */
+   output, negative values black and the largest value white (scaled per
+   filter). In the basic CNN that is just what its ReLU passes on; in the
+   deeper one batch norm comes between, and shifts the zero. */
 Picture feature_maps_picture(GraphClassifier *net, const Dataset *test, const char *model) {
     Batch one = {.images = test->images, .targets = test->targets, .count = 1};
     float probs[NUM_CLASSES];
@@ -5778,7 +5808,8 @@ int compare_models(Options *o, FashionMnist *data, KernelKind kernel, GemmContex
     }
     if (files->count) printf("\nwrote %d files:\n", files->count);
     for (int i = 0; i < files->count; i++) printf("  %s\n", files->paths[i]);
-    if (!status) printf("\n`make plots` draws the curves and bars with gnuplot.\n");
+    if (!status) printf("\n`make plots` draws the curves and bars with gnuplot (or: cd %s && gnuplot curves.gp classes.gp)\n",
+                        o->plots);
     comparison_free(&c);
     free(files);
     return status;

@@ -19,6 +19,9 @@
      RUN   the options that shape the numbers: model and optimizer (u8
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
+//@ from 7
+           and, in chapter 7's files, --augment (u32: 0 or 1)
+//@ end
      PROG  where the run stands: epochs done, batches done of the next,
            its loss sum (float64), correct and seen (u64); the best
            validation loss (float32), its epoch, the epochs without

@@ -197,6 +197,12 @@ int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel
     c->seeds = o->seeds;
     c->runs = xmalloc((size_t)c->models * c->seeds * sizeof(RunReport));
     memset(c->runs, 0, (size_t)c->models * c->seeds * sizeof(RunReport));
+    // Each model's size and cost, before any run: the time estimate needs them.
+    for (int i = 0; i < c->models; i++) {
+        GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
+        for (int s = 0; s < c->seeds; s++) comparison_run(c, i, s)->multiply_adds = (double)model_multiply_adds(sizing.graph);
+        graph_free(sizing.graph);
+    }
     double trained_seconds = 0, trained_work = 0;
     long train_count = training_set(data, o).count;
     int status = 0;
@@ -622,7 +628,9 @@ Picture filters_picture(const Node *kernel, const char *model) {  // kernel: (3,
 }
 
 /* One test image and what the first layer makes of it: each filter's
-   output after ReLU, scaled to its own largest value (white). */
+   output, negative values black and the largest value white (scaled per
+   filter). In the basic CNN that is just what its ReLU passes on; in the
+   deeper one batch norm comes between, and shifts the zero. */
 Picture feature_maps_picture(GraphClassifier *net, const Dataset *test, const char *model) {
     Batch one = {.images = test->images, .targets = test->targets, .count = 1};
     float probs[NUM_CLASSES];
@@ -723,7 +731,8 @@ int compare_models(Options *o, FashionMnist *data, KernelKind kernel, GemmContex
     }
     if (files->count) printf("\nwrote %d files:\n", files->count);
     for (int i = 0; i < files->count; i++) printf("  %s\n", files->paths[i]);
-    if (!status) printf("\n`make plots` draws the curves and bars with gnuplot.\n");
+    if (!status) printf("\n`make plots` draws the curves and bars with gnuplot (or: cd %s && gnuplot curves.gp classes.gp)\n",
+                        o->plots);
     comparison_free(&c);
     free(files);
     return status;

@@ -111,6 +111,29 @@
 
    Generated from src/ by `make chapters`; edit src/, not this file. */
 //@ end
+//@ from 7
+/* chapter7.c - the comparison: three models, several seeds, a verdict.
+
+   What it adds: ./chapter7 trains every model --models names (the ANN, the
+   basic CNN, the deeper CNN, and the deeper CNN without dropout or without
+   batch norm) with --seeds seeds each, by chapter 6's protocol, each run
+   going on from its checkpoint when it has one (chapter 6's runs count);
+   tests each on its best weights image by image; compares the models on
+   the same images with McNemar's exact test; writes results.md, gnuplot
+   data and scripts, and pictures (confusion matrices, what changed between
+   two models, galleries of right and wrong answers, the first layer's
+   filters and feature maps) as PPM and as PNG, by an encoder of our own.
+   --augment shifts and mirrors the training images; --quick does all of
+   it small, in about a minute.
+   What it is not: a hyper-parameter search; every model trains with the
+   protocol's settings.
+
+   Build and run:   make chapter7 && ./chapter7 --seeds 3   (./chapter7 --help)
+              or:   make compare ARGS="--seeds 3"            (the data, the build, the run)
+   Read with:       book.md, "Chapter 7".
+
+   Generated from src/ by `make chapters`; edit src/, not this file. */
+//@ end
 
 // POSIX functions (open, fstat, isatty; threads in chapter 4) are used only
 // where the system has them, inside `#if HAVE_POSIX`; this asks the C library

@@ -348,9 +348,9 @@ static const char *check_mcnemar(char *why, size_t size) {
         double p = mcnemar_exact_p(cases[k].b, cases[k].c);
         if (!(fabs(p - cases[k].p) <= 1e-9 * fmax(1, cases[k].p))) {
             snprintf(why, size, "with b = %ld images only the first model gets right and c = %ld only the second "
-                     "does, p should be %.10g; yours is %.10g. Sum C(n, i) / 2^n for i from 0 to min(b, c), with "
+                     "does, your p is %.10g, which is not right. Sum C(n, i) / 2^n for i from 0 to min(b, c), with "
                      "n = b + c, as exp(lgamma ...) so that 2^n cannot overflow; double it; at most 1.",
-                     cases[k].b, cases[k].c, cases[k].p, p);
+                     cases[k].b, cases[k].c, p);
             return why;
         }
     }
