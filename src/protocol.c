@@ -77,6 +77,9 @@ int make_directory(const char *path, const char *option, Error *err) {
             return fail(err, EXIT_WRITE, "%s: cannot make the directory (%s); choose another with %s DIR", partial,
                         strerror(errno), option);
     }
+    struct stat info;  // there already, but perhaps as a file: say so now, not after hours of training
+    if (stat(path, &info) != 0 || !S_ISDIR(info.st_mode))
+        return fail(err, EXIT_WRITE, "%s: not a directory; choose another with %s DIR", path, option);
 #else
     (void)path, (void)option, (void)err;
 #endif

@@ -90,5 +90,10 @@ for bad in "--models ann,ann" "--models cnn" "--models ''" "--seeds 0" "--seeds 
     check "./chapter7 $bad is refused with exit code 2" "[ $? = 2 ] && grep -q -- '--' $work/bad.log && [ ! -d $work/bad ]"
 done
 
+: > "$work/a-file"
+./chapter7 --quick --plots "$work/a-file" > "$work/file.log" 2>&1
+check "--plots naming a file is refused with exit code 10 before any training" \
+    "[ $? = 10 ] && grep -q 'not a directory; choose another with --plots DIR' $work/file.log && ! grep -q '^epoch' $work/file.log"
+
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
