@@ -230,8 +230,9 @@ int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], 
         char name[MODEL_NAME_SIZE] = "";
         if (length < MODEL_NAME_SIZE) memcpy(name, at, (size_t)length);
         if (length >= MODEL_NAME_SIZE || !is_choice(name, MODEL_NAMES))
-            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are %s, separated by "
-                        "commas (for example --models ann,deeper)", length, at, MODEL_NAMES), -1;
+            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
+                        "deeper-nodropout and deeper-nobn, separated by commas (for example --models ann,deeper)",
+                        length, at), -1;
         for (int i = 0; i < count; i++)
             if (strcmp(names[i], name) == 0) return fail(err, EXIT_USAGE, "--models: '%s' is named twice", name), -1;
         memcpy(names[count++], name, sizeof name);
@@ -264,6 +265,8 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
 //@ from 7
     char names[MAX_MODELS][MODEL_NAME_SIZE];
     if (split_model_list(o->models, names, err) < 0) return err->code;
+    if (o->seed > 2147483647 - (o->seeds - 1))
+        return fail(err, EXIT_USAGE, "--seed %d with --seeds %d: the last seed would pass 2147483647", o->seed, o->seeds);
     // A quick run's checkpoints are of other runs (fewer images), and its
     // pictures are not the book's: both kept apart.
     if (o->quick && strcmp(o->checkpoints, "checkpoints") == 0) o->checkpoints = "checkpoints/quick";

@@ -85,7 +85,7 @@ check "chapter 7 goes on from chapter 6's checkpoint, with its weights" \
     "[ $? = 0 ] && grep -q 'resuming from $work/ck6/ann-seed1-last.ckpt' $work/seven.log && [ \"\$(results $work/six.log)\" = \"\$(results $work/seven.log)\" ]"
 
 # 4. Mistakes in the options.
-for bad in "--models ann,ann" "--models cnn" "--models ''" "--seeds 0" "--seeds 2.5"; do
+for bad in "--models ann,ann" "--models cnn" "--models ''" "--seeds 0" "--seeds 2.5" "--seed 2147483647 --seeds 2"; do
     eval ./chapter7 $bad --plots "$work/bad" > "$work/bad.log" 2>&1
     check "./chapter7 $bad is refused with exit code 2" "[ $? = 2 ] && grep -q -- '--' $work/bad.log && [ ! -d $work/bad ]"
 done
