@@ -3005,20 +3005,26 @@ OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
 
+// Batch norm normalises a dense layer's features over the batch: one
+// image alone is its own mean, normalises to 0 and trains nothing. So a
+// model with batch norm (state_count > 0) refuses a batch of one image.
+int check_batch_norm_batches(size_t state_count, const Options *o, int training_images, Error *err) {
+    int images = o->overfit && o->overfit < training_images ? o->overfit : training_images;
+    int batch = o->batch < images ? o->batch : images;
+    if (state_count && (batch == 1 || images % batch == 1))
+        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
+                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
+                    "--batch or --limit", o->batch, images);
+    return 0;
+}
+
 // Everything after the model is built: the sanity check, training (or
 // overfitting), the test. Fills *history and *result; returns the exit
 // code, with the message in *err when it is not 0.
 int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History **history,
                  Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
-    // Batch norm normalises a dense layer's features over the batch: one
-    // image alone is its own mean, normalises to 0 and trains nothing.
-    int images = o->overfit && o->overfit < train_set.count ? o->overfit : train_set.count;
-    int batch = o->batch < images ? o->batch : images;
-    if (m->state_count && (batch == 1 || images % batch == 1))
-        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
-                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
-                    "--batch or --limit", o->batch, images);
+    if (check_batch_norm_batches(m->state_count, o, train_set.count, err)) return err->code;
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
@@ -4648,7 +4654,10 @@ int make_directory(const char *path, const char *option, Error *err) {
 #if HAVE_POSIX
     char partial[1024];
     size_t length = strlen(path);
-    for (size_t end = 1; end <= length && length < sizeof partial; end++) {
+    if (length >= sizeof partial)
+        return fail(err, EXIT_USAGE, "%s: a path of %zu characters is too long here (at most %zu)", option, length,
+                    sizeof partial - 1);
+    for (size_t end = 1; end <= length; end++) {
         if (end < length && path[end] != '/') continue;
         memcpy(partial, path, end);
         partial[end] = '\0';
@@ -4666,7 +4675,8 @@ int make_directory(const char *path, const char *option, Error *err) {
 }
 
 // Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
-// (chapter 7: MODEL-augment-seedN-... for a run with --augment).
+// (chapter 7: MODEL-augment-seedN-... for a run with --augment, and
+// MODEL-quick-seedN-... for --quick).
 void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
     snprintf(path, size, "%s/%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->seed, which);
 }
@@ -4792,6 +4802,8 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
 
 /* ---- Resuming --------------------------------------------------------------- */
 
+static const char RESUME_ADVICE[] = "";
+
 // A resumed run must be the same run: the same model and every option that
 // shapes its numbers (not --threads or --kernel: the blocked kernels give
 // the same bits on any of them).
@@ -4807,9 +4819,9 @@ int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
     if (!differs) return 0;
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
-                "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.", f->path, differs,
+                "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.%s", f->path, differs,
                 k->model, k->optimizer, k->learning_rate, k->seed, k->batch, k->epochs, k->patience,
-                k->limit ? " --limit " : "", k->limit);
+                k->limit ? " --limit " : "", k->limit, RESUME_ADVICE);
 }
 
 void history_copy(History *to, const History *from) {

@@ -344,8 +344,15 @@ void checkpoint_file_free(CheckpointFile *f) {
     f->bytes = NULL;
 }
 
+//@ from 6 to 6
 static const char CHECKPOINT_FIX[] = "Use a checkpoint this chapter wrote (under --checkpoints DIR, "
                                      "default checkpoints/).";
+//@ end
+//@ from 7
+// Chapter 7 finds its checkpoints by their names: the fix is to move one.
+static const char CHECKPOINT_FIX[] = "Move the file away (that run is then trained afresh), or give the "
+                                     "comparison another --checkpoints DIR.";
+//@ end
 
 int damaged_header(const CheckpointFile *f, uint32_t sections, Error *err) {
     return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: the header says %u sections, but a checkpoint has %d: the "

@@ -31,30 +31,32 @@ void put_text(ByteBuffer *b, const char *format, ...) {
     put_bytes(b, line, (size_t)length);
 }
 
-// Writes dir/name (atomically) and adds it to the list; frees the buffer.
-int write_listed(const char *dir, const char *name, ByteBuffer *b, FileList *files, Error *err) {
+// The next path of the list: dir/name (--plots is at most 1023 bytes).
+char *next_path(FileList *files, const char *dir, const char *name) {
     require(files->count < MAX_FILES, "more than %d files", MAX_FILES);
     char *path = files->paths[files->count];
     snprintf(path, sizeof files->paths[0], "%s/%s", dir, name);
-    int status = write_file_atomically(path, b->bytes, b->used, err);
+    return path;
+}
+
+// Writes dir/name (atomically) and adds it to the list; frees the buffer.
+int write_listed(const char *dir, const char *name, ByteBuffer *b, FileList *files, Error *err) {
+    int status = write_file_atomically(next_path(files, dir, name), b->bytes, b->used, err);
     free(b->bytes);
     *b = (ByteBuffer){0};
     if (!status) files->count++;
     return status;
 }
 
-// A picture as dir/name.ppm, and the same as dir/name.png for browsers.
+// A picture as dir/name.ppm (chapter 1's writer), and the same as
+// dir/name.png, for browsers.
 int save_picture(const Picture *p, const char *dir, const char *name, FileList *files, Error *err) {
     char file[256];
     snprintf(file, sizeof file, "%s.ppm", name);
-    ByteBuffer b = {0};
-    char header[64];
-    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n", p->channels == 1 ? 5 : 6, p->width, p->height);
-    put_bytes(&b, header, (size_t)header_size);
-    put_bytes(&b, p->pixels, (size_t)p->width * p->height * p->channels);
-    if (write_listed(dir, file, &b, files, err)) return err->code;
+    if (picture_write(p, next_path(files, dir, file), err)) return err->code;
+    files->count++;
     snprintf(file, sizeof file, "%s.png", name);
-    b = png_bytes(p);
+    ByteBuffer b = png_bytes(p);
     return write_listed(dir, file, &b, files, err);
 }
 
@@ -105,10 +107,10 @@ void run_report_free(RunReport *r) {
     free(r->confidence);
 }
 
-size_t model_multiply_adds(const Graph *g) {
+double model_multiply_adds(const Graph *g) {  // per image, forward
     double total = 0;
     for (int i = 0; i < g->order_count; i++) total += multiply_adds_per_image(g->order[i]);
-    return (size_t)total;
+    return total;
 }
 
 // Does a file of that name exist? (Without opening it: a FIFO would block.)
@@ -123,7 +125,7 @@ int file_exists(const char *path) {
 #endif
 }
 
-int draw_network(const GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
+int draw_network(GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
                  FileList *files, Error *err);
 
 /* Trains (or resumes, or only re-tests) one model with one seed. A run
@@ -140,7 +142,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
     *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
-                          .multiply_adds = (double)model_multiply_adds(net.graph)};
+                          .multiply_adds = model_multiply_adds(net.graph)};
     int status = fit_and_test(&m, data, &o, &report->history, &report->result, err);
     if (!status) {
         const Dataset *test = &data->test;
@@ -161,55 +163,85 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
 
 typedef struct {
     char names[MAX_MODELS][MODEL_NAME_SIZE];
-    int models, seeds;
-    RunReport *runs;  // (models, seeds)
+    int model_count, seed_count;
+    RunReport *runs;  // (model_count, seed_count)
     int done;         // runs finished, in order
 } Comparison;
 
 // The run of model number `model` with its seed number `seed_index` (0 for --seed).
-RunReport *comparison_run(const Comparison *c, int model, int seed_index) { return &c->runs[model * c->seeds + seed_index]; }
+RunReport *comparison_run(const Comparison *c, int model, int seed_index) { return &c->runs[model * c->seed_count + seed_index]; }
 
-// The time the rest of the comparison should take, from the runs done in
-// this session: seconds per (multiply-add x image), times the work left,
-// each unfinished model assumed to run as many epochs as its runs so far
-// (or as the runs of other models, before it has any). A rough guide.
+// The epochs a model's next run should take: the mean of its runs done so
+// far, or before it has any, of all the runs done, or else --epochs.
+double expected_epochs(const Comparison *c, int model, int epochs_option) {
+    double model_epochs = 0, model_runs = 0, all_epochs = 0;
+    for (int r = 0; r < c->done; r++) {
+        all_epochs += c->runs[r].result.epochs;
+        if (r / c->seed_count == model) model_epochs += c->runs[r].result.epochs, model_runs++;
+    }
+    return model_runs ? model_epochs / model_runs : c->done ? all_epochs / c->done : epochs_option;
+}
+
+// The time the rest of the comparison should take, from the runs trained
+// in this session: their seconds per (multiply-add x image), times the
+// work left. A rough guide: layers differ in how fast they run.
 void print_comparison_eta(const Comparison *c, const Options *o, double seconds, double work_done, long train_count) {
     if (work_done <= 0) return;
-    double epochs_seen = 0, runs_seen = 0, left = 0;
-    for (int r = 0; r < c->done; r++) epochs_seen += c->runs[r].result.epochs, runs_seen++;
-    for (int r = c->done; r < c->models * c->seeds; r++) {
-        int model = r / c->seeds;
-        double epochs = 0, count = 0;
-        for (int s = 0; s < c->seeds && model * c->seeds + s < c->done; s++)
-            epochs += comparison_run(c, model, s)->result.epochs, count++;
-        double expected = count ? epochs / count : runs_seen ? epochs_seen / runs_seen : o->epochs;
-        left += expected * train_count * comparison_run(c, model, 0)->multiply_adds;
+    double work_left = 0;
+    for (int r = c->done; r < c->model_count * c->seed_count; r++) {
+        int model = r / c->seed_count;
+        work_left += expected_epochs(c, model, o->epochs) * train_count * c->runs[r].multiply_adds;
     }
-    printf("comparison: %d of %d runs done; about ", c->done, c->models * c->seeds);
-    print_duration(left * seconds / work_done);
+    printf("comparison: %d of %d runs done; about ", c->done, c->model_count * c->seed_count);
+    print_duration(work_left * seconds / work_done);
     printf(" left (a guess from the runs so far)\n\n");
+}
+
+/* Mistakes found before any training, rather than hours into it: a batch
+   of one image for a model with batch norm, and a checkpoint in the way
+   that belongs to a run with other options (or is damaged). */
+int check_before_training(const Comparison *c, const Options *o, const FashionMnist *data, Error *err) {
+    for (int i = 0; i < c->model_count; i++) {
+        GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
+        size_t state_count = sizing.graph->state_count;
+        graph_free(sizing.graph);
+        if (check_batch_norm_batches(state_count, o, training_set(data, o).count, err)) return err->code;
+        for (int s = 0; s < c->seed_count; s++) {
+            Options run = *o;
+            run.model = c->names[i], run.seed = o->seed + s;
+            char last[1100];
+            checkpoint_path(&run, "last", last, sizeof last);
+            if (!file_exists(last)) continue;
+            CheckpointFile f;
+            if (open_checkpoint(last, &f, err)) return err->code;
+            int status = check_resume_key(&f, &run, err);
+            checkpoint_file_free(&f);
+            if (status) return status;
+        }
+    }
+    return 0;
 }
 
 int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel, GemmContext *gemm,
                    Comparison *c, FileList *files, Error *err) {
-    c->models = split_model_list(o->models, c->names, err);
-    if (c->models < 0) return err->code;
-    c->seeds = o->seeds;
-    c->runs = xmalloc((size_t)c->models * c->seeds * sizeof(RunReport));
-    memset(c->runs, 0, (size_t)c->models * c->seeds * sizeof(RunReport));
-    // Each model's size and cost, before any run: the time estimate needs them.
-    for (int i = 0; i < c->models; i++) {
+    c->model_count = split_model_list(o->models, c->names, err);
+    if (c->model_count < 0) return err->code;
+    c->seed_count = o->seeds;
+    c->runs = xmalloc((size_t)c->model_count * c->seed_count * sizeof(RunReport));
+    memset(c->runs, 0, (size_t)c->model_count * c->seed_count * sizeof(RunReport));
+    // Each model's cost, before any run: the time estimate needs them all.
+    for (int i = 0; i < c->model_count; i++) {
         GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
-        for (int s = 0; s < c->seeds; s++) comparison_run(c, i, s)->multiply_adds = (double)model_multiply_adds(sizing.graph);
+        for (int s = 0; s < c->seed_count; s++) comparison_run(c, i, s)->multiply_adds = model_multiply_adds(sizing.graph);
         graph_free(sizing.graph);
     }
+    int status = check_before_training(c, o, data, err);
     double trained_seconds = 0, trained_work = 0;
     long train_count = training_set(data, o).count;
-    int status = 0;
-    for (int i = 0; i < c->models && !status; i++)
-        for (int s = 0; s < c->seeds && !status; s++) {
+    for (int i = 0; i < c->model_count && !status; i++)
+        for (int s = 0; s < c->seed_count && !status; s++) {
             RunReport *r = comparison_run(c, i, s);
-            printf("==== run %d of %d: %s%s, seed %d ====\n", c->done + 1, c->models * c->seeds, c->names[i],
+            printf("==== run %d of %d: %s%s, seed %d ====\n", c->done + 1, c->model_count * c->seed_count, c->names[i],
                    o->augment ? " (augmented)" : "", o->seed + s);
             double start = now_seconds();
             status = run_one(o, c->names[i], o->seed + s, kernel, gemm, data, r, files, err);
@@ -225,7 +257,7 @@ int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel
 }
 
 void comparison_free(Comparison *c) {
-    for (int r = 0; r < c->models * c->seeds; r++) run_report_free(&c->runs[r]);
+    for (int r = 0; r < c->model_count * c->seed_count; r++) run_report_free(&c->runs[r]);
     free(c->runs);
 }
 
@@ -238,13 +270,13 @@ typedef struct {
 
 Spread spread(const Comparison *c, int model, double (*figure)(const RunReport *)) {
     double sum = 0, squares = 0;
-    for (int s = 0; s < c->seeds; s++) sum += figure(comparison_run(c, model, s));
-    Spread out = {.mean = sum / c->seeds};
-    for (int s = 0; s < c->seeds; s++) {
+    for (int s = 0; s < c->seed_count; s++) sum += figure(comparison_run(c, model, s));
+    Spread out = {.mean = sum / c->seed_count};
+    for (int s = 0; s < c->seed_count; s++) {
         double d = figure(comparison_run(c, model, s)) - out.mean;
         squares += d * d;
     }
-    out.sd = c->seeds > 1 ? sqrt(squares / (c->seeds - 1)) : 0;
+    out.sd = c->seed_count > 1 ? sqrt(squares / (c->seed_count - 1)) : 0;
     return out;
 }
 
@@ -266,34 +298,37 @@ void put_spread(ByteBuffer *b, Spread s, int decimals, int seeds) {
 void put_results_table(ByteBuffer *b, const Comparison *c) {
     put_text(b, "| model | parameters | MFLOP/image | epochs | best epoch | s/epoch | images/s | test loss "
                 "| test accuracy %% | macro-F1 |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
-    for (int i = 0; i < c->models; i++) {
+    for (int i = 0; i < c->model_count; i++) {
         const RunReport *first = comparison_run(c, i, 0);
         put_text(b, "| %s | %zu | %.2f | ", c->names[i], first->parameters, 2 * first->multiply_adds / 1e6);
-        put_spread(b, spread(c, i, figure_epochs), 1, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_best_epoch), 1, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_epoch_seconds), 1, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_images_per_second), 0, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_loss), 4, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_accuracy), 2, c->seeds), put_text(b, " | ");
-        put_spread(b, spread(c, i, figure_macro_f1), 4, c->seeds), put_text(b, " |\n");
+        put_spread(b, spread(c, i, figure_epochs), 1, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_best_epoch), 1, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_epoch_seconds), 1, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_images_per_second), 0, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_loss), 4, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_accuracy), 2, c->seed_count), put_text(b, " | ");
+        put_spread(b, spread(c, i, figure_macro_f1), 4, c->seed_count), put_text(b, " |\n");
     }
 }
 
 // Every pair of models, seed by seed, on the same test images.
 void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
     put_text(b, "\n| first | second | seed | only the first right | only the second right | "
-                "difference (points) | McNemar p |\n|---|---|--:|--:|--:|--:|--:|\n");
-    for (int i = 0; i < c->models; i++)
-        for (int j = i + 1; j < c->models; j++)
-            for (int s = 0; s < c->seeds; s++) {
+                "accuracy, second minus first (points) | McNemar p |\n|---|---|--:|--:|--:|--:|--:|\n");
+    for (int i = 0; i < c->model_count; i++)
+        for (int j = i + 1; j < c->model_count; j++)
+            for (int s = 0; s < c->seed_count; s++) {
                 const RunReport *x = comparison_run(c, i, s), *y = comparison_run(c, j, s);
                 long only_x = 0, only_y = 0;
                 for (int k = 0; k < test->count; k++) {
                     int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
                     only_x += x_right && !y_right, only_y += y_right && !x_right;
                 }
-                put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %.2g |\n", c->names[i], c->names[j], x->seed, only_x,
-                         only_y, 100.0 * (y->test.accuracy - x->test.accuracy), mcnemar_exact_p(only_x, only_y));
+                double p = mcnemar_exact_p(only_x, only_y);
+                char p_text[32];
+                snprintf(p_text, sizeof p_text, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+                put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %s |\n", c->names[i], c->names[j], x->seed, only_x,
+                         only_y, 100.0 * (y->test.accuracy - x->test.accuracy), p_text);
             }
 }
 
@@ -302,23 +337,23 @@ typedef enum { PRECISION, RECALL, F1 } ClassFigure;
 
 double mean_class_figure(const Comparison *c, int model, int k, ClassFigure which) {
     double sum = 0;
-    for (int s = 0; s < c->seeds; s++) {
+    for (int s = 0; s < c->seed_count; s++) {
         const ClassFigures *f = &comparison_run(c, model, s)->classes;
         sum += which == PRECISION ? f->precision[k] : which == RECALL ? f->recall[k] : f->f1[k];
     }
-    return sum / c->seeds;
+    return sum / c->seed_count;
 }
 
 // Precision, recall and F1 of every class and model (means over the seeds).
 void put_class_table(ByteBuffer *b, const Comparison *c) {
     put_text(b, "\n| class |");
-    for (int i = 0; i < c->models; i++) put_text(b, " %s precision | %s recall | %s F1 |", c->names[i], c->names[i], c->names[i]);
+    for (int i = 0; i < c->model_count; i++) put_text(b, " %s precision | %s recall | %s F1 |", c->names[i], c->names[i], c->names[i]);
     put_text(b, "\n|---|");
-    for (int i = 0; i < c->models; i++) put_text(b, "--:|--:|--:|");
+    for (int i = 0; i < c->model_count; i++) put_text(b, "--:|--:|--:|");
     put_text(b, "\n");
     for (int k = 0; k < NUM_CLASSES; k++) {
         put_text(b, "| %s |", CLASS_NAMES[k]);
-        for (int i = 0; i < c->models; i++)
+        for (int i = 0; i < c->model_count; i++)
             put_text(b, " %.4f | %.4f | %.4f |", mean_class_figure(c, i, k, PRECISION), mean_class_figure(c, i, k, RECALL),
                      mean_class_figure(c, i, k, F1));
         put_text(b, "\n");
@@ -328,10 +363,13 @@ void put_class_table(ByteBuffer *b, const Comparison *c) {
 int write_results(const Comparison *c, const FashionMnist *data, const Options *o, FileList *files, Error *err) {
     ByteBuffer b = {0};
     put_text(&b, "# Fashion-MNIST: the comparison\n\nWritten by `");
-    for (int a = 0; a < o->argc; a++) put_text(&b, "%s%s", a ? " " : "", o->argv[a]);
+    for (int a = 0; a < o->argc; a++) {  // words of any length: put_text's lines have a limit
+        if (a) put_bytes(&b, " ", 1);
+        put_bytes(&b, o->argv[a], strlen(o->argv[a]));
+    }
     put_text(&b, "`: %d training, %d validation and %d test images; %d seed%s per model (mean ± standard "
                  "deviation over the seeds)%s. Seconds are training time, validation excluded.\n\n",
-             training_set(data, o).count, data->validation.count, data->test.count, c->seeds, c->seeds == 1 ? "" : "s",
+             training_set(data, o).count, data->validation.count, data->test.count, c->seed_count, c->seed_count == 1 ? "" : "s",
              o->augment ? "; training images shifted and flipped (--augment)" : "");
     put_results_table(&b, c);
     put_mcnemar_table(&b, c, &data->test);
@@ -352,7 +390,7 @@ static const char *const GNUPLOT_TERMINALS[2][2] = {{"svg size 1000,420 dynamic 
 void put_curves_data(ByteBuffer *b, const Comparison *c) {
     put_text(b, "# the first seed of each model: one block per model (gnuplot: index i)\n"
                 "# epoch  train_loss  train_accuracy  validation_loss  validation_accuracy  best(1/0)\n");
-    for (int i = 0; i < c->models; i++) {
+    for (int i = 0; i < c->model_count; i++) {
         const RunReport *r = comparison_run(c, i, 0);
         const History *h = r->history;
         put_text(b, "%s# %s, seed %d: best epoch %d, stopped after %d\n", i ? "\n\n" : "", c->names[i], r->seed,
@@ -363,25 +401,31 @@ void put_curves_data(ByteBuffer *b, const Comparison *c) {
     }
 }
 
+// One model's three series in a panel: validation (solid), training
+// (dashed, same colour) and a circle at the best epoch.
+void put_curve_series(ByteBuffer *b, int model, const char *name, int train_column, int validation_column) {
+    int colour = model + 1;
+    put_text(b, "%s'curves.dat' index %d using 1:%d with lines lw 2 lc %d title '%s', \\\n", model ? ", \\\n     " : "",
+             model, validation_column, colour, name);
+    put_text(b, "     '' index %d using 1:%d with lines dt 2 lc %d notitle, \\\n", model, train_column, colour);
+    put_text(b, "     '' index %d using 1:($6 == 1 ? $%d : 1/0) with points pt 6 ps 2 lc %d notitle", model,
+             validation_column, colour);
+}
+
 void put_curves_script(ByteBuffer *b, const Comparison *c) {
-    int most = 1;
-    for (int i = 0; i < c->models; i++) most = fmax(most, comparison_run(c, i, 0)->result.epochs);
+    int most_epochs = 1;
+    for (int i = 0; i < c->model_count; i++)
+        if (comparison_run(c, i, 0)->result.epochs > most_epochs) most_epochs = comparison_run(c, i, 0)->result.epochs;
     put_text(b, "# Training curves: gnuplot curves.gp (in this directory) writes curves.svg and curves.png.\n"
                 "# Solid: validation; dashed: training; a circle: the best epoch, whose weights were tested.\n");
     for (int t = 0; t < 2; t++) {
-        put_text(b, "\nset terminal %s\nset output 'curves.%s'\nset multiplot layout 1,2\nset grid\n"
+        put_text(b, "\nreset\nset terminal %s\nset output 'curves.%s'\nset multiplot layout 1,2\nset grid\n"
                     "set key noenhanced top right\nset xlabel 'epoch'\nset xtics %d\n", GNUPLOT_TERMINALS[t][0],
-                 GNUPLOT_TERMINALS[t][1], most <= 15 ? 1 : 5);
-        for (int panel = 0; panel < 2; panel++) {
-            int train_column = panel ? 3 : 2, validation_column = panel ? 5 : 4;
+                 GNUPLOT_TERMINALS[t][1], most_epochs <= 15 ? 1 : 5);
+        for (int panel = 0; panel < 2; panel++) {  // loss, then accuracy
             put_text(b, "set title '%s'\nset ylabel '%s'\nplot ", panel ? "accuracy" : "loss",
                      panel ? "accuracy" : "cross-entropy loss");
-            for (int i = 0; i < c->models; i++)
-                put_text(b, "%s'curves.dat' index %d using 1:%d with lines lw 2 lc %d title '%s', \\\n"
-                            "     '' index %d using 1:%d with lines dt 2 lc %d notitle, \\\n"
-                            "     '' index %d using 1:($6 == 1 ? $%d : 1/0) with points pt 6 ps 2 lc %d notitle",
-                         i ? ", \\\n     " : "", i, validation_column, i + 1, c->names[i], i, train_column, i + 1, i,
-                         validation_column, i + 1);
+            for (int i = 0; i < c->model_count; i++) put_curve_series(b, i, c->names[i], panel ? 3 : 2, panel ? 5 : 4);
             put_text(b, "\n");
         }
         put_text(b, "unset multiplot\n");
@@ -391,11 +435,11 @@ void put_curves_script(ByteBuffer *b, const Comparison *c) {
 // classes.dat: each class's F1, mean over the seeds, one column per model.
 void put_classes_data(ByteBuffer *b, const Comparison *c) {
     put_text(b, "class");
-    for (int i = 0; i < c->models; i++) put_text(b, " %s", c->names[i]);
+    for (int i = 0; i < c->model_count; i++) put_text(b, " %s", c->names[i]);
     put_text(b, "\n");
     for (int k = 0; k < NUM_CLASSES; k++) {
         put_text(b, "\"%s\"", CLASS_NAMES[k]);
-        for (int i = 0; i < c->models; i++) put_text(b, " %.6f", mean_class_figure(c, i, k, F1));
+        for (int i = 0; i < c->model_count; i++) put_text(b, " %.6f", mean_class_figure(c, i, k, F1));
         put_text(b, "\n");
     }
 }
@@ -403,11 +447,12 @@ void put_classes_data(ByteBuffer *b, const Comparison *c) {
 void put_classes_script(ByteBuffer *b, const Comparison *c) {
     put_text(b, "# F1 per class and model: gnuplot classes.gp writes classes.svg and classes.png.\n");
     for (int t = 0; t < 2; t++)
-        put_text(b, "\nset terminal %s\nset output 'classes.%s'\nset title 'F1 per class (mean over the seeds)'\n"
+        put_text(b, "\nreset\nset terminal %s\nset output 'classes.%s'\nset title 'F1 per class (mean over the seeds)'\n"
+                    "set ylabel 'F1'\n"
                     "set style data histograms\nset style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
-                    "set yrange [0:1]\nset grid ytics\nset key noenhanced top left horizontal\nset xtics noenhanced rotate by -30\n"
+                    "set yrange [0:1]\nset grid ytics\nset key noenhanced outside right top vertical\nset xtics noenhanced rotate by -30\n"
                     "plot for [i=2:%d] 'classes.dat' using i:xtic(1) title columnheader(i)\n",
-                 GNUPLOT_TERMINALS[t][0], GNUPLOT_TERMINALS[t][1], c->models + 1);
+                 GNUPLOT_TERMINALS[t][0], GNUPLOT_TERMINALS[t][1], c->model_count + 1);
 }
 
 int write_plot_files(const Comparison *c, const Options *o, FileList *files, Error *err) {
@@ -449,7 +494,7 @@ void picture_draw_text_up(Picture *p, int x, int y, const char *text, const unsi
     }
 }
 
-enum { CELL = 40, LEFT_MARGIN = 84, TOP_MARGIN = 112, SCALE_WIDTH = 70 };
+enum { CELL = 40, LEFT_MARGIN = 84, TOP_MARGIN = 112, SCALE_WIDTH = 84 };
 
 // The frame of a 10x10 matrix picture: title, class names on both axes.
 Picture matrix_picture(const char *title, const char *subtitle) {
@@ -472,7 +517,7 @@ void draw_cell(Picture *p, int row, int col, const unsigned char *colour, const 
     picture_draw_text(p, x + (CELL - width) / 2, y + (CELL - GLYPH_HEIGHT) / 2, 1, text, dark ? WHITE : BLACK);
 }
 
-// The scale beside the matrix: `steps` colours from top (high) to bottom.
+// The scale beside the matrix: from `high` at the top to `low` at the bottom.
 void draw_scale(Picture *p, const unsigned char low[3], const unsigned char high[3], const char *top, const char *bottom) {
     int x = LEFT_MARGIN + NUM_CLASSES * CELL + 10, height = NUM_CLASSES * CELL;
     for (int y = 0; y < height; y++) {
@@ -529,44 +574,50 @@ Picture confusion_change_picture(const RunReport *a, const RunReport *b) {
             int better = t == k ? change > 0 : change < 0;
             unsigned char colour[3];
             blend(colour, WHITE, better ? GREEN : RED, (double)abs(change) / largest);
-            snprintf(text, sizeof text, change ? "%+d" : "0", change);
+            snprintf(text, sizeof text, "%+d", change);
+            if (!change) strcpy(text, "0");
             draw_cell(&p, t, k, colour, text, (double)abs(change) / largest > 0.55);
         }
-    snprintf(text, sizeof text, "%d", largest);
+    snprintf(text, sizeof text, "+/-%d", largest);  // green for better, red for worse: one scale
     draw_scale(&p, WHITE, GREEN, text, "0");
     return p;
 }
 
 /* ---- Pictures: galleries ---------------------------------------------------- */
 
-enum { GALLERY_COLUMNS = 10, GALLERY_SCALE = 3, GALLERY_CELL_WIDTH = 100, GALLERY_CELL_HEIGHT = 84 + 24,
-       GALLERY_HEADING = 18 };
+enum { TITLE_HEIGHT = 30 };  // above a picture's contents: a title in letters twice the size
+enum { GALLERY_COLUMNS = 10, GALLERY_SCALE = 3, GALLERY_IMAGE = IMAGE_COLS * GALLERY_SCALE, GALLERY_CELL_WIDTH = 100,
+       GALLERY_TEXT = GLYPH_HEIGHT + 3, GALLERY_CELL_HEIGHT = GALLERY_IMAGE + 2 * GALLERY_TEXT + 4, GALLERY_HEADING = 18 };
 
 // One test image with its true class and what the model said.
 void draw_gallery_item(Picture *p, int x, int y, const RunReport *r, const Dataset *test, int item) {
-    picture_draw_image(p, x + (GALLERY_CELL_WIDTH - 84) / 2, y, GALLERY_SCALE, test->images + (size_t)item * IMAGE_SIZE);
+    picture_draw_image(p, x + (GALLERY_CELL_WIDTH - GALLERY_IMAGE) / 2, y, GALLERY_SCALE, test->images + (size_t)item * IMAGE_SIZE);
     char line[64];
     int truth = test->labels[item], guess = r->guesses[item];
     snprintf(line, sizeof line, "%s", CLASS_NAMES[truth]);
-    picture_draw_text(p, x + 2, y + 86, 1, line, BLACK);
+    picture_draw_text(p, x + 2, y + GALLERY_IMAGE + 2, 1, line, BLACK);
     snprintf(line, sizeof line, "%s %.0f%%", CLASS_NAMES[guess], 100 * r->confidence[item]);
-    picture_draw_text(p, x + 2, y + 96, 1, line, truth == guess ? GREEN : RED);
+    picture_draw_text(p, x + 2, y + GALLERY_IMAGE + 2 + GALLERY_TEXT, 1, line, truth == guess ? GREEN : RED);
 }
 
-// The most confident mistakes: the wrong answers with the highest
-// probability, highest first (ties: the earlier image first).
+// The `most` wrong answers given with the highest probability, highest
+// first (of equal ones, the earlier image). Returns how many there are:
+// fewer than `most` when the model made fewer mistakes.
 int most_confident_mistakes(const RunReport *r, const Dataset *test, int *items, int most) {
-    int found = 0;
+    int kept = 0;
     for (int i = 0; i < test->count; i++) {
         if (r->guesses[i] == test->labels[i]) continue;
-        int at = found < most ? found++ : most;
-        while (at > 0 && r->confidence[items[at - 1]] < r->confidence[i]) {
-            if (at < most) items[at] = items[at - 1];
-            at--;
+        int at;
+        if (kept < most) at = kept++;                                           // room at the end
+        else if (r->confidence[i] > r->confidence[items[most - 1]]) at = most - 1;  // replaces the weakest
+        else continue;
+        items[at] = i;
+        for (; at > 0 && r->confidence[items[at - 1]] < r->confidence[items[at]]; at--) {  // up to its place
+            int above = items[at - 1];
+            items[at - 1] = items[at], items[at] = above;
         }
-        if (at < most) items[at] = i;
     }
-    return found;
+    return kept;
 }
 
 /* Three rows of test images: the first the model got right, the first it
@@ -581,14 +632,13 @@ Picture gallery_picture(const RunReport *r, const Dataset *test) {
         if (*count < GALLERY_COLUMNS) rows[right ? 0 : 1][(*count)++] = i;
     }
     counts[2] = most_confident_mistakes(r, test, rows[2], GALLERY_COLUMNS);
-    counts[2] = counts[2] < GALLERY_COLUMNS ? counts[2] : GALLERY_COLUMNS;
     static const char *const HEADINGS[3] = {"right", "wrong", "the most confident mistakes"};
-    Picture p = picture_new(GALLERY_COLUMNS * GALLERY_CELL_WIDTH, 30 + 3 * (GALLERY_HEADING + GALLERY_CELL_HEIGHT), 3, 255);
+    Picture p = picture_new(GALLERY_COLUMNS * GALLERY_CELL_WIDTH, TITLE_HEIGHT + 3 * (GALLERY_HEADING + GALLERY_CELL_HEIGHT), 3, 255);
     char title[128];
     snprintf(title, sizeof title, "%s, seed %d: test images, true class and answer", r->model, r->seed);
     picture_draw_text(&p, 6, 6, 2, title, BLACK);
     for (int row = 0; row < 3; row++) {
-        int y = 30 + row * (GALLERY_HEADING + GALLERY_CELL_HEIGHT);
+        int y = TITLE_HEIGHT + row * (GALLERY_HEADING + GALLERY_CELL_HEIGHT);
         picture_draw_text(&p, 6, y + 4, 1, HEADINGS[row], BLACK);
         for (int col = 0; col < counts[row]; col++)
             draw_gallery_item(&p, col * GALLERY_CELL_WIDTH, y + GALLERY_HEADING, r, test, rows[row][col]);
@@ -610,7 +660,7 @@ const Node *first_convolution(const Graph *g) {
 Picture filters_picture(const Node *kernel, const char *model) {  // kernel: (3, 3, 1, C)
     int channels = kernel->shape[3], per_row = 8, zoom = 12, gap = 6, size = 3 * zoom;
     int rows = (channels + per_row - 1) / per_row;
-    Picture p = picture_new(per_row * (size + gap) + gap, 30 + rows * (size + gap), 3, 255);
+    Picture p = picture_new(per_row * (size + gap) + gap, TITLE_HEIGHT + rows * (size + gap), 3, 255);
     char title[96];
     snprintf(title, sizeof title, "%s: the first layer's %d filters", model, channels);
     picture_draw_text(&p, 6, 6, 1, title, BLACK);
@@ -621,7 +671,7 @@ Picture filters_picture(const Node *kernel, const char *model) {  // kernel: (3,
             for (int c = 0; c < 3; c++) {
                 float w = kernel->value[(r * 3 + c) * channels + f];  // [r][c][0][f]
                 unsigned char v = (unsigned char)lroundf(127.5f + 127.5f * w / largest), grey[3] = {v, v, v};
-                picture_put(&p, gap + f % per_row * (size + gap) + c * zoom, 30 + f / per_row * (size + gap) + r * zoom,
+                picture_put(&p, gap + f % per_row * (size + gap) + c * zoom, TITLE_HEIGHT + f / per_row * (size + gap) + r * zoom,
                             zoom, grey);
             }
     return p;
@@ -638,12 +688,12 @@ Picture feature_maps_picture(GraphClassifier *net, const Dataset *test, const ch
     const Node *conv = first_convolution(net->graph);
     int height = conv->shape[1], width = conv->shape[2], channels = conv->shape[3], zoom = 2, gap = 4, per_row = 8;
     int tile = height * zoom + gap, left = 28 * 3 + 2 * gap;
-    Picture p = picture_new(left + per_row * (width * zoom + gap), 30 + (channels + per_row - 1) / per_row * tile, 3, 255);
+    Picture p = picture_new(left + per_row * (width * zoom + gap), TITLE_HEIGHT + (channels + per_row - 1) / per_row * tile, 3, 255);
     char title[128];
     snprintf(title, sizeof title, "%s: test image 0 (%s) and the first layer's %d feature maps", model,
              CLASS_NAMES[test->labels[0]], channels);
     picture_draw_text(&p, 6, 6, 1, title, BLACK);
-    picture_draw_image(&p, gap, 30, 3, test->images);
+    picture_draw_image(&p, gap, TITLE_HEIGHT, 3, test->images);
     for (int f = 0; f < channels; f++) {
         float largest = 1e-12f;
         for (int i = 0; i < height * width; i++) largest = fmaxf(largest, conv->value[i * channels + f]);
@@ -651,14 +701,14 @@ Picture feature_maps_picture(GraphClassifier *net, const Dataset *test, const ch
             for (int x = 0; x < width; x++) {
                 float v = fmaxf(conv->value[(y * width + x) * channels + f], 0) / largest;  // [0][y][x][f]
                 unsigned char grey = (unsigned char)lroundf(255 * v), colour[3] = {grey, grey, grey};
-                picture_put(&p, left + f % per_row * (width * zoom + gap) + x * zoom, 30 + f / per_row * tile + y * zoom,
+                picture_put(&p, left + f % per_row * (width * zoom + gap) + x * zoom, TITLE_HEIGHT + f / per_row * tile + y * zoom,
                             zoom, colour);
             }
     }
     return p;
 }
 
-int draw_network(const GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
+int draw_network(GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
                  FileList *files, Error *err) {
     const Node *conv = first_convolution(net->graph);
     if (!conv || test->count == 0) return 0;
@@ -668,7 +718,7 @@ int draw_network(const GraphClassifier *net, const Dataset *test, const char *na
     int status = save_picture(&p, o->plots, file, files, err);
     picture_free(&p);
     if (status) return status;
-    p = feature_maps_picture((GraphClassifier *)net, test, name);
+    p = feature_maps_picture(net, test, name);
     snprintf(file, sizeof file, "features-%s", name);
     status = save_picture(&p, o->plots, file, files, err);
     picture_free(&p);
@@ -680,7 +730,7 @@ int draw_network(const GraphClassifier *net, const Dataset *test, const char *na
 int draw_comparison(const Comparison *c, const Dataset *test, const Options *o, FileList *files, Error *err) {
     int status = 0;
     char file[96];
-    for (int i = 0; i < c->models && !status; i++) {
+    for (int i = 0; i < c->model_count && !status; i++) {
         const RunReport *r = comparison_run(c, i, 0);
         Picture p = confusion_picture(r);
         snprintf(file, sizeof file, "confusion-%s", c->names[i]);

@@ -112,7 +112,7 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
 //@ end
 //@ from 7
-    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps of a run (the same command goes on)",
+    specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps of a run (run it again without --stop-after to go on)",
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
 //@ end
 //@ end

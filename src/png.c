@@ -77,6 +77,7 @@ ByteBuffer png_pixel_stream(const Picture *p) {
 }
 
 ByteBuffer png_bytes(const Picture *p) {
+    require(p->channels == 1 || p->channels == 3, "a PNG of %d channels", p->channels);
     ByteBuffer file = {0}, header = {0};
     put_bytes(&file, "\x89PNG\r\n\x1a\n", 8);
     put_u32_big_endian(&header, (uint32_t)p->width);
@@ -90,12 +91,5 @@ ByteBuffer png_bytes(const Picture *p) {
     free(header.bytes);
     free(pixels.bytes);
     return file;
-}
-
-int png_write(const Picture *p, const char *path, Error *err) {
-    ByteBuffer file = png_bytes(p);
-    int status = write_file_atomically(path, file.bytes, file.used, err);
-    free(file.bytes);
-    return status;
 }
 //@ end

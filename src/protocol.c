@@ -69,7 +69,10 @@ int make_directory(const char *path, const char *option, Error *err) {
 #if HAVE_POSIX
     char partial[1024];
     size_t length = strlen(path);
-    for (size_t end = 1; end <= length && length < sizeof partial; end++) {
+    if (length >= sizeof partial)
+        return fail(err, EXIT_USAGE, "%s: a path of %zu characters is too long here (at most %zu)", option, length,
+                    sizeof partial - 1);
+    for (size_t end = 1; end <= length; end++) {
         if (end < length && path[end] != '/') continue;
         memcpy(partial, path, end);
         partial[end] = '\0';
@@ -87,14 +90,16 @@ int make_directory(const char *path, const char *option, Error *err) {
 }
 
 // Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
-// (chapter 7: MODEL-augment-seedN-... for a run with --augment).
+// (chapter 7: MODEL-augment-seedN-... for a run with --augment, and
+// MODEL-quick-seedN-... for --quick).
 void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
 //@ from 6 to 6
     snprintf(path, size, "%s/%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->seed, which);
 //@ end
 //@ from 7
-    snprintf(path, size, "%s/%s%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->augment ? "-augment" : "", o->seed,
-             which);
+    // --quick's runs see fewer validation images, which RUN does not record: a name of their own.
+    snprintf(path, size, "%s/%s%s%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->quick ? "-quick" : "", o->seed, which);
 //@ end
 }
 
@@ -227,6 +232,13 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
 
 /* ---- Resuming --------------------------------------------------------------- */
 
+//@ from 6 to 6
+static const char RESUME_ADVICE[] = "";
+//@ end
+//@ from 7
+static const char RESUME_ADVICE[] = " For a comparison with other options, give it another --checkpoints DIR.";
+//@ end
+
 // A resumed run must be the same run: the same model and every option that
 // shapes its numbers (not --threads or --kernel: the blocked kernels give
 // the same bits on any of them).
@@ -245,9 +257,9 @@ int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
     if (!differs) return 0;
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
-                "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.", f->path, differs,
+                "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.%s", f->path, differs,
                 k->model, k->optimizer, k->learning_rate, k->seed, k->batch, k->epochs, k->patience,
-                k->limit ? " --limit " : "", k->limit);
+                k->limit ? " --limit " : "", k->limit, RESUME_ADVICE);
 }
 
 void history_copy(History *to, const History *from) {

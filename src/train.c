@@ -543,6 +543,21 @@ OptimizerKind optimizer_kind(const Options *o) {
     return strcmp(o->optimizer, "sgd") == 0 ? OPTIMIZER_SGD : OPTIMIZER_ADAM;
 }
 
+//@ from 5
+// Batch norm normalises a dense layer's features over the batch: one
+// image alone is its own mean, normalises to 0 and trains nothing. So a
+// model with batch norm (state_count > 0) refuses a batch of one image.
+int check_batch_norm_batches(size_t state_count, const Options *o, int training_images, Error *err) {
+    int images = o->overfit && o->overfit < training_images ? o->overfit : training_images;
+    int batch = o->batch < images ? o->batch : images;
+    if (state_count && (batch == 1 || images % batch == 1))
+        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
+                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
+                    "--batch or --limit", o->batch, images);
+    return 0;
+}
+
+//@ end
 // Everything after the model is built: the sanity check, training (or
 // overfitting), the test. Fills *history and *result; returns the exit
 // code, with the message in *err when it is not 0.
@@ -550,14 +565,7 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
                  Result *result, Error *err) {
     Dataset train_set = training_set(data, o);
 //@ from 5
-    // Batch norm normalises a dense layer's features over the batch: one
-    // image alone is its own mean, normalises to 0 and trains nothing.
-    int images = o->overfit && o->overfit < train_set.count ? o->overfit : train_set.count;
-    int batch = o->batch < images ? o->batch : images;
-    if (m->state_count && (batch == 1 || images % batch == 1))
-        return fail(err, EXIT_USAGE, "--batch %d on %d images leaves a batch of one image, which batch "
-                    "normalisation cannot learn from (it normalises every feature to 0); choose another "
-                    "--batch or --limit", o->batch, images);
+    if (check_batch_norm_batches(m->state_count, o, train_set.count, err)) return err->code;
 //@ end
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);

@@ -329,8 +329,9 @@ static void test_network_pictures(void) {
 static unsigned char *slurp(const char *path, size_t *size) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    unsigned char *bytes = malloc(64 << 20);
+    unsigned char *bytes = malloc((64 << 20) + 1);
     *size = fread(bytes, 1, 64 << 20, f);
+    bytes[*size] = 0;  // read_ppm's sscanf stops here on a short file
     fclose(f);
     return bytes;
 }

@@ -9,7 +9,8 @@
 #   2. Stopped part-way (--stop-after, as Ctrl-C) and run again with the
 #      same command: it goes on, and its results are those of the run that
 #      was never stopped (same weights, same test figures, same McNemar rows).
-#   3. A chapter 6 run's checkpoints are used by chapter 7, not retrained.
+#   3. A chapter 6 run's checkpoints are used by chapter 7, not retrained;
+#      one of other options is refused before anything trains.
 #   4. Bad --models and --seeds are refused with exit code 2.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
@@ -66,7 +67,7 @@ check "--stop-after pauses the comparison with exit code 130" "[ $? = 130 ]"
 check "and says to run the same command again" \
     "grep -q '^to resume: ./chapter7 --quick --models ann,basic --plots $work/stopped --checkpoints $work/ck2\$' $work/stop.log"
 ./chapter7 $args > "$work/again.log" 2>&1
-check "the same command again finishes the comparison" "[ $? = 0 ] && grep -q '^resuming from $work/ck2/ann-seed1-last.ckpt' $work/again.log"
+check "the same command again finishes the comparison" "[ $? = 0 ] && grep -q '^resuming from $work/ck2/ann-quick-seed1-last.ckpt' $work/again.log"
 ./chapter7 --quick --models ann,basic --plots "$work/whole" --checkpoints "$work/ck3" > "$work/whole.log" 2>&1
 check "the stopped and resumed comparison equals the one never stopped" \
     "[ \"\$(results $work/again.log)\" = \"\$(results $work/whole.log)\" ] && [ -n \"\$(results $work/whole.log)\" ]"
@@ -83,6 +84,10 @@ check "a third time, nothing is trained again: the runs are only tested" \
 ./chapter7 --models ann --limit 600 --epochs 2 --checkpoints "$work/ck6" --plots "$work/p6" > "$work/seven.log" 2>&1
 check "chapter 7 goes on from chapter 6's checkpoint, with its weights" \
     "[ $? = 0 ] && grep -q 'resuming from $work/ck6/ann-seed1-last.ckpt' $work/seven.log && [ \"\$(results $work/six.log)\" = \"\$(results $work/seven.log)\" ]"
+
+./chapter7 --models basic,ann --limit 600 --epochs 3 --checkpoints "$work/ck6" --plots "$work/p6" > "$work/other.log" 2>&1
+check "a checkpoint of other options in the way is refused (23) before any model trains" \
+    "[ $? = 23 ] && grep -q 'differs from the run that saved' $work/other.log && ! grep -q '^epoch' $work/other.log"
 
 # 4. Mistakes in the options.
 for bad in "--models ann,ann" "--models cnn" "--models ''" "--seeds 0" "--seeds 2.5" "--seed 2147483647 --seeds 2"; do
