@@ -5512,11 +5512,11 @@ void put_curves_script(ByteBuffer *b, const Comparison *c) {
                 "# Solid: validation; dashed: training; a circle: the best epoch, whose weights were tested.\n");
     for (int t = 0; t < 2; t++) {
         put_text(b, "\nreset\nset terminal %s\nset output 'curves.%s'\nset multiplot layout 1,2\nset grid\n"
-                    "set key noenhanced top right\nset xlabel 'epoch'\nset xtics %d\n", GNUPLOT_TERMINALS[t][0],
+                    "set key noenhanced\nset xlabel 'epoch'\nset xtics %d\n", GNUPLOT_TERMINALS[t][0],
                  GNUPLOT_TERMINALS[t][1], most_epochs <= 15 ? 1 : 5);
         for (int panel = 0; panel < 2; panel++) {  // loss, then accuracy
-            put_text(b, "set title '%s'\nset ylabel '%s'\nplot ", panel ? "accuracy" : "loss",
-                     panel ? "accuracy" : "cross-entropy loss");
+            put_text(b, "set title '%s'\nset ylabel '%s'\nset key %s\nplot ", panel ? "accuracy" : "loss",
+                     panel ? "accuracy" : "cross-entropy loss", panel ? "bottom right" : "top right");  // out of the curves' way
             for (int i = 0; i < c->model_count; i++) put_curve_series(b, i, c->names[i], panel ? 3 : 2, panel ? 5 : 4);
             put_text(b, "\n");
         }
