@@ -197,13 +197,16 @@ void print_comparison_eta(const Comparison *c, const Options *o, double seconds,
     printf(" left (a guess from the runs so far)\n\n");
 }
 
-/* Mistakes found before any training, rather than hours into it: a batch
-   of one image for a model with batch norm, and a checkpoint in the way
-   that belongs to a run with other options (or is damaged). */
-int check_before_training(const Comparison *c, const Options *o, const FashionMnist *data, Error *err) {
+/* Before any run: each model's cost, which the time estimate needs for
+   all of them; and the mistakes that would otherwise show hours into the
+   comparison: a batch of one image for a model with batch norm, and a
+   checkpoint in the way that belongs to a run with other options (or is
+   damaged). */
+int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *data, Error *err) {
     for (int i = 0; i < c->model_count; i++) {
         GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
         size_t state_count = sizing.graph->state_count;
+        for (int s = 0; s < c->seed_count; s++) comparison_run(c, i, s)->multiply_adds = model_multiply_adds(sizing.graph);
         graph_free(sizing.graph);
         if (check_batch_norm_batches(state_count, o, training_set(data, o).count, err)) return err->code;
         for (int s = 0; s < c->seed_count; s++) {
@@ -229,13 +232,7 @@ int run_comparison(const Options *o, const FashionMnist *data, KernelKind kernel
     c->seed_count = o->seeds;
     c->runs = xmalloc((size_t)c->model_count * c->seed_count * sizeof(RunReport));
     memset(c->runs, 0, (size_t)c->model_count * c->seed_count * sizeof(RunReport));
-    // Each model's cost, before any run: the time estimate needs them all.
-    for (int i = 0; i < c->model_count; i++) {
-        GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
-        for (int s = 0; s < c->seed_count; s++) comparison_run(c, i, s)->multiply_adds = model_multiply_adds(sizing.graph);
-        graph_free(sizing.graph);
-    }
-    int status = check_before_training(c, o, data, err);
+    int status = size_and_check_runs(c, o, data, err);
     double trained_seconds = 0, trained_work = 0;
     long train_count = training_set(data, o).count;
     for (int i = 0; i < c->model_count && !status; i++)
