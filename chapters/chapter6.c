@@ -1294,6 +1294,65 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                     dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
                 }
 }
+
+/* The same two passes for the fast path, same results to the bit. The loops
+   above visit a window's four inputs one channel at a time, jumping across
+   memory, and update out[c] four times; these read the four inputs of a
+   window as four contiguous rows of C channels and decide every channel
+   with comparisons and selects instead of branches, so the compiler can do
+   8 channels per instruction (AVX2) or 4 (SSE2, arm64's NEON). The order of
+   the comparisons is the reference's, so ties still go to the first
+   maximum, and the gradient is added with a select, not `+= 0` (which
+   would turn a -0 into +0), so not a bit changes. */
+void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
+                           const float *restrict inp,  // (B, H, W, C)
+                           int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
+                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
+                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
+                for (int c = 0; c < C; c++) {
+                    float m = x00[c];
+                    m = x01[c] > m ? x01[c] : m;
+                    m = x10[c] > m ? x10[c] : m;
+                    o[c] = x11[c] > m ? x11[c] : m;
+                }
+            }
+}
+
+void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
+                            const float *restrict dout,  // (B, H/2, W/2, C)
+                            const float *restrict inp,   // (B, H, W, C)
+                            int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                size_t first = (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
+                const float *x00 = inp + first, *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;  // (C) each
+                float *d00 = dinp + first, *d01 = d00 + C, *d10 = d00 + (size_t)W * C, *d11 = d10 + C;       // (C) each
+                const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;                               // (C)
+                for (int c = 0; c < C; c++) {
+                    // Which of the four is the first maximum, as the reference finds it.
+                    float m = x00[c];
+                    int in01 = x01[c] > m;
+                    m = in01 ? x01[c] : m;
+                    int in10 = x10[c] > m;
+                    m = in10 ? x10[c] : m;
+                    int in11 = x11[c] > m;
+                    in10 = in10 && !in11;
+                    in01 = in01 && !in10 && !in11;
+                    int in00 = !in01 && !in10 && !in11;
+                    d00[c] = in00 ? d00[c] + g[c] : d00[c];
+                    d01[c] = in01 ? d01[c] + g[c] : d01[c];
+                    d10[c] = in10 ? d10[c] + g[c] : d10[c];
+                    d11[c] = in11 ? d11[c] + g[c] : d11[c];
+                }
+            }
+}
 /* ----------------------------------------------------------------------------
    One fast matrix multiply for every convolution and dense pass.
 
@@ -1789,8 +1848,17 @@ const GemmKernel *gemm_best_kernel(void) {
        KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
        KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
        KC 384, MC 240:  72 / 71 / 40 / 36
-   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare. */
+   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
+   These are the defaults; a GemmContext can be made with others (Blocking),
+   which is how `--bench` sweeps them on the machine it runs on, without a
+   rebuild (book.md 4.14 has its table). */
 enum { KC = 256, MC = 240, NC = 256 };
+
+typedef struct {
+    int kc, mc, nc;  // the sum over k goes in blocks of at most kc; tiles of C are at most mc x nc
+} Blocking;
+
+static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
 
 /* Tasks. The output C is cut into tiles of at most MC x NC, and each tile is
    one task. A task does the whole sum over k for its tile, so no two tasks
@@ -1998,6 +2066,7 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
 
 typedef struct GemmContext {
     const GemmKernel *kernel;
+    Blocking blocking;
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
@@ -2008,25 +2077,35 @@ typedef struct GemmContext {
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 // A context for `kernel` (which the CPU must support) and a pool of
-// `threads` threads, with packing buffers for each.
-GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+// `threads` threads, with packing buffers for each, blocked as `b` says.
+// The blocking changes the speed only, never a bit of the results.
+GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blocking b) {
     require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
             kernel ? kernel->name : "NULL");
-    require(kernel->mr == MR && kernel->nr <= GEMM_MAX_NR && NC % kernel->nr == 0,
+    require(b.kc >= 1 && b.mc >= MR && b.mc % TILE_M_UNIT == 0 && b.nc >= TILE_N_UNIT && b.nc % TILE_N_UNIT == 0,
+            "gemm_context_new: blocking kc=%d mc=%d nc=%d (mc must be a multiple of %d, nc of %d)", b.kc, b.mc,
+            b.nc, TILE_M_UNIT, TILE_N_UNIT);
+    require(kernel->mr == MR && kernel->nr <= GEMM_MAX_NR && b.nc % kernel->nr == 0,
             "gemm_context_new: kernel %s's tile does not fit the blocking", kernel->name);
     GemmContext *ctx = xmalloc(sizeof *ctx);
     ctx->kernel = kernel;
+    ctx->blocking = b;
     ctx->workers = workers_new(threads);
     enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
     // Rounded to whole cache lines, so no two threads ever share a line.
-    ctx->a_floats = round_up((long)MC * KC, LINE_FLOATS);
-    ctx->b_floats = round_up(round_up(NC, kernel->nr) * KC, LINE_FLOATS);
+    ctx->a_floats = round_up((long)b.mc * b.kc, LINE_FLOATS);
+    ctx->b_floats = round_up(round_up(b.nc, kernel->nr) * b.kc, LINE_FLOATS);
     size_t n = (size_t)ctx->workers->threads;
     ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
     return ctx;
+}
+
+// The same with the default blocking: what the chapters use.
+GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+    return gemm_context_new_blocked(kernel, threads, DEFAULT_BLOCKING);
 }
 
 void gemm_context_free(GemmContext *ctx) {
@@ -2045,7 +2124,7 @@ typedef struct {
     long ldc;
     int accumulate;
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
-    int kc;                       // the sum over k goes in blocks of kc <= KC
+    int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
 /* One tile of C, (at most tile_m, tile_n), all of K: one task.
@@ -2137,6 +2216,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
+    int KC = ctx->blocking.kc, MC = ctx->blocking.mc, NC = ctx->blocking.nc;  // this context's, not the defaults
     int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
     double flops = 2.0 * M * N * K;
     while (tiles_m * tiles_n < TASKS_WANTED && flops / (tiles_m * tiles_n + 1) >= MIN_TASK_FLOPS) {
@@ -3621,18 +3701,21 @@ void conv2d_op_backward(Node *n, Graph *g) {
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
 // One image at a time, on the graph's threads.
+// The blocked path takes the vectorised passes, the references the plain ones.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
-    (void)g;
     const Node *x = n->inputs[0];
-    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
-                     x->shape[3]);
+    float *out = n->value + i * n->item_size;
+    const float *inp = x->value + i * x->item_size;
+    if (g->kernel == KERNEL_BLOCKED) max_pool_forward_fast(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    else max_pool_forward(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_item_backward(const Graph *g, Node *n, int i) {
-    (void)g;
     Node *x = n->inputs[0];
-    max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
-                      x->shape[1], x->shape[2], x->shape[3]);
+    float *dinp = x->grad + i * x->item_size;
+    const float *dout = n->grad + i * n->item_size, *inp = x->value + i * x->item_size;
+    if (g->kernel == KERNEL_BLOCKED) max_pool_backward_fast(dinp, dout, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    else max_pool_backward(dinp, dout, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_op_forward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_forward); }
@@ -3901,14 +3984,19 @@ Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, co
 
 /* The basic CNN: conv 3x3x32 valid, ReLU, max pool, conv 3x3x64 valid,
    ReLU, max pool, flatten, dense 128, ReLU, dense 10, softmax.
-   28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10. */
+   28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10.
+   The graph pools first and takes the ReLU after: ReLU never changes which
+   input of a window is largest, so max(relu(a), relu(b), ...) is
+   relu(max(a, b, ...)), the gradient goes to the same input, and every bit
+   of the result is the same (book.md 4.21); but the ReLU then runs on a
+   quarter as many numbers, forward and backward. */
 GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
     Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
     Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
-    x = max_pool(g, relu(g, conv_layer(g, x, 32, 0, "kernel1", "bias1")));
-    x = max_pool(g, relu(g, conv_layer(g, x, 64, 0, "kernel2", "bias2")));
+    x = relu(g, max_pool(g, conv_layer(g, x, 32, 0, "kernel1", "bias1")));
+    x = relu(g, max_pool(g, conv_layer(g, x, 64, 0, "kernel2", "bias2")));
     x = relu(g, dense_layer(g, flatten(g, x), 128, "weight3", "bias3"));
     x = dense_layer(g, x, NUM_CLASSES, "weight4", "bias4");
     Node *loss = softmax_cross_entropy(g, x, targets);
@@ -3938,9 +4026,17 @@ Node *maybe_dropout(Graph *g, Node *x, DeeperParts parts, float rate) {
     return parts.with_dropout ? dropout(g, x, rate) : x;
 }
 
+Node *conv_bn(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
+    return maybe_batch_norm(g, conv_layer(g, x, out_channels, 1, labels[0], labels[1]), parts, labels + 2);
+}
+
+// The second block of each pair pools before its ReLU, as the basic CNN does.
 Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
-    Node *conv = conv_layer(g, x, out_channels, 1, labels[0], labels[1]);
-    return relu(g, maybe_batch_norm(g, conv, parts, labels + 2));
+    return relu(g, conv_bn(g, x, out_channels, parts, labels));
+}
+
+Node *conv_bn_pool_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
+    return relu(g, max_pool(g, conv_bn(g, x, out_channels, parts, labels)));
 }
 
 GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts) {
@@ -3949,11 +4045,11 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts
     Node *targets = graph_input(g, "targets", (int[]){NUM_CLASSES}, 1);
     Node *x = reshape(g, images, (int[]){IMAGE_ROWS, IMAGE_COLS, 1}, 3);
     x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel1", "bias1", "bn1.gamma", "bn1.beta", "bn1.mean", "bn1.variance"});
-    x = conv_bn_relu(g, x, 32, parts, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
-    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
+    x = conv_bn_pool_relu(g, x, 32, parts, (const char *const[]){"kernel2", "bias2", "bn2.gamma", "bn2.beta", "bn2.mean", "bn2.variance"});
+    x = maybe_dropout(g, x, parts, 0.25f);
     x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel3", "bias3", "bn3.gamma", "bn3.beta", "bn3.mean", "bn3.variance"});
-    x = conv_bn_relu(g, x, 64, parts, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
-    x = maybe_dropout(g, max_pool(g, x), parts, 0.25f);
+    x = conv_bn_pool_relu(g, x, 64, parts, (const char *const[]){"kernel4", "bias4", "bn4.gamma", "bn4.beta", "bn4.mean", "bn4.variance"});
+    x = maybe_dropout(g, x, parts, 0.25f);
     x = dense_layer(g, flatten(g, x), 256, "weight5", "bias5");
     x = maybe_batch_norm(g, x, parts, (const char *const[]){"bn5.gamma", "bn5.beta", "bn5.mean", "bn5.variance"});
     x = maybe_dropout(g, relu(g, x), parts, 0.5f);
@@ -5131,6 +5227,80 @@ double memory_bandwidth(Workers *w, int parts) {
     return 3.0 * (double)t.n * sizeof(float) / best / 1e9;
 }
 
+/* The blocking, swept: the same passes timed with other KC, MC and NC, so
+   the defaults in gemm.c are a measurement on this machine rather than a
+   belief. Five passes that stand for the rest: the basic CNN's second
+   convolution (each pass), and from the deeper CNN its slowest kind of
+   pass, a weight gradient with a long sum, and its widest layer, where NC
+   matters (256 outputs). A pass alone, run five times over the same data,
+   finds its operands in the caches more than in a training step: the
+   sweep shows what each size does, and book.md 4.14 what the whole step
+   made of it. */
+typedef struct {
+    const char *model, *layer, *label;
+    int pass;
+} SweepPass;
+
+static const SweepPass SWEEP_PASSES[] = {
+    {"basic", "conv 13x13x32->64", "b.conv2 fwd", 0},
+    {"basic", "conv 13x13x32->64", "b.conv2 in", 1},
+    {"basic", "conv 13x13x32->64", "b.conv2 wt", 2},
+    {"deeper", "conv 28x28x32->32", "d.conv2 wt", 2},
+    {"deeper", "dense 3136->256", "d.dense fwd", 0},
+};
+enum { SWEEP_PASS_COUNT = sizeof SWEEP_PASSES / sizeof SWEEP_PASSES[0] };
+
+const BenchLayer *bench_layer(const char *model, const char *name) {
+    for (int i = 0; i < BENCH_LAYER_COUNT; i++)
+        if (strcmp(BENCH_LAYERS[i].model, model) == 0 && strcmp(BENCH_LAYERS[i].name, name) == 0) return &BENCH_LAYERS[i];
+    require(0, "bench_layer: no layer %s %s", model, name);
+    return NULL;
+}
+
+// Prints the sweep and adds its rows to `data`; the best total time is named.
+void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
+    static const int kcs[] = {64, 128, 256, 384, 512}, mcs[] = {120, 240, 480}, ncs[] = {128, 256};
+    enum { KCS = sizeof kcs / sizeof kcs[0], MCS = sizeof mcs / sizeof mcs[0], NCS = sizeof ncs / sizeof ncs[0] };
+    BenchData d[SWEEP_PASS_COUNT];
+    const BenchLayer *layers[SWEEP_PASS_COUNT];
+    printf("\nthe blocking, swept (%s on %d thread%s): GFLOP/s of each pass; * marks gemm.c's default\n",
+           kernel->name, threads, threads == 1 ? "" : "s");
+    printf("   %4s %4s %4s", "KC", "MC", "NC");
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
+        layers[p] = bench_layer(SWEEP_PASSES[p].model, SWEEP_PASSES[p].layer);
+        bench_data_new(&d[p], layers[p]);
+        printf(" %11s", SWEEP_PASSES[p].label);
+    }
+    printf(" %10s\n", "total ms");
+    text_printf(data, "# sweep: KC MC NC, then GFLOP/s of:");
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) text_printf(data, " %s", SWEEP_PASSES[p].label);
+    text_printf(data, "\n");
+    Blocking best = DEFAULT_BLOCKING;
+    double best_total = INFINITY;
+    for (int i = 0; i < KCS * MCS * NCS; i++) {
+        Blocking b = {kcs[i / (MCS * NCS)], mcs[i / NCS % MCS], ncs[i % NCS]};
+        if (b.nc % kernel->nr != 0) continue;
+        GemmContext *ctx = gemm_context_new_blocked(kernel, threads, b);
+        int is_default = b.kc == KC && b.mc == MC && b.nc == NC;
+        double total = 0;
+        printf(" %s %4d %4d %4d", is_default ? "*" : " ", b.kc, b.mc, b.nc);
+        text_printf(data, "#sweep %d %d %d", b.kc, b.mc, b.nc);
+        for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
+            double seconds = bench_time(&d[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
+            double gflops = 2 * bench_multiply_adds(&d[p], layers[p]) / seconds / 1e9;
+            total += seconds;
+            printf(" %11.1f", gflops);
+            text_printf(data, " %.2f", gflops);
+        }
+        printf(" %10.2f\n", 1e3 * total);
+        text_printf(data, "\n");
+        if (total < best_total) best_total = total, best = b;
+        gemm_context_free(ctx);
+    }
+    printf("   fastest in all (this run): KC %d, MC %d, NC %d\n", best.kc, best.mc, best.nc);
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
+}
+
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
@@ -5198,6 +5368,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
+    sweep_blocking(kernels[kernel_count - 1], threads, &data);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||

@@ -625,18 +625,21 @@ void conv2d_op_backward(Node *n, Graph *g) {
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
 // One image at a time, on the graph's threads.
+// The blocked path takes the vectorised passes, the references the plain ones.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
-    (void)g;
     const Node *x = n->inputs[0];
-    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2],
-                     x->shape[3]);
+    float *out = n->value + i * n->item_size;
+    const float *inp = x->value + i * x->item_size;
+    if (g->kernel == KERNEL_BLOCKED) max_pool_forward_fast(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    else max_pool_forward(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_item_backward(const Graph *g, Node *n, int i) {
-    (void)g;
     Node *x = n->inputs[0];
-    max_pool_backward(x->grad + i * x->item_size, n->grad + i * n->item_size, x->value + i * x->item_size, 1,
-                      x->shape[1], x->shape[2], x->shape[3]);
+    float *dinp = x->grad + i * x->item_size;
+    const float *dout = n->grad + i * n->item_size, *inp = x->value + i * x->item_size;
+    if (g->kernel == KERNEL_BLOCKED) max_pool_backward_fast(dinp, dout, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    else max_pool_backward(dinp, dout, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_op_forward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item_forward); }

@@ -215,6 +215,80 @@ double memory_bandwidth(Workers *w, int parts) {
     return 3.0 * (double)t.n * sizeof(float) / best / 1e9;
 }
 
+/* The blocking, swept: the same passes timed with other KC, MC and NC, so
+   the defaults in gemm.c are a measurement on this machine rather than a
+   belief. Five passes that stand for the rest: the basic CNN's second
+   convolution (each pass), and from the deeper CNN its slowest kind of
+   pass, a weight gradient with a long sum, and its widest layer, where NC
+   matters (256 outputs). A pass alone, run five times over the same data,
+   finds its operands in the caches more than in a training step: the
+   sweep shows what each size does, and book.md 4.14 what the whole step
+   made of it. */
+typedef struct {
+    const char *model, *layer, *label;
+    int pass;
+} SweepPass;
+
+static const SweepPass SWEEP_PASSES[] = {
+    {"basic", "conv 13x13x32->64", "b.conv2 fwd", 0},
+    {"basic", "conv 13x13x32->64", "b.conv2 in", 1},
+    {"basic", "conv 13x13x32->64", "b.conv2 wt", 2},
+    {"deeper", "conv 28x28x32->32", "d.conv2 wt", 2},
+    {"deeper", "dense 3136->256", "d.dense fwd", 0},
+};
+enum { SWEEP_PASS_COUNT = sizeof SWEEP_PASSES / sizeof SWEEP_PASSES[0] };
+
+const BenchLayer *bench_layer(const char *model, const char *name) {
+    for (int i = 0; i < BENCH_LAYER_COUNT; i++)
+        if (strcmp(BENCH_LAYERS[i].model, model) == 0 && strcmp(BENCH_LAYERS[i].name, name) == 0) return &BENCH_LAYERS[i];
+    require(0, "bench_layer: no layer %s %s", model, name);
+    return NULL;
+}
+
+// Prints the sweep and adds its rows to `data`; the best total time is named.
+void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
+    static const int kcs[] = {64, 128, 256, 384, 512}, mcs[] = {120, 240, 480}, ncs[] = {128, 256};
+    enum { KCS = sizeof kcs / sizeof kcs[0], MCS = sizeof mcs / sizeof mcs[0], NCS = sizeof ncs / sizeof ncs[0] };
+    BenchData d[SWEEP_PASS_COUNT];
+    const BenchLayer *layers[SWEEP_PASS_COUNT];
+    printf("\nthe blocking, swept (%s on %d thread%s): GFLOP/s of each pass; * marks gemm.c's default\n",
+           kernel->name, threads, threads == 1 ? "" : "s");
+    printf("   %4s %4s %4s", "KC", "MC", "NC");
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
+        layers[p] = bench_layer(SWEEP_PASSES[p].model, SWEEP_PASSES[p].layer);
+        bench_data_new(&d[p], layers[p]);
+        printf(" %11s", SWEEP_PASSES[p].label);
+    }
+    printf(" %10s\n", "total ms");
+    text_printf(data, "# sweep: KC MC NC, then GFLOP/s of:");
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) text_printf(data, " %s", SWEEP_PASSES[p].label);
+    text_printf(data, "\n");
+    Blocking best = DEFAULT_BLOCKING;
+    double best_total = INFINITY;
+    for (int i = 0; i < KCS * MCS * NCS; i++) {
+        Blocking b = {kcs[i / (MCS * NCS)], mcs[i / NCS % MCS], ncs[i % NCS]};
+        if (b.nc % kernel->nr != 0) continue;
+        GemmContext *ctx = gemm_context_new_blocked(kernel, threads, b);
+        int is_default = b.kc == KC && b.mc == MC && b.nc == NC;
+        double total = 0;
+        printf(" %s %4d %4d %4d", is_default ? "*" : " ", b.kc, b.mc, b.nc);
+        text_printf(data, "#sweep %d %d %d", b.kc, b.mc, b.nc);
+        for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
+            double seconds = bench_time(&d[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
+            double gflops = 2 * bench_multiply_adds(&d[p], layers[p]) / seconds / 1e9;
+            total += seconds;
+            printf(" %11.1f", gflops);
+            text_printf(data, " %.2f", gflops);
+        }
+        printf(" %10.2f\n", 1e3 * total);
+        text_printf(data, "\n");
+        if (total < best_total) best_total = total, best = b;
+        gemm_context_free(ctx);
+    }
+    printf("   fastest in all (this run): KC %d, MC %d, NC %d\n", best.kc, best.mc, best.nc);
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
+}
+
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
@@ -282,6 +356,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
+    sweep_blocking(kernels[kernel_count - 1], threads, &data);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||

@@ -226,4 +226,63 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
     (void)dinp, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C;
     //@ end
 }
+
+/* The same two passes for the fast path, same results to the bit. The loops
+   above visit a window's four inputs one channel at a time, jumping across
+   memory, and update out[c] four times; these read the four inputs of a
+   window as four contiguous rows of C channels and decide every channel
+   with comparisons and selects instead of branches, so the compiler can do
+   8 channels per instruction (AVX2) or 4 (SSE2, arm64's NEON). The order of
+   the comparisons is the reference's, so ties still go to the first
+   maximum, and the gradient is added with a select, not `+= 0` (which
+   would turn a -0 into +0), so not a bit changes. */
+void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
+                           const float *restrict inp,  // (B, H, W, C)
+                           int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
+                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
+                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
+                for (int c = 0; c < C; c++) {
+                    float m = x00[c];
+                    m = x01[c] > m ? x01[c] : m;
+                    m = x10[c] > m ? x10[c] : m;
+                    o[c] = x11[c] > m ? x11[c] : m;
+                }
+            }
+}
+
+void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
+                            const float *restrict dout,  // (B, H/2, W/2, C)
+                            const float *restrict inp,   // (B, H, W, C)
+                            int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                size_t first = (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
+                const float *x00 = inp + first, *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;  // (C) each
+                float *d00 = dinp + first, *d01 = d00 + C, *d10 = d00 + (size_t)W * C, *d11 = d10 + C;       // (C) each
+                const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;                               // (C)
+                for (int c = 0; c < C; c++) {
+                    // Which of the four is the first maximum, as the reference finds it.
+                    float m = x00[c];
+                    int in01 = x01[c] > m;
+                    m = in01 ? x01[c] : m;
+                    int in10 = x10[c] > m;
+                    m = in10 ? x10[c] : m;
+                    int in11 = x11[c] > m;
+                    in10 = in10 && !in11;
+                    in01 = in01 && !in10 && !in11;
+                    int in00 = !in01 && !in10 && !in11;
+                    d00[c] = in00 ? d00[c] + g[c] : d00[c];
+                    d01[c] = in01 ? d01[c] + g[c] : d01[c];
+                    d10[c] = in10 ? d10[c] + g[c] : d10[c];
+                    d11[c] = in11 ? d11[c] + g[c] : d11[c];
+                }
+            }
+}
 //@ end

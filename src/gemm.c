@@ -494,8 +494,17 @@ const GemmKernel *gemm_best_kernel(void) {
        KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
        KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
        KC 384, MC 240:  72 / 71 / 40 / 36
-   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare. */
+   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
+   These are the defaults; a GemmContext can be made with others (Blocking),
+   which is how `--bench` sweeps them on the machine it runs on, without a
+   rebuild (book.md 4.14 has its table). */
 enum { KC = 256, MC = 240, NC = 256 };
+
+typedef struct {
+    int kc, mc, nc;  // the sum over k goes in blocks of at most kc; tiles of C are at most mc x nc
+} Blocking;
+
+static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
 
 /* Tasks. The output C is cut into tiles of at most MC x NC, and each tile is
    one task. A task does the whole sum over k for its tile, so no two tasks
@@ -703,6 +712,7 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
 
 typedef struct GemmContext {
     const GemmKernel *kernel;
+    Blocking blocking;
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
@@ -713,25 +723,35 @@ typedef struct GemmContext {
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
 
 // A context for `kernel` (which the CPU must support) and a pool of
-// `threads` threads, with packing buffers for each.
-GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+// `threads` threads, with packing buffers for each, blocked as `b` says.
+// The blocking changes the speed only, never a bit of the results.
+GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blocking b) {
     require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
             kernel ? kernel->name : "NULL");
-    require(kernel->mr == MR && kernel->nr <= GEMM_MAX_NR && NC % kernel->nr == 0,
+    require(b.kc >= 1 && b.mc >= MR && b.mc % TILE_M_UNIT == 0 && b.nc >= TILE_N_UNIT && b.nc % TILE_N_UNIT == 0,
+            "gemm_context_new: blocking kc=%d mc=%d nc=%d (mc must be a multiple of %d, nc of %d)", b.kc, b.mc,
+            b.nc, TILE_M_UNIT, TILE_N_UNIT);
+    require(kernel->mr == MR && kernel->nr <= GEMM_MAX_NR && b.nc % kernel->nr == 0,
             "gemm_context_new: kernel %s's tile does not fit the blocking", kernel->name);
     GemmContext *ctx = xmalloc(sizeof *ctx);
     ctx->kernel = kernel;
+    ctx->blocking = b;
     ctx->workers = workers_new(threads);
     enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
     // Rounded to whole cache lines, so no two threads ever share a line.
-    ctx->a_floats = round_up((long)MC * KC, LINE_FLOATS);
-    ctx->b_floats = round_up(round_up(NC, kernel->nr) * KC, LINE_FLOATS);
+    ctx->a_floats = round_up((long)b.mc * b.kc, LINE_FLOATS);
+    ctx->b_floats = round_up(round_up(b.nc, kernel->nr) * b.kc, LINE_FLOATS);
     size_t n = (size_t)ctx->workers->threads;
     ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
     return ctx;
+}
+
+// The same with the default blocking: what the chapters use.
+GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
+    return gemm_context_new_blocked(kernel, threads, DEFAULT_BLOCKING);
 }
 
 void gemm_context_free(GemmContext *ctx) {
@@ -750,7 +770,7 @@ typedef struct {
     long ldc;
     int accumulate;
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
-    int kc;                       // the sum over k goes in blocks of kc <= KC
+    int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
 /* One tile of C, (at most tile_m, tile_n), all of K: one task.
@@ -842,6 +862,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
+    int KC = ctx->blocking.kc, MC = ctx->blocking.mc, NC = ctx->blocking.nc;  // this context's, not the defaults
     int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
     double flops = 2.0 * M * N * K;
     while (tiles_m * tiles_n < TASKS_WANTED && flops / (tiles_m * tiles_n + 1) >= MIN_TASK_FLOPS) {

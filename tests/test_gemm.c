@@ -254,6 +254,29 @@ static void test_threads_identical(void) {
     for (int i = 0; i < 5; i++) problem_free(&ps[i]);
 }
 
+static void test_blockings_identical(Problem *ps, int n) {
+    section("every blocking gives the same bits (what --bench sweeps)");
+    const GemmKernel *kernel = gemm_best_kernel();
+    GemmContext *standard = gemm_context_new(kernel, 2);
+    // Odd, tiny and large blocks: a kc of 1 and 7 cuts every sum into many
+    // pieces, an mc of 6 and an nc of 32 make many small tiles.
+    Blocking blockings[] = {{1, 6, 32}, {7, 12, 32}, {64, 120, 128}, {100, 480, 512}, {1000, 960, 256}};
+    for (int b = 0; b < 5; b++) {
+        GemmContext *ctx = gemm_context_new_blocked(kernel, 2, blockings[b]);
+        int same = 0;
+        for (int i = 0; i < n; i++) {
+            float *want = run(standard, &ps[i]), *got = run(ctx, &ps[i]);
+            same += memcmp(want, got, (size_t)ps[i].M * ps[i].ldc * sizeof(float)) == 0;
+            free(want);
+            free(got);
+        }
+        if (!CHECK(same == n)) printf("     kc %d, mc %d, nc %d: %d of %d problems identical\n", blockings[b].kc,
+                                      blockings[b].mc, blockings[b].nc, same, n);
+        gemm_context_free(ctx);
+    }
+    gemm_context_free(standard);
+}
+
 // gemm_in_task, called from inside parallel_for tasks, matches gemm.
 typedef struct {
     const GemmContext *ctx;
@@ -395,6 +418,7 @@ int main(void) {
     test_against_reference(ps, n);
     test_kernels_identical(ps, n);
     test_threads_identical();
+    test_blockings_identical(ps, n);
     test_gemm_in_task();
     test_guards();
     for (int i = 0; i < n; i++) problem_free(&ps[i]);
