@@ -1887,8 +1887,9 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
             long hi = (long)(W + pad - ow < KW ? W + pad - ow : KW) * C;
             long ih = oh + first_kh - pad;
             if (narrow && lo <= first_from && first_from + cols <= hi && ih >= 0 && ih < H) {
-                // A strip packed by columns asks for MR columns of many rows:
-                // one piece of one line per row, nearly always inside the image.
+                // A strip packed by columns, or a panel of B, asks for a few
+                // columns of many rows: one piece of one line per row, nearly
+                // always inside the image.
                 const float *src = op->data + (((long)b * H + ih) * W + ow - pad) * C + first_from;  // (cols)
                 if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // a fixed size: a few moves
                 else memcpy(dst, src, (size_t)cols * sizeof(float));
@@ -1952,24 +1953,40 @@ int pack_a_by_rows(const Operand *A) {
     return !A->transposed || A->patches->channels == 1;
 }
 
-// Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
-// rows; *rs_a and *cs_a say how a strip is stored (see MicroKernel). The
-// rows of the last strip beyond `rows` are zeros.
+// Where the micro-kernel finds one (MR, kc) strip of A: element (i, k) at
+// a[i*rs + k*cs] (see MicroKernel).
+typedef struct {
+    const float *a;
+    long rs, cs;
+} Strip;
+
+/* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
+   rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
+   are zeros. A whole strip of a transposed matrix is not copied at all:
+   its MR neighbouring floats per k are already where the kernel can read
+   them (rs = 1, cs = the matrix's stride). Copying them 24 bytes at a time
+   cost more than the kernel's reads from a wider stride (the weight
+   gradients of section 4.19; a last, partial strip is still copied, since
+   reading a whole one would run past the matrix's end). */
 void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
-            long *rs_a, long *cs_a, const Operand *A, long row0, int rows, long k0, int kc) {
+            Strip *strips,  // (ceil(rows / MR))
+            const Operand *A, long row0, int rows, long k0, int kc) {
     int by_rows = pack_a_by_rows(A);
     Operand At = transpose(A);
-    *rs_a = by_rows ? kc : 1;
-    *cs_a = by_rows ? 1 : MR;
     for (int s = 0; s < rows; s += MR, packed += (size_t)kc * MR) {
         int valid = rows - s < MR ? rows - s : MR;
-        if (by_rows) {
+        Strip *strip = &strips[s / MR];
+        if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
+            *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
+        } else if (by_rows) {
             pack_block(packed, kc, A, row0 + s, valid, k0, kc);
             memset(packed + (size_t)valid * kc, 0, (size_t)(MR - valid) * kc * sizeof(float));
+            *strip = (Strip){packed, kc, 1};
         } else {
             pack_block(packed, MR, &At, k0, kc, row0 + s, valid);
             for (int k = 0; k < kc && valid < MR; k++)
                 memset(packed + (size_t)k * MR + valid, 0, (size_t)(MR - valid) * sizeof(float));
+            *strip = (Strip){packed, 1, MR};
         }
     }
 }
@@ -2017,6 +2034,7 @@ typedef struct GemmContext {
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
+    Strip *strips;    // (threads, mc / MR): where each worker's strips of A are
     long a_floats, b_floats;
     void *memory;     // what packed_a and packed_b were carved from
 } GemmContext;
@@ -2047,6 +2065,7 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
+    ctx->strips = xmalloc(n * (size_t)(b.mc / MR) * sizeof(Strip));
     return ctx;
 }
 
@@ -2058,6 +2077,7 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
+    free(ctx->strips);
     free(ctx->memory);
     free(ctx);
 }
@@ -2097,20 +2117,21 @@ void gemm_tile(void *context, int task, int worker) {
     int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/MR, MR, kc)
     float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
+    Strip *strips = job->ctx->strips + (size_t)worker * (size_t)(job->ctx->blocking.mc / MR);  // (rows/MR)
     int b_in_place = !B->patches && B->col_stride == 1 && rows <= B_IN_PLACE_ROWS;
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
         int load_c = job->accumulate || k0 > 0;  // the first block starts from 0 unless accumulating
-        long rs_a, cs_a;
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
-        pack_a(packed_a, &rs_a, &cs_a, A, row0, rows, k0, kc);
+        pack_a(packed_a, strips, A, row0, rows, k0, kc);
         // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
         // while the panels of B stream past it from L2, and C is written
         // MR whole rows at a time. (Panel-outer, the BLIS order, measured
         // 10-15% slower here: our panels of B are few and C's rows long.)
         for (int i = 0; i < rows; i += MR) {
-            const float *a = packed_a + (size_t)i * kc;  // (MR, kc) strip, rs_a and cs_a apart
+            const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
+            long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
             for (int j = 0; j < cols; j += nr) {
                 const float *b;  // (kc, nr) panel of B, rows ldb apart
                 long ldb;
@@ -2166,9 +2187,13 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     int KC = ctx->blocking.kc, MC = ctx->blocking.mc, NC = ctx->blocking.nc;  // this context's, not the defaults
     int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
     double flops = 2.0 * M * N * K;
+    // Cut the side whose operand is cheaper to pack twice: rows (each row
+    // tile packs all of B's columns again) unless B is the patch matrix.
+    int columns_first = B.patches && !A.patches;
     while (tiles_m * tiles_n < TASKS_WANTED && flops / (tiles_m * tiles_n + 1) >= MIN_TASK_FLOPS) {
-        if (tiles_m < (M + TILE_M_UNIT - 1) / TILE_M_UNIT) tiles_m++;
-        else if (tiles_n < (N + TILE_N_UNIT - 1) / TILE_N_UNIT) tiles_n++;
+        int more_m = tiles_m < (M + TILE_M_UNIT - 1) / TILE_M_UNIT, more_n = tiles_n < (N + TILE_N_UNIT - 1) / TILE_N_UNIT;
+        if (more_m && (!columns_first || !more_n)) tiles_m++;
+        else if (more_n) tiles_n++;
         else break;
     }
     GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
@@ -2284,6 +2309,39 @@ void flip_kernel(float *flipped,       // (KH, KW, OC, C)
                         weight[(((size_t)kh * KW + kw) * C + c) * OC + oc];
 }
 
+// dst (cols, rows) = the transpose of src (rows, cols).
+void transpose_copy(float *dst, const float *src, int rows, int cols) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+/* dweight += patches(inp)^T @ dout. As written, A is the transposed patch
+   matrix: (KH*KW*C, B*OH*OW), whose packing gathers MR neighbouring channels
+   per pixel, 24 bytes at a time, and whose B (dout) every task packs again.
+   Its transpose is the same sums the other way round:
+       dweight^T (OC, KH*KW*C) += dout^T @ patches(inp)
+   where the patches are B, packed in panels of NR neighbouring floats of
+   one image row (whole cache lines when C is a multiple of 16), and the
+   small dout^T is A. Each element is still one chain of multiply-adds over
+   the pixels in order, from dweight's old value (copied in and out through
+   `scratch`), so the bits are those of the first form; only the speed
+   differs. One-channel images have 3-float lines, and keep the first form. */
+void conv2d_weight_gradient_blocked(const GemmContext *ctx,
+                                    float *dweight,      // (KH*KW*C, OC)
+                                    const float *dout,   // (B*OH*OW, OC)
+                                    const float *inp,    // (B, H, W, C)
+                                    const ConvShape *s,
+                                    float *scratch) {    // (OC, KH*KW*C)
+    int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
+    if (s->channels % 16 != 0) {
+        gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);
+        return;
+    }
+    transpose_copy(scratch, dweight, patch, OC);
+    gemm(ctx, OC, patch, rows, transposed_operand(dout, OC), patches_operand(inp, s, 0), scratch, patch, 1);
+    transpose_copy(dweight, scratch, OC, patch);
+}
+
 /* The backward pass, as conv.c derives it:
    - dweight += patches(inp)^T @ dout: the transposed patch matrix as A;
    - dinp += the convolution of dout, padded by KH-1-pad, with the flipped
@@ -2295,10 +2353,9 @@ void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
                              float *flipped) {  // shapes as conv2d_backward_naive
     int OC = s->out_channels, C = s->channels;
-    int rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
+    int rows = (int)conv_rows(s);
     if (dbias) bias_backward(dbias, dout, rows, OC);
-    if (dweight)
-        gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);
+    if (dweight) conv2d_weight_gradient_blocked(ctx, dweight, dout, inp, s, flipped);
     if (dinp) {
         flip_kernel(flipped, weight, s);
         ConvShape back = conv_shape(s->batch, s->out_h, s->out_w, OC, s->kernel_h, s->kernel_w,

@@ -400,12 +400,37 @@ static void check_blocked_conv(int B, int H, int W, int C, int K, int pad, int O
     gemm_context_free(ctx);
 }
 
+// The weight gradient as the blocked path computes it (transposed, for
+// channels in multiples of 16) against its definition as one GEMM with the
+// transposed patches: the same bits, added to what dweight held before.
+static void check_weight_gradient_forms(int B, int H, int W, int C, int pad, int OC, Rng *rng) {
+    ConvShape s = conv_shape(B, H, W, C, 3, 3, pad, OC);
+    size_t nx = (size_t)B * H * W * C, nw = conv_patch_size(&s) * OC, no = conv_rows(&s) * OC;
+    float *x = malloc(nx * sizeof(float)), *dout = malloc(no * sizeof(float)), *scratch = malloc(nw * sizeof(float));
+    float *direct = malloc(nw * sizeof(float)), *blocked = malloc(nw * sizeof(float));
+    fill(x, nx, -1, 1, rng), fill(dout, no, -1, 1, rng), fill(direct, nw, -1, 1, rng);
+    memcpy(blocked, direct, nw * sizeof(float));
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 2);
+    gemm(ctx, (int)conv_patch_size(&s), OC, (int)conv_rows(&s), patches_operand(x, &s, 1), matrix_operand(dout, OC),
+         direct, OC, 1);
+    conv2d_weight_gradient_blocked(ctx, blocked, dout, x, &s, scratch);
+    if (!CHECK(memcmp(direct, blocked, nw * sizeof(float)) == 0))
+        printf("     x (%d,%d,%d,%d) pad %d oc %d\n", B, H, W, C, pad, OC);
+    gemm_context_free(ctx);
+    free(x), free(dout), free(scratch), free(direct), free(blocked);
+}
+
 static void test_blocked_against_naive(Rng *rng) {
     section("blocked convolutions against the naive ones, forward and both gradients");
     check_blocked_conv(2, 5, 7, 1, 3, 0, 3, rng);
     check_blocked_conv(1, 6, 5, 3, 3, 1, 2, rng);
     check_blocked_conv(3, 13, 13, 32, 3, 0, 64, rng);  // the basic CNN's second layer, 3 images
     check_blocked_conv(1, 7, 6, 2, 5, 2, 3, rng);
+    check_blocked_conv(2, 9, 7, 16, 3, 1, 20, rng);  // 16 channels: the transposed weight gradient
+    // Its two forms, bit for bit: 5 strips of 6 rows and one of 2 (OC 32), and odd ones.
+    check_weight_gradient_forms(2, 9, 7, 16, 1, 20, rng);
+    check_weight_gradient_forms(3, 13, 13, 32, 0, 64, rng);
+    check_weight_gradient_forms(4, 28, 28, 32, 1, 32, rng);
     // Dense: blocked against chapter 2's loops.
     enum { BD = 5, CD = 37, OD = 19 };
     float x[BD * CD], w[CD * OD], g[BD * OD], out[2][BD * OD], dx[2][BD * CD] = {{0}}, dw[2][CD * OD] = {{0}};
