@@ -969,7 +969,14 @@ void relu_forward(float *out, const float *inp, size_t N) {
 // The slope is 1 where the input was positive and 0 elsewhere (at exactly 0
 // we take 0, as every framework does).
 void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
-    for (size_t i = 0; i < N; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < N; i++) {
+        // dout is read whether it is used or not: the compiler may not move a
+        // read out from under a condition, and with it there the loop runs
+        // one branch per number instead of vector instructions (5 times
+        // slower in chapter 5's step breakdown, book.md 5.11).
+        float slope_times_dout = dout[i];
+        dinp[i] += inp[i] > 0.0f ? slope_times_dout : 0.0f;
+    }
 }
 
 // Softmax followed by cross-entropy against the targets, averaged over the
@@ -1244,10 +1251,14 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
    memory, and update out[c] four times; these read the four inputs of a
    window as four contiguous rows of C channels and decide every channel
    with comparisons and selects instead of branches, so the compiler can do
-   8 channels per instruction (AVX2) or 4 (SSE2, arm64's NEON). The order of
-   the comparisons is the reference's, so ties still go to the first
-   maximum, and the gradient is added with a select, not `+= 0` (which
-   would turn a -0 into +0), so not a bit changes. */
+   4 channels per instruction (SSE2, which every x86-64 has, and arm64's
+   NEON). The order of the comparisons is the reference's, so ties still go
+   to the first maximum, and not a bit changes. (gcc 12 vectorises neither
+   a select between a sum and the old value, `d = t ? d + g : d`, nor
+   logic with && on comparisons: under the C standard's floating-point
+   exceptions it may not compute d + g where the source does not. Hence
+   the shape of these loops; -fno-trapping-math would lift that, but the
+   chapters build with the default flags.) */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {
@@ -1280,20 +1291,23 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                 float *d00 = dinp + first, *d01 = d00 + C, *d10 = d00 + (size_t)W * C, *d11 = d10 + C;       // (C) each
                 const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;                               // (C)
                 for (int c = 0; c < C; c++) {
-                    // Which of the four is the first maximum, as the reference finds it.
-                    float m = x00[c];
-                    int in01 = x01[c] > m;
-                    m = in01 ? x01[c] : m;
-                    int in10 = x10[c] > m;
-                    m = in10 ? x10[c] : m;
-                    int in11 = x11[c] > m;
-                    in10 = in10 && !in11;
-                    in01 = in01 && !in10 && !in11;
-                    int in00 = !in01 && !in10 && !in11;
-                    d00[c] = in00 ? d00[c] + g[c] : d00[c];
-                    d01[c] = in01 ? d01[c] + g[c] : d01[c];
-                    d10[c] = in10 ? d10[c] + g[c] : d10[c];
-                    d11[c] = in11 ? d11[c] + g[c] : d11[c];
+                    // The reference's walk through the window: the first input
+                    // holds the gradient, and each strictly larger one takes it
+                    // from whoever held it. The others add -0, which changes no
+                    // number (not even a -0, as adding +0 would). Every step is
+                    // a select, not a branch, so the loop vectorises.
+                    float gradient = g[c], m = x00[c];
+                    float g00 = gradient, g01 = -0.0f, g10 = -0.0f, g11 = -0.0f;
+                    int larger = x01[c] > m;
+                    g01 = larger ? gradient : g01, g00 = larger ? -0.0f : g00;
+                    m = larger ? x01[c] : m;
+                    larger = x10[c] > m;
+                    g10 = larger ? gradient : g10, g00 = larger ? -0.0f : g00, g01 = larger ? -0.0f : g01;
+                    m = larger ? x10[c] : m;
+                    larger = x11[c] > m;
+                    g11 = larger ? gradient : g11, g00 = larger ? -0.0f : g00, g01 = larger ? -0.0f : g01;
+                    g10 = larger ? -0.0f : g10;
+                    d00[c] += g00, d01[c] += g01, d10[c] += g10, d11[c] += g11;
                 }
             }
 }
@@ -1815,6 +1829,11 @@ static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
    speed). Tile sides stay multiples of MR and of 16 (AVX2's NR), so that
    the kernels' tiles fit them with little waste. */
 enum { TASKS_WANTED = 4, TILE_M_UNIT = MR, TILE_N_UNIT = 16 };
+
+// Patch lines (KW * C floats) at least this long are read in place where
+// they can be (patch_strip_in_place); shorter ones are cheaper to copy
+// than to cut the sum into so many short blocks.
+enum { PATCH_LINE_IN_PLACE = 48 };
 #define MIN_TASK_FLOPS 2e6
 
 /* ----------------------------------------------------------------------------
@@ -1957,6 +1976,23 @@ typedef struct {
     long rs, cs;
 } Strip;
 
+/* A strip of the patch matrix that is already in the image, or NULL. Row r
+   of the patches, for one kh, is KW * C neighbouring floats of image row
+   ih = oh + kh - pad; the next output pixel's are the same run moved C
+   floats on. So when the block of k is one whole kh (kc = KW * C, k0 a
+   multiple of it) and the strip's MR pixels lie in one output row, all
+   with their KW taps inside the image, the strip is simply the image read
+   with rs = C: nothing to copy. (gemm_run chooses such blocks.) */
+const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
+    const ConvShape *g = A->patches;
+    long line = (long)g->kernel_w * g->channels;
+    if (A->transposed || kc != line || k0 % line != 0) return NULL;
+    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h), b = (int)(row / g->out_w / g->out_h);
+    int ih = oh + (int)(k0 / line) - g->pad, first_iw = ow - g->pad, last_iw = ow + MR - 1 - g->pad + g->kernel_w - 1;
+    if (ow + MR > g->out_w || ih < 0 || ih >= g->height || first_iw < 0 || last_iw >= g->width) return NULL;
+    return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
+}
+
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -1973,7 +2009,10 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
     for (int s = 0; s < rows; s += MR, packed += (size_t)kc * MR) {
         int valid = rows - s < MR ? rows - s : MR;
         Strip *strip = &strips[s / MR];
-        if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
+        const float *in_image = A->patches && valid == MR ? patch_strip_in_place(A, row0 + s, k0, kc) : NULL;
+        if (in_image) {
+            *strip = (Strip){in_image, A->patches->channels, 1};
+        } else if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
             *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
         } else if (by_rows) {
             pack_block(packed, kc, A, row0 + s, valid, k0, kc);
@@ -2196,7 +2235,12 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
+    // But a patch matrix of wide lines goes one kh at a time (K = 288 is
+    // 96 + 96 + 96 for C = 32), so that most of its strips need no copy
+    // (patch_strip_in_place).
     job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+    long line = A.patches && !A.transposed ? (long)A.patches->kernel_w * A.patches->channels : 0;
+    if (line >= PATCH_LINE_IN_PLACE && line <= KC) job.kc = (int)line;
     job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
     job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
     job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
@@ -3139,6 +3183,13 @@ struct Node {
     size_t saved_fixed;         // floats of `saved` that do not grow with the batch
 };
 
+// Seconds spent in each node's forward and backward pass, added up over
+// the steps while a graph's `times` is set (--bench's step breakdown).
+typedef struct {
+    double forward[MAX_NODES], backward[MAX_NODES];
+    double clearing;  // graph_backward's zeroing of the gradients
+} OpTimes;
+
 struct Graph {
     Node nodes[MAX_NODES];  // in creation order, which is also a valid order
     int count;
@@ -3157,6 +3208,7 @@ struct Graph {
     GemmContext *gemm;      // KERNEL_BLOCKED: the micro-kernel, the threads, the packing buffers
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
+    OpTimes *times;         // NULL, or where each op's seconds are added (not owned)
     float *state;           // (state_count) every state node, in creation order
     size_t state_count;
 };
@@ -3392,7 +3444,9 @@ float graph_forward(Graph *g, int training) {
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
+        double start = g->times ? now_seconds() : 0;
         if (n->op) n->op->forward(n, g);
+        if (g->times) g->times->forward[n - g->nodes] += now_seconds() - start;
     }
     return g->output->value[0];
 }
@@ -3416,15 +3470,19 @@ void graph_zero_grad(Graph *g) {
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
+    double start = g->times ? now_seconds() : 0;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
         if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
     }
+    if (g->times) g->times->clearing += now_seconds() - start;
     require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
+        start = g->times ? now_seconds() : 0;
         if (n->op && n->requires_grad) n->op->backward(n, g);
+        if (g->times) g->times->backward[n - g->nodes] += now_seconds() - start;
     }
 }
 
@@ -4350,6 +4408,91 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
     for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
 }
 
+/* A training step, op by op: each model's graph at batch 64 on random
+   images, a few steps to warm up, then STEP_RUNS steps with every op's
+   forward and backward timed (Graph.times). This is the whole step as
+   training runs it, caches cold between layers and all, where the table
+   above times each pass alone and warm; the two together say where the
+   time goes. Convolutions and matrix multiplies show their GFLOP/s. */
+enum { STEP_WARMUP = 3, STEP_RUNS = 10 };
+
+// FLOPs of one node's forward (pass 0) or backward (pass 1) at this batch.
+double node_flops(const Node *n, int pass, int batch) {
+    double forward = 2.0 * multiply_adds_per_image(n) * batch;
+    if (pass == 0 || forward == 0) return forward;
+    return forward * (n->inputs[0]->grad ? 2 : 1);  // the weights' gradient, and the input's if it needs one
+}
+
+void print_step_row(const Node *n, int index, const OpTimes *t, int batch, double step_seconds, double peak) {
+    char shape[48] = "";
+    for (int d = n->batched; d < n->rank; d++)
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
+    for (int pass = 0; pass < 2; pass++) {
+        double seconds = (pass ? t->backward : t->forward)[index] / STEP_RUNS;
+        double flops = node_flops(n, pass, batch);
+        printf("    %-12s %-10s %-9s %8.2f %6.1f%%", pass ? "" : n->op->name, pass ? "" : shape, pass ? "backward" : "forward",
+               1e3 * seconds, 100 * seconds / step_seconds);
+        if (flops > 0) printf(" %8.1f %6.1f%%", flops / seconds / 1e9, 100 * flops / seconds / 1e9 / peak);
+        printf("\n");
+    }
+}
+
+// The step breakdown of one model (kernel and threads as the bench's).
+void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak) {
+    enum { BATCH = BENCH_BATCH };
+    GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
+    Model m = graph_model(&c, name);
+    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
+    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
+    Rng rng = rng_new(3, STREAM_CHECK);
+    for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
+    memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));
+    for (int i = 0; i < BATCH; i++) targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
+    OpTimes *times = xmalloc(sizeof *times);
+    memset(times, 0, sizeof *times);
+    double step_total = 0, adam_total = 0;
+    for (int step = 0; step < STEP_WARMUP + STEP_RUNS; step++) {
+        if (step == STEP_WARMUP) c.graph->times = times;  // from here on, measured
+        Batch batch = {images, targets, BATCH, step};
+        double start = now_seconds();
+        memset(m.grads, 0, m.count * sizeof(float));
+        m.compute_gradients(m.net, &batch, probs);
+        double adam_start = now_seconds();
+        optimizer_update(&opt, m.params, m.grads, m.count);
+        if (step >= STEP_WARMUP) adam_total += now_seconds() - adam_start, step_total += now_seconds() - start;
+    }
+    const Graph *g = c.graph;
+    double step = step_total / STEP_RUNS, flops = 0, gemm_seconds = 0, other_seconds = 0;
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (!n->op) continue;
+        int index = (int)(n - g->nodes), heavy = multiply_adds_per_image(n) > 0;
+        for (int pass = 0; pass < 2; pass++) flops += node_flops(n, pass, BATCH);
+        double seconds = (times->forward[index] + times->backward[index]) / STEP_RUNS;
+        if (heavy) gemm_seconds += seconds;
+        else other_seconds += seconds;
+    }
+    printf("\n  %s: %.2f ms a step, %.0f images/s; %.1f GFLOP/s over the whole step, %.1f%% of the peak\n", name,
+           1e3 * step, BATCH / step, flops / step / 1e9, 100 * flops / step / 1e9 / peak);
+    printf("    %-12s %-10s %-9s %8s %7s %8s %7s\n", "op", "output", "pass", "ms", "share", "GFLOP/s", "% peak");
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak);
+    }
+    double clearing = times->clearing / STEP_RUNS, adam = adam_total / STEP_RUNS;
+    printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
+    double rest = step - gemm_seconds - other_seconds - clearing - adam;
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probabilities out)", 1e3 * rest, 100 * rest / step);
+    printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
+           1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
+           100 * other_seconds / step);
+    free(times), free(images), free(targets);
+    optimizer_free(&opt);
+    graph_free(c.graph);
+}
+
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
@@ -4418,6 +4561,14 @@ int run_benchmark(int threads, Error *err) {
         bench_data_free(&d);
     }
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
+    printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
+           "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
+           STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
+    static const char *const step_models[] = {"ann", "basic",
+                                              "deeper",
+    };
+    for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
+        bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||

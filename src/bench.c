@@ -289,6 +289,91 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
     for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
 }
 
+/* A training step, op by op: each model's graph at batch 64 on random
+   images, a few steps to warm up, then STEP_RUNS steps with every op's
+   forward and backward timed (Graph.times). This is the whole step as
+   training runs it, caches cold between layers and all, where the table
+   above times each pass alone and warm; the two together say where the
+   time goes. Convolutions and matrix multiplies show their GFLOP/s. */
+enum { STEP_WARMUP = 3, STEP_RUNS = 10 };
+
+// FLOPs of one node's forward (pass 0) or backward (pass 1) at this batch.
+double node_flops(const Node *n, int pass, int batch) {
+    double forward = 2.0 * multiply_adds_per_image(n) * batch;
+    if (pass == 0 || forward == 0) return forward;
+    return forward * (n->inputs[0]->grad ? 2 : 1);  // the weights' gradient, and the input's if it needs one
+}
+
+void print_step_row(const Node *n, int index, const OpTimes *t, int batch, double step_seconds, double peak) {
+    char shape[48] = "";
+    for (int d = n->batched; d < n->rank; d++)
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
+    for (int pass = 0; pass < 2; pass++) {
+        double seconds = (pass ? t->backward : t->forward)[index] / STEP_RUNS;
+        double flops = node_flops(n, pass, batch);
+        printf("    %-12s %-10s %-9s %8.2f %6.1f%%", pass ? "" : n->op->name, pass ? "" : shape, pass ? "backward" : "forward",
+               1e3 * seconds, 100 * seconds / step_seconds);
+        if (flops > 0) printf(" %8.1f %6.1f%%", flops / seconds / 1e9, 100 * flops / seconds / 1e9 / peak);
+        printf("\n");
+    }
+}
+
+// The step breakdown of one model (kernel and threads as the bench's).
+void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak) {
+    enum { BATCH = BENCH_BATCH };
+    GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
+    Model m = graph_model(&c, name);
+    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
+    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
+    Rng rng = rng_new(3, STREAM_CHECK);
+    for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
+    memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));
+    for (int i = 0; i < BATCH; i++) targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
+    OpTimes *times = xmalloc(sizeof *times);
+    memset(times, 0, sizeof *times);
+    double step_total = 0, adam_total = 0;
+    for (int step = 0; step < STEP_WARMUP + STEP_RUNS; step++) {
+        if (step == STEP_WARMUP) c.graph->times = times;  // from here on, measured
+        Batch batch = {images, targets, BATCH, step};
+        double start = now_seconds();
+        memset(m.grads, 0, m.count * sizeof(float));
+        m.compute_gradients(m.net, &batch, probs);
+        double adam_start = now_seconds();
+        optimizer_update(&opt, m.params, m.grads, m.count);
+        if (step >= STEP_WARMUP) adam_total += now_seconds() - adam_start, step_total += now_seconds() - start;
+    }
+    const Graph *g = c.graph;
+    double step = step_total / STEP_RUNS, flops = 0, gemm_seconds = 0, other_seconds = 0;
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (!n->op) continue;
+        int index = (int)(n - g->nodes), heavy = multiply_adds_per_image(n) > 0;
+        for (int pass = 0; pass < 2; pass++) flops += node_flops(n, pass, BATCH);
+        double seconds = (times->forward[index] + times->backward[index]) / STEP_RUNS;
+        if (heavy) gemm_seconds += seconds;
+        else other_seconds += seconds;
+    }
+    printf("\n  %s: %.2f ms a step, %.0f images/s; %.1f GFLOP/s over the whole step, %.1f%% of the peak\n", name,
+           1e3 * step, BATCH / step, flops / step / 1e9, 100 * flops / step / 1e9 / peak);
+    printf("    %-12s %-10s %-9s %8s %7s %8s %7s\n", "op", "output", "pass", "ms", "share", "GFLOP/s", "% peak");
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak);
+    }
+    double clearing = times->clearing / STEP_RUNS, adam = adam_total / STEP_RUNS;
+    printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
+    double rest = step - gemm_seconds - other_seconds - clearing - adam;
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probabilities out)", 1e3 * rest, 100 * rest / step);
+    printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
+           1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
+           100 * other_seconds / step);
+    free(times), free(images), free(targets);
+    optimizer_free(&opt);
+    graph_free(c.graph);
+}
+
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
@@ -357,6 +442,16 @@ int run_benchmark(int threads, Error *err) {
         bench_data_free(&d);
     }
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
+    printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
+           "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
+           STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
+    static const char *const step_models[] = {"ann", "basic",
+//@ from 5
+                                              "deeper",
+//@ end
+    };
+    for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
+        bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||

@@ -232,10 +232,14 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
    memory, and update out[c] four times; these read the four inputs of a
    window as four contiguous rows of C channels and decide every channel
    with comparisons and selects instead of branches, so the compiler can do
-   8 channels per instruction (AVX2) or 4 (SSE2, arm64's NEON). The order of
-   the comparisons is the reference's, so ties still go to the first
-   maximum, and the gradient is added with a select, not `+= 0` (which
-   would turn a -0 into +0), so not a bit changes. */
+   4 channels per instruction (SSE2, which every x86-64 has, and arm64's
+   NEON). The order of the comparisons is the reference's, so ties still go
+   to the first maximum, and not a bit changes. (gcc 12 vectorises neither
+   a select between a sum and the old value, `d = t ? d + g : d`, nor
+   logic with && on comparisons: under the C standard's floating-point
+   exceptions it may not compute d + g where the source does not. Hence
+   the shape of these loops; -fno-trapping-math would lift that, but the
+   chapters build with the default flags.) */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {
@@ -268,20 +272,23 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                 float *d00 = dinp + first, *d01 = d00 + C, *d10 = d00 + (size_t)W * C, *d11 = d10 + C;       // (C) each
                 const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;                               // (C)
                 for (int c = 0; c < C; c++) {
-                    // Which of the four is the first maximum, as the reference finds it.
-                    float m = x00[c];
-                    int in01 = x01[c] > m;
-                    m = in01 ? x01[c] : m;
-                    int in10 = x10[c] > m;
-                    m = in10 ? x10[c] : m;
-                    int in11 = x11[c] > m;
-                    in10 = in10 && !in11;
-                    in01 = in01 && !in10 && !in11;
-                    int in00 = !in01 && !in10 && !in11;
-                    d00[c] = in00 ? d00[c] + g[c] : d00[c];
-                    d01[c] = in01 ? d01[c] + g[c] : d01[c];
-                    d10[c] = in10 ? d10[c] + g[c] : d10[c];
-                    d11[c] = in11 ? d11[c] + g[c] : d11[c];
+                    // The reference's walk through the window: the first input
+                    // holds the gradient, and each strictly larger one takes it
+                    // from whoever held it. The others add -0, which changes no
+                    // number (not even a -0, as adding +0 would). Every step is
+                    // a select, not a branch, so the loop vectorises.
+                    float gradient = g[c], m = x00[c];
+                    float g00 = gradient, g01 = -0.0f, g10 = -0.0f, g11 = -0.0f;
+                    int larger = x01[c] > m;
+                    g01 = larger ? gradient : g01, g00 = larger ? -0.0f : g00;
+                    m = larger ? x01[c] : m;
+                    larger = x10[c] > m;
+                    g10 = larger ? gradient : g10, g00 = larger ? -0.0f : g00, g01 = larger ? -0.0f : g01;
+                    m = larger ? x10[c] : m;
+                    larger = x11[c] > m;
+                    g11 = larger ? gradient : g11, g00 = larger ? -0.0f : g00, g01 = larger ? -0.0f : g01;
+                    g10 = larger ? -0.0f : g10;
+                    d00[c] += g00, d01[c] += g01, d10[c] += g10, d11[c] += g11;
                 }
             }
 }

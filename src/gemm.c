@@ -517,6 +517,11 @@ static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
    speed). Tile sides stay multiples of MR and of 16 (AVX2's NR), so that
    the kernels' tiles fit them with little waste. */
 enum { TASKS_WANTED = 4, TILE_M_UNIT = MR, TILE_N_UNIT = 16 };
+
+// Patch lines (KW * C floats) at least this long are read in place where
+// they can be (patch_strip_in_place); shorter ones are cheaper to copy
+// than to cut the sum into so many short blocks.
+enum { PATCH_LINE_IN_PLACE = 48 };
 #define MIN_TASK_FLOPS 2e6
 
 /* ----------------------------------------------------------------------------
@@ -659,6 +664,23 @@ typedef struct {
     long rs, cs;
 } Strip;
 
+/* A strip of the patch matrix that is already in the image, or NULL. Row r
+   of the patches, for one kh, is KW * C neighbouring floats of image row
+   ih = oh + kh - pad; the next output pixel's are the same run moved C
+   floats on. So when the block of k is one whole kh (kc = KW * C, k0 a
+   multiple of it) and the strip's MR pixels lie in one output row, all
+   with their KW taps inside the image, the strip is simply the image read
+   with rs = C: nothing to copy. (gemm_run chooses such blocks.) */
+const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
+    const ConvShape *g = A->patches;
+    long line = (long)g->kernel_w * g->channels;
+    if (A->transposed || kc != line || k0 % line != 0) return NULL;
+    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h), b = (int)(row / g->out_w / g->out_h);
+    int ih = oh + (int)(k0 / line) - g->pad, first_iw = ow - g->pad, last_iw = ow + MR - 1 - g->pad + g->kernel_w - 1;
+    if (ow + MR > g->out_w || ih < 0 || ih >= g->height || first_iw < 0 || last_iw >= g->width) return NULL;
+    return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
+}
+
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -675,7 +697,10 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
     for (int s = 0; s < rows; s += MR, packed += (size_t)kc * MR) {
         int valid = rows - s < MR ? rows - s : MR;
         Strip *strip = &strips[s / MR];
-        if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
+        const float *in_image = A->patches && valid == MR ? patch_strip_in_place(A, row0 + s, k0, kc) : NULL;
+        if (in_image) {
+            *strip = (Strip){in_image, A->patches->channels, 1};
+        } else if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
             *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
         } else if (by_rows) {
             pack_block(packed, kc, A, row0 + s, valid, k0, kc);
@@ -898,7 +923,12 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
+    // But a patch matrix of wide lines goes one kh at a time (K = 288 is
+    // 96 + 96 + 96 for C = 32), so that most of its strips need no copy
+    // (patch_strip_in_place).
     job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+    long line = A.patches && !A.transposed ? (long)A.patches->kernel_w * A.patches->channels : 0;
+    if (line >= PATCH_LINE_IN_PLACE && line <= KC) job.kc = (int)line;
     job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
     job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
     job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
