@@ -1856,6 +1856,7 @@ void graph_set_batch(Graph *g, int batch) {
     }
 }
 
+
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {
     require(g->compiled, "graph_forward() before graph_compile()");

@@ -2646,6 +2646,7 @@ typedef struct {
     float beta1, beta2, epsilon;  // Adam's, from the protocol
     long step;                    // updates so far (Adam's bias correction needs it)
     float *m, *v;                 // (count) Adam's moment estimates, one allocation; NULL for SGD
+    Workers *workers;             // the model's threads, to share Adam's loop (NULL: the caller alone)
 } Optimizer;
 
 Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
@@ -2687,7 +2688,36 @@ void adam_update(Optimizer *o, float *params, const float *grads, size_t count) 
     }
 }
 
+/* Adam on the model's threads. Every parameter's update depends on its own
+   numbers alone, so the parameters are cut into ADAM_PARTS fixed parts and
+   each part is adam_update on a view of the optimiser whose m and v start
+   where the part does. Every view counts the same step, so the bias
+   corrections and every bit are those of one loop over all parameters. */
+enum { ADAM_PARTS = 16, ADAM_PARALLEL_FROM = 1 << 16 };  // fewer parameters: not worth waking a thread
+
+typedef struct {
+    const Optimizer *o;
+    float *params;
+    const float *grads;
+    size_t count;
+} AdamJob;
+
+void adam_part(void *context, int part, int worker) {
+    (void)worker;
+    const AdamJob *j = context;
+    size_t from = j->count * (size_t)part / ADAM_PARTS, to = j->count * (size_t)(part + 1) / ADAM_PARTS;
+    Optimizer view = *j->o;
+    view.m += from, view.v += from;
+    adam_update(&view, j->params + from, j->grads + from, to - from);
+}
+
 void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+    if (o->kind == OPTIMIZER_ADAM && o->workers && count >= ADAM_PARALLEL_FROM) {
+        AdamJob job = {o, params, grads, count};
+        parallel_for(o->workers, ADAM_PARTS, adam_part, &job);
+        o->step++;  // what each part's view counted
+        return;
+    }
     if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
     else sgd_update(params, grads, count, o->learning_rate);
 }
@@ -2728,6 +2758,7 @@ typedef struct {
     float *state;           // (state_count)
     size_t state_count;
     int max_batch;          // the most images one call may take
+    Workers *workers;       // the threads its ops run on, which the optimiser may share (NULL: none)
 } Model;
 int argmax(const float *row, int n) {
     int best = 0;
@@ -3089,6 +3120,7 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
+    opt.workers = m->workers;
     int status = 0;
     *result = (Result){.model = m->name, .seed = o->seed};
     if (o->overfit) {
@@ -3438,6 +3470,34 @@ void graph_set_batch(Graph *g, int batch) {
     }
 }
 
+// The graph's threads: the blocked GEMM's, or none for the references.
+Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NULL; }
+
+// Zeroes n floats, the large arrays in CLEAR_PARTS fixed parts on the threads:
+// one core alone does not reach the memory's full speed.
+enum { CLEAR_PARTS = 8, CLEAR_PARALLEL_FROM = 1 << 16 };
+
+typedef struct {
+    float *x;
+    size_t n;
+} ClearJob;
+
+void clear_part(void *context, int part, int worker) {
+    (void)worker;
+    const ClearJob *j = context;
+    size_t from = j->n * (size_t)part / CLEAR_PARTS, to = j->n * (size_t)(part + 1) / CLEAR_PARTS;
+    memset(j->x + from, 0, (to - from) * sizeof(float));
+}
+
+void clear_floats(Workers *workers, float *x, size_t n) {
+    if (!workers || n < CLEAR_PARALLEL_FROM) {
+        memset(x, 0, n * sizeof(float));
+        return;
+    }
+    ClearJob job = {x, n};
+    parallel_for(workers, CLEAR_PARTS, clear_part, &job);
+}
+
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {
     require(g->compiled, "graph_forward() before graph_compile()");
@@ -3473,7 +3533,7 @@ void graph_backward(Graph *g) {
     double start = g->times ? now_seconds() : 0;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
-        if (n->op && n->grad) memset(n->grad, 0, n->size * sizeof(float));
+        if (n->op && n->grad) clear_floats(graph_workers(g), n->grad, n->size);
     }
     if (g->times) g->times->clearing += now_seconds() - start;
     require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
@@ -3527,9 +3587,6 @@ void item_task(void *context, int task, int worker) {
     ItemJob *job = context;
     job->work(job->graph, job->node, task);
 }
-
-// The graph's threads: the blocked GEMM's, or none for the references.
-Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NULL; }
 
 void for_each_item(Graph *g, Node *n, ItemWork *work) {
     ItemJob job = {g, n, work};
@@ -3953,6 +4010,7 @@ Model graph_model(GraphClassifier *c, const char *name) {
     return (Model){.name = name, .net = c, .compute_gradients = graph_compute_gradients,
                    .predict = graph_predict, .params = c->graph->params, .grads = c->graph->grads,
                    .count = c->graph->param_count,
+                   .workers = graph_workers(c->graph),
                    .state = c->graph->state, .state_count = c->graph->state_count,
                    .max_batch = c->graph->max_batch};
 }
@@ -4443,6 +4501,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
     Model m = graph_model(&c, name);
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+    opt.workers = m.workers;  // as training has it
     float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
     float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
     Rng rng = rng_new(3, STREAM_CHECK);

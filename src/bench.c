@@ -324,6 +324,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
     Model m = graph_model(&c, name);
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
+    opt.workers = m.workers;  // as training has it
     float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
     float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
     Rng rng = rng_new(3, STREAM_CHECK);

@@ -16,6 +16,9 @@ typedef struct {
     float beta1, beta2, epsilon;  // Adam's, from the protocol
     long step;                    // updates so far (Adam's bias correction needs it)
     float *m, *v;                 // (count) Adam's moment estimates, one allocation; NULL for SGD
+//@ from 4
+    Workers *workers;             // the model's threads, to share Adam's loop (NULL: the caller alone)
+//@ end
 } Optimizer;
 
 Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
@@ -61,7 +64,40 @@ void adam_update(Optimizer *o, float *params, const float *grads, size_t count) 
     //@ end
 }
 
+//@ from 4
+/* Adam on the model's threads. Every parameter's update depends on its own
+   numbers alone, so the parameters are cut into ADAM_PARTS fixed parts and
+   each part is adam_update on a view of the optimiser whose m and v start
+   where the part does. Every view counts the same step, so the bias
+   corrections and every bit are those of one loop over all parameters. */
+enum { ADAM_PARTS = 16, ADAM_PARALLEL_FROM = 1 << 16 };  // fewer parameters: not worth waking a thread
+
+typedef struct {
+    const Optimizer *o;
+    float *params;
+    const float *grads;
+    size_t count;
+} AdamJob;
+
+void adam_part(void *context, int part, int worker) {
+    (void)worker;
+    const AdamJob *j = context;
+    size_t from = j->count * (size_t)part / ADAM_PARTS, to = j->count * (size_t)(part + 1) / ADAM_PARTS;
+    Optimizer view = *j->o;
+    view.m += from, view.v += from;
+    adam_update(&view, j->params + from, j->grads + from, to - from);
+}
+
+//@ end
 void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+//@ from 4
+    if (o->kind == OPTIMIZER_ADAM && o->workers && count >= ADAM_PARALLEL_FROM) {
+        AdamJob job = {o, params, grads, count};
+        parallel_for(o->workers, ADAM_PARTS, adam_part, &job);
+        o->step++;  // what each part's view counted
+        return;
+    }
+//@ end
     if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
     else sgd_update(params, grads, count, o->learning_rate);
 }

@@ -36,6 +36,9 @@ typedef struct {
     float *state;           // (state_count)
     size_t state_count;
     int max_batch;          // the most images one call may take
+//@ from 4
+    Workers *workers;       // the threads its ops run on, which the optimiser may share (NULL: none)
+//@ end
 //@ from 6
     struct Graph *graph;    // the tensors' names and shapes, for a checkpoint
 //@ end
@@ -570,6 +573,9 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
     printf("model %s: %zu parameters; optimizer %s, learning rate %g, batch %d, seed %d\n",
            m->name, m->count, o->optimizer, o->learning_rate, o->batch, o->seed);
     Optimizer opt = optimizer_new(optimizer_kind(o), (float)o->learning_rate, m->count);
+//@ from 4
+    opt.workers = m->workers;
+//@ end
     int status = 0;
     *result = (Result){.model = m->name, .seed = o->seed};
     if (o->overfit) {

@@ -450,6 +450,32 @@ static void check_weight_gradient_forms(int B, int H, int W, int C, int pad, int
     free(x), free(dout), free(scratch), free(direct), free(blocked);
 }
 
+// Adam shared out over threads gives the bits of one loop, step after step.
+static void test_adam_on_threads(Rng *rng) {
+    section("Adam on the model's threads: the same bits as one loop");
+    enum { COUNT = 100003, STEPS = 3 };  // past ADAM_PARALLEL_FROM, and not a multiple of the parts
+    float *params[2], *grads = malloc(COUNT * sizeof(float));
+    Optimizer opt[2];
+    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 3);
+    for (int v = 0; v < 2; v++) {
+        params[v] = malloc(COUNT * sizeof(float));
+        opt[v] = optimizer_new(OPTIMIZER_ADAM, 0.001f, COUNT);
+    }
+    fill(params[0], COUNT, -1, 1, rng);
+    memcpy(params[1], params[0], COUNT * sizeof(float));
+    opt[1].workers = ctx->workers;
+    for (int step = 0; step < STEPS; step++) {
+        fill(grads, COUNT, -1, 1, rng);
+        for (int v = 0; v < 2; v++) optimizer_update(&opt[v], params[v], grads, COUNT);
+    }
+    CHECK(opt[0].step == STEPS && opt[1].step == STEPS);
+    CHECK(memcmp(params[0], params[1], COUNT * sizeof(float)) == 0);
+    CHECK(memcmp(opt[0].m, opt[1].m, 2 * COUNT * sizeof(float)) == 0);  // m and v, one allocation
+    for (int v = 0; v < 2; v++) free(params[v]), optimizer_free(&opt[v]);
+    free(grads);
+    gemm_context_free(ctx);
+}
+
 static void test_blocked_against_naive(Rng *rng) {
     section("blocked convolutions against the naive ones, forward and both gradients");
     check_blocked_conv(2, 5, 7, 1, 3, 0, 3, rng);
@@ -501,6 +527,7 @@ int main(void) {
     Rng rng = rng_new(44, STREAM_CHECK);
     test_blocked_against_naive(&rng);
     test_blocked_same_bits(&rng);
+    test_adam_on_threads(&rng);
     test_missing_kernel();
     test_conv_three_ways(&rng);
     test_max_pool();
