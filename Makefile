@@ -179,11 +179,12 @@ test: warnings check-chapters check-flags check-excerpts
 	  END { printf "total: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; printf "\n" }'; \
 	exit $$status
 
-# Speed, measured: the machine's peak and every layer against it (chapter 4's
-# --bench, which also writes plots/bench.dat), then one epoch of each model.
-# Numbers vary from run to run; the book quotes what it measured.
+# Speed, measured: the machine's peak, every layer against it, the blocking
+# swept and a training step of each model op by op (chapter 5's --bench,
+# which has the deeper CNN too, and writes plots/bench.dat), then one epoch
+# of each model. Numbers vary from run to run; the book quotes what it measured.
 bench: chapter2 chapter3 chapter4 chapter5
-	./chapter4 --bench
+	./chapter5 --bench
 	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter3 --epochs 1 --no-compare | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'
