@@ -958,8 +958,8 @@ void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
         // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (5 times
-        // slower in chapter 5's step breakdown, book.md 5.11).
+        // one branch per number instead of vector instructions (book.md 4.21
+        // measures the difference).
         float slope_times_dout = dout[i];
         dinp[i] += inp[i] > 0.0f ? slope_times_dout : 0.0f;
     }
@@ -1855,7 +1855,6 @@ void graph_set_batch(Graph *g, int batch) {
         n->size = n->item_size * (size_t)batch;
     }
 }
-
 
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {

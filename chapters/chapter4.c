@@ -975,8 +975,8 @@ void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
         // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (5 times
-        // slower in chapter 5's step breakdown, book.md 5.11).
+        // one branch per number instead of vector instructions (book.md 4.21
+        // measures the difference).
         float slope_times_dout = dout[i];
         dinp[i] += inp[i] > 0.0f ? slope_times_dout : 0.0f;
     }
@@ -1826,7 +1826,8 @@ static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
    ever write the same element and nothing has to be added up across tasks.
    The tiling depends only on M, N and K, never on the number of threads;
    problems with too few tiles for several threads are cut finer, rows
-   first (the A block is the costlier one to pack twice), until there are
+   first (the A block is the costlier one to pack twice) unless B is the
+   patch matrix (then columns first), until there are
    TASKS_WANTED tiles or a tile would fall under MIN_TASK_FLOPS (waking a
    thread costs some 10-50 microseconds; 2 MFLOP take about 50 at full
    speed). Tile sides stay multiples of MR and of 16 (AVX2's NR), so that
@@ -2073,7 +2074,9 @@ typedef struct GemmContext {
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
-    Strip *strips;    // (threads, mc / MR): where each worker's strips of A are
+    char *strips;     // (threads, strip_bytes): where each worker's strips of A are, mc / MR Strips each
+    size_t strip_bytes;
+    void *strip_memory;  // what strips was carved from
     long a_floats, b_floats;
     void *memory;     // what packed_a and packed_b were carved from
 } GemmContext;
@@ -2104,7 +2107,10 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
-    ctx->strips = xmalloc(n * (size_t)(b.mc / MR) * sizeof(Strip));
+    // The same for the strips' addresses, a whole number of lines each.
+    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
+    ctx->strip_memory = xmalloc(n * ctx->strip_bytes + CACHE_LINE);
+    ctx->strips = (char *)(((uintptr_t)ctx->strip_memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
     return ctx;
 }
 
@@ -2116,7 +2122,7 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
-    free(ctx->strips);
+    free(ctx->strip_memory);
     free(ctx->memory);
     free(ctx);
 }
@@ -2143,8 +2149,8 @@ typedef struct {
    k) is read where it lies, and only a last, partial panel is copied.
    Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
    gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
-   72 -> 63 if its weights were not packed. A is always packed (a matrix A
-   read in place was no faster, and patches must be gathered anyway). */
+   72 -> 63 if its weights were not packed. A is packed, or read in place
+   where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
@@ -2156,7 +2162,7 @@ void gemm_tile(void *context, int task, int worker) {
     int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/MR, MR, kc)
     float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
-    Strip *strips = job->ctx->strips + (size_t)worker * (size_t)(job->ctx->blocking.mc / MR);  // (rows/MR)
+    Strip *strips = (Strip *)(job->ctx->strips + (size_t)worker * job->ctx->strip_bytes);  // (rows/MR)
     int b_in_place = !B->patches && B->col_stride == 1 && rows <= B_IN_PLACE_ROWS;
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
@@ -2223,8 +2229,8 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-    int KC = ctx->blocking.kc, MC = ctx->blocking.mc, NC = ctx->blocking.nc;  // this context's, not the defaults
-    int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
+    int kc_max = ctx->blocking.kc, mc = ctx->blocking.mc, nc = ctx->blocking.nc;  // this context's blocking
+    int tiles_m = (M + mc - 1) / mc, tiles_n = (N + nc - 1) / nc;
     double flops = 2.0 * M * N * K;
     // Cut the side whose operand is cheaper to pack twice: rows (each row
     // tile packs all of B's columns again) unless B is the patch matrix.
@@ -2241,13 +2247,13 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
     // 96 + 96 + 96 for C = 32), so that most of its strips need no copy
     // (patch_strip_in_place).
-    job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+    job.kc = (K + (K + kc_max - 1) / kc_max - 1) / ((K + kc_max - 1) / kc_max);
     long line = A.patches && !A.transposed ? (long)A.patches->kernel_w * A.patches->channels : 0;
-    if (line >= PATCH_LINE_IN_PLACE && line <= KC) job.kc = (int)line;
+    if (line >= PATCH_LINE_IN_PLACE && line <= kc_max) job.kc = (int)line;
     job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
     job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
     job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
-    require(job.tile_m <= MC && job.tile_n <= NC, "gemm: a %dx%d tile outgrows the packing buffers",
+    require(job.tile_m <= mc && job.tile_n <= nc, "gemm: a %dx%d tile outgrows the packing buffers",
             job.tile_m, job.tile_n);
     int tasks = (M + job.tile_m - 1) / job.tile_m * job.tiles_n;
     if (workers) parallel_for(workers, tasks, gemm_tile, &job);
@@ -2353,8 +2359,10 @@ void flip_kernel(float *flipped,       // (KH, KW, OC, C)
                         weight[(((size_t)kh * KW + kw) * C + c) * OC + oc];
 }
 
-// dst (cols, rows) = the transpose of src (rows, cols).
-void transpose_copy(float *dst, const float *src, int rows, int cols) {
+// dst = the transpose of src.
+void transpose_copy(float *dst,        // (cols, rows)
+                    const float *src,  // (rows, cols)
+                    int rows, int cols) {
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
@@ -2369,7 +2377,8 @@ void transpose_copy(float *dst, const float *src, int rows, int cols) {
    small dout^T is A. Each element is still one chain of multiply-adds over
    the pixels in order, from dweight's old value (copied in and out through
    `scratch`), so the bits are those of the first form; only the speed
-   differs. One-channel images have 3-float lines, and keep the first form. */
+   differs. Channel counts that are not a multiple of 16 (one-channel
+   images, with their 3-float lines, among them) keep the first form. */
 void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *dweight,      // (KH*KW*C, OC)
                                     const float *dout,   // (B*OH*OW, OC)
@@ -2392,7 +2401,8 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
      kernel: again one GEMM with a patch matrix as A, so the input gradient
      needs no col2im and adds nothing from two places at once;
    - dbias += the column sums of dout.
-   `flipped` is scratch for KH*KW*C*OC floats. */
+   `flipped` is scratch for KH*KW*C*OC floats: first the weight gradient,
+   transposed, then the flipped kernel. */
 void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
                              float *flipped) {  // shapes as conv2d_backward_naive
@@ -2488,8 +2498,8 @@ enum { ADAM_PARTS = 16, ADAM_PARALLEL_FROM = 1 << 16 };  // fewer parameters: no
 
 typedef struct {
     const Optimizer *o;
-    float *params;
-    const float *grads;
+    float *params;       // (count)
+    const float *grads;  // (count)
     size_t count;
 } AdamJob;
 
@@ -2501,7 +2511,7 @@ typedef struct {
    bits. The compiler does not vectorise the scalar loop itself: sqrtf
    may set errno (for a negative number), so it stays a call it cannot
    widen. The last count % 4 parameters go through the scalar loop. */
-void adam_update_sse2(Optimizer *o, float *params, const float *grads, size_t count) {
+void adam_update_sse2(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);
@@ -3255,7 +3265,7 @@ Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NUL
 enum { CLEAR_PARTS = 8, CLEAR_PARALLEL_FROM = 1 << 16 };
 
 typedef struct {
-    float *x;
+    float *x;  // (n)
     size_t n;
 } ClearJob;
 
@@ -3266,7 +3276,7 @@ void clear_part(void *context, int part, int worker) {
     memset(j->x + from, 0, (to - from) * sizeof(float));
 }
 
-void clear_floats(Workers *workers, float *x, size_t n) {
+void clear_floats(Workers *workers, float *x /* (n) */, size_t n) {
     if (!workers || n < CLEAR_PARALLEL_FROM) {
         memset(x, 0, n * sizeof(float));
         return;
@@ -3747,8 +3757,9 @@ Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, co
    28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10.
    The graph pools first and takes the ReLU after: ReLU never changes which
    input of a window is largest, so max(relu(a), relu(b), ...) is
-   relu(max(a, b, ...)), the gradient goes to the same input, and every bit
-   of the result is the same (book.md 4.21); but the ReLU then runs on a
+   relu(max(a, b, ...)), a gradient that is not 0 goes to the same input,
+   and every bit of the result is the same (book.md 4.7; a NaN, which
+   stops training anyway, is the exception); but the ReLU then runs on a
    quarter as many numbers, forward and backward. */
 GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Graph *g = graph_new(max_batch);
@@ -4151,8 +4162,9 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     Model m = graph_model(&c, name);
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
     opt.workers = m.workers;  // as training has it
-    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
-    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
+    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));     // (BATCH, 784)
+    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float));   // (BATCH, 10)
+    float probs[BATCH * NUM_CLASSES];                                        // (BATCH, 10)
     Rng rng = rng_new(3, STREAM_CHECK);
     for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
     memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));

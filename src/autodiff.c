@@ -362,7 +362,7 @@ Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NUL
 enum { CLEAR_PARTS = 8, CLEAR_PARALLEL_FROM = 1 << 16 };
 
 typedef struct {
-    float *x;
+    float *x;  // (n)
     size_t n;
 } ClearJob;
 
@@ -373,7 +373,7 @@ void clear_part(void *context, int part, int worker) {
     memset(j->x + from, 0, (to - from) * sizeof(float));
 }
 
-void clear_floats(Workers *workers, float *x, size_t n) {
+void clear_floats(Workers *workers, float *x /* (n) */, size_t n) {
     if (!workers || n < CLEAR_PARALLEL_FROM) {
         memset(x, 0, n * sizeof(float));
         return;
@@ -381,8 +381,8 @@ void clear_floats(Workers *workers, float *x, size_t n) {
     ClearJob job = {x, n};
     parallel_for(workers, CLEAR_PARTS, clear_part, &job);
 }
-//@ end
 
+//@ end
 // Runs every op in order; returns the output's first value (the loss).
 float graph_forward(Graph *g, int training) {
     require(g->compiled, "graph_forward() before graph_compile()");

@@ -325,8 +325,9 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     Model m = graph_model(&c, name);
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
     opt.workers = m.workers;  // as training has it
-    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));
-    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float)), probs[BATCH * NUM_CLASSES];
+    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));     // (BATCH, 784)
+    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float));   // (BATCH, 10)
+    float probs[BATCH * NUM_CLASSES];                                        // (BATCH, 10)
     Rng rng = rng_new(3, STREAM_CHECK);
     for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
     memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));

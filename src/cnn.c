@@ -27,8 +27,9 @@ Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, co
    28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10.
    The graph pools first and takes the ReLU after: ReLU never changes which
    input of a window is largest, so max(relu(a), relu(b), ...) is
-   relu(max(a, b, ...)), the gradient goes to the same input, and every bit
-   of the result is the same (book.md 4.21); but the ReLU then runs on a
+   relu(max(a, b, ...)), a gradient that is not 0 goes to the same input,
+   and every bit of the result is the same (book.md 4.7; a NaN, which
+   stops training anyway, is the exception); but the ReLU then runs on a
    quarter as many numbers, forward and backward. */
 GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Graph *g = graph_new(max_batch);

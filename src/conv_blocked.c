@@ -55,8 +55,10 @@ void flip_kernel(float *flipped,       // (KH, KW, OC, C)
                         weight[(((size_t)kh * KW + kw) * C + c) * OC + oc];
 }
 
-// dst (cols, rows) = the transpose of src (rows, cols).
-void transpose_copy(float *dst, const float *src, int rows, int cols) {
+// dst = the transpose of src.
+void transpose_copy(float *dst,        // (cols, rows)
+                    const float *src,  // (rows, cols)
+                    int rows, int cols) {
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
@@ -71,7 +73,8 @@ void transpose_copy(float *dst, const float *src, int rows, int cols) {
    small dout^T is A. Each element is still one chain of multiply-adds over
    the pixels in order, from dweight's old value (copied in and out through
    `scratch`), so the bits are those of the first form; only the speed
-   differs. One-channel images have 3-float lines, and keep the first form. */
+   differs. Channel counts that are not a multiple of 16 (one-channel
+   images, with their 3-float lines, among them) keep the first form. */
 void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *dweight,      // (KH*KW*C, OC)
                                     const float *dout,   // (B*OH*OW, OC)
@@ -94,7 +97,8 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
      kernel: again one GEMM with a patch matrix as A, so the input gradient
      needs no col2im and adds nothing from two places at once;
    - dbias += the column sums of dout.
-   `flipped` is scratch for KH*KW*C*OC floats. */
+   `flipped` is scratch for KH*KW*C*OC floats: first the weight gradient,
+   transposed, then the flipped kernel. */
 void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
                              float *flipped) {  // shapes as conv2d_backward_naive

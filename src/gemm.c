@@ -511,7 +511,8 @@ static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
    ever write the same element and nothing has to be added up across tasks.
    The tiling depends only on M, N and K, never on the number of threads;
    problems with too few tiles for several threads are cut finer, rows
-   first (the A block is the costlier one to pack twice), until there are
+   first (the A block is the costlier one to pack twice) unless B is the
+   patch matrix (then columns first), until there are
    TASKS_WANTED tiles or a tile would fall under MIN_TASK_FLOPS (waking a
    thread costs some 10-50 microseconds; 2 MFLOP take about 50 at full
    speed). Tile sides stay multiples of MR and of 16 (AVX2's NR), so that
@@ -758,7 +759,9 @@ typedef struct GemmContext {
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
-    Strip *strips;    // (threads, mc / MR): where each worker's strips of A are
+    char *strips;     // (threads, strip_bytes): where each worker's strips of A are, mc / MR Strips each
+    size_t strip_bytes;
+    void *strip_memory;  // what strips was carved from
     long a_floats, b_floats;
     void *memory;     // what packed_a and packed_b were carved from
 } GemmContext;
@@ -789,7 +792,10 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
-    ctx->strips = xmalloc(n * (size_t)(b.mc / MR) * sizeof(Strip));
+    // The same for the strips' addresses, a whole number of lines each.
+    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
+    ctx->strip_memory = xmalloc(n * ctx->strip_bytes + CACHE_LINE);
+    ctx->strips = (char *)(((uintptr_t)ctx->strip_memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
     return ctx;
 }
 
@@ -801,7 +807,7 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
-    free(ctx->strips);
+    free(ctx->strip_memory);
     free(ctx->memory);
     free(ctx);
 }
@@ -828,8 +834,8 @@ typedef struct {
    k) is read where it lies, and only a last, partial panel is copied.
    Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
    gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
-   72 -> 63 if its weights were not packed. A is always packed (a matrix A
-   read in place was no faster, and patches must be gathered anyway). */
+   72 -> 63 if its weights were not packed. A is packed, or read in place
+   where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
@@ -841,7 +847,7 @@ void gemm_tile(void *context, int task, int worker) {
     int cols = job->N - col0 < job->tile_n ? job->N - col0 : job->tile_n;
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows/MR, MR, kc)
     float *packed_b = job->ctx->packed_b + (size_t)worker * job->ctx->b_floats;  // (cols/nr, kc, nr)
-    Strip *strips = job->ctx->strips + (size_t)worker * (size_t)(job->ctx->blocking.mc / MR);  // (rows/MR)
+    Strip *strips = (Strip *)(job->ctx->strips + (size_t)worker * job->ctx->strip_bytes);  // (rows/MR)
     int b_in_place = !B->patches && B->col_stride == 1 && rows <= B_IN_PLACE_ROWS;
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
@@ -908,8 +914,8 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-    int KC = ctx->blocking.kc, MC = ctx->blocking.mc, NC = ctx->blocking.nc;  // this context's, not the defaults
-    int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
+    int kc_max = ctx->blocking.kc, mc = ctx->blocking.mc, nc = ctx->blocking.nc;  // this context's blocking
+    int tiles_m = (M + mc - 1) / mc, tiles_n = (N + nc - 1) / nc;
     double flops = 2.0 * M * N * K;
     // Cut the side whose operand is cheaper to pack twice: rows (each row
     // tile packs all of B's columns again) unless B is the patch matrix.
@@ -926,13 +932,13 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
     // 96 + 96 + 96 for C = 32), so that most of its strips need no copy
     // (patch_strip_in_place).
-    job.kc = (K + (K + KC - 1) / KC - 1) / ((K + KC - 1) / KC);
+    job.kc = (K + (K + kc_max - 1) / kc_max - 1) / ((K + kc_max - 1) / kc_max);
     long line = A.patches && !A.transposed ? (long)A.patches->kernel_w * A.patches->channels : 0;
-    if (line >= PATCH_LINE_IN_PLACE && line <= KC) job.kc = (int)line;
+    if (line >= PATCH_LINE_IN_PLACE && line <= kc_max) job.kc = (int)line;
     job.tile_m = (int)round_up((M + tiles_m - 1) / tiles_m, TILE_M_UNIT);
     job.tile_n = (int)round_up((N + tiles_n - 1) / tiles_n, TILE_N_UNIT);
     job.tiles_n = (N + job.tile_n - 1) / job.tile_n;
-    require(job.tile_m <= MC && job.tile_n <= NC, "gemm: a %dx%d tile outgrows the packing buffers",
+    require(job.tile_m <= mc && job.tile_n <= nc, "gemm: a %dx%d tile outgrows the packing buffers",
             job.tile_m, job.tile_n);
     int tasks = (M + job.tile_m - 1) / job.tile_m * job.tiles_n;
     if (workers) parallel_for(workers, tasks, gemm_tile, &job);

@@ -74,8 +74,8 @@ enum { ADAM_PARTS = 16, ADAM_PARALLEL_FROM = 1 << 16 };  // fewer parameters: no
 
 typedef struct {
     const Optimizer *o;
-    float *params;
-    const float *grads;
+    float *params;       // (count)
+    const float *grads;  // (count)
     size_t count;
 } AdamJob;
 
@@ -87,7 +87,7 @@ typedef struct {
    bits. The compiler does not vectorise the scalar loop itself: sqrtf
    may set errno (for a negative number), so it stays a call it cannot
    widen. The last count % 4 parameters go through the scalar loop. */
-void adam_update_sse2(Optimizer *o, float *params, const float *grads, size_t count) {
+void adam_update_sse2(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);
