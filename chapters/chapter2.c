@@ -956,8 +956,8 @@ void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
         // read out from under a condition, and with it there the loop runs
         // one branch per number instead of vector instructions (book.md 4.21
         // measures the difference).
-        float slope_times_dout = dout[i];
-        dinp[i] += inp[i] > 0.0f ? slope_times_dout : 0.0f;
+        float gradient = dout[i];
+        dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }
 }
 

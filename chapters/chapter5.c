@@ -974,8 +974,8 @@ void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
         // read out from under a condition, and with it there the loop runs
         // one branch per number instead of vector instructions (book.md 4.21
         // measures the difference).
-        float slope_times_dout = dout[i];
-        dinp[i] += inp[i] > 0.0f ? slope_times_dout : 0.0f;
+        float gradient = dout[i];
+        dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }
 }
 
@@ -2073,9 +2073,8 @@ typedef struct GemmContext {
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
     char *strips;     // (threads, strip_bytes): where each worker's strips of A are, mc / MR Strips each
     size_t strip_bytes;
-    void *strip_memory;  // what strips was carved from
     long a_floats, b_floats;
-    void *memory;     // what packed_a and packed_b were carved from
+    void *memory;     // what packed_a, packed_b and strips were carved from
 } GemmContext;
 
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -2099,15 +2098,13 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     // Rounded to whole cache lines, so no two threads ever share a line.
     ctx->a_floats = round_up((long)b.mc * b.kc, LINE_FLOATS);
     ctx->b_floats = round_up(round_up(b.nc, kernel->nr) * b.kc, LINE_FLOATS);
+    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
     size_t n = (size_t)ctx->workers->threads;
-    ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
+    ctx->memory = xmalloc(n * ((size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + ctx->strip_bytes) + CACHE_LINE);
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
-    // The same for the strips' addresses, a whole number of lines each.
-    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
-    ctx->strip_memory = xmalloc(n * ctx->strip_bytes + CACHE_LINE);
-    ctx->strips = (char *)(((uintptr_t)ctx->strip_memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
+    ctx->strips = (char *)(ctx->packed_b + n * (size_t)ctx->b_floats);  // still on a line's start
     return ctx;
 }
 
@@ -2119,7 +2116,6 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
-    free(ctx->strip_memory);
     free(ctx->memory);
     free(ctx);
 }
@@ -4133,11 +4129,11 @@ Node *conv_bn(Graph *g, Node *x, int out_channels, DeeperParts parts, const char
     return maybe_batch_norm(g, conv_layer(g, x, out_channels, 1, labels[0], labels[1]), parts, labels + 2);
 }
 
-// The second block of each pair pools before its ReLU, as the basic CNN does.
 Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
     return relu(g, conv_bn(g, x, out_channels, parts, labels));
 }
 
+// The second block of each pair pools before its ReLU, as the basic CNN does.
 Node *conv_bn_pool_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
     return relu(g, max_pool(g, conv_bn(g, x, out_channels, parts, labels)));
 }
@@ -4474,14 +4470,18 @@ const BenchLayer *bench_layer(const char *model, const char *name) {
 void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
     static const int kcs[] = {64, 128, 256, 384, 512}, mcs[] = {120, 240, 480}, ncs[] = {128, 256};
     enum { KCS = sizeof kcs / sizeof kcs[0], MCS = sizeof mcs / sizeof mcs[0], NCS = sizeof ncs / sizeof ncs[0] };
-    BenchData d[SWEEP_PASS_COUNT];
+    BenchData d[SWEEP_PASS_COUNT];    // used: those of the first pass of each layer
+    BenchData *arrays[SWEEP_PASS_COUNT];
     const BenchLayer *layers[SWEEP_PASS_COUNT];
     printf("\nthe blocking, swept (%s on %d thread%s): GFLOP/s of each pass; * marks gemm.c's default\n",
            kernel->name, threads, threads == 1 ? "" : "s");
     printf("   %4s %4s %4s", "KC", "MC", "NC");
     for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
         layers[p] = bench_layer(SWEEP_PASSES[p].model, SWEEP_PASSES[p].layer);
-        bench_data_new(&d[p], layers[p]);
+        arrays[p] = &d[p];
+        for (int q = 0; q < p; q++)  // passes of one layer share its arrays
+            if (layers[q] == layers[p]) arrays[p] = arrays[q];
+        if (arrays[p] == &d[p]) bench_data_new(&d[p], layers[p]);
         printf(" %11s", SWEEP_PASSES[p].label);
     }
     printf(" %10s\n", "total ms");
@@ -4499,8 +4499,8 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
         printf(" %s %4d %4d %4d", is_default ? "*" : " ", b.kc, b.mc, b.nc);
         text_printf(data, "#sweep %d %d %d", b.kc, b.mc, b.nc);
         for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
-            double seconds = bench_time(&d[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
-            double gflops = 2 * bench_multiply_adds(&d[p], layers[p]) / seconds / 1e9;
+            double seconds = bench_time(arrays[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
+            double gflops = 2 * bench_multiply_adds(arrays[p], layers[p]) / seconds / 1e9;
             total += seconds;
             printf(" %11.1f", gflops);
             text_printf(data, " %.2f", gflops);
@@ -4511,7 +4511,8 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
         gemm_context_free(ctx);
     }
     printf("   fastest in all (this run): KC %d, MC %d, NC %d\n", best.kc, best.mc, best.nc);
-    for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++)
+        if (arrays[p] == &d[p]) bench_data_free(&d[p]);
 }
 
 /* A training step, op by op: each model's graph at batch 64 on random
@@ -4592,7 +4593,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
     printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
     double rest = step - gemm_seconds - other_seconds - clearing - adam;
-    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probabilities out)", 1e3 * rest, 100 * rest / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, weights' gradients zeroed)", 1e3 * rest, 100 * rest / step);
     printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
            1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
            100 * other_seconds / step);

@@ -249,14 +249,18 @@ const BenchLayer *bench_layer(const char *model, const char *name) {
 void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
     static const int kcs[] = {64, 128, 256, 384, 512}, mcs[] = {120, 240, 480}, ncs[] = {128, 256};
     enum { KCS = sizeof kcs / sizeof kcs[0], MCS = sizeof mcs / sizeof mcs[0], NCS = sizeof ncs / sizeof ncs[0] };
-    BenchData d[SWEEP_PASS_COUNT];
+    BenchData d[SWEEP_PASS_COUNT];    // used: those of the first pass of each layer
+    BenchData *arrays[SWEEP_PASS_COUNT];
     const BenchLayer *layers[SWEEP_PASS_COUNT];
     printf("\nthe blocking, swept (%s on %d thread%s): GFLOP/s of each pass; * marks gemm.c's default\n",
            kernel->name, threads, threads == 1 ? "" : "s");
     printf("   %4s %4s %4s", "KC", "MC", "NC");
     for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
         layers[p] = bench_layer(SWEEP_PASSES[p].model, SWEEP_PASSES[p].layer);
-        bench_data_new(&d[p], layers[p]);
+        arrays[p] = &d[p];
+        for (int q = 0; q < p; q++)  // passes of one layer share its arrays
+            if (layers[q] == layers[p]) arrays[p] = arrays[q];
+        if (arrays[p] == &d[p]) bench_data_new(&d[p], layers[p]);
         printf(" %11s", SWEEP_PASSES[p].label);
     }
     printf(" %10s\n", "total ms");
@@ -274,8 +278,8 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
         printf(" %s %4d %4d %4d", is_default ? "*" : " ", b.kc, b.mc, b.nc);
         text_printf(data, "#sweep %d %d %d", b.kc, b.mc, b.nc);
         for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
-            double seconds = bench_time(&d[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
-            double gflops = 2 * bench_multiply_adds(&d[p], layers[p]) / seconds / 1e9;
+            double seconds = bench_time(arrays[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
+            double gflops = 2 * bench_multiply_adds(arrays[p], layers[p]) / seconds / 1e9;
             total += seconds;
             printf(" %11.1f", gflops);
             text_printf(data, " %.2f", gflops);
@@ -286,7 +290,8 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
         gemm_context_free(ctx);
     }
     printf("   fastest in all (this run): KC %d, MC %d, NC %d\n", best.kc, best.mc, best.nc);
-    for (int p = 0; p < SWEEP_PASS_COUNT; p++) bench_data_free(&d[p]);
+    for (int p = 0; p < SWEEP_PASS_COUNT; p++)
+        if (arrays[p] == &d[p]) bench_data_free(&d[p]);
 }
 
 /* A training step, op by op: each model's graph at batch 64 on random
@@ -367,7 +372,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
     printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
     double rest = step - gemm_seconds - other_seconds - clearing - adam;
-    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probabilities out)", 1e3 * rest, 100 * rest / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, weights' gradients zeroed)", 1e3 * rest, 100 * rest / step);
     printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
            1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
            100 * other_seconds / step);

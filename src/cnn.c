@@ -72,11 +72,11 @@ Node *conv_bn(Graph *g, Node *x, int out_channels, DeeperParts parts, const char
     return maybe_batch_norm(g, conv_layer(g, x, out_channels, 1, labels[0], labels[1]), parts, labels + 2);
 }
 
-// The second block of each pair pools before its ReLU, as the basic CNN does.
 Node *conv_bn_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
     return relu(g, conv_bn(g, x, out_channels, parts, labels));
 }
 
+// The second block of each pair pools before its ReLU, as the basic CNN does.
 Node *conv_bn_pool_relu(Graph *g, Node *x, int out_channels, DeeperParts parts, const char *const labels[6]) {
     return relu(g, max_pool(g, conv_bn(g, x, out_channels, parts, labels)));
 }

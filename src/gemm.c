@@ -761,9 +761,8 @@ typedef struct GemmContext {
     float *packed_b;  // (threads, b_floats): each worker's packed block of B
     char *strips;     // (threads, strip_bytes): where each worker's strips of A are, mc / MR Strips each
     size_t strip_bytes;
-    void *strip_memory;  // what strips was carved from
     long a_floats, b_floats;
-    void *memory;     // what packed_a and packed_b were carved from
+    void *memory;     // what packed_a, packed_b and strips were carved from
 } GemmContext;
 
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -787,15 +786,13 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     // Rounded to whole cache lines, so no two threads ever share a line.
     ctx->a_floats = round_up((long)b.mc * b.kc, LINE_FLOATS);
     ctx->b_floats = round_up(round_up(b.nc, kernel->nr) * b.kc, LINE_FLOATS);
+    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
     size_t n = (size_t)ctx->workers->threads;
-    ctx->memory = xmalloc(n * (size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + CACHE_LINE);
+    ctx->memory = xmalloc(n * ((size_t)(ctx->a_floats + ctx->b_floats) * sizeof(float) + ctx->strip_bytes) + CACHE_LINE);
     uintptr_t start = ((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE;
     ctx->packed_a = (float *)start;
     ctx->packed_b = ctx->packed_a + n * (size_t)ctx->a_floats;
-    // The same for the strips' addresses, a whole number of lines each.
-    ctx->strip_bytes = (size_t)round_up((long)(b.mc / MR * sizeof(Strip)), CACHE_LINE);
-    ctx->strip_memory = xmalloc(n * ctx->strip_bytes + CACHE_LINE);
-    ctx->strips = (char *)(((uintptr_t)ctx->strip_memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
+    ctx->strips = (char *)(ctx->packed_b + n * (size_t)ctx->b_floats);  // still on a line's start
     return ctx;
 }
 
@@ -807,7 +804,6 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
-    free(ctx->strip_memory);
     free(ctx->memory);
     free(ctx);
 }
