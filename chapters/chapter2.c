@@ -818,6 +818,11 @@ int is_choice(const char *word, const char *choices) {
 int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
     char *end = NULL;
     if (spec->kind == OPTION_TEXT) {
+        // "--plots --help" means a forgotten value, not a directory named --help.
+        if (!spec->choices && strncmp(text, "--", 2) == 0)
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', is an option; "
+                        "to name a file or directory that begins with --, write ./%s", spec->name,
+                        spec->value_name, text, text);
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;

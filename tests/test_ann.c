@@ -671,6 +671,13 @@ static void test_bad_options(void) {
     CHECK_EQ_INT(chapter2_main(2, missing), EXIT_USAGE);
     Options o;
     Error err = {0};
+    // A forgotten value: the next option is not taken for a directory's name.
+    char *forgotten[] = {"chapter2", "--data", "--help", NULL};
+    CHECK_EQ_INT(parse_options(3, forgotten, &o, &err), EXIT_USAGE);
+    CHECK(strstr(err.message, "'--help', is an option") && strstr(err.message, "./--help"));
+    char *dotted[] = {"chapter2", "--data", "./--help", NULL};
+    CHECK_EQ_INT(parse_options(3, dotted, &o, &err), 0);
+    CHECK(strcmp(o.data_dir, "./--help") == 0);
     char *sgd[] = {"chapter2", "--optimizer", "sgd", NULL};
     CHECK_EQ_INT(parse_options(3, sgd, &o, &err), 0);
     CHECK_NEAR(o.learning_rate, 0.01, 0);
