@@ -903,6 +903,11 @@ int is_choice(const char *word, const char *choices) {
 int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
     char *end = NULL;
     if (spec->kind == OPTION_TEXT) {
+        // "--plots --help" means a forgotten value, not a directory named --help.
+        if (!spec->choices && strncmp(text, "--", 2) == 0)
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', is an option; "
+                        "to name a file or directory that begins with --, write ./%s", spec->name,
+                        spec->value_name, text, text);
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;
@@ -2424,20 +2429,66 @@ void bias_fill_task(void *context, int image, int worker) {
     for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
 }
 
+/* One-channel images (the first convolution) are the exception to "no
+   patch matrix is ever built". Their patch lines are KW floats, 3 for a
+   3x3 kernel: too short to read in place, and copied strip by strip they
+   cost more than the 9 multiply-adds per output that use them (the bench
+   measured that convolution at 8% of the peak). But their whole patch
+   matrix is small, K = KH*KW floats a pixel, 9 times the image (1.6 MB
+   at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k
+   is the image shifted by one tap, a few runs of OW floats per output row
+   (pack_block's lines). The GEMMs then read its strips where they lie:
+   MR neighbouring pixels per k. Same numbers, same order: the same bits. */
+typedef struct {
+    float *patches_t;      // (KH*KW, B*OH*OW)
+    Operand image;         // the patches of the image, transposed
+    long rows, per_image;  // B*OH*OW, OH*OW
+    int patch;             // KH*KW
+} PatchJob;
+
+void patches_transposed_task(void *context, int image, int worker) {
+    (void)worker;
+    const PatchJob *job = context;
+    pack_block(job->patches_t + image * job->per_image, job->rows, &job->image, 0, job->patch,
+               image * job->per_image, (int)job->per_image);
+}
+
+// The transposed patch matrix of a one-channel image, built in patches_t.
+void one_channel_patches(const GemmContext *ctx,
+                         float *patches_t,  // (KH*KW, B*OH*OW)
+                         const float *inp,  // (B, H, W, 1)
+                         const ConvShape *s) {
+    long rows = (long)conv_rows(s);
+    PatchJob job = {patches_t, patches_operand(inp, s, 1), rows, rows / s->batch, (int)conv_patch_size(s)};
+    parallel_for(ctx->workers, s->batch, patches_transposed_task, &job);  // an image a task
+}
+
+// The scratch memory, in floats, the blocked passes of convolution `s` need.
+size_t conv2d_blocked_scratch(const ConvShape *s) {
+    size_t weights = conv_patch_size(s) * (size_t)s->out_channels, patches = conv_patch_size(s) * conv_rows(s);
+    return s->channels == 1 && patches > weights ? patches : weights;
+}
+
 // out = bias on every row, then out += patches(inp) @ weight: a convolution
-// is one GEMM whose A is the image's im2col matrix, built inside the packing.
+// is one GEMM whose A is the image's im2col matrix, built inside the packing
+// (or, for one channel, beforehand in `scratch`).
 void conv2d_forward_blocked(const GemmContext *ctx,
                             float *out,           // (B, OH, OW, OC)
                             const float *inp,     // (B, H, W, C)
                             const float *weight,  // (KH, KW, C, OC)
                             const float *bias,    // (OC)
-                            const ConvShape *s) {
+                            const ConvShape *s,
+                            float *scratch) {     // (conv2d_blocked_scratch(s))
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
     BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
     parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
-    gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches_operand(inp, s, 0), matrix_operand(weight, OC),
-         out, OC, 1);
+    Operand patches = patches_operand(inp, s, 0);
+    if (s->channels == 1) {
+        one_channel_patches(ctx, scratch, inp, s);
+        patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
+    }
+    gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, 1);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->
@@ -2472,15 +2523,21 @@ void transpose_copy(float *dst,        // (cols, rows)
    small dout^T is A. Each element is still one chain of multiply-adds over
    the pixels in order, from dweight's old value (copied in and out through
    `scratch`), so the bits are those of the first form; only the speed
-   differs. Channel counts that are not a multiple of 16 (one-channel
-   images, with their 3-float lines, among them) keep the first form. */
+   differs. Channel counts that are not a multiple of 16 keep the first
+   form; one-channel images, with their 3-float lines, keep it with their
+   transposed patches built beforehand (one_channel_patches). */
 void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *dweight,      // (KH*KW*C, OC)
                                     const float *dout,   // (B*OH*OW, OC)
                                     const float *inp,    // (B, H, W, C)
                                     const ConvShape *s,
-                                    float *scratch) {    // (OC, KH*KW*C)
+                                    float *scratch) {    // (conv2d_blocked_scratch(s))
     int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
+    if (s->channels == 1) {
+        one_channel_patches(ctx, scratch, inp, s);
+        gemm(ctx, patch, OC, rows, matrix_operand(scratch, rows), matrix_operand(dout, OC), dweight, OC, 1);
+        return;
+    }
     if (s->channels % 16 != 0) {
         gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);
         return;
@@ -2496,8 +2553,9 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
      kernel: again one GEMM with a patch matrix as A, so the input gradient
      needs no col2im and adds nothing from two places at once;
    - dbias += the column sums of dout.
-   `flipped` is scratch for KH*KW*C*OC floats: first the weight gradient,
-   transposed, then the flipped kernel. */
+   `flipped` is scratch (conv2d_blocked_scratch floats): first the weight
+   gradient, transposed, or a one-channel image's patches; then the
+   flipped kernel. */
 void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
                              float *flipped) {  // shapes as conv2d_backward_naive
@@ -3969,7 +4027,8 @@ void conv2d_op_forward(Node *n, Graph *g) {
                               graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
     else {
         require(g->gemm, "conv2d: the blocked kernel without a GEMM context");
-        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
+        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s,
+                               graph_scratch(g, conv2d_blocked_scratch(&s)));
     }
 }
 
@@ -3983,7 +4042,7 @@ void conv2d_op_backward(Node *n, Graph *g) {
                                graph_scratch(g, 2 * conv_rows(&s) * conv_patch_size(&s)));
     else  // the kernel turned around
         conv2d_backward_blocked(g->gemm, x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
-                                graph_scratch(g, conv_patch_size(&s) * (size_t)s.out_channels));
+                                graph_scratch(g, conv2d_blocked_scratch(&s)));
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
@@ -6278,7 +6337,7 @@ void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, con
         else if (kind == KERNEL_NAIVE) conv2d_backward_naive(dx, dw, NULL, d->dout, d->x, d->w, &d->s);
         else if (kind == KERNEL_IM2COL && pass == 0) conv2d_forward_im2col(d->out, d->x, d->w, d->b, &d->s, d->scratch);
         else if (kind == KERNEL_IM2COL) conv2d_backward_im2col(dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
-        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s);
+        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);
         else conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
     } else {
         if (kind != KERNEL_BLOCKED && pass == 0) matmul_forward(d->out, d->x, d->w, d->B, d->C, d->OC);

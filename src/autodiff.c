@@ -666,7 +666,8 @@ void conv2d_op_forward(Node *n, Graph *g) {
                               graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
     else {
         require(g->gemm, "conv2d: the blocked kernel without a GEMM context");
-        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
+        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s,
+                               graph_scratch(g, conv2d_blocked_scratch(&s)));
     }
 }
 
@@ -680,7 +681,7 @@ void conv2d_op_backward(Node *n, Graph *g) {
                                graph_scratch(g, 2 * conv_rows(&s) * conv_patch_size(&s)));
     else  // the kernel turned around
         conv2d_backward_blocked(g->gemm, x->grad, w->grad, b->grad, n->grad, x->value, w->value, &s,
-                                graph_scratch(g, conv_patch_size(&s) * (size_t)s.out_channels));
+                                graph_scratch(g, conv2d_blocked_scratch(&s)));
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
