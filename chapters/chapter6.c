@@ -5672,6 +5672,11 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
+    // The results go to plots/ at the end: find out now, not after minutes
+    // of work, whether a file can be made there (as the end will make it).
+    const char *probe = "plots/.bench-probe";
+    if (write_file_atomically(probe, "", 0, err)) return err->code;
+    remove(probe);
     const GemmKernel *kernels[3];
     int kernel_count = 0;
     double peak_one[3], peak_all[3];

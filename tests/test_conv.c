@@ -539,12 +539,30 @@ static void test_missing_kernel(void) {
     CHECK_EQ_INT(chapter4_main(5, args), EXIT_NO_KERNEL);
 }
 
+// --bench in a directory without plots/: refused at once, before the work.
+static void bench_without_plots(void *unused) {
+    (void)unused;
+    char *args[] = {"chapter4", "--bench", NULL};
+    if (mkdir("build/bench-without-plots", 0777) != 0 && errno != EEXIST) _exit(99);
+    if (chdir("build/bench-without-plots") != 0) _exit(99);
+    rmdir("plots");
+    exit(chapter4_main(2, args));
+}
+
+static void test_bench_checks_plots_first(void) {
+    section("--bench without a plots/ directory stops before the work (exit code 10)");
+    double start = now_seconds();
+    CHECK_EXITS(bench_without_plots, NULL, EXIT_WRITE, "plots/.bench-probe: cannot create a file there");
+    CHECK(now_seconds() - start < 5);  // the bench itself takes minutes
+}
+
 int main(void) {
     Rng rng = rng_new(44, STREAM_CHECK);
     test_blocked_against_naive(&rng);
     test_blocked_same_bits(&rng);
     test_adam_on_threads(&rng);
     test_missing_kernel();
+    test_bench_checks_plots_first();
     test_conv_three_ways(&rng);
     test_max_pool();
     test_reshape_is_a_view(&rng);
