@@ -2189,6 +2189,7 @@ typedef struct {
     float *C;  // (M, N), rows ldc floats apart
     long ldc;
     int accumulate;
+    const float *start_row;       // (N) or NULL: C starts as this row on every row (and not accumulating)
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
@@ -2221,7 +2222,8 @@ void gemm_tile(void *context, int task, int worker) {
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
-        int load_c = job->accumulate || k0 > 0;  // the first block starts from 0 unless accumulating
+        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row, written into C
+        int load_c = job->accumulate || k0 > 0 || start_from_row;  // otherwise it starts from 0
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
         pack_a(packed_a, strips, A, row0, rows, k0, kc);
         // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
@@ -2238,14 +2240,20 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
+                const float *row = job->start_row + col0 + j;  // (w) where C starts, with start_from_row
                 if (h == MR && w == nr) {
+                    // The starting row written just before the kernel reads it:
+                    // from L1, where a pass of its own would write C to memory
+                    // and read it back.
+                    for (int y = 0; y < MR && start_from_row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
                     kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
-                for (int y = 0; y < h && load_c; y++) memcpy(scratch + y * nr, c + y * job->ldc, (size_t)w * sizeof(float));
+                for (int y = 0; y < h && load_c; y++)
+                    memcpy(scratch + y * nr, start_from_row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
                 kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
@@ -2273,14 +2281,17 @@ void check_operand(const Operand *op, long rows, long cols, const char *name) {
 // Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
 // in parallel on `workers`, or on the caller as `worker` when that is NULL.
 void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
-              float *C, long ldc, int accumulate) {
+              float *C, long ldc, int accumulate, const float *start_row) {
     require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
     check_operand(&A, M, K, "A");
     check_operand(&B, K, N, "B");
     if (M == 0 || N == 0) return;
     require(C != NULL, "gemm: no C");
     if (K == 0) {  // an empty sum
-        for (int i = 0; i < M && !accumulate; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        for (int i = 0; i < M && !accumulate; i++) {
+            if (start_row) memcpy(C + (size_t)i * ldc, start_row, (size_t)N * sizeof(float));
+            else memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        }
         return;
     }
     int kc_max = ctx->blocking.kc, mc = ctx->blocking.mc, nc = ctx->blocking.nc;  // this context's blocking
@@ -2295,7 +2306,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         else if (more_n) tiles_n++;
         else break;
     }
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, 0, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, start_row, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
@@ -2318,7 +2329,15 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
 // C (M, N), row stride ldc: C = (accumulate ? C : 0) + A (M, K) @ B (K, N),
 // on all of the context's threads.
 void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc, int accumulate) {
-    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate);
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate, NULL);
+}
+
+// C = `row` on every row + A @ B: a layer's bias and its product, in one
+// pass over C. The same bits as filling C with the row, then accumulating.
+void gemm_from_row(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
+                   const float *row) {  // (N)
+    require(row != NULL, "gemm_from_row: no row");
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, row);
 }
 
 // The same, for use inside a parallel_for task (one image of a batch, say):
@@ -2328,7 +2347,7 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
                   long ldc, int accumulate) {
     require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
             ctx->workers->threads);
-    gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate);
+    gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
 /* ----------------------------------------------------------------------------
@@ -2367,21 +2386,6 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
    What it is not: new arithmetic. The sums are the definition's; only
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
-
-// Every row of one image's output set to the bias.
-typedef struct {
-    float *out;         // (B, OH*OW*OC)
-    const float *bias;  // (OC)
-    size_t per_image;   // OH*OW*OC
-    int OC;
-} BiasJob;
-
-void bias_fill_task(void *context, int image, int worker) {
-    (void)worker;
-    const BiasJob *job = context;
-    float *out = job->out + (size_t)image * job->per_image;
-    for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
-}
 
 /* One-channel images (the first convolution) are the exception to "no
    patch matrix is ever built". Their patch lines are KW floats, 3 for a
@@ -2423,9 +2427,9 @@ size_t conv2d_blocked_scratch(const ConvShape *s) {
     return s->channels == 1 && patches > weights ? patches : weights;
 }
 
-// out = bias on every row, then out += patches(inp) @ weight: a convolution
-// is one GEMM whose A is the image's im2col matrix, built inside the packing
-// (or, for one channel, beforehand in `scratch`).
+// out = bias on every row + patches(inp) @ weight: a convolution is one GEMM
+// whose A is the image's im2col matrix, built inside the packing (or, for
+// one channel, beforehand in `scratch`), and whose sums start from the bias.
 void conv2d_forward_blocked(const GemmContext *ctx,
                             float *out,           // (B, OH, OW, OC)
                             const float *inp,     // (B, H, W, C)
@@ -2435,14 +2439,12 @@ void conv2d_forward_blocked(const GemmContext *ctx,
                             float *scratch) {     // (conv2d_blocked_scratch(s))
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
-    BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
-    parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
     Operand patches = patches_operand(inp, s, 0);
     if (s->channels == 1) {
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
     }
-    gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, 1);
+    gemm_from_row(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->

@@ -10,21 +10,6 @@
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
-// Every row of one image's output set to the bias.
-typedef struct {
-    float *out;         // (B, OH*OW*OC)
-    const float *bias;  // (OC)
-    size_t per_image;   // OH*OW*OC
-    int OC;
-} BiasJob;
-
-void bias_fill_task(void *context, int image, int worker) {
-    (void)worker;
-    const BiasJob *job = context;
-    float *out = job->out + (size_t)image * job->per_image;
-    for (size_t at = 0; at < job->per_image; at += (size_t)job->OC) memcpy(out + at, job->bias, (size_t)job->OC * sizeof(float));
-}
-
 /* One-channel images (the first convolution) are the exception to "no
    patch matrix is ever built". Their patch lines are KW floats, 3 for a
    3x3 kernel: too short to read in place, and copied strip by strip they
@@ -65,9 +50,9 @@ size_t conv2d_blocked_scratch(const ConvShape *s) {
     return s->channels == 1 && patches > weights ? patches : weights;
 }
 
-// out = bias on every row, then out += patches(inp) @ weight: a convolution
-// is one GEMM whose A is the image's im2col matrix, built inside the packing
-// (or, for one channel, beforehand in `scratch`).
+// out = bias on every row + patches(inp) @ weight: a convolution is one GEMM
+// whose A is the image's im2col matrix, built inside the packing (or, for
+// one channel, beforehand in `scratch`), and whose sums start from the bias.
 void conv2d_forward_blocked(const GemmContext *ctx,
                             float *out,           // (B, OH, OW, OC)
                             const float *inp,     // (B, H, W, C)
@@ -77,14 +62,12 @@ void conv2d_forward_blocked(const GemmContext *ctx,
                             float *scratch) {     // (conv2d_blocked_scratch(s))
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
-    BiasJob job = {out, bias, rows / (size_t)s->batch * (size_t)OC, OC};
-    parallel_for(ctx->workers, s->batch, bias_fill_task, &job);  // an image a task
     Operand patches = patches_operand(inp, s, 0);
     if (s->channels == 1) {
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
     }
-    gemm(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, 1);
+    gemm_from_row(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->

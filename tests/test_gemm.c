@@ -277,6 +277,37 @@ static void test_blockings_identical(Problem *ps, int n) {
     gemm_context_free(standard);
 }
 
+// gemm_from_row (a convolution's bias and product in one pass) gives the
+// bits of filling C with the row and accumulating, with the default
+// blocking and with one that cuts every sum and tile small; and, for
+// K = 0, just the row.
+static void test_from_row(Problem *ps, int n) {
+    section("gemm_from_row: the bits of filling C with the row, then accumulating");
+    const GemmKernel *kernel = gemm_best_kernel();
+    GemmContext *contexts[2] = {gemm_context_new(kernel, 2), gemm_context_new_blocked(kernel, 2, (Blocking){7, 12, 32})};
+    for (int k = 0; k < 2; k++) {
+        int same = 0;
+        for (int i = 0; i < n; i++) {
+            const Problem *p = &ps[i];
+            float *row = random_array((size_t)p->N, 500 + (uint64_t)i);
+            size_t bytes = (size_t)p->M * p->ldc * sizeof(float);
+            float *want = xmalloc(bytes), *got = xmalloc(bytes);
+            memcpy(want, p->c0, bytes), memcpy(got, p->c0, bytes);
+            for (int r = 0; r < p->M; r++) memcpy(want + (size_t)r * p->ldc, row, (size_t)p->N * sizeof(float));
+            gemm(contexts[k], p->M, p->N, p->K, p->A, p->B, want, p->ldc, 1);
+            gemm_from_row(contexts[k], p->M, p->N, p->K, p->A, p->B, got, p->ldc, row);
+            same += memcmp(want, got, bytes) == 0;
+            free(row), free(want), free(got);
+        }
+        if (!CHECK(same == n)) printf("     context %d: %d of %d problems identical\n", k, same, n);
+    }
+    float a[1] = {0}, b[1] = {0}, c[3 * 4], row[4] = {1, -2, 3, -4};
+    for (int i = 0; i < 12; i++) c[i] = 9;
+    gemm_from_row(contexts[0], 3, 4, 0, matrix_operand(a, 1), matrix_operand(b, 4), c, 4, row);
+    CHECK(memcmp(c, row, sizeof row) == 0 && memcmp(c + 8, row, sizeof row) == 0);
+    gemm_context_free(contexts[0]), gemm_context_free(contexts[1]);
+}
+
 // gemm_in_task, called from inside parallel_for tasks, matches gemm.
 typedef struct {
     const GemmContext *ctx;
@@ -419,6 +450,7 @@ int main(void) {
     test_kernels_identical(ps, n);
     test_threads_identical();
     test_blockings_identical(ps, n);
+    test_from_row(ps, n);
     test_gemm_in_task();
     test_guards();
     for (int i = 0; i < n; i++) problem_free(&ps[i]);
