@@ -1430,7 +1430,9 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
    held in registers. A small thread pool runs the tiles of C in parallel.
    An operand is either a strided matrix or the im2col "patch matrix" of an
    image, which is never built: the packing reads the patches straight from
-   the image, so a convolution is one GEMM with no extra memory.
+   the image, so a convolution is one GEMM with no extra memory. (A
+   one-channel image's patches, small enough, are built beforehand by
+   conv_blocked.c and come here as a matrix.)
    What it is not: a BLAS. Single precision only, no alpha or beta, no
    transposed C; the blocking is tuned on one machine (the numbers are in
    the comments, with the machine); the micro-kernels are x86's AVX2 and
