@@ -837,10 +837,12 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
     char *end = NULL;
     if (spec->kind == OPTION_TEXT) {
         // "--plots --help" means a forgotten value, not a directory named --help.
-        if (!spec->choices && strncmp(text, "--", 2) == 0)
-            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', is an option; "
-                        "to name a file or directory that begins with --, write ./%s", spec->name,
-                        spec->value_name, text, text);
+        if (!spec->choices && strncmp(text, "--", 2) == 0) {
+            int path = strcmp(spec->value_name, "DIR") == 0 || strcmp(spec->value_name, "FILE") == 0;
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', looks like an option%s%s",
+                        spec->name, spec->value_name, text,
+                        path ? "; to name a file or directory that begins with --, write ./" : "", path ? text : "");
+        }
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;
@@ -2186,12 +2188,12 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
-                const float *row = job->start_row + col0 + j;  // (w) where C starts, with start_from_row
+                const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
                     // The starting row written just before the kernel reads it:
                     // from L1, where a pass of its own would write C to memory
                     // and read it back.
-                    for (int y = 0; y < MR && start_from_row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
+                    for (int y = 0; y < MR && row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
                     kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
                     continue;
                 }
@@ -2199,7 +2201,7 @@ void gemm_tile(void *context, int task, int worker) {
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
                 for (int y = 0; y < h && load_c; y++)
-                    memcpy(scratch + y * nr, start_from_row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
+                    memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
                 kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
@@ -2338,11 +2340,12 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
    3x3 kernel: too short to read in place, and copied strip by strip they
    cost more than the 9 multiply-adds per output that use them (the bench
    measured that convolution at 8% of the peak). But their whole patch
-   matrix is small, K = KH*KW floats a pixel, 9 times the image (1.6 MB
-   at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k
-   is the image shifted by one tap, a few runs of OW floats per output row
-   (pack_block's lines). The GEMMs then read its strips where they lie:
-   MR neighbouring pixels per k. Same numbers, same order: the same bits. */
+   matrix is small, K = KH*KW floats an output pixel (1.6 to 1.8 MB at
+   batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
+   the image shifted by one tap, one run of OW floats per output row
+   (pack_block's lines). The forward GEMM reads its strips where they lie,
+   MR neighbouring pixels per k; the weight gradient's GEMM packs it by
+   rows, whole runs at a time. Same numbers, same order: the same bits. */
 typedef struct {
     float *patches_t;      // (KH*KW, B*OH*OW)
     Operand image;         // the patches of the image, transposed
@@ -2386,6 +2389,7 @@ void conv2d_forward_blocked(const GemmContext *ctx,
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
     Operand patches = patches_operand(inp, s, 0);
+    require(scratch || s->channels != 1, "conv2d_forward_blocked: a one-channel image needs scratch");
     if (s->channels == 1) {
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
@@ -2436,6 +2440,7 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *scratch) {    // (conv2d_blocked_scratch(s))
     int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
     if (s->channels == 1) {
+        require(scratch != NULL, "conv2d_weight_gradient_blocked: a one-channel image needs scratch");
         one_channel_patches(ctx, scratch, inp, s);
         gemm(ctx, patch, OC, rows, matrix_operand(scratch, rows), matrix_operand(dout, OC), dweight, OC, 1);
         return;

@@ -15,11 +15,12 @@
    3x3 kernel: too short to read in place, and copied strip by strip they
    cost more than the 9 multiply-adds per output that use them (the bench
    measured that convolution at 8% of the peak). But their whole patch
-   matrix is small, K = KH*KW floats a pixel, 9 times the image (1.6 MB
-   at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k
-   is the image shifted by one tap, a few runs of OW floats per output row
-   (pack_block's lines). The GEMMs then read its strips where they lie:
-   MR neighbouring pixels per k. Same numbers, same order: the same bits. */
+   matrix is small, K = KH*KW floats an output pixel (1.6 to 1.8 MB at
+   batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
+   the image shifted by one tap, one run of OW floats per output row
+   (pack_block's lines). The forward GEMM reads its strips where they lie,
+   MR neighbouring pixels per k; the weight gradient's GEMM packs it by
+   rows, whole runs at a time. Same numbers, same order: the same bits. */
 typedef struct {
     float *patches_t;      // (KH*KW, B*OH*OW)
     Operand image;         // the patches of the image, transposed
@@ -63,6 +64,7 @@ void conv2d_forward_blocked(const GemmContext *ctx,
     size_t rows = conv_rows(s);
     int OC = s->out_channels;
     Operand patches = patches_operand(inp, s, 0);
+    require(scratch || s->channels != 1, "conv2d_forward_blocked: a one-channel image needs scratch");
     if (s->channels == 1) {
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
@@ -113,6 +115,7 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *scratch) {    // (conv2d_blocked_scratch(s))
     int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
     if (s->channels == 1) {
+        require(scratch != NULL, "conv2d_weight_gradient_blocked: a one-channel image needs scratch");
         one_channel_patches(ctx, scratch, inp, s);
         gemm(ctx, patch, OC, rows, matrix_operand(scratch, rows), matrix_operand(dout, OC), dweight, OC, 1);
         return;

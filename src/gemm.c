@@ -869,12 +869,12 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
-                const float *row = job->start_row + col0 + j;  // (w) where C starts, with start_from_row
+                const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
                     // The starting row written just before the kernel reads it:
                     // from L1, where a pass of its own would write C to memory
                     // and read it back.
-                    for (int y = 0; y < MR && start_from_row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
+                    for (int y = 0; y < MR && row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
                     kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
                     continue;
                 }
@@ -882,7 +882,7 @@ void gemm_tile(void *context, int task, int worker) {
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
                 for (int y = 0; y < h && load_c; y++)
-                    memcpy(scratch + y * nr, start_from_row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
+                    memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
                 kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }

@@ -201,10 +201,12 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
     char *end = NULL;
     if (spec->kind == OPTION_TEXT) {
         // "--plots --help" means a forgotten value, not a directory named --help.
-        if (!spec->choices && strncmp(text, "--", 2) == 0)
-            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', is an option; "
-                        "to name a file or directory that begins with --, write ./%s", spec->name,
-                        spec->value_name, text, text);
+        if (!spec->choices && strncmp(text, "--", 2) == 0) {
+            int path = strcmp(spec->value_name, "DIR") == 0 || strcmp(spec->value_name, "FILE") == 0;
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), but the next word, '%s', looks like an option%s%s",
+                        spec->name, spec->value_name, text,
+                        path ? "; to name a file or directory that begins with --, write ./" : "", path ? text : "");
+        }
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;

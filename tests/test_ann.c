@@ -674,7 +674,7 @@ static void test_bad_options(void) {
     // A forgotten value: the next option is not taken for a directory's name.
     char *forgotten[] = {"chapter2", "--data", "--help", NULL};
     CHECK_EQ_INT(parse_options(3, forgotten, &o, &err), EXIT_USAGE);
-    CHECK(strstr(err.message, "'--help', is an option") && strstr(err.message, "./--help"));
+    CHECK(strstr(err.message, "'--help', looks like an option") && strstr(err.message, "./--help"));
     char *dotted[] = {"chapter2", "--data", "./--help", NULL};
     CHECK_EQ_INT(parse_options(3, dotted, &o, &err), 0);
     CHECK(strcmp(o.data_dir, "./--help") == 0);

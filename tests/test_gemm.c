@@ -304,7 +304,7 @@ static void test_from_row(Problem *ps, int n) {
     float a[1] = {0}, b[1] = {0}, c[3 * 4], row[4] = {1, -2, 3, -4};
     for (int i = 0; i < 12; i++) c[i] = 9;
     gemm_from_row(contexts[0], 3, 4, 0, matrix_operand(a, 1), matrix_operand(b, 4), c, 4, row);
-    CHECK(memcmp(c, row, sizeof row) == 0 && memcmp(c + 8, row, sizeof row) == 0);
+    CHECK(memcmp(c, row, sizeof row) == 0 && memcmp(c + 4, row, sizeof row) == 0 && memcmp(c + 8, row, sizeof row) == 0);
     gemm_context_free(contexts[0]), gemm_context_free(contexts[1]);
 }
 
