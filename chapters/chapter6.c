@@ -2059,6 +2059,25 @@ const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
     return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
 }
 
+/* Is a block of the patch matrix, rows [row, row + rows) and columns
+   [k0, k0 + kc), all zero padding? It is when, for every one of its output
+   pixels, every kernel row kh the block's columns reach falls above or
+   below the image. That happens where the padding is wide: the input
+   gradient of the basic CNN's second convolution is a convolution padded
+   by 2 of an 11 x 11 image into 13 x 13, whose top two and bottom two
+   output rows reach past the image for one or two of the three kh. */
+int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc) {
+    const ConvShape *g = A->patches;
+    if (g->pad == 0) return 0;
+    long line = (long)g->kernel_w * g->channels;
+    int first_kh = (int)(k0 / line), last_kh = (int)((k0 + kc - 1) / line);
+    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h);
+    for (int i = 0; i < rows; i++) {
+        if (oh + last_kh - g->pad >= 0 && oh + first_kh - g->pad < g->height) return 0;
+        if (++ow == g->out_w) ow = 0, oh = oh + 1 < g->out_h ? oh + 1 : 0;
+    }
+    return 1;
+}
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -2078,6 +2097,8 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
         const float *in_image = A->patches && valid == MR ? patch_strip_in_place(A, row0 + s, k0, kc) : NULL;
         if (in_image) {
             *strip = (Strip){in_image, A->patches->channels, 1};
+        } else if (A->patches && !A->transposed && patch_block_is_padding(A, row0 + s, valid, k0, kc)) {
+            *strip = (Strip){NULL, 0, 0};  // nothing to add: gemm_tile skips it
         } else if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
             *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
         } else if (by_rows) {
@@ -2124,7 +2145,14 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
      are never written back, and k is never padded;
    - each tile is one task, done by one thread from k = 0 to K-1, and the
      tiles depend on M, N, K alone: the number of threads decides who
-     computes a tile and when, not what is computed.
+     computes a tile and when, not what is computed;
+   - a block of the patch matrix that is all zero padding is skipped
+     (patch_block_is_padding), the same blocks whatever the kernel or the
+     thread count. Its steps would add products of +-0, which leave any
+     float as it was, except that they turn a -0 into +0 and an infinite or
+     NaN B into NaN: the only ways a skip can differ from the chain. The
+     gradients start from +0 and the weights are finite, so in training
+     it never does.
    So any kernel and any number of threads give the same bits. (The compiler
    must not fuse or reorder anything else here, and does not: gcc with
    -std=c11 does not contract a*b+c on its own, and the chapter tells clang
@@ -2211,6 +2239,18 @@ typedef struct {
    72 -> 63 if its weights were not packed. A is packed, or read in place
    where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
+/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
+   the starting row, or zeros. For a strip of A that is all padding, where
+   the chain of zero products would end as it started: from the row, or
+   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+    int h = rows - i < MR ? rows - i : MR;
+    for (int y = 0; y < h; y++) {
+        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
+        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        else memset(c, 0, (size_t)cols * sizeof(float));
+    }
+}
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
     const GemmKernel *kernel = job->ctx->kernel;
@@ -2237,6 +2277,10 @@ void gemm_tile(void *context, int task, int worker) {
         for (int i = 0; i < rows; i += MR) {
             const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
             long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
+            if (!a) {  // all padding: its products are zeros, and adding them changes nothing
+                if (!load_c || start_from_row) start_tile_rows(job, i, row0, col0, rows, cols, start_from_row);
+                continue;
+            }
             for (int j = 0; j < cols; j += nr) {
                 const float *b;  // (kc, nr) panel of B, rows ldb apart
                 long ldb;
@@ -5473,7 +5517,8 @@ static const char ROOFLINE_SCRIPT[] =
     "plot [0.1:1000] roof(x) title 'roofline (measured peak and bandwidth)' lw 2, \\\n"
     "  'plots/bench.dat' using 7:(strcol(4) eq 'naive' ? $5 : 1/0) title 'naive' pt 6, \\\n"
     "  'plots/bench.dat' using 7:(strcol(4) eq 'im2col' ? $5 : 1/0) title 'im2col' pt 4, \\\n"
-    "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' ? $5 : 1/0) title 'blocked' pt 7\n";
+    "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' && strstrt(strcol(4), '/1') == 0 ? $5 : "
+    "1/0) title 'blocked' pt 7\n";
 
 // All threads running a kernel's FMA probe at once: the machine's peak.
 typedef struct {
@@ -5701,6 +5746,24 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
 
 /* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
    `threads` threads for the blocked versions; the references run on one. */
+/* The project's bars for the fast path (chapter 4's issue): the basic
+   CNN's convolutions at 70% of one core's peak in the forward pass and 60%
+   in the gradients, for the instruction set in use. The first
+   convolution's input gradient is never computed (the images need none). */
+void print_bars(double core_share[][3]) {
+    static const double bar[3] = {70, 60, 60};
+    printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread):\n");
+    for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
+        if (strcmp(BENCH_LAYERS[i].model, "basic") != 0 || !BENCH_LAYERS[i].conv) continue;
+        printf("  %-19s", BENCH_LAYERS[i].name);
+        for (int pass = 0; pass < 3; pass++)
+            if (!isnan(core_share[i][pass]))
+                printf("  %s %5.1f%% (bar %.0f%%: %s)", PASS_NAMES[pass], core_share[i][pass], bar[pass],
+                       core_share[i][pass] >= bar[pass] ? "met" : "not met");
+        printf("\n");
+    }
+}
+
 int run_benchmark(int threads, Error *err) {
     // The results go to plots/ at the end: find out now, not after minutes
     // of work, whether a file can be made there (as the end will make it).
@@ -5733,14 +5796,17 @@ int run_benchmark(int threads, Error *err) {
     Text data = {0};
     text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench)\n");
     printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
-           "of the widest kernel; blocked: its kernel on %d thread%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s");
+           "of the widest kernel; blocked: its kernel on %d thread%s%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s",
+           threads > 1 ? ", and KERNEL/1 on one thread, of one core's peak" : "");
     printf("  %-7s %-19s %-11s %-9s %8s %7s  %s\n", "model", "layer", "pass", "version", "GFLOP/s", "% peak",
            "checked against naive");
+    double core_share[BENCH_LAYER_COUNT][3];  // % of one core's peak, the widest kernel on one thread
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
         const BenchLayer *l = &BENCH_LAYERS[i];
         BenchData d;
         bench_data_new(&d, l);
         for (int pass = 0; pass < 3; pass++) {
+            core_share[i][pass] = NAN;
             if (l->conv && l->channels == 1 && pass == 1) continue;  // the images need no gradient
             size_t n;
             bench_run(&d, l, pass, KERNEL_NAIVE, NULL);
@@ -5750,24 +5816,31 @@ int run_benchmark(int threads, Error *err) {
             double macs = bench_multiply_adds(&d, l);
             // Bytes a pass must at least move: its three matrices once (the roofline's x axis).
             double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
-            for (int v = 0; v < 2 + kernel_count; v++) {
+            // naive, im2col, each kernel on all threads, and (with more than
+            // one thread) the widest on one: the project's bars are per core.
+            for (int v = 0; v < 2 + kernel_count + (threads > 1); v++) {
                 KernelKind kind = v == 0 ? KERNEL_NAIVE : v == 1 ? KERNEL_IM2COL : KERNEL_BLOCKED;
-                GemmContext *ctx = v >= 2 ? gemm_context_new(kernels[v - 2], threads) : NULL;
+                int one_core = v == 2 + kernel_count, k = one_core ? kernel_count - 1 : v - 2;
+                GemmContext *ctx = v >= 2 ? gemm_context_new(kernels[k], one_core ? 1 : threads) : NULL;
                 double seconds = bench_time(&d, l, pass, kind, ctx);
                 double difference = largest_difference(reference, bench_result(&d, pass, &n), n);
                 double gflops = 2 * macs / seconds / 1e9;
-                double peak = v >= 2 ? peak_all[v - 2] : peak_one[kernel_count - 1];
-                const char *version = v == 0 ? "naive" : v == 1 ? "im2col" : kernels[v - 2]->name;
+                double peak = v < 2 || one_core ? peak_one[kernel_count - 1] : peak_all[k];
+                char version[32];
+                snprintf(version, sizeof version, "%s%s", v == 0 ? "naive" : v == 1 ? "im2col" : kernels[k]->name,
+                         one_core ? "/1" : "");
                 printf("  %-7s %-19s %-11s %-9s %8.1f %6.1f%%  %s (%.1e)\n", l->model, l->name, PASS_NAMES[pass],
                        version, gflops, 100 * gflops / peak, difference < 1e-4 ? "ok" : "DIFFERS", difference);
                 text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
                         gflops, 100 * gflops / peak, 2 * macs / bytes);
                 gemm_context_free(ctx);
+                if (v == 2 + kernel_count - (threads == 1)) core_share[i][pass] = 100 * gflops / peak;
             }
             free(reference);
         }
         bench_data_free(&d);
     }
+    print_bars(core_share);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",

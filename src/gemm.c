@@ -684,6 +684,25 @@ const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
     return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
 }
 
+/* Is a block of the patch matrix, rows [row, row + rows) and columns
+   [k0, k0 + kc), all zero padding? It is when, for every one of its output
+   pixels, every kernel row kh the block's columns reach falls above or
+   below the image. That happens where the padding is wide: the input
+   gradient of the basic CNN's second convolution is a convolution padded
+   by 2 of an 11 x 11 image into 13 x 13, whose top two and bottom two
+   output rows reach past the image for one or two of the three kh. */
+int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc) {
+    const ConvShape *g = A->patches;
+    if (g->pad == 0) return 0;
+    long line = (long)g->kernel_w * g->channels;
+    int first_kh = (int)(k0 / line), last_kh = (int)((k0 + kc - 1) / line);
+    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h);
+    for (int i = 0; i < rows; i++) {
+        if (oh + last_kh - g->pad >= 0 && oh + first_kh - g->pad < g->height) return 0;
+        if (++ow == g->out_w) ow = 0, oh = oh + 1 < g->out_h ? oh + 1 : 0;
+    }
+    return 1;
+}
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -703,6 +722,8 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
         const float *in_image = A->patches && valid == MR ? patch_strip_in_place(A, row0 + s, k0, kc) : NULL;
         if (in_image) {
             *strip = (Strip){in_image, A->patches->channels, 1};
+        } else if (A->patches && !A->transposed && patch_block_is_padding(A, row0 + s, valid, k0, kc)) {
+            *strip = (Strip){NULL, 0, 0};  // nothing to add: gemm_tile skips it
         } else if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
             *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
         } else if (by_rows) {
@@ -749,7 +770,14 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
      are never written back, and k is never padded;
    - each tile is one task, done by one thread from k = 0 to K-1, and the
      tiles depend on M, N, K alone: the number of threads decides who
-     computes a tile and when, not what is computed.
+     computes a tile and when, not what is computed;
+   - a block of the patch matrix that is all zero padding is skipped
+     (patch_block_is_padding), the same blocks whatever the kernel or the
+     thread count. Its steps would add products of +-0, which leave any
+     float as it was, except that they turn a -0 into +0 and an infinite or
+     NaN B into NaN: the only ways a skip can differ from the chain. The
+     gradients start from +0 and the weights are finite, so in training
+     it never does.
    So any kernel and any number of threads give the same bits. (The compiler
    must not fuse or reorder anything else here, and does not: gcc with
    -std=c11 does not contract a*b+c on its own, and the chapter tells clang
@@ -836,6 +864,18 @@ typedef struct {
    72 -> 63 if its weights were not packed. A is packed, or read in place
    where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
+/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
+   the starting row, or zeros. For a strip of A that is all padding, where
+   the chain of zero products would end as it started: from the row, or
+   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+    int h = rows - i < MR ? rows - i : MR;
+    for (int y = 0; y < h; y++) {
+        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
+        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        else memset(c, 0, (size_t)cols * sizeof(float));
+    }
+}
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
     const GemmKernel *kernel = job->ctx->kernel;
@@ -862,6 +902,10 @@ void gemm_tile(void *context, int task, int worker) {
         for (int i = 0; i < rows; i += MR) {
             const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
             long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
+            if (!a) {  // all padding: its products are zeros, and adding them changes nothing
+                if (!load_c || start_from_row) start_tile_rows(job, i, row0, col0, rows, cols, start_from_row);
+                continue;
+            }
             for (int j = 0; j < cols; j += nr) {
                 const float *b;  // (kc, nr) panel of B, rows ldb apart
                 long ldb;

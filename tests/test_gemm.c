@@ -440,6 +440,43 @@ static void test_guards(void) {
     if (HAVE_THREADS) CHECK_EXITS(nested_parallel_for, NULL, EXIT_BUG, "inside a task");
 }
 
+// patch_block_is_padding, against the definition: a block it calls all
+// padding holds only zeros (of an image of ones), and a block of whole
+// kernel rows that holds only zeros is one it finds (the kind gemm_run
+// makes of a wide patch line). The padding of 2 is the input gradient of
+// the basic CNN's second convolution.
+static void test_padding_blocks(void) {
+    section("patch_block_is_padding finds the blocks that are all zero padding, and only those");
+    ConvShape geometries[] = {conv_geometry(2, 11, 11, 4, 3, 3, 2), conv_geometry(2, 5, 7, 3, 3, 3, 1),
+                              conv_geometry(1, 4, 6, 2, 3, 2, 1), conv_geometry(1, 6, 6, 1, 5, 5, 2)};
+    int wrong = 0, found = 0, missed = 0;
+    for (int gi = 0; gi < 4; gi++) {
+        ConvShape *g = &geometries[gi];
+        size_t pixels = (size_t)g->batch * g->height * g->width * g->channels;
+        float *ones = xmalloc(pixels * sizeof(float));
+        for (size_t i = 0; i < pixels; i++) ones[i] = 1.0f;
+        Operand A = patches_operand(ones, g, 0);
+        long rows = (long)conv_rows(g), K = (long)conv_patch_size(g), line = (long)g->kernel_w * g->channels;
+        for (long row = 0; row < rows; row += 5)  // strips starting anywhere in a row
+            for (int height = 1; height <= MR && row + height <= rows; height += MR - 1)
+                for (int kc = 1; kc <= K; kc = kc == 1 ? (int)line : kc + (int)line)
+                    for (long k0 = 0; k0 + kc <= K; k0 += kc) {
+                        int zeros = 1;
+                        for (long r = row; r < row + height; r++)
+                            for (long k = k0; k < k0 + kc; k++) zeros &= element(&A, r, k) == 0;
+                        int skip = patch_block_is_padding(&A, row, height, k0, kc);
+                        wrong += skip && !zeros;
+                        found += skip;
+                        missed += kc % line == 0 && zeros && !skip;
+                    }
+        free(ones);
+    }
+    printf("     %d blocks of padding found\n", found);
+    CHECK_EQ_INT(wrong, 0);
+    CHECK_EQ_INT(missed, 0);
+    CHECK(found > 0);
+}
+
 int main(void) {
     static Problem ps[MAX_PROBLEMS];
     int n = make_problems(ps);
@@ -451,6 +488,7 @@ int main(void) {
     test_threads_identical();
     test_blockings_identical(ps, n);
     test_from_row(ps, n);
+    test_padding_blocks();
     test_gemm_in_task();
     test_guards();
     for (int i = 0; i < n; i++) problem_free(&ps[i]);
