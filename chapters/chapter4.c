@@ -4353,13 +4353,15 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
 /* The project's bars for the fast path (chapter 4's issue): the basic
    CNN's convolutions at 70% of one core's peak in the forward pass and 60%
    in the gradients, for the instruction set in use. The first
-   convolution's input gradient is never computed (the images need none). */
-void print_bars(double core_share[][3]) {
+   convolution's input gradient is never computed (the images need none).
+   Beside each layer, what the roofline allows one core: its intensity
+   times one core's bandwidth, at most the peak (section 4.12). */
+void print_bars(double core_share[][3], const double *roof_share) {
     static const double bar[3] = {70, 60, 60};
     printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread):\n");
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
         if (strcmp(BENCH_LAYERS[i].model, "basic") != 0 || !BENCH_LAYERS[i].conv) continue;
-        printf("  %-19s", BENCH_LAYERS[i].name);
+        printf("  %-19s (the roofline allows %.0f%%)", BENCH_LAYERS[i].name, roof_share[i]);
         for (int pass = 0; pass < 3; pass++)
             if (!isnan(core_share[i][pass]))
                 printf("  %s %5.1f%% (bar %.0f%%: %s)", PASS_NAMES[pass], core_share[i][pass], bar[pass],
@@ -4405,6 +4407,7 @@ int run_benchmark(int threads, Error *err) {
     printf("  %-7s %-19s %-11s %-9s %8s %7s  %s\n", "model", "layer", "pass", "version", "GFLOP/s", "% peak",
            "checked against naive");
     double core_share[BENCH_LAYER_COUNT][3];  // % of one core's peak, the widest kernel on one thread
+    double roof_share[BENCH_LAYER_COUNT];     // the most the roofline allows one core, in % of its peak
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
         const BenchLayer *l = &BENCH_LAYERS[i];
         BenchData d;
@@ -4420,6 +4423,7 @@ int run_benchmark(int threads, Error *err) {
             double macs = bench_multiply_adds(&d, l);
             // Bytes a pass must at least move: its three matrices once (the roofline's x axis).
             double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
+            roof_share[i] = fmin(100, 100 * 2 * macs / bytes * bandwidth_one / peak_one[kernel_count - 1]);
             // naive, im2col, each kernel on all threads, and (with more than
             // one thread) the widest on one: the project's bars are per core.
             for (int v = 0; v < 2 + kernel_count + (threads > 1); v++) {
@@ -4444,7 +4448,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
-    print_bars(core_share);
+    print_bars(core_share, roof_share);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
