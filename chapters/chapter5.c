@@ -1917,7 +1917,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
                 // columns of many rows: one piece of one line per row, nearly
                 // always inside the image.
                 const float *src = op->data + (((long)b * H + ih) * W + ow - pad) * C + first_from;  // (cols)
-                if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // a fixed size: a few moves
+                if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // fixed sizes: a few moves, no call
+                else if (cols == 16) memcpy(dst, src, 16 * sizeof(float));  // a panel of B for AVX2
                 else memcpy(dst, src, (size_t)cols * sizeof(float));
             } else {
                 float *d = dst;
@@ -4457,13 +4458,15 @@ double largest_difference(const float *a, const float *b, size_t n) {
 
 // Seconds of one pass: the best of several runs, the least disturbed, as
 // the peak is the best of its runs (gemm_peak_gflops): at least 5, and
-// more, up to 20, while they have taken under a quarter of a second in
-// all; one run for the slow references.
-enum { BENCH_MIN_RUNS = 5, BENCH_MAX_RUNS = 20 };
+// more, up to 50, while they have taken under half a second in all (on a
+// shared machine a slow spell can outlast a quarter of a second, which
+// was the limit before); one run for the slow references.
+enum { BENCH_MIN_RUNS = 5, BENCH_MAX_RUNS = 50 };
+#define BENCH_SECONDS 0.5
 double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
     int blocked = kind == KERNEL_BLOCKED;
     double best = INFINITY, spent = 0;
-    for (int r = 0; r < (blocked ? BENCH_MAX_RUNS : 1) && (r < BENCH_MIN_RUNS || spent < 0.25); r++) {
+    for (int r = 0; r < (blocked ? BENCH_MAX_RUNS : 1) && (r < BENCH_MIN_RUNS || spent < BENCH_SECONDS); r++) {
         double start = now_seconds();
         bench_run(d, l, pass, kind, ctx);
         double seconds = now_seconds() - start;

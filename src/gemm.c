@@ -598,7 +598,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
                 // columns of many rows: one piece of one line per row, nearly
                 // always inside the image.
                 const float *src = op->data + (((long)b * H + ih) * W + ow - pad) * C + first_from;  // (cols)
-                if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // a fixed size: a few moves
+                if (cols == MR) memcpy(dst, src, MR * sizeof(float));  // fixed sizes: a few moves, no call
+                else if (cols == 16) memcpy(dst, src, 16 * sizeof(float));  // a panel of B for AVX2
                 else memcpy(dst, src, (size_t)cols * sizeof(float));
             } else {
                 float *d = dst;
