@@ -2294,7 +2294,11 @@ void gemm_tile(void *context, int task, int worker) {
                     // The starting row written just before the kernel reads it:
                     // from L1, where a pass of its own would write C to memory
                     // and read it back.
-                    for (int y = 0; y < MR && row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
+                    // (A fixed size for AVX2's 16 is a few moves where a library call
+                    // per row cost the first convolution a fifth of its time: perf.)
+                    for (int y = 0; y < MR && row; y++)
+                        if (nr == 16) memcpy(c + y * job->ldc, row, 16 * sizeof(float));
+                        else memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
                     kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
                     continue;
                 }
@@ -5419,11 +5423,17 @@ void bench_data_free(BenchData *d) {
     for (int k = 0; k < 9; k++) free(buffers[k]);
 }
 
-// Runs one pass of one layer with one version (ctx NULL: `kind` is naive or
-// im2col); the result is in out, dx or dw. Gradients start from zero.
-void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
+// The gradient a pass adds to, set to zero: apart from the pass, as in
+// training, where clearing the gradients is a step of its own.
+void bench_clear(BenchData *d, int pass) {
     if (pass == 1) memset(d->dx, 0, d->n_in * sizeof(float));
     if (pass == 2) memset(d->dw, 0, d->n_weight * sizeof(float));
+}
+
+// Runs one pass of one layer with one version (ctx NULL: `kind` is naive or
+// im2col); the result is in out, dx or dw. Gradients start from zero
+// (bench_clear, first).
+void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
     float *dx = pass == 1 ? d->dx : NULL, *dw = pass == 2 ? d->dw : NULL;
     if (l->conv) {
         if (kind == KERNEL_NAIVE && pass == 0) conv2d_forward_naive(d->out, d->x, d->w, d->b, &d->s);
@@ -5475,6 +5485,7 @@ double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, 
     int blocked = kind == KERNEL_BLOCKED;
     double best = INFINITY, spent = 0;
     for (int r = 0; r < (blocked ? BENCH_MAX_RUNS : 1) && (r < BENCH_MIN_RUNS || spent < BENCH_SECONDS); r++) {
+        bench_clear(d, pass);
         double start = now_seconds();
         bench_run(d, l, pass, kind, ctx);
         double seconds = now_seconds() - start;
@@ -5815,6 +5826,7 @@ int run_benchmark(int threads, Error *err) {
             core_share[i][pass] = NAN;
             if (l->conv && l->channels == 1 && pass == 1) continue;  // the images need no gradient
             size_t n;
+            bench_clear(&d, pass);
             bench_run(&d, l, pass, KERNEL_NAIVE, NULL);
             const float *result = bench_result(&d, pass, &n);
             float *reference = xmalloc(n * sizeof(float));
