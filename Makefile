@@ -156,7 +156,13 @@ build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
 
-test-build: $(TESTS)
+# One pass of one layer, timed alone, for comparing two builds (book.md 4.15,
+# 4.21); built with the tests so that it keeps compiling, never run by them.
+build/bench_pass: tests/bench_pass.c chapters/chapter5.c
+	@mkdir -p build
+	$(CC) $(NEEDED) -O3 -Wall -Wextra -pedantic $< -o $@ $(LDLIBS)
+
+test-build: $(TESTS) build/bench_pass
 
 # The tests that need Fashion-MNIST skip (and say so) when `make data` cannot
 # get it; CI installs the Debian package first, so nothing is skipped there.

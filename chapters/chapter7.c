@@ -2340,11 +2340,7 @@ void gemm_tile(void *context, int task, int worker) {
                     // The starting row written just before the kernel reads it:
                     // from L1, where a pass of its own would write C to memory
                     // and read it back.
-                    // (A fixed size for AVX2's 16 is a few moves where a library call
-                    // per row cost the first convolution a fifth of its time: perf.)
-                    for (int y = 0; y < MR && row; y++)
-                        if (nr == 16) memcpy(c + y * job->ldc, row, 16 * sizeof(float));
-                        else memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
+                    for (int y = 0; y < MR && row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
                     kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
                     continue;
                 }
