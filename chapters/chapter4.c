@@ -2026,6 +2026,7 @@ int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc
     }
     return 1;
 }
+
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -2096,11 +2097,13 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
      computes a tile and when, not what is computed;
    - a block of the patch matrix that is all zero padding is skipped
      (patch_block_is_padding), the same blocks whatever the kernel or the
-     thread count. Its steps would add products of +-0, which leave any
-     float as it was, except that they turn a -0 into +0 and an infinite or
-     NaN B into NaN: the only ways a skip can differ from the chain. The
-     gradients start from +0 and the weights are finite, so in training
-     it never does.
+     thread count (another Blocking may skip other blocks). Its steps would
+     add products of +-0, which leave any float as it was, with two
+     exceptions: a -0 may become +0, and an infinite or NaN B makes NaN.
+     Training's sums start from +0 or from a bias and its weights are
+     finite; a -0 could then only come from a product too small for a
+     float (underflow), far from training's values. So the skips give the
+     chain's bits there: the weights of a chapter 6 run are unchanged.
    So any kernel and any number of threads give the same bits. (The compiler
    must not fuse or reorder anything else here, and does not: gcc with
    -std=c11 does not contract a*b+c on its own, and the chapter tells clang
@@ -2122,7 +2125,9 @@ long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * mu
 
 // A context for `kernel` (which the CPU must support) and a pool of
 // `threads` threads, with packing buffers for each, blocked as `b` says.
-// The blocking changes the speed only, never a bit of the results.
+// The blocking changes the speed only, never a bit of the results (but
+// in the two cases, a -0 or an infinite B, where skipping a block of
+// padding differs from the chain: see Determinism).
 GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blocking b) {
     require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
             kernel ? kernel->name : "NULL");
@@ -2174,6 +2179,19 @@ typedef struct {
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
+/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
+   the starting row, or zeros. For a strip of A that is all padding, where
+   the chain of zero products would end as it started: from the row, or
+   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+    int h = rows - i < MR ? rows - i : MR;
+    for (int y = 0; y < h; y++) {
+        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
+        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        else memset(c, 0, (size_t)cols * sizeof(float));
+    }
+}
+
 /* One tile of C, (at most tile_m, tile_n), all of K: one task.
 
    B is packed so that every strip of A finds its panel in one contiguous
@@ -2187,18 +2205,7 @@ typedef struct {
    72 -> 63 if its weights were not packed. A is packed, or read in place
    where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
-/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
-   the starting row, or zeros. For a strip of A that is all padding, where
-   the chain of zero products would end as it started: from the row, or
-   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
-void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
-    int h = rows - i < MR ? rows - i : MR;
-    for (int y = 0; y < h; y++) {
-        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
-        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
-        else memset(c, 0, (size_t)cols * sizeof(float));
-    }
-}
+
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
     const GemmKernel *kernel = job->ctx->kernel;
@@ -4358,15 +4365,14 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     graph_free(c.graph);
 }
 
-/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
-   `threads` threads for the blocked versions; the references run on one. */
 /* The project's bars for the fast path (chapter 4's issue): the basic
    CNN's convolutions at 70% of one core's peak in the forward pass and 60%
    in the gradients, for the instruction set in use. The first
    convolution's input gradient is never computed (the images need none).
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
-void print_bars(double core_share[][3], const double *roof_share) {
+void print_bars(double core_share[][3],     // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
+                const double *roof_share) {  // (BENCH_LAYER_COUNT): % the roofline allows one core
     static const double bar[3] = {70, 60, 60};
     printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread):\n");
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
@@ -4380,6 +4386,8 @@ void print_bars(double core_share[][3], const double *roof_share) {
     }
 }
 
+/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
+   `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
     // The results go to plots/ at the end: find out now, not after minutes
     // of work, whether a file can be made there (as the end will make it).
@@ -4410,7 +4418,8 @@ int run_benchmark(int threads, Error *err) {
     workers_free(workers);
 
     Text data = {0};
-    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench)\n");
+    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench;"
+                        " a version ending in /1 ran on one thread, its percent of one core's peak)\n");
     printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
            "of the widest kernel; blocked: its kernel on %d thread%s%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s",
            threads > 1 ? ", and KERNEL/1 on one thread, of one core's peak" : "");
@@ -4453,7 +4462,8 @@ int run_benchmark(int threads, Error *err) {
                 text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
                         gflops, 100 * gflops / peak, 2 * macs / bytes);
                 gemm_context_free(ctx);
-                if (v == 2 + kernel_count - (threads == 1)) core_share[i][pass] = 100 * gflops / peak;
+                int widest_on_one = one_core || (threads == 1 && v == 2 + kernel_count - 1);
+                if (widest_on_one) core_share[i][pass] = 100 * gflops / peak;
             }
             free(reference);
         }

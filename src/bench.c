@@ -412,15 +412,14 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     graph_free(c.graph);
 }
 
-/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
-   `threads` threads for the blocked versions; the references run on one. */
 /* The project's bars for the fast path (chapter 4's issue): the basic
    CNN's convolutions at 70% of one core's peak in the forward pass and 60%
    in the gradients, for the instruction set in use. The first
    convolution's input gradient is never computed (the images need none).
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
-void print_bars(double core_share[][3], const double *roof_share) {
+void print_bars(double core_share[][3],     // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
+                const double *roof_share) {  // (BENCH_LAYER_COUNT): % the roofline allows one core
     static const double bar[3] = {70, 60, 60};
     printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread):\n");
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
@@ -434,6 +433,8 @@ void print_bars(double core_share[][3], const double *roof_share) {
     }
 }
 
+/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
+   `threads` threads for the blocked versions; the references run on one. */
 int run_benchmark(int threads, Error *err) {
     // The results go to plots/ at the end: find out now, not after minutes
     // of work, whether a file can be made there (as the end will make it).
@@ -464,7 +465,8 @@ int run_benchmark(int threads, Error *err) {
     workers_free(workers);
 
     Text data = {0};
-    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench)\n");
+    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench;"
+                        " a version ending in /1 ran on one thread, its percent of one core's peak)\n");
     printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
            "of the widest kernel; blocked: its kernel on %d thread%s%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s",
            threads > 1 ? ", and KERNEL/1 on one thread, of one core's peak" : "");
@@ -507,7 +509,8 @@ int run_benchmark(int threads, Error *err) {
                 text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
                         gflops, 100 * gflops / peak, 2 * macs / bytes);
                 gemm_context_free(ctx);
-                if (v == 2 + kernel_count - (threads == 1)) core_share[i][pass] = 100 * gflops / peak;
+                int widest_on_one = one_core || (threads == 1 && v == 2 + kernel_count - 1);
+                if (widest_on_one) core_share[i][pass] = 100 * gflops / peak;
             }
             free(reference);
         }

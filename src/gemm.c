@@ -704,6 +704,7 @@ int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc
     }
     return 1;
 }
+
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
    are zeros. A whole strip of a transposed matrix is not copied at all:
@@ -774,11 +775,13 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
      computes a tile and when, not what is computed;
    - a block of the patch matrix that is all zero padding is skipped
      (patch_block_is_padding), the same blocks whatever the kernel or the
-     thread count. Its steps would add products of +-0, which leave any
-     float as it was, except that they turn a -0 into +0 and an infinite or
-     NaN B into NaN: the only ways a skip can differ from the chain. The
-     gradients start from +0 and the weights are finite, so in training
-     it never does.
+     thread count (another Blocking may skip other blocks). Its steps would
+     add products of +-0, which leave any float as it was, with two
+     exceptions: a -0 may become +0, and an infinite or NaN B makes NaN.
+     Training's sums start from +0 or from a bias and its weights are
+     finite; a -0 could then only come from a product too small for a
+     float (underflow), far from training's values. So the skips give the
+     chain's bits there: the weights of a chapter 6 run are unchanged.
    So any kernel and any number of threads give the same bits. (The compiler
    must not fuse or reorder anything else here, and does not: gcc with
    -std=c11 does not contract a*b+c on its own, and the chapter tells clang
@@ -800,7 +803,9 @@ long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * mu
 
 // A context for `kernel` (which the CPU must support) and a pool of
 // `threads` threads, with packing buffers for each, blocked as `b` says.
-// The blocking changes the speed only, never a bit of the results.
+// The blocking changes the speed only, never a bit of the results (but
+// in the two cases, a -0 or an infinite B, where skipping a block of
+// padding differs from the chain: see Determinism).
 GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blocking b) {
     require(gemm_kernel_supported(kernel), "gemm_context_new: kernel %s does not run on this CPU",
             kernel ? kernel->name : "NULL");
@@ -852,6 +857,19 @@ typedef struct {
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
+/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
+   the starting row, or zeros. For a strip of A that is all padding, where
+   the chain of zero products would end as it started: from the row, or
+   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+    int h = rows - i < MR ? rows - i : MR;
+    for (int y = 0; y < h; y++) {
+        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
+        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        else memset(c, 0, (size_t)cols * sizeof(float));
+    }
+}
+
 /* One tile of C, (at most tile_m, tile_n), all of K: one task.
 
    B is packed so that every strip of A finds its panel in one contiguous
@@ -865,18 +883,7 @@ typedef struct {
    72 -> 63 if its weights were not packed. A is packed, or read in place
    where a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
-/* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
-   the starting row, or zeros. For a strip of A that is all padding, where
-   the chain of zero products would end as it started: from the row, or
-   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
-void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
-    int h = rows - i < MR ? rows - i : MR;
-    for (int y = 0; y < h; y++) {
-        float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
-        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
-        else memset(c, 0, (size_t)cols * sizeof(float));
-    }
-}
+
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
     const GemmKernel *kernel = job->ctx->kernel;

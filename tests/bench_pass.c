@@ -13,10 +13,9 @@
    PASS is 0 (forward), 1 (input gradient) or 2 (weight gradient); MODEL
    and LAYER are as `--bench` names them. It prints the best of RUNS runs
    (default 200) in GFLOP/s and as a share of the peak of THREADS cores
-   of the widest kernel. What it is not: a test; it checks nothing. */
-#include <stdio.h>
-#include <stdlib.h>
-
+   of the widest kernel. What it is not: a test; it checks nothing.
+   (No #include of its own: the chapter's come first, after the feature
+   macros it defines, or POSIX's fdopen would go undeclared.) */
 #define main chapter5_main
 // Another chapter 5, an older commit's for instance:
 //   cc -std=c11 -O3 '-DCHAPTER_FILE="/tmp/old/chapters/chapter5.c"' tests/bench_pass.c -o bench_pass-old -lm -pthread
