@@ -10,10 +10,12 @@
        build/bench_pass THREADS MODEL "LAYER" PASS [RUNS]
        build/bench_pass 1 basic "conv 13x13x32->64" 2     # the weight gradient, one thread
 
-   PASS is 0 (forward), 1 (input gradient) or 2 (weight gradient); MODEL
-   and LAYER are as `--bench` names them. It prints the best of RUNS runs
-   (default 200) in GFLOP/s and as a share of the peak of THREADS cores
-   of the widest kernel. What it is not: a test; it checks nothing.
+   PASS is 0 (forward), 1 (input gradient), 2 (weight gradient) or 3 (the
+   weight and bias gradients together, as training asks for them; its
+   GFLOP/s count the weight gradient's arithmetic only); MODEL and LAYER
+   are as `--bench` names them. It prints the best of RUNS runs (default
+   200) in milliseconds, in GFLOP/s and as a share of the peak of THREADS
+   cores of the widest kernel. What it is not: a test; it checks nothing.
    (No #include of its own: the chapter's come first, after the feature
    macros it defines, or POSIX's fdopen would go undeclared.) */
 #define main chapter5_main
@@ -28,11 +30,12 @@
 // The blocked pass alone, called directly (not through bench_run, which
 // older commits time together with clearing the gradient).
 static void run_pass(BenchData *d, const BenchLayer *l, int pass, const GemmContext *ctx) {
-    float *dx = pass == 1 ? d->dx : NULL, *dw = pass == 2 ? d->dw : NULL;
+    float *dx = pass == 1 ? d->dx : NULL, *dw = pass >= 2 ? d->dw : NULL, *db = pass == 3 ? d->db : NULL;
     if (l->conv && pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);
-    else if (l->conv) conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
+    else if (l->conv) conv2d_backward_blocked(ctx, dx, dw, db, d->dout, d->x, d->w, &d->s, d->scratch);
     else if (pass == 0) matmul_forward_blocked(ctx, d->out, d->x, d->w, d->B, d->C, d->OC);
     else matmul_backward_blocked(ctx, dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
+    if (!l->conv && db) bias_backward(db, d->dout, d->B, d->OC);
 }
 
 int main(int argc, char **argv) {
@@ -41,8 +44,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int threads = atoi(argv[1]), pass = atoi(argv[4]), runs = argc == 6 ? atoi(argv[5]) : 200;
-    require(threads >= 1 && threads <= MAX_THREADS && pass >= 0 && pass <= 2 && runs >= 1,
-            "bench_pass: threads 1..%d, pass 0..2, runs >= 1", MAX_THREADS);
+    require(threads >= 1 && threads <= MAX_THREADS && pass >= 0 && pass <= 3 && runs >= 1,
+            "bench_pass: threads 1..%d, pass 0..3, runs >= 1", MAX_THREADS);
     const BenchLayer *l = bench_layer(argv[2], argv[3]);
     const GemmKernel *kernel = gemm_best_kernel();
     GemmContext *ctx = gemm_context_new(kernel, threads);
@@ -52,13 +55,15 @@ int main(int argc, char **argv) {
     for (int r = 0; r < runs; r++) {
         memset(d.dx, 0, d.n_in * sizeof(float));  // the gradients start from zero, untimed
         memset(d.dw, 0, d.n_weight * sizeof(float));
+        memset(d.db, 0, (size_t)l->outputs * sizeof(float));
         double start = now_seconds();
         run_pass(&d, l, pass, ctx);
         best = fmin(best, now_seconds() - start);
     }
     double gflops = 2 * bench_multiply_adds(&d, l) / best / 1e9, peak = gemm_peak_gflops(kernel) * threads;
-    printf("%s %s %s, %s on %d thread%s: %.1f GFLOP/s, %.1f%% of %.1f (best of %d)\n", l->model, l->name,
-           PASS_NAMES[pass], kernel->name, threads, threads == 1 ? "" : "s", gflops, 100 * gflops / peak, peak, runs);
+    printf("%s %s %s, %s on %d thread%s: %.3f ms, %.1f GFLOP/s, %.1f%% of %.1f (best of %d)\n", l->model, l->name,
+           pass == 3 ? "weight and bias grad" : PASS_NAMES[pass], kernel->name, threads, threads == 1 ? "" : "s",
+           1e3 * best, gflops, 100 * gflops / peak, peak, runs);
     bench_data_free(&d);
     gemm_context_free(ctx);
     return 0;

@@ -459,8 +459,20 @@ static void check_blocked_forms(int B, int H, int W, int C, int pad, int OC, Rng
     conv2d_weight_gradient_blocked(ctx, blocked, dout, x, &s, scratch);
     int forward_same = CHECK(memcmp(out_direct, out_blocked, no * sizeof(float)) == 0);
     int weight_same = CHECK(memcmp(direct, blocked, nw * sizeof(float)) == 0);
-    if (!forward_same || !weight_same)
+    // The backward pass with the bias gradient too (for one channel, one
+    // GEMM with a row of ones): the bits of the GEMM and bias_backward.
+    float *db_direct = malloc(OC * sizeof(float)), *db_blocked = malloc(OC * sizeof(float));
+    fill(db_direct, OC, -1, 1, rng);
+    memcpy(db_blocked, db_direct, OC * sizeof(float));
+    memcpy(blocked, direct, nw * sizeof(float));
+    gemm(ctx, patch, OC, rows, patches_operand(x, &s, 1), matrix_operand(dout, OC), direct, OC, 1);
+    bias_backward(db_direct, dout, rows, OC);
+    conv2d_backward_blocked(ctx, NULL, blocked, db_blocked, dout, x, w, &s, scratch);
+    int both_same = CHECK(memcmp(direct, blocked, nw * sizeof(float)) == 0 &&
+                          memcmp(db_direct, db_blocked, OC * sizeof(float)) == 0);
+    if (!forward_same || !weight_same || !both_same)
         printf("     x (%d,%d,%d,%d) pad %d oc %d\n", B, H, W, C, pad, OC);
+    free(db_direct), free(db_blocked);
     gemm_context_free(ctx);
     free(x), free(w), free(dout), free(bias), free(scratch), free(direct), free(blocked), free(out_direct), free(out_blocked);
 }
