@@ -2424,7 +2424,7 @@ void one_channel_patches(const GemmContext *ctx,
 
 // The scratch memory, in floats, the blocked passes of convolution `s` need:
 // for one channel, the patches with a row of ones and the gradients they
-// make (conv2d_weight_and_bias_gradient); else the kernel, transposed or
+// make (conv2d_one_channel_gradients); else the kernel, transposed or
 // flipped.
 size_t conv2d_blocked_scratch(const ConvShape *s) {
     size_t weights = conv_patch_size(s) * (size_t)s->out_channels;
@@ -2475,6 +2475,38 @@ void transpose_copy(float *dst,        // (cols, rows)
         for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
 
+/* The weight gradient of a one-channel convolution, and its bias gradient
+   with it when `dbias` is not NULL, in one GEMM whose A is the transposed
+   patch matrix built beforehand (one_channel_patches). The bias is a
+   weight whose input is always 1: give that matrix a last row of ones,
+   and the GEMM's last row of C is
+       dbias += sum over pixels of 1 * dout
+   beside dweight, for the price of a strip's spare row (9 weights fill a
+   strip and a half of 6; 10 fill the same two). It saves bias_backward's
+   read of all of dout, 5.5 MB at batch 64. fma(1, x, c) is c + x rounded
+   once, as bias_backward adds, in the same order of pixels: the same bits. */
+void conv2d_one_channel_gradients(const GemmContext *ctx,
+                                  float *dweight,     // (KH*KW, OC)
+                                  float *dbias,       // (OC), or NULL
+                                  const float *dout,  // (B*OH*OW, OC)
+                                  const float *inp,   // (B, H, W, 1)
+                                  const ConvShape *s,
+                                  float *scratch) {   // (conv2d_blocked_scratch(s))
+    require(scratch != NULL, "conv2d_one_channel_gradients: a one-channel image needs scratch");
+    int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s), M = patch + (dbias != NULL);
+    float *patches_t = scratch;                     // (M, B*OH*OW): the patches, then (with the bias) ones
+    float *grads = scratch + (size_t)M * rows;      // (M, OC): dweight, then (with the bias) dbias
+    one_channel_patches(ctx, patches_t, inp, s);
+    memcpy(grads, dweight, (size_t)patch * OC * sizeof(float));
+    if (dbias) {
+        for (int r = 0; r < rows; r++) patches_t[(size_t)patch * rows + r] = 1.0f;
+        memcpy(grads + (size_t)patch * OC, dbias, (size_t)OC * sizeof(float));
+    }
+    gemm(ctx, M, OC, rows, matrix_operand(patches_t, rows), matrix_operand(dout, OC), grads, OC, 1);
+    memcpy(dweight, grads, (size_t)patch * OC * sizeof(float));
+    if (dbias) memcpy(dbias, grads + (size_t)patch * OC, (size_t)OC * sizeof(float));
+}
+
 /* dweight += patches(inp)^T @ dout. As written, A is the transposed patch
    matrix: (KH*KW*C, B*OH*OW), whose packing gathers MR neighbouring channels
    per pixel, 24 bytes at a time, and whose B (dout) every task packs again.
@@ -2487,7 +2519,7 @@ void transpose_copy(float *dst,        // (cols, rows)
    `scratch`), so the bits are those of the first form; only the speed
    differs. Channel counts that are not a multiple of 16 keep the first
    form; one-channel images, with their 3-float lines, keep it with their
-   transposed patches built beforehand (one_channel_patches). */
+   transposed patches built beforehand (conv2d_one_channel_gradients). */
 void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *dweight,      // (KH*KW*C, OC)
                                     const float *dout,   // (B*OH*OW, OC)
@@ -2496,9 +2528,7 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
                                     float *scratch) {    // (conv2d_blocked_scratch(s))
     int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
     if (s->channels == 1) {
-        require(scratch != NULL, "conv2d_weight_gradient_blocked: a one-channel image needs scratch");
-        one_channel_patches(ctx, scratch, inp, s);
-        gemm(ctx, patch, OC, rows, matrix_operand(scratch, rows), matrix_operand(dout, OC), dweight, OC, 1);
+        conv2d_one_channel_gradients(ctx, dweight, NULL, dout, inp, s, scratch);
         return;
     }
     if (s->channels % 16 != 0) {
@@ -2508,33 +2538,6 @@ void conv2d_weight_gradient_blocked(const GemmContext *ctx,
     transpose_copy(scratch, dweight, patch, OC);
     gemm(ctx, OC, patch, rows, transposed_operand(dout, OC), patches_operand(inp, s, 0), scratch, patch, 1);
     transpose_copy(dweight, scratch, OC, patch);
-}
-
-/* The weight and bias gradients of a one-channel convolution in one GEMM.
-   The bias is a weight whose input is always 1: give the transposed patch
-   matrix a last row of ones, and the GEMM's last row of C is
-       dbias += sum over pixels of 1 * dout
-   beside dweight, for the price of a strip's spare row (9 weights fill a
-   strip and a half of 6; 10 fill the same two). It saves bias_backward's
-   read of all of dout, 5.5 MB at batch 64. fma(1, x, c) is c + x rounded
-   once, as bias_backward adds, in the same order of pixels: the same bits. */
-void conv2d_weight_and_bias_gradient(const GemmContext *ctx,
-                                     float *dweight,     // (KH*KW, OC)
-                                     float *dbias,       // (OC)
-                                     const float *dout,  // (B*OH*OW, OC)
-                                     const float *inp,   // (B, H, W, 1)
-                                     const ConvShape *s,
-                                     float *scratch) {   // (conv2d_blocked_scratch(s))
-    int OC = s->out_channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
-    float *patches_t = scratch;                           // (KH*KW + 1, B*OH*OW): the last row all ones
-    float *grads = scratch + (size_t)(patch + 1) * rows;  // (KH*KW + 1, OC): dweight, then dbias
-    one_channel_patches(ctx, patches_t, inp, s);
-    for (int r = 0; r < rows; r++) patches_t[(size_t)patch * rows + r] = 1.0f;
-    memcpy(grads, dweight, (size_t)patch * OC * sizeof(float));
-    memcpy(grads + (size_t)patch * OC, dbias, (size_t)OC * sizeof(float));
-    gemm(ctx, patch + 1, OC, rows, matrix_operand(patches_t, rows), matrix_operand(dout, OC), grads, OC, 1);
-    memcpy(dweight, grads, (size_t)patch * OC * sizeof(float));
-    memcpy(dbias, grads + (size_t)patch * OC, (size_t)OC * sizeof(float));
 }
 
 /* The backward pass, as conv.c derives it:
@@ -2552,8 +2555,8 @@ void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight
                              float *flipped) {  // shapes as conv2d_backward_naive
     int OC = s->out_channels, C = s->channels;
     int rows = (int)conv_rows(s);
-    if (C == 1 && dweight && dbias) {
-        conv2d_weight_and_bias_gradient(ctx, dweight, dbias, dout, inp, s, flipped);
+    if (C == 1 && dweight) {
+        conv2d_one_channel_gradients(ctx, dweight, dbias, dout, inp, s, flipped);
     } else {
         if (dbias) bias_backward(dbias, dout, rows, OC);
         if (dweight) conv2d_weight_gradient_blocked(ctx, dweight, dout, inp, s, flipped);
