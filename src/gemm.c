@@ -222,11 +222,13 @@ Operand patches_operand(const float *image,  // (B, H, W, C)
 /* ----------------------------------------------------------------------------
    Micro-kernels: a (MR, NR) tile of C from a packed strip of A and panel of B.
 
-   kernel(kc, a, rs_a, cs_a, b, ldb, c, ldc, load_c) computes, for every
+   kernel(kc, a, rs_a, cs_a, b, ldb, c, ldc, c0, ld_c0) computes, for every
    i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a], B(k, j) = b[k*ldb + j],
-       c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), c0) ...)
-   where c0 = c[i*ldc + j] when load_c, else 0: k runs upwards, one fused
-   multiply-add (one rounding) per step. That is the whole contract, and
+       c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), s) ...)
+   where the start s is c0[i*ld_c0 + j], or 0 when c0 is NULL: C's old
+   value (c0 = c, ld_c0 = ldc), or one row for every row (a layer's bias:
+   ld_c0 = 0), loaded straight into the registers. k runs upwards, one
+   fused multiply-add (one rounding) per step. That is the whole contract, and
    every kernel keeps it exactly, which is why they agree to the bit. Only
    how many elements are computed at once differs.
 
@@ -242,7 +244,9 @@ typedef void MicroKernel(int kc,
                          const float *b,  // (kc, NR) panel of B, rows ldb floats apart
                          long ldb,
                          float *c,        // (MR, NR) tile of C, rows ldc floats apart
-                         long ldc, int load_c);
+                         long ldc,
+                         const float *c0, // (MR, NR) where the sums start, rows ld_c0 apart; NULL: zeros
+                         long ld_c0);
 
 // Runs `iterations` rounds of independent fused multiply-adds at full speed,
 // to measure the machine's peak; returns a value so the work is not dropped.
@@ -271,15 +275,17 @@ enum { MR = 6, GEMM_MAX_NR = 32 };
    -mfma it is a call into the C library, slow but exact, which is why x86
    has kernels of its own. It is the reference the others are tested against. */
 void gemm_kernel_portable(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
-                          long ldc, int load_c) {
+                          long ldc, const float *c0, long ld_c0) {
     float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
     float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
     float c40 = 0, c41 = 0, c42 = 0, c43 = 0, c50 = 0, c51 = 0, c52 = 0, c53 = 0;
     float *r0 = c, *r1 = c + ldc, *r2 = c + 2 * ldc, *r3 = c + 3 * ldc, *r4 = c + 4 * ldc, *r5 = c + 5 * ldc;  // (4) each
-    if (load_c) {
-        c00 = r0[0], c01 = r0[1], c02 = r0[2], c03 = r0[3], c10 = r1[0], c11 = r1[1], c12 = r1[2], c13 = r1[3];
-        c20 = r2[0], c21 = r2[1], c22 = r2[2], c23 = r2[3], c30 = r3[0], c31 = r3[1], c32 = r3[2], c33 = r3[3];
-        c40 = r4[0], c41 = r4[1], c42 = r4[2], c43 = r4[3], c50 = r5[0], c51 = r5[1], c52 = r5[2], c53 = r5[3];
+    if (c0) {
+        const float *s0 = c0, *s1 = c0 + ld_c0, *s2 = c0 + 2 * ld_c0, *s3 = c0 + 3 * ld_c0, *s4 = c0 + 4 * ld_c0,
+                    *s5 = c0 + 5 * ld_c0;  // (4) each
+        c00 = s0[0], c01 = s0[1], c02 = s0[2], c03 = s0[3], c10 = s1[0], c11 = s1[1], c12 = s1[2], c13 = s1[3];
+        c20 = s2[0], c21 = s2[1], c22 = s2[2], c23 = s2[3], c30 = s3[0], c31 = s3[1], c32 = s3[2], c33 = s3[3];
+        c40 = s4[0], c41 = s4[1], c42 = s4[2], c43 = s4[3], c50 = s5[0], c51 = s5[1], c52 = s5[2], c53 = s5[3];
     }
     for (int k = 0; k < kc; k++, a += cs_a, b += ldb) {
         float b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3], ai;
@@ -331,15 +337,15 @@ int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
    12 independent chains cover an FMA latency of 4-5 cycles on 2 units. */
 __attribute__((target("avx2,fma")))
 void gemm_kernel_avx2(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
-                      long ldc, int load_c) {
+                      long ldc, const float *c0, long ld_c0) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (load_c) {
-        c00 = _mm256_loadu_ps(c + 0 * ldc), c01 = _mm256_loadu_ps(c + 0 * ldc + 8);
-        c10 = _mm256_loadu_ps(c + 1 * ldc), c11 = _mm256_loadu_ps(c + 1 * ldc + 8);
-        c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
-        c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
-        c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
-        c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    if (c0) {
+        c00 = _mm256_loadu_ps(c0 + 0 * ld_c0), c01 = _mm256_loadu_ps(c0 + 0 * ld_c0 + 8);
+        c10 = _mm256_loadu_ps(c0 + 1 * ld_c0), c11 = _mm256_loadu_ps(c0 + 1 * ld_c0 + 8);
+        c20 = _mm256_loadu_ps(c0 + 2 * ld_c0), c21 = _mm256_loadu_ps(c0 + 2 * ld_c0 + 8);
+        c30 = _mm256_loadu_ps(c0 + 3 * ld_c0), c31 = _mm256_loadu_ps(c0 + 3 * ld_c0 + 8);
+        c40 = _mm256_loadu_ps(c0 + 4 * ld_c0), c41 = _mm256_loadu_ps(c0 + 4 * ld_c0 + 8);
+        c50 = _mm256_loadu_ps(c0 + 5 * ld_c0), c51 = _mm256_loadu_ps(c0 + 5 * ld_c0 + 8);
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
     }
@@ -392,15 +398,15 @@ float peak_probe_avx2(long iterations) {
    4-cycle latency on 2 units. */
 __attribute__((target("avx512f")))
 void gemm_kernel_avx512(int kc, const float *a, long rs_a, long cs_a, const float *b, long ldb, float *c,
-                        long ldc, int load_c) {
+                        long ldc, const float *c0, long ld_c0) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (load_c) {
-        c00 = _mm512_loadu_ps(c + 0 * ldc), c01 = _mm512_loadu_ps(c + 0 * ldc + 16);
-        c10 = _mm512_loadu_ps(c + 1 * ldc), c11 = _mm512_loadu_ps(c + 1 * ldc + 16);
-        c20 = _mm512_loadu_ps(c + 2 * ldc), c21 = _mm512_loadu_ps(c + 2 * ldc + 16);
-        c30 = _mm512_loadu_ps(c + 3 * ldc), c31 = _mm512_loadu_ps(c + 3 * ldc + 16);
-        c40 = _mm512_loadu_ps(c + 4 * ldc), c41 = _mm512_loadu_ps(c + 4 * ldc + 16);
-        c50 = _mm512_loadu_ps(c + 5 * ldc), c51 = _mm512_loadu_ps(c + 5 * ldc + 16);
+    if (c0) {
+        c00 = _mm512_loadu_ps(c0 + 0 * ld_c0), c01 = _mm512_loadu_ps(c0 + 0 * ld_c0 + 16);
+        c10 = _mm512_loadu_ps(c0 + 1 * ld_c0), c11 = _mm512_loadu_ps(c0 + 1 * ld_c0 + 16);
+        c20 = _mm512_loadu_ps(c0 + 2 * ld_c0), c21 = _mm512_loadu_ps(c0 + 2 * ld_c0 + 16);
+        c30 = _mm512_loadu_ps(c0 + 3 * ld_c0), c31 = _mm512_loadu_ps(c0 + 3 * ld_c0 + 16);
+        c40 = _mm512_loadu_ps(c0 + 4 * ld_c0), c41 = _mm512_loadu_ps(c0 + 4 * ld_c0 + 16);
+        c50 = _mm512_loadu_ps(c0 + 5 * ld_c0), c51 = _mm512_loadu_ps(c0 + 5 * ld_c0 + 16);
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
     }
@@ -899,7 +905,7 @@ void gemm_tile(void *context, int task, int worker) {
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
-        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row, written into C
+        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row
         int load_c = job->accumulate || k0 > 0 || start_from_row;  // otherwise it starts from 0
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
         pack_a(packed_a, strips, A, row0, rows, k0, kc);
@@ -923,11 +929,11 @@ void gemm_tile(void *context, int task, int worker) {
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
                 const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
-                    // The starting row written just before the kernel reads it:
-                    // from L1, where a pass of its own would write C to memory
-                    // and read it back.
-                    for (int y = 0; y < MR && row; y++) memcpy(c + y * job->ldc, row, (size_t)nr * sizeof(float));
-                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, load_c);
+                    // The starting row goes straight into the registers: C is
+                    // written once, never first filled with the row and read back.
+                    const float *start = row ? row : load_c ? c : NULL;  // (MR, nr), rows ld_start apart
+                    long ld_start = row ? 0 : job->ldc;
+                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, start, ld_start);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
@@ -935,7 +941,7 @@ void gemm_tile(void *context, int task, int worker) {
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
                 for (int y = 0; y < h && load_c; y++)
                     memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
-                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c);
+                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c ? scratch : NULL, nr);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
         }
