@@ -2035,12 +2035,16 @@ int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc
 
 /* Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
    rows, strips[s] for the s-th. The rows of the last strip beyond `rows`
-   are zeros. A whole strip of a transposed matrix is not copied at all:
-   its MR neighbouring floats per k are already where the kernel can read
-   them (rs = 1, cs = the matrix's stride). Copying them 24 bytes at a time
+   are zeros. A whole strip of a matrix is not copied at all: the kernel
+   reads it where it lies, with the matrix's strides. Transposed, its MR
+   neighbouring floats per k are one short run (rs = 1, cs = the stride);
+   row-major, it is MR runs along k (rs = the stride, cs = 1), which the
+   kernel reads in order, each from its own cache lines. Copying either
    cost more than the kernel's reads from a wider stride (the weight
-   gradients of section 4.19; a last, partial strip is still copied, since
-   reading a whole one would run past the matrix's end). */
+   gradients of section 4.19; the first convolution's weight gradient,
+   whose A is the patch matrix built beforehand, and the dense layers:
+   book.md 4.21). A last, partial strip is still copied, since reading a
+   whole one would run past the matrix's end. */
 void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
             Strip *strips,  // (ceil(rows / MR))
             const Operand *A, long row0, int rows, long k0, int kc) {
@@ -2056,6 +2060,8 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
             *strip = (Strip){NULL, 0, 0};  // nothing to add: gemm_tile skips it
         } else if (!A->patches && !by_rows && A->row_stride == 1 && valid == MR) {
             *strip = (Strip){A->data + (row0 + s) + k0 * A->col_stride, 1, A->col_stride};
+        } else if (!A->patches && by_rows && A->col_stride == 1 && valid == MR) {
+            *strip = (Strip){A->data + (row0 + s) * A->row_stride + k0, A->row_stride, 1};
         } else if (by_rows) {
             pack_block(packed, kc, A, row0 + s, valid, k0, kc);
             memset(packed + (size_t)valid * kc, 0, (size_t)(MR - valid) * kc * sizeof(float));
