@@ -1448,8 +1448,8 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
    - parallel_for runs every task exactly once.
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
-   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate) or
-   from 0: one rounding per step, in one fixed order, whatever the kernel,
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
+   starting row (gemm_from_row: a layer's bias) or 0: one rounding per step, in one fixed order, whatever the kernel,
    the blocking or the number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
@@ -1668,6 +1668,8 @@ typedef void MicroKernel(int kc,
                          long ldc,
                          const float *c0, // (MR, NR) where the sums start, rows ld_c0 apart; NULL: zeros
                          long ld_c0);
+// c0 may be c itself, with ld_c0 = ldc: every kernel loads all of its start
+// before it stores anything (so no restrict on c and c0).
 
 // Runs `iterations` rounds of independent fused multiply-adds at full speed,
 // to measure the machine's peak; returns a value so the work is not dropped.
@@ -2140,7 +2142,7 @@ int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc
    row-major, it is MR runs along k (rs = the stride, cs = 1), which the
    kernel reads in order, each from its own cache lines. Copying either
    cost more than the kernel's reads from a wider stride (the weight
-   gradients of section 4.19; the first convolution's weight gradient,
+   gradients of book.md 4.19; the first convolution's weight gradient,
    whose A is the patch matrix built beforehand, and the dense layers:
    book.md 4.21). A last, partial strip is still copied, since reading a
    whole one would run past the matrix's end. */
@@ -2191,7 +2193,7 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
    The driver.
 
    Determinism. Element C(i, j) ends up as the chain
-       c = C(i, j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
+       c = C(i, j), row(j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
    in every case, because
    - within a KC block the micro-kernel does exactly that for its k, in
      order, each kernel with its own instruction but the same single
@@ -2510,8 +2512,9 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
    batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
    the image shifted by one tap, one run of OW floats per output row
    (pack_block's lines). The forward GEMM reads its strips where they lie,
-   MR neighbouring pixels per k; the weight gradient's GEMM packs it by
-   rows, whole runs at a time. Same numbers, same order: the same bits. */
+   MR neighbouring pixels per k; the weight gradient's GEMM reads its
+   whole strips where they lie too, six runs along k, and packs only the
+   last, partial one. Same numbers, same order: the same bits. */
 typedef struct {
     float *patches_t;      // (KH*KW, B*OH*OW)
     Operand image;         // the patches of the image, transposed

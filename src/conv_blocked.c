@@ -19,8 +19,9 @@
    batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
    the image shifted by one tap, one run of OW floats per output row
    (pack_block's lines). The forward GEMM reads its strips where they lie,
-   MR neighbouring pixels per k; the weight gradient's GEMM packs it by
-   rows, whole runs at a time. Same numbers, same order: the same bits. */
+   MR neighbouring pixels per k; the weight gradient's GEMM reads its
+   whole strips where they lie too, six runs along k, and packs only the
+   last, partial one. Same numbers, same order: the same bits. */
 typedef struct {
     float *patches_t;      // (KH*KW, B*OH*OW)
     Operand image;         // the patches of the image, transposed

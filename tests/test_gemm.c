@@ -279,13 +279,16 @@ static void test_blockings_identical(Problem *ps, int n) {
 
 // gemm_from_row (a convolution's bias and product in one pass) gives the
 // bits of filling C with the row and accumulating, with the default
-// blocking and with one that cuts every sum and tile small; and, for
-// K = 0, just the row.
+// blocking and with one that cuts every sum and tile small, for the
+// portable kernel and the best one (each reads the row its own way);
+// and, for K = 0, just the row.
 static void test_from_row(Problem *ps, int n) {
     section("gemm_from_row: the bits of filling C with the row, then accumulating");
-    const GemmKernel *kernel = gemm_best_kernel();
-    GemmContext *contexts[2] = {gemm_context_new(kernel, 2), gemm_context_new_blocked(kernel, 2, (Blocking){7, 12, 32})};
-    for (int k = 0; k < 2; k++) {
+    const GemmKernel *portable = gemm_kernel_by_name("portable"), *best = gemm_best_kernel();
+    GemmContext *contexts[4] = {gemm_context_new(best, 2), gemm_context_new_blocked(best, 2, (Blocking){7, 12, 32}),
+                                gemm_context_new(portable, 2),
+                                gemm_context_new_blocked(portable, 2, (Blocking){7, 12, 32})};
+    for (int k = 0; k < 4; k++) {
         int same = 0;
         for (int i = 0; i < n; i++) {
             const Problem *p = &ps[i];
@@ -305,7 +308,7 @@ static void test_from_row(Problem *ps, int n) {
     for (int i = 0; i < 12; i++) c[i] = 9;
     gemm_from_row(contexts[0], 3, 4, 0, matrix_operand(a, 1), matrix_operand(b, 4), c, 4, row);
     CHECK(memcmp(c, row, sizeof row) == 0 && memcmp(c + 4, row, sizeof row) == 0 && memcmp(c + 8, row, sizeof row) == 0);
-    gemm_context_free(contexts[0]), gemm_context_free(contexts[1]);
+    for (int k = 0; k < 4; k++) gemm_context_free(contexts[k]);
 }
 
 // gemm_in_task, called from inside parallel_for tasks, matches gemm.
