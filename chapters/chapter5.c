@@ -1347,8 +1347,9 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
    k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per step, in one fixed order, whatever the kernel,
-   the blocking or the number of threads. See "Determinism" below. */
+   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
+   step, in one fixed order, whatever the kernel, the blocking or the
+   number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    The thread pool: persistent workers, one entry point.
@@ -4817,7 +4818,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
    few seconds of one look (the same reason bench_time keeps the best run).
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
-void print_bars(double core_share[][3],     // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
+void report_bars(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
                 const double *roof_share,   // (BENCH_LAYER_COUNT): % the roofline allows one core
                 const GemmKernel *kernel, double peak_one) {
     static const double bar[3] = {70, 60, 60};
@@ -4926,7 +4927,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
-    print_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
+    report_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",

@@ -422,7 +422,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
    few seconds of one look (the same reason bench_time keeps the best run).
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
-void print_bars(double core_share[][3],     // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
+void report_bars(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
                 const double *roof_share,   // (BENCH_LAYER_COUNT): % the roofline allows one core
                 const GemmKernel *kernel, double peak_one) {
     static const double bar[3] = {70, 60, 60};
@@ -531,7 +531,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
-    print_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
+    report_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",

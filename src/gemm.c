@@ -28,8 +28,9 @@
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
    k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per step, in one fixed order, whatever the kernel,
-   the blocking or the number of threads. See "Determinism" below. */
+   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
+   step, in one fixed order, whatever the kernel, the blocking or the
+   number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    The thread pool: persistent workers, one entry point.
