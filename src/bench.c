@@ -423,8 +423,8 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
 void report_bars(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
-                const double *roof_share,   // (BENCH_LAYER_COUNT): % the roofline allows one core
-                const GemmKernel *kernel, double peak_one) {
+                 const double *roof_share,  // (BENCH_LAYER_COUNT): % the roofline allows one core
+                 const GemmKernel *kernel, double peak_one) {
     static const double bar[3] = {70, 60, 60};
     GemmContext *ctx = gemm_context_new(kernel, 1);
     printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread; the better of "
