@@ -52,12 +52,15 @@ build/tangle: src/tangle.c
 
 # Chapters are regenerated only when asked, so that `make chapter2` never
 # overwrites a chapter a reader has edited. tangle writes to a temporary file
-# first, so a failed run never leaves half a chapter.
+# first, so a failed run never leaves half a chapter; mktemp makes that file
+# anew (never through a link planted at its name), and mv renames it over
+# the chapter (never writing through a link there either).
 chapters: build/tangle
 	@mkdir -p chapters
 	@for n in $(CHAPTERS); do \
-	  build/tangle $$n $(SOURCES) > chapters/chapter$$n.c.tmp || exit 1; \
-	  mv chapters/chapter$$n.c.tmp chapters/chapter$$n.c; echo "  chapters/chapter$$n.c"; \
+	  tmp=$$(mktemp chapters/.chapter$$n.c.XXXXXX) || exit 1; \
+	  build/tangle $$n $(SOURCES) > $$tmp || { rm -f $$tmp; exit 1; }; \
+	  chmod 644 $$tmp && mv $$tmp chapters/chapter$$n.c; echo "  chapters/chapter$$n.c"; \
 	done
 
 # The committed chapters must be what src/ generates, and every starter
@@ -226,12 +229,15 @@ fuzz-smoke:
 
 # ---- For a class ------------------------------------------------------------
 # Starters are written once: a student's work in starter/ is never overwritten.
+# Each is written to a fresh temporary beside it (mktemp), then renamed.
 STARTER_DIR = starter
 starter: build/tangle
 	@mkdir -p $(STARTER_DIR)
 	@for n in $(CHAPTERS); do f=$(STARTER_DIR)/chapter$$n.c; \
-	  if [ -e $$f ]; then echo "  $$f exists: kept as it is (delete it for a fresh copy)"; \
-	  else build/tangle --starter $$n $(SOURCES) > $$f.tmp && mv $$f.tmp $$f && echo "  $$f"; fi; \
+	  if [ -e $$f ] || [ -L $$f ]; then echo "  $$f exists: kept as it is (delete it for a fresh copy)"; continue; fi; \
+	  tmp=$$(mktemp $(STARTER_DIR)/.chapter$$n.c.XXXXXX) || exit 1; \
+	  if build/tangle --starter $$n $(SOURCES) > $$tmp; then chmod 644 $$tmp && mv $$tmp $$f && echo "  $$f"; \
+	  else rm -f $$tmp; exit 1; fi; \
 	done
 
 EXERCISE_CHAPTER = $(firstword $(subst ., ,$(N)))

@@ -5,7 +5,11 @@
 #
 # A file's chapter is read from its first line ("/* chapterN.c - ...", as
 # every chapter and starter begins), or else from a "chapterN" in its name.
-# Nothing in DIR is changed.
+# Nothing in DIR is changed. Each file is built and checked by
+# tests/exercise.sh, in a temporary directory of its own, with a time limit
+# (EXERCISE_SECONDS, default 60): a file that loops is reported "timed out",
+# one that crashes "crashed (signal N)" with the checks it had passed, one
+# that exits in the middle "stopped", and the next file is graded all the same.
 dir=${1:?usage: sh tests/grade.sh DIR}
 [ -d "$dir" ] || { echo "$dir: not a directory"; exit 2; }
 printf '%-36s %-8s %-8s %s\n' file chapter passed "not yet"
@@ -18,11 +22,15 @@ for file in "$dir"/*.c; do
         continue
     fi
     out=$(sh tests/exercise.sh "$chapter" "$file" 2>&1)
-    case $? in
+    status=$?
+    case $status in
+        2) printf '%-36s %-8s %s\n' "$file" "$chapter" "no chapter $chapter"; continue ;;
         3) printf '%-36s %-8s %s\n' "$file" "$chapter" "does not compile"; continue ;;
     esac
-    total=$(printf '%s\n' "$out" | grep -c '^exercise ')
+    # Every exercise of the chapter counts, also those a crash left unchecked.
+    total=$(grep -h '//@ exercise [0-9]* ' src/*.c | awk '$3 <= '"$chapter"' { print $3 $4 }' | sort -u | wc -l | tr -d ' ')
     passed=$(printf '%s\n' "$out" | grep -c '^exercise .*: ok$')
     failing=$(printf '%s\n' "$out" | sed -n 's|^exercise \([^:]*\): not yet.*|\1|p' | tr '\n' ' ')
-    printf '%-36s %-8s %-8s %s\n' "$file" "$chapter" "$passed/$total" "${failing:--}"
+    why=$(printf '%s\n' "$out" | sed -n 's|^checks: \(timed out\).*|\1|p; s|^checks: \(crashed (signal [0-9]*)\).*|\1|p; s|^checks: \(stopped\) before their end with exit code \([0-9]*\).*|\1 (exit \2)|p')
+    printf '%-36s %-8s %-8s %s\n' "$file" "$chapter" "$passed/$total" "${why:+$why; }${failing:--}"
 done

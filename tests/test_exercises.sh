@@ -5,9 +5,11 @@
 # Every starter chapter must compile without a warning (gcc, and clang where
 # it is installed); the exercise checks must all pass on the full chapters
 # and, on each starter, fail for exactly the exercises of that chapter;
-# `make starter` must never overwrite a student's file; the grading table
-# must say the right thing for a good, a starter, a broken and an unnamed
-# file. Ends with "N passed, N failed".
+# `make starter` must never overwrite a student's file, nor write through a
+# link planted beside it; the grading table must say the right thing for a
+# good, a starter, a broken and an unnamed file, and for files that exit,
+# crash, loop, fork or carry quotes in their names. Ends with "N passed, N
+# failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
 work=build/classroom
@@ -46,6 +48,13 @@ echo "/* my work */" >> "$work/starter/chapter2.c"
 make -s starter STARTER_DIR="$work/starter" > "$work/again.log" 2>&1
 check "make starter does not overwrite a student's file" "tail -n 1 $work/starter/chapter2.c | grep -q 'my work' && grep -q 'exists: kept' $work/again.log"
 
+# make starter writes its temporaries anew, never through a planted link.
+planted=$work/planted
+mkdir -p "$planted" && echo "not yours" > "$work/outside" && ln -s "$PWD/$work/outside" "$planted/chapter1.c.tmp"
+make -s starter STARTER_DIR="$planted" > "$work/planted.log" 2>&1
+check "make starter does not write through a link planted at its temporary's name" \
+    "[ \"\$(cat $work/outside)\" = 'not yours' ] && [ -f $planted/chapter1.c ] && [ ! -L $planted/chapter1.c ]"
+
 # One exercise at a time, and an unknown one.
 make -s check-exercise N=2.adam FILE=chapters/chapter2.c > "$work/one.log" 2>&1
 check "check-exercise runs one exercise" "[ \$? = 0 ] && [ \"\$(cat $work/one.log)\" = 'exercise 2.adam: ok' ]"
@@ -69,6 +78,41 @@ check "grade: a starter fails its chapter's exercises" "grep -q 'bob.c  *6  *6/8
 check "grade: a broken file" "grep -q 'carol.c  *3  *does not compile' $work/grade.log"
 check "grade: a file with no chapter" "grep -q 'dan.c  *?' $work/grade.log"
 
-[ $failed = 0 ] || cat "$work/grade.log"
+# Submissions that fight back: each is graded for what it is, the table is
+# finished, and nothing is left running. Made from the book's chapters by
+# putting one statement at the start of an exercise's function.
+hostile=$work/hostile
+mkdir -p "$hostile"
+inject() {  # FUNCTION-START STATEMENT FILE: STATEMENT after the first "{" that ends a line of FUNCTION
+    awk -v fn="$1" -v code="$2" 'index($0, fn) == 1 { armed = 1 } { print } armed && /\{ *$/ { print code; armed = 0 }' "$3"
+}
+inject 'void softmax_cross_entropy_backward(' '    exit(0);' chapters/chapter2.c > "$hostile/exits_chapter2.c"
+inject 'void softmax_cross_entropy_backward(' '    *(volatile int *)0 = 1;' chapters/chapter2.c > "$hostile/crashes_chapter2.c"
+inject 'uint32_t read_big_endian_u32(' '    for (volatile int forever = 1; forever;) {}' chapters/chapter1.c > "$hostile/loops_chapter1.c"
+inject 'uint32_t read_big_endian_u32(' '    if (fork() == 0) { sleep(600); _exit(0); }' chapters/chapter1.c > "$hostile/forks_chapter1.c"
+cp chapters/chapter2.c "$hostile/q\"uote \$(touch PWNED)_chapter2.c"
+rm -f PWNED
+for f in exits_chapter2 crashes_chapter2 loops_chapter1 forks_chapter1; do
+    check "the hostile submission $f was made (one line added)" \
+        "[ \$(diff chapters/chapter\${f#*_chapter}.c $hostile/$f.c | grep -c '^>') = 1 ]"
+done
+started=$(date +%s)
+EXERCISE_SECONDS=5 make -s grade DIR="$hostile" > "$work/hostile.log" 2>&1
+check "grade finishes in bounded time (a loop is cut at EXERCISE_SECONDS)" "[ \$(( \$(date +%s) - started )) -lt 120 ]"
+check "grade: exit(0) inside a check does not pass it" "grep -q 'exits_chapter2.c  *2  *1/3  *stopped (exit 0)' $work/hostile.log"
+check "grade: a crash is reported, with the checks passed before it" "grep -q 'crashes_chapter2.c  *2  *1/3  *crashed (signal 11)' $work/hostile.log"
+check "grade: a loop times out, and the next file is graded" "grep -q 'loops_chapter1.c  *1  *0/1  *timed out' $work/hostile.log && grep -q 'q.uote' $work/hostile.log"
+check "grade: a fork is graded, and its child killed" "grep -q 'forks_chapter1.c  *1  *1/1  *-' $work/hostile.log && ! pgrep -f 'sleep(600)' > /dev/null && [ -z \"\$(ps -eo args | grep '^./checks\$')\" ]"
+check "grade: a name with quotes and \$(...) is graded, and never run" "grep -q 'PWNED)_chapter2.c  *2  *3/3  *-' $work/hostile.log && [ ! -e PWNED ]"
+sh tests/exercise.sh 2 "$hostile/exits_chapter2.c" 2.softmax-backward > "$work/exits.log" 2>&1
+check "check-exercise: exit(0) is exit code 5, not 0" "[ \$? = 5 ] && grep -q 'stopped before their end with exit code 0' $work/exits.log"
+
+# Messages that name the real mistake.
+make -s check-exercise N=9.adam > "$work/nine.log" 2>&1
+check "N=9.adam: no chapter 9, and no advice to open starter/chapter9.c" "[ \$? != 0 ] && grep -q \"no chapter '9'\" $work/nine.log && ! grep -q 'chapter9.c' $work/nine.log"
+make -s check-exercise N=9.adam FILE=chapters/chapter2.c > "$work/nine.log" 2>&1
+check "a bad N with a good FILE is not 'does not compile'" "[ \$? != 0 ] && grep -q \"no chapter '9'\" $work/nine.log && ! grep -q 'does not compile' $work/nine.log"
+
+[ $failed = 0 ] || cat "$work/grade.log" "$work/hostile.log"
 echo "$passed passed, $failed failed"
 [ $failed = 0 ]
