@@ -714,6 +714,8 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
                         spec->name, spec->value_name, text,
                         path ? "; to name a file or directory that begins with --, write ./" : "", path ? text : "");
         }
+        if (*text == '\0')  // an empty DIR or FILE would be the current directory, or no file at all
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), not an empty word", spec->name, spec->value_name);
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;

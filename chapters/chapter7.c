@@ -88,6 +88,8 @@
     X(EXIT_CHECKPOINT_DAMAGED, 21, "a checkpoint is damaged: a checksum or a value is wrong") \
     X(EXIT_CHECKPOINT_MODEL, 22, "a checkpoint holds another model, or tensors of other shapes") \
     X(EXIT_CHECKPOINT_OPTIONS, 23, "--resume with options that differ from the checkpoint's run") \
+    X(EXIT_CHECKPOINT_DATA, 24, "a checkpoint's run learned from other data than --data gives") \
+    X(EXIT_CHECKPOINT_BUSY, 25, "another run is writing the same checkpoints (its lock is held)") \
     X(EXIT_INTERRUPTED, 130, "interrupted (Ctrl-C, SIGTERM or --stop-after): a checkpoint to resume from was saved") \
     X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
     /* end of EXIT_CODES */
@@ -910,6 +912,8 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
                         spec->name, spec->value_name, text,
                         path ? "; to name a file or directory that begins with --, write ./" : "", path ? text : "");
         }
+        if (*text == '\0')  // an empty DIR or FILE would be the current directory, or no file at all
+            return fail(err, EXIT_USAGE, "%s needs a value (%s), not an empty word", spec->name, spec->value_name);
         if (spec->choices && !is_choice(text, spec->choices))
             return fail(err, EXIT_USAGE, "%s takes one of %s, not '%s'", spec->name, spec->choices, text);
         *(const char **)spec->target = text;
@@ -4608,6 +4612,8 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
            and, in chapter 7's files, --augment (u32: 0 or 1)
+           then the data it learns from: training and validation images
+           (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
            its loss sum (float64), correct and seen (u64); the best
            validation loss (float32), its epoch, the epochs without
@@ -4628,7 +4634,8 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
    its range, all before one value is copied into the model; each kind of
    damage has its own message and exit code. */
 
-enum { CHECKPOINT_VERSION = 1, CHECKPOINT_SECTIONS = 6 };
+// Version 2 records the data a run learns from (DataKey); version 1 did not.
+enum { CHECKPOINT_VERSION = 2, CHECKPOINT_SECTIONS = 6 };
 // Chapter 7 writes the same format with one more option in RUN (--augment)
 // and reads chapter 6's files too: the same runs, so the comparison can
 // build on the long runs chapter 6 already made.
@@ -4654,16 +4661,42 @@ uint32_t crc32_update(uint32_t crc, const unsigned char *bytes, size_t size) {
     return ~crc;
 }
 
-// The options that shape a run's numbers; a resumed run must have the same.
+/* The data a run learns from: how many training and validation images, and
+   the CRC-32 of their pixels (each as the byte it was read from) and their
+   labels. Other files of the same size would otherwise pass for these: MNIST
+   has exactly Fashion-MNIST's counts, and a run resumed on it, or a result
+   reused for it, would be another experiment's numbers under this one's name. */
+typedef struct {
+    uint32_t train_count, validation_count, crc;
+} DataKey;
+
+uint32_t dataset_crc(uint32_t crc, const Dataset *d) {
+    unsigned char pixels[IMAGE_SIZE];
+    for (int i = 0; i < d->count; i++) {
+        // b / 255 was rounded to the nearest float; times 255 it rounds back to b
+        for (int p = 0; p < IMAGE_SIZE; p++) pixels[p] = (unsigned char)lroundf(255.0f * d->images[(size_t)i * IMAGE_SIZE + p]);
+        crc = crc32_update(crc, pixels, IMAGE_SIZE);
+    }
+    return crc32_update(crc, d->labels, (size_t)d->count);
+}
+
+DataKey data_key(const Dataset *train, const Dataset *validation) {
+    return (DataKey){.train_count = (uint32_t)train->count, .validation_count = (uint32_t)validation->count,
+                     .crc = dataset_crc(dataset_crc(0, train), validation)};
+}
+
+// The options that shape a run's numbers, and its data; a resumed run must
+// have the same.
 typedef struct {
     char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+    DataKey data;
 } RunKey;
 
-RunKey run_key(const Options *o) {
-    RunKey k = {.seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
+RunKey run_key(const Options *o, DataKey data) {
+    RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
     k.augment = (uint32_t)o->augment;
     snprintf(k.model, sizeof k.model, "%s", o->model);
@@ -4770,6 +4803,8 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
         put_uint(p, s->key.seed, 4), put_uint(p, s->key.batch, 4), put_uint(p, s->key.limit, 4);
         put_uint(p, s->key.epochs, 4), put_uint(p, s->key.patience, 4), put_f64(p, s->key.learning_rate);
         put_uint(p, s->key.augment, 4);
+        put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
+        put_uint(p, s->key.data.crc, 4);
         break;
     case SECTION_PROGRESS:
         put_uint(p, (uint64_t)s->run.epochs_done, 4), put_uint(p, (uint64_t)s->run.epoch.batches_done, 4);
@@ -4936,7 +4971,8 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     uint32_t sections = (uint32_t)take_uint(&r, 4);
     if (version != CHECKPOINT_VERSION)
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: format version %u, but this program reads version %d%s. %s",
-                    f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)" : "",
+                    f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)"
+                    : " (an older program wrote it, before checkpoints recorded the data they were trained on)",
                     CHECKPOINT_FIX);
     if (chapter == 6) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
     if (chapter != CHECKPOINT_CHAPTER)
@@ -4962,8 +4998,9 @@ int check_checkpoint_sections(CheckpointFile *f, Error *err) {
         ByteReader r = {f->bytes + at + 4, 4, 0, 1};
         size_t length = (size_t)take_uint(&r, 4);
         if (f->size - at - 8 < 4 || length > f->size - at - 8 - 4)
-            return fail(err, EXIT_CHECKPOINT_TRUNCATED, "%s: section %s promises %zu bytes, but only %zu are left: "
-                        "the file is truncated. %s", f->path, tag, length, f->size - at - 8, CHECKPOINT_FIX);
+            return fail(err, EXIT_CHECKPOINT_TRUNCATED, "%s: section %s promises %zu bytes and a 4-byte checksum, "
+                        "but only %zu bytes are left: the file is truncated. %s", f->path, tag, length,
+                        f->size - at - 8, CHECKPOINT_FIX);
         ByteReader crc = {f->bytes + at + 8 + length, 4, 0, 1};
         if ((uint32_t)take_uint(&crc, 4) != crc32_update(0, f->bytes + at, 8 + length))
             return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: section %s fails its CRC-32 check: the bytes changed "
@@ -4999,9 +5036,13 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->learning_rate = take_f64(&r);
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+    k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);
+    k->data.crc = (uint32_t)take_uint(&r, 4);
     if (!r.ok || r.at != r.size) return damaged(f, "the RUN section has the wrong length", err);
     if (!is_choice(k->optimizer, "adam|sgd") || k->seed > 2147483647u || k->batch < 1 || k->batch > 4096 ||
-        k->limit > 54000 || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
+        k->limit > 54000 || k->data.train_count < 1 || k->data.train_count > 2147483647u ||
+        (k->limit && k->data.train_count > k->limit) || k->data.validation_count < 1 ||
+        k->data.validation_count > VALIDATION_COUNT || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
         !(k->learning_rate >= 1e-9 && k->learning_rate <= 10))
         return damaged(f, "the RUN section holds an option out of its range", err);
     if (!is_choice(k->model, MODEL_NAMES))
@@ -5072,6 +5113,10 @@ int take_tensors(const CheckpointFile *f, ByteReader *r, const char *section, co
     return r->ok && r->at == r->size ? 0 : damaged(f, "a tensor list has the wrong length", err);
 }
 
+// A run's seconds, summed over all its sessions: more than a year of
+// training is not a run of this book's, whatever the checksums say.
+#define MAX_RUN_SECONDS (366.0 * 24 * 3600)
+
 // The PROG section, against what the run's options allow: `batches` is the
 // number of batches in one epoch of this run.
 int take_progress(const CheckpointFile *f, int batches, RunState *run, Error *err) {
@@ -5091,23 +5136,39 @@ int take_progress(const CheckpointFile *f, int batches, RunState *run, Error *er
         run->epoch.correct >= 0 && run->epoch.correct <= run->epoch.seen &&
         isfinite(run->epoch.loss_sum) && run->epoch.loss_sum >= 0 &&
         s->best_epoch >= 0 && s->best_epoch <= run->epochs_done && (s->best_epoch == 0) == (run->epochs_done == 0) &&
-        (s->best_epoch ? isfinite(s->best_loss) : s->best_loss == INFINITY) &&
+        (s->best_epoch ? isfinite(s->best_loss) && s->best_loss >= 0 : s->best_loss == INFINITY) &&
         s->epochs_without_improvement == run->epochs_done - s->best_epoch &&
         (run->stopped == 0 || (run->stopped == 1 && run->epoch.batches_done == 0)) &&
-        isfinite(run->seconds) && run->seconds >= 0;
+        run->stopped == (s->epochs_without_improvement >= s->patience) &&
+        isfinite(run->seconds) && run->seconds >= 0 && run->seconds <= MAX_RUN_SECONDS;
     return consistent ? 0 : damaged(f, "the PROG section does not add up (epochs, batches, counters)", err);
 }
 
+/* The HIST section, each value in its range (losses are cross-entropies,
+   never negative; accuracies are fractions), and in agreement with PROG:
+   the best epoch is the first with the lowest validation loss (early
+   stopping keeps a loss only when it is strictly lower), and the epochs'
+   seconds add up to no more than the run's. */
 int take_history(const CheckpointFile *f, int batches, const RunState *run, History *h, Error *err) {
     ByteReader r = section_reader(f, SECTION_HISTORY);
-    int finite = 1;
+    int finite = 1, in_range = 1;
+    double seconds = 0;
+    const EarlyStopping *s = &run->stopping;
     h->epochs = run->epochs_done;
     for (int e = 0; e < h->epochs; e++) {
         float row[5];
         finite &= take_floats(&r, row, 5);
         h->train_loss[e] = row[0], h->train_accuracy[e] = row[1];
         h->validation_loss[e] = row[2], h->validation_accuracy[e] = row[3], h->seconds[e] = row[4];
+        in_range &= row[0] >= 0 && row[1] >= 0 && row[1] <= 1 && row[2] >= 0 && row[3] >= 0 && row[3] <= 1 &&
+                    row[4] >= 0;
+        in_range &= e + 1 < s->best_epoch ? row[2] > s->best_loss : e + 1 == s->best_epoch ? row[2] == s->best_loss
+                                                                                         : row[2] >= s->best_loss;
+        seconds += row[4];
     }
+    if (r.ok && finite && (!in_range || seconds > run->seconds * (1 + 1e-6) + 1e-3))
+        return damaged(f, "the HIST section disagrees with PROG (the best epoch, its loss, the seconds) or holds "
+                       "a value out of its range", err);
     long count = (long)take_uint(&r, 4);
     if (!r.ok || count != (long)run->epochs_done * batches + run->epoch.batches_done || count > h->batch_capacity)
         return damaged(f, "the HIST section does not match the run's epochs and batches", err);
@@ -5206,7 +5267,9 @@ typedef struct {
     RunState run;
     History *history;
     float *best;  // (param_count + state_count)
-    char best_path[1100], last_path[1100];
+    char best_path[1100], last_path[1100], lock_path[1100];
+    const char *best_saved_in;  // the file that holds the best weights: best_path, or the one resumed from
+    int lock;                   // the lock file's descriptor while the run holds it, else -1
 } Run;
 
 RunSnapshot run_snapshot(const Run *r) {
@@ -5247,22 +5310,86 @@ int make_directory(const char *path, const char *option, Error *err) {
     return 0;
 }
 
-// Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
-// (chapter 7: MODEL-augment-seedN-... for a run with --augment, and
-// MODEL-quick-seedN-... for --quick).
-void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
-    // --quick's runs see fewer validation images, which RUN does not record: a name of their own.
-    snprintf(path, size, "%s/%s%s%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->quick ? "-quick" : "", o->seed, which);
+// Where a run's files go: DIR/MODEL-seedN-best.ckpt, -last.ckpt, and .lock
+// while it runs (`ending`: "-best.ckpt", "-last.ckpt", ".lock"); chapter 7:
+// MODEL-augment-seedN... for a run with --augment, MODEL-quick-seedN... for
+// --quick.
+void checkpoint_path(const Options *o, const char *ending, char *path, size_t size) {
+    // --quick's runs are runs of their own (fewer images): a name of their own too.
+    snprintf(path, size, "%s/%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->quick ? "-quick" : "", o->seed, ending);
 }
 
 // The checkpoints directory, made if it is not there.
 int make_checkpoint_paths(Run *r, Error *err) {
     const Options *o = r->options;
     if (make_directory(o->checkpoints, "--checkpoints", err)) return err->code;
-    checkpoint_path(o, "best", r->best_path, sizeof r->best_path);
-    checkpoint_path(o, "last", r->last_path, sizeof r->last_path);
+    checkpoint_path(o, "-best.ckpt", r->best_path, sizeof r->best_path);
+    checkpoint_path(o, "-last.ckpt", r->last_path, sizeof r->last_path);
+    checkpoint_path(o, ".lock", r->lock_path, sizeof r->lock_path);
     return 0;
+}
+
+/* One run at a time on a pair of checkpoints: two runs writing the same
+   MODEL-seedN files would each end by reporting weights that the other may
+   have written over. A run holds a POSIX record lock (fcntl) on
+   DIR/MODEL-seedN.lock while it trains. The system drops the lock when the
+   process ends, however it ends, so a crash never leaves a run locked out.
+   The file is opened without following a link and must be a regular file
+   (a FIFO planted there would otherwise block), and it is removed at the
+   end. A run that ends removes the name while holding the lock, so a run
+   that opened the old file just before must check, once locked, that the
+   name is still its file; if not, it tries again. */
+int lock_run(Run *r, Error *err) {
+#if HAVE_POSIX
+    for (int attempt = 0; attempt < 10; attempt++) {
+        int fd = open(r->lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return fail(err, EXIT_WRITE, "%s: cannot open the run's lock file (%s). Remove what is at that name, "
+                        "or choose another --checkpoints DIR.", r->lock_path, strerror(errno));
+        struct stat held, named;
+        if (fstat(fd, &held) != 0 || !S_ISREG(held.st_mode)) {
+            close(fd);
+            return fail(err, EXIT_WRITE, "%s: the run's lock file is not a regular file. Remove it, or choose "
+                        "another --checkpoints DIR.", r->lock_path);
+        }
+        struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (fcntl(fd, F_SETLK, &lock) != 0) {
+            int why = errno;
+            struct flock holder = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+            long pid = fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK ? (long)holder.l_pid : 0;
+            close(fd);
+            if (why != EACCES && why != EAGAIN)
+                return fail(err, EXIT_WRITE, "%s: cannot lock the run's lock file (%s); choose another "
+                            "--checkpoints DIR.", r->lock_path, strerror(why));
+            return fail(err, EXIT_CHECKPOINT_BUSY, "%s: another run (process %ld) is training into %s and %s; two "
+                        "runs writing one pair of checkpoints would each report weights the other may have "
+                        "written. Wait until it ends, or give this run another --checkpoints DIR.", r->lock_path,
+                        pid, r->best_path, r->last_path);
+        }
+        if (lstat(r->lock_path, &named) == 0 && named.st_dev == held.st_dev && named.st_ino == held.st_ino) {
+            r->lock = fd;
+            return 0;
+        }
+        close(fd);  // the run before removed the name after we opened it: that lock guards nothing
+    }
+    return fail(err, EXIT_CHECKPOINT_BUSY, "%s: other runs keep taking the lock; give this run another "
+                "--checkpoints DIR.", r->lock_path);
+#else
+    (void)r, (void)err;
+    return 0;
+#endif
+}
+
+void unlock_run(Run *r) {
+#if HAVE_POSIX
+    if (r->lock < 0) return;
+    unlink(r->lock_path);  // while still locked: see lock_run
+    close(r->lock);
+    r->lock = -1;
+#else
+    (void)r;
+#endif
 }
 
 // A word as the shell reads it back: quoted unless it is plainly safe.
@@ -5316,6 +5443,7 @@ int end_epoch(Run *r, int epoch, float validation_loss, Error *err) {
         memcpy(r->best, g->params, g->param_count * sizeof(float));
         memcpy(r->best + g->param_count, g->state, g->state_count * sizeof(float));
         if (save_run(r, r->best_path, err)) return err->code;
+        r->best_saved_in = r->best_path;
     }
     if (save_run(r, r->last_path, err)) return err->code;
     if (decision == STOPPING_STOP)
@@ -5379,11 +5507,25 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
 
 static const char RESUME_ADVICE[] = " For a comparison with other options, give it another --checkpoints DIR.";
 
-// A resumed run must be the same run: the same model and every option that
+// A checkpoint's run must have learned from these data (DataKey): a resumed
+// run, a result reused by chapter 7 or an --evaluate would otherwise mix two
+// experiments. Not damage: the file is sound, it belongs to other data.
+int check_data_key(const CheckpointFile *f, const Options *o, const DataKey *here, Error *err) {
+    const DataKey *k = &f->key.data;
+    if (k->train_count == here->train_count && k->validation_count == here->validation_count && k->crc == here->crc)
+        return 0;
+    return fail(err, EXIT_CHECKPOINT_DATA, "%s: the run that saved this checkpoint learned from other data: %u "
+                "training and %u validation images with fingerprint %08x, where --data %s gives %u and %u with "
+                "%08x. The file is sound; it belongs to other data. Pass the --data DIR that run had.%s", f->path,
+                k->train_count, k->validation_count, k->crc, o->data_dir, here->train_count,
+                here->validation_count, here->crc, RESUME_ADVICE);
+}
+
+// A resumed run must be the same run: the same model, every option that
 // shapes its numbers (not --threads or --kernel: the blocked kernels give
-// the same bits on any of them).
-int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
-    RunKey want = run_key(o);
+// the same bits on any of them), and the same data.
+int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *data, Error *err) {
+    RunKey want = run_key(o, *data);
     const RunKey *k = &f->key;
     if (strcmp(k->model, want.model) != 0)
         return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of the %s model, but this run trains --model %s. "
@@ -5392,7 +5534,7 @@ int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
     if (!differs && k->augment != want.augment) differs = "--augment";
-    if (!differs) return 0;
+    if (!differs) return check_data_key(f, o, data, err);
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
                 "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.%s", f->path, differs,
@@ -5414,7 +5556,7 @@ int resume_run(Run *r, int batches, Error *err) {
     CheckpointFile f;
     RunSnapshot s;
     if (open_checkpoint(r->options->resume, &f, err)) return err->code;
-    int status = check_resume_key(&f, r->options, err);
+    int status = check_resume_key(&f, r->options, &r->key.data, err);
     if (!status) status = read_run_snapshot(&f, r->graph, batches, &s, err);
     checkpoint_file_free(&f);
     if (status) return status;
@@ -5430,6 +5572,9 @@ int resume_run(Run *r, int batches, Error *err) {
     }
     r->run = s.run;
     history_copy(r->history, s.history);
+    // The best weights are in the file resumed from (its BEST section), and
+    // in this run's -best.ckpt only if that is where the run was saving.
+    r->best_saved_in = strcmp(r->options->resume, r->last_path) == 0 ? r->best_path : r->options->resume;
     printf("resuming from %s: %d epoch%s done, %d batch%s of the next; best validation loss %.4f at epoch %d\n",
            r->options->resume, r->run.epochs_done, r->run.epochs_done == 1 ? "" : "s", r->run.epoch.batches_done,
            r->run.epoch.batches_done == 1 ? "" : "es", r->run.stopping.best_loss, r->run.stopping.best_epoch);
@@ -5445,20 +5590,22 @@ int resume_run(Run *r, int batches, Error *err) {
 int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
                  const Options *o, History *h, Result *result, Error *err) {
     Graph *g = m->graph;
-    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o),
-             .run = {.stopping = early_stopping_new(o->patience)}, .history = h};
+    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
+             .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
     r.best = xmalloc((g->param_count + g->state_count) * sizeof(float));
     memcpy(r.best, g->params, g->param_count * sizeof(float));
     memcpy(r.best + g->param_count, g->state, g->state_count * sizeof(float));
     int batches = (train_set->count + o->batch - 1) / o->batch;
     int status = make_checkpoint_paths(&r, err);
+    if (!status) status = lock_run(&r, err);
     if (!status && o->resume) status = resume_run(&r, batches, err);
-    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from)\n", r.best_path, r.last_path);
+    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
+                        r.best_path, r.last_path, r.lock_path);
     if (!status) status = run_epochs(&r, train_set, validation, err);
     if (!status) {
         if (!r.run.stopped) printf("reached --epochs %d\n", (int)r.key.epochs);
         printf("testing the weights of epoch %d (validation loss %.4f), as saved in %s\n",
-               r.run.stopping.best_epoch, r.run.stopping.best_loss, r.best_path);
+               r.run.stopping.best_epoch, r.run.stopping.best_loss, r.best_saved_in ? r.best_saved_in : r.best_path);
         memcpy(g->params, r.best, g->param_count * sizeof(float));
         memcpy(g->state, r.best + g->param_count, g->state_count * sizeof(float));
     }
@@ -5466,6 +5613,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     result->best_epoch = r.run.stopping.best_epoch;
     result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
+    unlock_run(&r);
     free(r.best);
     return status;
 }
@@ -5474,10 +5622,13 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
 
 // The test set on the best weights of a checkpoint, read and checked
 // against the model built for it (`m`, of the model the file names).
-int evaluate_checkpoint(Model *m, const CheckpointFile *f, const FashionMnist *data, Result *result, Error *err) {
+int evaluate_checkpoint(Model *m, const CheckpointFile *f, const Options *o, const FashionMnist *data,
+                        Result *result, Error *err) {
     Graph *g = m->graph;
     Dataset train_set = data->train;
     if (f->key.limit && (int)f->key.limit < train_set.count) train_set.count = (int)f->key.limit;
+    DataKey here = data_key(&train_set, &data->validation);
+    if (check_data_key(f, o, &here, err)) return err->code;
     RunSnapshot s;
     if (read_run_snapshot(f, g, (train_set.count + (int)f->key.batch - 1) / (int)f->key.batch, &s, err)) return err->code;
     memcpy(g->params, s.best_params, g->param_count * sizeof(float));
@@ -5716,7 +5867,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     Options o = *base;
     o.model = model, o.seed = seed;
     char last[1100];
-    checkpoint_path(&o, "last", last, sizeof last);
+    checkpoint_path(&o, "-last.ckpt", last, sizeof last);
     if (file_exists(last)) o.resume = last;
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
     if (seed == base->seed) print_model_summary(&net, model);
@@ -5783,6 +5934,8 @@ void print_comparison_eta(const Comparison *c, const Options *o, double seconds,
    checkpoint in the way that belongs to a run with other options (or is
    damaged). */
 int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *data, Error *err) {
+    Dataset train_set = training_set(data, o);
+    DataKey here = data_key(&train_set, &data->validation);
     for (int i = 0; i < c->model_count; i++) {
         GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
         size_t state_count = sizing.graph->state_count;
@@ -5793,11 +5946,11 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
             Options run = *o;
             run.model = c->names[i], run.seed = o->seed + s;
             char last[1100];
-            checkpoint_path(&run, "last", last, sizeof last);
+            checkpoint_path(&run, "-last.ckpt", last, sizeof last);
             if (!file_exists(last)) continue;
             CheckpointFile f;
             if (open_checkpoint(last, &f, err)) return err->code;
-            int status = check_resume_key(&f, &run, err);
+            int status = check_resume_key(&f, &run, &here, err);
             checkpoint_file_free(&f);
             if (status) return status;
         }

@@ -22,6 +22,8 @@
 //@ from 7
            and, in chapter 7's files, --augment (u32: 0 or 1)
 //@ end
+           then the data it learns from: training and validation images
+           (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
            its loss sum (float64), correct and seen (u64); the best
            validation loss (float32), its epoch, the epochs without
@@ -42,7 +44,8 @@
    its range, all before one value is copied into the model; each kind of
    damage has its own message and exit code. */
 
-enum { CHECKPOINT_VERSION = 1, CHECKPOINT_SECTIONS = 6 };
+// Version 2 records the data a run learns from (DataKey); version 1 did not.
+enum { CHECKPOINT_VERSION = 2, CHECKPOINT_SECTIONS = 6 };
 //@ from 6 to 6
 enum { CHECKPOINT_CHAPTER = 6 };
 //@ end
@@ -78,7 +81,32 @@ uint32_t crc32_update(uint32_t crc, const unsigned char *bytes, size_t size) {
     //@ end
 }
 
-// The options that shape a run's numbers; a resumed run must have the same.
+/* The data a run learns from: how many training and validation images, and
+   the CRC-32 of their pixels (each as the byte it was read from) and their
+   labels. Other files of the same size would otherwise pass for these: MNIST
+   has exactly Fashion-MNIST's counts, and a run resumed on it, or a result
+   reused for it, would be another experiment's numbers under this one's name. */
+typedef struct {
+    uint32_t train_count, validation_count, crc;
+} DataKey;
+
+uint32_t dataset_crc(uint32_t crc, const Dataset *d) {
+    unsigned char pixels[IMAGE_SIZE];
+    for (int i = 0; i < d->count; i++) {
+        // b / 255 was rounded to the nearest float; times 255 it rounds back to b
+        for (int p = 0; p < IMAGE_SIZE; p++) pixels[p] = (unsigned char)lroundf(255.0f * d->images[(size_t)i * IMAGE_SIZE + p]);
+        crc = crc32_update(crc, pixels, IMAGE_SIZE);
+    }
+    return crc32_update(crc, d->labels, (size_t)d->count);
+}
+
+DataKey data_key(const Dataset *train, const Dataset *validation) {
+    return (DataKey){.train_count = (uint32_t)train->count, .validation_count = (uint32_t)validation->count,
+                     .crc = dataset_crc(dataset_crc(0, train), validation)};
+}
+
+// The options that shape a run's numbers, and its data; a resumed run must
+// have the same.
 typedef struct {
     char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
@@ -86,10 +114,11 @@ typedef struct {
 //@ from 7
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
 //@ end
+    DataKey data;
 } RunKey;
 
-RunKey run_key(const Options *o) {
-    RunKey k = {.seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
+RunKey run_key(const Options *o, DataKey data) {
+    RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
 //@ from 7
     k.augment = (uint32_t)o->augment;
@@ -200,6 +229,8 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
 //@ from 7
         put_uint(p, s->key.augment, 4);
 //@ end
+        put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
+        put_uint(p, s->key.data.crc, 4);
         break;
     case SECTION_PROGRESS:
         put_uint(p, (uint64_t)s->run.epochs_done, 4), put_uint(p, (uint64_t)s->run.epoch.batches_done, 4);
@@ -372,7 +403,8 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
     uint32_t sections = (uint32_t)take_uint(&r, 4);
     if (version != CHECKPOINT_VERSION)
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: format version %u, but this program reads version %d%s. %s",
-                    f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)" : "",
+                    f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)"
+                    : " (an older program wrote it, before checkpoints recorded the data they were trained on)",
                     CHECKPOINT_FIX);
 //@ from 7
     if (chapter == 6) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
@@ -400,8 +432,9 @@ int check_checkpoint_sections(CheckpointFile *f, Error *err) {
         ByteReader r = {f->bytes + at + 4, 4, 0, 1};
         size_t length = (size_t)take_uint(&r, 4);
         if (f->size - at - 8 < 4 || length > f->size - at - 8 - 4)
-            return fail(err, EXIT_CHECKPOINT_TRUNCATED, "%s: section %s promises %zu bytes, but only %zu are left: "
-                        "the file is truncated. %s", f->path, tag, length, f->size - at - 8, CHECKPOINT_FIX);
+            return fail(err, EXIT_CHECKPOINT_TRUNCATED, "%s: section %s promises %zu bytes and a 4-byte checksum, "
+                        "but only %zu bytes are left: the file is truncated. %s", f->path, tag, length,
+                        f->size - at - 8, CHECKPOINT_FIX);
         ByteReader crc = {f->bytes + at + 8 + length, 4, 0, 1};
         if ((uint32_t)take_uint(&crc, 4) != crc32_update(0, f->bytes + at, 8 + length))
             return fail(err, EXIT_CHECKPOINT_DAMAGED, "%s: section %s fails its CRC-32 check: the bytes changed "
@@ -439,9 +472,13 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
 //@ end
+    k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);
+    k->data.crc = (uint32_t)take_uint(&r, 4);
     if (!r.ok || r.at != r.size) return damaged(f, "the RUN section has the wrong length", err);
     if (!is_choice(k->optimizer, "adam|sgd") || k->seed > 2147483647u || k->batch < 1 || k->batch > 4096 ||
-        k->limit > 54000 || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
+        k->limit > 54000 || k->data.train_count < 1 || k->data.train_count > 2147483647u ||
+        (k->limit && k->data.train_count > k->limit) || k->data.validation_count < 1 ||
+        k->data.validation_count > VALIDATION_COUNT || k->epochs < 1 || k->epochs > 1000 || k->patience < 1 || k->patience > 1000 ||
         !(k->learning_rate >= 1e-9 && k->learning_rate <= 10))
         return damaged(f, "the RUN section holds an option out of its range", err);
     if (!is_choice(k->model, MODEL_NAMES))
@@ -512,6 +549,10 @@ int take_tensors(const CheckpointFile *f, ByteReader *r, const char *section, co
     return r->ok && r->at == r->size ? 0 : damaged(f, "a tensor list has the wrong length", err);
 }
 
+// A run's seconds, summed over all its sessions: more than a year of
+// training is not a run of this book's, whatever the checksums say.
+#define MAX_RUN_SECONDS (366.0 * 24 * 3600)
+
 // The PROG section, against what the run's options allow: `batches` is the
 // number of batches in one epoch of this run.
 int take_progress(const CheckpointFile *f, int batches, RunState *run, Error *err) {
@@ -531,23 +572,39 @@ int take_progress(const CheckpointFile *f, int batches, RunState *run, Error *er
         run->epoch.correct >= 0 && run->epoch.correct <= run->epoch.seen &&
         isfinite(run->epoch.loss_sum) && run->epoch.loss_sum >= 0 &&
         s->best_epoch >= 0 && s->best_epoch <= run->epochs_done && (s->best_epoch == 0) == (run->epochs_done == 0) &&
-        (s->best_epoch ? isfinite(s->best_loss) : s->best_loss == INFINITY) &&
+        (s->best_epoch ? isfinite(s->best_loss) && s->best_loss >= 0 : s->best_loss == INFINITY) &&
         s->epochs_without_improvement == run->epochs_done - s->best_epoch &&
         (run->stopped == 0 || (run->stopped == 1 && run->epoch.batches_done == 0)) &&
-        isfinite(run->seconds) && run->seconds >= 0;
+        run->stopped == (s->epochs_without_improvement >= s->patience) &&
+        isfinite(run->seconds) && run->seconds >= 0 && run->seconds <= MAX_RUN_SECONDS;
     return consistent ? 0 : damaged(f, "the PROG section does not add up (epochs, batches, counters)", err);
 }
 
+/* The HIST section, each value in its range (losses are cross-entropies,
+   never negative; accuracies are fractions), and in agreement with PROG:
+   the best epoch is the first with the lowest validation loss (early
+   stopping keeps a loss only when it is strictly lower), and the epochs'
+   seconds add up to no more than the run's. */
 int take_history(const CheckpointFile *f, int batches, const RunState *run, History *h, Error *err) {
     ByteReader r = section_reader(f, SECTION_HISTORY);
-    int finite = 1;
+    int finite = 1, in_range = 1;
+    double seconds = 0;
+    const EarlyStopping *s = &run->stopping;
     h->epochs = run->epochs_done;
     for (int e = 0; e < h->epochs; e++) {
         float row[5];
         finite &= take_floats(&r, row, 5);
         h->train_loss[e] = row[0], h->train_accuracy[e] = row[1];
         h->validation_loss[e] = row[2], h->validation_accuracy[e] = row[3], h->seconds[e] = row[4];
+        in_range &= row[0] >= 0 && row[1] >= 0 && row[1] <= 1 && row[2] >= 0 && row[3] >= 0 && row[3] <= 1 &&
+                    row[4] >= 0;
+        in_range &= e + 1 < s->best_epoch ? row[2] > s->best_loss : e + 1 == s->best_epoch ? row[2] == s->best_loss
+                                                                                         : row[2] >= s->best_loss;
+        seconds += row[4];
     }
+    if (r.ok && finite && (!in_range || seconds > run->seconds * (1 + 1e-6) + 1e-3))
+        return damaged(f, "the HIST section disagrees with PROG (the best epoch, its loss, the seconds) or holds "
+                       "a value out of its range", err);
     long count = (long)take_uint(&r, 4);
     if (!r.ok || count != (long)run->epochs_done * batches + run->epoch.batches_done || count > h->batch_capacity)
         return damaged(f, "the HIST section does not match the run's epochs and batches", err);

@@ -136,7 +136,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     Options o = *base;
     o.model = model, o.seed = seed;
     char last[1100];
-    checkpoint_path(&o, "last", last, sizeof last);
+    checkpoint_path(&o, "-last.ckpt", last, sizeof last);
     if (file_exists(last)) o.resume = last;
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
     if (seed == base->seed) print_model_summary(&net, model);
@@ -203,6 +203,8 @@ void print_comparison_eta(const Comparison *c, const Options *o, double seconds,
    checkpoint in the way that belongs to a run with other options (or is
    damaged). */
 int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *data, Error *err) {
+    Dataset train_set = training_set(data, o);
+    DataKey here = data_key(&train_set, &data->validation);
     for (int i = 0; i < c->model_count; i++) {
         GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
         size_t state_count = sizing.graph->state_count;
@@ -213,11 +215,11 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
             Options run = *o;
             run.model = c->names[i], run.seed = o->seed + s;
             char last[1100];
-            checkpoint_path(&run, "last", last, sizeof last);
+            checkpoint_path(&run, "-last.ckpt", last, sizeof last);
             if (!file_exists(last)) continue;
             CheckpointFile f;
             if (open_checkpoint(last, &f, err)) return err->code;
-            int status = check_resume_key(&f, &run, err);
+            int status = check_resume_key(&f, &run, &here, err);
             checkpoint_file_free(&f);
             if (status) return status;
         }

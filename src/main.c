@@ -208,7 +208,7 @@ int main(int argc, char **argv) {
 //@ end
 //@ from 6
     if (options.evaluate) {
-        status = evaluate_checkpoint(&model, &checkpoint, &data, &result, &err);
+        status = evaluate_checkpoint(&model, &checkpoint, &options, &data, &result, &err);
         if (!status) test_model(&model, &data.test, &result);
         checkpoint_file_free(&checkpoint);
     } else {

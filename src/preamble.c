@@ -212,6 +212,8 @@
     X(EXIT_CHECKPOINT_DAMAGED, 21, "a checkpoint is damaged: a checksum or a value is wrong") \
     X(EXIT_CHECKPOINT_MODEL, 22, "a checkpoint holds another model, or tensors of other shapes") \
     X(EXIT_CHECKPOINT_OPTIONS, 23, "--resume with options that differ from the checkpoint's run") \
+    X(EXIT_CHECKPOINT_DATA, 24, "a checkpoint's run learned from other data than --data gives") \
+    X(EXIT_CHECKPOINT_BUSY, 25, "another run is writing the same checkpoints (its lock is held)") \
     X(EXIT_INTERRUPTED, 130, "interrupted (Ctrl-C, SIGTERM or --stop-after): a checkpoint to resume from was saved") \
 //@ end
 //@ from 3 to 3

@@ -48,7 +48,9 @@ typedef struct {
     RunState run;
     History *history;
     float *best;  // (param_count + state_count)
-    char best_path[1100], last_path[1100];
+    char best_path[1100], last_path[1100], lock_path[1100];
+    const char *best_saved_in;  // the file that holds the best weights: best_path, or the one resumed from
+    int lock;                   // the lock file's descriptor while the run holds it, else -1
 } Run;
 
 RunSnapshot run_snapshot(const Run *r) {
@@ -89,17 +91,18 @@ int make_directory(const char *path, const char *option, Error *err) {
     return 0;
 }
 
-// Where a run's checkpoints go: DIR/MODEL-seedN-best.ckpt and -last.ckpt
-// (chapter 7: MODEL-augment-seedN-... for a run with --augment, and
-// MODEL-quick-seedN-... for --quick).
-void checkpoint_path(const Options *o, const char *which, char *path, size_t size) {
+// Where a run's files go: DIR/MODEL-seedN-best.ckpt, -last.ckpt, and .lock
+// while it runs (`ending`: "-best.ckpt", "-last.ckpt", ".lock"); chapter 7:
+// MODEL-augment-seedN... for a run with --augment, MODEL-quick-seedN... for
+// --quick.
+void checkpoint_path(const Options *o, const char *ending, char *path, size_t size) {
 //@ from 6 to 6
-    snprintf(path, size, "%s/%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->seed, which);
+    snprintf(path, size, "%s/%s-seed%d%s", o->checkpoints, o->model, o->seed, ending);
 //@ end
 //@ from 7
-    // --quick's runs see fewer validation images, which RUN does not record: a name of their own.
-    snprintf(path, size, "%s/%s%s%s-seed%d-%s.ckpt", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->quick ? "-quick" : "", o->seed, which);
+    // --quick's runs are runs of their own (fewer images): a name of their own too.
+    snprintf(path, size, "%s/%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->quick ? "-quick" : "", o->seed, ending);
 //@ end
 }
 
@@ -107,9 +110,72 @@ void checkpoint_path(const Options *o, const char *which, char *path, size_t siz
 int make_checkpoint_paths(Run *r, Error *err) {
     const Options *o = r->options;
     if (make_directory(o->checkpoints, "--checkpoints", err)) return err->code;
-    checkpoint_path(o, "best", r->best_path, sizeof r->best_path);
-    checkpoint_path(o, "last", r->last_path, sizeof r->last_path);
+    checkpoint_path(o, "-best.ckpt", r->best_path, sizeof r->best_path);
+    checkpoint_path(o, "-last.ckpt", r->last_path, sizeof r->last_path);
+    checkpoint_path(o, ".lock", r->lock_path, sizeof r->lock_path);
     return 0;
+}
+
+/* One run at a time on a pair of checkpoints: two runs writing the same
+   MODEL-seedN files would each end by reporting weights that the other may
+   have written over. A run holds a POSIX record lock (fcntl) on
+   DIR/MODEL-seedN.lock while it trains. The system drops the lock when the
+   process ends, however it ends, so a crash never leaves a run locked out.
+   The file is opened without following a link and must be a regular file
+   (a FIFO planted there would otherwise block), and it is removed at the
+   end. A run that ends removes the name while holding the lock, so a run
+   that opened the old file just before must check, once locked, that the
+   name is still its file; if not, it tries again. */
+int lock_run(Run *r, Error *err) {
+#if HAVE_POSIX
+    for (int attempt = 0; attempt < 10; attempt++) {
+        int fd = open(r->lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+        if (fd < 0)
+            return fail(err, EXIT_WRITE, "%s: cannot open the run's lock file (%s). Remove what is at that name, "
+                        "or choose another --checkpoints DIR.", r->lock_path, strerror(errno));
+        struct stat held, named;
+        if (fstat(fd, &held) != 0 || !S_ISREG(held.st_mode)) {
+            close(fd);
+            return fail(err, EXIT_WRITE, "%s: the run's lock file is not a regular file. Remove it, or choose "
+                        "another --checkpoints DIR.", r->lock_path);
+        }
+        struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+        if (fcntl(fd, F_SETLK, &lock) != 0) {
+            int why = errno;
+            struct flock holder = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+            long pid = fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK ? (long)holder.l_pid : 0;
+            close(fd);
+            if (why != EACCES && why != EAGAIN)
+                return fail(err, EXIT_WRITE, "%s: cannot lock the run's lock file (%s); choose another "
+                            "--checkpoints DIR.", r->lock_path, strerror(why));
+            return fail(err, EXIT_CHECKPOINT_BUSY, "%s: another run (process %ld) is training into %s and %s; two "
+                        "runs writing one pair of checkpoints would each report weights the other may have "
+                        "written. Wait until it ends, or give this run another --checkpoints DIR.", r->lock_path,
+                        pid, r->best_path, r->last_path);
+        }
+        if (lstat(r->lock_path, &named) == 0 && named.st_dev == held.st_dev && named.st_ino == held.st_ino) {
+            r->lock = fd;
+            return 0;
+        }
+        close(fd);  // the run before removed the name after we opened it: that lock guards nothing
+    }
+    return fail(err, EXIT_CHECKPOINT_BUSY, "%s: other runs keep taking the lock; give this run another "
+                "--checkpoints DIR.", r->lock_path);
+#else
+    (void)r, (void)err;
+    return 0;
+#endif
+}
+
+void unlock_run(Run *r) {
+#if HAVE_POSIX
+    if (r->lock < 0) return;
+    unlink(r->lock_path);  // while still locked: see lock_run
+    close(r->lock);
+    r->lock = -1;
+#else
+    (void)r;
+#endif
 }
 
 // A word as the shell reads it back: quoted unless it is plainly safe.
@@ -169,6 +235,7 @@ int end_epoch(Run *r, int epoch, float validation_loss, Error *err) {
         memcpy(r->best, g->params, g->param_count * sizeof(float));
         memcpy(r->best + g->param_count, g->state, g->state_count * sizeof(float));
         if (save_run(r, r->best_path, err)) return err->code;
+        r->best_saved_in = r->best_path;
     }
     if (save_run(r, r->last_path, err)) return err->code;
     if (decision == STOPPING_STOP)
@@ -239,11 +306,25 @@ static const char RESUME_ADVICE[] = "";
 static const char RESUME_ADVICE[] = " For a comparison with other options, give it another --checkpoints DIR.";
 //@ end
 
-// A resumed run must be the same run: the same model and every option that
+// A checkpoint's run must have learned from these data (DataKey): a resumed
+// run, a result reused by chapter 7 or an --evaluate would otherwise mix two
+// experiments. Not damage: the file is sound, it belongs to other data.
+int check_data_key(const CheckpointFile *f, const Options *o, const DataKey *here, Error *err) {
+    const DataKey *k = &f->key.data;
+    if (k->train_count == here->train_count && k->validation_count == here->validation_count && k->crc == here->crc)
+        return 0;
+    return fail(err, EXIT_CHECKPOINT_DATA, "%s: the run that saved this checkpoint learned from other data: %u "
+                "training and %u validation images with fingerprint %08x, where --data %s gives %u and %u with "
+                "%08x. The file is sound; it belongs to other data. Pass the --data DIR that run had.%s", f->path,
+                k->train_count, k->validation_count, k->crc, o->data_dir, here->train_count,
+                here->validation_count, here->crc, RESUME_ADVICE);
+}
+
+// A resumed run must be the same run: the same model, every option that
 // shapes its numbers (not --threads or --kernel: the blocked kernels give
-// the same bits on any of them).
-int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
-    RunKey want = run_key(o);
+// the same bits on any of them), and the same data.
+int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *data, Error *err) {
+    RunKey want = run_key(o, *data);
     const RunKey *k = &f->key;
     if (strcmp(k->model, want.model) != 0)
         return fail(err, EXIT_CHECKPOINT_MODEL, "%s: a checkpoint of the %s model, but this run trains --model %s. "
@@ -254,7 +335,7 @@ int check_resume_key(const CheckpointFile *f, const Options *o, Error *err) {
 //@ from 7
     if (!differs && k->augment != want.augment) differs = "--augment";
 //@ end
-    if (!differs) return 0;
+    if (!differs) return check_data_key(f, o, data, err);
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
                 "--optimizer %s --lr %g --seed %u --batch %u --epochs %u --patience %u%s%.0u.%s", f->path, differs,
@@ -276,7 +357,7 @@ int resume_run(Run *r, int batches, Error *err) {
     CheckpointFile f;
     RunSnapshot s;
     if (open_checkpoint(r->options->resume, &f, err)) return err->code;
-    int status = check_resume_key(&f, r->options, err);
+    int status = check_resume_key(&f, r->options, &r->key.data, err);
     if (!status) status = read_run_snapshot(&f, r->graph, batches, &s, err);
     checkpoint_file_free(&f);
     if (status) return status;
@@ -292,6 +373,9 @@ int resume_run(Run *r, int batches, Error *err) {
     }
     r->run = s.run;
     history_copy(r->history, s.history);
+    // The best weights are in the file resumed from (its BEST section), and
+    // in this run's -best.ckpt only if that is where the run was saving.
+    r->best_saved_in = strcmp(r->options->resume, r->last_path) == 0 ? r->best_path : r->options->resume;
     printf("resuming from %s: %d epoch%s done, %d batch%s of the next; best validation loss %.4f at epoch %d\n",
            r->options->resume, r->run.epochs_done, r->run.epochs_done == 1 ? "" : "s", r->run.epoch.batches_done,
            r->run.epoch.batches_done == 1 ? "" : "es", r->run.stopping.best_loss, r->run.stopping.best_epoch);
@@ -307,20 +391,22 @@ int resume_run(Run *r, int batches, Error *err) {
 int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
                  const Options *o, History *h, Result *result, Error *err) {
     Graph *g = m->graph;
-    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o),
-             .run = {.stopping = early_stopping_new(o->patience)}, .history = h};
+    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
+             .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
     r.best = xmalloc((g->param_count + g->state_count) * sizeof(float));
     memcpy(r.best, g->params, g->param_count * sizeof(float));
     memcpy(r.best + g->param_count, g->state, g->state_count * sizeof(float));
     int batches = (train_set->count + o->batch - 1) / o->batch;
     int status = make_checkpoint_paths(&r, err);
+    if (!status) status = lock_run(&r, err);
     if (!status && o->resume) status = resume_run(&r, batches, err);
-    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from)\n", r.best_path, r.last_path);
+    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
+                        r.best_path, r.last_path, r.lock_path);
     if (!status) status = run_epochs(&r, train_set, validation, err);
     if (!status) {
         if (!r.run.stopped) printf("reached --epochs %d\n", (int)r.key.epochs);
         printf("testing the weights of epoch %d (validation loss %.4f), as saved in %s\n",
-               r.run.stopping.best_epoch, r.run.stopping.best_loss, r.best_path);
+               r.run.stopping.best_epoch, r.run.stopping.best_loss, r.best_saved_in ? r.best_saved_in : r.best_path);
         memcpy(g->params, r.best, g->param_count * sizeof(float));
         memcpy(g->state, r.best + g->param_count, g->state_count * sizeof(float));
     }
@@ -328,6 +414,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     result->best_epoch = r.run.stopping.best_epoch;
     result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
+    unlock_run(&r);
     free(r.best);
     return status;
 }
@@ -336,10 +423,13 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
 
 // The test set on the best weights of a checkpoint, read and checked
 // against the model built for it (`m`, of the model the file names).
-int evaluate_checkpoint(Model *m, const CheckpointFile *f, const FashionMnist *data, Result *result, Error *err) {
+int evaluate_checkpoint(Model *m, const CheckpointFile *f, const Options *o, const FashionMnist *data,
+                        Result *result, Error *err) {
     Graph *g = m->graph;
     Dataset train_set = data->train;
     if (f->key.limit && (int)f->key.limit < train_set.count) train_set.count = (int)f->key.limit;
+    DataKey here = data_key(&train_set, &data->validation);
+    if (check_data_key(f, o, &here, err)) return err->code;
     RunSnapshot s;
     if (read_run_snapshot(f, g, (train_set.count + (int)f->key.batch - 1) / (int)f->key.batch, &s, err)) return err->code;
     memcpy(g->params, s.best_params, g->param_count * sizeof(float));

@@ -83,6 +83,9 @@ static void fill(float *x, size_t n, Rng *rng) {
     for (size_t i = 0; i < n; i++) x[i] = rng_uniform(rng) - 0.5f;
 }
 
+// The data the fixture's runs learned from (made up: no data is read here).
+static const DataKey FIXTURE_DATA = {.train_count = 640, .validation_count = 6000, .crc = 0x5eed5eedu};
+
 // A run of `model` two epochs and three batches in, with random tensors.
 static void fixture_new(Fixture *f, const char *model, uint64_t seed) {
     memset(f, 0, sizeof *f);
@@ -98,7 +101,7 @@ static void fixture_new(Fixture *f, const char *model, uint64_t seed) {
     Rng rng = rng_new(seed, 99);
     fill(f->memory, 4 * P + 2 * S, &rng);
     RunSnapshot *s = &f->s;
-    s->key = run_key(&f->options);
+    s->key = run_key(&f->options, FIXTURE_DATA);
     s->params = f->memory, s->state = s->params + P, s->adam_m = s->state + S, s->adam_v = s->adam_m + P;
     s->best_params = s->adam_v + P, s->best_state = s->best_params + P;
     for (size_t i = 0; i < P; i++) s->adam_v[i] = fabsf(s->adam_v[i]);
@@ -192,7 +195,7 @@ static void test_round_trip(const char *model) {
     }
     // The bytes are the format's, not the machine's: the header, then RUN.
     ByteBuffer b = read_whole(path);
-    CHECK(b.used > 32 && memcmp(b.bytes, "FMCK\1\0\0\0\6\0\0\0\6\0\0\0RUN ", 20) == 0);
+    CHECK(b.used > 32 && memcmp(b.bytes, "FMCK\2\0\0\0\6\0\0\0\6\0\0\0RUN ", 20) == 0);
     free(b.bytes);
     fixture_free(&f);
 }
@@ -261,9 +264,12 @@ static void test_bad_files(void) {
     expect_refused(bad, g, f.batches, (Expect){"a PGM", EXIT_CHECKPOINT_NOT, "not a checkpoint"});
 
     memcpy(copy, b.bytes, b.used);
-    copy[4] = 2;  // version 2
+    copy[4] = 3;  // version 3
     write_whole(bad, copy, b.used);
     expect_refused(bad, g, f.batches, (Expect){"newer", EXIT_CHECKPOINT_VERSION, "a newer program"});
+    copy[4] = 1;  // version 1, from before the data were recorded
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"older", EXIT_CHECKPOINT_VERSION, "before checkpoints recorded the data"});
     memcpy(copy, b.bytes, b.used);
     copy[8] = 5;  // chapter 5
     write_whole(bad, copy, b.used);
@@ -275,6 +281,13 @@ static void test_bad_files(void) {
 
     write_whole(bad, b.bytes, b.used - 1);
     expect_refused(bad, g, f.batches, (Expect){"one byte short", EXIT_CHECKPOINT_TRUNCATED, "truncated"});
+    {   // the numbers in the message add up: BEST's payload and checksum need 1 byte more than is left
+        size_t best = section_at(b.bytes, SECTION_BEST), length = b.used - best - 12;
+        char words[160];
+        snprintf(words, sizeof words, "promises %zu bytes and a 4-byte checksum, but only %zu bytes are left", length,
+                 length + 3);
+        expect_refused(bad, g, f.batches, (Expect){"one byte short, the numbers", EXIT_CHECKPOINT_TRUNCATED, words});
+    }
     write_whole(bad, b.bytes, 20);
     expect_refused(bad, g, f.batches, (Expect){"cut in a header", EXIT_CHECKPOINT_TRUNCATED, "truncated"});
     memcpy(copy, b.bytes, b.used);
@@ -305,12 +318,58 @@ static void test_bad_files(void) {
     reseal(copy, b.used);
     write_whole(bad, copy, b.used);
     expect_refused(bad, g, f.batches, (Expect){"batches", EXIT_CHECKPOINT_DAMAGED, "PROG"});
+    // Forged values that pass every checksum (PROG: epochs 4, batches 4, loss sum 8, correct 8, seen 8,
+    // best loss 4 at +32, best epoch 4 at +36, epochs without improvement 4 at +40, stopped 1, seconds 8 at +45).
+    memcpy(copy, b.bytes, b.used);
+    memcpy(copy + progress + 32, (unsigned char[]){0, 0, 0x80, 0xbf}, 4);  // a best validation loss of -1
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"a negative best loss", EXIT_CHECKPOINT_DAMAGED, "PROG section does not add up"});
+    memcpy(copy, b.bytes, b.used);
+    copy[progress + 36] = 2, copy[progress + 40] = 0;  // best epoch 2, where the history's best is epoch 1
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"a best epoch against the history", EXIT_CHECKPOINT_DAMAGED, "HIST section disagrees"});
+    memcpy(copy, b.bytes, b.used);
+    memcpy(copy + progress + 45, (unsigned char[]){0x9c, 0x75, 0x88, 0x3c, 0xe4, 0xa6, 0x2e, 0x7e}, 8);  // 1e300 s
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"1e300 seconds", EXIT_CHECKPOINT_DAMAGED, "PROG section does not add up"});
+    memcpy(copy, b.bytes, b.used);
+    memset(copy + progress + 4, 0, 28);  // between epochs (no batch done, no sums)...
+    copy[progress + 44] = 1;             // ...stopped, with 1 epoch of patience 3 without improvement
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"stopped too soon", EXIT_CHECKPOINT_DAMAGED, "PROG section does not add up"});
+    memcpy(copy, b.bytes, b.used);
+    size_t history = section_at(b.bytes, SECTION_HISTORY) + 8;
+    memcpy(copy + history + 4, (unsigned char[]){0, 0, 0x80, 0x3f + 1}, 4);  // a train accuracy of 4
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"an accuracy over 1", EXIT_CHECKPOINT_DAMAGED, "HIST section disagrees"});
+    memcpy(copy, b.bytes, b.used);
+    memcpy(copy + history + 16, (unsigned char[]){0, 0, 0x20, 0x41}, 4);  // epoch 1 took 10 s of a 4.5 s run
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"more seconds than the run", EXIT_CHECKPOINT_DAMAGED, "HIST section disagrees"});
     memcpy(copy, b.bytes, b.used);
     size_t run = section_at(b.bytes, SECTION_RUN) + 8;  // "ann": length 3, then the letters
     copy[run + 1] = 'x';
     reseal(copy, b.used);
     write_whole(bad, copy, b.used);
     expect_refused(bad, g, f.batches, (Expect){"unknown model", EXIT_CHECKPOINT_MODEL, "'xnn'"});
+    // RUN ends with the data: training images, validation images, fingerprint (u32 each).
+    size_t run_end = section_at(b.bytes, SECTION_PROGRESS) - 4;
+    memcpy(copy, b.bytes, b.used);
+    memset(copy + run_end - 8, 0, 4);  // no validation images
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"no validation images", EXIT_CHECKPOINT_DAMAGED, "RUN"});
+    memcpy(copy, b.bytes, b.used);
+    copy[run_end - 11] = 3;  // 640 -> 0x300 = 768 training images, more than --limit 640
+    reseal(copy, b.used);
+    write_whole(bad, copy, b.used);
+    expect_refused(bad, g, f.batches, (Expect){"more images than --limit", EXIT_CHECKPOINT_DAMAGED, "RUN"});
     // A tensor of another shape: weight1's first dimension, 784 -> 785.
     memcpy(copy, b.bytes, b.used);
     size_t first_tensor = weights + 8 + 4, dims = first_tensor + 1 + strlen("weight1") + 2;
@@ -333,14 +392,23 @@ static void test_bad_files(void) {
     CheckpointFile file;
     CHECK_EQ_INT(open_checkpoint(good, &file, &err), 0);
     Options o = f.options;
-    CHECK_EQ_INT(check_resume_key(&file, &o, &err), 0);
+    CHECK_EQ_INT(check_resume_key(&file, &o, &FIXTURE_DATA, &err), 0);
     o.seed = 2;
-    CHECK_EQ_INT(check_resume_key(&file, &o, &err), EXIT_CHECKPOINT_OPTIONS);
+    CHECK_EQ_INT(check_resume_key(&file, &o, &FIXTURE_DATA, &err), EXIT_CHECKPOINT_OPTIONS);
     CHECK(strstr(err.message, "--seed") && strstr(err.message, "--limit 640"));
     o = f.options, o.model = "basic";
-    CHECK_EQ_INT(check_resume_key(&file, &o, &err), EXIT_CHECKPOINT_MODEL);
+    CHECK_EQ_INT(check_resume_key(&file, &o, &FIXTURE_DATA, &err), EXIT_CHECKPOINT_MODEL);
     o = f.options, o.learning_rate = 0.002;
-    CHECK_EQ_INT(check_resume_key(&file, &o, &err), EXIT_CHECKPOINT_OPTIONS);
+    CHECK_EQ_INT(check_resume_key(&file, &o, &FIXTURE_DATA, &err), EXIT_CHECKPOINT_OPTIONS);
+    // Other data, of the same size or not: refused as not fitting, not as damage, and the fix named.
+    o = f.options;
+    DataKey other = FIXTURE_DATA;
+    other.crc ^= 1;
+    CHECK_EQ_INT(check_resume_key(&file, &o, &other, &err), EXIT_CHECKPOINT_DATA);
+    CHECK(strstr(err.message, "other data") && strstr(err.message, "--data") && !strstr(err.message, "damaged"));
+    other = FIXTURE_DATA, other.validation_count = 600;
+    CHECK_EQ_INT(check_resume_key(&file, &o, &other, &err), EXIT_CHECKPOINT_DATA);
+    CHECK(strstr(err.message, "640 training and 6000 validation") && strstr(err.message, "gives 640 and 600"));
     checkpoint_file_free(&file);
 
     free(copy);
@@ -407,8 +475,8 @@ static void test_nothing_partially_loaded(void) {
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, g->param_count);
     History *h = history_new(30, f.batches);
     Model m = graph_model(&f.net, "deeper");
-    Run r = {.model = &m, .graph = g, .optimizer = &opt, .options = &o, .key = run_key(&o),
-             .run = {.stopping = early_stopping_new(3)}, .history = h};
+    Run r = {.model = &m, .graph = g, .optimizer = &opt, .options = &o, .key = f.s.key,
+             .run = {.stopping = early_stopping_new(3)}, .history = h, .lock = -1};
     r.best = calloc(g->param_count + g->state_count, sizeof(float));
     size_t P = g->param_count, S = g->state_count;
     float *before = malloc((P + S) * sizeof(float));

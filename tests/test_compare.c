@@ -255,17 +255,20 @@ static void test_reads_chapter6(void) {
     History *h = history_new(1, 1);
     Options o = default_options();
     o.model = "ann", o.learning_rate = 0.001;  // what parse_options sets
-    RunSnapshot s = {.key = run_key(&o), .run = {.stopping = early_stopping_new(3)}, .history = h, .params = g->params,
+    DataKey data = {.train_count = 54000, .validation_count = 6000, .crc = 0x5eed5eedu};
+    RunSnapshot s = {.key = run_key(&o, data), .run = {.stopping = early_stopping_new(3)}, .history = h, .params = g->params,
                      .state = g->state, .best_params = g->params, .best_state = g->state};
     ByteBuffer file = checkpoint_bytes(g, &s);
     CheckpointFile f = {.path = "made-by-chapter-6", .bytes = file.bytes, .size = file.used};
     Error err = {0};
     if (!CHECK(check_checkpoint(&f, &err) == 0 && f.key.augment == 0)) printf("     %s\n", err.message);
-    // RUN starts at 16: tag, length, payload (ends with the 4 bytes of augment), CRC.
+    // RUN starts at 16: tag, length, payload (ends with the 4 bytes of augment, then the 12 of
+    // the data), CRC.
     size_t run_length = (size_t)file.bytes[20] | (size_t)file.bytes[21] << 8;
     unsigned char *old = malloc(file.used);
     size_t used = 0;
-    memcpy(old, file.bytes, 16 + 8 + run_length - 4), used = 16 + 8 + run_length - 4;
+    memcpy(old, file.bytes, 16 + 8 + run_length - 16), used = 16 + 8 + run_length - 16;
+    memcpy(old + used, file.bytes + 16 + 8 + run_length - 12, 12), used += 12;
     old[8] = 6;
     old[20] = (unsigned char)(run_length - 4), old[21] = (unsigned char)((run_length - 4) >> 8);
     uint32_t crc = reference_crc32(old + 16, used - 16);
@@ -275,6 +278,7 @@ static void test_reads_chapter6(void) {
     CheckpointFile six = {.path = "chapter6.ckpt", .bytes = old, .size = used};
     if (!CHECK(check_checkpoint(&six, &err) == 0)) printf("     %s\n", err.message);
     CHECK(strcmp(six.key.model, "ann") == 0 && six.key.augment == 0 && six.key.epochs == 30);
+    CHECK(six.key.data.train_count == 54000 && six.key.data.validation_count == 6000 && six.key.data.crc == 0x5eed5eedu);
     // A chapter 7 file claiming chapter 5 is refused as before.
     file.bytes[8] = 5;
     CHECK(check_checkpoint(&f, &err) == EXIT_CHECKPOINT_VERSION);

@@ -10,8 +10,9 @@
 #      same command: it goes on, and its results are those of the run that
 #      was never stopped (same weights, same test figures, same McNemar rows).
 #   3. A chapter 6 run's checkpoints are used by chapter 7, not retrained;
-#      one of other options is refused before anything trains.
-#   4. Bad --models and --seeds are refused with exit code 2.
+#      one of other options is refused before anything trains, and so is
+#      one trained on other images of the same size.
+#   4. Bad --models, --seeds and empty paths are refused with exit code 2.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -89,8 +90,22 @@ check "chapter 7 goes on from chapter 6's checkpoint, with its weights" \
 check "a checkpoint of other options in the way is refused (23) before any model trains" \
     "[ $? = 23 ] && grep -q 'differs from the run that saved' $work/other.log && ! grep -q '^epoch' $work/other.log"
 
+# 3b. Files of the same size holding other images (MNIST has Fashion-MNIST's
+# counts): the runs trained on them are not reported as this data's.
+zero=$work/zero
+mkdir -p "$zero" && cp data/*-labels-idx1-ubyte "$zero/"
+for f in train-images-idx3-ubyte t10k-images-idx3-ubyte; do
+    { head -c 16 "data/$f"; tail -c +17 "data/$f" | tr -c '\000' '\000'; } > "$zero/$f"
+done
+zeroed="./chapter7 --models ann --limit 640 --epochs 2 --checkpoints $work/ckz --plots $work/pz"
+$zeroed --data "$zero" > "$work/zero.log" 2>&1
+check "a comparison on same-sized files of other images runs" "[ $? = 0 ]"
+$zeroed > "$work/after-zero.log" 2>&1
+check "the same comparison on Fashion-MNIST then refuses those runs (24) before any training" \
+    "[ $? = 24 ] && grep -q 'learned from other data' $work/after-zero.log && ! grep -q '^epoch\|^result' $work/after-zero.log"
+
 # 4. Mistakes in the options.
-for bad in "--models ann,ann" "--models cnn" "--models ''" "--seeds 0" "--seeds 2.5" "--seed 2147483647 --seeds 2"; do
+for bad in "--models ann,ann" "--models cnn" "--models ''" "--checkpoints ''" "--plots ''" "--seeds 0" "--seeds 2.5" "--seed 2147483647 --seeds 2"; do
     eval ./chapter7 $bad --plots "$work/bad" > "$work/bad.log" 2>&1
     check "./chapter7 $bad is refused with exit code 2" "[ $? = 2 ] && grep -q -- '--' $work/bad.log && [ ! -d $work/bad ]"
 done

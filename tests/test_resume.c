@@ -311,6 +311,80 @@ static void test_divergence(void) {
     CHECK(system(command) != 0);
 }
 
+/* ---- Other data, a second run on the same files, a planted lock ---------------- */
+
+// A copy of the small data with one training pixel changed: the same sizes,
+// other images (as MNIST is to Fashion-MNIST).
+static int make_other_data(const char *dir) {
+    char command[1024];
+    snprintf(command, sizeof command, "mkdir -p %s && cp %s/*-ubyte %s/", dir, SMALL_DATA, dir);
+    if (system(command) != 0) return 0;
+    snprintf(command, sizeof command, "%s/train-images-idx3-ubyte", dir);
+    FILE *f = fopen(command, "r+b");
+    if (!f) return 0;
+    int ok = fseek(f, 16 + 400, SEEK_SET) == 0;  // the first image, row 14
+    int pixel = ok ? fgetc(f) : EOF;
+    ok = ok && pixel != EOF && fseek(f, 16 + 400, SEEK_SET) == 0 && fputc(pixel ^ 0xff, f) != EOF;
+    return (fclose(f) == 0) & ok;
+}
+
+static void test_other_data_and_locks(void) {
+    section("other data refused (resume, --evaluate), one run at a time, the file that holds the weights");
+    char other[256], dir[256], elsewhere[256], log[256], last[256], best[256], lock[256], words[600];
+    snprintf(other, sizeof other, "%s/other-data", RUNS);
+    snprintf(dir, sizeof dir, "%s/ann-other", RUNS);
+    snprintf(elsewhere, sizeof elsewhere, "%s/ann-elsewhere", RUNS);
+    snprintf(log, sizeof log, "%s/ann-other.log", RUNS);
+    if (!CHECK(make_other_data(other))) return;
+    path_of(last, sizeof last, "ann-other", "ann-seed1-last.ckpt");
+    path_of(best, sizeof best, "ann-other", "ann-seed1-best.ckpt");
+    path_of(lock, sizeof lock, "ann-other", "ann-seed1.lock");
+    const char *args[] = {"--model", "ann", "--limit", "300", "--batch", "16", "--epochs", "2", "--data", other,
+                          "--checkpoints", dir, NULL};
+    CHECK_EQ_INT(run_chapter(log, args), 0);
+    CHECK(access(lock, F_OK) != 0);  // the lock file goes with the run
+
+    // The same command on the real data, resuming that run: refused, as data that do not fit, not as damage.
+    const char *resume[] = {"--model", "ann", "--limit", "300", "--batch", "16", "--epochs", "2",
+                            "--checkpoints", dir, "--resume", last, NULL};
+    CHECK_EQ_INT(run_chapter(log, resume), EXIT_CHECKPOINT_DATA);
+    CHECK(log_has(log, "learned from other data") && log_has(log, "--data DIR") && !log_has(log, "damaged"));
+    CHECK_EQ_INT(run_chapter(log, (const char *[]){"--evaluate", best, NULL}), EXIT_CHECKPOINT_DATA);
+    CHECK(log_has(log, "learned from other data") && !log_has(log, "damaged"));
+    CHECK_EQ_INT(run_chapter(log, (const char *[]){"--evaluate", best, "--data", other, NULL}), 0);
+
+    // Resumed into another directory, a finished run tests the weights of the file it was resumed from.
+    const char *moved[] = {"--model", "ann", "--limit", "300", "--batch", "16", "--epochs", "2", "--data", other,
+                           "--checkpoints", elsewhere, "--resume", last, NULL};
+    CHECK_EQ_INT(run_chapter(log, moved), 0);
+    snprintf(words, sizeof words, "as saved in %s\n", last);
+    CHECK(log_has(log, words));
+
+    // Another process holds the run's lock: refused at once, with its own code, naming that process.
+    int fd = open(lock, O_RDWR | O_CREAT, 0644);
+    struct flock hold = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    if (CHECK(fd >= 0 && fcntl(fd, F_SETLK, &hold) == 0)) {
+        CHECK_EQ_INT(run_chapter(log, args), EXIT_CHECKPOINT_BUSY);
+        snprintf(words, sizeof words, "another run (process %ld)", (long)getpid());
+        CHECK(log_has(log, words) && log_has(log, "another --checkpoints DIR"));
+        close(fd);  // the lock goes with it; the file left behind is no obstacle
+        CHECK_EQ_INT(run_chapter(log, args), 0);
+        CHECK(access(lock, F_OK) != 0);
+    }
+    // A link planted at the lock's name is not followed.
+    char target[256];
+    snprintf(target, sizeof target, "%s/planted-target", dir);
+    remove(target);
+    CHECK(symlink("planted-target", lock) == 0);  // relative to the link's directory: dir/planted-target
+    CHECK_EQ_INT(run_chapter(log, args), EXIT_WRITE);
+    CHECK(log_has(log, "lock file") && access(target, F_OK) != 0);
+    remove(lock);
+
+    // Empty paths are usage errors.
+    CHECK_EQ_INT(run_chapter(log, (const char *[]){"--checkpoints", "", NULL}), EXIT_USAGE);
+    CHECK(log_has(log, "--checkpoints needs a value"));
+}
+
 int main(void) {
     if (access("data/t10k-labels-idx1-ubyte", R_OK) != 0) {
         skip("no Fashion-MNIST in data/ (run `make data`)");
@@ -323,5 +397,6 @@ int main(void) {
     test_sigint();
     test_early_stopping_run();
     test_divergence();
+    test_other_data_and_locks();
     return check_summary();
 }

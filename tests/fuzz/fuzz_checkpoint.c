@@ -92,13 +92,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     float best[9] = {1, 2, 3, 4, 5, 6, 0.5f, 0.5f, 0.5f};
     for (int k = 0; k < 3; k++) {
         History *h = history_new(4, BATCHES);
-        RunSnapshot s = {.key = run_key(&o), .history = h, .params = g->params, .state = g->state,
+        DataKey data = {.train_count = BATCHES * 64, .validation_count = 100, .crc = 0x5eed5eedu};
+        RunSnapshot s = {.key = run_key(&o, data), .history = h, .params = g->params, .state = g->state,
                          .adam_m = moments, .adam_v = moments + 6, .best_params = best, .best_state = best + 6};
         s.run = (RunState){.epochs_done = k, .epoch = {.batches_done = k == 2 ? 0 : 1, .loss_sum = 2.5,
                            .correct = k == 2 ? 0 : 1, .seen = k == 2 ? 0 : 64}, .stopping = early_stopping_new(3), .seconds = 1};
         s.adam_step = k * BATCHES + s.run.epoch.batches_done;
-        if (k) s.run.stopping.best_loss = 0.5f, s.run.stopping.best_epoch = k, h->epochs = k;
-        for (int e = 0; e < k; e++) h->validation_loss[e] = 0.5f, h->train_loss[e] = 0.7f;
+        if (k) s.run.stopping.best_loss = 0.5f, s.run.stopping.best_epoch = 1, h->epochs = k;
+        s.run.stopping.epochs_without_improvement = k ? k - 1 : 0;
+        for (int e = 0; e < k; e++) h->validation_loss[e] = 0.5f + 0.25f * e, h->train_loss[e] = 0.7f;
         h->batch_count = (int)s.adam_step;
         for (int b = 0; b < h->batch_count; b++) h->batch_losses[b] = 1.0f / (b + 1);
         char path[512];
