@@ -147,7 +147,7 @@ check-prose: build/check_prose
 # book.md's figures all there and all used, and no commit named in it
 # (tests/check_book.sh says the rule).
 check-book:
-	@sh tests/check_book.sh book.md > build/book.log 2>&1 || { cat build/book.log; exit 1; }; \
+	@mkdir -p build; sh tests/check_book.sh book.md > build/book.log 2>&1 || { cat build/book.log; exit 1; }; \
 	  echo "book.md figures and commits: $$(tail -n 1 build/book.log)"
 
 build/test_tangle: tests/test_tangle.c src/tangle.c tests/check.h
