@@ -198,9 +198,10 @@ test-build: $(TESTS) build/bench_pass
 # and counts a program that died before its summary as one failure.
 # The test programs are built two at a time: most of the suite's building
 # is compiling a whole chapter into each of them.
-test: warnings check-chapters check-flags check-excerpts check-prose check-book check-figures
+test: warnings check-chapters check-flags check-excerpts check-prose check-book
 	@$(MAKE) -s -j2 test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
+	@$(MAKE) -s check-figures
 	@if [ -f data/t10k-labels-idx1-ubyte ]; then $(MAKE) -s check-portable; \
 	  else echo "skip: chapter 4 without SIMD and threads (no Fashion-MNIST)"; fi
 	@$(MAKE) -s fuzz-smoke
