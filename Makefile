@@ -37,7 +37,7 @@ TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_exa
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
-.PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
+.PHONY: all bench chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
         starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
 .DELETE_ON_ERROR:
 
@@ -137,6 +137,34 @@ check-excerpts: build/check_excerpts
 	@build/check_excerpts book.md > build/excerpts.log || { cat build/excerpts.log; exit 1; }; \
 	  echo "book.md excerpts: $$(tail -n 1 build/excerpts.log)"
 
+# book.md's sentences: no chapter's mean over 25 words, at most 10% over 40
+# (tests/check_prose.c says how a sentence is counted).
+build/check_prose: tests/check_prose.c
+	@mkdir -p build
+	$(CC) $(SANITIZE) $< -o $@
+
+check-prose: build/check_prose
+	@build/check_prose book.md > build/prose.log || { cat build/prose.log; exit 1; }; \
+	  echo "book.md prose: $$(tail -n 1 build/prose.log)"
+
+# book.md's figures all there and all used, and no commit named in it
+# (tests/check_book.sh says the rule).
+check-book:
+	@mkdir -p build; sh tests/check_book.sh book.md > build/book.log 2>&1 || { cat build/book.log; exit 1; }; \
+	  echo "book.md figures and commits: $$(tail -n 1 build/book.log)"
+
+# The data pictures in figures/ are made by commands book.md names; this runs
+# the cheap one, ./chapter1, on 500 images, and checks the picture it writes
+# (figures/fashion-samples.png is that picture, converted to PNG).
+check-figures: chapter1
+	@if [ ! -f data/t10k-labels-idx1-ubyte ]; then echo "skip: book.md's data figures (no Fashion-MNIST)"; exit 0; fi; \
+	rm -rf build/figures && mkdir -p build/figures/plots && sh tests/small_data.sh data build/figures/data 500 100 && \
+	(cd build/figures && ../../chapter1 --data data > chapter1.log 2>&1) && \
+	printf 'P5\n624 600\n255\n' > build/figures/want && head -c 15 build/figures/plots/fashion_samples.pgm > build/figures/got && \
+	cmp -s build/figures/want build/figures/got && [ "$$(wc -c < build/figures/plots/fashion_samples.pgm)" -eq 374415 ] || \
+	{ echo "FAIL: ./chapter1 no longer writes the 624 x 600 sample grid book.md shows (build/figures/chapter1.log)"; exit 1; }; \
+	echo "book.md's data figures: ./chapter1 still draws the sample grid"
+
 build/test_tangle: tests/test_tangle.c src/tangle.c tests/check.h
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
@@ -173,9 +201,10 @@ test-build: $(TESTS) build/bench_pass
 # and counts a program that died before its summary as one failure.
 # The test programs are built two at a time: most of the suite's building
 # is compiling a whole chapter into each of them.
-test: warnings check-chapters check-flags check-excerpts
+test: warnings check-chapters check-flags check-excerpts check-prose check-book
 	@$(MAKE) -s -j2 test-build
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
+	@$(MAKE) -s check-figures
 	@if [ -f data/t10k-labels-idx1-ubyte ]; then $(MAKE) -s check-portable; \
 	  else echo "skip: chapter 4 without SIMD and threads (no Fashion-MNIST)"; fi
 	@$(MAKE) -s fuzz-smoke
