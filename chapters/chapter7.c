@@ -2742,7 +2742,15 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
    The rows are cut into BN_PARTS fixed parts, which the threads share out:
    each part sums its rows, and the parts' sums are added in part order. The
    parts depend on N alone, so the sums, and every bit after them, are the
-   same at any number of threads (and with none: `workers` may be NULL). */
+   same at any number of threads (and with none: `workers` may be NULL).
+
+   The work on one row is a function of its own whose array parameters are
+   `restrict`: a promise that they do not overlap. Without it the compiler
+   must assume that a store to `out` may change `mean` or `gamma`, so it
+   reloads them for every value and works one value at a time; with it, it
+   works on a vector of channels at once. A vector lane is one channel doing
+   that channel's operations in the same order, so the bits are those of one
+   value at a time. */
 enum { BN_MAX_CHANNELS = 1024, BN_PARTS = 16 };
 
 typedef struct {
@@ -2758,35 +2766,54 @@ typedef struct {
 
 size_t bn_first_row(const BnJob *j, int part) { return j->N * (size_t)part / BN_PARTS; }
 
+// One row's C values added into sum, or (with a mean) their squared distances.
+void bn_row_sums(double *restrict sum, const float *restrict x, size_t C) {
+    for (size_t c = 0; c < C; c++) sum[c] += x[c];
+}
+
+void bn_row_squares(double *restrict sum, const float *restrict x, const float *restrict mean, size_t C) {
+    for (size_t c = 0; c < C; c++) {
+        double d = (double)x[c] - mean[c];
+        sum[c] += d * d;
+    }
+}
+
 // sums[part][c] = the sum of x (no mean) or of (x - mean)^2 over the part's rows.
 void bn_sums_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
-    double *sum = j->sums + (size_t)part * j->C;
-    for (int c = 0; c < j->C; c++) sum[c] = 0;
+    size_t C = (size_t)j->C;
+    double *sum = j->sums + (size_t)part * C;
+    for (size_t c = 0; c < C; c++) sum[c] = 0;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        for (int c = 0; c < j->C; c++) {
-            double d = j->mean ? (double)j->x[i * j->C + c] - j->mean[c] : j->x[i * j->C + c];
-            sum[c] += j->mean ? d * d : d;
-        }
+        if (j->mean) bn_row_squares(sum, j->x + i * C, j->mean, C);
+        else bn_row_sums(sum, j->x + i * C, C);
 }
 
-// x_hat = (x - mean) * scale and out = gamma * x_hat + shift in training;
-// out = (x - mean) * scale + shift in inference.
+// Training: x_hat = (x - mean) * scale and out = gamma * x_hat + shift.
+void bn_row_normalize(float *restrict out, float *restrict x_hat, const float *restrict x,
+                      const float *restrict mean, const float *restrict scale, const float *restrict gamma,
+                      const float *restrict shift, size_t C) {
+    for (size_t c = 0; c < C; c++) {
+        float normal = (x[c] - mean[c]) * scale[c];
+        x_hat[c] = normal;
+        out[c] = gamma[c] * normal + shift[c];
+    }
+}
+
+// Inference: out = (x - mean) * scale + shift (scale has gamma in it).
+void bn_row_normalize_infer(float *restrict out, const float *restrict x, const float *restrict mean,
+                            const float *restrict scale, const float *restrict shift, size_t C) {
+    for (size_t c = 0; c < C; c++) out[c] = (x[c] - mean[c]) * scale[c] + shift[c];
+}
+
 void bn_normalize_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
+    size_t C = (size_t)j->C;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        for (int c = 0; c < j->C; c++) {
-            size_t at = i * j->C + c;
-            float normal = (j->x[at] - j->mean[c]) * j->scale[c];
-            if (j->x_hat) {
-                j->x_hat[at] = normal;
-                j->out[at] = j->gamma[c] * normal + j->shift[c];
-            } else {
-                j->out[at] = normal + j->shift[c];
-            }
-        }
+        if (j->x_hat) bn_row_normalize(j->out + i * C, j->x_hat + i * C, j->x + i * C, j->mean, j->scale, j->gamma, j->shift, C);
+        else bn_row_normalize_infer(j->out + i * C, j->x + i * C, j->mean, j->scale, j->shift, C);
 }
 
 // Adds the parts' sums in part order: the same order at any thread count.
@@ -2843,26 +2870,39 @@ void batch_norm_forward_infer(Workers *workers, float *out, const float *x, cons
    The last line is the three paths from x to the loss added up: directly
    through x_hat, through the mean, and through the variance. The sums go in
    the same fixed parts as the forward pass's. */
+void bn_row_gradient_sums(double *restrict sum_g, double *restrict sum_g_xhat, const float *restrict dout,
+                          const float *restrict x_hat, size_t C) {
+    for (size_t c = 0; c < C; c++) {
+        sum_g[c] += dout[c];
+        sum_g_xhat[c] += (double)dout[c] * x_hat[c];
+    }
+}
+
 void bn_gradient_sums_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
-    double *sum_g = j->sums + (size_t)part * j->C, *sum_g_xhat = j->more_sums + (size_t)part * j->C;
-    for (int c = 0; c < j->C; c++) sum_g[c] = sum_g_xhat[c] = 0;
+    size_t C = (size_t)j->C;
+    double *sum_g = j->sums + (size_t)part * C, *sum_g_xhat = j->more_sums + (size_t)part * C;
+    for (size_t c = 0; c < C; c++) sum_g[c] = sum_g_xhat[c] = 0;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        for (int c = 0; c < j->C; c++) {
-            sum_g[c] += j->dout[i * j->C + c];
-            sum_g_xhat[c] += (double)j->dout[i * j->C + c] * j->saved_x_hat[i * j->C + c];
-        }
+        bn_row_gradient_sums(sum_g, sum_g_xhat, j->dout + i * C, j->saved_x_hat + i * C, C);
+}
+
+void bn_row_input_gradient(float *restrict dx, const float *restrict dout, const float *restrict x_hat,
+                           const float *restrict scale, const float *restrict mean_g,
+                           const float *restrict mean_g_xhat, size_t C) {
+    for (size_t c = 0; c < C; c++) {
+        dx[c] += scale[c] * (dout[c] - mean_g[c] - x_hat[c] * mean_g_xhat[c]);
+    }
 }
 
 void bn_input_gradient_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
+    size_t C = (size_t)j->C;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        for (int c = 0; c < j->C; c++) {
-            size_t at = i * j->C + c;
-            j->out[at] += j->scale[c] * (j->dout[at] - j->mean_g[c] - j->saved_x_hat[at] * j->mean_g_xhat[c]);
-        }
+        bn_row_input_gradient(j->out + i * C, j->dout + i * C, j->saved_x_hat + i * C, j->scale, j->mean_g,
+                              j->mean_g_xhat, C);
 }
 
 void batch_norm_backward(Workers *workers,

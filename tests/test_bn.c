@@ -318,8 +318,79 @@ static void test_threads_same_bits(Rng *rng) {
     free(one);
 }
 
+/* ---- The row-at-a-time passes against the plain loops, bit for bit ---------------- */
+
+// Batch norm written out one value at a time, with the sums in the order
+// batchnorm.c defines: BN_PARTS fixed parts of the rows, each summed row by
+// row in double, the parts added in part order. The fast passes work on a
+// vector of channels at once, a lane per channel, so they must give these
+// bits exactly, at any thread count.
+static void plain_batch_norm(float *out, float *x_hat, float *inv_std, float *dx, float *dgamma, float *dbeta,
+                             const float *x, const float *dout, const float *gamma, const float *beta, size_t N, int C) {
+    for (int c = 0; c < C; c++) {
+        double part_sums[2][BN_PARTS] = {{0}}, total[2] = {0};
+        for (int part = 0; part < BN_PARTS; part++)
+            for (size_t i = N * part / BN_PARTS; i < N * (part + 1) / BN_PARTS; i++) part_sums[0][part] += x[i * C + c];
+        for (int part = 0; part < BN_PARTS; part++) total[0] += part_sums[0][part];
+        float mean = (float)(total[0] / (double)N);
+        for (int part = 0; part < BN_PARTS; part++)
+            for (size_t i = N * part / BN_PARTS; i < N * (part + 1) / BN_PARTS; i++) {
+                double d = (double)x[i * C + c] - mean;
+                part_sums[1][part] += d * d;
+            }
+        for (int part = 0; part < BN_PARTS; part++) total[1] += part_sums[1][part];
+        inv_std[c] = 1.0f / sqrtf((float)(total[1] / (double)N) + BN_EPSILON);
+        for (size_t i = 0; i < N; i++) {
+            x_hat[i * C + c] = (x[i * C + c] - mean) * inv_std[c];
+            out[i * C + c] = gamma[c] * x_hat[i * C + c] + beta[c];
+        }
+        double g_parts[2][BN_PARTS] = {{0}}, g[2] = {0};
+        for (int part = 0; part < BN_PARTS; part++)
+            for (size_t i = N * part / BN_PARTS; i < N * (part + 1) / BN_PARTS; i++) {
+                g_parts[0][part] += dout[i * C + c];
+                g_parts[1][part] += (double)dout[i * C + c] * x_hat[i * C + c];
+            }
+        for (int part = 0; part < BN_PARTS; part++) g[0] += g_parts[0][part], g[1] += g_parts[1][part];
+        dbeta[c] += (float)g[0], dgamma[c] += (float)g[1];
+        float scale = gamma[c] * inv_std[c], mean_g = (float)(g[0] / (double)N), mean_gx = (float)(g[1] / (double)N);
+        for (size_t i = 0; i < N; i++) dx[i * C + c] += scale * (dout[i * C + c] - mean_g - x_hat[i * C + c] * mean_gx);
+    }
+}
+
+static void test_rows_against_plain(Rng *rng) {
+    section("batch norm's row passes against plain loops: the same bits, odd shapes, 1-3 threads, both modes");
+    const size_t shapes[][2] = {{35, 3}, {17, 37}, {130, 64}, {64, 256}, {1000, 5}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        size_t N = shapes[k][0], C = shapes[k][1], n = N * C;
+        float *x = malloc(n * sizeof(float)), *dout = malloc(n * sizeof(float)), *want = calloc(4 * n, sizeof(float));
+        float *got = calloc(4 * n, sizeof(float)), gamma[256], beta[256];
+        float want_small[5][256] = {{0}}, got_small[5][256] = {{0}};  // inv_std, dgamma, dbeta, running mean and var
+        fill(x, n, -2, 3, rng), fill(dout, n, -1, 1, rng), fill(gamma, C, 0.5f, 1.5f, rng), fill(beta, C, -1, 1, rng);
+        plain_batch_norm(want, want + n, want_small[0], want + 2 * n, want_small[1], want_small[2], x, dout, gamma, beta, N, (int)C);
+        for (int threads = 1; threads <= 3; threads++) {
+            Workers *w = threads > 1 ? workers_new(threads) : NULL;
+            memset(got, 0, 4 * n * sizeof(float)), memset(got_small, 0, sizeof got_small);
+            batch_norm_forward_train(w, got, got + n, got_small[0], got_small[3], got_small[4], x, gamma, beta, N, (int)C);
+            batch_norm_backward(w, got + 2 * n, got_small[1], got_small[2], dout, got + n, got_small[0], gamma, N, (int)C);
+            int same = memcmp(want, got, 3 * n * sizeof(float)) == 0 && memcmp(want_small, got_small, 3 * sizeof want_small[0]) == 0;
+            // Inference: out = (x - running mean) * gamma / sqrt(running var + eps) + beta, value by value.
+            for (size_t c = 0; c < C; c++) got_small[4][c] = 0.5f + (float)c / (float)C;
+            batch_norm_forward_infer(w, got + 3 * n, x, gamma, beta, got_small[3], got_small[4], N, (int)C);
+            for (size_t i = 0; i < n; i++) {
+                size_t c = i % C;
+                float scale = gamma[c] / sqrtf(got_small[4][c] + BN_EPSILON);
+                same &= got[3 * n + i] == (x[i] - got_small[3][c]) * scale + beta[c];
+            }
+            if (!CHECK(same)) printf("     N %zu, C %zu, %d threads\n", N, C, threads);
+            workers_free(w);
+        }
+        free(x), free(dout), free(want), free(got);
+    }
+}
+
 int main(void) {
     Rng rng = rng_new(55, STREAM_CHECK);
+    test_rows_against_plain(&rng);
     test_batch_norm(&rng);
     test_running_averages();
     test_dropout();
