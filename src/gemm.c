@@ -507,7 +507,7 @@ const GemmKernel *gemm_best_kernel(void) {
        KC 384, MC 240:  72 / 71 / 40 / 36
    a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
    These are the defaults; a GemmContext can be made with others (Blocking),
-   which is how `--bench` sweeps them on the machine it runs on, without a
+   which is how `make bench` sweeps them on the machine it runs on, without a
    rebuild (book.md 4.14 has its table). */
 enum { KC = 256, MC = 240, NC = 256 };
 
@@ -1044,32 +1044,6 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
     require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
             ctx->workers->threads);
     gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate, NULL);
-}
-
-/* ----------------------------------------------------------------------------
-   Measuring: the machine's peak (bench.c measures every layer against it). */
-
-// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
-// independent FMA chains, best of 20 runs of at least 5 ms each (the best,
-// because other programs on the machine only ever make a run slower).
-double gemm_peak_gflops(const GemmKernel *kernel) {
-    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
-    long iterations = 1000;
-    volatile float sink = 0;  // so the probe's result is used
-    double best = 0;
-    for (int run = 0; run < 20;) {
-        double start = now_seconds();
-        sink = sink + kernel->probe(iterations);
-        double seconds = now_seconds() - start;
-        if (seconds < 0.005) {
-            iterations *= 2;
-            continue;
-        }
-        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
-        best = gflops > best ? gflops : best;
-        run++;
-    }
-    return best;
 }
 
 //@ end

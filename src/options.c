@@ -20,7 +20,7 @@ typedef struct {
 //@ end
 //@ from 4
     const char *model, *kernel;
-    int threads, bench;
+    int threads;
 //@ end
 //@ from 6
     int patience, stop_after;
@@ -165,8 +165,6 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
-    specs[n++] = (OptionSpec){.name = "--bench", .value_name = NULL, .help = "measure this machine's peak and every layer's speed, then exit",
-                              .kind = OPTION_FLAG, .target = &o->bench};
 //@ end
     specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
                               .kind = OPTION_FLAG, .target = &o->help};

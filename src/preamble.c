@@ -60,8 +60,9 @@
    register-tiled micro-kernel: portable C, AVX2 or AVX-512, chosen at run
    time, on a small thread pool, giving the same bits on every kernel and
    thread count); reshape and flatten without a copy; the basic CNN of the
-   protocol with a layer-by-layer summary; --model, --kernel, --threads and
-   --bench (the machine's peak and every layer's speed against it).
+   protocol with a layer-by-layer summary; --model, --kernel and --threads.
+   (How fast each layer runs, against the machine's peak, is measured by
+   tools/bench.c, outside the chapters: `make bench`.)
    What it drops: chapter 2's hand-written ANN and chapter 3's comparison
    with it; the engine builds every model now.
    What it is not: a BLAS, or the full protocol (early stopping and

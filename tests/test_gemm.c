@@ -255,7 +255,7 @@ static void test_threads_identical(void) {
 }
 
 static void test_blockings_identical(Problem *ps, int n) {
-    section("every blocking gives the same bits (what --bench sweeps)");
+    section("every blocking gives the same bits (what make bench sweeps)");
     const GemmKernel *kernel = gemm_best_kernel();
     GemmContext *standard = gemm_context_new(kernel, 2);
     // Odd, tiny and large blocks: a kc of 1 and 7 cuts every sum into many
