@@ -29,7 +29,7 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
 # The chapters, and the marked sources they are generated from, in order.
 CHAPTERS = 1 2 3 4 5 6 7
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/conv.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
+           src/layers.c src/conv.c src/threads.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
            src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)

@@ -1373,55 +1373,38 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
             }
 }
 /* ----------------------------------------------------------------------------
-   One fast matrix multiply for every convolution and dense pass.
+   The thread pool: persistent workers, one entry point (book.md 4.18).
 
-   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
-   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
-   them): a driver in portable C cuts the problem into blocks that fit the
-   caches and copies ("packs") each block of A and B into the order the
-   innermost loop reads; a micro-kernel, one per instruction set, multiplies
-   a packed strip of A by a packed panel of B into a small MR x NR tile of C
-   held in registers. A small thread pool runs the tiles of C in parallel.
-   An operand is either a strided matrix or the im2col "patch matrix" of an
-   image, which is never built: the packing reads the patches straight from
-   the image, so a convolution is one GEMM with no extra memory. (A
-   one-channel image's patches, small enough, are built beforehand by
-   conv_blocked.c and come here as a matrix.)
-   What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; the blocking is tuned on one machine (the numbers are in
-   the comments, with the machine); the micro-kernels are x86's AVX2 and
-   AVX-512 plus a portable one in plain C, which every other machine uses.
+   What this is: parallel_for(w, tasks, task, context), which runs
+   task(context, i, worker) once for every i < tasks, spread over a few
+   threads that are created once (workers_new) and sleep on a condition
+   variable between calls. Every thread, the caller included, takes the
+   next task number from a shared counter until none are left; then the
+   caller waits for the others to finish and returns. The GEMM's tiles,
+   batch norm's sums, Adam's update and the engine's per-image ops all go
+   through it.
+   What it is not: a scheduler. There are no queues, futures, priorities or
+   nested calls: a task must not call parallel_for on the same Workers (it
+   would wait for itself; gemm_in_task is the serial GEMM for use inside a
+   task). Build with -DNO_THREADS (or on a system without POSIX) and
+   parallel_for runs the tasks one after the other on the caller: same
+   results, one core.
 
-   The rules the tests check (tests/test_gemm.c):
-   - every kernel gives the same bits as the portable one, and any number
-     of threads the same bits as one (why: "Determinism", below);
-   - the answer matches a plain triple loop in double precision for any
-     shape, strides, patches, padding and accumulate flag;
-   - parallel_for runs every task exactly once.
-
-   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
-   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
-   step, in one fixed order, whatever the kernel, the blocking or the
-   number of threads. See "Determinism" below. */
-
-/* ----------------------------------------------------------------------------
-   The thread pool: persistent workers, one entry point.
-
-   Threads are created once (workers_new) and sleep on a condition variable
-   between calls. parallel_for(w, tasks, task, context) wakes them, and every
-   thread, the caller included, takes the next task number from a shared
-   counter until none are left; then the caller waits for the others to
-   finish and returns. Which thread runs which task changes from run to run;
-   the results must not, so a task writes only its own part of the output
-   and never adds into something another task writes. `worker` (0 for the
+   Why the same bits at any thread count: which thread runs which task,
+   and when, changes from run to run; what a task computes must not. So
+   the caller fixes the tasks by the problem alone (a tile of C, a part of
+   an array, an image of the batch), never by the number of threads, and a
+   task writes only its own part of the output and never adds into
+   something another task writes. Then every float is computed by the same
+   operations in the same order whoever runs it, on one thread or 256.
+   (A sum split across threads and added up in whatever order they finish
+   would differ in its last bits from run to run.) `worker` (0 for the
    caller, 1..threads-1 for the helpers) says which thread is running the
-   task, for per-thread scratch memory such as GEMM's packing buffers.
+   task, for per-thread scratch memory such as the GEMM's packing buffers:
+   where a task works, never what it computes.
 
-   Build with -DNO_THREADS (or on a system without POSIX) and parallel_for
-   runs the tasks one after the other on the caller: same results, one core.
-   A task must not call parallel_for on the same Workers (it would wait for
-   itself); gemm_in_task below is the serial GEMM for use inside a task. */
+   The rule the tests check (tests/test_gemm.c): parallel_for runs every
+   task exactly once, at any thread count. */
 
 #if HAVE_POSIX && !defined(NO_THREADS)
 #define HAVE_THREADS 1
@@ -1570,6 +1553,38 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
     pthread_mutex_unlock(&w->lock);
 #endif
 }
+/* ----------------------------------------------------------------------------
+   One fast matrix multiply for every convolution and dense pass.
+
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
+   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
+   them): a driver in portable C cuts the problem into blocks that fit the
+   caches and copies ("packs") each block of A and B into the order the
+   innermost loop reads; a micro-kernel, one per instruction set, multiplies
+   a packed strip of A by a packed panel of B into a small MR x NR tile of C
+   held in registers. The thread pool (threads.c) runs the tiles of C in
+   parallel.
+   An operand is either a strided matrix or the im2col "patch matrix" of an
+   image, which is never built: the packing reads the patches straight from
+   the image, so a convolution is one GEMM with no extra memory. (A
+   one-channel image's patches, small enough, are built beforehand by
+   conv_blocked.c and come here as a matrix.)
+   What it is not: a BLAS. Single precision only, no alpha or beta, no
+   transposed C; the blocking is tuned on one machine (the numbers are in
+   the comments, with the machine); the micro-kernels are x86's AVX2 and
+   AVX-512 plus a portable one in plain C, which every other machine uses.
+
+   The rules the tests check (tests/test_gemm.c):
+   - every kernel gives the same bits as the portable one, and any number
+     of threads the same bits as one (why: "Determinism", below);
+   - the answer matches a plain triple loop in double precision for any
+     shape, strides, patches, padding and accumulate flag.
+
+   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
+   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
+   step, in one fixed order, whatever the kernel, the blocking or the
+   number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    Operands: how element (r, c) of A or B is found. */
