@@ -1514,9 +1514,10 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
    one-channel image's patches, small enough, are built beforehand by
    conv_blocked.c and come here as a matrix.)
    What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; the blocking is tuned on one machine (the numbers are in
-   the comments, with the machine); the micro-kernels are x86's AVX2 and
-   AVX-512 plus a portable one in plain C, which every other machine uses.
+   transposed C; one blocking, derived from common cache sizes (see
+   "Blocking"), not tuned for each machine; the micro-kernels are x86's
+   AVX2 and AVX-512 plus a portable one in plain C, which every other
+   machine uses.
 
    The rules the tests check (tests/test_gemm.c):
    - every kernel gives the same bits as the portable one, and any number
@@ -1526,7 +1527,7 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
    k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
+   layer's bias, one row for every row of C (gemm_with_bias), or 0: one rounding per
    step, in one fixed order, whatever the kernel, the blocking or the
    number of threads. See "Determinism" below. */
 
@@ -1559,8 +1560,8 @@ Operand patches_operand(const float *image,  // (B, H, W, C)
    i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a], B(k, j) = b[k*ldb + j],
        c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), s) ...)
    where the start s is c0[i*ld_c0 + j], or 0 when c0 is NULL: C's old
-   value (c0 = c, ld_c0 = ldc), or one row for every row (a layer's bias:
-   ld_c0 = 0), loaded straight into the registers. k runs upwards, one
+   value (c0 = c, ld_c0 = ldc), or the bias, one row for every row of the
+   tile (ld_c0 = 0), loaded straight into the registers. k runs upwards, one
    fused multiply-add (one rounding) per step. That is the whole contract, and
    every kernel keeps it exactly, which is why they agree to the bit. Only
    how many elements are computed at once differs.
@@ -1820,8 +1821,9 @@ const GemmKernel *gemm_best_kernel(void) {
 
    The micro-kernel streams a (kc, MR) strip of A and a (kc, NR) panel of B
    and keeps C in registers. Around it, three loops choose what stays in
-   which cache, for the machine the numbers were measured on (AMD EPYC Zen 3:
-   32 KB L1 data and 512 KB L2 per core, 32 MB L3 shared):
+   which cache, for a core with 32 KB of L1 data and 512 KB of L2 or more
+   (AMD since Zen 2; Intel's server cores have 1 to 2 MB), and an L3 that
+   all cores share:
    - KC = 256: the B panel in use, KC * NR * 4 bytes = 16 KB for AVX2, fits
      in half of L1 and is reused by every strip of A; the other half holds
      the strips of A and C passing through. Longer k also spreads the cost of
@@ -1831,16 +1833,15 @@ const GemmKernel *gemm_best_kernel(void) {
      passes over it. A multiple of MR.
    - NC = 256: the packed block of B, KC * NC * 4 bytes = 256 KB, comes from
      L2 or L3. Our widest layers have 256 outputs; a multiple of every NR.
-   Measured (AVX2, gcc -O3, one thread, best of 30 runs on a machine that
-   was busy with other work, so +-5% is noise), GFLOP/s for the basic CNN's
-   conv2 forward / input gradient / weight gradient and dense 1600->128:
-       KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
-       KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
-       KC 384, MC 240:  72 / 71 / 40 / 36
-   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
-   These are the defaults; a GemmContext can be made with others (Blocking),
-   which is how `make bench` sweeps them on the machine it runs on, without a
-   rebuild (book.md 4.14 has its table). */
+   None of the three is a sharp optimum: halving or doubling one keeps its
+   block in the same level of cache (KC = 128 to 384 keeps the panel
+   within L1, MC = 120 to 480 the block of A within L2), and what changes
+   is only how often C's tiles are loaded and stored (KC) and B's panels
+   re-read (MC), a few percent of the traffic either way. So these sizes
+   are the middle of a flat range, with room in L2 to spare. They are the
+   defaults; a GemmContext can be made with others (Blocking), which is
+   how `make bench` sweeps them on the machine it runs on, without a
+   rebuild (book.md 4.14). */
 enum { KC = 256, MC = 240, NC = 256 };
 
 typedef struct {
@@ -1901,14 +1902,14 @@ void pack_line(float *dst,  // (to - from)
     for (; o < to; o++) *dst++ = 0.0f;
 }
 
-// Rows [r0, r0 + rows) and columns [c0, c0 + cols) of the operand, row i
-// of the block at dst + i * ld.
+// Rows [row0, row0 + rows) and columns [col0, col0 + cols) of the operand,
+// row i of the block at dst + i * ld.
 void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
-                long ld, const Operand *op, long r0, int rows, long c0, int cols) {
+                long ld, const Operand *op, long row0, int rows, long col0, int cols) {
     const ConvShape *g = op->patches;
     if (!g) {  // a matrix
         long rs = op->row_stride, cs = op->col_stride;
-        const float *src = op->data + r0 * rs + c0 * cs;  // (rows, cols), rs and cs apart
+        const float *src = op->data + row0 * rs + col0 * cs;  // (rows, cols), rs and cs apart
         for (int i = 0; i < rows; i++, dst += ld, src += rs) {
             if (cs == 1)
                 for (int j = 0; j < cols; j++) dst[j] = src[j];
@@ -1926,9 +1927,9 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            line, with zeros where kw reaches past the left or right edge, and
            all zeros when ih is above or below the image. */
         long line = (long)KW * C;
-        int ow = (int)(r0 % OW), oh = (int)(r0 / OW % OH), b = (int)(r0 / OW / OH);
-        int first_kh = (int)(c0 / line);
-        long first_from = c0 % line;
+        int ow = (int)(row0 % OW), oh = (int)(row0 / OW % OH), b = (int)(row0 / OW / OH);
+        int first_kh = (int)(col0 / line);
+        long first_from = col0 % line;
         int narrow = first_from + cols <= line;  // all the columns are in one line (one kh)
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;             // kw inside the image, in columns
@@ -1965,8 +1966,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            pixels (b, oh, ow). Each output row (b, oh) is a line: image row
            ih = oh + kh - pad, every C-th float, with zeros where ow + kw - pad
            falls off the edge. */
-        int ci = (int)(r0 % C), kw = (int)(r0 / C % KW), kh = (int)(r0 / C / KW);
-        int first_ow = (int)(c0 % OW), first_oh = (int)(c0 / OW % OH), first_b = (int)(c0 / OW / OH);
+        int ci = (int)(row0 % C), kw = (int)(row0 / C % KW), kh = (int)(row0 / C / KW);
+        int first_ow = (int)(col0 % OW), first_oh = (int)(col0 / OW % OH), first_b = (int)(col0 / OW / OH);
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
             float *d = dst;
@@ -2016,29 +2017,29 @@ typedef struct {
    multiple of it) and the strip's MR pixels lie in one output row, all
    with their KW taps inside the image, the strip is simply the image read
    with rs = C: nothing to copy. (gemm_run chooses such blocks.) */
-const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
+const float *patch_strip_in_place(const Operand *A, long row0, long k0, int kc) {
     const ConvShape *g = A->patches;
     long line = (long)g->kernel_w * g->channels;
     if (A->transposed || kc != line || k0 % line != 0) return NULL;
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h), b = (int)(row / g->out_w / g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h), b = (int)(row0 / g->out_w / g->out_h);
     int ih = oh + (int)(k0 / line) - g->pad, first_iw = ow - g->pad, last_iw = ow + MR - 1 - g->pad + g->kernel_w - 1;
     if (ow + MR > g->out_w || ih < 0 || ih >= g->height || first_iw < 0 || last_iw >= g->width) return NULL;
     return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
 }
 
-/* Is a block of the patch matrix, rows [row, row + rows) and columns
+/* Is a block of the patch matrix, rows [row0, row0 + rows) and columns
    [k0, k0 + kc), all zero padding? It is when, for every one of its output
    pixels, every kernel row kh the block's columns reach falls above or
    below the image. That happens where the padding is wide: the input
    gradient of the basic CNN's second convolution is a convolution padded
    by 2 of an 11 x 11 image into 13 x 13, whose top two and bottom two
    output rows reach past the image for one or two of the three kh. */
-int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc) {
+int patch_block_is_padding(const Operand *A, long row0, int rows, long k0, int kc) {
     const ConvShape *g = A->patches;
     if (g->pad == 0) return 0;
     long line = (long)g->kernel_w * g->channels;
     int first_kh = (int)(k0 / line), last_kh = (int)((k0 + kc - 1) / line);
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h);
     for (int i = 0; i < rows; i++) {
         if (oh + last_kh - g->pad >= 0 && oh + first_kh - g->pad < g->height) return 0;
         if (++ow == g->out_w) ow = 0, oh = oh + 1 < g->out_h ? oh + 1 : 0;
@@ -2102,7 +2103,8 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
 }
 
 /* ----------------------------------------------------------------------------
-   The driver.
+   The driver. (Below, row(j) is element j of the bias row, the bias of
+   gemm_with_bias.)
 
    Determinism. Element C(i, j) ends up as the chain
        c = C(i, j), row(j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
@@ -2199,20 +2201,21 @@ typedef struct {
     float *C;  // (M, N), rows ldc floats apart
     long ldc;
     int accumulate;
-    const float *start_row;       // (N) or NULL: C starts as this row on every row (and not accumulating)
+    const float *bias;            // (N) or NULL: every row of C starts as the bias (and not accumulating)
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
 /* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
-   the starting row, or zeros. For a strip of A that is all padding, where
-   the chain of zero products would end as it started: from the row, or
-   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
-void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+   the bias (when not NULL, (N)), or zeros. For a strip of A that is all
+   padding, where the chain of zero products would end as it started: from
+   the bias, or from 0 as +0 (each fma adds a product of +-0 to +0, which
+   gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, const float *bias) {
     int h = rows - i < MR ? rows - i : MR;
     for (int y = 0; y < h; y++) {
         float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
-        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        if (bias) memcpy(c, bias + col0, (size_t)cols * sizeof(float));
         else memset(c, 0, (size_t)cols * sizeof(float));
     }
 }
@@ -2225,10 +2228,14 @@ void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, in
    gradient with 9 rows) uses each panel a few times only, and copying it
    costs more than it saves: then a row-major B (NR neighbouring floats per
    k) is read where it lies, and only a last, partial panel is copied.
-   Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
-   gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
-   72 -> 63 if its weights were not packed. A is packed, or read in place
-   where a whole strip already lies as the kernel reads it (pack_a). */
+   The copy reads and writes each float of the panel once, and saves every
+   strip that uses the panel a read from a wider stride (a row of B per k,
+   in its own cache line, instead of one contiguous run): it pays when
+   there are many strips, not when there are a few. Our tiles of few rows
+   are those above (a few strips each); a convolution's forward pass has
+   tiles of up to MC = 240 rows, 40 strips; the threshold B_IN_PLACE_ROWS
+   = 8 MR lies between the two kinds. A is packed, or read in place where
+   a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
 
 void gemm_tile(void *context, int task, int worker) {
@@ -2246,19 +2253,21 @@ void gemm_tile(void *context, int task, int worker) {
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
-        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row
-        int load_c = job->accumulate || k0 > 0 || start_from_row;  // otherwise it starts from 0
+        const float *bias = k0 == 0 ? job->bias : NULL;  // (N) the first block starts from the bias, if any
+        int load_c = job->accumulate || k0 > 0;           // C's old value is where the sums start
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
         pack_a(packed_a, strips, A, row0, rows, k0, kc);
         // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
         // while the panels of B stream past it from L2, and C is written
-        // MR whole rows at a time. (Panel-outer, the BLIS order, measured
-        // 10-15% slower here: our panels of B are few and C's rows long.)
+        // MR whole rows at a time. (Panel-outer, the BLIS order, keeps one
+        // panel of B in L1 while the strips of A stream past it, which
+        // suits many panels; ours are few, N being at most NC = 256 outputs,
+        // and C's rows long.)
         for (int i = 0; i < rows; i += MR) {
             const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
             long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
             if (!a) {  // all padding: its products are zeros, and adding them changes nothing
-                if (!load_c || start_from_row) start_tile_rows(job, i, row0, col0, rows, cols, start_from_row);
+                if (!load_c) start_tile_rows(job, i, row0, col0, rows, cols, bias);
                 continue;
             }
             for (int j = 0; j < cols; j += nr) {
@@ -2268,21 +2277,20 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
-                const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
-                    // The starting row goes straight into the registers: C is
-                    // written once, never first filled with the row and read back.
-                    const float *start = row ? row : load_c ? c : NULL;  // (MR, nr), rows ld_start apart
-                    long ld_start = row ? 0 : job->ldc;
-                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, start, ld_start);
+                    // The bias goes straight into the registers: C is written
+                    // once, never first filled with the bias and read back.
+                    const float *c0 = bias ? bias + col0 + j : load_c ? c : NULL;  // (MR, nr), rows ld_c0 apart
+                    long ld_c0 = bias ? 0 : job->ldc;
+                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, c0, ld_c0);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
-                for (int y = 0; y < h && load_c; y++)
-                    memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
-                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c ? scratch : NULL, nr);
+                for (int y = 0; y < h && (bias || load_c); y++)
+                    memcpy(scratch + y * nr, bias ? bias + col0 + j : c + y * job->ldc, (size_t)w * sizeof(float));
+                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, bias || load_c ? scratch : NULL, nr);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
         }
@@ -2309,7 +2317,7 @@ void check_operand(const Operand *op, long rows, long cols, const char *name) {
 // Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
 // in parallel on `workers`, or on the caller as `worker` when that is NULL.
 void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
-              float *C, long ldc, int accumulate, const float *start_row) {
+              float *C, long ldc, int accumulate, const float *bias) {
     require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
     check_operand(&A, M, K, "A");
     check_operand(&B, K, N, "B");
@@ -2317,7 +2325,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     require(C != NULL, "gemm: no C");
     if (K == 0) {  // an empty sum
         for (int i = 0; i < M && !accumulate; i++) {
-            if (start_row) memcpy(C + (size_t)i * ldc, start_row, (size_t)N * sizeof(float));
+            if (bias) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof(float));
             else memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         }
         return;
@@ -2334,7 +2342,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         else if (more_n) tiles_n++;
         else break;
     }
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, start_row, 0, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, bias, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
@@ -2360,12 +2368,12 @@ void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, flo
     gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
-// C = `row` on every row + A @ B: a layer's bias and its product, in one
-// pass over C. The same bits as filling C with the row, then accumulating.
-void gemm_from_row(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
-                   const float *row) {  // (N)
-    require(row != NULL, "gemm_from_row: no row");
-    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, row);
+// C = `bias` on every row + A @ B: a layer's bias and its product, in one
+// pass over C. The same bits as filling C with the bias, then accumulating.
+void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
+                    const float *bias) {  // (N)
+    require(bias != NULL, "gemm_with_bias: no bias");
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, bias);
 }
 
 // The same, for use inside a parallel_for task (one image of a batch, say):
@@ -2392,10 +2400,10 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
 /* One-channel images (the first convolution) are the exception to "no
    patch matrix is ever built". Their patch lines are KW floats, 3 for a
    3x3 kernel: too short to read in place, and copied strip by strip they
-   cost more than the 9 multiply-adds per output that use them (the bench
-   measured that convolution at 8% of the peak). But their whole patch
-   matrix is small, K = KH*KW floats an output pixel (1.6 to 1.8 MB at
-   batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
+   cost more than the 9 multiply-adds per output that use them: every 3
+   floats need their own bounds checks and index arithmetic. But their
+   whole patch matrix is small, K = KH*KW floats an output pixel (1.6 to
+   1.8 MB at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
    the image shifted by one tap, one run of OW floats per output row
    (pack_block's lines). The forward GEMM reads its strips where they lie,
    MR neighbouring pixels per k; the weight gradient's GEMM reads its
@@ -2453,7 +2461,7 @@ void conv2d_forward_blocked(const GemmContext *ctx,
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
     }
-    gemm_from_row(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
+    gemm_with_bias(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->
