@@ -498,7 +498,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     printf("    %-32s %8.2f %6.1f%%\n", "clearing the other gradients", 1e3 * clearing, 100 * clearing / step);
     printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
     double rest = step - gemm_seconds - other_seconds - zeroing - clearing - adam;
-    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probabilities out)", 1e3 * rest, 100 * rest / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probs out)", 1e3 * rest, 100 * rest / step);
     printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
            1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
            100 * other_seconds / step);
