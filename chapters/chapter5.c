@@ -41,6 +41,17 @@
 #define HAVE_POSIX 0
 #endif
 
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
+// Each function is compiled for its own instruction set (a target
+// attribute) and called only where the CPU has that set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
 // different numbers (expf and logf, which differ between C libraries, remain
@@ -1657,11 +1668,9 @@ int always_supported(void) { return 1; }
    only if the CPU says it has that set (__builtin_cpu_supports, which also
    checks that the operating system saves the wide registers). Other
    machines and compilers never see them, so never meet an instruction they
-   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
-#define HAVE_X86_KERNELS 1
-#include <immintrin.h>
-
+   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs
+   (HAVE_X86_KERNELS, at the top of the chapter). */
+#if HAVE_X86_KERNELS
 int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
 
@@ -1784,8 +1793,6 @@ float peak_probe_avx512(long iterations) {
     _mm512_storeu_ps(lanes, sum);
     return lanes[0];
 }
-#else
-#define HAVE_X86_KERNELS 0
 #endif
 
 // Every kernel this build has, the portable one first and the widest last.

@@ -159,11 +159,9 @@ int always_supported(void) { return 1; }
    only if the CPU says it has that set (__builtin_cpu_supports, which also
    checks that the operating system saves the wide registers). Other
    machines and compilers never see them, so never meet an instruction they
-   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
-#define HAVE_X86_KERNELS 1
-#include <immintrin.h>
-
+   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs
+   (HAVE_X86_KERNELS, at the top of the chapter). */
+#if HAVE_X86_KERNELS
 int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
 
@@ -286,8 +284,6 @@ float peak_probe_avx512(long iterations) {
     _mm512_storeu_ps(lanes, sum);
     return lanes[0];
 }
-#else
-#define HAVE_X86_KERNELS 0
 #endif
 
 // Every kernel this build has, the portable one first and the widest last.

@@ -167,6 +167,19 @@
 #else
 #define HAVE_POSIX 0
 #endif
+//@ from 4
+
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
+// Each function is compiled for its own instruction set (a target
+// attribute) and called only where the CPU has that set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+//@ end
 
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
