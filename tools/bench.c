@@ -14,8 +14,10 @@
    as a roofline, under plots/.
    What it is not: a timed test, or part of a chapter. Speeds vary from run
    to run and machine to machine; the tests check correctness, this only
-   reports. The chapters keep nothing for it: it times the ops by walking
-   the compiled graph and calling each op's forward and backward itself.
+   reports. The chapters keep only what it measures with (each kernel's
+   FMA probe, a GemmContext of any blocking) and no timing hooks: it times
+   the ops by walking the compiled graph and calling each op's forward and
+   backward itself (timed_step).
 
        make bench                  build/bench, then one epoch of each model
        build/bench [--threads N]   N threads for the blocked versions (default:
