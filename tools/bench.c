@@ -657,6 +657,8 @@ int bench_main(int argc, char **argv) {
             threads = (int)n, i++;
         } else {
             int help = strcmp(argv[i], "--help") == 0;
+            if (!help) fprintf(stderr, "%s: %s: not an option, or --threads without a number from 1 to %d\n", argv[0],
+                               argv[i], MAX_THREADS);
             fprintf(help ? stdout : stderr, "usage: %s [--threads N]   (N from 1 to %d; default: the CPUs online, here %d)\n"
                     "measures this machine's peak and every layer's speed; writes plots/bench.dat and plots/roofline.gp\n",
                     argv[0], MAX_THREADS, online_cpus());
