@@ -1593,10 +1593,10 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
      shape, strides, patches, padding and accumulate flag.
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
-   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   layer's bias, one row for every row of C (gemm_with_bias), or 0: one rounding per
-   step, in one fixed order, whatever the kernel, the blocking or the
-   number of threads. See "Determinism" below. */
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate),
+   a layer's bias, the same row for every row of C (gemm_with_bias), or 0:
+   one rounding per step, in one fixed order, whatever the kernel, the
+   blocking or the number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    Operands: how element (r, c) of A or B is found. */
