@@ -6,6 +6,7 @@
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
 #   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c)
+#   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
@@ -38,7 +39,7 @@ TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_exa
            build/test_bench
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
-.PHONY: all bench chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
+.PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-flags check-portable data test test-build warnings clean \
         starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
 .DELETE_ON_ERROR:
 
@@ -98,15 +99,17 @@ plots:
 	done
 
 # Every chapter, and the tools built on them, must compile without a
-# warning, under gcc and (where it is installed) clang.
+# warning, under gcc and (where it is installed) clang; the benchmark also
+# on the first chapter it measures (make bench-chapter), chapter 4.
 TOOLS = bench bench_pass
 warnings:
 	@mkdir -p build/warnings
-	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c); do \
-	  pids=""; \
+	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
+	  pids=""; src=$${f%:*}; on=""; case $$f in *:*) on=chapter$${f#*:};; esac; \
 	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
-	    echo "  $$cc -Werror $$f"; \
-	    $$cc $(STRICT) $$f -o build/warnings/$$(basename $$f .c)-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
+	    echo "  $$cc -Werror $$src$${on:+ on chapters/$$on.c}"; \
+	    $$cc $(STRICT) $${on:+"-DCHAPTER_FILE=\"../chapters/$$on.c\""} $$src \
+	      -o build/warnings/$$(basename $$src .c)$${on:+-$$on}-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
 	  done; \
 	  for p in $$pids; do wait $$p || exit 1; done; \
 	done
@@ -165,6 +168,14 @@ build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
 build/bench: tools/bench.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+# The same measurements on another chapter, from 4 on: a student's copy
+# (book.md's exercises of chapter 4), or one built with other CFLAGS.
+bench-chapter:
+	@test -n "$(FILE)" || { echo "usage: make bench-chapter FILE=mine4.c [CFLAGS=...] [BENCH_ARGS=...]"; exit 2; }
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) '-DCHAPTER_FILE="$(abspath $(FILE))"' tools/bench.c -o build/bench-chapter $(LDLIBS)
+	build/bench-chapter $(BENCH_ARGS)
 
 build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
 	@mkdir -p build

@@ -768,6 +768,9 @@ typedef struct {
     int threads;
 } Options;
 
+// The models --model builds.
+static const char MODEL_NAMES[] = "ann|basic";
+
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
@@ -810,7 +813,7 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
                               .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",

@@ -34,6 +34,11 @@ typedef struct {
     const char *plots;   // the directory the pictures go to
 //@ end
 } Options;
+//@ from 4 to 4
+
+// The models --model builds.
+static const char MODEL_NAMES[] = "ann|basic";
+//@ end
 //@ from 5 to 6
 
 // The models --model builds, and a checkpoint may hold.
@@ -153,7 +158,7 @@ int option_table(Options *o, OptionSpec *specs) {
 //@ from 4
 //@ from 4 to 4
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
 //@ end
 //@ from 5 to 6
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",

@@ -22,14 +22,21 @@
        make bench                  build/bench, then one epoch of each model
        build/bench [--threads N]   N threads for the blocked versions (default:
                                    the CPUs online); the references run on one
+       make bench-chapter FILE=mine4.c [CFLAGS=...] [BENCH_ARGS=...]
+                                   the same on another chapter (4 on): its
+                                   kernels, and the steps of the models it has
 
    Exit codes: 0 done, 2 a bad option, 10 plots/ cannot be written (found
    out before the work, not after minutes of it). Writes plots/bench.dat
    and plots/roofline.gp.
    (No #include of its own: the chapter's come first, after the feature
    macros it defines, or POSIX's fdopen would go undeclared.) */
-#define main chapter7_main
-#include "../chapters/chapter7.c"
+#define main chapter_main
+// Another chapter, from 4 on (a student's copy, say): make bench-chapter FILE=...
+#ifndef CHAPTER_FILE
+#define CHAPTER_FILE "../chapters/chapter7.c"
+#endif
+#include CHAPTER_FILE
 #undef main
 
 typedef struct {
@@ -553,21 +560,22 @@ int run_benchmark(int threads, Error *err) {
     const char *probe = "plots/.bench-probe";
     if (write_file_atomically(probe, "", 0, err)) return err->code;
     remove(probe);
-    const GemmKernel *kernels[3];
+    // Every kernel of the chapter's table that this CPU runs, in the
+    // table's order: the portable one first, the widest last.
+    const GemmKernel *kernels[GEMM_KERNEL_COUNT];
     int kernel_count = 0;
-    double peak_one[3], peak_all[3];
-    const char *names[3] = {"portable", "avx2", "avx512"};
+    double peak_one[GEMM_KERNEL_COUNT], peak_all[GEMM_KERNEL_COUNT];
     Workers *workers = workers_new(threads);
     printf("the machine: %d thread%s\n", threads, threads == 1 ? "" : "s");
-    for (int k = 0; k < 3; k++) {
-        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
+    for (int k = 0; k < GEMM_KERNEL_COUNT; k++) {
+        const GemmKernel *kernel = &GEMM_KERNELS[k];
         if (!gemm_kernel_supported(kernel)) {
-            printf("  %-8s  not on this CPU or in this build\n", names[k]);
+            printf("  %-8s  not on this CPU\n", kernel->name);
             continue;
         }
         peak_one[kernel_count] = gemm_peak_gflops(kernel);
         peak_all[kernel_count] = all_threads_peak(workers, threads, kernel);
-        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", names[k],
+        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", kernel->name,
                peak_one[kernel_count], peak_all[kernel_count], threads);
         kernels[kernel_count++] = kernel;
     }
@@ -635,7 +643,8 @@ int run_benchmark(int threads, Error *err) {
            STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
     static const char *const step_models[] = {"ann", "basic", "deeper"};
     for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
-        bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
+        if (is_choice(step_models[i], MODEL_NAMES))  // the models this chapter builds
+            bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
