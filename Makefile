@@ -5,7 +5,8 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
-#   make bench         the machine's peak, every layer's speed, one epoch of each model
+#   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c)
+#   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
@@ -29,15 +30,16 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
 # The chapters, and the marked sources they are generated from, in order.
 CHAPTERS = 1 2 3 4 5 6 7
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/conv.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
-           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/bench.c src/gradcheck.c src/main.c
+           src/layers.c src/conv.c src/threads.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
-           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare
+           build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
+           build/test_bench
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
-.PHONY: all bench chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
+.PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
         starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
 .DELETE_ON_ERROR:
 
@@ -99,15 +101,18 @@ plots:
 	  *) (cd $$(dirname $$g) && gnuplot $$(basename $$g)) || exit 1; echo "  $$g -> $${g%.gp}.svg, $${g%.gp}.png";; esac; \
 	done
 
-# Every chapter must compile without a warning, under gcc and (where it is
-# installed) clang.
+# Every chapter, and the tools built on them, must compile without a
+# warning, under gcc and (where it is installed) clang; the benchmark also
+# on the first chapter it measures (make bench-chapter), chapter 4.
+TOOLS = bench bench_pass
 warnings:
 	@mkdir -p build/warnings
-	@for n in $(CHAPTERS); do \
-	  pids=""; \
+	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
+	  pids=""; src=$${f%:*}; on=""; case $$f in *:*) on=chapter$${f#*:};; esac; \
 	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
-	    echo "  $$cc -Werror chapters/chapter$$n.c"; \
-	    $$cc $(STRICT) chapters/chapter$$n.c -o build/warnings/chapter$$n-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
+	    echo "  $$cc -Werror $$src$${on:+ on chapters/$$on.c}"; \
+	    $$cc $(STRICT) $${on:+"-DCHAPTER_FILE=\"../chapters/$$on.c\""} $$src \
+	      -o build/warnings/$$(basename $$src .c)$${on:+-$$on}-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
 	  done; \
 	  for p in $$pids; do wait $$p || exit 1; done; \
 	done
@@ -187,13 +192,31 @@ build/test_%: tests/test_%.c tests/check.h $(CHAPTERS:%=chapters/chapter%.c)
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
 
-# One pass of one layer, timed alone, for comparing two builds (book.md 4.15,
-# 4.21); built with the tests so that it keeps compiling, never run by them.
-build/bench_pass: tests/bench_pass.c chapters/chapter5.c
+# The benchmark (tools/bench.c, on chapter 7), and one pass of one layer
+# timed alone for comparing two builds (tools/bench_pass.c, book.md 4.15,
+# 4.21). `make test` builds both with -Werror (warnings) and never runs
+# them; tests/test_bench.c checks the benchmark's parts that take seconds.
+build/bench: tools/bench.c chapters/chapter7.c
 	@mkdir -p build
-	$(CC) $(STRICT) $< -o $@ $(LDLIBS)
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-test-build: $(TESTS) build/bench_pass
+# The same measurements on another chapter, from 4 on: a student's copy
+# (book.md's exercises of chapter 4), or one built with other CFLAGS.
+bench-chapter:
+	@test -n "$(FILE)" || { echo "usage: make bench-chapter FILE=mine4.c [CFLAGS=...] [BENCH_ARGS=...]"; exit 2; }
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) '-DCHAPTER_FILE="$(abspath $(FILE))"' tools/bench.c -o build/bench-chapter $(LDLIBS)
+	build/bench-chapter $(BENCH_ARGS)
+
+build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+build/test_bench: tests/test_bench.c tests/check.h tools/bench.c chapters/chapter7.c
+	@mkdir -p build
+	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
+
+test-build: $(TESTS)
 
 # The tests that need Fashion-MNIST skip (and say so) when `make data` cannot
 # get it; CI installs the Debian package first, so nothing is skipped there.
@@ -218,11 +241,12 @@ test: warnings check-chapters check-flags check-excerpts check-prose check-book
 	exit $$status
 
 # Speed, measured: the machine's peak, every layer against it, the blocking
-# swept and a training step of each model op by op (chapter 5's --bench,
-# which has the deeper CNN too, and writes plots/bench.dat), then one epoch
-# of each model. Numbers vary from run to run; the book quotes what it measured.
-bench: chapter2 chapter3 chapter4 chapter5
-	./chapter5 --bench
+# swept and a training step of each model op by op (build/bench, from
+# tools/bench.c; it writes plots/bench.dat and plots/roofline.gp), then one
+# epoch of each model. Numbers vary from run to run; the book quotes what
+# it measured. `make bench BENCH_ARGS="--threads 1"` passes options on.
+bench: build/bench chapter2 chapter3 chapter4 chapter5
+	build/bench $(BENCH_ARGS)
 	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter3 --epochs 1 --no-compare | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'

@@ -7,8 +7,9 @@
    register-tiled micro-kernel: portable C, AVX2 or AVX-512, chosen at run
    time, on a small thread pool, giving the same bits on every kernel and
    thread count); reshape and flatten without a copy; the basic CNN of the
-   protocol with a layer-by-layer summary; --model, --kernel, --threads and
-   --bench (the machine's peak and every layer's speed against it).
+   protocol with a layer-by-layer summary; --model, --kernel and --threads.
+   (How fast each layer runs, against the machine's peak, is measured by
+   tools/bench.c, outside the chapters: `make bench`.)
    What it drops: chapter 2's hand-written ANN and chapter 3's comparison
    with it; the engine builds every model now.
    What it is not: a BLAS, or the full protocol (early stopping and
@@ -45,6 +46,17 @@
 #include <sys/resource.h>  // getrusage: the peak memory
 #else
 #define HAVE_POSIX 0
+#endif
+
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
+// Each function is compiled for its own instruction set (a target
+// attribute) and called only where the CPU has that set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+#else
+#define HAVE_X86_KERNELS 0
 #endif
 
 // Arithmetic as written, with no multiply and add fused into one rounding
@@ -753,8 +765,11 @@ typedef struct {
     double learning_rate;  // 0 until parsed: then the optimiser's default
     const char *optimizer;
     const char *model, *kernel;
-    int threads, bench;
+    int threads;
 } Options;
+
+// The models --model builds.
+static const char MODEL_NAMES[] = "ann|basic";
 
 Options default_options(void) {
     return (Options){
@@ -798,15 +813,13 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--overfit", .value_name = "N", .help = "train on N images until all are right (a debugging check)",
                               .kind = OPTION_INT, .target = &o->overfit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",
                               .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
-    specs[n++] = (OptionSpec){.name = "--bench", .value_name = NULL, .help = "measure this machine's peak and every layer's speed, then exit",
-                              .kind = OPTION_FLAG, .target = &o->bench};
     specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
                               .kind = OPTION_FLAG, .target = &o->help};
     return n;
@@ -1324,55 +1337,38 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
             }
 }
 /* ----------------------------------------------------------------------------
-   One fast matrix multiply for every convolution and dense pass.
+   The thread pool: persistent workers, one entry point (book.md 4.18).
 
-   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
-   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
-   them): a driver in portable C cuts the problem into blocks that fit the
-   caches and copies ("packs") each block of A and B into the order the
-   innermost loop reads; a micro-kernel, one per instruction set, multiplies
-   a packed strip of A by a packed panel of B into a small MR x NR tile of C
-   held in registers. A small thread pool runs the tiles of C in parallel.
-   An operand is either a strided matrix or the im2col "patch matrix" of an
-   image, which is never built: the packing reads the patches straight from
-   the image, so a convolution is one GEMM with no extra memory. (A
-   one-channel image's patches, small enough, are built beforehand by
-   conv_blocked.c and come here as a matrix.)
-   What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; the blocking is tuned on one machine (the numbers are in
-   the comments, with the machine); the micro-kernels are x86's AVX2 and
-   AVX-512 plus a portable one in plain C, which every other machine uses.
+   What this is: parallel_for(w, tasks, task, context), which runs
+   task(context, i, worker) once for every i < tasks, spread over a few
+   threads that are created once (workers_new) and sleep on a condition
+   variable between calls. Every thread, the caller included, takes the
+   next task number from a shared counter until none are left; then the
+   caller waits for the others to finish and returns. The GEMM's tiles,
+   batch norm's sums, Adam's update and the engine's per-image ops all go
+   through it.
+   What it is not: a scheduler. There are no queues, futures, priorities or
+   nested calls: a task must not call parallel_for on the same Workers (it
+   would wait for itself; gemm_in_task is the serial GEMM for use inside a
+   task). Build with -DNO_THREADS (or on a system without POSIX) and
+   parallel_for runs the tasks one after the other on the caller: same
+   results, one core.
 
-   The rules the tests check (tests/test_gemm.c):
-   - every kernel gives the same bits as the portable one, and any number
-     of threads the same bits as one (why: "Determinism", below);
-   - the answer matches a plain triple loop in double precision for any
-     shape, strides, patches, padding and accumulate flag;
-   - parallel_for runs every task exactly once.
-
-   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
-   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
-   step, in one fixed order, whatever the kernel, the blocking or the
-   number of threads. See "Determinism" below. */
-
-/* ----------------------------------------------------------------------------
-   The thread pool: persistent workers, one entry point.
-
-   Threads are created once (workers_new) and sleep on a condition variable
-   between calls. parallel_for(w, tasks, task, context) wakes them, and every
-   thread, the caller included, takes the next task number from a shared
-   counter until none are left; then the caller waits for the others to
-   finish and returns. Which thread runs which task changes from run to run;
-   the results must not, so a task writes only its own part of the output
-   and never adds into something another task writes. `worker` (0 for the
+   Why the same bits at any thread count: which thread runs which task,
+   and when, changes from run to run; what a task computes must not. So
+   the caller fixes the tasks by the problem alone (a tile of C, a part of
+   an array, an image of the batch), never by the number of threads, and a
+   task writes only its own part of the output and never adds into
+   something another task writes. Then every float is computed by the same
+   operations in the same order whoever runs it, on one thread or 256.
+   (A sum split across threads and added up in whatever order they finish
+   would differ in its last bits from run to run.) `worker` (0 for the
    caller, 1..threads-1 for the helpers) says which thread is running the
-   task, for per-thread scratch memory such as GEMM's packing buffers.
+   task, for per-thread scratch memory such as the GEMM's packing buffers:
+   where a task works, never what it computes.
 
-   Build with -DNO_THREADS (or on a system without POSIX) and parallel_for
-   runs the tasks one after the other on the caller: same results, one core.
-   A task must not call parallel_for on the same Workers (it would wait for
-   itself); gemm_in_task below is the serial GEMM for use inside a task. */
+   The rule the tests check (tests/test_gemm.c): parallel_for runs every
+   task exactly once, at any thread count. */
 
 #if HAVE_POSIX && !defined(NO_THREADS)
 #define HAVE_THREADS 1
@@ -1521,6 +1517,39 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
     pthread_mutex_unlock(&w->lock);
 #endif
 }
+/* ----------------------------------------------------------------------------
+   One fast matrix multiply for every convolution and dense pass.
+
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
+   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
+   them): a driver in portable C cuts the problem into blocks that fit the
+   caches and copies ("packs") each block of A and B into the order the
+   innermost loop reads; a micro-kernel, one per instruction set, multiplies
+   a packed strip of A by a packed panel of B into a small MR x NR tile of C
+   held in registers. The thread pool (threads.c) runs the tiles of C in
+   parallel.
+   An operand is either a strided matrix or the im2col "patch matrix" of an
+   image, which is never built: the packing reads the patches straight from
+   the image, so a convolution is one GEMM with no extra memory. (A
+   one-channel image's patches, small enough, are built beforehand by
+   conv_blocked.c and come here as a matrix.)
+   What it is not: a BLAS. Single precision only, no alpha or beta, no
+   transposed C; one blocking, derived from common cache sizes (see
+   "Blocking"), not tuned for each machine; the micro-kernels are x86's
+   AVX2 and AVX-512 plus a portable one in plain C, which every other
+   machine uses.
+
+   The rules the tests check (tests/test_gemm.c):
+   - every kernel gives the same bits as the portable one, and any number
+     of threads the same bits as one (why: "Determinism", below);
+   - the answer matches a plain triple loop in double precision for any
+     shape, strides, patches, padding and accumulate flag.
+
+   Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate),
+   a layer's bias, the same row for every row of C (gemm_with_bias), or 0:
+   one rounding per step, in one fixed order, whatever the kernel, the
+   blocking or the number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    Operands: how element (r, c) of A or B is found. */
@@ -1551,8 +1580,8 @@ Operand patches_operand(const float *image,  // (B, H, W, C)
    i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a], B(k, j) = b[k*ldb + j],
        c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), s) ...)
    where the start s is c0[i*ld_c0 + j], or 0 when c0 is NULL: C's old
-   value (c0 = c, ld_c0 = ldc), or one row for every row (a layer's bias:
-   ld_c0 = 0), loaded straight into the registers. k runs upwards, one
+   value (c0 = c, ld_c0 = ldc), or the bias, one row for every row of the
+   tile (ld_c0 = 0), loaded straight into the registers. k runs upwards, one
    fused multiply-add (one rounding) per step. That is the whole contract, and
    every kernel keeps it exactly, which is why they agree to the bit. Only
    how many elements are computed at once differs.
@@ -1648,11 +1677,9 @@ int always_supported(void) { return 1; }
    only if the CPU says it has that set (__builtin_cpu_supports, which also
    checks that the operating system saves the wide registers). Other
    machines and compilers never see them, so never meet an instruction they
-   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
-#define HAVE_X86_KERNELS 1
-#include <immintrin.h>
-
+   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs
+   (HAVE_X86_KERNELS, at the top of the chapter). */
+#if HAVE_X86_KERNELS
 int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
 
@@ -1775,8 +1802,6 @@ float peak_probe_avx512(long iterations) {
     _mm512_storeu_ps(lanes, sum);
     return lanes[0];
 }
-#else
-#define HAVE_X86_KERNELS 0
 #endif
 
 // Every kernel this build has, the portable one first and the widest last.
@@ -1812,8 +1837,9 @@ const GemmKernel *gemm_best_kernel(void) {
 
    The micro-kernel streams a (kc, MR) strip of A and a (kc, NR) panel of B
    and keeps C in registers. Around it, three loops choose what stays in
-   which cache, for the machine the numbers were measured on (AMD EPYC Zen 3:
-   32 KB L1 data and 512 KB L2 per core, 32 MB L3 shared):
+   which cache, for a core with 32 KB of L1 data and 512 KB of L2 or more
+   (AMD since Zen 2; Intel's server cores have 1 to 2 MB), and an L3 that
+   all cores share:
    - KC = 256: the B panel in use, KC * NR * 4 bytes = 16 KB for AVX2, fits
      in half of L1 and is reused by every strip of A; the other half holds
      the strips of A and C passing through. Longer k also spreads the cost of
@@ -1823,16 +1849,15 @@ const GemmKernel *gemm_best_kernel(void) {
      passes over it. A multiple of MR.
    - NC = 256: the packed block of B, KC * NC * 4 bytes = 256 KB, comes from
      L2 or L3. Our widest layers have 256 outputs; a multiple of every NR.
-   Measured (AVX2, gcc -O3, one thread, best of 30 runs on a machine that
-   was busy with other work, so +-5% is noise), GFLOP/s for the basic CNN's
-   conv2 forward / input gradient / weight gradient and dense 1600->128:
-       KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
-       KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
-       KC 384, MC 240:  72 / 71 / 40 / 36
-   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
-   These are the defaults; a GemmContext can be made with others (Blocking),
-   which is how `--bench` sweeps them on the machine it runs on, without a
-   rebuild (book.md 4.14 has its table). */
+   None of the three is a sharp optimum: halving or doubling one keeps its
+   block in the same level of cache (KC = 128 to 384 keeps the panel
+   within L1, MC = 120 to 480 the block of A within L2), and what changes
+   is only how often C's tiles are loaded and stored (KC) and B's panels
+   re-read (MC), a few percent of the traffic either way. So these sizes
+   are the middle of a flat range, with room in L2 to spare. They are the
+   defaults; a GemmContext can be made with others (Blocking), which is
+   how `make bench` sweeps them on the machine it runs on, without a
+   rebuild (book.md 4.14). */
 enum { KC = 256, MC = 240, NC = 256 };
 
 typedef struct {
@@ -1893,14 +1918,14 @@ void pack_line(float *dst,  // (to - from)
     for (; o < to; o++) *dst++ = 0.0f;
 }
 
-// Rows [r0, r0 + rows) and columns [c0, c0 + cols) of the operand, row i
-// of the block at dst + i * ld.
+// Rows [row0, row0 + rows) and columns [col0, col0 + cols) of the operand,
+// row i of the block at dst + i * ld.
 void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
-                long ld, const Operand *op, long r0, int rows, long c0, int cols) {
+                long ld, const Operand *op, long row0, int rows, long col0, int cols) {
     const ConvShape *g = op->patches;
     if (!g) {  // a matrix
         long rs = op->row_stride, cs = op->col_stride;
-        const float *src = op->data + r0 * rs + c0 * cs;  // (rows, cols), rs and cs apart
+        const float *src = op->data + row0 * rs + col0 * cs;  // (rows, cols), rs and cs apart
         for (int i = 0; i < rows; i++, dst += ld, src += rs) {
             if (cs == 1)
                 for (int j = 0; j < cols; j++) dst[j] = src[j];
@@ -1918,9 +1943,9 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            line, with zeros where kw reaches past the left or right edge, and
            all zeros when ih is above or below the image. */
         long line = (long)KW * C;
-        int ow = (int)(r0 % OW), oh = (int)(r0 / OW % OH), b = (int)(r0 / OW / OH);
-        int first_kh = (int)(c0 / line);
-        long first_from = c0 % line;
+        int ow = (int)(row0 % OW), oh = (int)(row0 / OW % OH), b = (int)(row0 / OW / OH);
+        int first_kh = (int)(col0 / line);
+        long first_from = col0 % line;
         int narrow = first_from + cols <= line;  // all the columns are in one line (one kh)
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;             // kw inside the image, in columns
@@ -1957,8 +1982,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            pixels (b, oh, ow). Each output row (b, oh) is a line: image row
            ih = oh + kh - pad, every C-th float, with zeros where ow + kw - pad
            falls off the edge. */
-        int ci = (int)(r0 % C), kw = (int)(r0 / C % KW), kh = (int)(r0 / C / KW);
-        int first_ow = (int)(c0 % OW), first_oh = (int)(c0 / OW % OH), first_b = (int)(c0 / OW / OH);
+        int ci = (int)(row0 % C), kw = (int)(row0 / C % KW), kh = (int)(row0 / C / KW);
+        int first_ow = (int)(col0 % OW), first_oh = (int)(col0 / OW % OH), first_b = (int)(col0 / OW / OH);
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
             float *d = dst;
@@ -2008,29 +2033,29 @@ typedef struct {
    multiple of it) and the strip's MR pixels lie in one output row, all
    with their KW taps inside the image, the strip is simply the image read
    with rs = C: nothing to copy. (gemm_run chooses such blocks.) */
-const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
+const float *patch_strip_in_place(const Operand *A, long row0, long k0, int kc) {
     const ConvShape *g = A->patches;
     long line = (long)g->kernel_w * g->channels;
     if (A->transposed || kc != line || k0 % line != 0) return NULL;
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h), b = (int)(row / g->out_w / g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h), b = (int)(row0 / g->out_w / g->out_h);
     int ih = oh + (int)(k0 / line) - g->pad, first_iw = ow - g->pad, last_iw = ow + MR - 1 - g->pad + g->kernel_w - 1;
     if (ow + MR > g->out_w || ih < 0 || ih >= g->height || first_iw < 0 || last_iw >= g->width) return NULL;
     return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
 }
 
-/* Is a block of the patch matrix, rows [row, row + rows) and columns
+/* Is a block of the patch matrix, rows [row0, row0 + rows) and columns
    [k0, k0 + kc), all zero padding? It is when, for every one of its output
    pixels, every kernel row kh the block's columns reach falls above or
    below the image. That happens where the padding is wide: the input
    gradient of the basic CNN's second convolution is a convolution padded
    by 2 of an 11 x 11 image into 13 x 13, whose top two and bottom two
    output rows reach past the image for one or two of the three kh. */
-int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc) {
+int patch_block_is_padding(const Operand *A, long row0, int rows, long k0, int kc) {
     const ConvShape *g = A->patches;
     if (g->pad == 0) return 0;
     long line = (long)g->kernel_w * g->channels;
     int first_kh = (int)(k0 / line), last_kh = (int)((k0 + kc - 1) / line);
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h);
     for (int i = 0; i < rows; i++) {
         if (oh + last_kh - g->pad >= 0 && oh + first_kh - g->pad < g->height) return 0;
         if (++ow == g->out_w) ow = 0, oh = oh + 1 < g->out_h ? oh + 1 : 0;
@@ -2094,7 +2119,8 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
 }
 
 /* ----------------------------------------------------------------------------
-   The driver.
+   The driver. (Below, row(j) is element j of the bias row, the bias of
+   gemm_with_bias.)
 
    Determinism. Element C(i, j) ends up as the chain
        c = C(i, j), row(j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
@@ -2191,20 +2217,21 @@ typedef struct {
     float *C;  // (M, N), rows ldc floats apart
     long ldc;
     int accumulate;
-    const float *start_row;       // (N) or NULL: C starts as this row on every row (and not accumulating)
+    const float *bias;            // (N) or NULL: every row of C starts as the bias (and not accumulating)
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
 /* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
-   the starting row, or zeros. For a strip of A that is all padding, where
-   the chain of zero products would end as it started: from the row, or
-   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
-void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+   the bias (when not NULL, (N)), or zeros. For a strip of A that is all
+   padding, where the chain of zero products would end as it started: from
+   the bias, or from 0 as +0 (each fma adds a product of +-0 to +0, which
+   gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, const float *bias) {
     int h = rows - i < MR ? rows - i : MR;
     for (int y = 0; y < h; y++) {
         float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
-        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        if (bias) memcpy(c, bias + col0, (size_t)cols * sizeof(float));
         else memset(c, 0, (size_t)cols * sizeof(float));
     }
 }
@@ -2217,10 +2244,14 @@ void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, in
    gradient with 9 rows) uses each panel a few times only, and copying it
    costs more than it saves: then a row-major B (NR neighbouring floats per
    k) is read where it lies, and only a last, partial panel is copied.
-   Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
-   gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
-   72 -> 63 if its weights were not packed. A is packed, or read in place
-   where a whole strip already lies as the kernel reads it (pack_a). */
+   The copy reads and writes each float of the panel once, and saves every
+   strip that uses the panel a read from a wider stride (a row of B per k,
+   in its own cache line, instead of one contiguous run): it pays when
+   there are many strips, not when there are a few. Our tiles of few rows
+   are those above (a few strips each); a convolution's forward pass has
+   tiles of up to MC = 240 rows, 40 strips; the threshold B_IN_PLACE_ROWS
+   = 8 MR lies between the two kinds. A is packed, or read in place where
+   a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
 
 void gemm_tile(void *context, int task, int worker) {
@@ -2238,19 +2269,21 @@ void gemm_tile(void *context, int task, int worker) {
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
-        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row
-        int load_c = job->accumulate || k0 > 0 || start_from_row;  // otherwise it starts from 0
+        const float *bias = k0 == 0 ? job->bias : NULL;  // (N) the first block starts from the bias, if any
+        int load_c = job->accumulate || k0 > 0;           // C's old value is where the sums start
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
         pack_a(packed_a, strips, A, row0, rows, k0, kc);
         // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
         // while the panels of B stream past it from L2, and C is written
-        // MR whole rows at a time. (Panel-outer, the BLIS order, measured
-        // 10-15% slower here: our panels of B are few and C's rows long.)
+        // MR whole rows at a time. (Panel-outer, the BLIS order, keeps one
+        // panel of B in L1 while the strips of A stream past it, which
+        // suits many panels; ours are few, N being at most NC = 256 outputs,
+        // and C's rows long.)
         for (int i = 0; i < rows; i += MR) {
             const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
             long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
             if (!a) {  // all padding: its products are zeros, and adding them changes nothing
-                if (!load_c || start_from_row) start_tile_rows(job, i, row0, col0, rows, cols, start_from_row);
+                if (!load_c) start_tile_rows(job, i, row0, col0, rows, cols, bias);
                 continue;
             }
             for (int j = 0; j < cols; j += nr) {
@@ -2260,21 +2293,20 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
-                const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
-                    // The starting row goes straight into the registers: C is
-                    // written once, never first filled with the row and read back.
-                    const float *start = row ? row : load_c ? c : NULL;  // (MR, nr), rows ld_start apart
-                    long ld_start = row ? 0 : job->ldc;
-                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, start, ld_start);
+                    // The bias goes straight into the registers: C is written
+                    // once, never first filled with the bias and read back.
+                    const float *c0 = bias ? bias + col0 + j : load_c ? c : NULL;  // (MR, nr), rows ld_c0 apart
+                    long ld_c0 = bias ? 0 : job->ldc;
+                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, c0, ld_c0);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
-                for (int y = 0; y < h && load_c; y++)
-                    memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
-                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c ? scratch : NULL, nr);
+                for (int y = 0; y < h && (bias || load_c); y++)
+                    memcpy(scratch + y * nr, bias ? bias + col0 + j : c + y * job->ldc, (size_t)w * sizeof(float));
+                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, bias || load_c ? scratch : NULL, nr);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
         }
@@ -2301,7 +2333,7 @@ void check_operand(const Operand *op, long rows, long cols, const char *name) {
 // Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
 // in parallel on `workers`, or on the caller as `worker` when that is NULL.
 void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
-              float *C, long ldc, int accumulate, const float *start_row) {
+              float *C, long ldc, int accumulate, const float *bias) {
     require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
     check_operand(&A, M, K, "A");
     check_operand(&B, K, N, "B");
@@ -2309,7 +2341,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     require(C != NULL, "gemm: no C");
     if (K == 0) {  // an empty sum
         for (int i = 0; i < M && !accumulate; i++) {
-            if (start_row) memcpy(C + (size_t)i * ldc, start_row, (size_t)N * sizeof(float));
+            if (bias) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof(float));
             else memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         }
         return;
@@ -2326,7 +2358,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         else if (more_n) tiles_n++;
         else break;
     }
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, start_row, 0, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, bias, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
@@ -2352,12 +2384,12 @@ void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, flo
     gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
-// C = `row` on every row + A @ B: a layer's bias and its product, in one
-// pass over C. The same bits as filling C with the row, then accumulating.
-void gemm_from_row(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
-                   const float *row) {  // (N)
-    require(row != NULL, "gemm_from_row: no row");
-    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, row);
+// C = `bias` on every row + A @ B: a layer's bias and its product, in one
+// pass over C. The same bits as filling C with the bias, then accumulating.
+void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
+                    const float *bias) {  // (N)
+    require(bias != NULL, "gemm_with_bias: no bias");
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, bias);
 }
 
 // The same, for use inside a parallel_for task (one image of a batch, say):
@@ -2368,32 +2400,6 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
     require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
             ctx->workers->threads);
     gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate, NULL);
-}
-
-/* ----------------------------------------------------------------------------
-   Measuring: the machine's peak (bench.c measures every layer against it). */
-
-// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
-// independent FMA chains, best of 20 runs of at least 5 ms each (the best,
-// because other programs on the machine only ever make a run slower).
-double gemm_peak_gflops(const GemmKernel *kernel) {
-    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
-    long iterations = 1000;
-    volatile float sink = 0;  // so the probe's result is used
-    double best = 0;
-    for (int run = 0; run < 20;) {
-        double start = now_seconds();
-        sink = sink + kernel->probe(iterations);
-        double seconds = now_seconds() - start;
-        if (seconds < 0.005) {
-            iterations *= 2;
-            continue;
-        }
-        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
-        best = gflops > best ? gflops : best;
-        run++;
-    }
-    return best;
 }
 
 /* ----------------------------------------------------------------------------
@@ -2410,10 +2416,10 @@ double gemm_peak_gflops(const GemmKernel *kernel) {
 /* One-channel images (the first convolution) are the exception to "no
    patch matrix is ever built". Their patch lines are KW floats, 3 for a
    3x3 kernel: too short to read in place, and copied strip by strip they
-   cost more than the 9 multiply-adds per output that use them (the bench
-   measured that convolution at 8% of the peak). But their whole patch
-   matrix is small, K = KH*KW floats an output pixel (1.6 to 1.8 MB at
-   batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
+   cost more than the 9 multiply-adds per output that use them: every 3
+   floats need their own bounds checks and index arithmetic. But their
+   whole patch matrix is small, K = KH*KW floats an output pixel (1.6 to
+   1.8 MB at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
    the image shifted by one tap, one run of OW floats per output row
    (pack_block's lines). The forward GEMM reads its strips where they lie,
    MR neighbouring pixels per k; the weight gradient's GEMM reads its
@@ -2471,7 +2477,7 @@ void conv2d_forward_blocked(const GemmContext *ctx,
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
     }
-    gemm_from_row(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
+    gemm_with_bias(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->
@@ -3208,13 +3214,6 @@ struct Node {
     int pad;                    // conv2d: zeros on each side (0 valid, KH/2 same)
 };
 
-// Seconds spent in each node's forward and backward pass, added up over
-// the steps while a graph's `times` is set (--bench's step breakdown).
-typedef struct {
-    double forward[MAX_NODES], backward[MAX_NODES];
-    double clearing;  // graph_backward's zeroing of the gradients
-} OpTimes;
-
 struct Graph {
     Node nodes[MAX_NODES];  // in creation order, which is also a valid order
     int count;
@@ -3233,7 +3232,6 @@ struct Graph {
     GemmContext *gemm;      // KERNEL_BLOCKED: the micro-kernel, the threads, the packing buffers
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
-    OpTimes *times;         // NULL, or where each op's seconds are added (not owned)
 };
 
 // A graph with room for batches of up to max_batch items.
@@ -3463,9 +3461,7 @@ float graph_forward(Graph *g, int training) {
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
-        double start = g->times ? now_seconds() : 0;
         if (n->op) n->op->forward(n, g);
-        if (g->times) g->times->forward[n - g->nodes] += now_seconds() - start;
     }
     return g->output->value[0];
 }
@@ -3489,19 +3485,15 @@ void graph_zero_grad(Graph *g) {
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
-    double start = g->times ? now_seconds() : 0;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
         if (n->op && n->grad) clear_floats(graph_workers(g), n->grad, n->size);
     }
-    if (g->times) g->times->clearing += now_seconds() - start;
     require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
-        start = g->times ? now_seconds() : 0;
         if (n->op && n->requires_grad) n->op->backward(n, g);
-        if (g->times) g->times->backward[n - g->nodes] += now_seconds() - start;
     }
 }
 
@@ -4010,557 +4002,6 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
                2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);
 }
 /* ----------------------------------------------------------------------------
-   --bench: how fast each layer runs, against what the machine can do.
-
-   What this is: the measurements chapter 4 quotes. First the machine: each
-   micro-kernel's peak (an FMA probe, one thread and all of them) and the
-   memory bandwidth (a triad over arrays far larger than the caches). Then
-   every convolution and dense layer of the three models at batch 64, each
-   pass (forward, input gradient, weight gradient), in every version this
-   CPU runs, each first checked against the naive version: GFLOP/s and the
-   share of the peak. The table is also written as data, with a gnuplot
-   script that draws it as a roofline, under plots/.
-   What it is not: a timed test. Speeds vary from run to run and machine to
-   machine; the tests check correctness, this only reports. */
-
-typedef struct {
-    const char *model, *name;
-    int conv;                     // 1: a 3x3 convolution, 0: a dense layer
-    int size, channels, outputs;  // conv: (size, size, channels) -> outputs; dense: channels -> outputs
-    int pad;
-} BenchLayer;
-
-static const BenchLayer BENCH_LAYERS[] = {
-    {"ann", "dense 784->128", 0, 0, 784, 128, 0},
-    {"ann", "dense 128->64", 0, 0, 128, 64, 0},
-    {"ann", "dense 64->10", 0, 0, 64, 10, 0},
-    {"basic", "conv 28x28x1->32", 1, 28, 1, 32, 0},
-    {"basic", "conv 13x13x32->64", 1, 13, 32, 64, 0},
-    {"basic", "dense 1600->128", 0, 0, 1600, 128, 0},
-    {"basic", "dense 128->10", 0, 0, 128, 10, 0},
-    {"deeper", "conv 28x28x1->32", 1, 28, 1, 32, 1},
-    {"deeper", "conv 28x28x32->32", 1, 28, 32, 32, 1},
-    {"deeper", "conv 14x14x32->64", 1, 14, 32, 64, 1},
-    {"deeper", "conv 14x14x64->64", 1, 14, 64, 64, 1},
-    {"deeper", "dense 3136->256", 0, 0, 3136, 256, 0},
-    {"deeper", "dense 256->10", 0, 0, 256, 10, 0},
-};
-enum { BENCH_LAYER_COUNT = sizeof BENCH_LAYERS / sizeof BENCH_LAYERS[0], BENCH_BATCH = 64 };
-static const char *const PASS_NAMES[3] = {"forward", "input grad", "weight grad"};
-
-// One layer's operands and outputs, allocated once per layer.
-typedef struct {
-    ConvShape s;              // conv only
-    int B, C, OC;             // dense only
-    size_t n_in, n_weight, n_out;
-    float *x, *w, *b, *dout;  // inputs: (n_in), (n_weight), (OC), (n_out)
-    float *out, *dx, *dw, *db, *scratch;
-} BenchData;
-
-void bench_data_new(BenchData *d, const BenchLayer *l) {
-    memset(d, 0, sizeof *d);
-    if (l->conv) {
-        d->s = conv_shape(BENCH_BATCH, l->size, l->size, l->channels, 3, 3, l->pad, l->outputs);
-        d->n_in = (size_t)BENCH_BATCH * l->size * l->size * l->channels;
-        d->n_weight = conv_patch_size(&d->s) * (size_t)l->outputs;
-        d->n_out = conv_rows(&d->s) * (size_t)l->outputs;
-        d->scratch = xmalloc(2 * conv_rows(&d->s) * conv_patch_size(&d->s) * sizeof(float));
-    } else {
-        d->B = BENCH_BATCH, d->C = l->channels, d->OC = l->outputs;
-        d->n_in = (size_t)d->B * d->C, d->n_weight = (size_t)d->C * d->OC, d->n_out = (size_t)d->B * d->OC;
-    }
-    size_t sizes[] = {d->n_in, d->n_weight, (size_t)l->outputs, d->n_out};
-    float **inputs[] = {&d->x, &d->w, &d->b, &d->dout};
-    Rng rng = rng_new(17, STREAM_CHECK);
-    for (int k = 0; k < 4; k++) {
-        *inputs[k] = xmalloc(sizes[k] * sizeof(float));
-        for (size_t i = 0; i < sizes[k]; i++) (*inputs[k])[i] = 2 * rng_uniform(&rng) - 1;
-    }
-    d->out = xmalloc(d->n_out * sizeof(float));
-    d->dx = xmalloc(d->n_in * sizeof(float));
-    d->dw = xmalloc(d->n_weight * sizeof(float));
-    d->db = xmalloc((size_t)l->outputs * sizeof(float));
-}
-
-void bench_data_free(BenchData *d) {
-    float *buffers[] = {d->x, d->w, d->b, d->dout, d->out, d->dx, d->dw, d->db, d->scratch};
-    for (int k = 0; k < 9; k++) free(buffers[k]);
-}
-
-// The gradient a pass adds to, set to zero: apart from the pass, as in
-// training, where clearing the gradients is a step of its own.
-void bench_clear(BenchData *d, int pass) {
-    if (pass == 1) memset(d->dx, 0, d->n_in * sizeof(float));
-    if (pass == 2) memset(d->dw, 0, d->n_weight * sizeof(float));
-}
-
-// Runs one pass of one layer with one version (ctx NULL: `kind` is naive or
-// im2col); the result is in out, dx or dw. Gradients start from zero
-// (bench_clear, first).
-void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
-    float *dx = pass == 1 ? d->dx : NULL, *dw = pass == 2 ? d->dw : NULL;
-    if (l->conv) {
-        if (kind == KERNEL_NAIVE && pass == 0) conv2d_forward_naive(d->out, d->x, d->w, d->b, &d->s);
-        else if (kind == KERNEL_NAIVE) conv2d_backward_naive(dx, dw, NULL, d->dout, d->x, d->w, &d->s);
-        else if (kind == KERNEL_IM2COL && pass == 0) conv2d_forward_im2col(d->out, d->x, d->w, d->b, &d->s, d->scratch);
-        else if (kind == KERNEL_IM2COL) conv2d_backward_im2col(dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
-        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);
-        else conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
-    } else {
-        if (kind != KERNEL_BLOCKED && pass == 0) matmul_forward(d->out, d->x, d->w, d->B, d->C, d->OC);
-        else if (kind != KERNEL_BLOCKED) matmul_backward(dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
-        else if (pass == 0) matmul_forward_blocked(ctx, d->out, d->x, d->w, d->B, d->C, d->OC);
-        else matmul_backward_blocked(ctx, dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
-    }
-}
-
-// Multiply-adds of one pass of one layer at batch 64 (the same for all passes).
-double bench_multiply_adds(const BenchData *d, const BenchLayer *l) {
-    return l->conv ? (double)conv_rows(&d->s) * conv_patch_size(&d->s) * l->outputs : (double)d->B * d->C * d->OC;
-}
-
-// The result of a pass: the array it writes.
-const float *bench_result(const BenchData *d, int pass, size_t *n) {
-    *n = pass == 0 ? d->n_out : pass == 1 ? d->n_in : d->n_weight;
-    return pass == 0 ? d->out : pass == 1 ? d->dx : d->dw;
-}
-
-// The largest |a - b| relative to the largest |a|.
-// (With ifs rather than fmax: gcc 12 for arm64 crashes, an internal
-// compiler error, vectorising a loop of fmax at -O3.)
-double largest_difference(const float *a, const float *b, size_t n) {
-    double largest = 0, difference = 0;
-    for (size_t i = 0; i < n; i++) {
-        double size = fabs(a[i]), gap = fabs((double)a[i] - b[i]);
-        if (size > largest) largest = size;
-        if (gap > difference) difference = gap;
-    }
-    return difference / fmax(largest, 1e-30);
-}
-
-// Seconds of one pass: the best of several runs, the least disturbed, as
-// the peak is the best of its runs (gemm_peak_gflops): at least 5, and
-// more, up to 50, while they have taken under half a second in all (on a
-// shared machine a slow spell can outlast a quarter of a second, which
-// was the limit before); one run for the slow references.
-enum { BENCH_MIN_RUNS = 5, BENCH_MAX_RUNS = 50 };
-#define BENCH_SECONDS 0.5
-double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {
-    int blocked = kind == KERNEL_BLOCKED;
-    double best = INFINITY, spent = 0;
-    for (int r = 0; r < (blocked ? BENCH_MAX_RUNS : 1) && (r < BENCH_MIN_RUNS || spent < BENCH_SECONDS); r++) {
-        bench_clear(d, pass);
-        double start = now_seconds();
-        bench_run(d, l, pass, kind, ctx);
-        double seconds = now_seconds() - start;
-        best = fmin(best, seconds);
-        spent += seconds;
-    }
-    return best;
-}
-
-// Text built in memory, then written in one go with write_file_atomically.
-typedef struct {
-    char *bytes;
-    size_t used, capacity;
-} Text;
-
-void text_printf(Text *t, const char *format, ...) {
-    for (;;) {
-        va_list args;
-        va_start(args, format);
-        int n = vsnprintf(t->bytes ? t->bytes + t->used : NULL, t->bytes ? t->capacity - t->used : 0, format, args);
-        va_end(args);
-        if (n >= 0 && t->bytes && t->used + (size_t)n < t->capacity) {
-            t->used += (size_t)n;
-            return;
-        }
-        size_t larger = (t->capacity + (size_t)(n > 0 ? n : 0) + 1) * 2;
-        char *grown = xmalloc(larger);
-        if (t->bytes) memcpy(grown, t->bytes, t->used);
-        free(t->bytes);
-        t->bytes = grown, t->capacity = larger;
-    }
-}
-
-// A roofline: the peak as a flat line, the bandwidth as a slope, every
-// measured pass as a point at its arithmetic intensity.
-static const char ROOFLINE_SCRIPT[] =
-    "# plots/roofline.gp - draws plots/bench.dat (written by ./chapter4 --bench) as a roofline.\n"
-    "# Run from the top of the repository: gnuplot plots/roofline.gp (writes plots/roofline.svg).\n"
-    "set terminal svg size 900,600\nset output 'plots/roofline.svg'\n"
-    "set logscale xy\nset xlabel 'FLOPs per byte (at least)'\nset ylabel 'GFLOP/s'\nset key left top\n"
-    "peak = %.1f\nbandwidth = %.1f\n"
-    "roof(x) = x * bandwidth < peak ? x * bandwidth : peak\n"
-    "plot [0.1:1000] roof(x) title 'roofline (measured peak and bandwidth)' lw 2, \\\n"
-    "  'plots/bench.dat' using 7:(strcol(4) eq 'naive' ? $5 : 1/0) title 'naive' pt 6, \\\n"
-    "  'plots/bench.dat' using 7:(strcol(4) eq 'im2col' ? $5 : 1/0) title 'im2col' pt 4, \\\n"
-    "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' && strstrt(strcol(4), '/1') == 0 ? $5 : "
-    "1/0) title 'blocked' pt 7\n";
-
-// All threads running a kernel's FMA probe at once: the machine's peak.
-typedef struct {
-    const GemmKernel *kernel;
-    double gflops[MAX_THREADS];
-} PeakJob;
-
-void peak_task(void *context, int task, int worker) {
-    (void)worker;
-    PeakJob *job = context;
-    job->gflops[task] = gemm_peak_gflops(job->kernel);
-}
-
-// The best of a few rounds of all threads at once: a round in which another
-// program held one of the cores reads low (it did, by half, in two `make
-// bench` runs on 30 November), as a one-core probe's single run would.
-enum { PEAK_ROUNDS = 5 };
-double all_threads_peak(Workers *workers, int threads, const GemmKernel *kernel) {
-    double best = 0;
-    for (int round = 0; round < PEAK_ROUNDS; round++) {
-        PeakJob job = {.kernel = kernel};
-        parallel_for(workers, threads, peak_task, &job);
-        double sum = 0;
-        for (int t = 0; t < threads; t++) sum += job.gflops[t];
-        best = fmax(best, sum);
-    }
-    return best;
-}
-
-// Memory bandwidth: a[i] = b[i] + 3 c[i] over three 64 MB arrays, split into
-// equal parts, one per task; bytes moved per second, best of 5.
-typedef struct {
-    float *a, *b, *c;
-    size_t n;
-    int parts;
-} TriadJob;
-
-void triad_task(void *context, int task, int worker) {
-    (void)worker;
-    TriadJob *t = context;
-    size_t from = t->n * (size_t)task / (size_t)t->parts, to = t->n * (size_t)(task + 1) / (size_t)t->parts;
-    for (size_t i = from; i < to; i++) t->a[i] = t->b[i] + 3.0f * t->c[i];
-}
-
-double memory_bandwidth(Workers *w, int parts) {
-    TriadJob t = {.n = (size_t)16 << 20, .parts = parts};
-    t.a = xmalloc(3 * t.n * sizeof(float));
-    t.b = t.a + t.n, t.c = t.b + t.n;
-    for (size_t i = 0; i < 3 * t.n; i++) t.a[i] = 1.0f;
-    double best = INFINITY;
-    for (int r = 0; r < 5; r++) {
-        double start = now_seconds();
-        parallel_for(w, parts, triad_task, &t);
-        best = fmin(best, now_seconds() - start);
-    }
-    free(t.a);
-    return 3.0 * (double)t.n * sizeof(float) / best / 1e9;
-}
-
-/* The blocking, swept: the same passes timed with other KC, MC and NC, so
-   the defaults in gemm.c are a measurement on this machine rather than a
-   belief. Five passes that stand for the rest: the basic CNN's second
-   convolution (each pass), and from the deeper CNN its slowest kind of
-   pass, a weight gradient with a long sum, and its widest layer, where NC
-   matters (256 outputs). A pass alone, run again and again over the same data,
-   finds its operands in the caches more than in a training step: the
-   sweep shows what each size does, and book.md 4.14 what the whole step
-   made of it. */
-typedef struct {
-    const char *model, *layer, *label;
-    int pass;
-} SweepPass;
-
-static const SweepPass SWEEP_PASSES[] = {
-    {"basic", "conv 13x13x32->64", "b.conv2 fwd", 0},
-    {"basic", "conv 13x13x32->64", "b.conv2 in", 1},
-    {"basic", "conv 13x13x32->64", "b.conv2 wt", 2},
-    {"deeper", "conv 28x28x32->32", "d.conv2 wt", 2},
-    {"deeper", "dense 3136->256", "d.dense fwd", 0},
-};
-enum { SWEEP_PASS_COUNT = sizeof SWEEP_PASSES / sizeof SWEEP_PASSES[0] };
-
-const BenchLayer *bench_layer(const char *model, const char *name) {
-    for (int i = 0; i < BENCH_LAYER_COUNT; i++)
-        if (strcmp(BENCH_LAYERS[i].model, model) == 0 && strcmp(BENCH_LAYERS[i].name, name) == 0) return &BENCH_LAYERS[i];
-    require(0, "bench_layer: no layer %s %s", model, name);
-    return NULL;
-}
-
-// Prints the sweep and adds its rows to `data`; the best total time is named.
-void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
-    static const int kcs[] = {64, 128, 256, 384, 512}, mcs[] = {120, 240, 480}, ncs[] = {128, 256};
-    enum { KCS = sizeof kcs / sizeof kcs[0], MCS = sizeof mcs / sizeof mcs[0], NCS = sizeof ncs / sizeof ncs[0] };
-    BenchData d[SWEEP_PASS_COUNT];    // used: those of the first pass of each layer
-    BenchData *arrays[SWEEP_PASS_COUNT];
-    const BenchLayer *layers[SWEEP_PASS_COUNT];
-    printf("\nthe blocking, swept (%s on %d thread%s): GFLOP/s of each pass; * marks gemm.c's default\n",
-           kernel->name, threads, threads == 1 ? "" : "s");
-    printf("   %4s %4s %4s", "KC", "MC", "NC");
-    for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
-        layers[p] = bench_layer(SWEEP_PASSES[p].model, SWEEP_PASSES[p].layer);
-        arrays[p] = &d[p];
-        for (int q = 0; q < p; q++)  // passes of one layer share its arrays
-            if (layers[q] == layers[p]) arrays[p] = arrays[q];
-        if (arrays[p] == &d[p]) bench_data_new(&d[p], layers[p]);
-        printf(" %11s", SWEEP_PASSES[p].label);
-    }
-    printf(" %10s\n", "total ms");
-    text_printf(data, "# sweep: KC MC NC, then GFLOP/s of:");
-    for (int p = 0; p < SWEEP_PASS_COUNT; p++) text_printf(data, " %s", SWEEP_PASSES[p].label);
-    text_printf(data, "\n");
-    Blocking best = DEFAULT_BLOCKING;
-    double best_total = INFINITY;
-    for (int i = 0; i < KCS * MCS * NCS; i++) {
-        Blocking b = {kcs[i / (MCS * NCS)], mcs[i / NCS % MCS], ncs[i % NCS]};
-        if (b.nc % kernel->nr != 0) continue;
-        GemmContext *ctx = gemm_context_new_blocked(kernel, threads, b);
-        int is_default = b.kc == KC && b.mc == MC && b.nc == NC;
-        double total = 0;
-        printf(" %s %4d %4d %4d", is_default ? "*" : " ", b.kc, b.mc, b.nc);
-        text_printf(data, "#sweep %d %d %d", b.kc, b.mc, b.nc);
-        for (int p = 0; p < SWEEP_PASS_COUNT; p++) {
-            double seconds = bench_time(arrays[p], layers[p], SWEEP_PASSES[p].pass, KERNEL_BLOCKED, ctx);
-            double gflops = 2 * bench_multiply_adds(arrays[p], layers[p]) / seconds / 1e9;
-            total += seconds;
-            printf(" %11.1f", gflops);
-            text_printf(data, " %.2f", gflops);
-        }
-        printf(" %10.2f\n", 1e3 * total);
-        text_printf(data, "\n");
-        if (total < best_total) best_total = total, best = b;
-        gemm_context_free(ctx);
-    }
-    printf("   fastest in all (this run): KC %d, MC %d, NC %d\n", best.kc, best.mc, best.nc);
-    for (int p = 0; p < SWEEP_PASS_COUNT; p++)
-        if (arrays[p] == &d[p]) bench_data_free(&d[p]);
-}
-
-/* A training step, op by op: each model's graph at batch 64 on random
-   images, a few steps to warm up, then STEP_RUNS steps with every op's
-   forward and backward timed (Graph.times). This is the whole step as
-   training runs it, caches cold between layers and all, where the table
-   above times each pass alone and warm; the two together say where the
-   time goes. Convolutions and matrix multiplies show their GFLOP/s. */
-enum { STEP_WARMUP = 3, STEP_RUNS = 10 };
-
-// FLOPs of one node's forward (pass 0) or backward (pass 1) at this batch.
-double node_flops(const Node *n, int pass, int batch) {
-    double forward = 2.0 * multiply_adds_per_image(n) * batch;
-    if (pass == 0 || forward == 0) return forward;
-    return forward * (n->inputs[0]->grad ? 2 : 1);  // the weights' gradient, and the input's if it needs one
-}
-
-void print_step_row(const Node *n, int index, const OpTimes *t, int batch, double step_seconds, double peak) {
-    char shape[48] = "";
-    for (int d = n->batched; d < n->rank; d++)
-        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
-    for (int pass = 0; pass < 2; pass++) {
-        double seconds = (pass ? t->backward : t->forward)[index] / STEP_RUNS;
-        double flops = node_flops(n, pass, batch);
-        printf("    %-12s %-10s %-9s %8.2f %6.1f%%", pass ? "" : n->op->name, pass ? "" : shape, pass ? "backward" : "forward",
-               1e3 * seconds, 100 * seconds / step_seconds);
-        if (flops > 0) printf(" %8.1f %6.1f%%", flops / seconds / 1e9, 100 * flops / seconds / 1e9 / peak);
-        printf("\n");
-    }
-}
-
-// The step breakdown of one model (kernel and threads as the bench's).
-void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak) {
-    enum { BATCH = BENCH_BATCH };
-    GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
-    Model m = graph_model(&c, name);
-    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
-    opt.workers = m.workers;  // as training has it
-    float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));     // (BATCH, 784)
-    float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float));   // (BATCH, 10)
-    float probs[BATCH * NUM_CLASSES];                                        // (BATCH, 10)
-    Rng rng = rng_new(3, STREAM_CHECK);
-    for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
-    memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));
-    for (int i = 0; i < BATCH; i++) targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
-    OpTimes *times = xmalloc(sizeof *times);
-    memset(times, 0, sizeof *times);
-    double step_total = 0, adam_total = 0;
-    for (int step = 0; step < STEP_WARMUP + STEP_RUNS; step++) {
-        if (step == STEP_WARMUP) c.graph->times = times;  // from here on, measured
-        Batch batch = {images, targets, BATCH, step};
-        double start = now_seconds();
-        memset(m.grads, 0, m.count * sizeof(float));
-        m.compute_gradients(m.net, &batch, probs);
-        double adam_start = now_seconds();
-        optimizer_update(&opt, m.params, m.grads, m.count);
-        if (step >= STEP_WARMUP) adam_total += now_seconds() - adam_start, step_total += now_seconds() - start;
-    }
-    const Graph *g = c.graph;
-    double step = step_total / STEP_RUNS, flops = 0, gemm_seconds = 0, other_seconds = 0;
-    for (int i = 0; i < g->order_count; i++) {
-        const Node *n = g->order[i];
-        if (!n->op) continue;
-        int index = (int)(n - g->nodes), heavy = multiply_adds_per_image(n) > 0;
-        for (int pass = 0; pass < 2; pass++) flops += node_flops(n, pass, BATCH);
-        double seconds = (times->forward[index] + times->backward[index]) / STEP_RUNS;
-        if (heavy) gemm_seconds += seconds;
-        else other_seconds += seconds;
-    }
-    printf("\n  %s: %.2f ms a step, %.0f images/s; %.1f GFLOP/s over the whole step, %.1f%% of the peak\n", name,
-           1e3 * step, BATCH / step, flops / step / 1e9, 100 * flops / step / 1e9 / peak);
-    printf("    %-12s %-10s %-9s %8s %7s %8s %7s\n", "op", "output", "pass", "ms", "share", "GFLOP/s", "% peak");
-    for (int i = 0; i < g->order_count; i++) {
-        const Node *n = g->order[i];
-        if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak);
-    }
-    double clearing = times->clearing / STEP_RUNS, adam = adam_total / STEP_RUNS;
-    printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
-    printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
-    double rest = step - gemm_seconds - other_seconds - clearing - adam;
-    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, weights' gradients zeroed)", 1e3 * rest, 100 * rest / step);
-    printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
-           1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
-           100 * other_seconds / step);
-    free(times), free(images), free(targets);
-    optimizer_free(&opt);
-    graph_free(c.graph);
-}
-
-/* The project's bars for the fast path (chapter 4's issue): the basic
-   CNN's convolutions at 70% of one core's peak in the forward pass and 60%
-   in the gradients, for the instruction set in use. The first
-   convolution's input gradient is never computed (the images need none).
-   Each pass is timed again here, on one thread, a minute or so after the
-   table timed it, and the better of the two counts: other programs only
-   ever make a run slower, and a slow spell of this machine can last the
-   few seconds of one look (the same reason bench_time keeps the best run).
-   Beside each layer, what the roofline allows one core: its intensity
-   times one core's bandwidth, at most the peak (section 4.12). */
-void report_bars(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
-                 const double *roof_share,  // (BENCH_LAYER_COUNT): % the roofline allows one core
-                 const GemmKernel *kernel, double peak_one) {
-    static const double bar[3] = {70, 60, 60};
-    GemmContext *ctx = gemm_context_new(kernel, 1);
-    printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread; the better of "
-           "the table's look and a second one now):\n");
-    for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
-        const BenchLayer *l = &BENCH_LAYERS[i];
-        if (strcmp(l->model, "basic") != 0 || !l->conv) continue;
-        BenchData d;
-        bench_data_new(&d, l);
-        printf("  %-19s (the roofline allows %.0f%%)", l->name, roof_share[i]);
-        for (int pass = 0; pass < 3; pass++) {
-            if (isnan(core_share[i][pass])) continue;
-            double seconds = bench_time(&d, l, pass, KERNEL_BLOCKED, ctx);
-            double share = fmax(core_share[i][pass], 100 * 2 * bench_multiply_adds(&d, l) / seconds / 1e9 / peak_one);
-            printf("  %s %5.1f%% (bar %.0f%%: %s)", PASS_NAMES[pass], share, bar[pass],
-                   share >= bar[pass] ? "met" : "not met");
-        }
-        printf("\n");
-        bench_data_free(&d);
-    }
-    gemm_context_free(ctx);
-}
-
-/* The benchmark. Returns 0, or EXIT_WRITE when its files cannot be written.
-   `threads` threads for the blocked versions; the references run on one. */
-int run_benchmark(int threads, Error *err) {
-    // The results go to plots/ at the end: find out now, not after minutes
-    // of work, whether a file can be made there (as the end will make it).
-    const char *probe = "plots/.bench-probe";
-    if (write_file_atomically(probe, "", 0, err)) return err->code;
-    remove(probe);
-    const GemmKernel *kernels[3];
-    int kernel_count = 0;
-    double peak_one[3], peak_all[3];
-    const char *names[3] = {"portable", "avx2", "avx512"};
-    Workers *workers = workers_new(threads);
-    printf("the machine: %d thread%s\n", threads, threads == 1 ? "" : "s");
-    for (int k = 0; k < 3; k++) {
-        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
-        if (!gemm_kernel_supported(kernel)) {
-            printf("  %-8s  not on this CPU or in this build\n", names[k]);
-            continue;
-        }
-        peak_one[kernel_count] = gemm_peak_gflops(kernel);
-        peak_all[kernel_count] = all_threads_peak(workers, threads, kernel);
-        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", names[k],
-               peak_one[kernel_count], peak_all[kernel_count], threads);
-        kernels[kernel_count++] = kernel;
-    }
-    double bandwidth_one = memory_bandwidth(workers, 1), bandwidth_all = memory_bandwidth(workers, threads);
-    printf("  memory    %.1f GB/s from one core, %.1f from %d (triad over 192 MB)\n\n", bandwidth_one,
-           bandwidth_all, threads);
-    workers_free(workers);
-
-    Text data = {0};
-    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench;"
-                        " a version ending in /1 ran on one thread, its percent of one core's peak)\n");
-    printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
-           "of the widest kernel; blocked: its kernel on %d thread%s%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s",
-           threads > 1 ? ", and KERNEL/1 on one thread, of one core's peak" : "");
-    printf("  %-7s %-19s %-11s %-9s %8s %7s  %s\n", "model", "layer", "pass", "version", "GFLOP/s", "% peak",
-           "checked against naive");
-    double core_share[BENCH_LAYER_COUNT][3];  // % of one core's peak, the widest kernel on one thread
-    double roof_share[BENCH_LAYER_COUNT];     // the most the roofline allows one core, in % of its peak
-    for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
-        const BenchLayer *l = &BENCH_LAYERS[i];
-        BenchData d;
-        bench_data_new(&d, l);
-        for (int pass = 0; pass < 3; pass++) {
-            core_share[i][pass] = NAN;
-            if (l->conv && l->channels == 1 && pass == 1) continue;  // the images need no gradient
-            size_t n;
-            bench_clear(&d, pass);
-            bench_run(&d, l, pass, KERNEL_NAIVE, NULL);
-            const float *result = bench_result(&d, pass, &n);
-            float *reference = xmalloc(n * sizeof(float));
-            memcpy(reference, result, n * sizeof(float));
-            double macs = bench_multiply_adds(&d, l);
-            // Bytes a pass must at least move: its three matrices once (the roofline's x axis).
-            double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
-            roof_share[i] = fmin(100, 100 * 2 * macs / bytes * bandwidth_one / peak_one[kernel_count - 1]);
-            // naive, im2col, each kernel on all threads, and (with more than
-            // one thread) the widest on one: the project's bars are per core.
-            for (int v = 0; v < 2 + kernel_count + (threads > 1); v++) {
-                KernelKind kind = v == 0 ? KERNEL_NAIVE : v == 1 ? KERNEL_IM2COL : KERNEL_BLOCKED;
-                int one_core = v == 2 + kernel_count, k = one_core ? kernel_count - 1 : v - 2;
-                GemmContext *ctx = v >= 2 ? gemm_context_new(kernels[k], one_core ? 1 : threads) : NULL;
-                double seconds = bench_time(&d, l, pass, kind, ctx);
-                double difference = largest_difference(reference, bench_result(&d, pass, &n), n);
-                double gflops = 2 * macs / seconds / 1e9;
-                double peak = v < 2 || one_core ? peak_one[kernel_count - 1] : peak_all[k];
-                char version[32];
-                snprintf(version, sizeof version, "%s%s", v == 0 ? "naive" : v == 1 ? "im2col" : kernels[k]->name,
-                         one_core ? "/1" : "");
-                printf("  %-7s %-19s %-11s %-9s %8.1f %6.1f%%  %s (%.1e)\n", l->model, l->name, PASS_NAMES[pass],
-                       version, gflops, 100 * gflops / peak, difference < 1e-4 ? "ok" : "DIFFERS", difference);
-                text_printf(&data, "%s \"%s\" \"%s\" %s %.2f %.2f %.3f\n", l->model, l->name, PASS_NAMES[pass], version,
-                        gflops, 100 * gflops / peak, 2 * macs / bytes);
-                gemm_context_free(ctx);
-                int widest_on_one = one_core || (threads == 1 && v == 2 + kernel_count - 1);
-                if (widest_on_one) core_share[i][pass] = 100 * gflops / peak;
-            }
-            free(reference);
-        }
-        bench_data_free(&d);
-    }
-    report_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
-    sweep_blocking(kernels[kernel_count - 1], threads, &data);
-    printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
-           "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
-           STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
-    static const char *const step_models[] = {"ann", "basic",
-    };
-    for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
-        bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
-    Text script = {0};
-    text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
-    int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
-                 write_file_atomically("plots/roofline.gp", script.bytes, script.used, err);
-    free(data.bytes);
-    free(script.bytes);
-    if (!status) printf("\nwrote plots/bench.dat and plots/roofline.gp (gnuplot plots/roofline.gp draws "
-                        "plots/roofline.svg)\n");
-    return status ? err->code : 0;
-}
-/* ----------------------------------------------------------------------------
    The program. */
 
 enum { CONTINUE = -1 };
@@ -4578,7 +4019,6 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         print_usage(stdout, argv[0]);
         return 0;
     }
-    if (options->bench) return CONTINUE;  // the benchmark needs no data
     if (load_fashion_mnist(options->data_dir, data, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -4610,9 +4050,9 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
-/* Everything before the models: the options, the kernel, the data, and
-   --bench. Returns CONTINUE when there is a model to train, otherwise the
-   exit code (0 after --help or --bench). */
+/* Everything before the models: the options, the kernel and the data.
+   Returns CONTINUE when there is a model to train, otherwise the exit code
+   (0 after --help). */
 int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
     Error err = {0};
     *kernel = KERNEL_NAIVE;
@@ -4620,7 +4060,7 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
     // The kernel is asked for first, so a --kernel this CPU lacks is refused
     // before hundreds of megabytes of images are read (begin() parses the
     // options again, and reports any other mistake in them).
-    if (parse_options(argc, argv, options, &err) == 0 && !options->help && !options->bench &&
+    if (parse_options(argc, argv, options, &err) == 0 && !options->help &&
         choose_kernel(options, kernel, gemm, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -4628,11 +4068,6 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
     int status = begin(argc, argv, options, data);
     if (status != CONTINUE) {
         gemm_context_free(*gemm);
-        return status;
-    }
-    if (options->bench) {
-        status = run_benchmark(options->threads ? options->threads : online_cpus(), &err);
-        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return status;
     }
     return CONTINUE;

@@ -70,15 +70,6 @@ struct Node {
 //@ end
 };
 
-//@ from 4
-// Seconds spent in each node's forward and backward pass, added up over
-// the steps while a graph's `times` is set (--bench's step breakdown).
-typedef struct {
-    double forward[MAX_NODES], backward[MAX_NODES];
-    double clearing;  // graph_backward's zeroing of the gradients
-} OpTimes;
-
-//@ end
 struct Graph {
     Node nodes[MAX_NODES];  // in creation order, which is also a valid order
     int count;
@@ -98,7 +89,6 @@ struct Graph {
     GemmContext *gemm;      // KERNEL_BLOCKED: the micro-kernel, the threads, the packing buffers
     float *scratch;         // (scratch_size) working memory ops share, one op at a time
     size_t scratch_size;
-    OpTimes *times;         // NULL, or where each op's seconds are added (not owned)
 //@ end
 //@ from 5
     float *state;           // (state_count) every state node, in creation order
@@ -389,13 +379,7 @@ float graph_forward(Graph *g, int training) {
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
-//@ from 4
-        double start = g->times ? now_seconds() : 0;
-//@ end
         if (n->op) n->op->forward(n, g);
-//@ from 4
-        if (g->times) g->times->forward[n - g->nodes] += now_seconds() - start;
-//@ end
     }
     return g->output->value[0];
 }
@@ -419,9 +403,6 @@ void graph_zero_grad(Graph *g) {
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
-//@ from 4
-    double start = g->times ? now_seconds() : 0;
-//@ end
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
 //@ from 2 to 3
@@ -431,20 +412,11 @@ void graph_backward(Graph *g) {
         if (n->op && n->grad) clear_floats(graph_workers(g), n->grad, n->size);
 //@ end
     }
-//@ from 4
-    if (g->times) g->times->clearing += now_seconds() - start;
-//@ end
     require(g->output->size == 1 && g->output->grad, "backward needs a scalar output that depends on a parameter");
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
-//@ from 4
-        start = g->times ? now_seconds() : 0;
-//@ end
         if (n->op && n->requires_grad) n->op->backward(n, g);
-//@ from 4
-        if (g->times) g->times->backward[n - g->nodes] += now_seconds() - start;
-//@ end
     }
 }
 

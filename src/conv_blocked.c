@@ -13,10 +13,10 @@
 /* One-channel images (the first convolution) are the exception to "no
    patch matrix is ever built". Their patch lines are KW floats, 3 for a
    3x3 kernel: too short to read in place, and copied strip by strip they
-   cost more than the 9 multiply-adds per output that use them (the bench
-   measured that convolution at 8% of the peak). But their whole patch
-   matrix is small, K = KH*KW floats an output pixel (1.6 to 1.8 MB at
-   batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
+   cost more than the 9 multiply-adds per output that use them: every 3
+   floats need their own bounds checks and index arithmetic. But their
+   whole patch matrix is small, K = KH*KW floats an output pixel (1.6 to
+   1.8 MB at batch 64). So it is built once, transposed, (KH*KW, B*OH*OW): row k is
    the image shifted by one tap, one run of OW floats per output row
    (pack_block's lines). The forward GEMM reads its strips where they lie,
    MR neighbouring pixels per k; the weight gradient's GEMM reads its
@@ -74,7 +74,7 @@ void conv2d_forward_blocked(const GemmContext *ctx,
         one_channel_patches(ctx, scratch, inp, s);
         patches = transposed_operand(scratch, (long)rows);  // read in place, strip by strip (pack_a)
     }
-    gemm_from_row(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
+    gemm_with_bias(ctx, (int)rows, OC, (int)conv_patch_size(s), patches, matrix_operand(weight, OC), out, OC, bias);
 }
 
 // The kernel turned 180 degrees with C and OC swapped: (KH, KW, C, OC) ->

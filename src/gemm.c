@@ -8,195 +8,30 @@
    caches and copies ("packs") each block of A and B into the order the
    innermost loop reads; a micro-kernel, one per instruction set, multiplies
    a packed strip of A by a packed panel of B into a small MR x NR tile of C
-   held in registers. A small thread pool runs the tiles of C in parallel.
+   held in registers. The thread pool (threads.c) runs the tiles of C in
+   parallel.
    An operand is either a strided matrix or the im2col "patch matrix" of an
    image, which is never built: the packing reads the patches straight from
    the image, so a convolution is one GEMM with no extra memory. (A
    one-channel image's patches, small enough, are built beforehand by
    conv_blocked.c and come here as a matrix.)
    What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; the blocking is tuned on one machine (the numbers are in
-   the comments, with the machine); the micro-kernels are x86's AVX2 and
-   AVX-512 plus a portable one in plain C, which every other machine uses.
+   transposed C; one blocking, derived from common cache sizes (see
+   "Blocking"), not tuned for each machine; the micro-kernels are x86's
+   AVX2 and AVX-512 plus a portable one in plain C, which every other
+   machine uses.
 
    The rules the tests check (tests/test_gemm.c):
    - every kernel gives the same bits as the portable one, and any number
      of threads the same bits as one (why: "Determinism", below);
    - the answer matches a plain triple loop in double precision for any
-     shape, strides, patches, padding and accumulate flag;
-   - parallel_for runs every task exactly once.
+     shape, strides, patches, padding and accumulate flag.
 
    Each C element is a chain of fused multiply-adds, c = fma(a, b, c), over
-   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate), a
-   starting row (gemm_from_row: a layer's bias) or 0: one rounding per
-   step, in one fixed order, whatever the kernel, the blocking or the
-   number of threads. See "Determinism" below. */
-
-/* ----------------------------------------------------------------------------
-   The thread pool: persistent workers, one entry point.
-
-   Threads are created once (workers_new) and sleep on a condition variable
-   between calls. parallel_for(w, tasks, task, context) wakes them, and every
-   thread, the caller included, takes the next task number from a shared
-   counter until none are left; then the caller waits for the others to
-   finish and returns. Which thread runs which task changes from run to run;
-   the results must not, so a task writes only its own part of the output
-   and never adds into something another task writes. `worker` (0 for the
-   caller, 1..threads-1 for the helpers) says which thread is running the
-   task, for per-thread scratch memory such as GEMM's packing buffers.
-
-   Build with -DNO_THREADS (or on a system without POSIX) and parallel_for
-   runs the tasks one after the other on the caller: same results, one core.
-   A task must not call parallel_for on the same Workers (it would wait for
-   itself); gemm_in_task below is the serial GEMM for use inside a task. */
-
-#if HAVE_POSIX && !defined(NO_THREADS)
-#define HAVE_THREADS 1
-#include <pthread.h>
-#else
-#define HAVE_THREADS 0
-#endif
-
-typedef void ParallelTask(void *context, int task, int worker);
-
-typedef struct Workers Workers;
-
-typedef struct {
-    Workers *workers;
-    int index;  // 1..threads-1: the caller of parallel_for is worker 0
-} WorkerSeat;
-
-struct Workers {
-    int threads;  // the caller counts as one
-#if HAVE_THREADS
-    pthread_t *helpers;     // (threads - 1)
-    WorkerSeat *seats;      // (threads - 1): what each helper is told about itself
-    pthread_mutex_t lock;   // guards every field below
-    pthread_cond_t wake;    // a new round of tasks, or time to quit
-    pthread_cond_t done;    // the last helper finished its part of a round
-    unsigned long round;    // counts parallel_for calls; a helper wakes when it changes
-    int quitting;           // workers_free: helpers leave their loop
-    int busy;               // helpers not yet finished with this round
-    int running;            // a parallel_for is in progress
-    ParallelTask *task;     // this round's job: task(context, i, worker) for i < tasks
-    void *context;
-    int tasks, next_task;
-#endif
-};
-
-// How many processors are online, for a default thread count (at most
-// MAX_THREADS, as --threads); 1 where the system cannot tell us.
-enum { MAX_THREADS = 256 };
-int online_cpus(void) {
-#if HAVE_POSIX && defined(_SC_NPROCESSORS_ONLN)
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
-#else
-    return 1;
-#endif
-}
-
-#if HAVE_THREADS
-// Runs tasks until none are left. Called, and returns, with w->lock held;
-// the lock is released while a task runs, so the others can take tasks.
-void run_tasks(Workers *w, int worker) {
-    ParallelTask *task = w->task;
-    void *context = w->context;
-    while (w->next_task < w->tasks) {
-        int i = w->next_task++;
-        pthread_mutex_unlock(&w->lock);
-        task(context, i, worker);
-        pthread_mutex_lock(&w->lock);
-    }
-}
-
-void *worker_main(void *argument) {
-    WorkerSeat *seat = argument;
-    Workers *w = seat->workers;
-    unsigned long seen = 0;
-    pthread_mutex_lock(&w->lock);
-    for (;;) {
-        while (w->round == seen && !w->quitting) pthread_cond_wait(&w->wake, &w->lock);
-        if (w->quitting) break;
-        seen = w->round;
-        run_tasks(w, seat->index);
-        if (--w->busy == 0) pthread_cond_signal(&w->done);
-    }
-    pthread_mutex_unlock(&w->lock);
-    return NULL;
-}
-#endif
-
-// A pool of `threads` threads, the caller included (so threads - 1 are
-// created). Without thread support it is a pool of one.
-Workers *workers_new(int threads) {
-    require(threads >= 1, "workers_new: %d threads", threads);
-    Workers *w = xmalloc(sizeof *w);
-    memset(w, 0, sizeof *w);
-    w->threads = 1;
-#if HAVE_THREADS
-    int helpers = threads - 1;
-    w->helpers = xmalloc(sizeof *w->helpers * (size_t)helpers);
-    w->seats = xmalloc(sizeof *w->seats * (size_t)helpers);
-    pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->wake, NULL);
-    pthread_cond_init(&w->done, NULL);
-    for (int i = 0; i < helpers; i++) {
-        w->seats[i] = (WorkerSeat){w, i + 1};
-        if (pthread_create(&w->helpers[i], NULL, worker_main, &w->seats[i]) != 0) {
-            // Fewer threads change the speed, never the results: carry on.
-            fprintf(stderr, "warning: could only start %d of %d threads\n", w->threads, threads);
-            break;
-        }
-        w->threads++;
-    }
-#endif
-    return w;
-}
-
-void workers_free(Workers *w) {
-    if (!w) return;
-#if HAVE_THREADS
-    pthread_mutex_lock(&w->lock);
-    w->quitting = 1;
-    pthread_cond_broadcast(&w->wake);
-    pthread_mutex_unlock(&w->lock);
-    for (int i = 0; i < w->threads - 1; i++) pthread_join(w->helpers[i], NULL);
-    pthread_cond_destroy(&w->done);
-    pthread_cond_destroy(&w->wake);
-    pthread_mutex_destroy(&w->lock);
-    free(w->helpers);
-    free(w->seats);
-#endif
-    free(w);
-}
-
-// Runs task(context, i, worker) once for every i in [0, tasks), spread over
-// the pool's threads (w may be NULL: then on the caller alone). Returns when
-// all are done.
-void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
-    if (tasks <= 0) return;
-    if (!w || w->threads == 1 || tasks == 1) {
-        for (int i = 0; i < tasks; i++) task(context, i, 0);
-        return;
-    }
-#if HAVE_THREADS
-    pthread_mutex_lock(&w->lock);
-    require(!w->running, "parallel_for called from inside a task of the same pool");
-    w->running = 1;
-    w->task = task;
-    w->context = context;
-    w->tasks = tasks;
-    w->next_task = 0;
-    w->busy = w->threads - 1;
-    w->round++;
-    pthread_cond_broadcast(&w->wake);
-    run_tasks(w, 0);
-    while (w->busy > 0) pthread_cond_wait(&w->done, &w->lock);
-    w->running = 0;
-    pthread_mutex_unlock(&w->lock);
-#endif
-}
+   k = 0, 1, ..., K-1 in order, starting from C's old value (accumulate),
+   a layer's bias, the same row for every row of C (gemm_with_bias), or 0:
+   one rounding per step, in one fixed order, whatever the kernel, the
+   blocking or the number of threads. See "Determinism" below. */
 
 /* ----------------------------------------------------------------------------
    Operands: how element (r, c) of A or B is found. */
@@ -227,8 +62,8 @@ Operand patches_operand(const float *image,  // (B, H, W, C)
    i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a], B(k, j) = b[k*ldb + j],
        c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), s) ...)
    where the start s is c0[i*ld_c0 + j], or 0 when c0 is NULL: C's old
-   value (c0 = c, ld_c0 = ldc), or one row for every row (a layer's bias:
-   ld_c0 = 0), loaded straight into the registers. k runs upwards, one
+   value (c0 = c, ld_c0 = ldc), or the bias, one row for every row of the
+   tile (ld_c0 = 0), loaded straight into the registers. k runs upwards, one
    fused multiply-add (one rounding) per step. That is the whole contract, and
    every kernel keeps it exactly, which is why they agree to the bit. Only
    how many elements are computed at once differs.
@@ -324,11 +159,9 @@ int always_supported(void) { return 1; }
    only if the CPU says it has that set (__builtin_cpu_supports, which also
    checks that the operating system saves the wide registers). Other
    machines and compilers never see them, so never meet an instruction they
-   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
-#define HAVE_X86_KERNELS 1
-#include <immintrin.h>
-
+   lack. -DNO_SIMD leaves them out on x86 too, to build what arm64 runs
+   (HAVE_X86_KERNELS, at the top of the chapter). */
+#if HAVE_X86_KERNELS
 int cpu_has_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 int cpu_has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
 
@@ -451,8 +284,6 @@ float peak_probe_avx512(long iterations) {
     _mm512_storeu_ps(lanes, sum);
     return lanes[0];
 }
-#else
-#define HAVE_X86_KERNELS 0
 #endif
 
 // Every kernel this build has, the portable one first and the widest last.
@@ -488,8 +319,9 @@ const GemmKernel *gemm_best_kernel(void) {
 
    The micro-kernel streams a (kc, MR) strip of A and a (kc, NR) panel of B
    and keeps C in registers. Around it, three loops choose what stays in
-   which cache, for the machine the numbers were measured on (AMD EPYC Zen 3:
-   32 KB L1 data and 512 KB L2 per core, 32 MB L3 shared):
+   which cache, for a core with 32 KB of L1 data and 512 KB of L2 or more
+   (AMD since Zen 2; Intel's server cores have 1 to 2 MB), and an L3 that
+   all cores share:
    - KC = 256: the B panel in use, KC * NR * 4 bytes = 16 KB for AVX2, fits
      in half of L1 and is reused by every strip of A; the other half holds
      the strips of A and C passing through. Longer k also spreads the cost of
@@ -499,16 +331,15 @@ const GemmKernel *gemm_best_kernel(void) {
      passes over it. A multiple of MR.
    - NC = 256: the packed block of B, KC * NC * 4 bytes = 256 KB, comes from
      L2 or L3. Our widest layers have 256 outputs; a multiple of every NR.
-   Measured (AVX2, gcc -O3, one thread, best of 30 runs on a machine that
-   was busy with other work, so +-5% is noise), GFLOP/s for the basic CNN's
-   conv2 forward / input gradient / weight gradient and dense 1600->128:
-       KC 128, MC 240:  70 / 65 / 44 / 36      KC 256, MC 120:  68 / 69 / 41 / 39
-       KC 256, MC 240:  69 / 70 / 42 / 40      KC 256, MC 480:  71 / 71 / 46 / 42
-       KC 384, MC 240:  72 / 71 / 40 / 36
-   a plateau: any of these would do, and 256 x 240 leaves L2 room to spare.
-   These are the defaults; a GemmContext can be made with others (Blocking),
-   which is how `--bench` sweeps them on the machine it runs on, without a
-   rebuild (book.md 4.14 has its table). */
+   None of the three is a sharp optimum: halving or doubling one keeps its
+   block in the same level of cache (KC = 128 to 384 keeps the panel
+   within L1, MC = 120 to 480 the block of A within L2), and what changes
+   is only how often C's tiles are loaded and stored (KC) and B's panels
+   re-read (MC), a few percent of the traffic either way. So these sizes
+   are the middle of a flat range, with room in L2 to spare. They are the
+   defaults; a GemmContext can be made with others (Blocking), which is
+   how `make bench` sweeps them on the machine it runs on, without a
+   rebuild (book.md 4.14). */
 enum { KC = 256, MC = 240, NC = 256 };
 
 typedef struct {
@@ -569,14 +400,14 @@ void pack_line(float *dst,  // (to - from)
     for (; o < to; o++) *dst++ = 0.0f;
 }
 
-// Rows [r0, r0 + rows) and columns [c0, c0 + cols) of the operand, row i
-// of the block at dst + i * ld.
+// Rows [row0, row0 + rows) and columns [col0, col0 + cols) of the operand,
+// row i of the block at dst + i * ld.
 void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
-                long ld, const Operand *op, long r0, int rows, long c0, int cols) {
+                long ld, const Operand *op, long row0, int rows, long col0, int cols) {
     const ConvShape *g = op->patches;
     if (!g) {  // a matrix
         long rs = op->row_stride, cs = op->col_stride;
-        const float *src = op->data + r0 * rs + c0 * cs;  // (rows, cols), rs and cs apart
+        const float *src = op->data + row0 * rs + col0 * cs;  // (rows, cols), rs and cs apart
         for (int i = 0; i < rows; i++, dst += ld, src += rs) {
             if (cs == 1)
                 for (int j = 0; j < cols; j++) dst[j] = src[j];
@@ -594,9 +425,9 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            line, with zeros where kw reaches past the left or right edge, and
            all zeros when ih is above or below the image. */
         long line = (long)KW * C;
-        int ow = (int)(r0 % OW), oh = (int)(r0 / OW % OH), b = (int)(r0 / OW / OH);
-        int first_kh = (int)(c0 / line);
-        long first_from = c0 % line;
+        int ow = (int)(row0 % OW), oh = (int)(row0 / OW % OH), b = (int)(row0 / OW / OH);
+        int first_kh = (int)(col0 / line);
+        long first_from = col0 % line;
         int narrow = first_from + cols <= line;  // all the columns are in one line (one kh)
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;             // kw inside the image, in columns
@@ -633,8 +464,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
            pixels (b, oh, ow). Each output row (b, oh) is a line: image row
            ih = oh + kh - pad, every C-th float, with zeros where ow + kw - pad
            falls off the edge. */
-        int ci = (int)(r0 % C), kw = (int)(r0 / C % KW), kh = (int)(r0 / C / KW);
-        int first_ow = (int)(c0 % OW), first_oh = (int)(c0 / OW % OH), first_b = (int)(c0 / OW / OH);
+        int ci = (int)(row0 % C), kw = (int)(row0 / C % KW), kh = (int)(row0 / C / KW);
+        int first_ow = (int)(col0 % OW), first_oh = (int)(col0 / OW % OH), first_b = (int)(col0 / OW / OH);
         for (int i = 0; i < rows; i++, dst += ld) {
             long lo = pad - kw > 0 ? pad - kw : 0, hi = W + pad - kw < OW ? W + pad - kw : OW;
             float *d = dst;
@@ -684,29 +515,29 @@ typedef struct {
    multiple of it) and the strip's MR pixels lie in one output row, all
    with their KW taps inside the image, the strip is simply the image read
    with rs = C: nothing to copy. (gemm_run chooses such blocks.) */
-const float *patch_strip_in_place(const Operand *A, long row, long k0, int kc) {
+const float *patch_strip_in_place(const Operand *A, long row0, long k0, int kc) {
     const ConvShape *g = A->patches;
     long line = (long)g->kernel_w * g->channels;
     if (A->transposed || kc != line || k0 % line != 0) return NULL;
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h), b = (int)(row / g->out_w / g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h), b = (int)(row0 / g->out_w / g->out_h);
     int ih = oh + (int)(k0 / line) - g->pad, first_iw = ow - g->pad, last_iw = ow + MR - 1 - g->pad + g->kernel_w - 1;
     if (ow + MR > g->out_w || ih < 0 || ih >= g->height || first_iw < 0 || last_iw >= g->width) return NULL;
     return A->data + (((long)b * g->height + ih) * g->width + first_iw) * g->channels;
 }
 
-/* Is a block of the patch matrix, rows [row, row + rows) and columns
+/* Is a block of the patch matrix, rows [row0, row0 + rows) and columns
    [k0, k0 + kc), all zero padding? It is when, for every one of its output
    pixels, every kernel row kh the block's columns reach falls above or
    below the image. That happens where the padding is wide: the input
    gradient of the basic CNN's second convolution is a convolution padded
    by 2 of an 11 x 11 image into 13 x 13, whose top two and bottom two
    output rows reach past the image for one or two of the three kh. */
-int patch_block_is_padding(const Operand *A, long row, int rows, long k0, int kc) {
+int patch_block_is_padding(const Operand *A, long row0, int rows, long k0, int kc) {
     const ConvShape *g = A->patches;
     if (g->pad == 0) return 0;
     long line = (long)g->kernel_w * g->channels;
     int first_kh = (int)(k0 / line), last_kh = (int)((k0 + kc - 1) / line);
-    int ow = (int)(row % g->out_w), oh = (int)(row / g->out_w % g->out_h);
+    int ow = (int)(row0 % g->out_w), oh = (int)(row0 / g->out_w % g->out_h);
     for (int i = 0; i < rows; i++) {
         if (oh + last_kh - g->pad >= 0 && oh + first_kh - g->pad < g->height) return 0;
         if (++ow == g->out_w) ow = 0, oh = oh + 1 < g->out_h ? oh + 1 : 0;
@@ -770,7 +601,8 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
 }
 
 /* ----------------------------------------------------------------------------
-   The driver.
+   The driver. (Below, row(j) is element j of the bias row, the bias of
+   gemm_with_bias.)
 
    Determinism. Element C(i, j) ends up as the chain
        c = C(i, j), row(j) or 0;  for k = 0 .. K-1:  c = fma(A(i, k), B(k, j), c)
@@ -867,20 +699,21 @@ typedef struct {
     float *C;  // (M, N), rows ldc floats apart
     long ldc;
     int accumulate;
-    const float *start_row;       // (N) or NULL: C starts as this row on every row (and not accumulating)
+    const float *bias;            // (N) or NULL: every row of C starts as the bias (and not accumulating)
     int tile_m, tile_n, tiles_n;  // task t is tile (t / tiles_n, t % tiles_n)
     int kc;                       // the sum over k goes in blocks of kc <= the blocking's kc
 } GemmJob;
 
 /* Rows [row0 + i, row0 + i + MR) of the tile, as the chain starts them:
-   the starting row, or zeros. For a strip of A that is all padding, where
-   the chain of zero products would end as it started: from the row, or
-   from 0 as +0 (each fma adds a product of +-0 to +0, which gives +0). */
-void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, int from_row) {
+   the bias (when not NULL, (N)), or zeros. For a strip of A that is all
+   padding, where the chain of zero products would end as it started: from
+   the bias, or from 0 as +0 (each fma adds a product of +-0 to +0, which
+   gives +0). */
+void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, int cols, const float *bias) {
     int h = rows - i < MR ? rows - i : MR;
     for (int y = 0; y < h; y++) {
         float *c = job->C + (size_t)(row0 + i + y) * job->ldc + col0;  // (cols)
-        if (from_row) memcpy(c, job->start_row + col0, (size_t)cols * sizeof(float));
+        if (bias) memcpy(c, bias + col0, (size_t)cols * sizeof(float));
         else memset(c, 0, (size_t)cols * sizeof(float));
     }
 }
@@ -893,10 +726,14 @@ void start_tile_rows(const GemmJob *job, int i, int row0, int col0, int rows, in
    gradient with 9 rows) uses each panel a few times only, and copying it
    costs more than it saves: then a row-major B (NR neighbouring floats per
    k) is read where it lies, and only a last, partial panel is copied.
-   Measured here: dense 1600->128 forward 37 -> 45 GFLOP/s, conv1 weight
-   gradient 13 -> 16; but the forward pass of conv2, 240 rows per tile,
-   72 -> 63 if its weights were not packed. A is packed, or read in place
-   where a whole strip already lies as the kernel reads it (pack_a). */
+   The copy reads and writes each float of the panel once, and saves every
+   strip that uses the panel a read from a wider stride (a row of B per k,
+   in its own cache line, instead of one contiguous run): it pays when
+   there are many strips, not when there are a few. Our tiles of few rows
+   are those above (a few strips each); a convolution's forward pass has
+   tiles of up to MC = 240 rows, 40 strips; the threshold B_IN_PLACE_ROWS
+   = 8 MR lies between the two kinds. A is packed, or read in place where
+   a whole strip already lies as the kernel reads it (pack_a). */
 enum { B_IN_PLACE_ROWS = 8 * MR };  // tiles of at most this many rows read B in place
 
 void gemm_tile(void *context, int task, int worker) {
@@ -914,19 +751,21 @@ void gemm_tile(void *context, int task, int worker) {
     int direct_cols = b_in_place ? cols / nr * nr : 0;  // columns [0, direct_cols) of B are read in place
     for (int k0 = 0; k0 < job->K; k0 += job->kc) {
         int kc = job->K - k0 < job->kc ? job->K - k0 : job->kc;
-        int start_from_row = k0 == 0 && job->start_row;  // the first block starts from the row
-        int load_c = job->accumulate || k0 > 0 || start_from_row;  // otherwise it starts from 0
+        const float *bias = k0 == 0 ? job->bias : NULL;  // (N) the first block starts from the bias, if any
+        int load_c = job->accumulate || k0 > 0;           // C's old value is where the sums start
         pack_b(packed_b, B, k0, kc, col0 + direct_cols, cols - direct_cols, nr);
         pack_a(packed_a, strips, A, row0, rows, k0, kc);
         // Strip by strip of A: one strip (MR x kc, under 7 KB) stays in L1
         // while the panels of B stream past it from L2, and C is written
-        // MR whole rows at a time. (Panel-outer, the BLIS order, measured
-        // 10-15% slower here: our panels of B are few and C's rows long.)
+        // MR whole rows at a time. (Panel-outer, the BLIS order, keeps one
+        // panel of B in L1 while the strips of A stream past it, which
+        // suits many panels; ours are few, N being at most NC = 256 outputs,
+        // and C's rows long.)
         for (int i = 0; i < rows; i += MR) {
             const float *a = strips[i / MR].a;  // (MR, kc) strip, rs_a and cs_a apart
             long rs_a = strips[i / MR].rs, cs_a = strips[i / MR].cs;
             if (!a) {  // all padding: its products are zeros, and adding them changes nothing
-                if (!load_c || start_from_row) start_tile_rows(job, i, row0, col0, rows, cols, start_from_row);
+                if (!load_c) start_tile_rows(job, i, row0, col0, rows, cols, bias);
                 continue;
             }
             for (int j = 0; j < cols; j += nr) {
@@ -936,21 +775,20 @@ void gemm_tile(void *context, int task, int worker) {
                 else b = packed_b + (size_t)(j - direct_cols) * kc, ldb = nr;
                 float *c = job->C + (size_t)(row0 + i) * job->ldc + col0 + j;  // (MR, nr) tile, rows ldc apart
                 int h = rows - i < MR ? rows - i : MR, w = cols - j < nr ? cols - j : nr;
-                const float *row = start_from_row ? job->start_row + col0 + j : NULL;  // (w) where C starts
                 if (h == MR && w == nr) {
-                    // The starting row goes straight into the registers: C is
-                    // written once, never first filled with the row and read back.
-                    const float *start = row ? row : load_c ? c : NULL;  // (MR, nr), rows ld_start apart
-                    long ld_start = row ? 0 : job->ldc;
-                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, start, ld_start);
+                    // The bias goes straight into the registers: C is written
+                    // once, never first filled with the bias and read back.
+                    const float *c0 = bias ? bias + col0 + j : load_c ? c : NULL;  // (MR, nr), rows ld_c0 apart
+                    long ld_c0 = bias ? 0 : job->ldc;
+                    kernel->kernel(kc, a, rs_a, cs_a, b, ldb, c, job->ldc, c0, ld_c0);
                     continue;
                 }
                 // An edge tile: the kernel works on a full tile in scratch, and
                 // only the h x w part that exists in C is copied in and out.
                 float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
-                for (int y = 0; y < h && load_c; y++)
-                    memcpy(scratch + y * nr, row ? row : c + y * job->ldc, (size_t)w * sizeof(float));
-                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, load_c ? scratch : NULL, nr);
+                for (int y = 0; y < h && (bias || load_c); y++)
+                    memcpy(scratch + y * nr, bias ? bias + col0 + j : c + y * job->ldc, (size_t)w * sizeof(float));
+                kernel->kernel(kc, a, rs_a, cs_a, b, ldb, scratch, nr, bias || load_c ? scratch : NULL, nr);
                 for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
             }
         }
@@ -977,7 +815,7 @@ void check_operand(const Operand *op, long rows, long cols, const char *name) {
 // Shared by gemm and gemm_in_task: checks, plans the tiles, and runs them,
 // in parallel on `workers`, or on the caller as `worker` when that is NULL.
 void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N, int K, Operand A, Operand B,
-              float *C, long ldc, int accumulate, const float *start_row) {
+              float *C, long ldc, int accumulate, const float *bias) {
     require(M >= 0 && N >= 0 && K >= 0 && ldc >= N, "gemm: M=%d N=%d K=%d ldc=%ld", M, N, K, ldc);
     check_operand(&A, M, K, "A");
     check_operand(&B, K, N, "B");
@@ -985,7 +823,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
     require(C != NULL, "gemm: no C");
     if (K == 0) {  // an empty sum
         for (int i = 0; i < M && !accumulate; i++) {
-            if (start_row) memcpy(C + (size_t)i * ldc, start_row, (size_t)N * sizeof(float));
+            if (bias) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof(float));
             else memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         }
         return;
@@ -1002,7 +840,7 @@ void gemm_run(const GemmContext *ctx, Workers *workers, int worker, int M, int N
         else if (more_n) tiles_n++;
         else break;
     }
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, start_row, 0, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, accumulate, bias, 0, 0, 0, 0};
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
     // a short last block would load and store all of C again for little work.
     // But a patch matrix of wide lines goes one kh at a time (K = 288 is
@@ -1028,12 +866,12 @@ void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, flo
     gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
-// C = `row` on every row + A @ B: a layer's bias and its product, in one
-// pass over C. The same bits as filling C with the row, then accumulating.
-void gemm_from_row(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
-                   const float *row) {  // (N)
-    require(row != NULL, "gemm_from_row: no row");
-    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, row);
+// C = `bias` on every row + A @ B: a layer's bias and its product, in one
+// pass over C. The same bits as filling C with the bias, then accumulating.
+void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
+                    const float *bias) {  // (N)
+    require(bias != NULL, "gemm_with_bias: no bias");
+    gemm_run(ctx, ctx->workers, 0, M, N, K, A, B, C, ldc, 0, bias);
 }
 
 // The same, for use inside a parallel_for task (one image of a batch, say):
@@ -1044,32 +882,6 @@ void gemm_in_task(const GemmContext *ctx, int worker, int M, int N, int K, Opera
     require(worker >= 0 && worker < ctx->workers->threads, "gemm_in_task: worker %d of %d", worker,
             ctx->workers->threads);
     gemm_run(ctx, NULL, worker, M, N, K, A, B, C, ldc, accumulate, NULL);
-}
-
-/* ----------------------------------------------------------------------------
-   Measuring: the machine's peak (bench.c measures every layer against it). */
-
-// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
-// independent FMA chains, best of 20 runs of at least 5 ms each (the best,
-// because other programs on the machine only ever make a run slower).
-double gemm_peak_gflops(const GemmKernel *kernel) {
-    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
-    long iterations = 1000;
-    volatile float sink = 0;  // so the probe's result is used
-    double best = 0;
-    for (int run = 0; run < 20;) {
-        double start = now_seconds();
-        sink = sink + kernel->probe(iterations);
-        double seconds = now_seconds() - start;
-        if (seconds < 0.005) {
-            iterations *= 2;
-            continue;
-        }
-        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
-        best = gflops > best ? gflops : best;
-        run++;
-    }
-    return best;
 }
 
 //@ end

@@ -16,9 +16,6 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         print_usage(stdout, argv[0]);
         return 0;
     }
-//@ from 4
-    if (options->bench) return CONTINUE;  // the benchmark needs no data
-//@ end
     if (load_fashion_mnist(options->data_dir, data, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -145,9 +142,9 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
-/* Everything before the models: the options, the kernel, the data, and
-   --bench. Returns CONTINUE when there is a model to train, otherwise the
-   exit code (0 after --help or --bench). */
+/* Everything before the models: the options, the kernel and the data.
+   Returns CONTINUE when there is a model to train, otherwise the exit code
+   (0 after --help). */
 int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
     Error err = {0};
     *kernel = KERNEL_NAIVE;
@@ -155,7 +152,7 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
     // The kernel is asked for first, so a --kernel this CPU lacks is refused
     // before hundreds of megabytes of images are read (begin() parses the
     // options again, and reports any other mistake in them).
-    if (parse_options(argc, argv, options, &err) == 0 && !options->help && !options->bench &&
+    if (parse_options(argc, argv, options, &err) == 0 && !options->help &&
         choose_kernel(options, kernel, gemm, &err)) {
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
@@ -163,11 +160,6 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
     int status = begin(argc, argv, options, data);
     if (status != CONTINUE) {
         gemm_context_free(*gemm);
-        return status;
-    }
-    if (options->bench) {
-        status = run_benchmark(options->threads ? options->threads : online_cpus(), &err);
-        if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return status;
     }
     return CONTINUE;

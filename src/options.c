@@ -20,7 +20,7 @@ typedef struct {
 //@ end
 //@ from 4
     const char *model, *kernel;
-    int threads, bench;
+    int threads;
 //@ end
 //@ from 6
     int patience, stop_after;
@@ -34,6 +34,11 @@ typedef struct {
     const char *plots;   // the directory the pictures go to
 //@ end
 } Options;
+//@ from 4 to 4
+
+// The models --model builds.
+static const char MODEL_NAMES[] = "ann|basic";
+//@ end
 //@ from 5 to 6
 
 // The models --model builds, and a checkpoint may hold.
@@ -153,7 +158,7 @@ int option_table(Options *o, OptionSpec *specs) {
 //@ from 4
 //@ from 4 to 4
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann or basic (default: basic)",
-                              .kind = OPTION_TEXT, .target = &o->model, .choices = "ann|basic"};
+                              .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
 //@ end
 //@ from 5 to 6
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
@@ -165,8 +170,6 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
-    specs[n++] = (OptionSpec){.name = "--bench", .value_name = NULL, .help = "measure this machine's peak and every layer's speed, then exit",
-                              .kind = OPTION_FLAG, .target = &o->bench};
 //@ end
     specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
                               .kind = OPTION_FLAG, .target = &o->help};

@@ -60,8 +60,9 @@
    register-tiled micro-kernel: portable C, AVX2 or AVX-512, chosen at run
    time, on a small thread pool, giving the same bits on every kernel and
    thread count); reshape and flatten without a copy; the basic CNN of the
-   protocol with a layer-by-layer summary; --model, --kernel, --threads and
-   --bench (the machine's peak and every layer's speed against it).
+   protocol with a layer-by-layer summary; --model, --kernel and --threads.
+   (How fast each layer runs, against the machine's peak, is measured by
+   tools/bench.c, outside the chapters: `make bench`.)
    What it drops: chapter 2's hand-written ANN and chapter 3's comparison
    with it; the engine builds every model now.
    What it is not: a BLAS, or the full protocol (early stopping and
@@ -166,6 +167,19 @@
 #else
 #define HAVE_POSIX 0
 #endif
+//@ from 4
+
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
+// Each function is compiled for its own instruction set (a target
+// attribute) and called only where the CPU has that set.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(NO_SIMD)
+#define HAVE_X86_KERNELS 1
+#include <immintrin.h>
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+//@ end
 
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print

@@ -284,36 +284,6 @@ static void test_basic_cnn_shapes(void) {
     graph_free(g);
 }
 
-// --bench's step breakdown: every op that runs is timed in both passes, and
-// the FLOPs it divides by count the input's gradient only where there is one.
-static void test_step_times(void) {
-    section("timing a step op by op (--bench): every op timed, FLOPs counted right");
-    GraphClassifier c = build_model("basic", 8, 1, KERNEL_BLOCKED, gemm_context_new(gemm_best_kernel(), 2));
-    Graph *g = c.graph;
-    OpTimes *times = calloc(1, sizeof *times);
-    g->times = times;
-    static float images[8 * IMAGE_SIZE], targets[8 * NUM_CLASSES], probs[8 * NUM_CLASSES];
-    for (int i = 0; i < 8; i++) targets[i * NUM_CLASSES + i] = 1, images[i * IMAGE_SIZE + 300 + i] = 1;
-    Batch batch = {images, targets, 8, 0};
-    graph_compute_gradients(&c, &batch, probs);
-    // The convolutions take milliseconds, so their times show on any clock
-    // (a small op may take less than a coarse clock's tick).
-    int timed = 0, convs = 0, first_conv_right = 0, second_conv_right = 0;
-    for (int i = 0; i < g->order_count; i++) {
-        const Node *n = g->order[i];
-        if (n->op != &OPS[OP_CONV2D]) continue;
-        timed += times->forward[n - g->nodes] > 0 && times->backward[n - g->nodes] > 0;
-        double forward = node_flops(n, 0, 8), backward = node_flops(n, 1, 8);
-        if (convs++ == 0) first_conv_right = forward == 2.0 * 26 * 26 * 32 * 9 * 8 && backward == forward;
-        else second_conv_right = forward == 2.0 * 11 * 11 * 64 * 288 * 8 && backward == 2 * forward;
-    }
-    if (!CHECK(timed == convs)) printf("     %d of %d convolutions timed in both passes\n", timed, convs);
-    CHECK(times->clearing > 0 && convs == 2 && first_conv_right && second_conv_right);
-    g->times = NULL;
-    free(times);
-    graph_free(g);
-}
-
 static void test_training_steps(void) {
     section("the basic CNN on real images: the loss falls, and twice is the same");
     FashionMnist data;
@@ -554,36 +524,17 @@ static void test_missing_kernel(void) {
     CHECK_EQ_INT(chapter4_main(5, args), EXIT_NO_KERNEL);
 }
 
-// --bench in a directory without plots/: refused at once, before the work.
-static void bench_without_plots(void *unused) {
-    (void)unused;
-    char *args[] = {"chapter4", "--bench", NULL};
-    if (mkdir("build/bench-without-plots", 0777) != 0 && errno != EEXIST) _exit(99);
-    if (chdir("build/bench-without-plots") != 0) _exit(99);
-    rmdir("plots");
-    exit(chapter4_main(2, args));
-}
-
-static void test_bench_checks_plots_first(void) {
-    section("--bench without a plots/ directory stops before the work (exit code 10)");
-    double start = now_seconds();
-    CHECK_EXITS(bench_without_plots, NULL, EXIT_WRITE, "plots/.bench-probe: cannot create a file there");
-    CHECK(now_seconds() - start < 5);  // the bench itself takes minutes
-}
-
 int main(void) {
     Rng rng = rng_new(44, STREAM_CHECK);
     test_blocked_against_naive(&rng);
     test_blocked_same_bits(&rng);
     test_adam_on_threads(&rng);
     test_missing_kernel();
-    test_bench_checks_plots_first();
     test_conv_three_ways(&rng);
     test_max_pool();
     test_reshape_is_a_view(&rng);
     test_misuse();
     test_basic_cnn_shapes();
-    test_step_times();
     test_training_steps();
     return check_summary();
 }

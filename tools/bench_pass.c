@@ -1,10 +1,11 @@
 /* bench_pass.c - one pass of one layer, timed alone: the tool behind the
    before-and-after figures of book.md 4.15 and 4.21.
 
-   What this is: `--bench`'s layer table cut down to one row, run many
-   times, for comparing two builds of the code on a machine whose speed
-   comes and goes. Build it at each commit and run the two builds one
-   after the other, several rounds, taking the best of each:
+   What this is: the layer table of tools/bench.c cut down to one row, run
+   many times, for comparing two builds of the code on a machine whose
+   speed comes and goes. Build it at each commit (in a second worktree, say)
+   and run the two builds one after the other, several rounds, taking the
+   best of each:
 
        make build/bench_pass
        build/bench_pass THREADS MODEL "LAYER" PASS [RUNS]
@@ -13,22 +14,17 @@
    PASS is 0 (forward), 1 (input gradient), 2 (weight gradient) or 3 (the
    weight and bias gradients together, as training asks for them; its
    GFLOP/s count the weight gradient's arithmetic only); MODEL and LAYER
-   are as `--bench` names them. It prints the best of RUNS runs (default
+   are as build/bench names them. It prints the best of RUNS runs (default
    200) in milliseconds, in GFLOP/s and as a share of the peak of THREADS
    cores of the widest kernel. What it is not: a test; it checks nothing.
-   (No #include of its own: the chapter's come first, after the feature
-   macros it defines, or POSIX's fdopen would go undeclared.) */
-#define main chapter5_main
-// Another chapter 5, an older commit's for instance:
-//   cc -std=c11 -O3 '-DCHAPTER_FILE="/tmp/old/chapters/chapter5.c"' tests/bench_pass.c -o bench_pass-old -lm -pthread
-#ifndef CHAPTER_FILE
-#define CHAPTER_FILE "../chapters/chapter5.c"
-#endif
-#include CHAPTER_FILE
-#undef main
+   It is tools/bench.c without its main (so on the newest chapter, or on
+   -DCHAPTER_FILE's), plus the few lines below. Commits from before
+   tools/ have it as tests/bench_pass.c, on their chapter 5, which holds
+   the benchmark itself: build that commit's own file to compare with one. */
+#define BENCH_NO_MAIN
+#include "bench.c"
 
-// The blocked pass alone, called directly (not through bench_run, which
-// older commits time together with clearing the gradient).
+// The blocked pass alone, called directly: bench_run has no pass 3.
 static void run_pass(BenchData *d, const BenchLayer *l, int pass, const GemmContext *ctx) {
     float *dx = pass == 1 ? d->dx : NULL, *dw = pass >= 2 ? d->dw : NULL, *db = pass == 3 ? d->db : NULL;
     if (l->conv && pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);

@@ -1,17 +1,43 @@
-//@ from 4
-/* ----------------------------------------------------------------------------
-   --bench: how fast each layer runs, against what the machine can do.
+/* bench.c - how fast each layer runs, against what the machine can do:
+   the measurements book.md chapter 4 quotes.
 
-   What this is: the measurements chapter 4 quotes. First the machine: each
+   What this is: a program of its own, built on the newest chapter, which
+   it includes whole (as the tests do). First the machine: each
    micro-kernel's peak (an FMA probe, one thread and all of them) and the
    memory bandwidth (a triad over arrays far larger than the caches). Then
    every convolution and dense layer of the three models at batch 64, each
    pass (forward, input gradient, weight gradient), in every version this
    CPU runs, each first checked against the naive version: GFLOP/s and the
-   share of the peak. The table is also written as data, with a gnuplot
-   script that draws it as a roofline, under plots/.
-   What it is not: a timed test. Speeds vary from run to run and machine to
-   machine; the tests check correctness, this only reports. */
+   share of the peak; the basic CNN's convolutions against the project's
+   bars; the blocking swept; and a training step of each model, op by op.
+   The table is also written as data, with a gnuplot script that draws it
+   as a roofline, under plots/.
+   What it is not: a timed test, or part of a chapter. Speeds vary from run
+   to run and machine to machine; the tests check correctness, this only
+   reports. The chapters keep only what it measures with (each kernel's
+   FMA probe, a GemmContext of any blocking) and no timing hooks: it times
+   the ops by walking the compiled graph and calling each op's forward and
+   backward itself (timed_step).
+
+       make bench                  build/bench, then one epoch of each model
+       build/bench [--threads N]   N threads for the blocked versions (default:
+                                   the CPUs online); the references run on one
+       make bench-chapter FILE=mine4.c [CFLAGS=...] [BENCH_ARGS=...]
+                                   the same on another chapter (4 on): its
+                                   kernels, and the steps of the models it has
+
+   Exit codes: 0 done, 2 a bad option, 10 plots/ cannot be written (found
+   out before the work, not after minutes of it). Writes plots/bench.dat
+   and plots/roofline.gp.
+   (No #include of its own: the chapter's come first, after the feature
+   macros it defines, or POSIX's fdopen would go undeclared.) */
+#define main chapter_main
+// Another chapter, from 4 on (a student's copy, say): make bench-chapter FILE=...
+#ifndef CHAPTER_FILE
+#define CHAPTER_FILE "../chapters/chapter7.c"
+#endif
+#include CHAPTER_FILE
+#undef main
 
 typedef struct {
     const char *model, *name;
@@ -176,7 +202,7 @@ void text_printf(Text *t, const char *format, ...) {
 // A roofline: the peak as a flat line, the bandwidth as a slope, every
 // measured pass as a point at its arithmetic intensity.
 static const char ROOFLINE_SCRIPT[] =
-    "# plots/roofline.gp - draws plots/bench.dat (written by ./chapter4 --bench) as a roofline.\n"
+    "# plots/roofline.gp - draws plots/bench.dat (written by build/bench, make bench) as a roofline.\n"
     "# Run from the top of the repository: gnuplot plots/roofline.gp (writes plots/roofline.svg).\n"
     "set terminal svg size 900,600\nset output 'plots/roofline.svg'\n"
     "set logscale xy\nset xlabel 'FLOPs per byte (at least)'\nset ylabel 'GFLOP/s'\nset key left top\n"
@@ -187,6 +213,30 @@ static const char ROOFLINE_SCRIPT[] =
     "  'plots/bench.dat' using 7:(strcol(4) eq 'im2col' ? $5 : 1/0) title 'im2col' pt 4, \\\n"
     "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' && strstrt(strcol(4), '/1') == 0 ? $5 : "
     "1/0) title 'blocked' pt 7\n";
+
+// One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
+// independent FMA chains (GemmKernel.probe), best of 20 runs of at least
+// 5 ms each (the best, because other programs on the machine only ever
+// make a run slower).
+double gemm_peak_gflops(const GemmKernel *kernel) {
+    require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
+    long iterations = 1000;
+    volatile float sink = 0;  // so the probe's result is used
+    double best = 0;
+    for (int run = 0; run < 20;) {
+        double start = now_seconds();
+        sink = sink + kernel->probe(iterations);
+        double seconds = now_seconds() - start;
+        if (seconds < 0.005) {
+            iterations *= 2;
+            continue;
+        }
+        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
+        best = gflops > best ? gflops : best;
+        run++;
+    }
+    return best;
+}
 
 // All threads running a kernel's FMA probe at once: the machine's peak.
 typedef struct {
@@ -201,8 +251,8 @@ void peak_task(void *context, int task, int worker) {
 }
 
 // The best of a few rounds of all threads at once: a round in which another
-// program held one of the cores reads low (it did, by half, in two `make
-// bench` runs on 30 November), as a one-core probe's single run would.
+// program held one of the cores reads low (by half, with two cores), as a
+// one-core probe's single run would.
 enum { PEAK_ROUNDS = 5 };
 double all_threads_peak(Workers *workers, int threads, const GemmKernel *kernel) {
     double best = 0;
@@ -327,11 +377,71 @@ void sweep_blocking(const GemmKernel *kernel, int threads, Text *data) {
 
 /* A training step, op by op: each model's graph at batch 64 on random
    images, a few steps to warm up, then STEP_RUNS steps with every op's
-   forward and backward timed (Graph.times). This is the whole step as
-   training runs it, caches cold between layers and all, where the table
-   above times each pass alone and warm; the two together say where the
-   time goes. Convolutions and matrix multiplies show their GFLOP/s. */
+   forward and backward timed. This is the whole step as training runs it,
+   caches cold between layers and all, where the table above times each
+   pass alone and warm; the two together say where the time goes.
+   Convolutions and matrix multiplies show their GFLOP/s. */
 enum { STEP_WARMUP = 3, STEP_RUNS = 10 };
+
+// Seconds of each part of a step, added up over the steps timed.
+typedef struct {
+    double forward[MAX_NODES], backward[MAX_NODES];  // each node's op, by its index in graph->nodes
+    double zeroing;   // the weights' gradients set to zero (train.c, before every step)
+    double clearing;  // graph_backward's zeroing of the other gradients
+    double adam;      // the optimiser's update
+    double total;     // the whole step, batch in and probabilities out included
+} StepTimes;
+
+/* One training step, exactly as training takes it (train.c: the weights'
+   gradients zeroed, graph_compute_gradients, optimizer_update), with
+   graph_run, graph_forward and graph_backward written out step for step,
+   so that each op's forward and backward can be timed on its own. The
+   engine has no timing hooks; tests/test_bench.c checks that this gives
+   the engine's bits. Returns the loss. */
+float timed_step(GraphClassifier *c, Optimizer *opt, const Batch *batch,
+                 float *probs,  // (batch->count, NUM_CLASSES)
+                 StepTimes *t) {
+    Graph *g = c->graph;
+    double step_start = now_seconds(), start = step_start;
+    memset(g->grads, 0, g->param_count * sizeof(float));
+    t->zeroing += now_seconds() - start;
+    // graph_run
+    graph_set_batch(g, batch->count);
+    g->step = batch->step;
+    memcpy(c->images->value, batch->images, c->images->size * sizeof(float));
+    memcpy(c->targets->value, batch->targets, c->targets->size * sizeof(float));
+    // graph_forward(g, 1)
+    g->training = 1;
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (!n->op) continue;
+        start = now_seconds();
+        n->op->forward(n, g);
+        t->forward[n - g->nodes] += now_seconds() - start;
+    }
+    // graph_backward(g)
+    start = now_seconds();
+    for (int i = 0; i < g->order_count; i++) {
+        Node *n = g->order[i];
+        if (n->op && n->grad) clear_floats(graph_workers(g), n->grad, n->size);
+    }
+    t->clearing += now_seconds() - start;
+    g->output->grad[0] = 1.0f;
+    for (int i = g->order_count - 1; i >= 0; i--) {
+        Node *n = g->order[i];
+        if (!n->op || !n->requires_grad) continue;
+        start = now_seconds();
+        n->op->backward(n, g);
+        t->backward[n - g->nodes] += now_seconds() - start;
+    }
+    memcpy(probs, c->loss->saved, (size_t)batch->count * NUM_CLASSES * sizeof(float));
+    float loss = g->output->value[0];
+    start = now_seconds();
+    optimizer_update(opt, g->params, g->grads, g->param_count);
+    t->adam += now_seconds() - start;
+    t->total += now_seconds() - step_start;
+    return loss;
+}
 
 // FLOPs of one node's forward (pass 0) or backward (pass 1) at this batch.
 double node_flops(const Node *n, int pass, int batch) {
@@ -340,7 +450,7 @@ double node_flops(const Node *n, int pass, int batch) {
     return forward * (n->inputs[0]->grad ? 2 : 1);  // the weights' gradient, and the input's if it needs one
 }
 
-void print_step_row(const Node *n, int index, const OpTimes *t, int batch, double step_seconds, double peak) {
+void print_step_row(const Node *n, int index, const StepTimes *t, int batch, double step_seconds, double peak) {
     char shape[48] = "";
     for (int d = n->batched; d < n->rank; d++)
         snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
@@ -358,9 +468,8 @@ void print_step_row(const Node *n, int index, const OpTimes *t, int batch, doubl
 void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak) {
     enum { BATCH = BENCH_BATCH };
     GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
-    Model m = graph_model(&c, name);
-    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
-    opt.workers = m.workers;  // as training has it
+    Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, c.graph->param_count);
+    opt.workers = graph_workers(c.graph);  // as training has it
     float *images = xmalloc((size_t)BATCH * IMAGE_SIZE * sizeof(float));     // (BATCH, 784)
     float *targets = xmalloc((size_t)BATCH * NUM_CLASSES * sizeof(float));   // (BATCH, 10)
     float probs[BATCH * NUM_CLASSES];                                        // (BATCH, 10)
@@ -368,21 +477,15 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     for (size_t i = 0; i < (size_t)BATCH * IMAGE_SIZE; i++) images[i] = rng_uniform(&rng);
     memset(targets, 0, (size_t)BATCH * NUM_CLASSES * sizeof(float));
     for (int i = 0; i < BATCH; i++) targets[i * NUM_CLASSES + i % NUM_CLASSES] = 1;
-    OpTimes *times = xmalloc(sizeof *times);
+    StepTimes *times = xmalloc(sizeof *times), *warmup = xmalloc(sizeof *warmup);
     memset(times, 0, sizeof *times);
-    double step_total = 0, adam_total = 0;
+    memset(warmup, 0, sizeof *warmup);
     for (int step = 0; step < STEP_WARMUP + STEP_RUNS; step++) {
-        if (step == STEP_WARMUP) c.graph->times = times;  // from here on, measured
         Batch batch = {images, targets, BATCH, step};
-        double start = now_seconds();
-        memset(m.grads, 0, m.count * sizeof(float));
-        m.compute_gradients(m.net, &batch, probs);
-        double adam_start = now_seconds();
-        optimizer_update(&opt, m.params, m.grads, m.count);
-        if (step >= STEP_WARMUP) adam_total += now_seconds() - adam_start, step_total += now_seconds() - start;
+        timed_step(&c, &opt, &batch, probs, step < STEP_WARMUP ? warmup : times);
     }
     const Graph *g = c.graph;
-    double step = step_total / STEP_RUNS, flops = 0, gemm_seconds = 0, other_seconds = 0;
+    double step = times->total / STEP_RUNS, flops = 0, gemm_seconds = 0, other_seconds = 0;
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
         if (!n->op) continue;
@@ -399,15 +502,16 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
         const Node *n = g->order[i];
         if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak);
     }
-    double clearing = times->clearing / STEP_RUNS, adam = adam_total / STEP_RUNS;
-    printf("    %-32s %8.2f %6.1f%%\n", "clearing the gradients", 1e3 * clearing, 100 * clearing / step);
+    double zeroing = times->zeroing / STEP_RUNS, clearing = times->clearing / STEP_RUNS, adam = times->adam / STEP_RUNS;
+    printf("    %-32s %8.2f %6.1f%%\n", "zeroing the weights' gradients", 1e3 * zeroing, 100 * zeroing / step);
+    printf("    %-32s %8.2f %6.1f%%\n", "clearing the other gradients", 1e3 * clearing, 100 * clearing / step);
     printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
-    double rest = step - gemm_seconds - other_seconds - clearing - adam;
-    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, weights' gradients zeroed)", 1e3 * rest, 100 * rest / step);
+    double rest = step - gemm_seconds - other_seconds - zeroing - clearing - adam;
+    printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probs out)", 1e3 * rest, 100 * rest / step);
     printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
            1e3 * gemm_seconds, 100 * gemm_seconds / step, flops / gemm_seconds / 1e9, 1e3 * other_seconds,
            100 * other_seconds / step);
-    free(times), free(images), free(targets);
+    free(times), free(warmup), free(images), free(targets);
     optimizer_free(&opt);
     graph_free(c.graph);
 }
@@ -456,21 +560,22 @@ int run_benchmark(int threads, Error *err) {
     const char *probe = "plots/.bench-probe";
     if (write_file_atomically(probe, "", 0, err)) return err->code;
     remove(probe);
-    const GemmKernel *kernels[3];
+    // Every kernel of the chapter's table that this CPU runs, in the
+    // table's order: the portable one first, the widest last.
+    const GemmKernel *kernels[GEMM_KERNEL_COUNT];
     int kernel_count = 0;
-    double peak_one[3], peak_all[3];
-    const char *names[3] = {"portable", "avx2", "avx512"};
+    double peak_one[GEMM_KERNEL_COUNT], peak_all[GEMM_KERNEL_COUNT];
     Workers *workers = workers_new(threads);
     printf("the machine: %d thread%s\n", threads, threads == 1 ? "" : "s");
-    for (int k = 0; k < 3; k++) {
-        const GemmKernel *kernel = gemm_kernel_by_name(names[k]);
+    for (int k = 0; k < GEMM_KERNEL_COUNT; k++) {
+        const GemmKernel *kernel = &GEMM_KERNELS[k];
         if (!gemm_kernel_supported(kernel)) {
-            printf("  %-8s  not on this CPU or in this build\n", names[k]);
+            printf("  %-8s  not on this CPU\n", kernel->name);
             continue;
         }
         peak_one[kernel_count] = gemm_peak_gflops(kernel);
         peak_all[kernel_count] = all_threads_peak(workers, threads, kernel);
-        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", names[k],
+        printf("  %-8s  peak %6.1f GFLOP/s on one core, %6.1f on %d (FMA probe)\n", kernel->name,
                peak_one[kernel_count], peak_all[kernel_count], threads);
         kernels[kernel_count++] = kernel;
     }
@@ -480,7 +585,7 @@ int run_benchmark(int threads, Error *err) {
     workers_free(workers);
 
     Text data = {0};
-    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from ./chapter4 --bench;"
+    text_printf(&data, "# model layer pass version GFLOP/s percent_of_peak flops_per_byte (from build/bench;"
                         " a version ending in /1 ran on one thread, its percent of one core's peak)\n");
     printf("every layer at batch %d: GFLOP/s, and %% of the peak of what runs it (the references: one core "
            "of the widest kernel; blocked: its kernel on %d thread%s%s)\n", BENCH_BATCH, threads, threads == 1 ? "" : "s",
@@ -536,13 +641,10 @@ int run_benchmark(int threads, Error *err) {
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
            STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
-    static const char *const step_models[] = {"ann", "basic",
-//@ from 5
-                                              "deeper",
-//@ end
-    };
+    static const char *const step_models[] = {"ann", "basic", "deeper"};
     for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
-        bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
+        if (is_choice(step_models[i], MODEL_NAMES))  // the models this chapter builds
+            bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
@@ -553,4 +655,32 @@ int run_benchmark(int threads, Error *err) {
                         "plots/roofline.svg)\n");
     return status ? err->code : 0;
 }
-//@ end
+
+/* The command line: build/bench [--threads N]. */
+int bench_main(int argc, char **argv) {
+    int threads = online_cpus();
+    for (int i = 1; i < argc; i++) {
+        char *end = NULL;
+        long n = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+        if (strcmp(argv[i], "--threads") == 0 && end && end != argv[i + 1] && !*end && n >= 1 && n <= MAX_THREADS) {
+            threads = (int)n, i++;
+        } else {
+            int help = strcmp(argv[i], "--help") == 0;
+            if (!help) fprintf(stderr, "%s: %s: not an option, or --threads without a number from 1 to %d\n", argv[0],
+                               argv[i], MAX_THREADS);
+            fprintf(help ? stdout : stderr, "usage: %s [--threads N]   (N from 1 to %d; default: the CPUs online, here %d)\n"
+                    "measures this machine's peak and every layer's speed; writes plots/bench.dat and plots/roofline.gp\n",
+                    argv[0], MAX_THREADS, online_cpus());
+            return help ? 0 : EXIT_USAGE;
+        }
+    }
+    Error err = {0};
+    int status = run_benchmark(threads, &err);
+    if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
+    return finish_output(argv[0], status);
+}
+
+// tools/bench_pass.c and tests/test_bench.c include this file without its main.
+#ifndef BENCH_NO_MAIN
+int main(int argc, char **argv) { return bench_main(argc, argv); }
+#endif
