@@ -517,7 +517,56 @@ static void test_padding_blocks(void) {
     CHECK(same);
 }
 
+/* Adam's vector versions (SSE2, AVX, AVX-512, and the threaded parts) against
+   the scalar loop, bit for bit: the same operations in the same order, on
+   counts that leave every kind of tail, for several steps. */
+typedef void AdamVersion(Optimizer *, float *, const float *, size_t);
+
+static void test_adam_versions(void) {
+    section("Adam: every vector version and the threaded parts give the scalar loop's bits");
+    const size_t counts[] = {0, 1, 3, 15, 16, 17, 33, 1001, 70001};
+#if HAVE_X86_KERNELS
+    struct { const char *name; AdamVersion *update; int present; } versions[] = {
+        {"sse2", adam_update_sse2, 1},
+        {"avx", adam_update_avx, __builtin_cpu_supports("avx")},
+        {"avx512", adam_update_avx512, cpu_has_avx512f()},
+        {"widest", adam_update_widest, 1},
+        {"optimizer_update", NULL, 1},
+    };
+#else
+    struct { const char *name; AdamVersion *update; int present; } versions[] = {{"optimizer_update", NULL, 1}};
+#endif
+    Workers *workers = workers_new(3);
+    for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+        size_t n = counts[k];
+        float *grads = malloc((n + 1) * 3 * sizeof(float)), *want = malloc((n + 1) * sizeof(float));
+        float *got = malloc((n + 1) * sizeof(float));
+        Rng rng = rng_new(7, n);
+        for (size_t i = 0; i < 3 * n; i++) grads[i] = (rng_uniform(&rng) - 0.5f) * (i % 7 == 0 ? 1e-6f : 1.0f);
+        Optimizer scalar = optimizer_new(OPTIMIZER_ADAM, 0.001f, n);
+        for (size_t i = 0; i < n; i++) want[i] = (float)i / 7.0f - 1.0f;
+        for (int step = 0; step < 3; step++) adam_update(&scalar, want, grads + step * n, n);
+        for (size_t v = 0; v < sizeof versions / sizeof versions[0]; v++) {
+            if (!versions[v].present) continue;
+            Optimizer o = optimizer_new(OPTIMIZER_ADAM, 0.001f, n);
+            o.workers = workers;
+            for (size_t i = 0; i < n; i++) got[i] = (float)i / 7.0f - 1.0f;
+            for (int step = 0; step < 3; step++)
+                if (versions[v].update) versions[v].update(&o, got, grads + step * n, n);
+                else optimizer_update(&o, got, grads + step * n, n);
+            int same = o.step == scalar.step && (n == 0 || (memcmp(got, want, n * sizeof(float)) == 0 &&
+                       memcmp(o.m, scalar.m, 2 * n * sizeof(float)) == 0));
+            if (!CHECK(same)) printf("     %s, %zu parameters\n", versions[v].name, n);
+            optimizer_free(&o);
+        }
+        optimizer_free(&scalar);
+        free(grads), free(want), free(got);
+    }
+    workers_free(workers);
+}
+
 int main(void) {
+    test_adam_versions();
     static Problem ps[MAX_PROBLEMS];
     int n = make_problems(ps);
     test_kernel_table();
