@@ -4093,9 +4093,16 @@ void item_task(void *context, int task, int worker) {
     job->work(job->graph, job->node, task);
 }
 
+/* A small tensor is done by the calling thread alone: waking the others
+   costs a few microseconds, about what one core needs to read and write
+   ITEMS_PARALLEL_FROM floats (2 x 128 KB at some tens of GB/s). The dense
+   layers' activations, 64 x 128 floats, are far below it; the CNNs' maps
+   far above. */
+enum { ITEMS_PARALLEL_FROM = 1 << 15 };
+
 void for_each_item(Graph *g, Node *n, ItemWork *work) {
     ItemJob job = {g, n, work};
-    parallel_for(graph_workers(g), n->shape[0], item_task, &job);
+    parallel_for(n->size < ITEMS_PARALLEL_FROM ? NULL : graph_workers(g), n->shape[0], item_task, &job);
 }
 
 void relu_item_forward(const Graph *g, Node *n, int i) {
