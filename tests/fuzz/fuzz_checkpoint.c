@@ -12,9 +12,8 @@
    (reseal), those of odd length are read as they are. Built by `make fuzz`; the seeds
    in tests/fuzz/corpus/checkpoint come from `fuzz_checkpoint -seed DIR`
    (below), which writes real checkpoints of the tiny model. */
-#include <stdint.h>
-#include <stdlib.h>
-
+// No #include before the chapter: its own come after the POSIX feature
+// macro it defines, which the lock file's O_NOFOLLOW and lstat need.
 #define main chapter_main
 #include "../../chapters/chapter6.c"
 #undef main

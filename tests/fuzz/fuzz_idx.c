@@ -6,9 +6,8 @@
    exactly the file's size, as idx_expected_size also says; for labels,
    every label the loader would keep is 0-9 or the scan refuses it.
    Built by `make fuzz` with clang -fsanitize=fuzzer,address,undefined. */
-#include <stdint.h>
-#include <stdlib.h>
-
+// No #include before the chapter: its own come after the POSIX feature
+// macro it defines, which the lock file's O_NOFOLLOW and lstat need.
 #define main chapter_main
 #include "../../chapters/chapter6.c"
 #undef main

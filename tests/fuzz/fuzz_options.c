@@ -4,9 +4,8 @@
    Whatever parse_options accepts must be a run the program can do: every
    number in its range, every name one of its choices, no two options that
    exclude each other. Built by `make fuzz`. */
-#include <stdint.h>
-#include <stdlib.h>
-
+// No #include before the chapter: its own come after the POSIX feature
+// macro it defines, which the lock file's O_NOFOLLOW and lstat need.
 #define main chapter_main
 #include "../../chapters/chapter6.c"
 #undef main
