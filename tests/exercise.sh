@@ -9,7 +9,10 @@
 #   built and run there: its name (quotes, spaces, `$(...)`) never reaches a
 #   command line, and nothing is written beside it;
 # - the build and the checks each get a time limit (EXERCISE_SECONDS, default
-#   60), and the checks a memory and a file-size limit (ulimit);
+#   60), and the checks a memory, a file-size and a process-count limit
+#   (ulimit; EXERCISE_MEMORY in KiB, default 4 GiB; EXERCISE_PROCESSES,
+#   default 64 beyond those the user runs already: the count is per user,
+#   and root is not held to it at all);
 # - the checks count only if the program says it got to its end. Its last
 #   line is "checks finished TOKEN", with a token made for this run, so a file
 #   that calls exit(0), crashes or loops is never taken for one that passed.
@@ -57,13 +60,19 @@ esac
 
 token=$(od -An -N8 -tx8 /dev/urandom 2>/dev/null | tr -d ' ')
 [ -n "$token" ] || token=$$-$(date +%s)
-# 4 GiB of address space and 100 MB a file: a runaway submission is stopped
-# by the system, not by the machine running out. `timeout` makes the checks
+# 4 GiB of address space, 100 MB a file and a few dozen processes: a runaway
+# submission is stopped by the system, not by the machine running out. The
+# process limit (RLIMIT_NPROC: `ulimit -u` in bash, `-p` in dash) counts all
+# of the user's processes, so it is set above those already running; the
+# system ignores it for root. `timeout` makes the checks
 # a process group of their own, whose number is its process number, written
 # down first (exec keeps it): whatever the checks forked and left running is
 # killed with the group when they end.
-sh -c 'cd "$1" && echo $$ > group && ulimit -v 4194304 2>/dev/null; ulimit -f 204800 2>/dev/null
-       shift 2; exec "$@"' sh "$work" "$seconds" env EXERCISE_TOKEN="$token" $(limit_command) ./checks "$@" \
+memory=${EXERCISE_MEMORY:-4194304}
+processes=$(( $(ps -u "$(id -u)" -o pid= 2>/dev/null | wc -l) + ${EXERCISE_PROCESSES:-64} ))
+sh -c 'cd "$1" && echo $$ > group && ulimit -v "$3" 2>/dev/null; ulimit -f 204800 2>/dev/null
+       ulimit -u "$4" 2>/dev/null || ulimit -p "$4" 2>/dev/null
+       shift 4; exec "$@"' sh "$work" "$seconds" "$memory" "$processes" env EXERCISE_TOKEN="$token" $(limit_command) ./checks "$@" \
     > "$work/out.log" 2> "$work/err.log" < /dev/null
 status=$?
 [ -n "$(limit_command)" ] && kill -KILL "-$(cat "$work/group")" 2> /dev/null
