@@ -27,7 +27,8 @@
 chapter=$1 file=$2
 shift 2
 seconds=${EXERCISE_SECONDS:-60}
-chapters=$(ls chapters 2>/dev/null | sed -n 's/^chapter\([0-9][0-9]*\)\.c$/\1/p' | sort -n | tr '\n' ' ')
+# (the book's chapters/, or a handout's starter/: it has no chapters/)
+chapters=$(ls chapters starter 2>/dev/null | sed -n 's/^chapter\([0-9][0-9]*\)\.c$/\1/p' | sort -nu | tr '\n' ' ')
 case " $chapters " in
     *" $chapter "*) ;;
     *) echo "no chapter '$chapter': the exercises are in chapters ${chapters% } (N=CHAPTER.NAME, e.g. N=2.adam)"
