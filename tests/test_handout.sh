@@ -19,9 +19,13 @@ for f in book.md Makefile get-data.sh tests/exercises.c tests/answers.c tests/ex
 done
 check "the handout has every figure" "[ \$(ls $out/figures | wc -l) = \$(ls figures | wc -l) ]"
 check "the handout has no chapters/ and no src/" "[ ! -e $out/chapters ] && [ ! -e $out/src ]"
-# No solution: a line that only the full chapters have.
-check "no file of the handout holds a solution" "! grep -rqF 's->m2 += before * (x - s->mean);' $out && \
-    ! grep -rqF 'return fmin(1.0, mcnemar_exact_p(b, c) - exp(log_terms));' $out"
+# No solution of a chapter's own exercises: a line of chapter 7's (which no
+# starter has) and of chapter 1's, which starter/chapter1.c must not have
+# (later starters do: each leaves out only its own chapter's exercises).
+check "no file of the handout holds a solution of chapter 7" \
+    "! grep -rqF 'return fmin(1.0, mcnemar_exact_p(b, c) - exp(log_terms));' $out"
+check "starter/chapter1.c does not hold chapter 1's solutions" \
+    "! grep -qF 's->m2 += before * (x - s->mean);' $out/starter/chapter1.c && grep -qF 's->m2 += before * (x - s->mean);' $out/starter/chapter2.c"
 (cd "$out" && make -s check-exercise N=1.welford) > "$tmp/check.log" 2>&1
 check "make check-exercise N=1.welford in the handout says not yet" "grep -q '^exercise 1.welford: not yet' $tmp/check.log"
 (cd "$out" && make -s check-answer N=2.multiply-adds A=1) > "$tmp/answer.log" 2>&1
