@@ -9,7 +9,7 @@
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
-# For a class (book.md, "For instructors"):
+# For a class (docs/INSTRUCTORS.md):
 #   make starter                       starter/chapterN.c, the exercises left to do (never overwrites)
 #   make check-exercise N=2.adam [FILE=...]   one exercise's checks (default FILE: starter/chapter2.c)
 #   make test-chapter N=2 [FILE=...]   every exercise check and chapter 2's tests on one file

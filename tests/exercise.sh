@@ -19,7 +19,7 @@
 #   The lines printed before a crash are kept: the checker's output is line
 #   buffered and goes to a file, not a pipe that a forked child could hold open.
 # These limits keep a grading run going; they are not a sandbox (book.md,
-# "For instructors").
+# docs/INSTRUCTORS.md).
 #
 # Exit code: 0 every check asked for passes, 1 one does not, 2 no such file,
 # chapter or exercise, 3 the file does not compile, 4 the checks ran out of

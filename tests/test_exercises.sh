@@ -36,8 +36,8 @@ for n in $chapters; do
     check "every exercise check passes on chapters/chapter$n.c" "[ \$? = 0 ] && ! grep -q 'not yet' $work/full$n.log"
     sh tests/exercise.sh "$n" "$starter" > "$work/starter$n.log" 2>&1
     status=$?
-    # (an exercise may have more than one region, as 4.max-pool-backward has: its
-    # plain and its fast version; each is named once here)
+    # (an exercise may have more than one region, as 4.avg-pool has: its
+    # forward and its backward pass; each is named once here)
     expected=$(grep -h '//@ exercise [0-9]* ' src/*.c | awk '$3 == '"$n"' { sub(":", "", $4); print $3 "." $4 }' | sort -u | tr '\n' ' ')
     got=$(sed -n 's/^exercise \([^:]*\): not yet.*/\1/p' "$work/starter$n.log" | sort | tr '\n' ' ')
     check "on the starter of chapter $n exactly its exercises fail ($expected)" "[ $status = 1 ] && [ \"$got\" = \"$expected\" ]"
