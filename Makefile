@@ -10,12 +10,13 @@
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
-# For a class (book.md, "For instructors"):
+# For a class (docs/INSTRUCTORS.md):
 #   make starter                       starter/chapterN.c, the exercises left to do (never overwrites)
 #   make check-exercise N=2.adam [FILE=...]   one exercise's checks (default FILE: starter/chapter2.c)
 #   make test-chapter N=2 [FILE=...]   every exercise check and chapter 2's tests on one file
 #   make check-answer N=5.no-bias A=...   a quick check's answer, right or not yet
 #   make grade DIR=submissions         every check on every file in DIR, as a table
+#   make handout [HANDOUT=DIR]         book, starters, checks and a Makefile for a class; no solutions
 
 # What a build needs (the language standard, the libraries) stays apart from
 # what a user may override: `make CFLAGS=-O0 chapter2` still compiles C11.
@@ -37,10 +38,10 @@ PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
            build/test_bench
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
-        starter check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
+        starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -328,6 +329,22 @@ check-answer: build/answers
 grade:
 	@test -n "$(DIR)" || { echo "usage: make grade DIR=directory-of-students-files"; exit 2; }
 	@sh tests/grade.sh "$(DIR)"
+
+# A class's handout: the book and its figures, the starter chapters, the
+# checks (exercises.c; answers.c, which holds fingerprints only), the
+# scripts that run them, the data fetcher and a Makefile of its own
+# (tests/handout.mk). Not chapters/ and not src/: the solutions stay here.
+# HANDOUT must not exist yet, or be empty, so that nothing is overwritten.
+HANDOUT = handout
+handout: build/tangle
+	@if [ -e "$(HANDOUT)" ] && [ -n "$$(ls -A "$(HANDOUT)" 2>/dev/null)" ]; then \
+	  echo "$(HANDOUT) exists and is not empty: give a new HANDOUT=DIR, or delete it first"; exit 1; fi
+	@mkdir -p "$(HANDOUT)/tests" "$(HANDOUT)/figures"
+	@$(MAKE) -s starter STARTER_DIR="$(HANDOUT)/starter" > /dev/null
+	@cp book.md "$(HANDOUT)/book.md" && cp figures/* "$(HANDOUT)/figures/" && cp src/get-data.sh "$(HANDOUT)/get-data.sh"
+	@cp tests/exercises.c tests/answers.c tests/exercise.sh tests/grade.sh tests/small_data.sh "$(HANDOUT)/tests/"
+	@cp tests/handout.mk "$(HANDOUT)/Makefile"
+	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter7.c, tests/, get-data.sh, Makefile"
 
 clean:
 	rm -rf build $(PROGRAMS)

@@ -414,6 +414,26 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
+/* The other way: the bytes of an IDX image file holding d's images, the
+   header (magic, count, rows, columns, each big-endian) and then one byte
+   a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
+   `out` NULL it writes nothing and returns the size; else it fills `out`
+   (that many bytes) and returns the same. */
+size_t encode_idx_images(const Dataset *d, unsigned char *out) {
+    size_t pixels = (size_t)d->count * IMAGE_SIZE, header_size = 16;
+    if (out) {
+        const uint32_t fields[4] = {IDX_IMAGES_MAGIC, (uint32_t)d->count, IMAGE_ROWS, IMAGE_COLS};
+        for (int f = 0; f < 4; f++)
+            for (int byte = 0; byte < 4; byte++)
+                out[4 * f + byte] = (unsigned char)(fields[f] >> (8 * (3 - byte)) & 0xFF);
+        for (size_t i = 0; i < pixels; i++) {
+            float x = fminf(1.0f, fmaxf(0.0f, d->images[i]));
+            out[header_size + i] = (unsigned char)lroundf(255.0f * x);
+        }
+    }
+    return header_size + pixels;
+}
+
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The
    test set stays untouched until the very end. */
@@ -619,6 +639,28 @@ void pixel_statistics(const Dataset *d, double *mean, double *std) {
     *mean = n ? sum / n : 0;
     *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
 }
+
+/* Welford's running mean and variance: one value at a time, in one pass.
+   The sum of squares above is fine for pixels in [0, 1], but its
+   sum_squares / n - mean^2 subtracts two nearly equal numbers when the
+   mean is large against the spread, and loses every digit; Welford's
+   update never forms them. `m2` is the sum of the squared deviations from
+   the mean so far. */
+typedef struct {
+    long count;
+    double mean, m2;
+} RunningStats;
+
+void running_stats_add(RunningStats *s, double x) {
+    double before = x - s->mean;
+    s->count += 1;
+    s->mean += before / (double)s->count;
+    s->m2 += before * (x - s->mean);
+}
+
+// The variance of the values so far, divided by their count as
+// pixel_statistics does (0 for none).
+double running_stats_variance(const RunningStats *s) { return s->count > 0 ? s->m2 / (double)s->count : 0; }
 
 // The first `per_class` training images of every class, one row per class,
 // each row headed by the class name.

@@ -560,6 +560,26 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
+/* The other way: the bytes of an IDX image file holding d's images, the
+   header (magic, count, rows, columns, each big-endian) and then one byte
+   a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
+   `out` NULL it writes nothing and returns the size; else it fills `out`
+   (that many bytes) and returns the same. */
+size_t encode_idx_images(const Dataset *d, unsigned char *out) {
+    size_t pixels = (size_t)d->count * IMAGE_SIZE, header_size = 16;
+    if (out) {
+        const uint32_t fields[4] = {IDX_IMAGES_MAGIC, (uint32_t)d->count, IMAGE_ROWS, IMAGE_COLS};
+        for (int f = 0; f < 4; f++)
+            for (int byte = 0; byte < 4; byte++)
+                out[4 * f + byte] = (unsigned char)(fields[f] >> (8 * (3 - byte)) & 0xFF);
+        for (size_t i = 0; i < pixels; i++) {
+            float x = fminf(1.0f, fmaxf(0.0f, d->images[i]));
+            out[header_size + i] = (unsigned char)lroundf(255.0f * x);
+        }
+    }
+    return header_size + pixels;
+}
+
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The
    test set stays untouched until the very end. */
@@ -769,6 +789,28 @@ void pixel_statistics(const Dataset *d, double *mean, double *std) {
     *mean = n ? sum / n : 0;
     *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
 }
+
+/* Welford's running mean and variance: one value at a time, in one pass.
+   The sum of squares above is fine for pixels in [0, 1], but its
+   sum_squares / n - mean^2 subtracts two nearly equal numbers when the
+   mean is large against the spread, and loses every digit; Welford's
+   update never forms them. `m2` is the sum of the squared deviations from
+   the mean so far. */
+typedef struct {
+    long count;
+    double mean, m2;
+} RunningStats;
+
+void running_stats_add(RunningStats *s, double x) {
+    double before = x - s->mean;
+    s->count += 1;
+    s->mean += before / (double)s->count;
+    s->m2 += before * (x - s->mean);
+}
+
+// The variance of the values so far, divided by their count as
+// pixel_statistics does (0 for none).
+double running_stats_variance(const RunningStats *s) { return s->count > 0 ? s->m2 / (double)s->count : 0; }
 
 // The first `per_class` training images of every class, one row per class,
 // each row headed by the class name.
@@ -1430,6 +1472,75 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                     g11 = larger ? gradient : g11, g00 = larger ? -0.0f : g00, g01 = larger ? -0.0f : g01;
                     g10 = larger ? -0.0f : g10;
                     d00[c] += g00, d01[c] += g01, d10[c] += g10, d11[c] += g11;
+                }
+            }
+}
+
+/* Average pooling, the windows of max pooling (2x2, stride 2, an odd last
+   row or column left out): each output is the mean of its four inputs, so
+   each input of a window moved it by a quarter of its own change. */
+void avg_pool_forward(float *out,          // (B, H/2, W/2, C)
+                      const float *inp,    // (B, H, W, C)
+                      int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    size_t row = (size_t)W * C;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                const float *top = inp + ((size_t)b * H + (size_t)POOL * oh) * row + (size_t)POOL * ow * C;
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
+                for (int c = 0; c < C; c++)
+                    o[c] = 0.25f * ((top[c] + top[C + c]) + (top[row + c] + top[row + C + c]));
+            }
+}
+
+void avg_pool_backward(float *dinp,        // (B, H, W, C)
+                       const float *dout,  // (B, H/2, W/2, C)
+                       int B, int H, int W, int C) {
+    int OH = H / POOL, OW = W / POOL;
+    size_t row = (size_t)W * C;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *top = dinp + ((size_t)b * H + (size_t)POOL * oh) * row + (size_t)POOL * ow * C;
+                const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;
+                for (int c = 0; c < C; c++) {
+                    float quarter = 0.25f * g[c];
+                    top[c] += quarter, top[C + c] += quarter, top[row + c] += quarter, top[row + C + c] += quarter;
+                }
+            }
+}
+
+/* A convolution with a stride: the window moves `stride` pixels at a time,
+   so output (oh, ow) reads the input from row oh * stride - pad and column
+   ow * stride - pad, and OH = (H + 2 pad - KH) / stride + 1, floored (OW
+   likewise). `s` is the shape as conv_shape gives it, for stride 1: its
+   out_h and out_w are not this output's. A stride of 2 does a quarter of
+   the work of stride 1 and halves the height and width, as pooling does. */
+void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this stride
+                            const float *inp,     // (B, H, W, C)
+                            const float *weight,  // (KH, KW, C, OC)
+                            const float *bias,    // (OC)
+                            const ConvShape *s, int stride) {
+    int OH = (s->height + 2 * s->pad - s->kernel_h) / stride + 1;
+    int OW = (s->width + 2 * s->pad - s->kernel_w) / stride + 1;
+    size_t C = (size_t)s->channels, OC = (size_t)s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * OC;
+                for (size_t oc = 0; oc < OC; oc++) o[oc] = bias[oc];
+                for (int kh = 0; kh < s->kernel_h; kh++) {
+                    int ih = oh * stride + kh - s->pad;
+                    if (ih < 0 || ih >= s->height) continue;
+                    for (int kw = 0; kw < s->kernel_w; kw++) {
+                        int iw = ow * stride + kw - s->pad;
+                        if (iw < 0 || iw >= s->width) continue;
+                        const float *pixel = inp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        const float *taps = weight + ((size_t)kh * s->kernel_w + kw) * C * OC;
+                        for (size_t c = 0; c < C; c++)
+                            for (size_t oc = 0; oc < OC; oc++) o[oc] += pixel[c] * taps[c * OC + oc];
+                    }
                 }
             }
 }
@@ -3567,6 +3678,20 @@ StoppingDecision early_stopping_update(EarlyStopping *s, int epoch, float loss) 
     return ++s->epochs_without_improvement >= s->patience ? STOPPING_STOP : STOPPING_WAIT;
 }
 
+/* A learning rate that changes with the step (book.md, chapter 6's
+   exercises): a linear warm-up over the first `warmup` steps, from
+   lr / warmup at step 0 up to lr at step warmup - 1, then half a cosine,
+   from lr at step `warmup` down to 0 at step `total`, and 0 after it.
+   Steps count from 0; warmup 0 means no warm-up. Not used by the runs of
+   the chapters, whose rate stays fixed. */
+float warmup_cosine_lr(float lr, long step, long warmup, long total) {
+    if (step < warmup) return lr * (float)(step + 1) / (float)warmup;
+    if (step >= total) return 0.0f;
+    const double half_turn = acos(-1.0);
+    double done = (double)(step - warmup) / (double)(total - warmup);
+    return (float)(lr * 0.5 * (1.0 + cos(half_turn * done)));
+}
+
 // Where a run stands: everything but the tensors and the history that a
 // checkpoint must hold for a resumed run to go on exactly as this one would.
 typedef struct {
@@ -4529,6 +4654,67 @@ Model graph_model(GraphClassifier *c, const char *name) {
                    .max_batch = c->graph->max_batch};
 }
 /* ----------------------------------------------------------------------------
+   Two ops made outside the engine (book.md, chapter 3's exercises). An op is
+   a forward and a backward function in an Op, and graph_op makes a node of
+   it: the engine's table OPS is not needed, and neither is a change to it.
+
+   tanh, elementwise. Its slope is 1 - tanh(x)^2, which the node's own value
+   gives, so nothing more needs to be saved. */
+void tanh_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = tanhf(n->inputs[0]->value[i]);
+}
+
+void tanh_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *x = n->inputs[0];
+    if (x->grad)
+        for (size_t i = 0; i < n->size; i++) {
+            float y = n->value[i];
+            x->grad[i] += n->grad[i] * (1.0f - y * y);
+        }
+}
+
+const Op TANH_OP = {.name = "tanh", .forward = tanh_op_forward, .backward = tanh_op_backward};
+
+Node *tanh_of(Graph *g, Node *x) {
+    return graph_op(g, &TANH_OP, (Node *[]){x}, 1, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+/* mean_squared_error: pred (B, K), targets (B, K) -> (1/B) times the sum
+   over b and k of (pred - target)^2, a scalar: the mean over the batch, as
+   softmax_cross_entropy takes it. */
+void mse_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *pred = n->inputs[0], *targets = n->inputs[1];
+    double total = 0;
+    for (size_t i = 0; i < pred->size; i++) {
+        double d = (double)pred->value[i] - targets->value[i];
+        total += d * d;
+    }
+    n->value[0] = (float)(total / pred->shape[0]);
+}
+
+void mse_op_backward(Node *n, Graph *g) {
+    (void)g;
+    Node *pred = n->inputs[0];
+    const Node *targets = n->inputs[1];
+    if (pred->grad) {
+        float twice_over_b = 2.0f * n->grad[0] / (float)pred->shape[0];
+        for (size_t i = 0; i < pred->size; i++)
+            pred->grad[i] += twice_over_b * (pred->value[i] - targets->value[i]);
+    }
+}
+
+const Op MSE_OP = {.name = "mean_squared_error", .forward = mse_op_forward, .backward = mse_op_backward};
+
+Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
+    require(pred->batched && targets->batched && pred->rank == 2 && targets->rank == 2 &&
+            pred->shape[1] == targets->shape[1], "mean_squared_error needs pred and targets (B, K)");
+    require(!targets->requires_grad, "mean_squared_error: the targets must not need a gradient");
+    return graph_op(g, &MSE_OP, (Node *[]){pred, targets}, 2, 0, (int[]){1}, 1);
+}
+/* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
 
    What this is: the basic CNN of the protocol built from the ops above, and
@@ -4692,6 +4878,63 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     if (largest_patches)
         printf("  im2col would need %.1f MB at batch %d (the largest patch matrix and its gradient)\n",
                2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);
+}
+/* ----------------------------------------------------------------------------
+   Two more normalisations (book.md, chapter 5's exercises); the models do not
+   use them.
+
+   Batch norm folded into the convolution before it, for inference. In
+   inference mode batch norm is gamma (y - mean) / sqrt(var + eps) + beta of
+   a fixed mean and variance, and y = bias + the sum of x * weight: both are
+   linear in x, so together they are one convolution, with each output
+   channel's weights and bias changed. `weight` is (fan_in, C), the output
+   channel last, as a kernel (KH, KW, C_in, OC) is with fan_in = KH KW C_in. */
+void fold_batch_norm(float *weight, float *bias, size_t fan_in, int C, const float *gamma, const float *beta,
+                     const float *running_mean, const float *running_var) {
+    for (int c = 0; c < C; c++) {
+        float factor = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
+        bias[c] = beta[c] + factor * (bias[c] - running_mean[c]);
+        for (size_t k = 0; k < fan_in; k++) weight[k * (size_t)C + c] *= factor;
+    }
+}
+
+/* Layer normalisation (Ba, Kiros and Hinton, 2016): batch norm turned on its
+   side. Each row of x (N, C) is normalised over its own C values, not each
+   channel over the batch, so there are no running statistics and training
+   and inference are the same; gamma and beta are per channel still. The
+   forward pass keeps x_hat (N, C) and 1 / sqrt(var + eps) per row (N). */
+void layer_norm_forward(float *out, float *x_hat, float *inv_std, const float *x, const float *gamma,
+                        const float *beta, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *row = x + (size_t)i * C;
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += row[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) var += (row[c] - mean) * (row[c] - mean);
+        var /= C;
+        inv_std[i] = (float)(1.0 / sqrt(var + BN_EPSILON));
+        for (int c = 0; c < C; c++) {
+            size_t at = (size_t)i * C + c;
+            x_hat[at] = (float)((row[c] - mean) * inv_std[i]);
+            out[at] = gamma[c] * x_hat[at] + beta[c];
+        }
+    }
+}
+
+void layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dout, const float *x_hat,
+                         const float *inv_std, const float *gamma, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *g_row = dout + (size_t)i * C, *h_row = x_hat + (size_t)i * C;
+        double sum_g = 0, sum_gh = 0;
+        for (int c = 0; c < C; c++) {
+            double g = (double)g_row[c] * gamma[c];
+            sum_g += g, sum_gh += g * h_row[c];
+            dgamma[c] += g_row[c] * h_row[c];
+            dbeta[c] += g_row[c];
+        }
+        for (int c = 0; c < C; c++)
+            dx[(size_t)i * C + c] += (float)(inv_std[i] * ((double)g_row[c] * gamma[c] - sum_g / C - h_row[c] * sum_gh / C));
+    }
 }
 /* ----------------------------------------------------------------------------
    Checkpoints: a run's whole state in one file (book.md 6.4-6.7).
@@ -5915,6 +6158,37 @@ double mcnemar_exact_p(long b, long c) {
     for (long i = 0; i <= low; i++)
         sum += exp(lgamma(n + 1.0) - lgamma(i + 1.0) - lgamma(n - i + 1.0) - n * log(2.0));
     return fmin(1.0, 2 * sum);
+}
+
+/* The mid-p variant (Lancaster; Fagerland, Lydersen and Laake, 2013): the
+   exact test counts the split seen as a whole "at least as uneven", which
+   makes it conservative; mid-p counts it by half. Two-sided, that is
+   2 (P(X < k) + P(X = k) / 2) with k = min(b, c), which is 1 at an even
+   split, and below mcnemar_exact_p otherwise. Not in the tables; for
+   chapter 7's exercises. */
+double mcnemar_mid_p(long b, long c) {
+    if (b == c) return 1;
+    long n = b + c, k = b > c ? c : b;
+    double log_terms = lgamma(n + 1.0) - lgamma(k + 1.0) - lgamma(n - k + 1.0) - n * log(2.0);
+    return fmin(1.0, mcnemar_exact_p(b, c) - exp(log_terms));
+}
+
+/* Wilson's score interval for an accuracy of `right` out of `n`: every
+   proportion p0 for which the accuracy seen, p = right / n, lies within z
+   standard errors, z sqrt(p0 (1 - p0) / n), of p0. Its two ends are the
+   roots of a quadratic in p0. Unlike p +- z sqrt(p (1 - p) / n) it stays
+   inside [0, 1] and is not of width 0 at 0% or 100%. n = 0 gives [0, 1].
+   Not in the tables; for chapter 7's exercises. */
+void wilson_interval(long right, long n, double z, double *low, double *high) {
+    if (n <= 0) {
+        *low = 0, *high = 1;
+        return;
+    }
+    double p = (double)right / (double)n, zz = z * z / (double)n;
+    double middle = (p + zz / 2) / (1 + zz);
+    double spread = sqrt(p * (1 - p) * zz + zz * zz / 4) / (1 + zz);
+    *low = fmax(0.0, middle - spread);
+    *high = fmin(1.0, middle + spread);
 }
 
 /* ---- One run: a model and a seed, trained (or resumed) and tested ---------- */

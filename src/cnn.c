@@ -1,3 +1,74 @@
+//@ from 3
+/* ----------------------------------------------------------------------------
+   Two ops made outside the engine (book.md, chapter 3's exercises). An op is
+   a forward and a backward function in an Op, and graph_op makes a node of
+   it: the engine's table OPS is not needed, and neither is a change to it.
+
+   tanh, elementwise. Its slope is 1 - tanh(x)^2, which the node's own value
+   gives, so nothing more needs to be saved. */
+void tanh_op_forward(Node *n, Graph *g) {
+    (void)g;
+    for (size_t i = 0; i < n->size; i++) n->value[i] = tanhf(n->inputs[0]->value[i]);
+}
+
+void tanh_op_backward(Node *n, Graph *g) {
+    (void)g;
+    //@ exercise 3 tanh-backward: add n->grad times the slope of tanh into the input's gradient, where it has one.
+    Node *x = n->inputs[0];
+    if (x->grad)
+        for (size_t i = 0; i < n->size; i++) {
+            float y = n->value[i];
+            x->grad[i] += n->grad[i] * (1.0f - y * y);
+        }
+    //@ stub
+    (void)n;
+    //@ end
+}
+
+const Op TANH_OP = {.name = "tanh", .forward = tanh_op_forward, .backward = tanh_op_backward};
+
+Node *tanh_of(Graph *g, Node *x) {
+    return graph_op(g, &TANH_OP, (Node *[]){x}, 1, x->batched, x->shape + x->batched, x->rank - x->batched);
+}
+
+/* mean_squared_error: pred (B, K), targets (B, K) -> (1/B) times the sum
+   over b and k of (pred - target)^2, a scalar: the mean over the batch, as
+   softmax_cross_entropy takes it. */
+void mse_op_forward(Node *n, Graph *g) {
+    (void)g;
+    const Node *pred = n->inputs[0], *targets = n->inputs[1];
+    double total = 0;
+    for (size_t i = 0; i < pred->size; i++) {
+        double d = (double)pred->value[i] - targets->value[i];
+        total += d * d;
+    }
+    n->value[0] = (float)(total / pred->shape[0]);
+}
+
+void mse_op_backward(Node *n, Graph *g) {
+    (void)g;
+    //@ exercise 3 mse-backward: add n->grad[0] times d(loss)/d(pred) into pred's gradient; the targets get none.
+    Node *pred = n->inputs[0];
+    const Node *targets = n->inputs[1];
+    if (pred->grad) {
+        float twice_over_b = 2.0f * n->grad[0] / (float)pred->shape[0];
+        for (size_t i = 0; i < pred->size; i++)
+            pred->grad[i] += twice_over_b * (pred->value[i] - targets->value[i]);
+    }
+    //@ stub
+    (void)n;
+    //@ end
+}
+
+const Op MSE_OP = {.name = "mean_squared_error", .forward = mse_op_forward, .backward = mse_op_backward};
+
+Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
+    require(pred->batched && targets->batched && pred->rank == 2 && targets->rank == 2 &&
+            pred->shape[1] == targets->shape[1], "mean_squared_error needs pred and targets (B, K)");
+    require(!targets->requires_grad, "mean_squared_error: the targets must not need a gradient");
+    return graph_op(g, &MSE_OP, (Node *[]){pred, targets}, 2, 0, (int[]){1}, 1);
+}
+//@ end
 //@ from 4
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
@@ -171,5 +242,72 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     if (largest_patches)
         printf("  im2col would need %.1f MB at batch %d (the largest patch matrix and its gradient)\n",
                2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);
+}
+//@ end
+//@ from 5
+/* ----------------------------------------------------------------------------
+   Two more normalisations (book.md, chapter 5's exercises); the models do not
+   use them.
+
+   Batch norm folded into the convolution before it, for inference. In
+   inference mode batch norm is gamma (y - mean) / sqrt(var + eps) + beta of
+   a fixed mean and variance, and y = bias + the sum of x * weight: both are
+   linear in x, so together they are one convolution, with each output
+   channel's weights and bias changed. `weight` is (fan_in, C), the output
+   channel last, as a kernel (KH, KW, C_in, OC) is with fan_in = KH KW C_in. */
+void fold_batch_norm(float *weight, float *bias, size_t fan_in, int C, const float *gamma, const float *beta,
+                     const float *running_mean, const float *running_var) {
+    //@ exercise 5 fold-batch-norm: change each output channel's weights and bias so that the convolution alone gives conv + batch norm (inference).
+    for (int c = 0; c < C; c++) {
+        float factor = gamma[c] / sqrtf(running_var[c] + BN_EPSILON);
+        bias[c] = beta[c] + factor * (bias[c] - running_mean[c]);
+        for (size_t k = 0; k < fan_in; k++) weight[k * (size_t)C + c] *= factor;
+    }
+    //@ stub
+    (void)weight, (void)bias, (void)fan_in, (void)C, (void)gamma, (void)beta, (void)running_mean, (void)running_var;
+    //@ end
+}
+
+/* Layer normalisation (Ba, Kiros and Hinton, 2016): batch norm turned on its
+   side. Each row of x (N, C) is normalised over its own C values, not each
+   channel over the batch, so there are no running statistics and training
+   and inference are the same; gamma and beta are per channel still. The
+   forward pass keeps x_hat (N, C) and 1 / sqrt(var + eps) per row (N). */
+void layer_norm_forward(float *out, float *x_hat, float *inv_std, const float *x, const float *gamma,
+                        const float *beta, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *row = x + (size_t)i * C;
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += row[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) var += (row[c] - mean) * (row[c] - mean);
+        var /= C;
+        inv_std[i] = (float)(1.0 / sqrt(var + BN_EPSILON));
+        for (int c = 0; c < C; c++) {
+            size_t at = (size_t)i * C + c;
+            x_hat[at] = (float)((row[c] - mean) * inv_std[i]);
+            out[at] = gamma[c] * x_hat[at] + beta[c];
+        }
+    }
+}
+
+void layer_norm_backward(float *dx, float *dgamma, float *dbeta, const float *dout, const float *x_hat,
+                         const float *inv_std, const float *gamma, int N, int C) {
+    //@ exercise 5 layer-norm-backward: add the gradients of x, gamma and beta; x reaches its row's outputs three ways (book.md 5.3, on its side).
+    for (int i = 0; i < N; i++) {
+        const float *g_row = dout + (size_t)i * C, *h_row = x_hat + (size_t)i * C;
+        double sum_g = 0, sum_gh = 0;
+        for (int c = 0; c < C; c++) {
+            double g = (double)g_row[c] * gamma[c];
+            sum_g += g, sum_gh += g * h_row[c];
+            dgamma[c] += g_row[c] * h_row[c];
+            dbeta[c] += g_row[c];
+        }
+        for (int c = 0; c < C; c++)
+            dx[(size_t)i * C + c] += (float)(inv_std[i] * ((double)g_row[c] * gamma[c] - sum_g / C - h_row[c] * sum_gh / C));
+    }
+    //@ stub
+    (void)dx, (void)dgamma, (void)dbeta, (void)dout, (void)x_hat, (void)inv_std, (void)gamma, (void)N, (void)C;
+    //@ end
 }
 //@ end

@@ -208,7 +208,6 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                        const float *dout,   // (B, H/2, W/2, C)
                        const float *inp,    // (B, H, W, C)
                        int B, int H, int W, int C) {
-    //@ exercise 4 max-pool-backward: send each output's gradient to the input that was its window's maximum (book.md 4.5).
     int OH = H / POOL, OW = W / POOL;
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++)
@@ -222,9 +221,6 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                         }
                     dinp[best] += dout[(((size_t)b * OH + oh) * OW + ow) * C + c];
                 }
-    //@ stub
-    (void)dinp, (void)dout, (void)inp, (void)B, (void)H, (void)W, (void)C;
-    //@ end
 }
 
 /* The same two passes for the fast path, same results to the bit. The loops
@@ -263,7 +259,6 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                             const float *restrict dout,  // (B, H/2, W/2, C)
                             const float *restrict inp,   // (B, H, W, C)
                             int B, int H, int W, int C) {
-    //@ exercise 4 max-pool-backward: optional, after max_pool_backward: the same, vectorised (book.md 4.21); until then the fast path calls yours.
     int OH = H / POOL, OW = W / POOL;
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++)
@@ -292,8 +287,86 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                     d00[c] += g00, d01[c] += g01, d10[c] += g10, d11[c] += g11;
                 }
             }
+}
+
+/* Average pooling, the windows of max pooling (2x2, stride 2, an odd last
+   row or column left out): each output is the mean of its four inputs, so
+   each input of a window moved it by a quarter of its own change. */
+void avg_pool_forward(float *out,          // (B, H/2, W/2, C)
+                      const float *inp,    // (B, H, W, C)
+                      int B, int H, int W, int C) {
+    //@ exercise 4 avg-pool: each output the mean of its 2x2 window, channel by channel.
+    int OH = H / POOL, OW = W / POOL;
+    size_t row = (size_t)W * C;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                const float *top = inp + ((size_t)b * H + (size_t)POOL * oh) * row + (size_t)POOL * ow * C;
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
+                for (int c = 0; c < C; c++)
+                    o[c] = 0.25f * ((top[c] + top[C + c]) + (top[row + c] + top[row + C + c]));
+            }
     //@ stub
-    max_pool_backward(dinp, dout, inp, B, H, W, C);
+    (void)out, (void)inp, (void)B, (void)H, (void)W, (void)C;
+    //@ end
+}
+
+void avg_pool_backward(float *dinp,        // (B, H, W, C)
+                       const float *dout,  // (B, H/2, W/2, C)
+                       int B, int H, int W, int C) {
+    //@ exercise 4 avg-pool: add a quarter of each output's gradient into each input of its window.
+    int OH = H / POOL, OW = W / POOL;
+    size_t row = (size_t)W * C;
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *top = dinp + ((size_t)b * H + (size_t)POOL * oh) * row + (size_t)POOL * ow * C;
+                const float *g = dout + (((size_t)b * OH + oh) * OW + ow) * C;
+                for (int c = 0; c < C; c++) {
+                    float quarter = 0.25f * g[c];
+                    top[c] += quarter, top[C + c] += quarter, top[row + c] += quarter, top[row + C + c] += quarter;
+                }
+            }
+    //@ stub
+    (void)dinp, (void)dout, (void)B, (void)H, (void)W, (void)C;
+    //@ end
+}
+
+/* A convolution with a stride: the window moves `stride` pixels at a time,
+   so output (oh, ow) reads the input from row oh * stride - pad and column
+   ow * stride - pad, and OH = (H + 2 pad - KH) / stride + 1, floored (OW
+   likewise). `s` is the shape as conv_shape gives it, for stride 1: its
+   out_h and out_w are not this output's. A stride of 2 does a quarter of
+   the work of stride 1 and halves the height and width, as pooling does. */
+void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this stride
+                            const float *inp,     // (B, H, W, C)
+                            const float *weight,  // (KH, KW, C, OC)
+                            const float *bias,    // (OC)
+                            const ConvShape *s, int stride) {
+    //@ exercise 4 conv-stride: the convolution's sum at every stride-th position, into an output of the strided size.
+    int OH = (s->height + 2 * s->pad - s->kernel_h) / stride + 1;
+    int OW = (s->width + 2 * s->pad - s->kernel_w) / stride + 1;
+    size_t C = (size_t)s->channels, OC = (size_t)s->out_channels;
+    for (int b = 0; b < s->batch; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * OC;
+                for (size_t oc = 0; oc < OC; oc++) o[oc] = bias[oc];
+                for (int kh = 0; kh < s->kernel_h; kh++) {
+                    int ih = oh * stride + kh - s->pad;
+                    if (ih < 0 || ih >= s->height) continue;
+                    for (int kw = 0; kw < s->kernel_w; kw++) {
+                        int iw = ow * stride + kw - s->pad;
+                        if (iw < 0 || iw >= s->width) continue;
+                        const float *pixel = inp + (((size_t)b * s->height + ih) * s->width + iw) * C;
+                        const float *taps = weight + ((size_t)kh * s->kernel_w + kw) * C * OC;
+                        for (size_t c = 0; c < C; c++)
+                            for (size_t oc = 0; oc < OC; oc++) o[oc] += pixel[c] * taps[c * OC + oc];
+                    }
+                }
+            }
+    //@ stub
+    (void)out, (void)inp, (void)weight, (void)bias, (void)s, (void)stride;
     //@ end
 }
 //@ end

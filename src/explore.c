@@ -39,6 +39,32 @@ void pixel_statistics(const Dataset *d, double *mean, double *std) {
     *std = n ? sqrt(fmax(0, sum_squares / n - *mean * *mean)) : 0;
 }
 
+/* Welford's running mean and variance: one value at a time, in one pass.
+   The sum of squares above is fine for pixels in [0, 1], but its
+   sum_squares / n - mean^2 subtracts two nearly equal numbers when the
+   mean is large against the spread, and loses every digit; Welford's
+   update never forms them. `m2` is the sum of the squared deviations from
+   the mean so far. */
+typedef struct {
+    long count;
+    double mean, m2;
+} RunningStats;
+
+void running_stats_add(RunningStats *s, double x) {
+    //@ exercise 1 welford: count x, move the mean towards it, and add x's share to m2 (Welford's update).
+    double before = x - s->mean;
+    s->count += 1;
+    s->mean += before / (double)s->count;
+    s->m2 += before * (x - s->mean);
+    //@ stub
+    (void)s, (void)x;
+    //@ end
+}
+
+// The variance of the values so far, divided by their count as
+// pixel_statistics does (0 for none).
+double running_stats_variance(const RunningStats *s) { return s->count > 0 ? s->m2 / (double)s->count : 0; }
+
 // The first `per_class` training images of every class, one row per class,
 // each row headed by the class name.
 int write_sample_grid(const Dataset *d, int per_class, const char *path, Error *err) {

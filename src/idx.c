@@ -25,13 +25,8 @@ static const char *const CLASS_NAMES[NUM_CLASSES] = {
 
 // The byte order of the file, not of this machine: most significant first.
 uint32_t read_big_endian_u32(const unsigned char *bytes) {
-    //@ exercise 1 big-endian: return the four bytes as one number, the first the most significant (book.md 1.3).
     return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 |
            (uint32_t)bytes[2] << 8 | (uint32_t)bytes[3];
-    //@ stub
-    (void)bytes;
-    return 0;
-    //@ end
 }
 
 /* Opens a file for reading, refusing anything but a regular file: a
@@ -238,6 +233,31 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
         .labels = d->labels + first,
         .targets = d->targets + (size_t)first * NUM_CLASSES,
     };
+}
+
+/* The other way: the bytes of an IDX image file holding d's images, the
+   header (magic, count, rows, columns, each big-endian) and then one byte
+   a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
+   `out` NULL it writes nothing and returns the size; else it fills `out`
+   (that many bytes) and returns the same. */
+size_t encode_idx_images(const Dataset *d, unsigned char *out) {
+    //@ exercise 1 write-idx: write d's images as an IDX file's bytes into out (or, out NULL, only count them).
+    size_t pixels = (size_t)d->count * IMAGE_SIZE, header_size = 16;
+    if (out) {
+        const uint32_t fields[4] = {IDX_IMAGES_MAGIC, (uint32_t)d->count, IMAGE_ROWS, IMAGE_COLS};
+        for (int f = 0; f < 4; f++)
+            for (int byte = 0; byte < 4; byte++)
+                out[4 * f + byte] = (unsigned char)(fields[f] >> (8 * (3 - byte)) & 0xFF);
+        for (size_t i = 0; i < pixels; i++) {
+            float x = fminf(1.0f, fmaxf(0.0f, d->images[i]));
+            out[header_size + i] = (unsigned char)lroundf(255.0f * x);
+        }
+    }
+    return header_size + pixels;
+    //@ stub
+    (void)d, (void)out;
+    return 0;
+    //@ end
 }
 
 /* The protocol's split: validation is the last 6,000 training images (the

@@ -473,7 +473,6 @@ EarlyStopping early_stopping_new(int patience) {
 // What to do after `epoch`, whose validation loss was `loss`. Only a loss
 // strictly lower than the best counts as an improvement (as in Keras).
 StoppingDecision early_stopping_update(EarlyStopping *s, int epoch, float loss) {
-    //@ exercise 6 early-stopping: keep the best loss and its epoch, count the epochs without improvement, decide (book.md 6.2).
     if (loss < s->best_loss) {
         s->best_loss = loss;
         s->best_epoch = epoch;
@@ -481,9 +480,24 @@ StoppingDecision early_stopping_update(EarlyStopping *s, int epoch, float loss) 
         return STOPPING_IMPROVED;
     }
     return ++s->epochs_without_improvement >= s->patience ? STOPPING_STOP : STOPPING_WAIT;
+}
+
+/* A learning rate that changes with the step (book.md, chapter 6's
+   exercises): a linear warm-up over the first `warmup` steps, from
+   lr / warmup at step 0 up to lr at step warmup - 1, then half a cosine,
+   from lr at step `warmup` down to 0 at step `total`, and 0 after it.
+   Steps count from 0; warmup 0 means no warm-up. Not used by the runs of
+   the chapters, whose rate stays fixed. */
+float warmup_cosine_lr(float lr, long step, long warmup, long total) {
+    //@ exercise 6 lr-schedule: the rate at `step`: the warm-up's straight line, then the half cosine down to 0 at `total`.
+    if (step < warmup) return lr * (float)(step + 1) / (float)warmup;
+    if (step >= total) return 0.0f;
+    const double half_turn = acos(-1.0);
+    double done = (double)(step - warmup) / (double)(total - warmup);
+    return (float)(lr * 0.5 * (1.0 + cos(half_turn * done)));
     //@ stub
-    (void)s, (void)epoch, (void)loss;
-    return STOPPING_WAIT;
+    (void)step, (void)warmup, (void)total;
+    return lr;
     //@ end
 }
 

@@ -50,25 +50,100 @@ static uint64_t fingerprint(const char *text) {
 
 /* ---- Chapter 1 -------------------------------------------------------------- */
 
-static const char *check_big_endian(char *why, size_t size) {
-    static const struct {
-        unsigned char bytes[4];
-        uint32_t value;
-        const char *meaning;
-    } cases[] = {
-        {{0x00, 0x00, 0x08, 0x03}, 2051, "the magic number that starts every IDX image file"},
-        {{0x00, 0x00, 0x08, 0x01}, 2049, "the magic number of IDX label files"},
-        {{0x00, 0x00, 0xEA, 0x60}, 60000, "the number of training images"},
-        {{0x00, 0x00, 0x00, 0x1C}, 28, "the rows of an image"},
-        {{0x12, 0x34, 0x56, 0x78}, 0x12345678u, "0x12345678: each byte in its place"},
-        {{0xFF, 0xFF, 0xFF, 0xFE}, 4294967294u, "the largest values: no sign, no overflow"},
-    };
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        uint32_t got = read_big_endian_u32(cases[k].bytes);
-        if (got != cases[k].value) {
-            snprintf(why, size, "the bytes %02x %02x %02x %02x gave %u, but they are %u, %s. The first byte is "
-                     "the most significant: it is worth 256^3 = 16777216.", cases[k].bytes[0], cases[k].bytes[1],
-                     cases[k].bytes[2], cases[k].bytes[3], got, cases[k].value, cases[k].meaning);
+// The two-pass mean and variance in long double, from the definition.
+static void two_pass(const double *x, int n, long double *mean, long double *var) {
+    long double sum = 0, squares = 0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    *mean = sum / n;
+    for (int i = 0; i < n; i++) squares += (x[i] - *mean) * (x[i] - *mean);
+    *var = squares / n;
+}
+
+static const char *check_welford(char *why, size_t size) {
+    // Pixels, then the same spread far from zero, where sum_squares / n -
+    // mean^2 cancels to nothing in double.
+    enum { N = 1000 };
+    static double x[N];
+    for (int round = 0; round < 2; round++) {
+        double offset = round == 0 ? 0 : 1e9;
+        for (int i = 0; i < N; i++) x[i] = offset + (double)((i * 7919 + 13) % 256) / 255.0;
+        RunningStats s = {0};
+        for (int i = 0; i < N; i++) running_stats_add(&s, x[i]);
+        long double mean, var;
+        two_pass(x, N, &mean, &var);
+        double got = running_stats_variance(&s);
+        if (s.count != N) {
+            snprintf(why, size, "after %d values the count is %ld: running_stats_add must count each value", N, s.count);
+            return why;
+        }
+        if (fabsl(s.mean - mean) > 1e-12L * fmaxl(1, fabsl(mean))) {
+            snprintf(why, size, "the mean of %d values%s is %.17g, but your running mean is %.17g. Each value moves "
+                     "the mean by its difference from it, divided by the count so far.", N,
+                     round ? " near 1e9" : " in [0, 1]", (double)mean, s.mean);
+            return why;
+        }
+        if (fabsl(got - var) > 1e-6L * var) {
+            snprintf(why, size, "the variance of %d values%s is %.10g, but yours is %.10g.%s", N,
+                     round ? " near 1e9" : " in [0, 1]", (double)var, got,
+                     round ? " In [0, 1] it was right: does m2 subtract numbers near 1e18, such as x^2 and mean^2? "
+                             "Welford's m2 grows by (x - old mean) times (x - new mean)."
+                           : " m2 grows by (x - old mean) times (x - new mean).");
+            return why;
+        }
+    }
+    RunningStats none = {0};
+    if (running_stats_variance(&none) != 0) {
+        snprintf(why, size, "with no values at all the variance must be 0");
+        return why;
+    }
+    return NULL;
+}
+
+static const char *check_write_idx(char *why, size_t size) {
+    enum { COUNT = 3 };
+    static float images[COUNT * IMAGE_SIZE];
+    static unsigned char labels[COUNT];
+    static unsigned char bytes[16 + COUNT * IMAGE_SIZE + 64];
+    // Byte v, plus -0.4, 0 or 0.4 of a step: rounding gives v again (a pixel
+    // outside [0, 1] is clamped first).
+    for (int i = 0; i < COUNT * IMAGE_SIZE; i++) images[i] = ((float)((i * 37 + 11) % 256) + 0.4f * (float)(i % 3 - 1)) / 255.0f;
+    images[5] = -0.5f, images[6] = 1.5f;  // out of [0, 1]: clamped
+    Dataset d = {.count = COUNT, .images = images, .labels = labels};
+    size_t expected = 16 + (size_t)COUNT * IMAGE_SIZE, asked = encode_idx_images(&d, NULL);
+    if (asked != expected) {
+        snprintf(why, size, "encode_idx_images(d, NULL) says %zu bytes for %d images; an IDX image file of them is "
+                 "longer or shorter than that (book.md 1.2: the header, then the pixels)", asked, COUNT);
+        return why;
+    }
+    memset(bytes, 0xAA, sizeof bytes);
+    size_t wrote = encode_idx_images(&d, bytes);
+    if (wrote != expected) {
+        snprintf(why, size, "with a buffer it returned %zu, not the %zu it says without one", wrote, asked);
+        return why;
+    }
+    if (bytes[expected] != 0xAA) {
+        snprintf(why, size, "it wrote past the end of the file's bytes");
+        return why;
+    }
+    uint32_t count = 0;
+    size_t body = 0;
+    Error err = {0};
+    if (check_idx_header("encoded", bytes, wrote, IDX_IMAGES_MAGIC, &count, &body, &err) != 0) {
+        snprintf(why, size, "chapter 1's own reader refuses your bytes: %s", err.message);
+        return why;
+    }
+    if (count != COUNT || body != 16) {
+        snprintf(why, size, "the header says %u images and a body at byte %zu; it should say %d and 16", count, body,
+                 COUNT);
+        return why;
+    }
+    for (int i = 0; i < COUNT * IMAGE_SIZE; i++) {
+        int want = i == 5 ? 0 : i == 6 ? 255 : (i * 37 + 11) % 256;
+        if (bytes[body + i] != want) {
+            snprintf(why, size, "pixel %d of image %d holds %.4f, which should be the byte %d, but it is %d.%s",
+                     i % IMAGE_SIZE, i / IMAGE_SIZE, images[i], want, bytes[body + i],
+                     i == 5 || i == 6 ? " A pixel outside [0, 1] is clamped to it first."
+                                      : " Multiply by 255 and round to the nearest; do not cut the fraction off.");
             return why;
         }
     }
@@ -195,42 +270,189 @@ static const char *check_mul_backward(char *why, size_t size) {
     snprintf(why, size, "%s", wrong);
     return why;
 }
+// The tanh check's loss, sum(t) + sum(tanh(t)) with t = tanh(x), in double.
+static double tanh_twice_loss(const double *x, int n) {
+    double loss = 0;
+    for (int i = 0; i < n; i++) loss += tanh(x[i]) + tanh(tanh(x[i]));
+    return loss;
+}
+
+static const char *check_tanh_backward(char *why, size_t size) {
+    enum { B = 2, K = 5 };
+    Graph *g = graph_new(B);
+    Node *x = graph_input(g, "x", (int[]){K}, 1);
+    x->requires_grad = 1;
+    Node *t = tanh_of(g, x);
+    // t feeds two ops, a second tanh and a sum, whose backward runs first.
+    Node *loss = add(g, sum(g, tanh_of(g, t)), sum(g, t));
+    graph_compile(g, loss);
+    double exact[B * K];
+    for (int i = 0; i < B * K; i++) x->value[i] = -2.2f + 0.47f * (float)i, exact[i] = x->value[i];
+    graph_forward(g, 1);
+    for (int i = 0; i < B * K; i++) x->grad[i] = 1;  // an input's gradient is the caller's: backward adds to it
+    graph_backward(g);
+    const char *wrong = NULL;
+    for (int i = 0; i < B * K && !wrong; i++) {
+        double step = 1e-6, saved = exact[i];
+        exact[i] = saved + step;
+        double up = tanh_twice_loss(exact, B * K);
+        exact[i] = saved - step;
+        double down = tanh_twice_loss(exact, B * K);
+        exact[i] = saved;
+        double numeric = (up - down) / (2 * step), got = x->grad[i] - 1.0;
+        if (got == 0 && numeric != 0)
+            snprintf(why, size, "the input's gradient is 0: tanh_op_backward must add into n->inputs[0]->grad"), wrong = why;
+        else if (mismatch(got, numeric) > 1e-3)
+            snprintf(why, size, "in loss = sum(t) + sum(tanh(t)), t = tanh(x), dloss/dx[%d] is %.6f, but finite "
+                     "differences give %.6f. t feeds two ops, so its gradient must be the sum of both (add, do "
+                     "not assign); and derive tanh's slope in terms of its own output, n->value.", i, got, numeric),
+                wrong = why;
+    }
+    graph_free(g);
+    return wrong;
+}
+
+// (1/B) sum (x w - t)^2 in double: the mean squared error check's loss.
+static double mse_loss(const double *w, const float *x, const float *t, int B, int C, int K) {
+    double loss = 0;
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < K; k++) {
+            double y = 0;
+            for (int c = 0; c < C; c++) y += x[b * C + c] * w[c * K + k];
+            loss += (y - t[b * K + k]) * (y - t[b * K + k]);
+        }
+    return loss / B;
+}
+
+static const char *check_mse_backward(char *why, size_t size) {
+    enum { B = 3, C = 4, K = 5 };
+    Graph *g = graph_new(B);
+    Node *x = graph_input(g, "x", (int[]){C}, 1), *t = graph_input(g, "t", (int[]){K}, 1);
+    Node *w = graph_parameter(g, "w", (int[]){C, K}, 2, INIT_ZEROS);
+    Node *loss = mean_squared_error(g, matmul(g, x, w), t);
+    graph_compile(g, loss);
+    Rng rng = rng_new(3, 3);
+    double exact[C * K];
+    for (int i = 0; i < B * C; i++) x->value[i] = 2 * rng_uniform(&rng) - 1;
+    for (int i = 0; i < B * K; i++) t->value[i] = rng_uniform(&rng);
+    for (int i = 0; i < C * K; i++) w->value[i] = rng_uniform(&rng) - 0.5f, exact[i] = w->value[i];
+    graph_zero_grad(g);
+    graph_forward(g, 1);
+    graph_backward(g);
+    const char *wrong = NULL;
+    for (int i = 0; i < C * K && !wrong; i++) {
+        double step = 1e-6, saved = exact[i];
+        exact[i] = saved + step;
+        double up = mse_loss(exact, x->value, t->value, B, C, K);
+        exact[i] = saved - step;
+        double down = mse_loss(exact, x->value, t->value, B, C, K);
+        exact[i] = saved;
+        double numeric = (up - down) / (2 * step), got = w->grad[i];
+        if (got == 0 && numeric != 0)
+            snprintf(why, size, "the weights' gradient is 0: mse_op_backward must add into pred's gradient, "
+                     "times n->grad[0]"), wrong = why;
+        else if (mismatch(got, numeric) > 1e-3)
+            snprintf(why, size, "for loss = mean_squared_error(matmul(x, w), t), dloss/dw[%d][%d] is %.6f, but "
+                     "finite differences give %.6f. Differentiate (1/B) sum (pred - t)^2 with respect to one "
+                     "pred[b][k]: mind the 2 and the 1/B.", i / K, i % K, got, numeric), wrong = why;
+    }
+    graph_free(g);
+    return wrong;
+}
 #endif
 
 /* ---- Chapter 4 -------------------------------------------------------------- */
 
 #if CHAPTER >= 4
-static const char *check_max_pool_backward(char *why, size_t size) {
-    enum { B = 2, H = 5, W = 6, C = 3, N = B * H * W * C, OUT = B * (H / 2) * (W / 2) * C };
-    float x[N], dx[N], out[OUT], dout[OUT], up[OUT], down[OUT];
-    int order[N];
-    Rng rng = rng_new(4, 4);
-    // Distinct values 0.1 apart, so a small step never changes a maximum.
-    for (int i = 0; i < N; i++) order[i] = i;
-    shuffle(order, N, &rng);
-    for (int i = 0; i < N; i++) x[i] = 0.1f * (float)order[i], dx[i] = 1;
+static const char *check_avg_pool(char *why, size_t size) {
+    enum { B = 2, H = 5, W = 6, C = 3, N = B * H * W * C, OH = H / 2, OW = W / 2, OUT = B * OH * OW * C };
+    static float x[N], dx[N], out[OUT + 1], dout[OUT], up[OUT + 1], down[OUT + 1];
+    Rng rng = rng_new(4, 5);
+    for (int i = 0; i < N; i++) x[i] = 2 * rng_uniform(&rng) - 1, dx[i] = 1;
     for (int i = 0; i < OUT; i++) dout[i] = rng_uniform(&rng) - 0.5f;
-    max_pool_forward(out, x, B, H, W, C);
-    max_pool_backward(dx, dout, x, B, H, W, C);
+    for (int i = 0; i <= OUT; i++) out[i] = NAN;
+    out[OUT] = 12345;
+    avg_pool_forward(out, x, B, H, W, C);
+    if (out[OUT] != 12345) {
+        snprintf(why, size, "avg_pool_forward wrote past its output: (B, H/2, W/2, C), the odd row or column "
+                 "left out");
+        return why;
+    }
+    for (int b = 0; b < B; b++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++)
+                for (int c = 0; c < C; c++) {
+                    double mean = 0;
+                    for (int dh = 0; dh < 2; dh++)
+                        for (int dw = 0; dw < 2; dw++) mean += x[((b * H + 2 * oh + dh) * W + 2 * ow + dw) * C + c] / 4.0;
+                    float got = out[((b * OH + oh) * OW + ow) * C + c];
+                    if (!(fabs(got - mean) <= 1e-6)) {
+                        snprintf(why, size, "output (image %d, row %d, column %d, channel %d) is %.6f; the mean of "
+                                 "its 2x2 window is %.6f. Window (oh, ow) starts at input row 2 oh, column 2 ow.",
+                                 b, oh, ow, c, got, mean);
+                        return why;
+                    }
+                }
+    avg_pool_backward(dx, dout, B, H, W, C);
     for (int i = 0; i < N; i++) {
-        double step = 0.01, saved = x[i], loss_up = 0, loss_down = 0;
-        x[i] = (float)(saved + step);
-        max_pool_forward(up, x, B, H, W, C);
-        x[i] = (float)(saved - step);
-        max_pool_forward(down, x, B, H, W, C);
+        double saved = x[i], loss_up = 0, loss_down = 0;
+        x[i] = (float)(saved + 0.5);
+        avg_pool_forward(up, x, B, H, W, C);
+        x[i] = (float)(saved - 0.5);
+        avg_pool_forward(down, x, B, H, W, C);
         x[i] = (float)saved;
         for (int k = 0; k < OUT; k++) loss_up += up[k] * dout[k], loss_down += down[k] * dout[k];
-        double numeric = (loss_up - loss_down) / (2 * step), got = dx[i] - 1.0;
-        if (fabs(got - numeric) > 1e-4) {
+        double numeric = loss_up - loss_down, got = dx[i] - 1.0;
+        if (fabs(got - numeric) > 1e-5) {
             int c = i % C, w = i / C % W, h = i / C / W % H, b = i / C / W / H;
-            snprintf(why, size, "the gradient of input (image %d, row %d, column %d, channel %d) is %.5f, but "
-                     "finite differences give %.5f.%s", b, h, w, c, got, numeric,
-                     h >= H / POOL * POOL || w >= W / POOL * POOL
-                         ? " This input is in the last row or column of an odd size, which no window covers."
-                         : numeric == 0 ? " It is not its window's maximum: only the maximum gets a gradient."
-                                        : " It is its window's maximum: it gets that output's gradient, added.");
+            snprintf(why, size, "the gradient of input (image %d, row %d, column %d, channel %d) is %.6f, but "
+                     "finite differences give %.6f.%s", b, h, w, c, got, numeric,
+                     h >= OH * 2 || w >= OW * 2 ? " No window covers this input."
+                     : got == 0 ? " avg_pool_backward must ADD into dinp."
+                                : " Every input of a window moved its output by the same share.");
             return why;
         }
+    }
+    return NULL;
+}
+
+static const char *check_conv_stride(char *why, size_t size) {
+    enum { B = 2, H = 7, W = 6, C = 3, K = 3, OC = 4 };
+    static float x[B * H * W * C], weight[K * K * C * OC], bias[OC], full[B * (H + 2) * (W + 2) * OC],
+        strided[B * (H + 2) * (W + 2) * OC + 1];
+    Rng rng = rng_new(4, 6);
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = 2 * rng_uniform(&rng) - 1;
+    for (size_t i = 0; i < sizeof weight / sizeof weight[0]; i++) weight[i] = rng_uniform(&rng) - 0.5f;
+    for (int i = 0; i < OC; i++) bias[i] = rng_uniform(&rng);
+    static const int cases[][2] = {{2, 0}, {2, 1}, {3, 1}, {1, 1}};  // stride, pad
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int stride = cases[k][0], pad = cases[k][1];
+        ConvShape s = conv_shape(B, H, W, C, K, K, pad, OC);
+        conv2d_forward_naive(full, x, weight, bias, &s);
+        int OH = (H + 2 * pad - K) / stride + 1, OW = (W + 2 * pad - K) / stride + 1;
+        size_t count = (size_t)B * OH * OW * OC;
+        for (size_t i = 0; i <= count; i++) strided[i] = NAN;
+        strided[count] = 12345;
+        conv2d_forward_strided(strided, x, weight, bias, &s, stride);
+        if (strided[count] != 12345) {
+            snprintf(why, size, "with stride %d and pad %d on a %dx%d input it wrote past its %dx%d output", stride,
+                     pad, H, W, OH, OW);
+            return why;
+        }
+        for (int b = 0; b < B; b++)
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++)
+                    for (int oc = 0; oc < OC; oc++) {
+                        float want = full[(((size_t)b * s.out_h + oh * stride) * s.out_w + ow * stride) * OC + oc];
+                        float got = strided[(((size_t)b * OH + oh) * OW + ow) * OC + oc];
+                        if (!(fabsf(got - want) <= 1e-5f * fmaxf(1, fabsf(want)))) {
+                            snprintf(why, size, "with stride %d and pad %d, output (image %d, row %d, column %d, "
+                                     "channel %d) is %.6f, but the window that starts at input row %d, column %d "
+                                     "gives %.6f. The output is %dx%d here.", stride, pad, b, oh, ow, oc, got,
+                                     oh * stride - pad, ow * stride - pad, want, OH, OW);
+                            return why;
+                        }
+                    }
     }
     return NULL;
 }
@@ -281,34 +503,111 @@ static const char *check_batch_norm_dx(char *why, size_t size) {
     }
     return NULL;
 }
+static const char *check_fold_batch_norm(char *why, size_t size) {
+    enum { B = 2, H = 5, W = 5, C = 3, K = 3, OC = 4, OUT = B * H * W * OC };
+    static float x[B * H * W * C], weight[K * K * C * OC], bias[OC], folded_w[K * K * C * OC], folded_b[OC],
+        plain[OUT], fused[OUT];
+    float gamma[OC] = {1.5f, -0.5f, 1, 0.25f}, beta[OC] = {0.1f, 0, -0.3f, 2}, mean[OC] = {0.2f, -1, 0, 0.5f},
+          var[OC] = {0.5f, 2, 1e-3f, 4};
+    Rng rng = rng_new(5, 6);
+    for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = 2 * rng_uniform(&rng) - 1;
+    for (size_t i = 0; i < sizeof weight / sizeof weight[0]; i++) weight[i] = rng_uniform(&rng) - 0.5f;
+    for (int i = 0; i < OC; i++) bias[i] = rng_uniform(&rng) - 0.5f;
+    memcpy(folded_w, weight, sizeof weight), memcpy(folded_b, bias, sizeof bias);
+    ConvShape s = conv_shape(B, H, W, C, K, K, 1, OC);
+    conv2d_forward_naive(plain, x, weight, bias, &s);
+    fold_batch_norm(folded_w, folded_b, (size_t)K * K * C, OC, gamma, beta, mean, var);
+    conv2d_forward_naive(fused, x, folded_w, folded_b, &s);
+    for (int i = 0; i < OUT; i++) {
+        int c = i % OC;
+        double want = gamma[c] * (plain[i] - mean[c]) / sqrt(var[c] + BN_EPSILON) + beta[c];
+        if (mismatch(fused[i], want) > 1e-4) {
+            snprintf(why, size, "output %d, channel %d: the convolution then batch norm (inference mode, the running "
+                     "mean and variance, epsilon %g) gives %.6f, the folded convolution %.6f. Write batch norm of "
+                     "(bias + sum x w) as (new bias) + sum x (new w), channel by channel.", i / OC, c,
+                     (double)BN_EPSILON, want, fused[i]);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+// sum(r * layer_norm(x)) over (N, C), each row normalised over its C values, in double.
+static double layer_norm_loss(const double *x, const double *gamma, const double *beta, const float *r, int N, int C) {
+    double loss = 0;
+    for (int i = 0; i < N; i++) {
+        double mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += x[i * C + c] / C;
+        for (int c = 0; c < C; c++) var += (x[i * C + c] - mean) * (x[i * C + c] - mean) / C;
+        for (int c = 0; c < C; c++)
+            loss += r[i * C + c] * (gamma[c] * (x[i * C + c] - mean) / sqrt(var + BN_EPSILON) + beta[c]);
+    }
+    return loss;
+}
+
+static const char *check_layer_norm_backward(char *why, size_t size) {
+    enum { N = 4, C = 5 };
+    float x[N * C], r[N * C], out[N * C], x_hat[N * C], inv_std[N], dx[N * C], gamma[C], beta[C], dgamma[C], dbeta[C];
+    double all[N * C + 2 * C];  // x, gamma, beta: what is differentiated, in double
+    Rng rng = rng_new(5, 7);
+    for (int i = 0; i < N * C; i++) x[i] = 2 * rng_uniform(&rng) - 1, r[i] = rng_uniform(&rng) - 0.5f, dx[i] = 1;
+    for (int c = 0; c < C; c++) gamma[c] = 0.5f + rng_uniform(&rng), beta[c] = rng_uniform(&rng) - 0.5f, dgamma[c] = 1, dbeta[c] = 1;
+    for (int i = 0; i < N * C; i++) all[i] = x[i];
+    for (int c = 0; c < C; c++) all[N * C + c] = gamma[c], all[N * C + C + c] = beta[c];
+    layer_norm_forward(out, x_hat, inv_std, x, gamma, beta, N, C);
+    layer_norm_backward(dx, dgamma, dbeta, r, x_hat, inv_std, gamma, N, C);
+    for (int i = 0; i < N * C + 2 * C; i++) {
+        double step = 1e-6, saved = all[i];
+        all[i] = saved + step;
+        double up = layer_norm_loss(all, all + N * C, all + N * C + C, r, N, C);
+        all[i] = saved - step;
+        double down = layer_norm_loss(all, all + N * C, all + N * C + C, r, N, C);
+        all[i] = saved;
+        double numeric = (up - down) / (2 * step);
+        double got = (i < N * C ? dx[i] : i < N * C + C ? dgamma[i - N * C] : dbeta[i - N * C - C]) - 1.0;
+        if (mismatch(got, numeric) > 1e-3) {
+            if (i < N * C)
+                snprintf(why, size, "dloss/dx for row %d, channel %d is %.6f, but finite differences give %.6f. "
+                         "Here the mean and variance are a row's, over its C channels: x reaches its row's outputs "
+                         "through x_hat, the row's mean and the row's variance.", i / C, i % C, got, numeric);
+            else
+                snprintf(why, size, "dloss/d%s for channel %d is %.6f, but finite differences give %.6f (and each "
+                         "gradient must be ADDED to what the array held).", i < N * C + C ? "gamma" : "beta",
+                         (i - N * C) % C, got, numeric);
+            return why;
+        }
+    }
+    return NULL;
+}
 #endif
 
 /* ---- Chapter 6 -------------------------------------------------------------- */
 
 #if CHAPTER >= 6
-static const char *check_early_stopping(char *why, size_t size) {
+static const char *check_lr_schedule(char *why, size_t size) {
+    // lr 0.1, 10 steps of warm-up, 0 at step 110: hand-computed points.
     static const struct {
-        int patience;
-        float losses[8];
-        int stop_after, best;  // the epoch it stops after (0: never, in 8), the best epoch then
-    } runs[] = {
-        {3, {1.0f, 0.8f, 0.9f, 0.85f, 0.8f, 0.7f, 0.6f, 0.5f}, 5, 2},  // equal to the best is no better
-        {2, {2.0f, 2.5f, 1.5f, 1.6f, 1.7f, 1.0f, 0.9f, 0.8f}, 5, 3},   // an improvement resets the count
-        {1, {1.0f, 0.9f, 0.8f, 0.7f, 0.6f, 0.5f, 0.4f, 0.3f}, 0, 8},   // never worse: never stops
-        {1, {1.0f, 1.1f, 0.5f, 0.4f, 0.3f, 0.2f, 0.1f, 0.0f}, 2, 1},   // patience 1: the first miss stops
+        long step, warmup, total;
+        double rate;
+        const char *where;
+    } points[] = {
+        {0, 10, 110, 0.01, "the first step of the warm-up"},
+        {4, 10, 110, 0.05, "the middle of the warm-up"},
+        {9, 10, 110, 0.1, "the last step of the warm-up"},
+        {10, 10, 110, 0.1, "the first step after the warm-up"},
+        {35, 10, 110, 0.0853553390593, "a quarter of the way down"},
+        {60, 10, 110, 0.05, "half way down"},
+        {109, 10, 110, 2.4671981713e-5, "the step before the end"},
+        {110, 10, 110, 0, "the end"},
+        {500, 10, 110, 0, "long after the end"},
+        {0, 0, 100, 0.1, "the first step, with no warm-up"},
+        {50, 0, 100, 0.05, "half way, with no warm-up"},
     };
-    for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
-        EarlyStopping s = early_stopping_new(runs[k].patience);
-        int stopped = 0;
-        for (int e = 1; e <= 8 && !stopped; e++)
-            if (early_stopping_update(&s, e, runs[k].losses[e - 1]) == STOPPING_STOP) stopped = e;
-        if (stopped != runs[k].stop_after || s.best_epoch != runs[k].best) {
-            snprintf(why, size, "with patience %d and validation losses %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f, "
-                     "the run should stop after epoch %d (0: not within 8) with epoch %d best; it stopped after %d "
-                     "with epoch %d best. Only a strictly lower loss is an improvement; stop when the epochs "
-                     "without one reach the patience.", runs[k].patience, runs[k].losses[0], runs[k].losses[1],
-                     runs[k].losses[2], runs[k].losses[3], runs[k].losses[4], runs[k].losses[5], runs[k].losses[6],
-                     runs[k].losses[7], runs[k].stop_after, runs[k].best, stopped, s.best_epoch);
+    for (size_t k = 0; k < sizeof points / sizeof points[0]; k++) {
+        float got = warmup_cosine_lr(0.1f, points[k].step, points[k].warmup, points[k].total);
+        if (!(fabs(got - points[k].rate) <= 1e-6 * fmax(points[k].rate, 1e-3))) {
+            snprintf(why, size, "with lr 0.1, warm-up %ld and total %ld, the rate at step %ld (%s) is %.9g, "
+                     "which is not right.", points[k].warmup, points[k].total, points[k].step, points[k].where, got);
             return why;
         }
     }
@@ -332,29 +631,60 @@ static const char *check_crc32(char *why, size_t size) {
 #endif
 
 #if CHAPTER >= 7
-// Hand-computed: with n = b + c images on which the models differ, the
-// p-value is 2 * sum_{i <= min(b,c)} C(n, i) / 2^n, at most 1.
-static const char *check_mcnemar(char *why, size_t size) {
+static const char *check_mid_p(char *why, size_t size) {
     static const struct {
         long b, c;
         double p;
     } cases[] = {
-        {0, 5, 2.0 / 32},                 // all five one way: 2 * (1/32)
-        {9, 1, 2.0 * 11 / 1024},          // C(10,0) + C(10,1) = 11
-        {10, 20, 2 * 0.049368573352694511},  // P(X <= 10), X ~ Binomial(30, 1/2)
-        {7, 7, 1},                        // an even split: no evidence, p = 1 (capped)
-        {0, 0, 1},                        // no image differs
-        {0, 2000, 0},                     // 2^-1999 underflows to 0 in double: still a number
+        {0, 5, 1.0 / 32},
+        {9, 1, 12.0 / 1024},
+        {3, 4, 93.0 / 128},
+        {10, 20, 0.07075554598122835},
+        {7, 7, 1},
+        {0, 0, 1},
+        {0, 2000, 0},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        double p = mcnemar_exact_p(cases[k].b, cases[k].c);
+        double p = mcnemar_mid_p(cases[k].b, cases[k].c);
         if (!(fabs(p - cases[k].p) <= 1e-9 * fmax(1, cases[k].p))) {
-            snprintf(why, size, "with b = %ld images only the first model gets right and c = %ld only the second "
-                     "does, your p is %.10g, which is not right. Sum C(n, i) / 2^n for i from 0 to min(b, c), with "
-                     "n = b + c, as exp(lgamma ...) so that 2^n cannot overflow; double it; at most 1.",
-                     cases[k].b, cases[k].c, p);
+            snprintf(why, size, "with b = %ld and c = %ld your mid-p is %.10g, which is not right%s", cases[k].b,
+                     cases[k].c, p,
+                     cases[k].b == cases[k].c ? " (an even split: the two tails and the middle add up to what?)"
+                     : p >= mcnemar_exact_p(cases[k].b, cases[k].c) ? ": it must be below the exact p"
+                                                                     : "");
             return why;
         }
+    }
+    return NULL;
+}
+
+static const char *check_wilson(char *why, size_t size) {
+    static const long cases[][2] = {{3, 10}, {0, 10}, {10, 10}, {9000, 10000}, {1, 1000}, {500, 1000}, {1, 1}};
+    const double z = 1.959963984540054;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        long right = cases[k][0], n = cases[k][1];
+        double low = -1, high = -1, p = (double)right / n;
+        wilson_interval(right, n, z, &low, &high);
+        const char *wrong = !(low >= 0 && high <= 1) ? "it leaves [0, 1]"
+                            : !(low <= p + 1e-12 && p - 1e-12 <= high && low < high) ? "it does not hold the accuracy seen, right / n"
+                                                                      : NULL;
+        for (int end = 0; end < 2 && !wrong; end++) {
+            double p0 = end ? high : low;
+            if (fabs((p - p0) * (p - p0) - z * z * p0 * (1 - p0) / n) > 1e-12)
+                wrong = end ? "its upper end is not a proportion p0 whose z standard errors reach right / n"
+                            : "its lower end is not a proportion p0 whose z standard errors reach right / n";
+        }
+        if (wrong) {
+            snprintf(why, size, "for %ld right of %ld and z = 1.96 your interval is [%.6f, %.6f]: %s", right, n, low,
+                     high, wrong);
+            return why;
+        }
+    }
+    double low = -1, high = -1;
+    wilson_interval(0, 0, 1.96, &low, &high);
+    if (low != 0 || high != 1) {
+        snprintf(why, size, "with n = 0 nothing is known: the interval is [0, 1], not [%g, %g]", low, high);
+        return why;
     }
     return NULL;
 }
@@ -368,26 +698,33 @@ typedef struct {
 } Exercise;
 
 static const Exercise EXERCISES[] = {
-    {"1.big-endian", check_big_endian},
+    {"1.welford", check_welford},
+    {"1.write-idx", check_write_idx},
 #if CHAPTER >= 2
     {"2.softmax-backward", check_softmax_backward},
     {"2.adam", check_adam},
 #endif
 #if CHAPTER >= 3
     {"3.mul-backward", check_mul_backward},
+    {"3.tanh-backward", check_tanh_backward},
+    {"3.mse-backward", check_mse_backward},
 #endif
 #if CHAPTER >= 4
-    {"4.max-pool-backward", check_max_pool_backward},
+    {"4.avg-pool", check_avg_pool},
+    {"4.conv-stride", check_conv_stride},
 #endif
 #if CHAPTER >= 5
     {"5.batch-norm-dx", check_batch_norm_dx},
+    {"5.fold-batch-norm", check_fold_batch_norm},
+    {"5.layer-norm-backward", check_layer_norm_backward},
 #endif
 #if CHAPTER >= 6
-    {"6.early-stopping", check_early_stopping},
     {"6.crc32", check_crc32},
+    {"6.lr-schedule", check_lr_schedule},
 #endif
 #if CHAPTER >= 7
-    {"7.mcnemar", check_mcnemar},
+    {"7.mid-p", check_mid_p},
+    {"7.wilson", check_wilson},
 #endif
 };
 enum { EXERCISE_COUNT = sizeof EXERCISES / sizeof EXERCISES[0] };
