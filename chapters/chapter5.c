@@ -1445,10 +1445,11 @@ void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this st
 
    What this is: parallel_for(w, tasks, task, context), which runs
    task(context, i, worker) once for every i < tasks, spread over a few
-   threads that are created once (workers_new) and sleep on a condition
-   variable between calls. Every thread, the caller included, takes the
-   next task number from a shared counter until none are left; then the
-   caller waits for the others to finish and returns. The GEMM's tiles,
+   threads that are created once (workers_new). Between calls a thread
+   first spins, watching a counter, then sleeps on a condition variable.
+   Every thread, the caller included, takes the next task number from a
+   shared counter until none are left; then the caller waits for the
+   others to finish and returns. The GEMM's tiles,
    batch norm's sums, Adam's update and the engine's per-image ops all go
    through it.
    What it is not: a scheduler. There are no queues, futures, priorities or
@@ -1474,9 +1475,10 @@ void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this st
    The rule the tests check (tests/test_gemm.c): parallel_for runs every
    task exactly once, at any thread count. */
 
-#if HAVE_POSIX && !defined(NO_THREADS)
+#if HAVE_POSIX && !defined(NO_THREADS) && !defined(__STDC_NO_ATOMICS__)
 #define HAVE_THREADS 1
 #include <pthread.h>
+#include <stdatomic.h>
 #else
 #define HAVE_THREADS 0
 #endif
@@ -1495,18 +1497,30 @@ struct Workers {
 #if HAVE_THREADS
     pthread_t *helpers;     // (threads - 1)
     WorkerSeat *seats;      // (threads - 1): what each helper is told about itself
-    pthread_mutex_t lock;   // guards every field below
+    pthread_mutex_t lock;   // taken only to sleep on, or to wake, the two conditions
     pthread_cond_t wake;    // a new round of tasks, or time to quit
     pthread_cond_t done;    // the last helper finished its part of a round
-    unsigned long round;    // counts parallel_for calls; a helper wakes when it changes
-    int quitting;           // workers_free: helpers leave their loop
-    int busy;               // helpers not yet finished with this round
-    int running;            // a parallel_for is in progress
-    ParallelTask *task;     // this round's job: task(context, i, worker) for i < tasks
-    void *context;
-    int tasks, next_task;
+    atomic_ulong round;     // counts parallel_for calls; a helper starts when it changes
+    atomic_int quitting;    // workers_free: helpers leave their loop
+    atomic_int busy;        // helpers not yet finished with this round
+    atomic_int running;     // a parallel_for is in progress
+    atomic_int next_task;   // the next task number to take
+    ParallelTask *task;     // this round's job: task(context, i, worker) for i < tasks,
+    void *context;          // written before `round` changes, so every helper that
+    int tasks;              // sees the new round sees them too
 #endif
 };
+
+/* Waking a sleeping thread goes through the kernel and takes tens of
+   microseconds, as long as a small GEMM; the engine calls parallel_for
+   dozens of times a training step. So a thread that has nothing to do
+   first watches the counter it waits on for SPIN_CHECKS looks, some tens
+   of microseconds, and sleeps only when nothing changed: between the ops
+   of a step it never sleeps, and a program that stops calling costs its
+   helpers that much spinning once. (OpenMP runtimes do the same.) The
+   counters are C11 atomics, so a thread sees a task's writes once it sees
+   the counter that says the task is done. */
+enum { SPIN_CHECKS = 1 << 16 };
 
 // How many processors are online, for a default thread count (at most
 // MAX_THREADS, as --threads); 1 where the system cannot tell us.
@@ -1521,32 +1535,38 @@ int online_cpus(void) {
 }
 
 #if HAVE_THREADS
-// Runs tasks until none are left. Called, and returns, with w->lock held;
-// the lock is released while a task runs, so the others can take tasks.
+// Runs this round's tasks until none are left.
 void run_tasks(Workers *w, int worker) {
-    ParallelTask *task = w->task;
-    void *context = w->context;
-    while (w->next_task < w->tasks) {
-        int i = w->next_task++;
-        pthread_mutex_unlock(&w->lock);
-        task(context, i, worker);
-        pthread_mutex_lock(&w->lock);
-    }
+    for (int i; (i = atomic_fetch_add(&w->next_task, 1)) < w->tasks;) w->task(w->context, i, worker);
+}
+
+// Spins while *counter == value, for at most SPIN_CHECKS looks; returns
+// whether it changed.
+int spin_while_equal(const atomic_ulong *counter, unsigned long value) {
+    for (int i = 0; i < SPIN_CHECKS; i++)
+        if (atomic_load(counter) != value) return 1;
+    return 0;
 }
 
 void *worker_main(void *argument) {
     WorkerSeat *seat = argument;
     Workers *w = seat->workers;
     unsigned long seen = 0;
-    pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->round == seen && !w->quitting) pthread_cond_wait(&w->wake, &w->lock);
-        if (w->quitting) break;
-        seen = w->round;
+        if (!spin_while_equal(&w->round, seen)) {
+            pthread_mutex_lock(&w->lock);
+            while (atomic_load(&w->round) == seen && !atomic_load(&w->quitting)) pthread_cond_wait(&w->wake, &w->lock);
+            pthread_mutex_unlock(&w->lock);
+        }
+        if (atomic_load(&w->quitting)) break;
+        seen = atomic_load(&w->round);
         run_tasks(w, seat->index);
-        if (--w->busy == 0) pthread_cond_signal(&w->done);
+        if (atomic_fetch_sub(&w->busy, 1) == 1) {  // the last helper out: the caller may be asleep
+            pthread_mutex_lock(&w->lock);
+            pthread_cond_signal(&w->done);
+            pthread_mutex_unlock(&w->lock);
+        }
     }
-    pthread_mutex_unlock(&w->lock);
     return NULL;
 }
 #endif
@@ -1582,7 +1602,8 @@ void workers_free(Workers *w) {
     if (!w) return;
 #if HAVE_THREADS
     pthread_mutex_lock(&w->lock);
-    w->quitting = 1;
+    atomic_store(&w->quitting, 1);
+    atomic_fetch_add(&w->round, 1);
     pthread_cond_broadcast(&w->wake);
     pthread_mutex_unlock(&w->lock);
     for (int i = 0; i < w->threads - 1; i++) pthread_join(w->helpers[i], NULL);
@@ -1605,20 +1626,24 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
         return;
     }
 #if HAVE_THREADS
-    pthread_mutex_lock(&w->lock);
-    require(!w->running, "parallel_for called from inside a task of the same pool");
-    w->running = 1;
+    require(!atomic_exchange(&w->running, 1), "parallel_for called from inside a task of the same pool");
     w->task = task;
     w->context = context;
     w->tasks = tasks;
-    w->next_task = 0;
-    w->busy = w->threads - 1;
-    w->round++;
+    atomic_store(&w->next_task, 0);
+    atomic_store(&w->busy, w->threads - 1);
+    pthread_mutex_lock(&w->lock);  // a helper between its last look and its sleep holds the lock
+    atomic_fetch_add(&w->round, 1);
     pthread_cond_broadcast(&w->wake);
-    run_tasks(w, 0);
-    while (w->busy > 0) pthread_cond_wait(&w->done, &w->lock);
-    w->running = 0;
     pthread_mutex_unlock(&w->lock);
+    run_tasks(w, 0);
+    for (int i = 0; i < SPIN_CHECKS && atomic_load(&w->busy) > 0; i++) continue;
+    if (atomic_load(&w->busy) > 0) {
+        pthread_mutex_lock(&w->lock);
+        while (atomic_load(&w->busy) > 0) pthread_cond_wait(&w->done, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+    }
+    atomic_store(&w->running, 0);
 #endif
 }
 /* ----------------------------------------------------------------------------
