@@ -645,8 +645,7 @@ void conv2d_op_forward(Node *n, Graph *g) {
                               graph_scratch(g, conv_rows(&s) * conv_patch_size(&s)));
     else {
         require(g->gemm, "conv2d: the blocked kernel without a GEMM context");
-        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s,
-                               graph_scratch(g, conv2d_blocked_scratch(&s)));
+        conv2d_forward_blocked(g->gemm, n->value, x->value, w->value, b->value, &s);
     }
 }
 

@@ -38,6 +38,16 @@ ConvShape conv_shape(int B, int H, int W, int C, int KH, int KW, int pad, int OC
                        .out_h = H + 2 * pad - KH + 1, .out_w = W + 2 * pad - KW + 1};
 }
 
+// Stops the program (a bug) unless the shape is one conv_shape makes.
+void check_conv_shape(const ConvShape *g, const char *who) {
+    require(g->batch > 0 && g->height > 0 && g->width > 0 && g->channels > 0 && g->kernel_h > 0 &&
+            g->kernel_w > 0 && g->pad >= 0, "%s: a patch geometry with a size <= 0", who);
+    require(g->out_h == g->height + 2 * g->pad - g->kernel_h + 1 && g->out_w == g->width + 2 * g->pad - g->kernel_w + 1 &&
+            g->out_h > 0 && g->out_w > 0, "%s: output %dx%d, but a %dx%d image with a %dx%d kernel and padding %d "
+            "gives %dx%d", who, g->out_h, g->out_w, g->height, g->width, g->kernel_h, g->kernel_w, g->pad,
+            g->height + 2 * g->pad - g->kernel_h + 1, g->width + 2 * g->pad - g->kernel_w + 1);
+}
+
 // The rows (output pixels) and columns (patch entries) of the im2col matrix.
 size_t conv_rows(const ConvShape *s) { return (size_t)s->batch * s->out_h * s->out_w; }
 size_t conv_patch_size(const ConvShape *s) { return (size_t)s->kernel_h * s->kernel_w * s->channels; }

@@ -1,3 +1,4 @@
+//@ from 1 to 3
 /* ----------------------------------------------------------------------------
    A first look at the data: shapes, class counts, pixel statistics, a few
    images in the terminal and a labelled sample grid on disk.
@@ -83,3 +84,4 @@ int write_sample_grid(const Dataset *d, int per_class, const char *path, Error *
     picture_free(&p);
     return status;
 }
+//@ end

@@ -110,6 +110,7 @@ int picture_write(const Picture *p, const char *path, Error *err) {
     return status;
 }
 
+//@ from 1 to 3
 /* In the terminal: one character per pixel pair. Two image rows are averaged
    into one text row, because a character cell is about twice as tall as it is
    wide; the ramp runs from dark (space) to bright (@). */
@@ -132,3 +133,4 @@ void print_images_as_text(const Dataset *d, const int *items, int n) {
         printf("\n");
     }
 }
+//@ end

@@ -13,8 +13,7 @@
    through it.
    What it is not: a scheduler. There are no queues, futures, priorities or
    nested calls: a task must not call parallel_for on the same Workers (it
-   would wait for itself; gemm_in_task is the serial GEMM for use inside a
-   task). Build with -DNO_THREADS (or on a system without POSIX) and
+   would wait for itself). Build with -DNO_THREADS (or on a system without POSIX) and
    parallel_for runs the tasks one after the other on the caller: same
    results, one core.
 

@@ -391,7 +391,7 @@ static void check_blocked_conv(int B, int H, int W, int C, int K, int pad, int O
             conv2d_forward_naive(out[v], x, w, b, &s);
             conv2d_backward_naive(dx[v], dw[v], db[v], dout, x, w, &s);
         } else {
-            conv2d_forward_blocked(ctx, out[v], x, w, b, &s, flipped);
+            conv2d_forward_blocked(ctx, out[v], x, w, b, &s);
             conv2d_backward_blocked(ctx, dx[v], dw[v], db[v], dout, x, w, &s, flipped);
         }
     }
@@ -405,11 +405,8 @@ static void check_blocked_conv(int B, int H, int W, int C, int K, int pad, int O
 }
 
 // The forward pass and the weight gradient as the blocked path computes
-// them (one-channel images from their patch matrix built beforehand; the
-// weight gradient transposed for channels in multiples of 16) against
-// their definitions as one GEMM each with the image's patches read in the
-// packing: the same bits, out starting from the bias and dweight added to
-// what it held before.
+// them against their definitions as one GEMM each: the same bits, out
+// starting from the bias and dweight added to what it held before.
 static void check_blocked_forms(int B, int H, int W, int C, int pad, int OC, Rng *rng) {
     ConvShape s = conv_shape(B, H, W, C, 3, 3, pad, OC);
     int rows = (int)conv_rows(&s), patch = (int)conv_patch_size(&s);
@@ -424,13 +421,13 @@ static void check_blocked_forms(int B, int H, int W, int C, int pad, int OC, Rng
     for (int r = 0; r < rows; r++) memcpy(out_direct + (size_t)r * OC, bias, OC * sizeof(float));
     GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 2);
     gemm(ctx, rows, OC, patch, patches_operand(x, &s, 0), matrix_operand(w, OC), out_direct, OC, 1);
-    conv2d_forward_blocked(ctx, out_blocked, x, w, bias, &s, scratch);
+    conv2d_forward_blocked(ctx, out_blocked, x, w, bias, &s);
     gemm(ctx, patch, OC, rows, patches_operand(x, &s, 1), matrix_operand(dout, OC), direct, OC, 1);
-    conv2d_weight_gradient_blocked(ctx, blocked, dout, x, &s, scratch);
+    conv2d_backward_blocked(ctx, NULL, blocked, NULL, dout, x, w, &s, scratch);
     int forward_same = CHECK(memcmp(out_direct, out_blocked, no * sizeof(float)) == 0);
     int weight_same = CHECK(memcmp(direct, blocked, nw * sizeof(float)) == 0);
-    // The backward pass with the bias gradient too (for one channel, one
-    // GEMM with a row of ones): the bits of the GEMM and bias_backward.
+    // The backward pass with the bias gradient too: the bits of the GEMM
+    // and bias_backward.
     float *db_direct = malloc(OC * sizeof(float)), *db_blocked = malloc(OC * sizeof(float));
     fill(db_direct, OC, -1, 1, rng);
     memcpy(db_blocked, db_direct, OC * sizeof(float));

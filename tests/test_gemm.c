@@ -3,7 +3,7 @@
    shapes, strides and patch geometries; the exact order of every sum
    (a chain of fmaf in k order, bit for bit); every kernel this CPU runs
    bit-identical to the portable one; 1, 2 and 3 threads bit-identical;
-   parallel_for running every task exactly once; the guards.
+   parallel_for running every task exactly once; the packing; the guards.
    Kernels this CPU lacks (AVX-512 on most machines) are skipped, and say so. */
 #include "check.h"
 
@@ -79,27 +79,20 @@ static Problem matrix_problem(int M, int N, int K, int a_transposed, int b_trans
     return p;
 }
 
-/* Patches on one side, a matrix on the other:
+/* Patches as A, a matrix as B:
    role 0: PATCHES (rows, KK) @ B (KK, N)             the forward pass
    role 1: PATCHES^T (KK, rows) @ B (rows, N)         the weight gradient
-   role 2: A (M, rows) @ PATCHES (rows, KK)           patches as B
-   role 3: A (M, KK) @ PATCHES^T (KK, rows)           transposed patches as B */
+   role 2, 3: the same with B stored transposed */
 static Problem patch_problem(ConvShape g, int role, int other, int accumulate, uint64_t seed) {
     Problem p = {.accumulate = accumulate};
     long rows = (long)conv_rows(&g), kk = (long)conv_patch_size(&g);
     p.geometry = xmalloc(sizeof g);
     *p.geometry = g;
     float *image = random_array((size_t)g.batch * g.height * g.width * g.channels, seed);
-    Operand patches = patches_operand(image, p.geometry, role == 1 || role == 3);
-    if (role == 0 || role == 1) {
-        p.M = (int)(role == 0 ? rows : kk), p.K = (int)(role == 0 ? kk : rows), p.N = other;
-        p.a = image, p.A = patches;
-        p.B = make_matrix(&p.b, p.K, p.N, 0, 0, seed + 1);
-    } else {
-        p.M = other, p.K = (int)(role == 2 ? rows : kk), p.N = (int)(role == 2 ? kk : rows);
-        p.b = image, p.B = patches;
-        p.A = make_matrix(&p.a, p.M, p.K, 0, 0, seed + 1);
-    }
+    int transposed = role % 2 == 1;
+    p.M = (int)(transposed ? kk : rows), p.K = (int)(transposed ? rows : kk), p.N = other;
+    p.a = image, p.A = patches_operand(image, p.geometry, transposed);
+    p.B = make_matrix(&p.b, p.K, p.N, role >= 2, role >= 2, seed + 1);
     p.ldc = p.N;
     p.c_before = random_array((size_t)p.M * p.ldc + 1, seed + 2);
     return p;
@@ -169,7 +162,7 @@ static int make_problems(Problem *ps) {
     };
     for (int gi = 0; gi < 6; gi++)
         for (int role = 0; role < 4; role++)
-            ps[n] = patch_problem(geometries[gi], role, role < 2 ? 10 + gi : 3 + gi, (gi + role) % 2,
+            ps[n] = patch_problem(geometries[gi], role, role < 2 ? 10 + gi : 33 + gi, (gi + role) % 2,
                                   500 + 10 * (uint64_t)n), n++;
     // A bigger convolution, to cross KC and MC in the patches.
     ps[n++] = patch_problem(conv_geometry(3, 13, 11, 32, 3, 3, 1), 0, 40, 1, 900);
@@ -311,38 +304,6 @@ static void test_with_bias(Problem *ps, int n) {
     for (int k = 0; k < 4; k++) gemm_context_free(contexts[k]);
 }
 
-// gemm_in_task, called from inside parallel_for tasks, matches gemm.
-typedef struct {
-    const GemmContext *ctx;
-    const Problem *p;
-    float *c;  // (tasks, M, ldc)
-} InTask;
-
-static void one_gemm_in_task(void *context, int task, int worker) {
-    const InTask *t = context;
-    float *c = t->c + (size_t)task * t->p->M * t->p->ldc;
-    memcpy(c, t->p->c_before, (size_t)t->p->M * t->p->ldc * sizeof(float));
-    gemm_in_task(t->ctx, worker, t->p->M, t->p->N, t->p->K, t->p->A, t->p->B, c, t->p->ldc, t->p->accumulate);
-}
-
-static void test_gemm_in_task(void) {
-    section("gemm_in_task inside parallel_for gives gemm's bits");
-    Problem p = patch_problem(conv_geometry(1, 13, 13, 32, 3, 3, 1), 0, 64, 1, 12);
-    GemmContext *ctx = gemm_context_new(gemm_best_kernel(), 3);
-    enum { TASKS = 6 };
-    InTask t = {ctx, &p, xmalloc((size_t)TASKS * p.M * p.ldc * sizeof(float))};
-    parallel_for(ctx->workers, TASKS, one_gemm_in_task, &t);
-    float *want = run(ctx, &p);
-    int same = 0;
-    for (int i = 0; i < TASKS; i++)
-        same += memcmp(want, t.c + (size_t)i * p.M * p.ldc, (size_t)p.M * p.ldc * sizeof(float)) == 0;
-    CHECK_EQ_INT(same, TASKS);
-    free(want);
-    free(t.c);
-    gemm_context_free(ctx);
-    problem_free(&p);
-}
-
 // parallel_for: every task exactly once, on a worker the pool has.
 typedef struct {
     int *runs;     // (tasks)
@@ -425,6 +386,14 @@ static void wrong_size(void *unused) {
     gemm(ctx, 10, 1, 9, patches_operand(image, &g, 0), matrix_operand(w, 1), out, 1, 0);  // M should be 9
 }
 
+static void patches_as_b(void *unused) {
+    (void)unused;
+    GemmContext *ctx = gemm_context_new(gemm_kernel_by_name("portable"), 1);
+    ConvShape g = conv_geometry(1, 5, 5, 1, 3, 3, 0);
+    float image[25] = {0}, a[9] = {0}, out[9];
+    gemm(ctx, 1, 9, 9, matrix_operand(a, 9), patches_operand(image, &g, 1), out, 9, 0);
+}
+
 static void nested(void *context, int task, int worker) {
     (void)task, (void)worker;
     parallel_for(context, 4, count_task, NULL);
@@ -440,81 +409,79 @@ static void test_guards(void) {
     section("misuse stops with exit 70");
     CHECK_EXITS(bad_geometry, NULL, EXIT_BUG, "output 5x3, but a 5x5 image");
     CHECK_EXITS(wrong_size, NULL, EXIT_BUG, "patches make a (9, 9) matrix");
+    CHECK_EXITS(patches_as_b, NULL, EXIT_BUG, "patches go in A");
     if (HAVE_THREADS) CHECK_EXITS(nested_parallel_for, NULL, EXIT_BUG, "inside a task");
 }
 
-// patch_block_is_padding, against the definition: a block it calls all
-// padding holds only zeros (of an image of ones), and a block of whole
-// kernel rows that holds only zeros is one it finds (the kind gemm_run
-// makes of a wide patch line). The padding of 2 is the input gradient of
-// the basic CNN's second convolution.
-static void test_padding_blocks(void) {
-    section("patch_block_is_padding finds the blocks that are all zero padding, and only those");
-    ConvShape geometries[] = {conv_geometry(2, 11, 11, 4, 3, 3, 2), conv_geometry(2, 5, 7, 3, 3, 3, 1),
-                              conv_geometry(1, 4, 6, 2, 3, 2, 1), conv_geometry(1, 6, 6, 1, 5, 5, 2)};
-    int wrong = 0, found = 0, missed = 0;
-    for (int gi = 0; gi < 4; gi++) {
-        ConvShape *g = &geometries[gi];
-        size_t pixels = (size_t)g->batch * g->height * g->width * g->channels;
-        float *ones = xmalloc(pixels * sizeof(float));
-        for (size_t i = 0; i < pixels; i++) ones[i] = 1.0f;
-        Operand A = patches_operand(ones, g, 0);
-        long rows = (long)conv_rows(g), K = (long)conv_patch_size(g), line = (long)g->kernel_w * g->channels;
-        for (long row = 0; row < rows; row += 5)  // strips starting anywhere in a row
-            for (int height = 1; height <= MR && row + height <= rows; height += MR - 1)
-                for (int size = 0; size < 5; size++) {
-                    // single columns, whole kernel rows, blocks that start
-                    // anywhere and straddle two rows (as an even split of K
-                    // makes them), two rows, all of K
-                    long kc = (long[]){1, line, line + 1, 2 * line, K}[size], step = size == 2 ? 1 : kc;
-                    for (long k0 = 0; k0 + kc <= K; k0 += step) {
-                        int zeros = 1;
-                        for (long r = row; r < row + height; r++)
-                            for (long k = k0; k < k0 + kc; k++) zeros &= element(&A, r, k) == 0;
-                        int skip = patch_block_is_padding(&A, row, height, k0, (int)kc);
-                        wrong += skip && !zeros;
-                        found += skip;
-                        missed += kc % line == 0 && k0 % line == 0 && zeros && !skip;
-                    }
+/* The packing, against the definition of each operand's elements: pack_a
+   by rows and by columns (as pack_a_by_rows chooses) and pack_b, on every
+   kind of operand, blocks that start anywhere and end anywhere, with the
+   zeros that pad a last strip or panel. The GEMM tests above would catch
+   most wrong packings too; these name the routine. */
+static int strip_matches(const Operand *A, const float *packed, long row0, int rows, long k0, int kc) {
+    int by_rows = pack_a_by_rows(A);
+    for (int s = 0; s < rows; s += MR)
+        for (int i = 0; i < MR; i++)
+            for (int k = 0; k < kc; k++) {
+                const float *strip = packed + (size_t)s * kc;
+                float got = by_rows ? strip[i * kc + k] : strip[k * MR + i];
+                double want = s + i < rows ? element(A, row0 + s + i, k0 + k) : 0.0;
+                if (got != (float)want) return 0;
+            }
+    return 1;
+}
+
+static int panels_match(const Operand *B, const float *packed, long k0, int kc, long col0, int cols, int nr) {
+    for (int j = 0; j < cols; j += nr)
+        for (int k = 0; k < kc; k++)
+            for (int x = 0; x < nr; x++) {
+                double want = j + x < cols ? element(B, k0 + k, col0 + j + x) : 0.0;
+                if (packed[(size_t)j * kc + (size_t)k * nr + x] != (float)want) return 0;
+            }
+    return 1;
+}
+
+static void test_packing(void) {
+    section("pack_a and pack_b copy exactly the operand's elements, and zeros past its edge");
+    ConvShape g[] = {conv_geometry(2, 5, 7, 3, 3, 3, 1), conv_geometry(1, 6, 6, 1, 5, 5, 2),
+                     conv_geometry(2, 4, 6, 8, 3, 2, 0)};
+    float *m = random_array(40 * 50, 31);
+    int wrong_a = 0, wrong_b = 0, checked = 0;
+    float *packed = xmalloc(sizeof(float) * 64 * 400);
+    for (int v = 0; v < 8; v++) {
+        Operand op;
+        long rows, cols;
+        float *image = NULL;
+        if (v < 2) {  // a matrix and its transpose, strided
+            op = v ? transposed_operand(m, 50) : matrix_operand(m, 50);
+            rows = v ? 50 : 40, cols = v ? 40 : 45;
+        } else {  // patches and transposed patches
+            ConvShape *s = &g[(v - 2) / 2];
+            image = random_array((size_t)s->batch * s->height * s->width * s->channels, 40 + (uint64_t)v);
+            op = patches_operand(image, s, v % 2);
+            rows = v % 2 ? (long)conv_patch_size(s) : (long)conv_rows(s);
+            cols = v % 2 ? (long)conv_rows(s) : (long)conv_patch_size(s);
+        }
+        static const int starts[][2] = {{0, 0}, {1, 2}, {5, 7}, {13, 3}};
+        for (int t = 0; t < 4; t++) {
+            long r0 = starts[t][0] % rows, c0 = starts[t][1] % cols;
+            int nrows = (int)(rows - r0 < 17 ? rows - r0 : 17), ncols = (int)(cols - c0 < 23 ? cols - c0 : 23);
+            pack_a(packed, &op, r0, nrows, c0, ncols);
+            wrong_a += !strip_matches(&op, packed, r0, nrows, c0, ncols);
+            if (!op.patches) {
+                for (int nr = 4; nr <= GEMM_MAX_NR; nr *= 2) {
+                    pack_b(packed, &op, r0, nrows, c0, ncols, nr);
+                    wrong_b += !panels_match(&op, packed, r0, nrows, c0, ncols, nr);
                 }
-        free(ones);
-    }
-    printf("     %d blocks of padding found\n", found);
-    CHECK_EQ_INT(wrong, 0);
-    CHECK_EQ_INT(missed, 0);
-    CHECK(found > 0);
-    // Where it matters: the basic CNN's second convolution's input gradient
-    // (a padding of 2) at batch 64, in blocks of one kernel row (K = 576 as
-    // 3 x 192) and strips of MR pixels, as gemm makes them, skips some
-    // blocks (book.md 4.15 quotes the share printed); and the GEMM still
-    // gives the chain's bits there (at batch 2, for time), starting from
-    // zeros and from C's old value, on the portable kernel and the best one.
-    ConvShape back = conv_shape(64, 11, 11, 64, 3, 3, 2, 32);
-    Operand dout = patches_operand(NULL, &back, 0);
-    long rows = (long)conv_rows(&back), line = 3 * 64, all = 0, skipped = 0;
-    for (long row = 0; row < rows; row += MR)
-        for (long k0 = 0; k0 < 3 * line; k0 += line) {
-            int height = rows - row < MR ? (int)(rows - row) : MR;
-            all += height * line;
-            if (patch_block_is_padding(&dout, row, height, k0, (int)line)) skipped += height * line;
+            }
+            checked++;
         }
-    printf("     the basic CNN's second input gradient: %.1f%% of its multiply-adds skipped\n", 100.0 * skipped / all);
-    CHECK(skipped > 0 && skipped < all);
-    const GemmKernel *kernels[2] = {gemm_kernel_by_name("portable"), gemm_best_kernel()};
-    int same = 1;
-    back = conv_shape(2, 11, 11, 64, 3, 3, 2, 32);
-    for (int accumulate = 0; accumulate < 2; accumulate++) {
-        Problem p = patch_problem(back, 0, 32, accumulate, 90 + (uint64_t)accumulate);
-        for (int k = 0; k < 2; k++) {
-            GemmContext *ctx = gemm_context_new(kernels[k], 2);
-            float *c = run(ctx, &p);
-            same &= matches_fma_chain(&p, c);
-            free(c);
-            gemm_context_free(ctx);
-        }
-        problem_free(&p);
+        free(image);
     }
-    CHECK(same);
+    printf("     %d blocks packed\n", checked);
+    CHECK_EQ_INT(wrong_a, 0);
+    CHECK_EQ_INT(wrong_b, 0);
+    free(packed), free(m);
 }
 
 /* Adam's vector versions (SSE2, AVX, AVX-512, and the threaded parts) against
@@ -577,8 +544,7 @@ int main(void) {
     test_threads_identical();
     test_blockings_identical(ps, n);
     test_with_bias(ps, n);
-    test_padding_blocks();
-    test_gemm_in_task();
+    test_packing();
     test_guards();
     for (int i = 0; i < n; i++) problem_free(&ps[i]);
     return check_summary();

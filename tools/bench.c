@@ -9,7 +9,7 @@
    pass (forward, input gradient, weight gradient), in every version this
    CPU runs, each first checked against the naive version: GFLOP/s and the
    share of the peak; the basic CNN's convolutions against the project's
-   bars; the blocking swept; and a training step of each model, op by op.
+   targets; the blocking swept; and a training step of each model, op by op.
    The table is also written as data, with a gnuplot script that draws it
    as a roofline, under plots/.
    What it is not: a timed test, or part of a chapter. Speeds vary from run
@@ -120,7 +120,7 @@ void bench_run(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, con
         else if (kind == KERNEL_NAIVE) conv2d_backward_naive(dx, dw, NULL, d->dout, d->x, d->w, &d->s);
         else if (kind == KERNEL_IM2COL && pass == 0) conv2d_forward_im2col(d->out, d->x, d->w, d->b, &d->s, d->scratch);
         else if (kind == KERNEL_IM2COL) conv2d_backward_im2col(dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
-        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);
+        else if (pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s);
         else conv2d_backward_blocked(ctx, dx, dw, NULL, d->dout, d->x, d->w, &d->s, d->scratch);
     } else {
         if (kind != KERNEL_BLOCKED && pass == 0) matmul_forward(d->out, d->x, d->w, d->B, d->C, d->OC);
@@ -214,24 +214,100 @@ static const char ROOFLINE_SCRIPT[] =
     "  'plots/bench.dat' using 7:(strcol(4) ne 'naive' && strcol(4) ne 'im2col' && strstrt(strcol(4), '/1') == 0 ? $5 : "
     "1/0) title 'blocked' pt 7\n";
 
+/* The peak: each kernel's instruction set running independent chains of
+   fused multiply-adds, as many as its micro-kernel keeps, with nothing to
+   load or store. Each probe returns a value so the work is not dropped. */
+typedef float PeakProbe(long iterations);
+
+// Eight independent chains: enough to hide a 4-cycle latency on 2 units.
+float peak_probe_portable(long iterations) {
+    // Different starting values, or the compiler sees eight copies of one
+    // chain and keeps only one (gcc does).
+    float x0 = 0, x1 = 1, x2 = 2, x3 = 3, x4 = 4, x5 = 5, x6 = 6, x7 = 7;
+    for (long i = 0; i < iterations; i++) {
+        // x = x/2 + 1 tends to 2: no overflow, no slow subnormal numbers
+        x0 = fmaf(x0, 0.5f, 1.0f), x1 = fmaf(x1, 0.5f, 1.0f), x2 = fmaf(x2, 0.5f, 1.0f), x3 = fmaf(x3, 0.5f, 1.0f);
+        x4 = fmaf(x4, 0.5f, 1.0f), x5 = fmaf(x5, 0.5f, 1.0f), x6 = fmaf(x6, 0.5f, 1.0f), x7 = fmaf(x7, 0.5f, 1.0f);
+    }
+    return x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7;
+}
+
+#if HAVE_X86_KERNELS
+// Twelve independent 8-lane chains, as many as the kernel keeps.
+__attribute__((target("avx2,fma")))
+float peak_probe_avx2(long iterations) {
+    __m256 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm256_set1_ps(0), x1 = _mm256_set1_ps(1), x2 = _mm256_set1_ps(2), x3 = _mm256_set1_ps(3);
+    x4 = _mm256_set1_ps(4), x5 = _mm256_set1_ps(5), x6 = _mm256_set1_ps(6), x7 = _mm256_set1_ps(7);
+    x8 = _mm256_set1_ps(8), x9 = _mm256_set1_ps(9), x10 = _mm256_set1_ps(10), x11 = _mm256_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm256_fmadd_ps(x0, half, one), x1 = _mm256_fmadd_ps(x1, half, one), x2 = _mm256_fmadd_ps(x2, half, one);
+        x3 = _mm256_fmadd_ps(x3, half, one), x4 = _mm256_fmadd_ps(x4, half, one), x5 = _mm256_fmadd_ps(x5, half, one);
+        x6 = _mm256_fmadd_ps(x6, half, one), x7 = _mm256_fmadd_ps(x7, half, one), x8 = _mm256_fmadd_ps(x8, half, one);
+        x9 = _mm256_fmadd_ps(x9, half, one), x10 = _mm256_fmadd_ps(x10, half, one), x11 = _mm256_fmadd_ps(x11, half, one);
+    }
+    __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+                               _mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)));
+    sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+
+__attribute__((target("avx512f")))
+float peak_probe_avx512(long iterations) {
+    __m512 x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    // Different starting values, as in the portable probe.
+    x0 = _mm512_set1_ps(0), x1 = _mm512_set1_ps(1), x2 = _mm512_set1_ps(2), x3 = _mm512_set1_ps(3);
+    x4 = _mm512_set1_ps(4), x5 = _mm512_set1_ps(5), x6 = _mm512_set1_ps(6), x7 = _mm512_set1_ps(7);
+    x8 = _mm512_set1_ps(8), x9 = _mm512_set1_ps(9), x10 = _mm512_set1_ps(10), x11 = _mm512_set1_ps(11);
+    for (long i = 0; i < iterations; i++) {
+        x0 = _mm512_fmadd_ps(x0, half, one), x1 = _mm512_fmadd_ps(x1, half, one), x2 = _mm512_fmadd_ps(x2, half, one);
+        x3 = _mm512_fmadd_ps(x3, half, one), x4 = _mm512_fmadd_ps(x4, half, one), x5 = _mm512_fmadd_ps(x5, half, one);
+        x6 = _mm512_fmadd_ps(x6, half, one), x7 = _mm512_fmadd_ps(x7, half, one), x8 = _mm512_fmadd_ps(x8, half, one);
+        x9 = _mm512_fmadd_ps(x9, half, one), x10 = _mm512_fmadd_ps(x10, half, one), x11 = _mm512_fmadd_ps(x11, half, one);
+    }
+    __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(x0, x1), _mm512_add_ps(x2, x3)),
+                               _mm512_add_ps(_mm512_add_ps(x4, x5), _mm512_add_ps(x6, x7)));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_add_ps(x8, x9), _mm512_add_ps(x10, x11)));
+    float lanes[16];
+    _mm512_storeu_ps(lanes, sum);
+    return lanes[0];
+}
+#endif
+
+// The probe of a kernel's instruction set, and its FLOPs per iteration.
+PeakProbe *peak_probe(const GemmKernel *kernel, int *flops) {
+#if HAVE_X86_KERNELS
+    if (strcmp(kernel->name, "avx2") == 0) return *flops = 12 * 8 * 2, peak_probe_avx2;
+    if (strcmp(kernel->name, "avx512") == 0) return *flops = 12 * 16 * 2, peak_probe_avx512;
+#endif
+    return *flops = 8 * 2, peak_probe_portable;
+}
+
 // One core's peak for this kernel's instruction set, in GFLOP/s: the probe's
-// independent FMA chains (GemmKernel.probe), best of 20 runs of at least
+// independent FMA chains, best of 20 runs of at least
 // 5 ms each (the best, because other programs on the machine only ever
 // make a run slower).
 double gemm_peak_gflops(const GemmKernel *kernel) {
     require(gemm_kernel_supported(kernel), "gemm_peak_gflops: kernel does not run on this CPU");
+    int probe_flops;
+    PeakProbe *probe = peak_probe(kernel, &probe_flops);
     long iterations = 1000;
     volatile float sink = 0;  // so the probe's result is used
     double best = 0;
     for (int run = 0; run < 20;) {
         double start = now_seconds();
-        sink = sink + kernel->probe(iterations);
+        sink = sink + probe(iterations);
         double seconds = now_seconds() - start;
         if (seconds < 0.005) {
             iterations *= 2;
             continue;
         }
-        double gflops = (double)kernel->probe_flops * (double)iterations / seconds * 1e-9;
+        double gflops = (double)probe_flops * (double)iterations / seconds * 1e-9;
         best = gflops > best ? gflops : best;
         run++;
     }
@@ -516,7 +592,7 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     graph_free(c.graph);
 }
 
-/* The project's bars for the fast path (chapter 4's issue): the basic
+/* The targets for the fast path: the basic
    CNN's convolutions at 70% of one core's peak in the forward pass and 60%
    in the gradients, for the instruction set in use. The first
    convolution's input gradient is never computed (the images need none).
@@ -526,12 +602,12 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
    few seconds of one look (the same reason bench_time keeps the best run).
    Beside each layer, what the roofline allows one core: its intensity
    times one core's bandwidth, at most the peak (section 4.12). */
-void report_bars(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
+void report_targets(double core_share[][3],    // (BENCH_LAYER_COUNT, 3): % of one core's peak, NAN if not run
                  const double *roof_share,  // (BENCH_LAYER_COUNT): % the roofline allows one core
                  const GemmKernel *kernel, double peak_one) {
     static const double bar[3] = {70, 60, 60};
     GemmContext *ctx = gemm_context_new(kernel, 1);
-    printf("\nthe basic CNN's convolutions against the bars (%% of one core's peak, on one thread; the better of "
+    printf("\nthe basic CNN's convolutions against the targets (%% of one core's peak, on one thread; the better of "
            "the table's look and a second one now):\n");
     for (int i = 0; i < BENCH_LAYER_COUNT; i++) {
         const BenchLayer *l = &BENCH_LAYERS[i];
@@ -612,7 +688,7 @@ int run_benchmark(int threads, Error *err) {
             double bytes = 4.0 * (d.n_in + d.n_weight + d.n_out);
             roof_share[i] = fmin(100, 100 * 2 * macs / bytes * bandwidth_one / peak_one[kernel_count - 1]);
             // naive, im2col, each kernel on all threads, and (with more than
-            // one thread) the widest on one: the project's bars are per core.
+            // one thread) the widest on one: the targets are per core.
             for (int v = 0; v < 2 + kernel_count + (threads > 1); v++) {
                 KernelKind kind = v == 0 ? KERNEL_NAIVE : v == 1 ? KERNEL_IM2COL : KERNEL_BLOCKED;
                 int one_core = v == 2 + kernel_count, k = one_core ? kernel_count - 1 : v - 2;
@@ -636,7 +712,7 @@ int run_benchmark(int threads, Error *err) {
         }
         bench_data_free(&d);
     }
-    report_bars(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
+    report_targets(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
            "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",

@@ -27,7 +27,7 @@
 // The blocked pass alone, called directly: bench_run has no pass 3.
 static void run_pass(BenchData *d, const BenchLayer *l, int pass, const GemmContext *ctx) {
     float *dx = pass == 1 ? d->dx : NULL, *dw = pass >= 2 ? d->dw : NULL, *db = pass == 3 ? d->db : NULL;
-    if (l->conv && pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s, d->scratch);
+    if (l->conv && pass == 0) conv2d_forward_blocked(ctx, d->out, d->x, d->w, d->b, &d->s);
     else if (l->conv) conv2d_backward_blocked(ctx, dx, dw, db, d->dout, d->x, d->w, &d->s, d->scratch);
     else if (pass == 0) matmul_forward_blocked(ctx, d->out, d->x, d->w, d->B, d->C, d->OC);
     else matmul_backward_blocked(ctx, dx, dw, d->dout, d->x, d->w, d->B, d->C, d->OC);
