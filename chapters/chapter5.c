@@ -1855,10 +1855,11 @@ void pack_patches_by_columns(float *packed,  // (ceil(rows / MR), kc, MR)
     int H = g->height, W = g->width, C = g->channels, KW = g->kernel_w, pad = g->pad, OH = g->out_h, OW = g->out_w;
     long line = (long)KW * C, strip_floats = (long)MR * kc;
     int ow = (int)(k0 % OW), oh = (int)(k0 / OW % OH), b = (int)(k0 / OW / OH);
+    long kh0 = row0 / line, j0 = row0 % line;  // the block's first row
     for (int k = 0; k < kc; k++) {
         long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;  // the columns of a line inside the image
         long hi = (long)(W + pad - ow < KW ? W + pad - ow : KW) * C;
-        long kh = row0 / line, j = row0 % line;
+        long kh = kh0, j = j0;
         float *d = packed + (size_t)k * MR;  // (MR) this pixel's column of the first strip
         for (int s = 0; s < rows; s += MR, d += strip_floats) {
             long ih = oh + kh - pad, base = (((long)b * H + ih) * W + ow - pad) * C;  // line kh starts at base
