@@ -1753,8 +1753,7 @@ static const GemmKernel GEMM_KERNELS[] = {
 };
 enum { GEMM_KERNEL_COUNT = sizeof GEMM_KERNELS / sizeof GEMM_KERNELS[0] };
 
-// The kernel called `name`, or NULL if this build has none by that name.
-const GemmKernel *gemm_kernel_by_name(const char *name) {
+const GemmKernel *gemm_kernel_by_name(const char *name) {  // NULL: this build has none by that name
     for (int i = 0; i < GEMM_KERNEL_COUNT; i++)
         if (strcmp(GEMM_KERNELS[i].name, name) == 0) return &GEMM_KERNELS[i];
     return NULL;
