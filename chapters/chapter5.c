@@ -905,18 +905,6 @@ void bias_backward(float *dbias,       // (OC)
         for (int oc = 0; oc < OC; oc++) dbias[oc] += dout[(size_t)b * OC + oc];
 }
 
-// A dense (fully connected) layer: out = inp @ weight + bias.
-void dense_forward(float *out, const float *inp, const float *weight, const float *bias,
-                   int B, int C, int OC) {  // out (B,OC), inp (B,C), weight (C,OC), bias (OC)
-    matmul_forward(out, inp, weight, B, C, OC);
-    bias_forward(out, bias, B, OC);
-}
-
-void dense_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                    const float *inp, const float *weight, int B, int C, int OC) {
-    bias_backward(dbias, dout, B, OC);
-    matmul_backward(dinp, dweight, dout, inp, weight, B, C, OC);
-}
 
 // out = max(0, inp), elementwise over N values.
 void relu_forward(float *out, const float *inp, size_t N) {
@@ -3484,24 +3472,6 @@ void graph_backward(Graph *g) {
     }
 }
 
-void print_shape(const Node *n) {
-    printf("(");
-    for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
-    printf(")");
-}
-
-// The graph as a list, in the order it runs.
-void graph_print(const Graph *g) {
-    for (int i = 0; i < g->order_count; i++) {
-        const Node *n = g->order[i];
-        printf("  %2d  %-22s ", (int)(n - g->nodes), n->op ? n->op->name : n->is_parameter ? "parameter" : "input");
-        print_shape(n);
-        if (n->label) printf("  %s", n->label);
-        for (int k = 0; k < n->input_count; k++)
-            printf(k ? ", %d" : "  <- %d", (int)(n->inputs[k] - g->nodes));
-        printf("\n");
-    }
-}
 
 /* ---- The ops ---------------------------------------------------------------
    Each op is a forward and a backward function over its node, mostly calling

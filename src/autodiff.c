@@ -420,6 +420,7 @@ void graph_backward(Graph *g) {
     }
 }
 
+//@ from 3 to 3
 void print_shape(const Node *n) {
     printf("(");
     for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
@@ -438,6 +439,7 @@ void graph_print(const Graph *g) {
         printf("\n");
     }
 }
+//@ end
 
 /* ---- The ops ---------------------------------------------------------------
    Each op is a forward and a backward function over its node, mostly calling

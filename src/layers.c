@@ -73,6 +73,7 @@ void bias_backward(float *dbias,       // (OC)
         for (int oc = 0; oc < OC; oc++) dbias[oc] += dout[(size_t)b * OC + oc];
 }
 
+//@ from 2 to 3
 // A dense (fully connected) layer: out = inp @ weight + bias.
 void dense_forward(float *out, const float *inp, const float *weight, const float *bias,
                    int B, int C, int OC) {  // out (B,OC), inp (B,C), weight (C,OC), bias (OC)
@@ -85,6 +86,7 @@ void dense_backward(float *dinp, float *dweight, float *dbias, const float *dout
     bias_backward(dbias, dout, B, OC);
     matmul_backward(dinp, dweight, dout, inp, weight, B, C, OC);
 }
+//@ end
 
 // out = max(0, inp), elementwise over N values.
 void relu_forward(float *out, const float *inp, size_t N) {
