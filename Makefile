@@ -38,7 +38,7 @@ PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
            build/test_bench build/test_resnet
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
         starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
@@ -105,7 +105,7 @@ plots:
 # Every chapter, and the tools built on them, must compile without a
 # warning, under gcc and (where it is installed) clang; the benchmark also
 # on the first chapter it measures (make bench-chapter), chapter 4.
-TOOLS = bench bench_pass
+TOOLS = bench bench_pass bench_ch8
 warnings:
 	@mkdir -p build/warnings
 	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
@@ -210,6 +210,12 @@ bench-chapter:
 	build/bench-chapter $(BENCH_ARGS)
 
 build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+# Chapter 8's new ops against the memory's bandwidth and the peak
+# (tools/bench_ch8.c, on chapter 8): `make build/bench_ch8 && build/bench_ch8 [THREADS]`.
+build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
