@@ -449,6 +449,74 @@ GraphClassifier separable_graph(int max_batch, uint64_t seed) {
     return finish_classifier(g, images, targets, x, seed);
 }
 
+/* ---- Two more blocks (book.md, chapter 8's exercises); the models do not use them ---- */
+
+/* The bottleneck block (He et al., 2016), which ResNet-50 and deeper use:
+   a 1x1 convolution down to `mid` channels (NAME.a), a 3x3 convolution at
+   `mid` (NAME.b), a 1x1 convolution up to `out_channels` (NAME.c), each
+   with batch norm and the first two with ReLU; then the skip, as in
+   residual_block (a projection NAME.proj where the channels change), the
+   add and a ReLU. The parameters are made in that order: a, b, c, proj. */
+Node *bottleneck_block(Graph *g, Node *x, int mid, int out_channels, const char *name) {
+    //@ exercise 8 bottleneck: build the bottleneck block from pointwise_bn, conv3x3_bn, relu and add, its parameters in the order a, b, c, proj.
+    char part[LABEL_SIZE];
+    snprintf(part, sizeof part, "%s.a", name);
+    Node *y = relu(g, pointwise_bn(g, x, mid, part));
+    snprintf(part, sizeof part, "%s.b", name);
+    y = relu(g, conv3x3_bn(g, y, mid, part));
+    snprintf(part, sizeof part, "%s.c", name);
+    y = pointwise_bn(g, y, out_channels, part);
+    Node *shortcut = x;
+    if (x->shape[3] != out_channels) {
+        snprintf(part, sizeof part, "%s.proj", name);
+        shortcut = pointwise_bn(g, x, out_channels, part);
+    }
+    return relu(g, add(g, y, shortcut));
+    //@ stub
+    (void)g, (void)mid, (void)out_channels, (void)name;
+    return x;
+    //@ end
+}
+
+/* Squeeze-and-excitation (Hu, Shen and Sun, 2018), one image, forward:
+   each channel's mean over the image (the squeeze, s, C values), a small
+   network from those means to one gate per channel (the excitation:
+   z = relu(s @ w1 + b1), R values; gate = sigmoid(z @ w2 + b2), C values),
+   and every value of x scaled by its channel's gate. The network can so
+   turn channels up or down for each image. R is at most SE_MAX_REDUCED. */
+enum { SE_MAX_REDUCED = 256 };
+
+void squeeze_excite_forward(float *out,         // (HW, C)
+                            float *gate,        // (C): the gates, kept for a backward pass
+                            const float *x,     // (HW, C)
+                            const float *w1,    // (C, R)
+                            const float *b1,    // (R)
+                            const float *w2,    // (R, C)
+                            const float *b2,    // (C)
+                            int HW, int C, int R) {
+    require(R >= 1 && R <= SE_MAX_REDUCED, "squeeze_excite_forward: R = %d outside 1..%d", R, SE_MAX_REDUCED);
+    //@ exercise 8 squeeze-excite: squeeze x to its channel means, excite them into one gate per channel, and scale x by the gates.
+    global_avg_pool_forward(gate, x, HW, C);  // the squeeze, for now in `gate`
+    float z[SE_MAX_REDUCED];
+    for (int r = 0; r < R; r++) {
+        float sum = b1[r];
+        for (int c = 0; c < C; c++) sum += gate[c] * w1[(size_t)c * R + r];
+        z[r] = sum > 0.0f ? sum : 0.0f;
+    }
+    for (int c = 0; c < C; c++) {
+        float sum = b2[c];
+        for (int r = 0; r < R; r++) sum += z[r] * w2[(size_t)r * C + c];
+        gate[c] = 1.0f / (1.0f + expf(-sum));
+    }
+    for (int p = 0; p < HW; p++)
+        for (int c = 0; c < C; c++) out[(size_t)p * C + c] = x[(size_t)p * C + c] * gate[c];
+    //@ stub
+    (void)w1, (void)b1, (void)w2, (void)b2, (void)R;
+    for (int c = 0; c < C; c++) gate[c] = 1.0f;
+    memcpy(out, x, (size_t)HW * C * sizeof(float));
+    //@ end
+}
+
 // The models this file adds, by their --models names.
 static const char CHAPTER8_MODELS[] = "resnet|plain|resnet8|plain8|separable";
 
