@@ -158,16 +158,17 @@ static void test_depthwise_fast_is_naive(Rng *rng) {
     float *x = malloc(n * sizeof(float)), *dout = malloc(n * sizeof(float)), kernel[9 * C], bias[C];
     float *out[2] = {malloc(n * sizeof(float)), malloc(n * sizeof(float))};
     float *dx[2] = {calloc(n, sizeof(float)), calloc(n, sizeof(float))};
-    float dk[2][9 * C], db[2][C], part[10 * C];
+    float dk[2][9 * C], db[2][C], part[10 * C], row[W * C], rows[9 * W * C];
     fill(x, n, -1, 1, rng), fill(dout, n, -1, 1, rng), fill(kernel, 9 * C, -1, 1, rng), fill(bias, C, -1, 1, rng);
     fill(dk[0], 9 * C, -1, 1, rng), fill(db[0], C, -1, 1, rng);  // backward adds to what is there
     memcpy(dk[1], dk[0], sizeof dk[0]), memcpy(db[1], db[0], sizeof db[0]);
     depthwise_forward_naive(out[0], x, kernel, bias, B, H, W, C);
     depthwise_backward_naive(dx[0], dk[0], db[0], dout, x, kernel, B, H, W, C);
+    depthwise_kernel_rows(rows, kernel, W, C);
     for (int b = 0; b < B; b++) {
         size_t at = (size_t)b * H * W * C;
-        depthwise_forward_image(out[1] + at, x + at, kernel, bias, H, W, C);
-        depthwise_backward_image(dx[1] + at, part, dout + at, x + at, kernel, H, W, C);
+        depthwise_forward_image(multiply_add_run, out[1] + at, x + at, rows, bias, H, W, C);
+        depthwise_backward_image(multiply_add_run, dx[1] + at, part, row, dout + at, x + at, rows, H, W, C);
         for (int t = 0; t < 9 * C; t++) dk[1][t] += part[t];
         for (int c = 0; c < C; c++) db[1][c] += part[9 * C + c];
     }
