@@ -351,7 +351,7 @@ handout: build/tangle
 	@cp book.md "$(HANDOUT)/book.md" && cp figures/* "$(HANDOUT)/figures/" && cp src/get-data.sh "$(HANDOUT)/get-data.sh"
 	@cp tests/exercises.c tests/answers.c tests/exercise.sh tests/grade.sh tests/small_data.sh "$(HANDOUT)/tests/"
 	@cp tests/handout.mk "$(HANDOUT)/Makefile"
-	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter7.c, tests/, get-data.sh, Makefile"
+	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter8.c, tests/, get-data.sh, Makefile"
 
 clean:
 	rm -rf build $(PROGRAMS)
