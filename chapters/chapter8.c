@@ -5521,12 +5521,9 @@ Node *bottleneck_block(Graph *g, Node *x, int mid, int out_channels, const char 
     y = relu(g, conv3x3_bn(g, y, mid, part));
     snprintf(part, sizeof part, "%s.c", name);
     y = pointwise_bn(g, y, out_channels, part);
-    Node *shortcut = x;
-    if (x->shape[3] != out_channels) {
-        snprintf(part, sizeof part, "%s.proj", name);
-        shortcut = pointwise_bn(g, x, out_channels, part);
-    }
-    return relu(g, add(g, y, shortcut));
+    snprintf(part, sizeof part, "%s.proj", name);
+    Node *skip = x->shape[3] == out_channels ? x : pointwise_bn(g, x, out_channels, part);
+    return relu(g, add(g, y, skip));
 }
 
 /* Squeeze-and-excitation (Hu, Shen and Sun, 2018), one image, forward:
