@@ -171,7 +171,7 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
 }
 
 //@ from 8
-// A label made of a format and numbers ("s2b1.conv1.kernel"), kept by the
+// A label made of a format and numbers ("s2b1.c1.kernel"), kept by the
 // graph: a network built in a loop cannot name its nodes with literals.
 const char *graph_label(Graph *g, const char *format, ...) {
     require(g->label_count < MAX_NODES, "more than %d labels", MAX_NODES);

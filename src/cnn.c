@@ -175,7 +175,7 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts
 //@ end
 
 //@ from 8
-// Chapter 8's models, built by src/resnet.c's part of the chapter, below.
+// Chapter 8's models, built in "Residual and depthwise-separable networks", below.
 int is_chapter8_model(const char *name);
 GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed);
 
