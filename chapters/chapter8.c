@@ -3947,7 +3947,7 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     return n;
 }
 
-// A label made of a format and numbers ("s2b1.conv1.kernel"), kept by the
+// A label made of a format and numbers ("s2b1.c1.kernel"), kept by the
 // graph: a network built in a loop cannot name its nodes with literals.
 const char *graph_label(Graph *g, const char *format, ...) {
     require(g->label_count < MAX_NODES, "more than %d labels", MAX_NODES);
@@ -4838,7 +4838,7 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts
     return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
 
-// Chapter 8's models, built by src/resnet.c's part of the chapter, below.
+// Chapter 8's models, built in "Residual and depthwise-separable networks", below.
 int is_chapter8_model(const char *name);
 GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed);
 
