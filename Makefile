@@ -29,16 +29,16 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2 3 4 5 6 7
+CHAPTERS = 1 2 3 4 5 6 7 8
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
            src/layers.c src/conv.c src/threads.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
-           src/train.c src/ann.c src/autodiff.c src/cnn.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/resnet.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
-           build/test_bench
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+           build/test_bench build/test_resnet
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
         starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
@@ -105,7 +105,7 @@ plots:
 # Every chapter, and the tools built on them, must compile without a
 # warning, under gcc and (where it is installed) clang; the benchmark also
 # on the first chapter it measures (make bench-chapter), chapter 4.
-TOOLS = bench bench_pass
+TOOLS = bench bench_pass bench_ch8
 warnings:
 	@mkdir -p build/warnings
 	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
@@ -213,6 +213,12 @@ build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
+# Chapter 8's new ops against the memory's bandwidth and the peak
+# (tools/bench_ch8.c, on chapter 8): `make build/bench_ch8 && build/bench_ch8 [THREADS]`.
+build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
 build/test_bench: tests/test_bench.c tests/check.h tools/bench.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
@@ -307,6 +313,7 @@ CHAPTER_TESTS_4 = conv gemm
 CHAPTER_TESTS_5 = bn
 CHAPTER_TESTS_6 = checkpoint resume
 CHAPTER_TESTS_7 = compare
+CHAPTER_TESTS_8 = resnet
 test-chapter:
 	@test -n "$(N)" || { echo "usage: make test-chapter N=2 [FILE=starter/chapter2.c]"; exit 2; }
 	@file="$(or $(FILE),starter/chapter$(N).c)"; status=0; mkdir -p build/chapter-tests; \
@@ -344,7 +351,7 @@ handout: build/tangle
 	@cp book.md "$(HANDOUT)/book.md" && cp figures/* "$(HANDOUT)/figures/" && cp src/get-data.sh "$(HANDOUT)/get-data.sh"
 	@cp tests/exercises.c tests/answers.c tests/exercise.sh tests/grade.sh tests/small_data.sh "$(HANDOUT)/tests/"
 	@cp tests/handout.mk "$(HANDOUT)/Makefile"
-	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter7.c, tests/, get-data.sh, Makefile"
+	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter8.c, tests/, get-data.sh, Makefile"
 
 clean:
 	rm -rf build $(PROGRAMS)

@@ -22,7 +22,13 @@
      graph_zero_grad() in between doubles them (like PyTorch). Zeroing the
      parameter gradients is the caller's job, once per optimiser step. */
 
+//@ from 3 to 7
 enum { MAX_RANK = 4, MAX_NODES = 128 };
+//@ end
+//@ from 8
+// A 20-layer residual network has about 200 nodes (chapter 8).
+enum { MAX_RANK = 4, MAX_NODES = 512, LABEL_SIZE = 32 };
+//@ end
 //@ from 3 to 4
 enum { MAX_INPUTS = 3 };
 //@ end
@@ -39,6 +45,9 @@ typedef struct {
     void (*backward)(Node *node, Graph *graph); // inputs' grads += from node->grad
 //@ from 4
     int view;                                   // shares its input's memory (a reshape)
+//@ end
+//@ from 8
+    double (*multiply_adds)(const Node *node);  // per image, forward; NULL: one cheap operation per value
 //@ end
 } Op;
 
@@ -93,6 +102,10 @@ struct Graph {
 //@ from 5
     float *state;           // (state_count) every state node, in creation order
     size_t state_count;
+//@ end
+//@ from 8
+    char labels[MAX_NODES][LABEL_SIZE];  // labels made up as the graph is built (graph_label)
+    int label_count;
 //@ end
 };
 
@@ -157,6 +170,21 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     return n;
 }
 
+//@ from 8
+// A label made of a format and numbers ("s2b1.c1.kernel"), kept by the
+// graph: a network built in a loop cannot name its nodes with literals.
+const char *graph_label(Graph *g, const char *format, ...) {
+    require(g->label_count < MAX_NODES, "more than %d labels", MAX_NODES);
+    char *label = g->labels[g->label_count++];
+    va_list args;
+    va_start(args, format);
+    int length = vsnprintf(label, LABEL_SIZE, format, args);
+    va_end(args);
+    require(length >= 0 && length < LABEL_SIZE, "a label of %d characters", length);
+    return label;
+}
+
+//@ end
 //@ from 5
 // State: kept with the parameters (a checkpoint saves it), initialised like
 // them, changed by the ops that own it in training, never by the optimiser.

@@ -49,11 +49,17 @@ enum { CHECKPOINT_VERSION = 2, CHECKPOINT_SECTIONS = 6 };
 //@ from 6 to 6
 enum { CHECKPOINT_CHAPTER = 6 };
 //@ end
-//@ from 7
+//@ from 7 to 7
 // Chapter 7 writes the same format with one more option in RUN (--augment)
 // and reads chapter 6's files too: the same runs, so the comparison can
 // build on the long runs chapter 6 already made.
 enum { CHECKPOINT_CHAPTER = 7 };
+//@ end
+//@ from 8
+// Chapter 8 writes chapter 7's format and reads chapter 6's and 7's files:
+// their runs are the same runs. Its own files say 8, so chapter 7, which
+// cannot build a resnet, refuses them before it reads a tensor.
+enum { CHECKPOINT_CHAPTER = 8 };
 //@ end
 static const char CHECKPOINT_MAGIC[4] = {'F', 'M', 'C', 'K'};
 static const char SECTION_TAGS[CHECKPOINT_SECTIONS][5] = {"RUN ", "PROG", "HIST", "WGHT", "ADAM", "BEST"};
@@ -406,8 +412,11 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
                     f->path, version, CHECKPOINT_VERSION, version > CHECKPOINT_VERSION ? " (a newer program wrote it)"
                     : " (an older program wrote it, before checkpoints recorded the data they were trained on)",
                     CHECKPOINT_FIX);
-//@ from 7
+//@ from 7 to 7
     if (chapter == 6) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
+//@ end
+//@ from 8
+    if (chapter == 6 || chapter == 7) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
 //@ end
     if (chapter != CHECKPOINT_CHAPTER)
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: written by chapter %u; this is chapter %d, and each chapter "

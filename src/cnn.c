@@ -174,6 +174,12 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts
 }
 //@ end
 
+//@ from 8
+// Chapter 8's models, built in "Residual and depthwise-separable networks", below.
+int is_chapter8_model(const char *name);
+GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed);
+
+//@ end
 // Every model of this chapter, by the name --model takes, computed by
 // `kernel` (with `gemm`, which the graph takes over, for KERNEL_BLOCKED).
 GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, KernelKind kernel, GemmContext *gemm) {
@@ -185,6 +191,9 @@ GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, Kern
                       : strcmp(name, "deeper-nodropout") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){1, 0})
                       : strcmp(name, "deeper-nobn") == 0 ? deeper_cnn_graph(max_batch, seed, (DeeperParts){0, 1})
 //@ end
+//@ from 8
+                      : is_chapter8_model(name) ? chapter8_graph(name, max_batch, seed)
+//@ end
                       : basic_cnn_graph(max_batch, seed);
     c.graph->kernel = kernel;
     c.graph->gemm = gemm;
@@ -194,6 +203,9 @@ GraphClassifier build_model(const char *name, int max_batch, uint64_t seed, Kern
 // Multiply-adds one image costs in a node: the heavy ops only, since the
 // rest (ReLU, pooling, bias) do one cheap operation per value.
 double multiply_adds_per_image(const Node *n) {
+//@ from 8
+    if (n->op && n->op->multiply_adds) return n->op->multiply_adds(n);
+//@ end
     if (n->op == &OPS[OP_CONV2D]) {
         const Node *w = n->inputs[1];
         return (double)n->item_size * w->shape[0] * w->shape[1] * w->shape[2];

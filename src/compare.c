@@ -490,6 +490,39 @@ void put_classes_script(ByteBuffer *b, const Comparison *c) {
                  GNUPLOT_TERMINALS[t][0], GNUPLOT_TERMINALS[t][1], c->model_count + 1);
 }
 
+//@ from 8
+/* cost.dat: each model's cost (forward MFLOP per image, parameters) and
+   test accuracy (mean and sd over its seeds); cost.gp plots accuracy
+   against each cost, a labelled point per model, the cost axes
+   logarithmic, since the models' costs span three orders of magnitude. */
+void put_cost_data(ByteBuffer *b, const Comparison *c) {
+    put_text(b, "# model  MFLOP_per_image  parameters  test_accuracy_mean  test_accuracy_sd  seeds\n");
+    for (int i = 0; i < c->model_count; i++) {
+        const RunReport *first = comparison_run(c, i, 0);
+        Spread accuracy = spread(c, i, figure_accuracy);
+        put_text(b, "\"%s\" %.4f %zu %.4f %.4f %d\n", c->names[i], 2 * first->multiply_adds / 1e6, first->parameters,
+                 accuracy.mean, accuracy.sd, c->seed_count);
+    }
+}
+
+void put_cost_script(ByteBuffer *b) {
+    put_text(b, "# Test accuracy against cost: gnuplot cost.gp writes cost.svg and cost.png.\n"
+                "# A point per model: the mean over its seeds, the bar one standard deviation.\n");
+    for (int t = 0; t < 2; t++) {
+        put_text(b, "\nreset\nset terminal %s\nset output 'cost.%s'\nset multiplot layout 1,2\nset grid\n"
+                    "set logscale x\nset ylabel 'test accuracy (%%)'\nset offsets graph 0.1, graph 0.1, graph 0.05, graph 0.05\n",
+                 GNUPLOT_TERMINALS[t][0], GNUPLOT_TERMINALS[t][1]);
+        for (int panel = 0; panel < 2; panel++)
+            put_text(b, "set title 'test accuracy against %s'\nset xlabel '%s'\n"
+                        "plot 'cost.dat' using %d:4:5 with yerrorbars pt 7 lc 1 notitle, \\\n"
+                        "     '' using %d:4:1 with labels noenhanced offset 0,1 notitle\n",
+                     panel ? "parameters" : "arithmetic", panel ? "parameters (learned and kept)" : "MFLOP per image, forward",
+                     panel ? 3 : 2, panel ? 3 : 2);
+        put_text(b, "unset multiplot\n");
+    }
+}
+
+//@ end
 int write_plot_files(const Comparison *c, const Options *o, FileList *files, Error *err) {
     ByteBuffer b = {0};
     put_curves_data(&b, c);
@@ -497,6 +530,10 @@ int write_plot_files(const Comparison *c, const Options *o, FileList *files, Err
     if (!status) put_curves_script(&b, c), status = write_listed(o->plots, "curves.gp", &b, files, err);
     if (!status) put_classes_data(&b, c), status = write_listed(o->plots, "classes.dat", &b, files, err);
     if (!status) put_classes_script(&b, c), status = write_listed(o->plots, "classes.gp", &b, files, err);
+//@ from 8
+    if (!status) put_cost_data(&b, c), status = write_listed(o->plots, "cost.dat", &b, files, err);
+    if (!status) put_cost_script(&b), status = write_listed(o->plots, "cost.gp", &b, files, err);
+//@ end
     return status;
 }
 

@@ -33,6 +33,9 @@ typedef struct {
     int seeds, augment, quick;
     const char *plots;   // the directory the pictures go to
 //@ end
+//@ from 8
+    const char *one_model;  // --model NAME: the same as --models NAME
+//@ end
 } Options;
 //@ from 4 to 4
 
@@ -44,11 +47,18 @@ static const char MODEL_NAMES[] = "ann|basic";
 // The models --model builds, and a checkpoint may hold.
 static const char MODEL_NAMES[] = "ann|basic|deeper";
 //@ end
-//@ from 7
+//@ from 7 to 7
 
 // The models --models builds, and a checkpoint may hold: chapter 5's three
 // and the deeper CNN without dropout, or without batch norm (ablations).
 static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn";
+//@ end
+//@ from 8
+
+// The models --models builds, and a checkpoint may hold: chapter 7's, and
+// chapter 8's residual networks (20 and 8 layers), the same without their
+// skips, and the depthwise-separable network.
+static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn|resnet|plain|resnet8|plain8|separable";
 //@ end
 
 Options default_options(void) {
@@ -63,8 +73,11 @@ Options default_options(void) {
 //@ from 6
         .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
 //@ end
-//@ from 7
+//@ from 7 to 7
         .models = "ann,basic,deeper", .seeds = 1, .plots = "plots",
+//@ end
+//@ from 8
+        .models = "plain8,resnet8", .seeds = 1, .plots = "plots",
 //@ end
 //@ from 4
         .kernel = "auto",
@@ -121,10 +134,19 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
 //@ end
 //@ end
-//@ from 7
+//@ from 7 to 7
     specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
                               "deeper-nodropout, deeper-nobn (default: ann,basic,deeper)",
                               .kind = OPTION_TEXT, .target = &o->models};
+//@ end
+//@ from 8
+    specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
+                              "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8, separable (default: plain8,resnet8)",
+                              .kind = OPTION_TEXT, .target = &o->models};
+    specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "one model alone: the same as --models NAME",
+                              .kind = OPTION_TEXT, .target = &o->one_model, .choices = MODEL_NAMES};
+//@ end
+//@ from 7
     specs[n++] = (OptionSpec){.name = "--seeds", .value_name = "N", .help = "train each model N times, with seeds --seed to --seed + N - 1 (default: 1)",
                               .kind = OPTION_INT, .target = &o->seeds, .min = 1, .max = 100};
     specs[n++] = (OptionSpec){.name = "--augment", .value_name = NULL, .help = "shift training images by up to 2 pixels and flip half of them",
@@ -234,7 +256,12 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
 //@ from 7
 // --models, split at the commas into names, each a model and none twice.
 // Returns how many, or -1 with the message in *err.
+//@ from 7 to 7
 enum { MAX_MODELS = 5, MODEL_NAME_SIZE = 24 };
+//@ end
+//@ from 8
+enum { MAX_MODELS = 10, MODEL_NAME_SIZE = 24 };
+//@ end
 int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], Error *err) {
     int count = 0;
     for (const char *at = list;; at++) {
@@ -242,9 +269,16 @@ int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], 
         char name[MODEL_NAME_SIZE] = "";
         if (length < MODEL_NAME_SIZE) memcpy(name, at, (size_t)length);
         if (length >= MODEL_NAME_SIZE || !is_choice(name, MODEL_NAMES))
+//@ from 7 to 7
             return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
                         "deeper-nodropout and deeper-nobn, separated by commas (for example --models ann,deeper)",
                         length, at), -1;
+//@ end
+//@ from 8
+            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
+                        "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8 and separable, separated by "
+                        "commas (for example --models plain,resnet)", length, at), -1;
+//@ end
         for (int i = 0; i < count; i++)
             if (strcmp(names[i], name) == 0) return fail(err, EXIT_USAGE, "--models: '%s' is named twice", name), -1;
         memcpy(names[count++], name, sizeof name);
@@ -273,6 +307,9 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     }
 //@ from 2
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+//@ end
+//@ from 8
+    if (o->one_model) o->models = o->one_model;
 //@ end
 //@ from 7
     char names[MAX_MODELS][MODEL_NAME_SIZE];

@@ -11,6 +11,8 @@
 # weights, bit for bit, not only the same four decimals. The
 # reference kernels naive and im2col are shown too: they add in another
 # order, so their last bits may differ (book.md 4.17), and are not compared.
+# Then chapter 8's depthwise-separable network in the same cells (its
+# depthwise loop is compiled once per instruction set).
 #
 #   sh tests/determinism.sh          the quick matrix `make test` runs: gcc -O2,
 #                                    clang -O3 and arm64 -O2; the deeper CNN on
@@ -75,6 +77,34 @@ for run in basic deeper; do
     [ -n "$full" ] && for k in naive im2col; do
         line=$(result "$work/gcc-O2" "$run" --kernel $k)
         printf '  %-10s %-9s %-8s %s  %s\n' gcc-O2 "$k" 1 "$line" "$([ "$line" = "$first" ] && echo same || echo 'differs (a reference: another order of additions)')"
+    done
+done
+
+# Chapter 8: the depthwise-separable network (the depthwise convolution's
+# loop is compiled once per instruction set, chosen by --kernel), in the
+# same cells. Each cell gets checkpoints of its own: chapter 8 would
+# otherwise find the last cell's finished run and only test it again.
+first=""
+printf '\n%s\n' "chapter8 --model separable --limit 32 --batch 16 --epochs 1"
+printf '  %-10s %-9s %-8s %s\n' build kernel threads result
+for b in $builds; do
+    name=${b%%:*} rest=${b#*:}; cc=${rest%%:*} flags=${rest#*:}
+    [ -x "$work/$name-8" ] && [ "$work/$name-8" -nt chapters/chapter8.c ] ||
+        $cc -std=c11 $flags -Wall -Wextra -pedantic chapters/chapter8.c -o "$work/$name-8" -lm -pthread > "$work/$name-8.log" 2>&1 ||
+        { echo "  $name: chapter 8 does not build"; failed=$((failed + 1)); continue; }
+    prefix="$work/$name-8"
+    case $name in arm64*) prefix="qemu-aarch64 -L /usr/aarch64-linux-gnu $work/$name-8"; ks=portable; ts=1 ;; *) ks=$kernels; ts="1 2" ;; esac
+    for k in $ks; do
+        for t in $ts; do
+            cells="$work/cells8/$name-$k-$t"
+            rm -rf "$cells"
+            line=$($prefix --data "$work/data" --checkpoints "$cells" --plots "$cells" --model separable --limit 32 --batch 16 \
+                   --epochs 1 --kernel "$k" --threads "$t" 2>&1 | sed -n 's/^result \(.*\) seconds=.*/\1/p')
+            [ -n "$first" ] || first=$line
+            if [ -n "$line" ] && [ "$line" = "$first" ]; then mark=same; passed=$((passed + 1));
+            else mark=DIFFERS; failed=$((failed + 1)); fi
+            printf '  %-10s %-9s %-8s %s  %s\n' "$name" "$k" "$t" "$line" "$mark"
+        done
     done
 done
 echo "$passed passed, $failed failed"

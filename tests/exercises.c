@@ -694,6 +694,103 @@ static const char *check_wilson(char *why, size_t size) {
 }
 #endif
 
+#if CHAPTER >= 8
+/* The bottleneck block: its parameters and multiply-adds against counts by
+   hand, without and with a projection, and its output against the same
+   block built here from the chapter's pieces (the same seed, the same
+   order of parameters: the same numbers). */
+static const char *check_bottleneck(char *why, size_t size) {
+    for (int k = 0; k < 2; k++) {
+        int out_channels = k ? 24 : 16;
+        long want_parameters = k ? 968 : 392;  // a 84, b 164, c 144 (or 216, and a projection of 504)
+        double want_macs = k ? 24768 : 9792;   // at 6x6: a 2304, b 5184, c 2304 (or 3456, and 13824)
+        Node *out[2];
+        Graph *g[2];
+        for (int which = 0; which < 2; which++) {
+            g[which] = graph_new(2);
+            Node *x = graph_input(g[which], "x", (int[]){6, 6, 16}, 3);
+            Node *y;
+            if (which == 0) {
+                y = bottleneck_block(g[which], x, 4, out_channels, "bt");
+            } else {
+                Node *a = relu(g[which], pointwise_bn(g[which], x, 4, "bt.a"));
+                Node *b = relu(g[which], conv3x3_bn(g[which], a, 4, "bt.b"));
+                Node *c = pointwise_bn(g[which], b, out_channels, "bt.c");
+                y = relu(g[which], add(g[which], c, k ? pointwise_bn(g[which], x, out_channels, "bt.proj") : x));
+            }
+            out[which] = y;
+            if (y == x || y->rank != 4 || y->shape[3] != out_channels) {
+                snprintf(why, size, "bottleneck_block(x of 6x6x16, mid 4, out %d) should give a 6x6x%d map%s", out_channels,
+                         out_channels, y == x ? ", not x itself" : "");
+                graph_free(g[0]);
+                if (which) graph_free(g[1]);
+                return why;
+            }
+            graph_compile(g[which], sum(g[which], y));
+            graph_initialize(g[which], 3);
+            Rng rng = rng_new(4, 0);
+            for (size_t i = 0; i < x->size; i++) x->value[i] = rng_uniform(&rng) - 0.5f;
+            graph_forward(g[which], 1);
+        }
+        long parameters = (long)(g[0]->param_count + g[0]->state_count);
+        double macs = model_multiply_adds(g[0]);
+        int same = out[0]->size == out[1]->size && memcmp(out[0]->value, out[1]->value, out[0]->size * sizeof(float)) == 0;
+        graph_free(g[0]), graph_free(g[1]);
+        if (parameters != want_parameters || macs != want_macs) {
+            snprintf(why, size, "16 -> %d channels at 6x6 (mid 4): %ld parameters and %.0f multiply-adds, but the block "
+                     "has %ld and %.0f%s", out_channels, parameters, macs, want_parameters, want_macs,
+                     k ? " (16 -> 24 needs a projection on the skip)" : "");
+            return why;
+        }
+        if (!same) {
+            snprintf(why, size, "16 -> %d channels: the right counts, but not the block's output (the order a, b, c, "
+                     "proj? the skip added before the last ReLU?)", out_channels);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+// Squeeze-and-excitation against a computation in double, on odd sizes.
+static const char *check_squeeze_excite(char *why, size_t size) {
+    enum { HW = 5, C = 7, R = 3 };
+    float x[HW * C], w1[C * R], b1[R], w2[R * C], b2[C], out[HW * C], gate[C];
+    Rng rng = rng_new(5, 0);
+    for (int i = 0; i < HW * C; i++) x[i] = 2 * rng_uniform(&rng) - 1;
+    for (int i = 0; i < C * R; i++) w1[i] = 2 * rng_uniform(&rng) - 1, w2[i] = 2 * rng_uniform(&rng) - 1;
+    for (int i = 0; i < R; i++) b1[i] = rng_uniform(&rng) - 0.5f;
+    for (int i = 0; i < C; i++) b2[i] = rng_uniform(&rng) - 0.5f;
+    squeeze_excite_forward(out, gate, x, w1, b1, w2, b2, HW, C, R);
+    double s[C], z[R], e[C];
+    for (int c = 0; c < C; c++) {
+        s[c] = 0;
+        for (int p = 0; p < HW; p++) s[c] += x[p * C + c];
+        s[c] /= HW;
+    }
+    for (int r = 0; r < R; r++) {
+        z[r] = b1[r];
+        for (int c = 0; c < C; c++) z[r] += s[c] * w1[c * R + r];
+        z[r] = z[r] > 0 ? z[r] : 0;
+    }
+    for (int c = 0; c < C; c++) {
+        double a = b2[c];
+        for (int r = 0; r < R; r++) a += z[r] * w2[r * C + c];
+        e[c] = 1 / (1 + exp(-a));
+        if (fabs(gate[c] - e[c]) > 1e-5) {
+            snprintf(why, size, "the gate of channel %d is %.6f, but sigmoid(relu(mean @ w1 + b1) @ w2 + b2) is %.6f", c,
+                     gate[c], e[c]);
+            return why;
+        }
+    }
+    for (int i = 0; i < HW * C; i++)
+        if (fabs(out[i] - x[i] * e[i % C]) > 1e-5) {
+            snprintf(why, size, "out[%d] is %.6f, but x times its channel's gate is %.6f", i, out[i], x[i] * e[i % C]);
+            return why;
+        }
+    return NULL;
+}
+#endif
+
 /* ---- The table -------------------------------------------------------------------- */
 
 typedef struct {
@@ -731,6 +828,10 @@ static const Exercise EXERCISES[] = {
 #if CHAPTER >= 7
     {"7.mid-p", check_mid_p},
     {"7.wilson", check_wilson},
+#endif
+#if CHAPTER >= 8
+    {"8.bottleneck", check_bottleneck},
+    {"8.squeeze-excite", check_squeeze_excite},
 #endif
 };
 enum { EXERCISE_COUNT = sizeof EXERCISES / sizeof EXERCISES[0] };

@@ -13,7 +13,7 @@ CC      ?= cc
 CFLAGS  ?= -O3 -Wall -Wextra -pedantic
 NEEDED  = -std=c11
 LDLIBS  = -lm -pthread
-CHAPTERS = 1 2 3 4 5 6 7
+CHAPTERS = 1 2 3 4 5 6 7 8
 
 .PHONY: all data check-exercise test-chapter check-answer grade clean
 all: $(CHAPTERS:%=chapter%)
