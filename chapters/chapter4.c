@@ -525,25 +525,6 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
-/* The other way: the bytes of an IDX image file holding d's images, the
-   header (magic, count, rows, columns, each big-endian) and then one byte
-   a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
-   `out` NULL it writes nothing and returns the size; else it fills `out`
-   (that many bytes) and returns the same. */
-size_t encode_idx_images(const Dataset *d, unsigned char *out) {
-    size_t pixels = (size_t)d->count * IMAGE_SIZE, header_size = 16;
-    if (out) {
-        const uint32_t fields[4] = {IDX_IMAGES_MAGIC, (uint32_t)d->count, IMAGE_ROWS, IMAGE_COLS};
-        for (int f = 0; f < 4; f++)
-            for (int byte = 0; byte < 4; byte++)
-                out[4 * f + byte] = (unsigned char)(fields[f] >> (8 * (3 - byte)) & 0xFF);
-        for (size_t i = 0; i < pixels; i++) {
-            float x = fminf(1.0f, fmaxf(0.0f, d->images[i]));
-            out[header_size + i] = (unsigned char)lroundf(255.0f * x);
-        }
-    }
-    return header_size + pixels;
-}
 
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The
@@ -582,112 +563,6 @@ int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     data->validation = dataset_slice(&data->all_training, n - validation, validation);
     return 0;
 }
-/* ----------------------------------------------------------------------------
-   Pictures: images in the terminal and in PGM/PPM files.
-
-   What this is: the smallest way to look at data without a library. PGM
-   (grey) and PPM (colour) are a text header and raw bytes, which every image
-   viewer and `convert` read; a 5x7 pixel font puts labels on them.
-   What it is not: a plotting library. Curves are left to gnuplot (chapter 7).
-
-   A binary PGM is "P5\n<width> <height>\n255\n" followed by width*height
-   bytes, row by row; a PPM is the same with "P6" and three bytes (R,G,B)
-   per pixel. */
-
-typedef struct {
-    int width, height, channels;  // channels: 1 grey (PGM), 3 colour (PPM)
-    unsigned char *pixels;        // (height, width, channels)
-} Picture;
-
-Picture picture_new(int width, int height, int channels, unsigned char background) {
-    Picture p = {.width = width, .height = height, .channels = channels};
-    size_t size = (size_t)width * height * channels;
-    p.pixels = xmalloc(size);
-    memset(p.pixels, background, size);
-    return p;
-}
-
-void picture_free(Picture *p) {
-    free(p->pixels);
-    p->pixels = NULL;
-}
-
-// Sets a square of scale x scale pixels to one colour (grey: colour[0]).
-void picture_put(Picture *p, int x, int y, int scale, const unsigned char *colour) {
-    for (int dy = 0; dy < scale; dy++)
-        for (int dx = 0; dx < scale; dx++) {
-            int px = x + dx, py = y + dy;
-            if (px < 0 || py < 0 || px >= p->width || py >= p->height) continue;
-            memcpy(p->pixels + ((size_t)py * p->width + px) * p->channels, colour, p->channels);
-        }
-}
-
-// Draws a 28x28 image with pixels in [0,1], each pixel as scale x scale.
-void picture_draw_image(Picture *p, int x, int y, int scale, const float *image) {  // (28,28)
-    for (int r = 0; r < IMAGE_ROWS; r++)
-        for (int c = 0; c < IMAGE_COLS; c++) {
-            unsigned char v = (unsigned char)lroundf(255.0f * image[r * IMAGE_COLS + c]);
-            unsigned char colour[3] = {v, v, v};
-            picture_put(p, x + c * scale, y + r * scale, scale, colour);
-        }
-}
-
-/* A 5x7 font: seven rows per character, the five low bits of each row are
-   its pixels, most significant on the left. Lower case is drawn as upper. */
-enum { GLYPH_WIDTH = 5, GLYPH_HEIGHT = 7, GLYPH_ADVANCE = 6 };
-static const unsigned char FONT[128][GLYPH_HEIGHT] = {
-    ['A'] = {0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11}, ['B'] = {0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E},
-    ['C'] = {0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E}, ['D'] = {0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C},
-    ['E'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F}, ['F'] = {0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10},
-    ['G'] = {0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F}, ['H'] = {0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11},
-    ['I'] = {0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E}, ['J'] = {0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C},
-    ['K'] = {0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11}, ['L'] = {0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F},
-    ['M'] = {0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11}, ['N'] = {0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11},
-    ['O'] = {0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['P'] = {0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10},
-    ['Q'] = {0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D}, ['R'] = {0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11},
-    ['S'] = {0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E}, ['T'] = {0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04},
-    ['U'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E}, ['V'] = {0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04},
-    ['W'] = {0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A}, ['X'] = {0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11},
-    ['Y'] = {0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0x04}, ['Z'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F},
-    ['0'] = {0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E}, ['1'] = {0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E},
-    ['2'] = {0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F}, ['3'] = {0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E},
-    ['4'] = {0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02}, ['5'] = {0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E},
-    ['6'] = {0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E}, ['7'] = {0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08},
-    ['8'] = {0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E}, ['9'] = {0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C},
-    ['-'] = {0x00, 0x00, 0x00, 0x1F, 0x00, 0x00, 0x00}, ['/'] = {0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00},
-    ['.'] = {0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C}, [':'] = {0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00},
-    ['%'] = {0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03}, ['='] = {0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00},
-};
-
-// Draws text with its top-left corner at (x, y); each font pixel is
-// scale x scale. Returns the x just after the last character.
-int picture_draw_text(Picture *p, int x, int y, int scale, const char *text,
-                      const unsigned char *colour) {
-    for (; *text; text++, x += GLYPH_ADVANCE * scale) {
-        unsigned char ch = (unsigned char)*text;
-        if (ch >= 'a' && ch <= 'z') ch = (unsigned char)(ch - 'a' + 'A');
-        if (ch >= 128) continue;
-        for (int row = 0; row < GLYPH_HEIGHT; row++)
-            for (int col = 0; col < GLYPH_WIDTH; col++)
-                if (FONT[ch][row] >> (GLYPH_WIDTH - 1 - col) & 1)
-                    picture_put(p, x + col * scale, y + row * scale, scale, colour);
-    }
-    return x;
-}
-
-int picture_write(const Picture *p, const char *path, Error *err) {
-    char header[64];
-    int header_size = snprintf(header, sizeof header, "P%d\n%d %d\n255\n",
-                               p->channels == 1 ? 5 : 6, p->width, p->height);
-    size_t body = (size_t)p->width * p->height * p->channels;
-    unsigned char *file = xmalloc(header_size + body);
-    memcpy(file, header, header_size);
-    memcpy(file + header_size, p->pixels, body);
-    int status = write_file_atomically(path, file, header_size + body, err);
-    free(file);
-    return status;
-}
-
 /* ----------------------------------------------------------------------------
    Command-line options.
 
@@ -3560,67 +3435,6 @@ Model graph_model(GraphClassifier *c, const char *name) {
                    .count = c->graph->param_count,
                    .workers = graph_workers(c->graph),
                    .max_batch = c->graph->max_batch};
-}
-/* ----------------------------------------------------------------------------
-   Two ops made outside the engine (book.md, chapter 3's exercises). An op is
-   a forward and a backward function in an Op, and graph_op makes a node of
-   it: the engine's table OPS is not needed, and neither is a change to it.
-
-   tanh, elementwise. Its slope is 1 - tanh(x)^2, which the node's own value
-   gives, so nothing more needs to be saved. */
-void tanh_op_forward(Node *n, Graph *g) {
-    (void)g;
-    for (size_t i = 0; i < n->size; i++) n->value[i] = tanhf(n->inputs[0]->value[i]);
-}
-
-void tanh_op_backward(Node *n, Graph *g) {
-    (void)g;
-    Node *x = n->inputs[0];
-    if (x->grad)
-        for (size_t i = 0; i < n->size; i++) {
-            float y = n->value[i];
-            x->grad[i] += n->grad[i] * (1.0f - y * y);
-        }
-}
-
-const Op TANH_OP = {.name = "tanh", .forward = tanh_op_forward, .backward = tanh_op_backward};
-
-Node *tanh_of(Graph *g, Node *x) {
-    return graph_op(g, &TANH_OP, (Node *[]){x}, 1, x->batched, x->shape + x->batched, x->rank - x->batched);
-}
-
-/* mean_squared_error: pred (B, K), targets (B, K) -> (1/B) times the sum
-   over b and k of (pred - target)^2, a scalar: the mean over the batch, as
-   softmax_cross_entropy takes it. */
-void mse_op_forward(Node *n, Graph *g) {
-    (void)g;
-    const Node *pred = n->inputs[0], *targets = n->inputs[1];
-    double total = 0;
-    for (size_t i = 0; i < pred->size; i++) {
-        double d = (double)pred->value[i] - targets->value[i];
-        total += d * d;
-    }
-    n->value[0] = (float)(total / pred->shape[0]);
-}
-
-void mse_op_backward(Node *n, Graph *g) {
-    (void)g;
-    Node *pred = n->inputs[0];
-    const Node *targets = n->inputs[1];
-    if (pred->grad) {
-        float twice_over_b = 2.0f * n->grad[0] / (float)pred->shape[0];
-        for (size_t i = 0; i < pred->size; i++)
-            pred->grad[i] += twice_over_b * (pred->value[i] - targets->value[i]);
-    }
-}
-
-const Op MSE_OP = {.name = "mean_squared_error", .forward = mse_op_forward, .backward = mse_op_backward};
-
-Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
-    require(pred->batched && targets->batched && pred->rank == 2 && targets->rank == 2 &&
-            pred->shape[1] == targets->shape[1], "mean_squared_error needs pred and targets (B, K)");
-    require(!targets->requires_grad, "mean_squared_error: the targets must not need a gradient");
-    return graph_op(g, &MSE_OP, (Node *[]){pred, targets}, 2, 0, (int[]){1}, 1);
 }
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.

@@ -560,25 +560,6 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
-/* The other way: the bytes of an IDX image file holding d's images, the
-   header (magic, count, rows, columns, each big-endian) and then one byte
-   a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
-   `out` NULL it writes nothing and returns the size; else it fills `out`
-   (that many bytes) and returns the same. */
-size_t encode_idx_images(const Dataset *d, unsigned char *out) {
-    size_t pixels = (size_t)d->count * IMAGE_SIZE, header_size = 16;
-    if (out) {
-        const uint32_t fields[4] = {IDX_IMAGES_MAGIC, (uint32_t)d->count, IMAGE_ROWS, IMAGE_COLS};
-        for (int f = 0; f < 4; f++)
-            for (int byte = 0; byte < 4; byte++)
-                out[4 * f + byte] = (unsigned char)(fields[f] >> (8 * (3 - byte)) & 0xFF);
-        for (size_t i = 0; i < pixels; i++) {
-            float x = fminf(1.0f, fmaxf(0.0f, d->images[i]));
-            out[header_size + i] = (unsigned char)lroundf(255.0f * x);
-        }
-    }
-    return header_size + pixels;
-}
 
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The
@@ -4134,67 +4115,6 @@ Model graph_model(GraphClassifier *c, const char *name) {
                    .state = c->graph->state, .state_count = c->graph->state_count,
                    .graph = c->graph,
                    .max_batch = c->graph->max_batch};
-}
-/* ----------------------------------------------------------------------------
-   Two ops made outside the engine (book.md, chapter 3's exercises). An op is
-   a forward and a backward function in an Op, and graph_op makes a node of
-   it: the engine's table OPS is not needed, and neither is a change to it.
-
-   tanh, elementwise. Its slope is 1 - tanh(x)^2, which the node's own value
-   gives, so nothing more needs to be saved. */
-void tanh_op_forward(Node *n, Graph *g) {
-    (void)g;
-    for (size_t i = 0; i < n->size; i++) n->value[i] = tanhf(n->inputs[0]->value[i]);
-}
-
-void tanh_op_backward(Node *n, Graph *g) {
-    (void)g;
-    Node *x = n->inputs[0];
-    if (x->grad)
-        for (size_t i = 0; i < n->size; i++) {
-            float y = n->value[i];
-            x->grad[i] += n->grad[i] * (1.0f - y * y);
-        }
-}
-
-const Op TANH_OP = {.name = "tanh", .forward = tanh_op_forward, .backward = tanh_op_backward};
-
-Node *tanh_of(Graph *g, Node *x) {
-    return graph_op(g, &TANH_OP, (Node *[]){x}, 1, x->batched, x->shape + x->batched, x->rank - x->batched);
-}
-
-/* mean_squared_error: pred (B, K), targets (B, K) -> (1/B) times the sum
-   over b and k of (pred - target)^2, a scalar: the mean over the batch, as
-   softmax_cross_entropy takes it. */
-void mse_op_forward(Node *n, Graph *g) {
-    (void)g;
-    const Node *pred = n->inputs[0], *targets = n->inputs[1];
-    double total = 0;
-    for (size_t i = 0; i < pred->size; i++) {
-        double d = (double)pred->value[i] - targets->value[i];
-        total += d * d;
-    }
-    n->value[0] = (float)(total / pred->shape[0]);
-}
-
-void mse_op_backward(Node *n, Graph *g) {
-    (void)g;
-    Node *pred = n->inputs[0];
-    const Node *targets = n->inputs[1];
-    if (pred->grad) {
-        float twice_over_b = 2.0f * n->grad[0] / (float)pred->shape[0];
-        for (size_t i = 0; i < pred->size; i++)
-            pred->grad[i] += twice_over_b * (pred->value[i] - targets->value[i]);
-    }
-}
-
-const Op MSE_OP = {.name = "mean_squared_error", .forward = mse_op_forward, .backward = mse_op_backward};
-
-Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
-    require(pred->batched && targets->batched && pred->rank == 2 && targets->rank == 2 &&
-            pred->shape[1] == targets->shape[1], "mean_squared_error needs pred and targets (B, K)");
-    require(!targets->requires_grad, "mean_squared_error: the targets must not need a gradient");
-    return graph_op(g, &MSE_OP, (Node *[]){pred, targets}, 2, 0, (int[]){1}, 1);
 }
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.

@@ -1,4 +1,4 @@
-//@ from 3
+//@ from 3 to 3
 /* ----------------------------------------------------------------------------
    Two ops made outside the engine (book.md, chapter 3's exercises). An op is
    a forward and a backward function in an Op, and graph_op makes a node of

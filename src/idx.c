@@ -235,6 +235,7 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
+//@ from 1 to 3
 /* The other way: the bytes of an IDX image file holding d's images, the
    header (magic, count, rows, columns, each big-endian) and then one byte
    a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With
@@ -259,6 +260,7 @@ size_t encode_idx_images(const Dataset *d, unsigned char *out) {
     return 0;
     //@ end
 }
+//@ end
 
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The

@@ -1,3 +1,4 @@
+//@ from 1 to 3 and from 7
 /* ----------------------------------------------------------------------------
    Pictures: images in the terminal and in PGM/PPM files.
 
@@ -110,6 +111,7 @@ int picture_write(const Picture *p, const char *path, Error *err) {
     return status;
 }
 
+//@ end
 //@ from 1 to 3
 /* In the terminal: one character per pixel pair. Two image rows are averaged
    into one text row, because a character cell is about twice as tall as it is

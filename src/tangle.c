@@ -11,6 +11,10 @@
        //@ from K          the lines up to the matching "//@ end" belong to
                            chapter K and every later chapter
        //@ from A to B     ... belong to chapters A through B only
+       //@ from A to B and from C
+                           ... to chapters A through B, and C and every
+                           later one (a chapter that does not need the
+                           lines leaves them out, a later one takes them back)
        //@ end             closes the innermost open block
 
    Lines outside any block belong to every chapter. Blocks nest; a nested
@@ -43,6 +47,7 @@ typedef enum { BLOCK_CHAPTERS, BLOCK_SOLUTION, BLOCK_STUB } BlockKind;
 typedef struct {
     BlockKind kind;
     int first, last;  // BLOCK_CHAPTERS: the chapters it allows
+    int again;        // BLOCK_CHAPTERS: and every chapter from this one (0: none)
     int starter;      // an exercise block: is this the starter of the exercise's chapter?
     int line;         // where it was opened, for error messages
 } Block;
@@ -50,6 +55,7 @@ typedef struct {
 typedef struct {
     int kind;              // MARKER_...
     int first, last;       // from: the chapters; exercise: first is its chapter
+    int again;             // from ... and from again: chapters again, again+1, ... too
     char name[MAX_NAME];   // exercise
     const char *todo;      // exercise: what to write (points into the line)
 } Marker;
@@ -62,17 +68,19 @@ static const char *marker_text(const char *line) {
     return strncmp(line, "//@", 3) == 0 ? line + 3 : NULL;
 }
 
-// Parses "from K", "from A to B", "end", "stub" or "exercise K NAME: text".
+// Parses "from K", "from A to B", "from A to B and from C", "end", "stub" or "exercise K NAME: text".
 static Marker parse_marker(const char *text) {
-    Marker m = {MARKER_UNKNOWN, 0, 0, "", NULL};
+    Marker m = {MARKER_UNKNOWN, 0, 0, 0, "", NULL};
     char word[16], tail[2];
-    int a, b, used = 0;
+    int a, b, c, used = 0;
     if (sscanf(text, " %15s %1s", word, tail) == 1 && strcmp(word, "end") == 0) m.kind = MARKER_END;
     else if (sscanf(text, " %15s %1s", word, tail) == 1 && strcmp(word, "stub") == 0) m.kind = MARKER_STUB;
+    else if (sscanf(text, " from %d to %d and from %d %1s", &a, &b, &c, tail) == 3 && 1 <= a && a <= b && c > b + 1)
+        m = (Marker){MARKER_FROM, a, b, c, "", NULL};
     else if (sscanf(text, " from %d to %d %1s", &a, &b, tail) == 2 && 1 <= a && a <= b)
-        m = (Marker){MARKER_FROM, a, b, "", NULL};
+        m = (Marker){MARKER_FROM, a, b, 0, "", NULL};
     else if (sscanf(text, " from %d %1s", &a, tail) == 1 && a >= 1)
-        m = (Marker){MARKER_FROM, a, LAST_CHAPTER, "", NULL};
+        m = (Marker){MARKER_FROM, a, LAST_CHAPTER, 0, "", NULL};
     else if (sscanf(text, " exercise %d %63[a-z0-9.-]:%n", &a, m.name, &used) == 2 && used > 0 && a >= 1) {
         const char *todo = text + used;
         while (*todo == ' ') todo++;
@@ -105,7 +113,8 @@ static int visible_in(const Block *stack, int depth, int chapter) {
     int visible = 1;
     for (int i = 0; i < depth; i++) {
         const Block *b = &stack[i];
-        if (b->kind == BLOCK_CHAPTERS) visible &= b->first <= chapter && chapter <= b->last;
+        if (b->kind == BLOCK_CHAPTERS)
+            visible &= (b->first <= chapter && chapter <= b->last) || (b->again && chapter >= b->again);
         else visible &= (b->kind == BLOCK_STUB) == (b->starter != 0);
     }
     return visible;
@@ -140,12 +149,12 @@ static int apply_marker(const char *path, int lineno, const char *line, const ch
     case MARKER_EXERCISE:
         if (*depth == MAX_DEPTH) return marker_error(path, lineno, "blocks nested too deeply at", text);
         if (m.kind == MARKER_FROM) {
-            stack[(*depth)++] = (Block){BLOCK_CHAPTERS, m.first, m.last, 0, lineno};
+            stack[(*depth)++] = (Block){BLOCK_CHAPTERS, m.first, m.last, m.again, 0, lineno};
             return 0;
         }
         int active = starter && m.first == chapter;
         if (active && visible_in(stack, *depth, chapter)) print_todo(out, line, &m);
-        stack[(*depth)++] = (Block){BLOCK_SOLUTION, 0, 0, active, lineno};
+        stack[(*depth)++] = (Block){BLOCK_SOLUTION, 0, 0, 0, active, lineno};
         return 0;
     default:
         return marker_error(path, lineno, "unknown marker", text);

@@ -41,7 +41,7 @@ static void check_version(const char *source, int n, int starter, const char *ex
 static void check_chapter(const char *source, int n, const char *expected) { check_version(source, n, 0, expected); }
 
 static void test_marker_forms(void) {
-    section("from K on, and from A to B");
+    section("from K on, from A to B, and from A to B and from C");
     const char *source =
         "all\n"
         "//@ from 2\n"
@@ -53,11 +53,16 @@ static void test_marker_forms(void) {
         "//@ from 3 to 3\n"
         "three only\n"
         "//@ end\n"
+        "//@ from 1 to 2 and from 5\n"
+        "gone in 3 and 4\n"
+        "//@ end\n"
         "all again\n";
-    check_chapter(source, 1, "all\none and two\nall again\n");
-    check_chapter(source, 2, "all\ntwo on\none and two\nall again\n");
+    check_chapter(source, 1, "all\none and two\ngone in 3 and 4\nall again\n");
+    check_chapter(source, 2, "all\ntwo on\none and two\ngone in 3 and 4\nall again\n");
     check_chapter(source, 3, "all\ntwo on\nthree only\nall again\n");
-    check_chapter(source, 9, "all\ntwo on\nall again\n");
+    check_chapter(source, 4, "all\ntwo on\nall again\n");
+    check_chapter(source, 5, "all\ntwo on\ngone in 3 and 4\nall again\n");
+    check_chapter(source, 9, "all\ntwo on\ngone in 3 and 4\nall again\n");
 }
 
 static void test_nesting(void) {
@@ -84,6 +89,8 @@ static void test_errors(void) {
         "//@ from 3 to 2\n//@ end\n",   // an empty range
         "//@ from 0\n//@ end\n",        // chapters start at 1
         "//@ from 2 onwards\n//@ end\n",
+        "//@ from 1 to 2 and from 3\n//@ end\n",  // not a gap: say "from 1"
+        "//@ from 1 to 2 and 5\n//@ end\n",
         "//@ end\n",                    // nothing to close
         "//@ from 2\nnever closed\n",
         "//@ exercise 2 x: do it\nsolution\n//@ end\n",          // no stub
