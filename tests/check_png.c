@@ -2,13 +2,13 @@
    whole: what a viewer would need, decoded by a reader of our own.
 
    What this is: a PNG reader for the files figures.c writes (8 bits per
-   sample, grey or RGB, no interlace), with an inflater for deflate's
+   sample, grey or RGB, or 4-bit indexed colour; no interlace), with an inflater for deflate's
    stored and fixed-Huffman blocks, the only kinds figures.c writes. It
    checks the signature, every chunk's CRC-32, IHDR against the size
    expected, that IDAT inflates to exactly one filter byte and one row of
    pixels per row, with filter 0, and zlib's Adler-32 of it.
    What it is not: a general PNG decoder (no dynamic Huffman blocks, no
-   palettes, no filters but 0). A file outside that is refused, not read.
+   other bit depths, no filters but 0). A file outside that is refused, not read.
 
        build/check_png FILE WIDTH HEIGHT ...   each file; "ok" or "FAIL" lines
        build/check_png --self-test             figures.c's deflate, round trips
@@ -107,7 +107,7 @@ static uint32_t read_u32(const unsigned char *b) {
 static const char *check_png(const unsigned char *file, size_t size, uint32_t width, uint32_t height) {
     if (size < 8 || memcmp(file, "\x89PNG\r\n\x1a\n", 8) != 0) return "no PNG signature";
     ByteBuffer idat = {0};
-    int channels = 0, saw_end = 0;
+    int channels = 0, colours = 0, saw_end = 0;
     const char *why = NULL;
     for (size_t at = 8; at < size && !why && !saw_end;) {
         if (size - at < 12) { why = "a chunk cut short"; break; }
@@ -119,9 +119,13 @@ static const char *check_png(const unsigned char *file, size_t size, uint32_t wi
         else if (memcmp(type, "IHDR", 4) == 0) {
             if (length != 13 || at != 8) why = "IHDR of the wrong length, or not first";
             else if (read_u32(data) != width || read_u32(data + 4) != height) why = "not the size expected";
-            else if (data[8] != 8 || (data[9] != 0 && data[9] != 2) || data[10] || data[11] || data[12])
-                why = "not 8-bit grey or RGB, deflate, filter method 0, no interlace";
-            else channels = data[9] == 0 ? 1 : 3;
+            else if (!((data[8] == 8 && (data[9] == 0 || data[9] == 2)) || (data[8] == 4 && data[9] == 3)) ||
+                     data[10] || data[11] || data[12])
+                why = "not 8-bit grey or RGB or 4-bit indexed, deflate, filter method 0, no interlace";
+            else channels = data[9] == 0 ? 1 : data[9] == 2 ? 3 : 0;  // 0: indexed, two pixels a byte
+        } else if (memcmp(type, "PLTE", 4) == 0) {
+            if (length == 0 || length % 3 != 0 || length > 3 * 16 || idat.used) why = "a PLTE of other than 1 to 16 colours, or after IDAT";
+            else colours = (int)length / 3;
         } else if (memcmp(type, "IDAT", 4) == 0) {
             if (length) put_bytes(&idat, data, length);
         } else if (memcmp(type, "IEND", 4) == 0) {
@@ -131,7 +135,8 @@ static const char *check_png(const unsigned char *file, size_t size, uint32_t wi
         at += 12 + (size_t)length;
     }
     if (!why && !saw_end) why = "no IEND";
-    size_t row = 1 + (size_t)width * channels, expected = row * height;
+    if (!why && channels == 0 && colours == 0) why = "an indexed PNG without a PLTE";
+    size_t row = 1 + (channels ? (size_t)width * channels : ((size_t)width + 1) / 2), expected = row * height;
     unsigned char *raw = NULL;
     if (!why && (idat.used < 6 || idat.bytes[0] != 0x78 || (idat.bytes[0] << 8 | idat.bytes[1]) % 31 != 0 || idat.bytes[1] & 0x20))
         why = "IDAT is not a zlib stream of deflate without a preset dictionary";
@@ -141,6 +146,9 @@ static const char *check_png(const unsigned char *file, size_t size, uint32_t wi
         if (!why && got != (long)expected) why = "IDAT inflates to another size than the picture's";
         for (uint32_t y = 0; !why && y < height; y++)
             if (raw[y * row] != 0) why = "a row filter other than 0";
+        for (size_t i = 0; !why && channels == 0 && i < expected; i++)
+            if (i % row != 0 && ((raw[i] >> 4) >= colours || ((i % row) * 2 <= width && (raw[i] & 15) >= colours)))
+                why = "a pixel whose colour is not in PLTE";
         if (!why && adler32_update(1, raw, expected) != read_u32(idat.bytes + idat.used - 4)) why = "zlib's Adler-32 is wrong";
     }
     free(raw);
