@@ -27,11 +27,14 @@
        make figures                 build/figures: all four into figures/
        build/figures --quick        small counts, into build/figures-quick/
        build/figures --out DIR --data DIR --checkpoints DIR
+                                    the early-stopped run's checkpoints go to
+                                    DIR (default build/figures-checkpoints)
 
    Each picture is a function of the seed (1) and the data: two runs write
    the same bytes, at any thread count (the chapters' promise).
-   Exit codes: 0 done, 2 a bad option; the chapters' codes for the data
-   (3 to 9) and for writing (10).
+   Exit codes: 0 done, 2 a bad option; the chapters' own for the rest (3
+   to 9 and 14 the data, 10 a file not written, 15 training diverged, 25
+   another run holds the checkpoints; ./chapter7 --help lists them).
    (No #include of its own: the chapter's come first, after the feature
    macros it defines.) */
 #define main chapter_main
