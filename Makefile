@@ -227,7 +227,7 @@ build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
 # FIGURES_ARGS=--quick writes small versions into build/figures-quick/.
 # tests/test_figures.sh runs --quick and reads the files back with
 # tests/check_png.c.
-build/figures: tools/figures.c chapters/chapter7.c
+build/make_figures: tools/figures.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
@@ -235,8 +235,8 @@ build/check_png: tests/check_png.c tools/figures.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
-figures: data build/figures
-	build/figures $(FIGURES_ARGS)
+figures: data build/make_figures
+	build/make_figures $(FIGURES_ARGS)
 
 build/test_bench: tests/test_bench.c tests/check.h tools/bench.c chapters/chapter7.c
 	@mkdir -p build

@@ -2,7 +2,7 @@
 # test_figures.sh - tools/figures.c (make figures) on small data: the
 # book's pictures of data are still made, whole, and the same every time.
 #
-#   1. build/figures --quick writes the four PNGs into a directory of the
+#   1. build/make_figures --quick writes the four PNGs into a directory of the
 #      test's, exits 0, and lists each file it wrote.
 #   2. Each is a whole PNG of the size the book's copy has, read back by
 #      tests/check_png.c: signature, every chunk's CRC-32, IHDR, IDAT
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.." || exit 1
 if [ ! -f data/t10k-labels-idx1-ubyte ]; then
     echo "skip: no Fashion-MNIST"; echo "0 passed, 0 failed, 1 skipped"; exit 0
 fi
-make -s build/figures build/check_png > /dev/null || exit 1
+make -s build/make_figures build/check_png > /dev/null || exit 1
 work=build/figures-test
 rm -rf "$work" && mkdir -p "$work" || exit 1
 passed=0 failed=0
@@ -32,8 +32,8 @@ early-stopping-curves.png 730 312
 ann-weights.png 482 274"
 
 for run in a b; do
-    build/figures --quick --out "$work/$run" --checkpoints "$work/checkpoints" > "$work/$run.log" 2>&1
-    check "build/figures --quick (run $run) exits 0" "[ $? = 0 ]" || tail -n 5 "$work/$run.log"
+    build/make_figures --quick --out "$work/$run" --checkpoints "$work/checkpoints" > "$work/$run.log" 2>&1
+    check "build/make_figures --quick (run $run) exits 0" "[ $? = 0 ]" || tail -n 5 "$work/$run.log"
 done
 echo "$pictures" | while read -r name width height; do
     grep -q "^wrote $work/a/$name ($width""x$height, " "$work/a.log" || echo "FAIL it does not list $name, ${width}x$height"

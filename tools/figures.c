@@ -24,11 +24,12 @@
    match (the pixel before, the row above): enough for plots, which are
    mostly runs of one colour, and short enough to read below.
 
-       make figures                 build/figures: all four into figures/
-       build/figures --quick        small counts, into build/figures-quick/
-       build/figures --out DIR --data DIR --checkpoints DIR
-                                    the early-stopped run's checkpoints go to
-                                    DIR (default build/figures-checkpoints)
+       make figures              build/make_figures: all four into figures/
+       build/make_figures --quick
+                                 small counts, into build/figures-quick/
+       build/make_figures --out DIR --data DIR --checkpoints DIR
+                                 the early-stopped run's checkpoints go to
+                                 DIR (default build/figures-checkpoints)
 
    Each picture is a function of the seed (1) and the data: two runs write
    the same bytes, at any thread count (the chapters' promise).
