@@ -7,6 +7,7 @@
 #   make test          everything a change must pass (see README.md)
 #   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c)
 #   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
+#   make figures       the book's pictures of data, from real runs, into figures/ (tools/figures.c)
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
 #
@@ -38,10 +39,10 @@ PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
            build/test_bench build/test_resnet
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
-        starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare
+        starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare figures
 .DELETE_ON_ERROR:
 
 all: $(PROGRAMS)
@@ -104,11 +105,12 @@ plots:
 
 # Every chapter, and the tools built on them, must compile without a
 # warning, under gcc and (where it is installed) clang; the benchmark also
-# on the first chapter it measures (make bench-chapter), chapter 4.
-TOOLS = bench bench_pass bench_ch8
+# on the first chapter it measures (make bench-chapter), chapter 4; and
+# tests/check_png.c, the reader of the pictures tools/figures.c writes.
+TOOLS = bench bench_pass bench_ch8 figures
 warnings:
 	@mkdir -p build/warnings
-	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
+	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tests/check_png.c tools/bench.c:4; do \
 	  pids=""; src=$${f%:*}; on=""; case $$f in *:*) on=chapter$${f#*:};; esac; \
 	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
 	    echo "  $$cc -Werror $$src$${on:+ on chapters/$$on.c}"; \
@@ -218,6 +220,23 @@ build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
 build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+# The book's pictures of data (tools/figures.c, on chapter 7): chapters 2,
+# 5 and 6 of book.md. `make figures` trains what each needs (about two
+# minutes on two cores) and writes the PNGs into figures/, listing each;
+# FIGURES_ARGS=--quick writes small versions into build/figures-quick/.
+# tests/test_figures.sh runs --quick and reads the files back with
+# tests/check_png.c.
+build/make_figures: tools/figures.c chapters/chapter7.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+build/check_png: tests/check_png.c tools/figures.c chapters/chapter7.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+figures: data build/make_figures
+	build/make_figures $(FIGURES_ARGS)
 
 build/test_bench: tests/test_bench.c tests/check.h tools/bench.c chapters/chapter7.c
 	@mkdir -p build
