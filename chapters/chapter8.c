@@ -101,6 +101,7 @@
     X(EXIT_CHECKPOINT_OPTIONS, 23, "--resume with options that differ from the checkpoint's run") \
     X(EXIT_CHECKPOINT_DATA, 24, "a checkpoint's run learned from other data than --data gives") \
     X(EXIT_CHECKPOINT_BUSY, 25, "another run is writing the same checkpoints (its lock is held)") \
+    X(EXIT_CHECKPOINT_PRECISION, 26, "a checkpoint of a run in another --precision (fp32 or bf16)") \
     X(EXIT_INTERRUPTED, 130, "interrupted (Ctrl-C, SIGTERM or --stop-after): a checkpoint to resume from was saved") \
     X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
     /* end of EXIT_CODES */
@@ -752,6 +753,7 @@ typedef struct {
     int seeds, augment, quick;
     const char *plots;   // the directory the pictures go to
     const char *one_model;  // --model NAME: the same as --models NAME
+    const char *precision;  // "fp32" or "bf16": the GEMM's operands (bf16.c)
 } Options;
 
 // The models --models builds, and a checkpoint may hold: chapter 7's, and
@@ -764,7 +766,7 @@ Options default_options(void) {
         .data_dir = "data",
         .batch = 64, .seed = 1, .optimizer = "adam",
         .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
-        .models = "plain8,resnet8", .seeds = 1, .plots = "plots",
+        .models = "plain8,resnet8", .seeds = 1, .plots = "plots", .precision = "fp32",
         .kernel = "auto",
         .model = "deeper",
     };
@@ -820,9 +822,13 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--limit", .value_name = "N", .help = "train on the first N training images only",
                               .kind = OPTION_INT, .target = &o->limit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
-                              "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
-                              "micro-kernel; auto picks the widest this CPU runs (default: auto)",
-                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
+                              "im2col (the references, fp32 only), or the blocked GEMM with the portable, avx2 or avx512 "
+                              "micro-kernel (in bf16: the emulations of VDPBF16PS), or avx512bf16 (bf16 only: the "
+                              "instruction); auto picks the fastest this CPU runs (default: auto)",
+                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512|avx512bf16"};
+    specs[n++] = (OptionSpec){.name = "--precision", .value_name = "NAME", .help = "fp32, or bf16: the matrix multiplies' "
+                              "operands rounded to bfloat16, their sums in fp32 (default: fp32)",
+                              .kind = OPTION_TEXT, .target = &o->precision, .choices = "fp32|bf16"};
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
     specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
@@ -925,6 +931,12 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     }
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
     if (o->one_model) o->models = o->one_model;
+    int bf16 = strcmp(o->precision, "bf16") == 0;
+    if (!bf16 && strcmp(o->kernel, "avx512bf16") == 0)
+        return fail(err, EXIT_USAGE, "--kernel avx512bf16 multiplies in bf16: add --precision bf16");
+    if (bf16 && (strcmp(o->kernel, "naive") == 0 || strcmp(o->kernel, "im2col") == 0))
+        return fail(err, EXIT_USAGE, "--kernel %s is an fp32 reference; --precision bf16 needs the blocked GEMM "
+                    "(--kernel auto, portable, avx2, avx512 or avx512bf16)", o->kernel);
     char names[MAX_MODELS][MODEL_NAME_SIZE];
     if (split_model_list(o->models, names, err) < 0) return err->code;
     if (o->seed > 2147483647 - (o->seeds - 1))
@@ -5517,6 +5529,8 @@ GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed) {
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
            and, in chapter 7's files, --augment (u32: 0 or 1)
+           and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
+           chapter 8 wrote before it had bf16 lack it, and were fp32)
            then the data it learns from: training and validation images
            (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
@@ -5597,6 +5611,7 @@ typedef struct {
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+    uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
     DataKey data;
 } RunKey;
 
@@ -5604,6 +5619,7 @@ RunKey run_key(const Options *o, DataKey data) {
     RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
     k.augment = (uint32_t)o->augment;
+    k.precision = strcmp(o->precision, "bf16") == 0;
     snprintf(k.model, sizeof k.model, "%s", o->model);
     snprintf(k.optimizer, sizeof k.optimizer, "%s", o->optimizer);
     return k;
@@ -5708,6 +5724,7 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
         put_uint(p, s->key.seed, 4), put_uint(p, s->key.batch, 4), put_uint(p, s->key.limit, 4);
         put_uint(p, s->key.epochs, 4), put_uint(p, s->key.patience, 4), put_f64(p, s->key.learning_rate);
         put_uint(p, s->key.augment, 4);
+        put_uint(p, s->key.precision, 4);
         put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
         put_uint(p, s->key.data.crc, 4);
         break;
@@ -5941,6 +5958,10 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->learning_rate = take_f64(&r);
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+    // The data key's 12 bytes end the section; 4 more before them are the
+    // precision, which chapter 8's files have had since it learned bf16.
+    k->precision = f->bytes[8] >= 8 && r.size - r.at == 16 ? (uint32_t)take_uint(&r, 4) : 0;
+    if (k->precision > 1) return damaged(f, "the RUN section holds an option out of its range", err);
     k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);
     k->data.crc = (uint32_t)take_uint(&r, 4);
     if (!r.ok || r.at != r.size) return damaged(f, "the RUN section has the wrong length", err);
@@ -6439,6 +6460,13 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
     if (!differs && k->augment != want.augment) differs = "--augment";
+    static const char *const PRECISIONS[2] = {"fp32", "bf16"};
+    if (!differs && k->precision != want.precision)
+        return fail(err, EXIT_CHECKPOINT_PRECISION, "%s: a checkpoint of a run in %s, but this run multiplies in %s "
+                    "(--precision %s). A run resumed in another precision would not be the same run: its numbers "
+                    "would differ from the first step on. Add --precision %s to resume it, or give this run another "
+                    "--checkpoints DIR.", f->path, PRECISIONS[k->precision], PRECISIONS[want.precision],
+                    PRECISIONS[want.precision], PRECISIONS[k->precision]);
     if (!differs) return check_data_key(f, o, data, err);
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
@@ -7525,6 +7553,16 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
         if (o->threads > 1) printf("note: --threads has no effect on --kernel %s, a one-thread reference\n", o->kernel);
         return 0;
     }
+    if (strcmp(o->precision, "bf16") == 0) {  // the bf16 kernels have the same names, and one more
+        const Bf16Kernel *b = strcmp(o->kernel, "auto") == 0 ? bf16_best_kernel() : bf16_kernel_by_name(o->kernel);
+        if (!bf16_kernel_supported(b))
+            return fail(err, EXIT_NO_KERNEL, "--kernel %s with --precision bf16: %s. Use --kernel auto, which "
+                        "picks the fastest bf16 kernel this CPU runs (here: %s).", o->kernel, b ?
+                        "this CPU does not have the instructions it needs" : "this build has no such kernel (the "
+                        "SIMD kernels exist only in x86-64 builds)", bf16_best_kernel()->name);
+        *gemm = gemm_context_new_bf16(b, o->threads ? o->threads : online_cpus());
+        return 0;
+    }
     const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
     if (!gemm_kernel_supported(k))
         return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
@@ -7565,7 +7603,8 @@ int main(int argc, char **argv) {
     GemmContext *gemm;
     int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
     if (status != CONTINUE) return finish_output(argv[0], status);
-    if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
+    if (gemm) printf("matrix multiplies: the blocked GEMM in %s, %s micro-kernel, %d thread%s\n\n",
+                     gemm->bf16 ? "bf16" : "fp32", gemm->bf16 ? gemm->bf16->name : gemm->kernel->name,
                      gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
     Error err = {0};
     status = compare_models(&options, &data, kernel, gemm, &err);
