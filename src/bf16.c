@@ -120,16 +120,28 @@ float bf16_dot2(float t, uint32_t a_pair, uint32_t b_pair) {
 /* ----------------------------------------------------------------------------
    Micro-kernels. The contract is the fp32 kernels' (gemm.c), with pairs:
 
-   kernel(kp, a, b, c, ldc, start, ld_start) computes the (MR, NR) tile
-   from kp pairs of k. a holds the strip, pair p of row i at a[p*MR + i]
-   (a 32-bit word: a(i, 2p) in its low half, a(i, 2p+1) in its high half);
-   b holds the panel, pair p of column j at b[p*NR + j]. Both were rounded
-   and flushed when packed, so a kernel never meets a denormal bf16. */
+   kernel(kp, a, rs_a, cs_a, b, c, ldc, start, ld_start) computes the
+   (MR, NR) tile from kp pairs of k. Pair p of row i of the strip is
+   a[i*rs_a + p*cs_a], a 32-bit word: a(i, 2p) in its low half, a(i, 2p+1)
+   in its high half. The strip is in whichever order the fp32 packing left
+   it: by rows (rs_a = kp, cs_a = 1) or by columns (rs_a = 1, cs_a = MR).
+   Pair p of column j of the panel is b[p*NR + j]. Both were rounded and
+   flushed when packed, so a kernel never meets a denormal bf16. */
 
-typedef void Bf16MicroKernel(int kp, const uint32_t *a,  // (kp, MR) pairs
-                             const uint32_t *b,           // (kp, NR) pairs
-                             float *c, long ldc,          // (MR, NR) tile of C
+typedef void Bf16MicroKernel(int kp, const uint32_t *a, long rs_a, long cs_a,  // (MR, kp) pairs
+                             const uint32_t *b,                                // (kp, NR) pairs
+                             float *c, long ldc,                               // (MR, NR) tile of C
                              const float *start, long ld_start);
+
+/* Rounding a packed block into pairs, three ways (below): a row of a
+   strip packed by rows, whose pairs are neighbours; a strip packed by
+   columns, whose pairs are rows 2p and 2p+1 of MR floats; a panel, whose
+   pairs are rows 2p and 2p+1 of NR floats. */
+typedef struct {
+    void (*along)(uint32_t *pairs, const float *row, int kc);           // pairs[p] = (row[2p], row[2p+1])
+    void (*columns)(uint32_t *pairs, const float *strip, int kc);       // (kc, MR) floats -> (kp, MR) pairs
+    void (*panel)(uint32_t *pairs, const float *panel, int kc, int nr); // (kc, nr) floats -> (kp, nr) pairs
+} Bf16Packing;
 
 struct Bf16Kernel {
     const char *name;        // "portable", "avx2", "avx512" (emulations), "avx512bf16" (the instruction)
@@ -137,21 +149,23 @@ struct Bf16Kernel {
     Bf16MicroKernel *kernel;
     const char *fp32;        // the fp32 kernel of the same NR, whose packing buffers this one uses
     int (*supported)(void);
+    const Bf16Packing *packing;
 };
 
 /* The portable kernel, 6x4: the definition, step by step. Slow on x86
    built without -mfma (fmaf is a library call there), which is why x86 has
    kernels of its own; it is the reference they are tested against. */
-void bf16_kernel_portable(int kp, const uint32_t *a, const uint32_t *b, float *c, long ldc, const float *start,
-                          long ld_start) {
+void bf16_kernel_portable(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                          const float *start, long ld_start) {
     float acc[MR][4];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < 4; j++) acc[i][j] = start ? ftz(start[i * ld_start + j]) : 0.0f;
-    for (int p = 0; p < kp; p++, a += MR, b += 4)
+    for (int p = 0; p < kp; p++, a += cs_a, b += 4)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < 4; j++) {
-                acc[i][j] = bf16_step(bf16_to_float((bf16)(a[i] >> 16)), bf16_to_float((bf16)(b[j] >> 16)), acc[i][j]);
-                acc[i][j] = bf16_step(bf16_to_float((bf16)a[i]), bf16_to_float((bf16)b[j]), acc[i][j]);
+                uint32_t ai = a[i * rs_a];
+                acc[i][j] = bf16_step(bf16_to_float((bf16)(ai >> 16)), bf16_to_float((bf16)(b[j] >> 16)), acc[i][j]);
+                acc[i][j] = bf16_step(bf16_to_float((bf16)ai), bf16_to_float((bf16)b[j]), acc[i][j]);
             }
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < 4; j++) c[i * ldc + j] = acc[i][j];
@@ -174,8 +188,8 @@ enum { MXCSR_DAZ_FTZ = 0x8040 };
    odd A broadcast and two FMAs; then the same with the even halves. 12 + 2
    + 1 registers of 16, so nothing spills. */
 __attribute__((target("avx2,fma")))
-void bf16_kernel_avx2(int kp, const uint32_t *a, const uint32_t *b, float *c, long ldc, const float *start,
-                      long ld_start) {
+void bf16_kernel_avx2(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                      const float *start, long ld_start) {
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | MXCSR_DAZ_FTZ);
     __m256 acc[MR][2];
@@ -183,16 +197,16 @@ void bf16_kernel_avx2(int kp, const uint32_t *a, const uint32_t *b, float *c, lo
         for (int h = 0; h < 2; h++)
             acc[i][h] = start ? _mm256_loadu_ps(start + i * ld_start + 8 * h) : _mm256_setzero_ps();
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
-    for (int p = 0; p < kp; p++, a += MR, b += 16) {
+    for (int p = 0; p < kp; p++, a += cs_a, b += 16) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 8));
         __m256 odd0 = _mm256_castsi256_ps(_mm256_and_si256(b0, high)), odd1 = _mm256_castsi256_ps(_mm256_and_si256(b1, high));
         for (int i = 0; i < MR; i++) {  // unrolled: MR is a constant
-            __m256 ai = _mm256_set1_ps(bits_float(a[i] & 0xFFFF0000u));
+            __m256 ai = _mm256_set1_ps(bits_float(a[i * rs_a] & 0xFFFF0000u));
             acc[i][0] = _mm256_fmadd_ps(ai, odd0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(ai, odd1, acc[i][1]);
         }
         __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0, 16)), even1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1, 16));
         for (int i = 0; i < MR; i++) {
-            __m256 ai = _mm256_set1_ps(bits_float(a[i] << 16));
+            __m256 ai = _mm256_set1_ps(bits_float(a[i * rs_a] << 16));
             acc[i][0] = _mm256_fmadd_ps(ai, even0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(ai, even1, acc[i][1]);
         }
     }
@@ -203,8 +217,8 @@ void bf16_kernel_avx2(int kp, const uint32_t *a, const uint32_t *b, float *c, lo
 
 // AVX-512F, 6x32: the AVX2 emulation with zmm registers (16 floats).
 __attribute__((target("avx512f")))
-void bf16_kernel_avx512(int kp, const uint32_t *a, const uint32_t *b, float *c, long ldc, const float *start,
-                        long ld_start) {
+void bf16_kernel_avx512(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                        const float *start, long ld_start) {
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | MXCSR_DAZ_FTZ);
     __m512 acc[MR][2];
@@ -212,16 +226,16 @@ void bf16_kernel_avx512(int kp, const uint32_t *a, const uint32_t *b, float *c, 
         for (int h = 0; h < 2; h++)
             acc[i][h] = start ? _mm512_loadu_ps(start + i * ld_start + 16 * h) : _mm512_setzero_ps();
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
-    for (int p = 0; p < kp; p++, a += MR, b += 32) {
+    for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
         __m512 odd0 = _mm512_castsi512_ps(_mm512_and_si512(b0, high)), odd1 = _mm512_castsi512_ps(_mm512_and_si512(b1, high));
         for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(bits_float(a[i] & 0xFFFF0000u));
+            __m512 ai = _mm512_set1_ps(bits_float(a[i * rs_a] & 0xFFFF0000u));
             acc[i][0] = _mm512_fmadd_ps(ai, odd0, acc[i][0]), acc[i][1] = _mm512_fmadd_ps(ai, odd1, acc[i][1]);
         }
         __m512 even0 = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16)), even1 = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));
         for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(bits_float(a[i] << 16));
+            __m512 ai = _mm512_set1_ps(bits_float(a[i * rs_a] << 16));
             acc[i][0] = _mm512_fmadd_ps(ai, even0, acc[i][0]), acc[i][1] = _mm512_fmadd_ps(ai, even1, acc[i][1]);
         }
     }
@@ -237,8 +251,8 @@ void bf16_kernel_avx512(int kp, const uint32_t *a, const uint32_t *b, float *c, 
    twice fp32's rate where the unit issues them as fast. It ignores MXCSR
    (its flushing is its own). */
 __attribute__((target("avx512f,avx512bf16")))
-void bf16_kernel_avx512bf16(int kp, const uint32_t *a, const uint32_t *b, float *c, long ldc, const float *start,
-                            long ld_start) {
+void bf16_kernel_avx512bf16(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c,
+                            long ldc, const float *start, long ld_start) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     if (start) {
         c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
@@ -250,14 +264,14 @@ void bf16_kernel_avx512bf16(int kp, const uint32_t *a, const uint32_t *b, float 
     } else {
         c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
     }
-    for (int p = 0; p < kp; p++, a += MR, b += 32) {
+    for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), ai;
         ai = (__m512bh)_mm512_set1_epi32((int)a[0]), c00 = _mm512_dpbf16_ps(c00, ai, b0), c01 = _mm512_dpbf16_ps(c01, ai, b1);
-        ai = (__m512bh)_mm512_set1_epi32((int)a[1]), c10 = _mm512_dpbf16_ps(c10, ai, b0), c11 = _mm512_dpbf16_ps(c11, ai, b1);
-        ai = (__m512bh)_mm512_set1_epi32((int)a[2]), c20 = _mm512_dpbf16_ps(c20, ai, b0), c21 = _mm512_dpbf16_ps(c21, ai, b1);
-        ai = (__m512bh)_mm512_set1_epi32((int)a[3]), c30 = _mm512_dpbf16_ps(c30, ai, b0), c31 = _mm512_dpbf16_ps(c31, ai, b1);
-        ai = (__m512bh)_mm512_set1_epi32((int)a[4]), c40 = _mm512_dpbf16_ps(c40, ai, b0), c41 = _mm512_dpbf16_ps(c41, ai, b1);
-        ai = (__m512bh)_mm512_set1_epi32((int)a[5]), c50 = _mm512_dpbf16_ps(c50, ai, b0), c51 = _mm512_dpbf16_ps(c51, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[rs_a]), c10 = _mm512_dpbf16_ps(c10, ai, b0), c11 = _mm512_dpbf16_ps(c11, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[2 * rs_a]), c20 = _mm512_dpbf16_ps(c20, ai, b0), c21 = _mm512_dpbf16_ps(c21, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[3 * rs_a]), c30 = _mm512_dpbf16_ps(c30, ai, b0), c31 = _mm512_dpbf16_ps(c31, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[4 * rs_a]), c40 = _mm512_dpbf16_ps(c40, ai, b0), c41 = _mm512_dpbf16_ps(c41, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[5 * rs_a]), c50 = _mm512_dpbf16_ps(c50, ai, b0), c51 = _mm512_dpbf16_ps(c51, ai, b1);
     }
     _mm512_storeu_ps(c + 0 * ldc, c00), _mm512_storeu_ps(c + 0 * ldc + 16, c01);
     _mm512_storeu_ps(c + 1 * ldc, c10), _mm512_storeu_ps(c + 1 * ldc + 16, c11);
@@ -268,13 +282,91 @@ void bf16_kernel_avx512bf16(int kp, const uint32_t *a, const uint32_t *b, float 
 }
 #endif
 
+/* ----------------------------------------------------------------------------
+   Packing: the fp32 packing (gemm.c) into a float block, then each pair of
+   k rounded into one 32-bit word. Rounding happens here, once per element
+   of a block, not once per use in the kernel. A pair past kc (kc odd) is
+   (value, 0). */
+
+void pair_along_portable(uint32_t *pairs, const float *row, int kc) {
+    for (int k = 0; k < kc; k += 2)
+        *pairs++ = (uint32_t)bf16_round(row[k]) | (k + 1 < kc ? (uint32_t)bf16_round(row[k + 1]) << 16 : 0);
+}
+
+void pair_panel_portable(uint32_t *pairs, const float *panel, int kc, int nr) {
+    for (int k = 0; k < kc; k += 2, panel += 2 * nr)
+        for (int j = 0; j < nr; j++)
+            *pairs++ = (uint32_t)bf16_round(panel[j]) | (k + 1 < kc ? (uint32_t)bf16_round(panel[nr + j]) << 16 : 0);
+}
+
+void pair_columns_portable(uint32_t *pairs, const float *strip, int kc) { pair_panel_portable(pairs, strip, kc, MR); }
+
+static const Bf16Packing PORTABLE_PACKING = {pair_along_portable, pair_columns_portable, pair_panel_portable};
+
+#if HAVE_X86_KERNELS
+/* bf16_round on 16 floats at once, each result in the low half of its
+   32-bit lane: the same integer steps, the NaN and denormal cases chosen
+   by masks instead of branches. */
+__attribute__((target("avx512f")))
+static inline __m512i round_avx512(__m512i u) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000), one = _mm512_set1_epi32(1);
+    __m512i top = _mm512_srli_epi32(u, 16);
+    __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(top, one));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), exponent);
+    __mmask16 tiny = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, exponent), _mm512_setzero_si512());
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(top, _mm512_set1_epi32(0x0040)));
+    return _mm512_mask_mov_epi32(r, tiny, _mm512_and_si512(top, _mm512_set1_epi32(0x8000)));
+}
+
+// 8 pairs from 16 neighbours: the two halves of each 64-bit lane joined,
+// then the low 32 bits of each 64-bit lane kept (VPMOVQD).
+__attribute__((target("avx512f")))
+void pair_along_avx512(uint32_t *pairs, const float *row, int kc) {
+    int k = 0;
+    for (; k + 16 <= kc; k += 16, pairs += 8) {
+        __m512i r = round_avx512(_mm512_loadu_si512(row + k));
+        _mm256_storeu_si256((__m256i *)pairs, _mm512_cvtepi64_epi32(_mm512_or_si512(r, _mm512_srli_epi64(r, 16))));
+    }
+    pair_along_portable(pairs, row + k, kc - k);
+}
+
+// Rows 2p and 2p+1, 16 columns at a time; the last columns under a mask.
+__attribute__((target("avx512f")))
+void pair_panel_avx512(uint32_t *pairs, const float *panel, int kc, int nr) {
+    for (int k = 0; k < kc; k += 2, panel += 2 * nr, pairs += nr)
+        for (int j = 0; j < nr; j += 16) {
+            __mmask16 m = (__mmask16)(nr - j >= 16 ? 0xFFFF : (1u << (nr - j)) - 1);
+            __m512i lo = round_avx512(_mm512_maskz_loadu_epi32(m, panel + j));
+            __m512i hi = k + 1 < kc ? round_avx512(_mm512_maskz_loadu_epi32(m, panel + nr + j)) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(pairs + j, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+}
+
+// A strip by columns: rows 2p and 2p+1 of MR floats are 2 MR neighbours;
+// one load, and a permutation brings row 2p+1 under row 2p.
+__attribute__((target("avx512f")))
+void pair_columns_avx512(uint32_t *pairs, const float *strip, int kc) {
+    __m512i up = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  _mm512_set1_epi32(MR));  // lane i takes lane i + MR
+    const __mmask16 row = (1u << MR) - 1, two_rows = (1u << 2 * MR) - 1;
+    for (int k = 0; k < kc; k += 2, strip += 2 * MR, pairs += MR) {
+        __m512i r = round_avx512(_mm512_maskz_loadu_epi32(k + 1 < kc ? two_rows : row, strip));
+        __m512i hi = _mm512_permutexvar_epi32(up, r);
+        _mm512_mask_storeu_epi32(pairs, row, _mm512_or_si512(r, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+static const Bf16Packing AVX512_PACKING = {pair_along_avx512, pair_columns_avx512, pair_panel_avx512};
+#endif
+
 // Every bf16 kernel this build has, the portable one first and the fastest last.
 static const Bf16Kernel BF16_KERNELS[] = {
-    {"portable", 4, bf16_kernel_portable, "portable", always_supported},
+    {"portable", 4, bf16_kernel_portable, "portable", always_supported, &PORTABLE_PACKING},
 #if HAVE_X86_KERNELS
-    {"avx2", 16, bf16_kernel_avx2, "avx2", cpu_has_avx2_fma},
-    {"avx512", 32, bf16_kernel_avx512, "avx512", cpu_has_avx512f},
-    {"avx512bf16", 32, bf16_kernel_avx512bf16, "avx512", cpu_has_avx512bf16},
+    {"avx2", 16, bf16_kernel_avx2, "avx2", cpu_has_avx2_fma, &PORTABLE_PACKING},
+    {"avx512", 32, bf16_kernel_avx512, "avx512", cpu_has_avx512f, &AVX512_PACKING},
+    {"avx512bf16", 32, bf16_kernel_avx512bf16, "avx512", cpu_has_avx512bf16, &AVX512_PACKING},
 #endif
 };
 enum { BF16_KERNEL_COUNT = sizeof BF16_KERNELS / sizeof BF16_KERNELS[0] };
@@ -292,30 +384,6 @@ const Bf16Kernel *bf16_best_kernel(void) {
     for (int i = BF16_KERNEL_COUNT - 1; i > 0; i--)
         if (BF16_KERNELS[i].supported()) return &BF16_KERNELS[i];
     return &BF16_KERNELS[0];
-}
-
-/* ----------------------------------------------------------------------------
-   Packing: the fp32 packing (gemm.c) into a float block, then each pair of
-   k rounded into one 32-bit word. Rounding happens here, once per element
-   of a block, not once per use in the kernel. */
-
-// A strip of A (MR rows, kc columns, element (i, k) at a[i*rs + k*cs]) as
-// pairs, pairs[p*MR + i]; kc may be odd: the missing element is 0.
-void pair_strip(uint32_t *pairs, const float *a, long rs, long cs, int kc) {
-    for (int k = 0; k < kc; k += 2)
-        for (int i = 0; i < MR; i++, pairs++) {
-            uint32_t hi = k + 1 < kc ? bf16_round(a[i * rs + (k + 1) * cs]) : 0;
-            *pairs = (uint32_t)bf16_round(a[i * rs + k * cs]) | hi << 16;
-        }
-}
-
-// A (kc, nr) panel of B as pairs, pairs[p*nr + j].
-void pair_panel(uint32_t *pairs, const float *b, int kc, int nr) {
-    for (int k = 0; k < kc; k += 2)
-        for (int j = 0; j < nr; j++, pairs++) {
-            uint32_t hi = k + 1 < kc ? bf16_round(b[(size_t)(k + 1) * nr + j]) : 0;
-            *pairs = (uint32_t)bf16_round(b[(size_t)k * nr + j]) | hi << 16;
-        }
 }
 
 /* ----------------------------------------------------------------------------
@@ -366,7 +434,7 @@ void pack_b_task_bf16(void *context, int panel, int worker) {
     float *floats = job->ctx->packed_b + (size_t)panel * kc * nr;  // (kc, nr)
     pack_b(floats, job->B, job->pc, kc, job->jc + col, cols, nr);
     const Bf16Buffers *buffers = job->ctx->bf16_buffers;
-    pair_panel(buffers->b + (size_t)panel * ((kc + 1) / 2) * nr, floats, kc, nr);
+    job->ctx->bf16->packing->panel(buffers->b + (size_t)panel * ((kc + 1) / 2) * nr, floats, kc, nr);
 }
 
 // Loops 3, 2 and 1, as gemm_tile, on pairs.
@@ -379,27 +447,32 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows / MR, MR, kc)
     pack_a(packed_a, job->A, ic, rows, job->pc, kc);
     int by_rows = pack_a_by_rows(job->A);
-    long rs_a = by_rows ? kc : 1, cs_a = by_rows ? 1 : MR;
-    uint32_t *pairs_a = buffers->a + (size_t)worker * buffers->a_words;  // (rows / MR, kp, MR)
-    for (int s = 0; s < rows; s += MR) pair_strip(pairs_a + (size_t)s * kp, packed_a + (size_t)s * kc, rs_a, cs_a, kc);
+    long rs_a = by_rows ? kp : 1, cs_a = by_rows ? 1 : MR;  // in pairs
+    uint32_t *pairs_a = buffers->a + (size_t)worker * buffers->a_words;  // (rows / MR) strips of MR * kp pairs
+    for (int s = 0; s < rows; s += MR) {
+        const float *strip = packed_a + (size_t)s * kc;  // (MR, kc) by rows, (kc, MR) by columns
+        uint32_t *pairs = pairs_a + (size_t)s * kp;
+        if (!by_rows) kernel->packing->columns(pairs, strip, kc);
+        else for (int i = 0; i < MR; i++) kernel->packing->along(pairs + (size_t)i * kp, strip + (size_t)i * kc, kc);
+    }
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const uint32_t *b = buffers->b + (size_t)jr * kp;  // (kp, nr) panel
         for (int ir = 0; ir < rows; ir += MR) {
-            const uint32_t *a = pairs_a + (size_t)ir * kp;  // (kp, MR) strip
+            const uint32_t *a = pairs_a + (size_t)ir * kp;  // a strip, MR * kp pairs
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
                 const float *start = bias ? bias + job->jc + jr : from_c ? c : NULL;
-                kernel->kernel(kp, a, b, c, job->ldc, start, bias ? 0 : job->ldc);
+                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, bias ? 0 : job->ldc);
                 continue;
             }
             float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
             for (int y = 0; y < h && (bias || from_c); y++)
                 memcpy(scratch + y * nr, bias ? bias + job->jc + jr : c + y * job->ldc, (size_t)w * sizeof(float));
-            kernel->kernel(kp, a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
+            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
             for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
         }
     }

@@ -235,7 +235,9 @@ static void fill_awkward(float *x, size_t n, Rng *rng, float scale) {
              : r < 0.93f ? v * 0x1p-130f                                       // a denormal
              : r < 0.96f ? v * 0x1p-62f                                        // products near 2^-126
              : r < 0.98f ? v * 0x1p60f
-                         : 0.0f;
+             : r < 0.998f ? 0.0f
+             : r < 0.999f ? copysignf(INFINITY, v)
+                          : bits_float(0x7F800001u);  // a NaN that cutting would make infinity
     }
 }
 
@@ -316,6 +318,37 @@ static void test_gemm_patches(Rng *rng) {
         gemm_context_free(ctx);
     }
     free(image), free(B), free(patches), free(want), free(got);
+}
+
+// The packings of each kernel against the portable ones, on every kind of
+// float (random bit patterns), at every length up to 40, odd ones included.
+static void test_packings(Rng *rng) {
+    section("the SIMD packings round as bf16_round does, bit for bit");
+    enum { FLOATS = 2 * 40 * 32 };
+    static float in[FLOATS];
+    static uint32_t want[FLOATS], got[FLOATS];
+    static const char *const NAMES[] = {"avx2", "avx512", "avx512bf16"};
+    for (int kn = 0; kn < 3; kn++) {
+        const Bf16Kernel *kernel = bf16_kernel_by_name(NAMES[kn]);
+        if (!bf16_kernel_supported(kernel)) continue;
+        int ok = 1;
+        for (int round = 0; round < 200; round++) {
+            for (int i = 0; i < FLOATS; i++) {
+                uint32_t u = (uint32_t)(rng_uniform(rng) * 65536.0f) << 16 | (uint32_t)(rng_uniform(rng) * 65536.0f);
+                if (rng_uniform(rng) < 0.3f) u = (u & 0x807FFFFFu) | interesting_exponent(rng) << 23;
+                in[i] = bits_float(u);
+            }
+            int kc = 1 + round % 40, nr = kernel->nr;
+            memset(want, 0, sizeof want), memset(got, 0, sizeof got);
+            pair_along_portable(want, in, kc), kernel->packing->along(got, in, kc);
+            ok &= memcmp(want, got, sizeof want) == 0;
+            pair_columns_portable(want, in, kc), kernel->packing->columns(got, in, kc);
+            ok &= memcmp(want, got, sizeof want) == 0;
+            pair_panel_portable(want, in, kc, nr), kernel->packing->panel(got, in, kc, nr);
+            ok &= memcmp(want, got, sizeof want) == 0;
+        }
+        if (!CHECK(ok)) printf("     %s\n", NAMES[kn]);
+    }
 }
 
 static void test_kernel_names(void) {
@@ -399,6 +432,7 @@ int main(void) {
     test_instruction_cases();
     test_instruction_random(&rng);
     test_kernel_names();
+    test_packings(&rng);
     test_gemm_against_definition(&rng);
     test_gemm_patches(&rng);
     test_training_steps(&rng);
