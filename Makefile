@@ -5,7 +5,8 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
-#   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c)
+#   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c),
+#                      and the bf16 peak and step (tools/bench_ch8.c --bf16)
 #   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
 #   make clean         remove what the build made (not data/, not chapters/, not starter/)
@@ -252,8 +253,9 @@ test: warnings check-chapters check-flags check-excerpts check-prose check-book
 # tools/bench.c; it writes plots/bench.dat and plots/roofline.gp), then one
 # epoch of each model. Numbers vary from run to run; the book quotes what
 # it measured. `make bench BENCH_ARGS="--threads 1"` passes options on.
-bench: build/bench chapter2 chapter3 chapter4 chapter5
+bench: build/bench build/bench_ch8 chapter2 chapter3 chapter4 chapter5
 	build/bench $(BENCH_ARGS)
+	build/bench_ch8 --bf16
 	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter3 --epochs 1 --no-compare | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'

@@ -2349,6 +2349,20 @@ bf16 bf16_round(float x) {
     return (bf16)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
 }
 
+/* Stochastic rounding (exercise 8.stochastic-round): x rounded up to the
+   next bf16 away from zero with probability equal to how far it lies
+   between its two neighbours, down otherwise, so that the rounding's
+   expected value is x itself: many tiny updates, each smaller than half a
+   bf16 step, then add up on average instead of all vanishing. `noise` is
+   16 random bits, uniform on 0..65535. As bf16_round: NaN stays a quiet
+   NaN, a denormal becomes a zero of its sign, a bf16 is kept as it is. */
+bf16 bf16_round_stochastic(float x, uint32_t noise) {
+    uint32_t u = float_bits(x);
+    if ((u & 0x7F800000u) == 0x7F800000u) return bf16_round(x);  // infinity or NaN
+    if ((u & 0x7F800000u) == 0) return (bf16)((u >> 16) & 0x8000u);
+    return (bf16)((u + (noise & 0xFFFFu)) >> 16);
+}
+
 /* ----------------------------------------------------------------------------
    One step of the dot product, in portable C.
 
