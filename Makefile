@@ -106,7 +106,7 @@ plots:
 # Every chapter, and the tools built on them, must compile without a
 # warning, under gcc and (where it is installed) clang; the benchmark also
 # on the first chapter it measures (make bench-chapter), chapter 4.
-TOOLS = bench bench_pass bench_ch8
+TOOLS = bench bench_pass bench_ch8 bf16_mcnemar
 warnings:
 	@mkdir -p build/warnings
 	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tools/bench.c:4; do \
@@ -217,6 +217,11 @@ build/bench_pass: tools/bench_pass.c tools/bench.c chapters/chapter7.c
 # Chapter 8's new ops against the memory's bandwidth and the peak
 # (tools/bench_ch8.c, on chapter 8): `make build/bench_ch8 && build/bench_ch8 [THREADS]`.
 build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
+# McNemar between a run in fp32 and the same run in bf16 (tools/bf16_mcnemar.c).
+build/bf16_mcnemar: tools/bf16_mcnemar.c chapters/chapter8.c
 	@mkdir -p build
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
