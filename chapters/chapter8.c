@@ -2302,7 +2302,7 @@ void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Oper
    rounded value, with the exponent unbounded, is below 2^-126. That is
    Intel's pseudo-code for VDPBF16PS, with the denormal rule it states in
    words, and what the instruction does on the machine the book measures
-   (tests/test_bf16.c checks it on millions of inputs). The pairs are (0,
+   (tests/test_bf16.c checks it on a million lanes). The pairs are (0,
    1), (2, 3), ... of the whole sum, whatever the blocking: blocks of k are
    cut at even k. */
 
