@@ -5,7 +5,8 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
-#   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c)
+#   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c),
+#                      and the bf16 peak and step (tools/bench_ch8.c --bf16)
 #   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
 #   make figures       the book's pictures of data, from real runs, into figures/ (tools/figures.c)
 #   make fuzz          libFuzzer on every parser (FUZZ_SECONDS each, default 60; needs clang)
@@ -32,13 +33,13 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
 # The chapters, and the marked sources they are generated from, in order.
 CHAPTERS = 1 2 3 4 5 6 7 8
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
-           src/layers.c src/conv.c src/threads.c src/gemm.c src/conv_blocked.c src/batchnorm.c src/optim.c \
+           src/layers.c src/conv.c src/threads.c src/gemm.c src/bf16.c src/conv_blocked.c src/batchnorm.c src/optim.c \
            src/train.c src/ann.c src/autodiff.c src/cnn.c src/resnet.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
-           build/test_bench build/test_resnet
+           build/test_bench build/test_resnet build/test_bf16
 SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
@@ -107,7 +108,7 @@ plots:
 # warning, under gcc and (where it is installed) clang; the benchmark also
 # on the first chapter it measures (make bench-chapter), chapter 4; and
 # tests/check_png.c, the reader of the pictures tools/figures.c writes.
-TOOLS = bench bench_pass bench_ch8 figures
+TOOLS = bench bench_pass bench_ch8 bf16_mcnemar figures
 warnings:
 	@mkdir -p build/warnings
 	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tests/check_png.c tools/bench.c:4; do \
@@ -238,6 +239,11 @@ build/check_png: tests/check_png.c tools/figures.c chapters/chapter7.c
 figures: data build/make_figures
 	build/make_figures $(FIGURES_ARGS)
 
+# McNemar between a run in fp32 and the same run in bf16 (tools/bf16_mcnemar.c).
+build/bf16_mcnemar: tools/bf16_mcnemar.c chapters/chapter8.c
+	@mkdir -p build
+	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
+
 build/test_bench: tests/test_bench.c tests/check.h tools/bench.c chapters/chapter7.c
 	@mkdir -p build
 	$(CC) $(SANITIZE) $< -o $@ $(LDLIBS)
@@ -271,8 +277,9 @@ test: warnings check-chapters check-flags check-excerpts check-prose check-book
 # tools/bench.c; it writes plots/bench.dat and plots/roofline.gp), then one
 # epoch of each model. Numbers vary from run to run; the book quotes what
 # it measured. `make bench BENCH_ARGS="--threads 1"` passes options on.
-bench: build/bench chapter2 chapter3 chapter4 chapter5
+bench: build/bench build/bench_ch8 chapter2 chapter3 chapter4 chapter5
 	build/bench $(BENCH_ARGS)
+	build/bench_ch8 --bf16
 	./chapter2 --epochs 1 | grep -E '^epoch 1/1  train|^result'
 	./chapter3 --epochs 1 --no-compare | grep -E '^epoch 1/1  train|^result'
 	./chapter4 --model ann --epochs 1 | grep -E '^epoch 1/1  train|^result'
@@ -332,7 +339,7 @@ CHAPTER_TESTS_4 = conv gemm
 CHAPTER_TESTS_5 = bn
 CHAPTER_TESTS_6 = checkpoint resume
 CHAPTER_TESTS_7 = compare
-CHAPTER_TESTS_8 = resnet
+CHAPTER_TESTS_8 = resnet bf16
 test-chapter:
 	@test -n "$(N)" || { echo "usage: make test-chapter N=2 [FILE=starter/chapter2.c]"; exit 2; }
 	@file="$(or $(FILE),starter/chapter$(N).c)"; status=0; mkdir -p build/chapter-tests; \

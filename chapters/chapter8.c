@@ -101,6 +101,7 @@
     X(EXIT_CHECKPOINT_OPTIONS, 23, "--resume with options that differ from the checkpoint's run") \
     X(EXIT_CHECKPOINT_DATA, 24, "a checkpoint's run learned from other data than --data gives") \
     X(EXIT_CHECKPOINT_BUSY, 25, "another run is writing the same checkpoints (its lock is held)") \
+    X(EXIT_CHECKPOINT_PRECISION, 26, "a checkpoint of a run in another --precision (fp32 or bf16)") \
     X(EXIT_INTERRUPTED, 130, "interrupted (Ctrl-C, SIGTERM or --stop-after): a checkpoint to resume from was saved") \
     X(EXIT_BUG, 70, "an internal check failed: a bug (70 is BSD's EX_SOFTWARE)")           \
     /* end of EXIT_CODES */
@@ -733,6 +734,7 @@ typedef struct {
     int seeds, augment, quick;
     const char *plots;   // the directory the pictures go to
     const char *one_model;  // --model NAME: the same as --models NAME
+    const char *precision;  // "fp32" or "bf16": the GEMM's operands (bf16.c)
 } Options;
 
 // The models --models builds, and a checkpoint may hold: chapter 7's, and
@@ -745,7 +747,7 @@ Options default_options(void) {
         .data_dir = "data",
         .batch = 64, .seed = 1, .optimizer = "adam",
         .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
-        .models = "plain8,resnet8", .seeds = 1, .plots = "plots",
+        .models = "plain8,resnet8", .seeds = 1, .plots = "plots", .precision = "fp32",
         .kernel = "auto",
         .model = "deeper",
     };
@@ -801,9 +803,13 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--limit", .value_name = "N", .help = "train on the first N training images only",
                               .kind = OPTION_INT, .target = &o->limit, .min = 1, .max = 54000};
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
-                              "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
-                              "micro-kernel; auto picks the widest this CPU runs (default: auto)",
-                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
+                              "im2col (the references, fp32 only), or the blocked GEMM with the portable, avx2 or avx512 "
+                              "micro-kernel (in bf16: the emulations of VDPBF16PS), or avx512bf16 (bf16 only: the "
+                              "instruction); auto picks the fastest this CPU runs (default: auto)",
+                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512|avx512bf16"};
+    specs[n++] = (OptionSpec){.name = "--precision", .value_name = "NAME", .help = "fp32, or bf16: the matrix multiplies' "
+                              "operands rounded to bfloat16, their sums in fp32 (default: fp32)",
+                              .kind = OPTION_TEXT, .target = &o->precision, .choices = "fp32|bf16"};
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
     specs[n++] = (OptionSpec){.name = "--help", .value_name = NULL, .help = "print this help and exit",
@@ -906,6 +912,12 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     }
     if (o->learning_rate == 0) o->learning_rate = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
     if (o->one_model) o->models = o->one_model;
+    int bf16 = strcmp(o->precision, "bf16") == 0;
+    if (!bf16 && strcmp(o->kernel, "avx512bf16") == 0)
+        return fail(err, EXIT_USAGE, "--kernel avx512bf16 multiplies in bf16: add --precision bf16");
+    if (bf16 && (strcmp(o->kernel, "naive") == 0 || strcmp(o->kernel, "im2col") == 0))
+        return fail(err, EXIT_USAGE, "--kernel %s is an fp32 reference; --precision bf16 needs the blocked GEMM "
+                    "(--kernel auto, portable, avx2, avx512 or avx512bf16)", o->kernel);
     char names[MAX_MODELS][MODEL_NAME_SIZE];
     if (split_model_list(o->models, names, err) < 0) return err->code;
     if (o->seed > 2147483647 - (o->seeds - 1))
@@ -2028,6 +2040,10 @@ typedef struct {
 
 static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
 
+// Chapter 8's GEMM in bfloat16 (bf16.c): its kernels, buffers and driver.
+typedef struct Bf16Kernel Bf16Kernel;
+void bf16_buffers_free(void *buffers);
+
 typedef struct GemmContext {
     const GemmKernel *kernel;
     Blocking blocking;
@@ -2036,6 +2052,8 @@ typedef struct GemmContext {
     float *packed_b;  // (nc * kc): the block of B in use, shared by all
     size_t a_floats;
     void *memory;     // what packed_a and packed_b were carved from
+    const Bf16Kernel *bf16;  // not NULL: the operands are rounded to bf16 and multiplied by this kernel
+    void *bf16_buffers;      // its packed pairs (bf16.c)
 } GemmContext;
 
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -2060,6 +2078,7 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     ctx->memory = xmalloc(((size_t)ctx->workers->threads * ctx->a_floats + b_floats) * sizeof(float) + CACHE_LINE);
     ctx->packed_a = (float *)(((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
     ctx->packed_b = ctx->packed_a + (size_t)ctx->workers->threads * ctx->a_floats;
+    ctx->bf16 = NULL, ctx->bf16_buffers = NULL;
     return ctx;
 }
 
@@ -2070,6 +2089,7 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
+    bf16_buffers_free(ctx->bf16_buffers);
     free(ctx->memory);
     free(ctx);
 }
@@ -2162,6 +2182,8 @@ void gemm_tile(void *context, int task, int worker) {
     }
 }
 
+void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
+                   long ldc, int accumulate, const float *bias);  // bf16.c
 // The operand has `rows` x `cols` elements and describes them sensibly.
 void check_operand(const Operand *op, long rows, long cols, const char *name) {
     const ConvShape *g = op->patches;
@@ -2188,6 +2210,10 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
             if (bias) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof(float));
             else memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         }
+        return;
+    }
+    if (ctx->bf16) {
+        gemm_run_bf16(ctx, M, N, K, &A, &B, C, ldc, accumulate, bias);
         return;
     }
     const Blocking *blk = &ctx->blocking;
@@ -2227,6 +2253,524 @@ void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Oper
                     const float *bias) {  // (N)
     require(bias != NULL, "gemm_with_bias: no bias");
     gemm_run(ctx, M, N, K, A, B, C, ldc, 0, bias);
+}
+/* ----------------------------------------------------------------------------
+   Mixed precision: the blocked GEMM in bfloat16 (book.md, chapter 8, part 2).
+
+   What this is: bfloat16 ("bf16"), the top 16 bits of a float: its sign, its
+   8 exponent bits and 7 of its 23 fraction bits. A float rounded to bf16
+   keeps fp32's range and loses 16 bits of precision. Here the blocked GEMM
+   rounds A and B to bf16 as it packs them, multiplies the bf16 values (a
+   product of two 8-bit significands is exact in fp32) and adds the
+   products in fp32, in pairs along k, exactly as x86's VDPBF16PS does.
+   Four micro-kernels give the same bits: the instruction itself
+   (AVX512_BF16), and an emulation of it in portable C, in AVX2 and in
+   AVX-512F for every machine without it.
+   What it is not: bf16 everywhere. Only the GEMM's operands are rounded.
+   Its results, and so every activation and gradient, the weights' master
+   copy, Adam's moments, batch norm, the loss and the softmax stay fp32;
+   the depthwise convolution, which is not a GEMM, stays fp32 too.
+
+   The definition every kernel keeps (the tests hold them to it, bit for
+   bit). With a = bf16(A), b = bf16(B), element C(i, j) is the chain
+       t = daz(start(i, j))
+       for p = 0, 1, ..., ceil(K / 2) - 1:
+           t = ftz(fma(a(i, 2p+1), b(2p+1, j), t))    the odd element first
+           t = ftz(fma(a(i, 2p),   b(2p,   j), t))
+   where start is as in the fp32 GEMM (C's old value, the bias, or 0), an
+   element past K is 0, daz turns a denormal into a zero of its sign, and
+   ftz does the same to a result that is tiny after rounding: one whose
+   rounded value, with the exponent unbounded, is below 2^-126. That is
+   Intel's pseudo-code for VDPBF16PS, with the denormal rule it states in
+   words, and what the instruction does on the machine the book measures
+   (tests/test_bf16.c checks it on a million lanes). The pairs are (0,
+   1), (2, 3), ... of the whole sum, whatever the blocking: blocks of k are
+   cut at even k. */
+
+typedef uint16_t bf16;
+
+/* ----------------------------------------------------------------------------
+   The format. */
+
+uint32_t float_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+float bits_float(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+// A bf16 widened to a float: its 16 bits on top, zeros below. Exact.
+float bf16_to_float(bf16 h) { return bits_float((uint32_t)h << 16); }
+
+/* A float rounded to the nearest bf16, ties to even, as VCVTNEPS2BF16 does:
+   - the 16 bits that go are compared with half the last bit kept: above,
+     round up; below, down; exactly half, up only if the kept bit is 1
+     (odd), so that the result is even. Adding 0x7FFF + (kept bit) to the
+     bits and cutting does all three: the carry into bit 16 happens exactly
+     when the discarded part is above half, or half with an odd bit kept.
+     A carry out of the fraction bumps the exponent, which is right (the
+     next binade's first number), and past the largest finite value it
+     gives infinity, which is right too: 0x7F7FFFFF is nearer 2^128 than
+     the largest bf16, so it overflows;
+   - a NaN stays a NaN: its top bits, with the quiet bit (bit 6 of the bf16)
+     set, because cutting the bits of a NaN whose payload lies only in the
+     low 16 would give infinity;
+   - a denormal becomes a zero of its sign: the dot-product instruction
+     would read a denormal bf16 as zero anyway (and the converter does so). */
+bf16 bf16_round(float x) {
+    uint32_t u = float_bits(x);
+    if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu))  // NaN
+        return (bf16)((u >> 16) | 0x0040u);
+    if ((u & 0x7F800000u) == 0) return (bf16)((u >> 16) & 0x8000u);  // zero or denormal
+    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+/* Stochastic rounding (exercise 8.stochastic-round): x rounded up to the
+   next bf16 away from zero with probability equal to how far it lies
+   between its two neighbours, down otherwise, so that the rounding's
+   expected value is x itself: many tiny updates, each smaller than half a
+   bf16 step, then add up on average instead of all vanishing. `noise` is
+   16 random bits, uniform on 0..65535. As bf16_round: NaN stays a quiet
+   NaN, a denormal becomes a zero of its sign, a bf16 is kept as it is. */
+bf16 bf16_round_stochastic(float x, uint32_t noise) {
+    uint32_t u = float_bits(x);
+    if ((u & 0x7F800000u) == 0x7F800000u) return bf16_round(x);  // infinity or NaN
+    if ((u & 0x7F800000u) == 0) return (bf16)((u >> 16) & 0x8000u);
+    return (bf16)((u + (noise & 0xFFFFu)) >> 16);
+}
+
+/* ----------------------------------------------------------------------------
+   One step of the dot product, in portable C.
+
+   fma(a, b, t) rounds a*b + t once. To flush a tiny result we must know
+   whether it is tiny after rounding with the exponent unbounded (24 bits
+   kept whatever the exponent), not after IEEE's rounding to the denormal
+   grid that fmaf does. The two differ only where fmaf returns exactly
+   +-2^-126: then the exact sum lies within 2^-150 of it, and it is tiny
+   if it is below 2^-126 - 2^-151, the midpoint between 2^-126 and the
+   float below it in the unbounded format (the midpoint itself rounds to
+   2^-126, the even one). a*b + t in double says which: a*b is exact in
+   double (two 24-bit significands), and so is the sum whenever it is that
+   close to 2^-126 (every t is a multiple of 2^-149 there, and a product
+   too small to be one cannot move the sum across the midpoint). */
+float ftz(float x) { return fabsf(x) < FLT_MIN ? copysignf(0.0f, x) : x; }
+
+float bf16_step(float a, float b, float t) {
+    float r = fmaf(a, b, t);
+    if (fabsf(r) == FLT_MIN && fabs((double)a * b + t) < 0x1.ffffffp-127) return copysignf(0.0f, r);
+    return ftz(r);
+}
+
+/* The instruction's NaNs, for tests of the instruction itself: a NaN
+   operand is returned quieted, the first of a, b, t; a NaN made from
+   numbers (infinity times zero, infinity minus infinity) is x86's "default
+   NaN", 0xFFC00000. The GEMM's kernels are held to NaN for NaN, not to
+   payloads: the emulating kernels let the FMA instruction choose. */
+float bf16_step_nan(float a, float b, float t) {
+    if (isnan(a) || isnan(b) || isnan(t)) return bits_float(float_bits(isnan(a) ? a : isnan(b) ? b : t) | 0x00400000u);
+    float r = bf16_step(a, b, t);
+    return isnan(r) ? bits_float(0xFFC00000u) : r;
+}
+
+// One 32-bit lane of VDPBF16PS: t plus two products, a pair of bf16 in
+// each of a_pair and b_pair (element 2p in the low half, 2p+1 in the high).
+float bf16_dot2(float t, uint32_t a_pair, uint32_t b_pair) {
+    float a0 = ftz(bf16_to_float((bf16)a_pair)), a1 = ftz(bf16_to_float((bf16)(a_pair >> 16)));
+    float b0 = ftz(bf16_to_float((bf16)b_pair)), b1 = ftz(bf16_to_float((bf16)(b_pair >> 16)));
+    t = bf16_step_nan(a1, b1, ftz(t));
+    return bf16_step_nan(a0, b0, t);
+}
+
+/* ----------------------------------------------------------------------------
+   Micro-kernels. The contract is the fp32 kernels' (gemm.c), with pairs:
+
+   kernel(kp, a, rs_a, cs_a, b, c, ldc, start, ld_start) computes the
+   (MR, NR) tile from kp pairs of k. Pair p of row i of the strip is
+   a[i*rs_a + p*cs_a], a 32-bit word: a(i, 2p) in its low half, a(i, 2p+1)
+   in its high half. The strip is in whichever order the fp32 packing left
+   it: by rows (rs_a = kp, cs_a = 1) or by columns (rs_a = 1, cs_a = MR).
+   Pair p of column j of the panel is b[p*NR + j]. Both were rounded and
+   flushed when packed, so a kernel never meets a denormal bf16. */
+
+typedef void Bf16MicroKernel(int kp, const uint32_t *a, long rs_a, long cs_a,  // (MR, kp) pairs
+                             const uint32_t *b,                                // (kp, NR) pairs
+                             float *c, long ldc,                               // (MR, NR) tile of C
+                             const float *start, long ld_start);
+
+/* Rounding a packed block into pairs, three ways (below): a row of a
+   strip packed by rows, whose pairs are neighbours; a strip packed by
+   columns, whose pairs are rows 2p and 2p+1 of MR floats; a panel, whose
+   pairs are rows 2p and 2p+1 of NR floats. */
+typedef struct {
+    void (*along)(uint32_t *pairs, const float *row, int kc);           // pairs[p] = (row[2p], row[2p+1])
+    void (*columns)(uint32_t *pairs, const float *strip, int kc);       // (kc, MR) floats -> (kp, MR) pairs
+    void (*panel)(uint32_t *pairs, const float *panel, int kc, int nr); // (kc, nr) floats -> (kp, nr) pairs
+} Bf16Packing;
+
+struct Bf16Kernel {
+    const char *name;        // "portable", "avx2", "avx512" (emulations), "avx512bf16" (the instruction)
+    int nr;
+    Bf16MicroKernel *kernel;
+    const char *fp32;        // the fp32 kernel of the same NR, whose packing buffers this one uses
+    int (*supported)(void);
+    const Bf16Packing *packing;
+};
+
+/* The portable kernel, 6x4: the definition, step by step. Slow on x86
+   built without -mfma (fmaf is a library call there), which is why x86 has
+   kernels of its own; it is the reference they are tested against. */
+void bf16_kernel_portable(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                          const float *start, long ld_start) {
+    float acc[MR][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = start ? ftz(start[i * ld_start + j]) : 0.0f;
+    for (int p = 0; p < kp; p++, a += cs_a, b += 4)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < 4; j++) {
+                uint32_t ai = a[i * rs_a];
+                acc[i][j] = bf16_step(bf16_to_float((bf16)(ai >> 16)), bf16_to_float((bf16)(b[j] >> 16)), acc[i][j]);
+                acc[i][j] = bf16_step(bf16_to_float((bf16)ai), bf16_to_float((bf16)b[j]), acc[i][j]);
+            }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < 4; j++) c[i * ldc + j] = acc[i][j];
+}
+
+#if HAVE_X86_KERNELS
+int cpu_has_avx512bf16(void) { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"); }
+
+/* The emulations on x86 flush as the instruction does by setting two bits
+   of MXCSR, the SSE control register, for the length of the call: DAZ
+   (0x0040) reads denormal inputs as zero, FTZ (0x8000) flushes a result
+   that is tiny after rounding with the exponent unbounded, exactly the
+   rule above. Then each step is one FMA. A bf16 widens to a float by a
+   shift: the high half of a pair is the pair with its low 16 bits cleared,
+   the low half is the pair shifted left by 16. */
+enum { MXCSR_DAZ_FTZ = 0x8040 };
+
+/* AVX2, 6x16: 12 accumulators (ymm, 8 floats) as in the fp32 kernel. Per
+   pair: the odd halves of B's 16 pairs in two registers, then each row's
+   odd A broadcast and two FMAs; then the same with the even halves. 12 + 2
+   + 1 registers of 16, so nothing spills. */
+__attribute__((target("avx2,fma")))
+void bf16_kernel_avx2(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                      const float *start, long ld_start) {
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | MXCSR_DAZ_FTZ);
+    __m256 acc[MR][2];
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < 2; h++)
+            acc[i][h] = start ? _mm256_loadu_ps(start + i * ld_start + 8 * h) : _mm256_setzero_ps();
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
+    for (int p = 0; p < kp; p++, a += cs_a, b += 16) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 8));
+        __m256 odd0 = _mm256_castsi256_ps(_mm256_and_si256(b0, high)), odd1 = _mm256_castsi256_ps(_mm256_and_si256(b1, high));
+        for (int i = 0; i < MR; i++) {  // unrolled: MR is a constant
+            __m256 ai = _mm256_set1_ps(bits_float(a[i * rs_a] & 0xFFFF0000u));
+            acc[i][0] = _mm256_fmadd_ps(ai, odd0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(ai, odd1, acc[i][1]);
+        }
+        __m256 even0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0, 16)), even1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1, 16));
+        for (int i = 0; i < MR; i++) {
+            __m256 ai = _mm256_set1_ps(bits_float(a[i * rs_a] << 16));
+            acc[i][0] = _mm256_fmadd_ps(ai, even0, acc[i][0]), acc[i][1] = _mm256_fmadd_ps(ai, even1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < 2; h++) _mm256_storeu_ps(c + i * ldc + 8 * h, acc[i][h]);
+    _mm_setcsr(csr);
+}
+
+// AVX-512F, 6x32: the AVX2 emulation with zmm registers (16 floats).
+__attribute__((target("avx512f")))
+void bf16_kernel_avx512(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c, long ldc,
+                        const float *start, long ld_start) {
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | MXCSR_DAZ_FTZ);
+    __m512 acc[MR][2];
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < 2; h++)
+            acc[i][h] = start ? _mm512_loadu_ps(start + i * ld_start + 16 * h) : _mm512_setzero_ps();
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
+        __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
+        __m512 odd0 = _mm512_castsi512_ps(_mm512_and_si512(b0, high)), odd1 = _mm512_castsi512_ps(_mm512_and_si512(b1, high));
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(bits_float(a[i * rs_a] & 0xFFFF0000u));
+            acc[i][0] = _mm512_fmadd_ps(ai, odd0, acc[i][0]), acc[i][1] = _mm512_fmadd_ps(ai, odd1, acc[i][1]);
+        }
+        __m512 even0 = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16)), even1 = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(bits_float(a[i * rs_a] << 16));
+            acc[i][0] = _mm512_fmadd_ps(ai, even0, acc[i][0]), acc[i][1] = _mm512_fmadd_ps(ai, even1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int h = 0; h < 2; h++) _mm512_storeu_ps(c + i * ldc + 16 * h, acc[i][h]);
+    _mm_setcsr(csr);
+}
+
+/* AVX512_BF16, 6x32: the instruction. Registers as in the fp32 AVX-512
+   kernel: 12 accumulators, two loads of B (16 pairs each) a pair of k,
+   one broadcast pair of A a row. Each VDPBF16PS does 16 lanes x 2
+   multiply-adds, so per pair of k 12 of them do the work of 24 fp32 FMAs:
+   twice fp32's rate where the unit issues them as fast. It ignores MXCSR
+   (its flushing is its own). */
+__attribute__((target("avx512f,avx512bf16")))
+void bf16_kernel_avx512bf16(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c,
+                            long ldc, const float *start, long ld_start) {
+    __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    if (start) {
+        c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
+        c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
+        c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
+        c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
+        c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
+        c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
+    } else {
+        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
+    }
+    for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), ai;
+        ai = (__m512bh)_mm512_set1_epi32((int)a[0]), c00 = _mm512_dpbf16_ps(c00, ai, b0), c01 = _mm512_dpbf16_ps(c01, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[rs_a]), c10 = _mm512_dpbf16_ps(c10, ai, b0), c11 = _mm512_dpbf16_ps(c11, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[2 * rs_a]), c20 = _mm512_dpbf16_ps(c20, ai, b0), c21 = _mm512_dpbf16_ps(c21, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[3 * rs_a]), c30 = _mm512_dpbf16_ps(c30, ai, b0), c31 = _mm512_dpbf16_ps(c31, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[4 * rs_a]), c40 = _mm512_dpbf16_ps(c40, ai, b0), c41 = _mm512_dpbf16_ps(c41, ai, b1);
+        ai = (__m512bh)_mm512_set1_epi32((int)a[5 * rs_a]), c50 = _mm512_dpbf16_ps(c50, ai, b0), c51 = _mm512_dpbf16_ps(c51, ai, b1);
+    }
+    _mm512_storeu_ps(c + 0 * ldc, c00), _mm512_storeu_ps(c + 0 * ldc + 16, c01);
+    _mm512_storeu_ps(c + 1 * ldc, c10), _mm512_storeu_ps(c + 1 * ldc + 16, c11);
+    _mm512_storeu_ps(c + 2 * ldc, c20), _mm512_storeu_ps(c + 2 * ldc + 16, c21);
+    _mm512_storeu_ps(c + 3 * ldc, c30), _mm512_storeu_ps(c + 3 * ldc + 16, c31);
+    _mm512_storeu_ps(c + 4 * ldc, c40), _mm512_storeu_ps(c + 4 * ldc + 16, c41);
+    _mm512_storeu_ps(c + 5 * ldc, c50), _mm512_storeu_ps(c + 5 * ldc + 16, c51);
+}
+#endif
+
+/* ----------------------------------------------------------------------------
+   Packing: the fp32 packing (gemm.c) into a float block, then each pair of
+   k rounded into one 32-bit word. Rounding happens here, once per element
+   of a block, not once per use in the kernel. A pair past kc (kc odd) is
+   (value, 0). */
+
+void pair_along_portable(uint32_t *pairs, const float *row, int kc) {
+    for (int k = 0; k < kc; k += 2)
+        *pairs++ = (uint32_t)bf16_round(row[k]) | (k + 1 < kc ? (uint32_t)bf16_round(row[k + 1]) << 16 : 0);
+}
+
+void pair_panel_portable(uint32_t *pairs, const float *panel, int kc, int nr) {
+    for (int k = 0; k < kc; k += 2, panel += 2 * nr)
+        for (int j = 0; j < nr; j++)
+            *pairs++ = (uint32_t)bf16_round(panel[j]) | (k + 1 < kc ? (uint32_t)bf16_round(panel[nr + j]) << 16 : 0);
+}
+
+void pair_columns_portable(uint32_t *pairs, const float *strip, int kc) { pair_panel_portable(pairs, strip, kc, MR); }
+
+static const Bf16Packing PORTABLE_PACKING = {pair_along_portable, pair_columns_portable, pair_panel_portable};
+
+#if HAVE_X86_KERNELS
+/* bf16_round on 16 floats at once, each result in the low half of its
+   32-bit lane: the same integer steps, the NaN and denormal cases chosen
+   by masks instead of branches. */
+__attribute__((target("avx512f")))
+static inline __m512i round_avx512(__m512i u) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F800000), one = _mm512_set1_epi32(1);
+    __m512i top = _mm512_srli_epi32(u, 16);
+    __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(top, one));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), exponent);
+    __mmask16 tiny = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, exponent), _mm512_setzero_si512());
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(top, _mm512_set1_epi32(0x0040)));
+    return _mm512_mask_mov_epi32(r, tiny, _mm512_and_si512(top, _mm512_set1_epi32(0x8000)));
+}
+
+// 8 pairs from 16 neighbours: the two halves of each 64-bit lane joined,
+// then the low 32 bits of each 64-bit lane kept (VPMOVQD).
+__attribute__((target("avx512f")))
+void pair_along_avx512(uint32_t *pairs, const float *row, int kc) {
+    int k = 0;
+    for (; k + 16 <= kc; k += 16, pairs += 8) {
+        __m512i r = round_avx512(_mm512_loadu_si512(row + k));
+        _mm256_storeu_si256((__m256i *)pairs, _mm512_cvtepi64_epi32(_mm512_or_si512(r, _mm512_srli_epi64(r, 16))));
+    }
+    pair_along_portable(pairs, row + k, kc - k);
+}
+
+// Rows 2p and 2p+1, 16 columns at a time; the last columns under a mask.
+__attribute__((target("avx512f")))
+void pair_panel_avx512(uint32_t *pairs, const float *panel, int kc, int nr) {
+    for (int k = 0; k < kc; k += 2, panel += 2 * nr, pairs += nr)
+        for (int j = 0; j < nr; j += 16) {
+            __mmask16 m = (__mmask16)(nr - j >= 16 ? 0xFFFF : (1u << (nr - j)) - 1);
+            __m512i lo = round_avx512(_mm512_maskz_loadu_epi32(m, panel + j));
+            __m512i hi = k + 1 < kc ? round_avx512(_mm512_maskz_loadu_epi32(m, panel + nr + j)) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(pairs + j, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+}
+
+// A strip by columns: rows 2p and 2p+1 of MR floats are 2 MR neighbours;
+// one load, and a permutation brings row 2p+1 under row 2p.
+__attribute__((target("avx512f")))
+void pair_columns_avx512(uint32_t *pairs, const float *strip, int kc) {
+    __m512i up = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  _mm512_set1_epi32(MR));  // lane i takes lane i + MR
+    const __mmask16 row = (1u << MR) - 1, two_rows = (1u << 2 * MR) - 1;
+    for (int k = 0; k < kc; k += 2, strip += 2 * MR, pairs += MR) {
+        __m512i r = round_avx512(_mm512_maskz_loadu_epi32(k + 1 < kc ? two_rows : row, strip));
+        __m512i hi = _mm512_permutexvar_epi32(up, r);
+        _mm512_mask_storeu_epi32(pairs, row, _mm512_or_si512(r, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+static const Bf16Packing AVX512_PACKING = {pair_along_avx512, pair_columns_avx512, pair_panel_avx512};
+#endif
+
+// Every bf16 kernel this build has, the portable one first and the fastest last.
+static const Bf16Kernel BF16_KERNELS[] = {
+    {"portable", 4, bf16_kernel_portable, "portable", always_supported, &PORTABLE_PACKING},
+#if HAVE_X86_KERNELS
+    {"avx2", 16, bf16_kernel_avx2, "avx2", cpu_has_avx2_fma, &PORTABLE_PACKING},
+    {"avx512", 32, bf16_kernel_avx512, "avx512", cpu_has_avx512f, &AVX512_PACKING},
+    {"avx512bf16", 32, bf16_kernel_avx512bf16, "avx512", cpu_has_avx512bf16, &AVX512_PACKING},
+#endif
+};
+enum { BF16_KERNEL_COUNT = sizeof BF16_KERNELS / sizeof BF16_KERNELS[0] };
+
+const Bf16Kernel *bf16_kernel_by_name(const char *name) {  // NULL: this build has none by that name
+    for (int i = 0; i < BF16_KERNEL_COUNT; i++)
+        if (strcmp(BF16_KERNELS[i].name, name) == 0) return &BF16_KERNELS[i];
+    return NULL;
+}
+
+int bf16_kernel_supported(const Bf16Kernel *kernel) { return kernel && kernel->supported(); }
+
+// The fastest bf16 kernel this CPU runs: the instruction where it has it.
+const Bf16Kernel *bf16_best_kernel(void) {
+    for (int i = BF16_KERNEL_COUNT - 1; i > 0; i--)
+        if (BF16_KERNELS[i].supported()) return &BF16_KERNELS[i];
+    return &BF16_KERNELS[0];
+}
+
+/* ----------------------------------------------------------------------------
+   The context and the driver: gemm.c's, with pairs. */
+
+typedef struct {
+    uint32_t *a;  // (threads, a_words): each worker's block of A as pairs
+    uint32_t *b;  // the block of B as pairs, shared
+    size_t a_words;
+} Bf16Buffers;
+
+/* A bf16 context: an fp32 context of the same NR, for its threads and
+   float packing buffers, with kc made even (pairs never straddle two
+   blocks), and pair buffers beside them. */
+GemmContext *gemm_context_new_bf16_blocked(const Bf16Kernel *kernel, int threads, Blocking b) {
+    require(bf16_kernel_supported(kernel), "gemm_context_new_bf16: kernel %s does not run on this CPU",
+            kernel ? kernel->name : "NULL");
+    b.kc = (int)round_up(b.kc, 2);
+    GemmContext *ctx = gemm_context_new_blocked(gemm_kernel_by_name(kernel->fp32), threads, b);
+    Bf16Buffers *buffers = xmalloc(sizeof *buffers);
+    enum { LINE_WORDS = 64 / sizeof(uint32_t) };
+    buffers->a_words = (size_t)round_up((long)b.mc * b.kc / 2, LINE_WORDS);
+    buffers->a = xmalloc((size_t)ctx->workers->threads * buffers->a_words * sizeof(uint32_t));
+    buffers->b = xmalloc((size_t)b.nc * b.kc / 2 * sizeof(uint32_t));
+    ctx->bf16 = kernel;
+    ctx->bf16_buffers = buffers;
+    return ctx;
+}
+
+GemmContext *gemm_context_new_bf16(const Bf16Kernel *kernel, int threads) {
+    return gemm_context_new_bf16_blocked(kernel, threads, DEFAULT_BLOCKING);
+}
+
+void bf16_buffers_free(void *buffers) {
+    Bf16Buffers *b = buffers;
+    if (!b) return;
+    free(b->a);
+    free(b->b);
+    free(b);
+}
+
+// Loop 4's packing, one panel of B a task: floats, then pairs.
+void pack_b_task_bf16(void *context, int panel, int worker) {
+    (void)worker;
+    const GemmJob *job = context;
+    int nr = job->ctx->kernel->nr, col = panel * nr, kc = job->kc;
+    int cols = job->nc - col < nr ? job->nc - col : nr;
+    float *floats = job->ctx->packed_b + (size_t)panel * kc * nr;  // (kc, nr)
+    pack_b(floats, job->B, job->pc, kc, job->jc + col, cols, nr);
+    const Bf16Buffers *buffers = job->ctx->bf16_buffers;
+    job->ctx->bf16->packing->panel(buffers->b + (size_t)panel * ((kc + 1) / 2) * nr, floats, kc, nr);
+}
+
+// Loops 3, 2 and 1, as gemm_tile, on pairs.
+void gemm_tile_bf16(void *context, int task, int worker) {
+    const GemmJob *job = context;
+    const Bf16Kernel *kernel = job->ctx->bf16;
+    const Bf16Buffers *buffers = job->ctx->bf16_buffers;
+    int nr = kernel->nr, kc = job->kc, kp = (kc + 1) / 2;
+    int ic = task * job->tile_m, rows = job->M - ic < job->tile_m ? job->M - ic : job->tile_m, cols = job->nc;
+    float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows / MR, MR, kc)
+    pack_a(packed_a, job->A, ic, rows, job->pc, kc);
+    int by_rows = pack_a_by_rows(job->A);
+    long rs_a = by_rows ? kp : 1, cs_a = by_rows ? 1 : MR;  // in pairs
+    uint32_t *pairs_a = buffers->a + (size_t)worker * buffers->a_words;  // (rows / MR) strips of MR * kp pairs
+    for (int s = 0; s < rows; s += MR) {
+        const float *strip = packed_a + (size_t)s * kc;  // (MR, kc) by rows, (kc, MR) by columns
+        uint32_t *pairs = pairs_a + (size_t)s * kp;
+        if (!by_rows) kernel->packing->columns(pairs, strip, kc);
+        else for (int i = 0; i < MR; i++) kernel->packing->along(pairs + (size_t)i * kp, strip + (size_t)i * kc, kc);
+    }
+    int first = job->pc == 0, from_c = !first || job->accumulate;
+    const float *bias = first ? job->bias : NULL;  // (N)
+    for (int jr = 0; jr < cols; jr += nr) {
+        int w = cols - jr < nr ? cols - jr : nr;
+        const uint32_t *b = buffers->b + (size_t)jr * kp;  // (kp, nr) panel
+        for (int ir = 0; ir < rows; ir += MR) {
+            const uint32_t *a = pairs_a + (size_t)ir * kp;  // a strip, MR * kp pairs
+            float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;
+            int h = rows - ir < MR ? rows - ir : MR;
+            if (h == MR && w == nr) {
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : NULL;
+                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, bias ? 0 : job->ldc);
+                continue;
+            }
+            float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
+            for (int y = 0; y < h && (bias || from_c); y++)
+                memcpy(scratch + y * nr, bias ? bias + job->jc + jr : c + y * job->ldc, (size_t)w * sizeof(float));
+            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
+            for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
+        }
+    }
+}
+
+/* gemm_run's loops for a bf16 context. Blocks of k as even as they can be,
+   and each an even length but the last, so that the pairs are the sum's
+   (0, 1), (2, 3), ... whatever the blocking: the bits depend on the
+   problem alone. */
+void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
+                   long ldc, int accumulate, const float *bias) {
+    const Blocking *blk = &ctx->blocking;  // kc even (gemm_context_new_bf16)
+    int nr = ctx->bf16->nr;
+    int k_blocks = (K + blk->kc - 1) / blk->kc;
+    int kc_even = (int)round_up((K + k_blocks - 1) / k_blocks, 2);
+    GemmJob job = {ctx, M, N, K, A, B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0};
+    for (job.jc = 0; job.jc < N; job.jc += blk->nc) {
+        job.nc = N - job.jc < blk->nc ? N - job.jc : blk->nc;
+        int tiles = (M + blk->mc - 1) / blk->mc;
+        while (tiles < TASKS_WANTED && tiles < (M + MR - 1) / MR && 2.0 * M * job.nc * kc_even / (tiles + 1) >= MIN_TASK_FLOPS)
+            tiles++;
+        job.tile_m = (int)round_up((M + tiles - 1) / tiles, MR);
+        int tasks = (M + job.tile_m - 1) / job.tile_m;
+        for (job.pc = 0; job.pc < K; job.pc += kc_even) {
+            job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
+            parallel_for(ctx->workers, (job.nc + nr - 1) / nr, pack_b_task_bf16, &job);
+            parallel_for(ctx->workers, tasks, gemm_tile_bf16, &job);
+        }
+    }
 }
 /* ----------------------------------------------------------------------------
    Convolutions and dense layers on the blocked GEMM.
@@ -4992,6 +5536,8 @@ GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed) {
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
            and, in chapter 7's files, --augment (u32: 0 or 1)
+           and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
+           chapter 8 wrote before it had bf16 lack it, and were fp32)
            then the data it learns from: training and validation images
            (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
@@ -5072,6 +5618,7 @@ typedef struct {
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+    uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
     DataKey data;
 } RunKey;
 
@@ -5079,6 +5626,7 @@ RunKey run_key(const Options *o, DataKey data) {
     RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
     k.augment = (uint32_t)o->augment;
+    k.precision = strcmp(o->precision, "bf16") == 0;
     snprintf(k.model, sizeof k.model, "%s", o->model);
     snprintf(k.optimizer, sizeof k.optimizer, "%s", o->optimizer);
     return k;
@@ -5183,6 +5731,7 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
         put_uint(p, s->key.seed, 4), put_uint(p, s->key.batch, 4), put_uint(p, s->key.limit, 4);
         put_uint(p, s->key.epochs, 4), put_uint(p, s->key.patience, 4), put_f64(p, s->key.learning_rate);
         put_uint(p, s->key.augment, 4);
+        put_uint(p, s->key.precision, 4);
         put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
         put_uint(p, s->key.data.crc, 4);
         break;
@@ -5416,6 +5965,10 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->learning_rate = take_f64(&r);
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+    // The data key's 12 bytes end the section; 4 more before them are the
+    // precision, which chapter 8's files have had since it learned bf16.
+    k->precision = f->bytes[8] >= 8 && r.size - r.at == 16 ? (uint32_t)take_uint(&r, 4) : 0;
+    if (k->precision > 1) return damaged(f, "the RUN section holds an option out of its range", err);
     k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);
     k->data.crc = (uint32_t)take_uint(&r, 4);
     if (!r.ok || r.at != r.size) return damaged(f, "the RUN section has the wrong length", err);
@@ -5914,6 +6467,13 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
     if (!differs && k->augment != want.augment) differs = "--augment";
+    static const char *const PRECISIONS[2] = {"fp32", "bf16"};
+    if (!differs && k->precision != want.precision)
+        return fail(err, EXIT_CHECKPOINT_PRECISION, "%s: a checkpoint of a run in %s, but this run multiplies in %s "
+                    "(--precision %s). A run resumed in another precision would not be the same run: its numbers "
+                    "would differ from the first step on. Add --precision %s to resume it, or give this run another "
+                    "--checkpoints DIR.", f->path, PRECISIONS[k->precision], PRECISIONS[want.precision],
+                    PRECISIONS[want.precision], PRECISIONS[k->precision]);
     if (!differs) return check_data_key(f, o, data, err);
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "
@@ -7000,6 +7560,16 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
         if (o->threads > 1) printf("note: --threads has no effect on --kernel %s, a one-thread reference\n", o->kernel);
         return 0;
     }
+    if (strcmp(o->precision, "bf16") == 0) {  // the bf16 kernels have the same names, and one more
+        const Bf16Kernel *b = strcmp(o->kernel, "auto") == 0 ? bf16_best_kernel() : bf16_kernel_by_name(o->kernel);
+        if (!bf16_kernel_supported(b))
+            return fail(err, EXIT_NO_KERNEL, "--kernel %s with --precision bf16: %s. Use --kernel auto, which "
+                        "picks the fastest bf16 kernel this CPU runs (here: %s).", o->kernel, b ?
+                        "this CPU does not have the instructions it needs" : "this build has no such kernel (the "
+                        "SIMD kernels exist only in x86-64 builds)", bf16_best_kernel()->name);
+        *gemm = gemm_context_new_bf16(b, o->threads ? o->threads : online_cpus());
+        return 0;
+    }
     const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
     if (!gemm_kernel_supported(k))
         return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
@@ -7040,7 +7610,8 @@ int main(int argc, char **argv) {
     GemmContext *gemm;
     int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
     if (status != CONTINUE) return finish_output(argv[0], status);
-    if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
+    if (gemm) printf("matrix multiplies: the blocked GEMM in %s, %s micro-kernel, %d thread%s\n\n",
+                     gemm->bf16 ? "bf16" : "fp32", gemm->bf16 ? gemm->bf16->name : gemm->kernel->name,
                      gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
     Error err = {0};
     status = compare_models(&options, &data, kernel, gemm, &err);

@@ -22,6 +22,10 @@
 //@ from 7
            and, in chapter 7's files, --augment (u32: 0 or 1)
 //@ end
+//@ from 8
+           and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
+           chapter 8 wrote before it had bf16 lack it, and were fp32)
+//@ end
            then the data it learns from: training and validation images
            (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
@@ -120,6 +124,9 @@ typedef struct {
 //@ from 7
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
 //@ end
+//@ from 8
+    uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
+//@ end
     DataKey data;
 } RunKey;
 
@@ -128,6 +135,9 @@ RunKey run_key(const Options *o, DataKey data) {
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
 //@ from 7
     k.augment = (uint32_t)o->augment;
+//@ end
+//@ from 8
+    k.precision = strcmp(o->precision, "bf16") == 0;
 //@ end
     snprintf(k.model, sizeof k.model, "%s", o->model);
     snprintf(k.optimizer, sizeof k.optimizer, "%s", o->optimizer);
@@ -234,6 +244,9 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
         put_uint(p, s->key.epochs, 4), put_uint(p, s->key.patience, 4), put_f64(p, s->key.learning_rate);
 //@ from 7
         put_uint(p, s->key.augment, 4);
+//@ end
+//@ from 8
+        put_uint(p, s->key.precision, 4);
 //@ end
         put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
         put_uint(p, s->key.data.crc, 4);
@@ -480,6 +493,12 @@ int read_run_key(CheckpointFile *f, Error *err) {
 //@ from 7
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+//@ end
+//@ from 8
+    // The data key's 12 bytes end the section; 4 more before them are the
+    // precision, which chapter 8's files have had since it learned bf16.
+    k->precision = f->bytes[8] >= 8 && r.size - r.at == 16 ? (uint32_t)take_uint(&r, 4) : 0;
+    if (k->precision > 1) return damaged(f, "the RUN section holds an option out of its range", err);
 //@ end
     k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);
     k->data.crc = (uint32_t)take_uint(&r, 4);

@@ -396,6 +396,12 @@ typedef struct {
 } Blocking;
 
 static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
+//@ from 8
+
+// Chapter 8's GEMM in bfloat16 (bf16.c): its kernels, buffers and driver.
+typedef struct Bf16Kernel Bf16Kernel;
+void bf16_buffers_free(void *buffers);
+//@ end
 
 typedef struct GemmContext {
     const GemmKernel *kernel;
@@ -405,6 +411,10 @@ typedef struct GemmContext {
     float *packed_b;  // (nc * kc): the block of B in use, shared by all
     size_t a_floats;
     void *memory;     // what packed_a and packed_b were carved from
+//@ from 8
+    const Bf16Kernel *bf16;  // not NULL: the operands are rounded to bf16 and multiplied by this kernel
+    void *bf16_buffers;      // its packed pairs (bf16.c)
+//@ end
 } GemmContext;
 
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
@@ -429,6 +439,9 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     ctx->memory = xmalloc(((size_t)ctx->workers->threads * ctx->a_floats + b_floats) * sizeof(float) + CACHE_LINE);
     ctx->packed_a = (float *)(((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
     ctx->packed_b = ctx->packed_a + (size_t)ctx->workers->threads * ctx->a_floats;
+//@ from 8
+    ctx->bf16 = NULL, ctx->bf16_buffers = NULL;
+//@ end
     return ctx;
 }
 
@@ -439,6 +452,9 @@ GemmContext *gemm_context_new(const GemmKernel *kernel, int threads) {
 void gemm_context_free(GemmContext *ctx) {
     if (!ctx) return;
     workers_free(ctx->workers);
+//@ from 8
+    bf16_buffers_free(ctx->bf16_buffers);
+//@ end
     free(ctx->memory);
     free(ctx);
 }
@@ -531,6 +547,10 @@ void gemm_tile(void *context, int task, int worker) {
     }
 }
 
+//@ from 8
+void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
+                   long ldc, int accumulate, const float *bias);  // bf16.c
+//@ end
 // The operand has `rows` x `cols` elements and describes them sensibly.
 void check_operand(const Operand *op, long rows, long cols, const char *name) {
     const ConvShape *g = op->patches;
@@ -559,6 +579,12 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
         }
         return;
     }
+//@ from 8
+    if (ctx->bf16) {
+        gemm_run_bf16(ctx, M, N, K, &A, &B, C, ldc, accumulate, bias);
+        return;
+    }
+//@ end
     const Blocking *blk = &ctx->blocking;
     int nr = ctx->kernel->nr;
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):

@@ -132,6 +132,18 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
         if (o->threads > 1) printf("note: --threads has no effect on --kernel %s, a one-thread reference\n", o->kernel);
         return 0;
     }
+//@ from 8
+    if (strcmp(o->precision, "bf16") == 0) {  // the bf16 kernels have the same names, and one more
+        const Bf16Kernel *b = strcmp(o->kernel, "auto") == 0 ? bf16_best_kernel() : bf16_kernel_by_name(o->kernel);
+        if (!bf16_kernel_supported(b))
+            return fail(err, EXIT_NO_KERNEL, "--kernel %s with --precision bf16: %s. Use --kernel auto, which "
+                        "picks the fastest bf16 kernel this CPU runs (here: %s).", o->kernel, b ?
+                        "this CPU does not have the instructions it needs" : "this build has no such kernel (the "
+                        "SIMD kernels exist only in x86-64 builds)", bf16_best_kernel()->name);
+        *gemm = gemm_context_new_bf16(b, o->threads ? o->threads : online_cpus());
+        return 0;
+    }
+//@ end
     const GemmKernel *k = strcmp(o->kernel, "auto") == 0 ? gemm_best_kernel() : gemm_kernel_by_name(o->kernel);
     if (!gemm_kernel_supported(k))
         return fail(err, EXIT_NO_KERNEL, "--kernel %s: %s. Use --kernel auto, which picks the widest kernel "
@@ -227,8 +239,15 @@ int main(int argc, char **argv) {
     GemmContext *gemm;
     int status = prepare(argc, argv, &options, &data, &kernel, &gemm);
     if (status != CONTINUE) return finish_output(argv[0], status);
+//@ from 7 to 7
     if (gemm) printf("matrix multiplies: the blocked GEMM, %s micro-kernel, %d thread%s\n\n", gemm->kernel->name,
                      gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
+//@ end
+//@ from 8
+    if (gemm) printf("matrix multiplies: the blocked GEMM in %s, %s micro-kernel, %d thread%s\n\n",
+                     gemm->bf16 ? "bf16" : "fp32", gemm->bf16 ? gemm->bf16->name : gemm->kernel->name,
+                     gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
+//@ end
     Error err = {0};
     status = compare_models(&options, &data, kernel, gemm, &err);
     if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);

@@ -35,6 +35,7 @@ typedef struct {
 //@ end
 //@ from 8
     const char *one_model;  // --model NAME: the same as --models NAME
+    const char *precision;  // "fp32" or "bf16": the GEMM's operands (bf16.c)
 //@ end
 } Options;
 //@ from 4 to 4
@@ -77,7 +78,7 @@ Options default_options(void) {
         .models = "ann,basic,deeper", .seeds = 1, .plots = "plots",
 //@ end
 //@ from 8
-        .models = "plain8,resnet8", .seeds = 1, .plots = "plots",
+        .models = "plain8,resnet8", .seeds = 1, .plots = "plots", .precision = "fp32",
 //@ end
 //@ from 4
         .kernel = "auto",
@@ -186,10 +187,22 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "ann, basic or deeper (default: deeper)",
                               .kind = OPTION_TEXT, .target = &o->model, .choices = MODEL_NAMES};
 //@ end
+//@ from 4 to 7
     specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
                               "im2col (the references), or the blocked GEMM with the portable, avx2 or avx512 "
                               "micro-kernel; auto picks the widest this CPU runs (default: auto)",
                               .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512"};
+//@ end
+//@ from 8
+    specs[n++] = (OptionSpec){.name = "--kernel", .value_name = "NAME", .help = "how convolutions and matrix multiplies are computed: naive, "
+                              "im2col (the references, fp32 only), or the blocked GEMM with the portable, avx2 or avx512 "
+                              "micro-kernel (in bf16: the emulations of VDPBF16PS), or avx512bf16 (bf16 only: the "
+                              "instruction); auto picks the fastest this CPU runs (default: auto)",
+                              .kind = OPTION_TEXT, .target = &o->kernel, .choices = "auto|naive|im2col|portable|avx2|avx512|avx512bf16"};
+    specs[n++] = (OptionSpec){.name = "--precision", .value_name = "NAME", .help = "fp32, or bf16: the matrix multiplies' "
+                              "operands rounded to bfloat16, their sums in fp32 (default: fp32)",
+                              .kind = OPTION_TEXT, .target = &o->precision, .choices = "fp32|bf16"};
+//@ end
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
 //@ end
@@ -310,6 +323,12 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
 //@ end
 //@ from 8
     if (o->one_model) o->models = o->one_model;
+    int bf16 = strcmp(o->precision, "bf16") == 0;
+    if (!bf16 && strcmp(o->kernel, "avx512bf16") == 0)
+        return fail(err, EXIT_USAGE, "--kernel avx512bf16 multiplies in bf16: add --precision bf16");
+    if (bf16 && (strcmp(o->kernel, "naive") == 0 || strcmp(o->kernel, "im2col") == 0))
+        return fail(err, EXIT_USAGE, "--kernel %s is an fp32 reference; --precision bf16 needs the blocked GEMM "
+                    "(--kernel auto, portable, avx2, avx512 or avx512bf16)", o->kernel);
 //@ end
 //@ from 7
     char names[MAX_MODELS][MODEL_NAME_SIZE];

@@ -228,6 +228,9 @@
     X(EXIT_CHECKPOINT_OPTIONS, 23, "--resume with options that differ from the checkpoint's run") \
     X(EXIT_CHECKPOINT_DATA, 24, "a checkpoint's run learned from other data than --data gives") \
     X(EXIT_CHECKPOINT_BUSY, 25, "another run is writing the same checkpoints (its lock is held)") \
+//@ from 8
+    X(EXIT_CHECKPOINT_PRECISION, 26, "a checkpoint of a run in another --precision (fp32 or bf16)") \
+//@ end
     X(EXIT_INTERRUPTED, 130, "interrupted (Ctrl-C, SIGTERM or --stop-after): a checkpoint to resume from was saved") \
 //@ end
 //@ from 3 to 3

@@ -335,6 +335,15 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
 //@ from 7
     if (!differs && k->augment != want.augment) differs = "--augment";
 //@ end
+//@ from 8
+    static const char *const PRECISIONS[2] = {"fp32", "bf16"};
+    if (!differs && k->precision != want.precision)
+        return fail(err, EXIT_CHECKPOINT_PRECISION, "%s: a checkpoint of a run in %s, but this run multiplies in %s "
+                    "(--precision %s). A run resumed in another precision would not be the same run: its numbers "
+                    "would differ from the first step on. Add --precision %s to resume it, or give this run another "
+                    "--checkpoints DIR.", f->path, PRECISIONS[k->precision], PRECISIONS[want.precision],
+                    PRECISIONS[want.precision], PRECISIONS[k->precision]);
+//@ end
     if (!differs) return check_data_key(f, o, data, err);
     return fail(err, EXIT_CHECKPOINT_OPTIONS, "%s: this command's %s differs from the run that saved the checkpoint, "
                 "and a resumed run must be the same run or its numbers would differ. That run had --model %s "

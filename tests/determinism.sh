@@ -107,5 +107,34 @@ for b in $builds; do
         done
     done
 done
+
+# Chapter 8 in bf16 (--precision bf16): the same cells, plus the
+# instruction (avx512bf16) where the CPU has it; the basic CNN, whose
+# convolutions and dense layers are all bf16 GEMMs. The emulations and
+# the instruction must give one set of bits.
+bf16_kernels=$kernels
+"$work/gcc-O2-8" --data /nonexistent --precision bf16 --kernel avx512bf16 > /dev/null 2>&1
+[ $? = 16 ] || bf16_kernels="$kernels avx512bf16"
+first=""
+printf '\n%s\n' "chapter8 --model basic --precision bf16 --limit 32 --batch 16 --epochs 1"
+printf '  %-10s %-11s %-8s %s\n' build kernel threads result
+for b in $builds; do
+    name=${b%%:*}
+    [ -x "$work/$name-8" ] || continue
+    prefix="$work/$name-8"
+    case $name in arm64*) prefix="qemu-aarch64 -L /usr/aarch64-linux-gnu $work/$name-8"; ks=portable; ts=1 ;; *) ks=$bf16_kernels; ts="1 2" ;; esac
+    for k in $ks; do
+        for t in $ts; do
+            cells="$work/cells16/$name-$k-$t"
+            rm -rf "$cells"
+            line=$($prefix --data "$work/data" --checkpoints "$cells" --plots "$cells" --model basic --precision bf16 \
+                   --limit 32 --batch 16 --epochs 1 --kernel "$k" --threads "$t" 2>&1 | sed -n 's/^result \(.*\) seconds=.*/\1/p')
+            [ -n "$first" ] || first=$line
+            if [ -n "$line" ] && [ "$line" = "$first" ]; then mark=same; passed=$((passed + 1));
+            else mark=DIFFERS; failed=$((failed + 1)); fi
+            printf '  %-10s %-11s %-8s %s  %s\n' "$name" "$k" "$t" "$line" "$mark"
+        done
+    done
+done
 echo "$passed passed, $failed failed"
 [ $failed = 0 ]

@@ -794,6 +794,44 @@ static const char *check_squeeze_excite(char *why, size_t size) {
         }
     return NULL;
 }
+
+/* Stochastic rounding to bf16: over all 65536 values of the noise, x must
+   round up exactly (x - below) / (above - below) * 65536 times, and to one
+   of its two neighbours every time; specials as bf16_round. */
+static const char *check_stochastic_round(char *why, size_t size) {
+    static const uint32_t XS[] = {0x3F800001, 0x3F80FFFF, 0x3F808000, 0xBF812345, 0x7F7FFFFF, 0x00812345, 0x42F6E979,
+                                  0xC2F6E979};
+    for (size_t i = 0; i < sizeof XS / sizeof XS[0]; i++) {
+        float x = bits_float(XS[i]);
+        bf16 below = (bf16)(XS[i] >> 16), above = (bf16)(below + 1);  // toward zero, and away from it
+        long up = 0;
+        for (uint32_t noise = 0; noise < 65536; noise++) {
+            bf16 r = bf16_round_stochastic(x, noise);
+            if (r != below && r != above) {
+                snprintf(why, size, "x = %.9g rounded to %04x, which is neither of its neighbours %04x and %04x", x, r,
+                         below, above);
+                return why;
+            }
+            up += r == above;
+        }
+        if (up != (long)(XS[i] & 0xFFFF)) {
+            snprintf(why, size, "x = %.9g (bits %08x) rounded away from zero %ld times in 65536, not %u: its share of "
+                     "the gap", x, (unsigned)XS[i], up, (unsigned)(XS[i] & 0xFFFF));
+            return why;
+        }
+    }
+    static const uint32_t SPECIAL[] = {0x3F800000, 0x80000000, 0x7F800000, 0x7F800001, 0x00400000, 0x807FFFFF};
+    for (size_t i = 0; i < sizeof SPECIAL / sizeof SPECIAL[0]; i++)
+        for (uint32_t noise = 0; noise < 65536; noise += 4099) {
+            float x = bits_float(SPECIAL[i]);
+            if (bf16_round_stochastic(x, noise) != bf16_round(x)) {
+                snprintf(why, size, "bits %08x (a bf16, an infinity, a NaN or a denormal) should round as bf16_round "
+                         "does, to %04x, whatever the noise", (unsigned)SPECIAL[i], bf16_round(x));
+                return why;
+            }
+        }
+    return NULL;
+}
 #endif
 
 /* ---- The table -------------------------------------------------------------------- */
@@ -839,6 +877,7 @@ static const Exercise EXERCISES[] = {
 #if CHAPTER >= 8
     {"8.bottleneck", check_bottleneck},
     {"8.squeeze-excite", check_squeeze_excite},
+    {"8.stochastic-round", check_stochastic_round},
 #endif
 };
 enum { EXERCISE_COUNT = sizeof EXERCISES / sizeof EXERCISES[0] };

@@ -11,6 +11,11 @@
 #   4. A run chapter 7 finished is reused by chapter 8 (tested again, not
 #      retrained: the same weights).
 #   5. A model chapter 8 does not have is refused with exit code 2.
+#   6. --precision bf16: a run stopped on one kernel and thread count and
+#      resumed on another ends with the uninterrupted run's weights; it is
+#      not fp32's run; its checkpoint is refused by a run in fp32 (exit
+#      code 26, the fix named, nothing trained); --kernel avx512bf16 without
+#      --precision bf16 and --kernel naive with it are refused (exit code 2).
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -70,6 +75,37 @@ check "and gets chapter 7's result (the same weights)" "[ \"\$(results $work/fou
 # 5. A model chapter 8 does not build.
 ./chapter8 $common --model resnet50 > "$work/five.log" 2>&1
 check "--model resnet50 is refused with exit code 2" "[ $? = 2 ]"
+
+# 6. bf16.
+bf="$common --models basic --epochs 2 --precision bf16"
+./chapter8 $bf --plots "$work/p6" --checkpoints "$work/ck6a" > "$work/six-whole.log" 2>&1
+check "a bf16 run exits 0" "[ $? = 0 ]" || tail -n 3 "$work/six-whole.log"
+check "and says it multiplies in bf16" "grep -q '^matrix multiplies: the blocked GEMM in bf16, ' $work/six-whole.log"
+./chapter8 $bf --kernel avx2 --threads 1 --stop-after 7 --plots "$work/p6" --checkpoints "$work/ck6b" > "$work/six-stop.log" 2>&1
+code=$?
+if [ $code = 16 ]; then
+    ./chapter8 $bf --kernel portable --threads 1 --stop-after 7 --plots "$work/p6" --checkpoints "$work/ck6b" > "$work/six-stop.log" 2>&1
+    code=$?
+fi
+check "stopped after 7 steps (exit code 130)" "[ $code = 130 ]"
+./chapter8 $common --models basic --epochs 2 --plots "$work/p6" --checkpoints "$work/ck6b" > "$work/six-fp32.log" 2>&1
+code=$?
+check "resuming it in fp32 is refused (exit code 26)" "[ $code = 26 ]"
+check "with a message that names the precisions and the fix" \
+    "grep -q 'a checkpoint of a run in bf16, but this run multiplies in fp32 (--precision fp32).*Add --precision bf16 to resume it' $work/six-fp32.log" ||
+    tail -n 3 "$work/six-fp32.log"
+check "and before anything trains" "! grep -q '^epoch 1/2' $work/six-fp32.log"
+./chapter8 $bf --plots "$work/p6" --checkpoints "$work/ck6b" > "$work/six-resumed.log" 2>&1
+check "resumed in bf16 on the default kernel and 2 threads: exit 0" "[ $? = 0 ] && grep -q '^resuming from' $work/six-resumed.log"
+check "with the uninterrupted run's result and weights" \
+    "[ -n \"\$(results $work/six-whole.log)\" ] && [ \"\$(results $work/six-resumed.log)\" = \"\$(results $work/six-whole.log)\" ]"
+./chapter8 $common --models basic --epochs 2 --plots "$work/p6" --checkpoints "$work/ck6c" > "$work/six-fp32-whole.log" 2>&1
+check "and not the fp32 run's weights" \
+    "[ \"\$(results $work/six-fp32-whole.log | sed 's/.*weights=//')\" != \"\$(results $work/six-whole.log | sed 's/.*weights=//')\" ]"
+./chapter8 $common --model basic --kernel avx512bf16 > "$work/six-k1.log" 2>&1
+check "--kernel avx512bf16 without --precision bf16 is refused (exit code 2)" "[ $? = 2 ]"
+./chapter8 $common --model basic --kernel naive --precision bf16 > "$work/six-k2.log" 2>&1
+check "--kernel naive with --precision bf16 is refused (exit code 2)" "[ $? = 2 ]"
 
 echo "$passed passed, $failed failed"
 [ $failed = 0 ]

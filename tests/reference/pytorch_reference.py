@@ -42,6 +42,9 @@ p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                help="run PyTorch at its best: malloc tuned, OpenBLAS's core overrides unset, "
                     "ATen's AVX-512 kernels where the CPU has them (--no-tune: the environment as it is)")
 p.add_argument("--limit", type=int, default=0, help="train on the first N images only")
+p.add_argument("--bf16", action="store_true",
+               help='mixed precision: the forward pass and the loss under torch.autocast("cpu", '
+                    'dtype=torch.bfloat16) (book.md, chapter 8, part 2); weights and Adam stay fp32')
 p.add_argument("--data", default="data", help="directory holding the four IDX files")
 args = p.parse_args()
 
@@ -180,7 +183,8 @@ def main():
     print("environment:", ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in (
         "GLIBC_TUNABLES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ATEN_CPU_CAPABILITY")),
         "" if args.tune else "(--no-tune: as it was)")
-    print(f"batch norm: {'Keras-style (--keras-bn)' if args.keras_bn else 'PyTorch nn.BatchNorm'}")
+    print(f"batch norm: {'Keras-style (--keras-bn)' if args.keras_bn else 'PyTorch nn.BatchNorm'}; "
+          f"precision: {'bf16 autocast (--bf16)' if args.bf16 else 'fp32'}")
     for line in torch.__config__.show().splitlines():  # the fast paths compiled in
         if "MKL-DNN" in line or "BLAS" in line and "Build settings" not in line:
             print("config:", line.strip())
@@ -228,8 +232,9 @@ def main():
             idx = order[i:i + 64]
             xb = x_train[idx].contiguous(memory_format=fmt)
             yb = y_train[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -256,7 +261,7 @@ def main():
 
     test_loss, test_acc = evaluate(model, x_test, y_test, fmt)
     print(f"test loss {test_loss:.4f} accuracy {100 * test_acc:.2f}%")
-    print(f"result model={args.model} epochs={len(train_times)} seed={args.seed} "
+    print(f"result model={args.model}{' precision=bf16' if args.bf16 else ''} epochs={len(train_times)} seed={args.seed} "
           f"test_loss={test_loss:.4f} test_accuracy={test_acc:.4f} seconds={seconds:.1f}")
     # The first epoch warms caches and allocators (and oneDNN's kernel choice):
     # it is left out of the speed figures when there are others.
