@@ -265,7 +265,8 @@ typedef struct {
 } Rng;
 
 // One stream per use, so the uses never disturb each other.
-enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_CHECK = 4 };
+enum { STREAM_DROPOUT = 3 };
 
 uint32_t rng_next(Rng *r) {
     uint64_t old = r->state;
@@ -285,13 +286,10 @@ Rng rng_new(uint64_t seed, uint64_t stream) {
 }
 
 /* A keyed stream: the numbers for one purpose at one place in the run, for
-   instance (seed, STREAM_SHUFFLE, epoch 3, 0) or (seed, STREAM_DROPOUT,
-   step 1200, item 17). Anyone can open it at any time, in any order, on any
-   thread, and get the same numbers; nothing depends on what was drawn
-   before. That is what lets a run resume from any epoch without saving the
-   generator (chapter 6), and dropout give the same masks at any thread count
-   (chapter 5). The key is mixed into the starting state; the purpose picks
-   the stream. */
+   instance (seed, STREAM_SHUFFLE, epoch 3, 0), the order of epoch 3. Anyone
+   can open it at any time, in any order, on any thread, and get the same
+   numbers; nothing depends on what was drawn before. The key is mixed into
+   the starting state; the purpose picks the stream. */
 Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
     return rng_new(mix64(mix64(mix64(seed) ^ step) ^ item), purpose);
 }
@@ -2605,9 +2603,9 @@ void optimizer_update(Optimizer *o, float *params, const float *grads, size_t co
    epoch, an optimiser step per batch, an evaluation per epoch. */
 
 // One mini-batch as a model sees it. `step` numbers the optimiser steps of
-// the whole run (0, 1, 2, ...), and follows from the epoch and the batch
-// alone, so an op that draws random numbers (dropout, chapter 5) can key
-// its stream by it and get the same numbers in a resumed run.
+// the whole run (0, 1, 2, ...) and follows from the epoch and the batch
+// alone. The ANN ignores it; a model that draws random numbers while it
+// trains keys them by it (dropout, chapter 5).
 typedef struct {
     const float *images;   // (count, 784)
     const float *targets;  // (count, 10)
@@ -2625,12 +2623,12 @@ typedef struct {
     float (*predict)(void *net, const Batch *batch, float *probs);
     float *params, *grads;  // (count) each, in the same order
     size_t count;
+    int max_batch;          // the most images one call may take
     // What the model keeps without learning it by gradient (BatchNorm's
-    // running statistics, chapter 5): the optimiser never touches it, but a
-    // checkpoint must save it with the parameters. NULL and 0 for the ANN.
+    // running statistics): the optimiser never touches it, but a checkpoint
+    // must save it with the parameters. NULL and 0 for a model without it.
     float *state;           // (state_count)
     size_t state_count;
-    int max_batch;          // the most images one call may take
     Workers *workers;       // the threads its ops run on, which the optimiser may share (NULL: none)
     struct Graph *graph;    // the tensors' names and shapes, for a checkpoint
 } Model;
@@ -2742,8 +2740,7 @@ void trainer_free(Trainer *t) {
 }
 
 // The order of one epoch, from (seed, epoch) alone: the identity, shuffled
-// by the epoch's own keyed stream. No epoch depends on the one before, so a
-// run resumed at epoch k sees the same images in the same order.
+// by the epoch's own keyed stream. No epoch depends on the one before.
 void epoch_order(int *order, int count, uint64_t seed, int epoch) {
     for (int i = 0; i < count; i++) order[i] = i;
     Rng rng = rng_keyed(seed, STREAM_SHUFFLE, (uint64_t)epoch, 0);
@@ -2770,19 +2767,19 @@ int diverged(Error *err, const Optimizer *o, int epoch, int batch, int batches, 
                 optimizer_name(o), o->learning_rate, o->kind == OPTIMIZER_SGD ? ", or --optimizer adam" : "");
 }
 
-// Where an epoch stands: how many of its batches are done and the sums over
-// them. A fresh epoch starts at zero; chapter 6 saves this in a checkpoint,
-// so that a run interrupted in the middle of an epoch resumes there.
+// The sums over an epoch's batches so far, from which its means come.
 typedef struct {
-    int batches_done;
     double loss_sum;     // the batch losses, each times its images
     long correct, seen;  // training images classified right, and seen
+    // How many of the epoch's batches are done. A checkpoint saves this
+    // struct, so a run interrupted in the middle of an epoch resumes there.
+    int batches_done;
 } EpochState;
 
 // One pass over the training data in this epoch's order, from the batch
 // *s has reached to the last, adding to *s. Returns 0, EXIT_DIVERGED with
-// the message in *err, or (chapter 6) EXIT_INTERRUPTED after the batch
-// during which Ctrl-C was pressed.
+// the message in *err, or EXIT_INTERRUPTED after the batch during which
+// Ctrl-C was pressed.
 int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *progress, History *h, Error *err) {
     Model *m = t->model;
     const Dataset *d = t->data;

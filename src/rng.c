@@ -18,7 +18,10 @@ typedef struct {
 } Rng;
 
 // One stream per use, so the uses never disturb each other.
-enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_DROPOUT = 3, STREAM_CHECK = 4 };
+enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_CHECK = 4 };
+//@ from 5
+enum { STREAM_DROPOUT = 3 };
+//@ end
 //@ from 7
 enum { STREAM_AUGMENT = 5 };
 //@ end
@@ -41,13 +44,10 @@ Rng rng_new(uint64_t seed, uint64_t stream) {
 }
 
 /* A keyed stream: the numbers for one purpose at one place in the run, for
-   instance (seed, STREAM_SHUFFLE, epoch 3, 0) or (seed, STREAM_DROPOUT,
-   step 1200, item 17). Anyone can open it at any time, in any order, on any
-   thread, and get the same numbers; nothing depends on what was drawn
-   before. That is what lets a run resume from any epoch without saving the
-   generator (chapter 6), and dropout give the same masks at any thread count
-   (chapter 5). The key is mixed into the starting state; the purpose picks
-   the stream. */
+   instance (seed, STREAM_SHUFFLE, epoch 3, 0), the order of epoch 3. Anyone
+   can open it at any time, in any order, on any thread, and get the same
+   numbers; nothing depends on what was drawn before. The key is mixed into
+   the starting state; the purpose picks the stream. */
 Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
     return rng_new(mix64(mix64(mix64(seed) ^ step) ^ item), purpose);
 }

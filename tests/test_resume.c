@@ -372,7 +372,7 @@ static void test_other_data_and_locks(void) {
         CHECK(access(lock, F_OK) != 0);
     }
     // A link planted at the lock's name is not followed.
-    char target[256];
+    char target[300];
     snprintf(target, sizeof target, "%s/planted-target", dir);
     remove(target);
     CHECK(symlink("planted-target", lock) == 0);  // relative to the link's directory: dir/planted-target
