@@ -223,8 +223,8 @@ build/bench_ch8: tools/bench_ch8.c tools/bench.c chapters/chapter8.c
 	$(CC) $(NEEDED) $(CFLAGS) $< -o $@ $(LDLIBS)
 
 # The book's pictures of data (tools/figures.c, on chapter 7): chapters 2,
-# 5 and 6 of book.md. `make figures` trains what each needs (about two
-# minutes on two cores) and writes the PNGs into figures/, listing each;
+# 5 and 6 of book.md. `make figures` trains what each needs (under a
+# minute on two cores) and writes the PNGs into figures/, listing each;
 # FIGURES_ARGS=--quick writes small versions into build/figures-quick/.
 # tests/test_figures.sh runs --quick and reads the files back with
 # tests/check_png.c.

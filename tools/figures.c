@@ -304,7 +304,6 @@ enum { HIST_BINS = 64, HIST_BATCH = 64, DENSE_UNITS = 256 };
 typedef struct {
     float before[HIST_BATCH * DENSE_UNITS];  // the dense layer's output
     float after[HIST_BATCH * DENSE_UNITS];   // what the ReLU receives (batch norm's output, or the same)
-    int with_batch_norm;
 } LayerValues;
 
 // One forward and backward pass in training mode on `batch`, which
@@ -322,7 +321,6 @@ static void measure_layer(GraphClassifier *net, const Batch *batch, LayerValues 
     require(dense != NULL, "the deeper CNN has a dense layer of %d units", DENSE_UNITS);
     memcpy(v->before, dense->value, sizeof v->before);
     memcpy(v->after, (bn ? bn : dense)->value, sizeof v->after);
-    v->with_batch_norm = bn != NULL;
 }
 
 // Trains `steps` steps of the protocol (Adam, batch 64, seed 1) on the
@@ -475,12 +473,9 @@ static const float *dropout_masks(GraphClassifier *net, const Batch *batch) {
     float probs[MASK_IMAGES * NUM_CLASSES];
     memset(net->graph->grads, 0, net->graph->param_count * sizeof(float));
     graph_compute_gradients(net, batch, probs);
-    for (int i = 0; i < net->graph->order_count; i++) {
-        const Node *n = net->graph->order[i];
-        if (n->op == &OPS[OP_DROPOUT] && n->item_size == DENSE_UNITS) return n->saved;
-    }
-    require(0, "the deeper CNN has a dropout after its dense layer of %d units", DENSE_UNITS);
-    return NULL;
+    const Node *dropout = find_node(net->graph, OP_DROPOUT, NULL, DENSE_UNITS);
+    require(dropout != NULL, "the deeper CNN has a dropout after its dense layer of %d units", DENSE_UNITS);
+    return dropout->saved;
 }
 
 static int dropout_figure(const FigureOptions *fo, const FashionMnist *data, GemmContext *gemm, Error *err) {
@@ -585,7 +580,6 @@ static int early_stopping_figure(const FigureOptions *fo, FashionMnist *data, Ge
     double accuracy_bottom = floor(accuracy_low * 20) / 20 * 100;
     Axes loss = {LEFT, TOP, PANEL_W, PANEL_H, 0.5, x_end, loss_bottom, loss_top};
     Axes accuracy = {LEFT + PANEL_W + GAP, TOP, PANEL_W, PANEL_H, 0.5, x_end, accuracy_bottom, 100};
-    loss.x0 = accuracy.x0 = 0.5;
     draw_axes(&p, &loss, 1, loss_top - loss_bottom > 0.6 ? 0.2 : 0.1, 1);
     draw_axes(&p, &accuracy, 1, 5, 0);
     picture_draw_text(&p, LEFT, TOP - 14, 1, "loss", BLACK);
