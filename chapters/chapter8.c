@@ -2180,8 +2180,7 @@ void gemm_tile(void *context, int task, int worker) {
     }
 }
 
-void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
-                   long ldc, int accumulate, const float *bias);  // bf16.c
+ParallelTask pack_b_task_bf16, gemm_tile_bf16;  // the same loops on bf16 pairs (bf16.c)
 // The operand has `rows` x `cols` elements and describes them sensibly.
 void check_operand(const Operand *op, long rows, long cols, const char *name) {
     const ConvShape *g = op->patches;
@@ -2210,10 +2209,6 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
         }
         return;
     }
-    if (ctx->bf16) {
-        gemm_run_bf16(ctx, M, N, K, &A, &B, C, ldc, accumulate, bias);
-        return;
-    }
     const Blocking *blk = &ctx->blocking;
     int nr = ctx->kernel->nr;
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
@@ -2222,6 +2217,10 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
     // 192 + 96), so that packing copies whole lines, one call each.
     int unit = A.patches && !A.transposed ? A.patches->kernel_w * A.patches->channels : 1;
     unit = unit <= blk->kc ? unit : 1;
+    // bf16 multiplies k in pairs (0, 1), (2, 3), ...: with every block but
+    // the last of even length, the pairs and so the bits do not depend on
+    // the blocking. (kc is even in a bf16 context.)
+    if (ctx->bf16 && unit % 2) unit = 2 * unit <= blk->kc ? 2 * unit : 2;
     int units = (K + unit - 1) / unit, k_blocks = (units + blk->kc / unit - 1) / (blk->kc / unit);
     int kc_even = (units + k_blocks - 1) / k_blocks * unit;
     GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0};
@@ -2234,8 +2233,8 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
         int tasks = (M + job.tile_m - 1) / job.tile_m;
         for (job.pc = 0; job.pc < K; job.pc += kc_even) {                          // loop 4
             job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
-            parallel_for(ctx->workers, (job.nc + nr - 1) / nr, pack_b_task, &job);
-            parallel_for(ctx->workers, tasks, gemm_tile, &job);                   // loops 3, 2, 1
+            parallel_for(ctx->workers, (job.nc + nr - 1) / nr, ctx->bf16 ? pack_b_task_bf16 : pack_b_task, &job);
+            parallel_for(ctx->workers, tasks, ctx->bf16 ? gemm_tile_bf16 : gemm_tile, &job);  // loops 3, 2, 1
         }
     }
 }
@@ -2412,9 +2411,8 @@ typedef struct {
 
 struct Bf16Kernel {
     const char *name;        // "portable", "avx2", "avx512" (emulations), "avx512bf16" (the instruction)
-    int nr;
     Bf16MicroKernel *kernel;
-    const char *fp32;        // the fp32 kernel of the same NR, whose packing buffers this one uses
+    const char *fp32;        // the fp32 kernel whose NR, packing and buffers this one uses
     int (*supported)(void);
     const Bf16Packing *packing;
 };
@@ -2629,11 +2627,11 @@ static const Bf16Packing AVX512_PACKING = {pair_along_avx512, pair_columns_avx51
 
 // Every bf16 kernel this build has, the portable one first and the fastest last.
 static const Bf16Kernel BF16_KERNELS[] = {
-    {"portable", 4, bf16_kernel_portable, "portable", always_supported, &PORTABLE_PACKING},
+    {"portable", bf16_kernel_portable, "portable", always_supported, &PORTABLE_PACKING},
 #if HAVE_X86_KERNELS
-    {"avx2", 16, bf16_kernel_avx2, "avx2", cpu_has_avx2_fma, &PORTABLE_PACKING},
-    {"avx512", 32, bf16_kernel_avx512, "avx512", cpu_has_avx512f, &AVX512_PACKING},
-    {"avx512bf16", 32, bf16_kernel_avx512bf16, "avx512", cpu_has_avx512bf16, &AVX512_PACKING},
+    {"avx2", bf16_kernel_avx2, "avx2", cpu_has_avx2_fma, &PORTABLE_PACKING},
+    {"avx512", bf16_kernel_avx512, "avx512", cpu_has_avx512f, &AVX512_PACKING},
+    {"avx512bf16", bf16_kernel_avx512bf16, "avx512", cpu_has_avx512bf16, &AVX512_PACKING},
 #endif
 };
 enum { BF16_KERNEL_COUNT = sizeof BF16_KERNELS / sizeof BF16_KERNELS[0] };
@@ -2709,7 +2707,7 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     const GemmJob *job = context;
     const Bf16Kernel *kernel = job->ctx->bf16;
     const Bf16Buffers *buffers = job->ctx->bf16_buffers;
-    int nr = kernel->nr, kc = job->kc, kp = (kc + 1) / 2;
+    int nr = job->ctx->kernel->nr, kc = job->kc, kp = (kc + 1) / 2;
     int ic = task * job->tile_m, rows = job->M - ic < job->tile_m ? job->M - ic : job->tile_m, cols = job->nc;
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows / MR, MR, kc)
     pack_a(packed_a, job->A, ic, rows, job->pc, kc);
@@ -2745,31 +2743,6 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     }
 }
 
-/* gemm_run's loops for a bf16 context. Blocks of k as even as they can be,
-   and each an even length but the last, so that the pairs are the sum's
-   (0, 1), (2, 3), ... whatever the blocking: the bits depend on the
-   problem alone. */
-void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
-                   long ldc, int accumulate, const float *bias) {
-    const Blocking *blk = &ctx->blocking;  // kc even (gemm_context_new_bf16)
-    int nr = ctx->bf16->nr;
-    int k_blocks = (K + blk->kc - 1) / blk->kc;
-    int kc_even = (int)round_up((K + k_blocks - 1) / k_blocks, 2);
-    GemmJob job = {ctx, M, N, K, A, B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0};
-    for (job.jc = 0; job.jc < N; job.jc += blk->nc) {
-        job.nc = N - job.jc < blk->nc ? N - job.jc : blk->nc;
-        int tiles = (M + blk->mc - 1) / blk->mc;
-        while (tiles < TASKS_WANTED && tiles < (M + MR - 1) / MR && 2.0 * M * job.nc * kc_even / (tiles + 1) >= MIN_TASK_FLOPS)
-            tiles++;
-        job.tile_m = (int)round_up((M + tiles - 1) / tiles, MR);
-        int tasks = (M + job.tile_m - 1) / job.tile_m;
-        for (job.pc = 0; job.pc < K; job.pc += kc_even) {
-            job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
-            parallel_for(ctx->workers, (job.nc + nr - 1) / nr, pack_b_task_bf16, &job);
-            parallel_for(ctx->workers, tasks, gemm_tile_bf16, &job);
-        }
-    }
-}
 /* ----------------------------------------------------------------------------
    Convolutions and dense layers on the blocked GEMM.
 

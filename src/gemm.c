@@ -548,8 +548,7 @@ void gemm_tile(void *context, int task, int worker) {
 }
 
 //@ from 8
-void gemm_run_bf16(const GemmContext *ctx, int M, int N, int K, const Operand *A, const Operand *B, float *C,
-                   long ldc, int accumulate, const float *bias);  // bf16.c
+ParallelTask pack_b_task_bf16, gemm_tile_bf16;  // the same loops on bf16 pairs (bf16.c)
 //@ end
 // The operand has `rows` x `cols` elements and describes them sensibly.
 void check_operand(const Operand *op, long rows, long cols, const char *name) {
@@ -579,12 +578,6 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
         }
         return;
     }
-//@ from 8
-    if (ctx->bf16) {
-        gemm_run_bf16(ctx, M, N, K, &A, &B, C, ldc, accumulate, bias);
-        return;
-    }
-//@ end
     const Blocking *blk = &ctx->blocking;
     int nr = ctx->kernel->nr;
     // Blocks of k as even as they can be (K = 288 is 144 + 144, not 256 + 32):
@@ -593,6 +586,12 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
     // 192 + 96), so that packing copies whole lines, one call each.
     int unit = A.patches && !A.transposed ? A.patches->kernel_w * A.patches->channels : 1;
     unit = unit <= blk->kc ? unit : 1;
+//@ from 8
+    // bf16 multiplies k in pairs (0, 1), (2, 3), ...: with every block but
+    // the last of even length, the pairs and so the bits do not depend on
+    // the blocking. (kc is even in a bf16 context.)
+    if (ctx->bf16 && unit % 2) unit = 2 * unit <= blk->kc ? 2 * unit : 2;
+//@ end
     int units = (K + unit - 1) / unit, k_blocks = (units + blk->kc / unit - 1) / (blk->kc / unit);
     int kc_even = (units + k_blocks - 1) / k_blocks * unit;
     GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0};
@@ -605,8 +604,14 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
         int tasks = (M + job.tile_m - 1) / job.tile_m;
         for (job.pc = 0; job.pc < K; job.pc += kc_even) {                          // loop 4
             job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
+//@ from 1 to 7
             parallel_for(ctx->workers, (job.nc + nr - 1) / nr, pack_b_task, &job);
             parallel_for(ctx->workers, tasks, gemm_tile, &job);                   // loops 3, 2, 1
+//@ end
+//@ from 8
+            parallel_for(ctx->workers, (job.nc + nr - 1) / nr, ctx->bf16 ? pack_b_task_bf16 : pack_b_task, &job);
+            parallel_for(ctx->workers, tasks, ctx->bf16 ? gemm_tile_bf16 : gemm_tile, &job);  // loops 3, 2, 1
+//@ end
         }
     }
 }
