@@ -5,6 +5,7 @@
 #   make chapters      regenerate chapters/*.c from the marked sources in src/
 #   make check-chapters  fail if a committed chapter differs from what src/ generates
 #   make test          everything a change must pass (see README.md)
+#   make check-outputs [SLOW=1]   the commands book.md shows still print what it shows
 #   make bench         the machine's peak, every layer's speed, one epoch of each model (tools/bench.c),
 #                      and the bf16 peak and step (tools/bench_ch8.c --bf16)
 #   make bench-chapter FILE=mine4.c   the same measurements on another chapter (4 on)
@@ -40,9 +41,9 @@ PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
            build/test_bench build/test_resnet build/test_bf16
-SCRIPT_TESTS = tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+SCRIPT_TESTS = tests/check_outputs.sh tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
-.PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-figures check-flags check-portable data test test-build warnings clean \
+.PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-outputs check-figures check-flags check-portable data test test-build warnings clean \
         starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare figures
 .DELETE_ON_ERROR:
 
@@ -161,6 +162,12 @@ check-prose: build/check_prose
 check-book:
 	@mkdir -p build; sh tests/check_book.sh book.md > build/book.log 2>&1 || { cat build/book.log; exit 1; }; \
 	  echo "book.md figures and commits: $$(tail -n 1 build/book.log)"
+
+# book.md's commands shown with their output still print it, numbers and
+# messages alike (tests/check_outputs.sh says how). SLOW=1 adds the blocks
+# marked slow, whole training runs: minutes, not seconds.
+check-outputs:
+	@sh tests/check_outputs.sh book.md $(if $(SLOW),--slow)
 
 # The data pictures in figures/ are made by commands book.md names; this runs
 # the cheap one, ./chapter1, on 500 images, and checks the picture it writes
