@@ -96,6 +96,30 @@ static void test_node_flops(void) {
     graph_free(c.graph);
 }
 
+// The bytes a memory-bound pass is measured against (node_bytes): the
+// basic CNN's first max-pool and ReLU, counted by hand; none for a GEMM.
+static void test_node_bytes(void) {
+    section("node_bytes: the least a max-pool and a ReLU must move, and nothing for a convolution");
+    GraphClassifier c = build_model("basic", TEST_BATCH, 1, KERNEL_NAIVE, NULL);
+    const Graph *g = c.graph;
+    const double X = 26.0 * 26 * 32 * TEST_BATCH, N = 13.0 * 13 * 32 * TEST_BATCH;
+    int pool_right = 0, relu_right = 0, conv_none = 1, pools = 0, relus = 0;
+    for (int i = 0; i < g->order_count; i++) {
+        const Node *n = g->order[i];
+        if (!n->op) continue;
+        double forward = node_bytes(n, 0, TEST_BATCH), backward = node_bytes(n, 1, TEST_BATCH);
+        if (n->op == &OPS[OP_CONV2D]) conv_none &= forward == 0 && backward == 0;
+        if (n->op == &OPS[OP_MAX_POOL] && pools++ == 0)
+            pool_right = forward == 4 * (X + N) && backward == 4 * (N + 3 * X);  // dout, x, din read and written
+        if (n->op == &OPS[OP_RELU] && relus++ == 0)
+            relu_right = forward == 4 * (N + N) && backward == 4 * 4 * N;  // dout, y, din read and written
+    }
+    CHECK(pool_right);
+    CHECK(relu_right);
+    CHECK(conv_none);
+    graph_free(c.graph);
+}
+
 // The benchmark in a directory without plots/: refused at once.
 static void bench_without_plots(void *unused) {
     (void)unused;
@@ -123,6 +147,7 @@ static void test_command_line(void) {
 int main(void) {
     test_command_line();
     test_node_flops();
+    test_node_bytes();
     test_timed_step();
     return check_summary();
 }

@@ -526,7 +526,34 @@ double node_flops(const Node *n, int pass, int batch) {
     return forward * (n->inputs[0]->grad ? 2 : 1);  // the weights' gradient, and the input's if it needs one
 }
 
-void print_step_row(const Node *n, int index, const StepTimes *t, int batch, double step_seconds, double peak) {
+/* The bytes a pass of a memory-bound op must move at the least: each
+   tensor it reads, read once; each it writes, written once; each gradient
+   it adds into, read and written once; 4 bytes a float. With N the
+   output's floats and X the input's (both at this batch):
+       op          forward                    backward
+       relu        X + N                      dout, y, din r/w: 4N
+       bias_add    X + N                      dout, din r/w: 3N (dbias is small)
+       max_pool    X + N                      dout N, x X, din r/w 2X
+       batch_norm  X, y N, x_hat N: 3N        dout, x_hat, din r/w: 4N
+       dropout     X, y N, mask N: 3N         dout, mask, din r/w: 4N
+   Its GB/s is these bytes over its time; against the triad's bandwidth,
+   how close it comes to moving them at the speed of memory. At the
+   deeper CNN's shapes (6.4 MB for a 28x28x32 map at batch 64) a tensor
+   may still be in the last-level cache, so a share above 100% is
+   possible. 0 for the ops whose arithmetic is their cost, and the loss. */
+double node_bytes(const Node *n, int pass, int batch) {
+    double N = (double)n->item_size * batch, X = (double)n->inputs[0]->item_size * batch;
+    double din = n->inputs[0]->grad ? 2 : 0;  // the input's gradient, read and written, when it has one
+    const char *op = n->op->name;  // by name: chapter 4 has no batch_norm or dropout (make bench-chapter)
+    if (strcmp(op, "relu") == 0) return 4 * (pass ? (2 + din) * N : X + N);
+    if (strcmp(op, "bias_add") == 0) return 4 * (pass ? (1 + din) * N : X + N);
+    if (strcmp(op, "max_pool") == 0) return 4 * (pass ? N + (1 + din) * X : X + N);
+    if (strcmp(op, "batch_norm") == 0 || strcmp(op, "dropout") == 0) return 4 * (pass ? (2 + din) * N : X + 2 * N);
+    return 0;
+}
+
+void print_step_row(const Node *n, int index, const StepTimes *t, int batch, double step_seconds, double peak,
+                    double bandwidth) {
     char shape[48] = "";
     for (int d = n->batched; d < n->rank; d++)
         snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
@@ -535,13 +562,15 @@ void print_step_row(const Node *n, int index, const StepTimes *t, int batch, dou
         double flops = node_flops(n, pass, batch);
         printf("    %-12s %-10s %-9s %8.2f %6.1f%%", pass ? "" : n->op->name, pass ? "" : shape, pass ? "backward" : "forward",
                1e3 * seconds, 100 * seconds / step_seconds);
+        double bytes = node_bytes(n, pass, batch);
         if (flops > 0) printf(" %8.1f %6.1f%%", flops / seconds / 1e9, 100 * flops / seconds / 1e9 / peak);
+        else if (bytes > 0) printf(" %16s %8.1f %6.0f%%", "", bytes / seconds / 1e9, 100 * bytes / seconds / 1e9 / bandwidth);
         printf("\n");
     }
 }
 
 // The step breakdown of one model (kernel and threads as the bench's).
-void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak) {
+void bench_training_step(const char *name, const GemmKernel *kernel, int threads, double peak, double bandwidth) {
     enum { BATCH = BENCH_BATCH };
     GraphClassifier c = build_model(name, BATCH, 1, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, c.graph->param_count);
@@ -573,15 +602,27 @@ void bench_training_step(const char *name, const GemmKernel *kernel, int threads
     }
     printf("\n  %s: %.2f ms a step, %.0f images/s; %.1f GFLOP/s over the whole step, %.1f%% of the peak\n", name,
            1e3 * step, BATCH / step, flops / step / 1e9, 100 * flops / step / 1e9 / peak);
-    printf("    %-12s %-10s %-9s %8s %7s %8s %7s\n", "op", "output", "pass", "ms", "share", "GFLOP/s", "% peak");
+    printf("    %-12s %-10s %-9s %8s %7s %8s %7s %8s %7s\n", "op", "output", "pass", "ms", "share", "GFLOP/s", "% peak",
+           "GB/s", "% triad");
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
-        if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak);
+        if (n->op && n->op != &OPS[OP_RESHAPE]) print_step_row(n, (int)(n - g->nodes), times, BATCH, step, peak, bandwidth);
     }
     double zeroing = times->zeroing / STEP_RUNS, clearing = times->clearing / STEP_RUNS, adam = times->adam / STEP_RUNS;
-    printf("    %-32s %8.2f %6.1f%%\n", "zeroing the weights' gradients", 1e3 * zeroing, 100 * zeroing / step);
-    printf("    %-32s %8.2f %6.1f%%\n", "clearing the other gradients", 1e3 * clearing, 100 * clearing / step);
-    printf("    %-32s %8.2f %6.1f%%\n", "Adam", 1e3 * adam, 100 * adam / step);
+    // Their bytes: zeroing and clearing write each float once; Adam reads
+    // the gradient and reads and writes the weight, m and v: 7 floats a weight.
+    double cleared = 0, P = (double)g->param_count;
+    for (int i = 0; i < g->order_count; i++)
+        if (g->order[i]->op && g->order[i]->grad) cleared += (double)g->order[i]->size;
+    const struct { const char *what; double seconds, bytes; } parts[] = {
+        {"zeroing the weights' gradients", zeroing, 4 * P},
+        {"clearing the other gradients", clearing, 4 * cleared},
+        {"Adam", adam, 4 * 7 * P},
+    };
+    for (int k = 0; k < 3; k++)
+        printf("    %-32s %8.2f %6.1f%% %16s %8.1f %6.0f%%\n", parts[k].what, 1e3 * parts[k].seconds,
+               100 * parts[k].seconds / step, "", parts[k].bytes / parts[k].seconds / 1e9,
+               100 * parts[k].bytes / parts[k].seconds / 1e9 / bandwidth);
     double rest = step - gemm_seconds - other_seconds - zeroing - clearing - adam;
     printf("    %-32s %8.2f %6.1f%%\n", "the rest (batch in, probs out)", 1e3 * rest, 100 * rest / step);
     printf("    convolutions and matrix multiplies %.2f ms (%.0f%%), at %.1f GFLOP/s; every other op %.2f ms (%.0f%%)\n",
@@ -715,12 +756,14 @@ int run_benchmark(int threads, Error *err) {
     report_targets(core_share, roof_share, kernels[kernel_count - 1], peak_one[kernel_count - 1]);
     sweep_blocking(kernels[kernel_count - 1], threads, &data);
     printf("\na training step, op by op (batch %d, %s on %d thread%s, the mean of %d steps after %d unmeasured; "
-           "%% peak: of %.1f GFLOP/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
-           STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1]);
+           "%% peak: of %.1f GFLOP/s; GB/s: the least a memory-bound pass must move, over its time (node_bytes); "
+           "%% triad: of %.1f GB/s):\n", BENCH_BATCH, kernels[kernel_count - 1]->name, threads, threads == 1 ? "" : "s",
+           STEP_RUNS, STEP_WARMUP, peak_all[kernel_count - 1], bandwidth_all);
     static const char *const step_models[] = {"ann", "basic", "deeper"};
     for (size_t i = 0; i < sizeof step_models / sizeof step_models[0]; i++)
         if (is_choice(step_models[i], MODEL_NAMES))  // the models this chapter builds
-            bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1]);
+            bench_training_step(step_models[i], kernels[kernel_count - 1], threads, peak_all[kernel_count - 1],
+                                bandwidth_all);
     Text script = {0};
     text_printf(&script, ROOFLINE_SCRIPT, peak_all[kernel_count - 1], bandwidth_all);
     int status = write_file_atomically("plots/bench.dat", data.bytes, data.used, err) ||
