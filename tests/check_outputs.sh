@@ -20,8 +20,9 @@
 # commands of one block, and the blocks, run in the book's order: a
 # checkpoint one block writes, the next may read.
 #
-# The output matches when the book's lines appear in it in the same order
-# (the book leaves lines out: progress lines, or "..." where it says so).
+# A command passes when it exits with status 0 and the book's lines appear
+# in its output in the same order (the book leaves lines out: progress
+# lines, or "..." where it says so; blank lines are not compared).
 # What depends on the machine is masked on both sides before comparing:
 # times ("12.34 s", "5336 images/s", "ETA 0:37", "seconds=42.9", "3.45
 # ms", "took 1:09", and a comparison table's s/epoch and images/s
@@ -43,40 +44,50 @@ top=$(pwd)
 [ -f data/t10k-labels-idx1-ubyte ] || { echo "skip: no Fashion-MNIST in data/ (make data)"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
 make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 chapter8 > /dev/null || exit 2
 work=${CHECK_OUTPUTS_DIR:-$top/build/outputs}  # another directory lets two checks run at once
-rm -rf "$work" && mkdir -p "$work/tmp" "$work/blocks" || exit 2
+rm -rf "$work/tmp" "$work/blocks" && mkdir -p "$work/tmp" "$work/blocks" || exit 2
 
 # Split the marked blocks into build/outputs/blocks/LINE.{slow,quick}, the
 # indentation removed, /tmp/ moved.
 awk -v dir="$work/blocks" -v tmp="$work/tmp/" '
-  /^<!-- output(: slow)? -->$/ { marked = ($0 ~ /slow/) ? "slow" : "quick"; start = 0; next }
-  marked != "" && /^$/ && !start { next }
-  marked != "" && /^    / {
+  function finish() { if (start) close(file); marked = ""; start = 0; blanks = 0 }
+  /^<!-- output(: slow)? -->$/ { finish(); marked = ($0 ~ /slow/) ? "slow" : "quick"; next }
+  marked == "" { next }
+  /^$/ { if (start) blanks++; next }  # a blank line inside a block belongs to it
+  /^    / {
     if (!start) { start = NR; file = dir "/" NR "." marked }
+    for (; blanks > 0; blanks--) print "" > file
     line = substr($0, 5); gsub("/tmp/", tmp, line)
     print line > file; next
   }
-  marked != "" && start { close(file); marked = ""; start = 0; next }
-  { marked = "" }
+  { finish() }  # the first line of text after the block ends it
 ' "$book"
 
 mask() {
-  sed -E -e 's/[0-9]+(\.[0-9]+)? s( |$)/# s\2/g' -e 's/[0-9]+ images\/s/# images\/s/g' -e 's/ETA [0-9:]+/ETA #/g' \
-    -e 's/seconds=[0-9.]+/seconds=#/g' -e 's/[0-9]+(\.[0-9]+)? ms\b/# ms/g' -e 's/peak memory: [0-9]+ MB/peak memory: # MB/g' \
+  sed -E -e 's/[0-9]+(\.[0-9]+)? s( |$)/# s\2/g' -e 's/[0-9]+(\.[0-9]+)? images\/s/# images\/s/g' -e 's/ETA [0-9:]+/ETA #/g' \
+    -e 's/seconds=[0-9.]+/seconds=#/g' -e 's/[0-9]+(\.[0-9]+)? ms( |$)/# ms\2/g' -e 's/peak memory: [0-9]+ MB/peak memory: # MB/g' \
     -e 's/[a-z0-9]+ micro-kernel, [0-9]+ threads?/# micro-kernel, # threads/g' -e 's/ took [0-9:]+/ took #/' \
     -e 's/^(\| [a-z0-9-]+ \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| )[0-9.]+ \| [0-9]+ \|/\1# | # |/'
 }
 
-# Runs build/outputs/cmd there; prints why, and fails, when the book's
-# lines (build/outputs/want) are not all in its output, in order.
+# Runs $work/cmd (stdin empty, so that no command can read the book's
+# block); prints why, and fails, when it exits with a status other than 0
+# or the book's lines ($work/want, blank lines aside) are not all in its
+# output, in order. A command the book shows failing on purpose ends with
+# `; echo "exit $?"`, which prints its status and exits with 0.
 run_one() {
-  sh "$work/cmd" > "$work/out" 2>&1
+  sh "$work/cmd" < /dev/null > "$work/out" 2>&1
+  rc=$?
+  if [ $rc != 0 ]; then
+    echo "\`$(cat "$work/cmd")\` exited with status $rc (its output: $work/out)"
+    return 1
+  fi
   mask < "$work/out" | sed 's/[[:space:]]*$//' > "$work/got"
   mask < "$work/want" | sed 's/[[:space:]]*$//' > "$work/want.masked"
   awk -v wanted="$work/want.masked" '
-    BEGIN { while ((getline line < wanted) > 0) if (line != "...") want[++n] = line }
+    BEGIN { while ((getline line < wanted) > 0) if (line != "..." && line != "") want[++n] = line }
     k < n && $0 == want[k + 1] { k++ }
     END { if (k < n) { printf "%s", want[k + 1]; exit 1 } }' "$work/got" > "$work/missing" && return 0
-  echo "\`$(cat "$work/cmd")\` did not print the book's line \"$(cat "$work/missing")\" (its output: build/outputs/out)"
+  echo "\`$(cat "$work/cmd")\` did not print the book's line \"$(cat "$work/missing")\" (its output: $work/out)"
   return 1
 }
 

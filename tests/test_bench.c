@@ -112,7 +112,7 @@ static void test_node_bytes(void) {
         if (n->op == &OPS[OP_MAX_POOL] && pools++ == 0)
             pool_right = forward == 4 * (X + N) && backward == 4 * (N + 3 * X);  // dout, x, din read and written
         if (n->op == &OPS[OP_RELU] && relus++ == 0)
-            relu_right = forward == 4 * (N + N) && backward == 4 * 4 * N;  // dout, y, din read and written
+            relu_right = forward == 4 * (N + N) && backward == 4 * 4 * N;  // dout, x, din read and written
     }
     CHECK(pool_right);
     CHECK(relu_right);

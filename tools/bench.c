@@ -531,7 +531,7 @@ double node_flops(const Node *n, int pass, int batch) {
    it adds into, read and written once; 4 bytes a float. With N the
    output's floats and X the input's (both at this batch):
        op          forward                    backward
-       relu        X + N                      dout, y, din r/w: 4N
+       relu        X + N                      dout, x, din r/w: 4N
        bias_add    X + N                      dout, din r/w: 3N (dbias is small)
        max_pool    X + N                      dout N, x X, din r/w 2X
        batch_norm  X, y N, x_hat N: 3N        dout, x_hat, din r/w: 4N
