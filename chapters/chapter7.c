@@ -2325,8 +2325,12 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
 /* Training mode, per channel c over the N rows of x:
        mean = sum(x) / N,  var = sum((x - mean)^2) / N      (in double: N = B*H*W, 50,176 at batch 64)
        x_hat = (x - mean) / sqrt(var + eps),  out = gamma * x_hat + beta
-   x_hat and 1/sqrt(var + eps) are kept for the backward pass, and the
-   running averages move 1% of the way to this batch's statistics.
+   mean and 1/sqrt(var + eps), one float each per channel, are kept for the
+   backward pass, which computes x_hat again from x, the same bits, row by
+   row: storing x_hat would cost a pass over memory to write it, and its
+   whole size in memory for each layer, for a subtraction and a product a
+   value. The running averages move 1% of the way to this batch's
+   statistics.
 
    Every loop walks x row by row, all channels of a row together, as memory
    holds them: going channel by channel down the rows would touch one float
@@ -2347,10 +2351,11 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
 enum { BN_MAX_CHANNELS = 1024, BN_PARTS = 16 };
 
 typedef struct {
-    float *out, *x_hat;                   // (N, C) each: what a pass writes (x_hat: training only)
-    const float *x, *dout, *saved_x_hat;  // (N, C) each: what a pass reads
+    float *out;                           // (N, C): what a pass writes
+    const float *x, *dout;                // (N, C) each: what a pass reads
     const float *mean, *scale, *shift;    // (C) each: normalising is (x - mean) * scale, then + shift
     const float *gamma;                   // (C) training: out = gamma * x_hat + shift
+    const float *inv_std;                 // (C) the backward pass: x_hat = (x - mean) * inv_std
     const float *mean_g, *mean_g_xhat;    // (C) each: the backward pass's
     double *sums, *more_sums;             // (BN_PARTS, C) each: the parts' sums
     size_t N;
@@ -2384,14 +2389,19 @@ void bn_sums_task(void *context, int part, int worker) {
 }
 
 // Training: x_hat = (x - mean) * scale and out = gamma * x_hat + shift.
-void bn_row_normalize(float *restrict out, float *restrict x_hat, const float *restrict x,
-                      const float *restrict mean, const float *restrict scale, const float *restrict gamma,
-                      const float *restrict shift, size_t C) {
+void bn_row_normalize(float *restrict out, const float *restrict x, const float *restrict mean,
+                      const float *restrict scale, const float *restrict gamma, const float *restrict shift, size_t C) {
     for (size_t c = 0; c < C; c++) {
-        float normal = (x[c] - mean[c]) * scale[c];
-        x_hat[c] = normal;
-        out[c] = gamma[c] * normal + shift[c];
+        float x_hat = (x[c] - mean[c]) * scale[c];
+        out[c] = gamma[c] * x_hat + shift[c];
     }
+}
+
+// The backward pass's x_hat for one row: the forward pass's expression,
+// on the same floats, so the same bits.
+void bn_row_x_hat(float *restrict x_hat, const float *restrict x, const float *restrict mean,
+                  const float *restrict inv_std, size_t C) {
+    for (size_t c = 0; c < C; c++) x_hat[c] = (x[c] - mean[c]) * inv_std[c];
 }
 
 // Inference: out = (x - mean) * scale + shift (scale has gamma in it).
@@ -2405,7 +2415,7 @@ void bn_normalize_task(void *context, int part, int worker) {
     const BnJob *j = context;
     size_t C = (size_t)j->C;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        if (j->x_hat) bn_row_normalize(j->out + i * C, j->x_hat + i * C, j->x + i * C, j->mean, j->scale, j->gamma, j->shift, C);
+        if (j->gamma) bn_row_normalize(j->out + i * C, j->x + i * C, j->mean, j->scale, j->gamma, j->shift, C);
         else bn_row_normalize_infer(j->out + i * C, j->x + i * C, j->mean, j->scale, j->shift, C);
 }
 
@@ -2418,7 +2428,7 @@ void bn_add_parts(double *total, const double *sums, int C) {
 
 void batch_norm_forward_train(Workers *workers,
                               float *out,           // (N, C)
-                              float *x_hat,         // (N, C) saved for backward
+                              float *batch_mean,    // (C) saved for backward
                               float *inv_std,       // (C) saved for backward
                               float *running_mean,  // (C) updated
                               float *running_var,   // (C) updated
@@ -2427,22 +2437,21 @@ void batch_norm_forward_train(Workers *workers,
                               size_t N, int C) {
     require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
     double total[BN_MAX_CHANNELS];
-    float mean[BN_MAX_CHANNELS];
     BnJob job = {.x = x, .N = N, .C = C};
     job.sums = xmalloc((size_t)BN_PARTS * C * sizeof(double));
     parallel_for(workers, BN_PARTS, bn_sums_task, &job);
     bn_add_parts(total, job.sums, C);
-    for (int c = 0; c < C; c++) mean[c] = (float)(total[c] / (double)N);
-    job.mean = mean;
+    for (int c = 0; c < C; c++) batch_mean[c] = (float)(total[c] / (double)N);
+    job.mean = batch_mean;
     parallel_for(workers, BN_PARTS, bn_sums_task, &job);
     bn_add_parts(total, job.sums, C);
     for (int c = 0; c < C; c++) {
         float var = (float)(total[c] / (double)N);
         inv_std[c] = 1.0f / sqrtf(var + BN_EPSILON);
-        running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * mean[c];
+        running_mean[c] = BN_MOMENTUM * running_mean[c] + (1.0f - BN_MOMENTUM) * batch_mean[c];
         running_var[c] = BN_MOMENTUM * running_var[c] + (1.0f - BN_MOMENTUM) * var;
     }
-    job.out = out, job.x_hat = x_hat, job.scale = inv_std, job.gamma = gamma, job.shift = beta;
+    job.out = out, job.scale = inv_std, job.gamma = gamma, job.shift = beta;
     parallel_for(workers, BN_PARTS, bn_normalize_task, &job);
     free(job.sums);
 }
@@ -2476,9 +2485,12 @@ void bn_gradient_sums_task(void *context, int part, int worker) {
     const BnJob *j = context;
     size_t C = (size_t)j->C;
     double *sum_g = j->sums + (size_t)part * C, *sum_g_xhat = j->more_sums + (size_t)part * C;
+    float x_hat[BN_MAX_CHANNELS];  // one row's, computed again
     for (size_t c = 0; c < C; c++) sum_g[c] = sum_g_xhat[c] = 0;
-    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        bn_row_gradient_sums(sum_g, sum_g_xhat, j->dout + i * C, j->saved_x_hat + i * C, C);
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++) {
+        bn_row_x_hat(x_hat, j->x + i * C, j->mean, j->inv_std, C);
+        bn_row_gradient_sums(sum_g, sum_g_xhat, j->dout + i * C, x_hat, C);
+    }
 }
 
 void bn_row_input_gradient(float *restrict dx, const float *restrict dout, const float *restrict x_hat,
@@ -2493,9 +2505,11 @@ void bn_input_gradient_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
     size_t C = (size_t)j->C;
-    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
-        bn_row_input_gradient(j->out + i * C, j->dout + i * C, j->saved_x_hat + i * C, j->scale, j->mean_g,
-                              j->mean_g_xhat, C);
+    float x_hat[BN_MAX_CHANNELS];
+    for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++) {
+        bn_row_x_hat(x_hat, j->x + i * C, j->mean, j->inv_std, C);
+        bn_row_input_gradient(j->out + i * C, j->dout + i * C, x_hat, j->scale, j->mean_g, j->mean_g_xhat, C);
+    }
 }
 
 void batch_norm_backward(Workers *workers,
@@ -2503,14 +2517,15 @@ void batch_norm_backward(Workers *workers,
                          float *dgamma,        // (C) or NULL
                          float *dbeta,         // (C) or NULL
                          const float *dout,    // (N, C)
-                         const float *x_hat,   // (N, C)
-                         const float *inv_std, // (C)
+                         const float *x,       // (N, C) the forward pass's input
+                         const float *batch_mean,  // (C) saved by the forward pass
+                         const float *inv_std, // (C) saved by the forward pass
                          const float *gamma,   // (C)
                          size_t N, int C) {
     require(C <= BN_MAX_CHANNELS, "batch_norm: %d channels, at most %d", C, BN_MAX_CHANNELS);
     double sum_g[BN_MAX_CHANNELS], sum_g_xhat[BN_MAX_CHANNELS];
     float scale[BN_MAX_CHANNELS], mean_g[BN_MAX_CHANNELS], mean_g_xhat[BN_MAX_CHANNELS];
-    BnJob job = {.dout = dout, .saved_x_hat = x_hat, .N = N, .C = C};
+    BnJob job = {.dout = dout, .x = x, .mean = batch_mean, .inv_std = inv_std, .N = N, .C = C};
     job.sums = xmalloc(2 * (size_t)BN_PARTS * C * sizeof(double));
     job.more_sums = job.sums + (size_t)BN_PARTS * C;
     parallel_for(workers, BN_PARTS, bn_gradient_sums_task, &job);
@@ -3886,14 +3901,15 @@ void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
 
 /* batch_norm: x (B, ..., C), gamma and beta (C), running mean and variance
    (C, state) -> the shape of x. Statistics over every dimension but the
-   last. Saved: x_hat per item, then 1/sqrt(var + eps) per channel. */
+   last. Saved: the batch's mean, then 1/sqrt(var + eps), per channel; the
+   backward pass computes x_hat again from x (batchnorm.c says why). */
 void batch_norm_op_forward(Node *n, Graph *g) {
     Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2], *mean = n->inputs[3], *var = n->inputs[4];
     int C = gamma->shape[0];
     size_t N = x->size / (size_t)C;
     if (g->training)
-        batch_norm_forward_train(graph_workers(g), n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
-                                 mean->value, var->value, x->value, gamma->value, beta->value, N, C);
+        batch_norm_forward_train(graph_workers(g), n->value, n->saved, n->saved + C, mean->value, var->value, x->value,
+                                 gamma->value, beta->value, N, C);
     else
         batch_norm_forward_infer(graph_workers(g), n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
 }
@@ -3901,8 +3917,8 @@ void batch_norm_op_forward(Node *n, Graph *g) {
 void batch_norm_op_backward(Node *n, Graph *g) {
     Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2];
     int C = gamma->shape[0];
-    batch_norm_backward(graph_workers(g), x->grad, gamma->grad, beta->grad, n->grad, n->saved,
-                        n->saved + n->saved_per_item * (size_t)g->max_batch, gamma->value, x->size / (size_t)C, C);
+    batch_norm_backward(graph_workers(g), x->grad, gamma->grad, beta->grad, n->grad, x->value, n->saved, n->saved + C,
+                        gamma->value, x->size / (size_t)C, C);
 }
 
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
@@ -4037,8 +4053,7 @@ Node *batch_norm(Graph *g, Node *x, const char *const labels[4]) {
     Node *var = graph_state(g, labels[3], (int[]){C}, 1, INIT_ONES);
     Node *n = graph_op(g, &OPS[OP_BATCH_NORM], (Node *[]){x, gamma, beta, mean, var}, 5, 1,
                        x->shape + 1, x->rank - 1);
-    n->saved_per_item = x->item_size;  // x_hat
-    n->saved_fixed = (size_t)C;        // 1 / sqrt(var + eps)
+    n->saved_fixed = 2 * (size_t)C;  // the batch's mean, then 1 / sqrt(var + eps)
     return n;
 }
 

@@ -723,14 +723,15 @@ void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
 //@ from 5
 /* batch_norm: x (B, ..., C), gamma and beta (C), running mean and variance
    (C, state) -> the shape of x. Statistics over every dimension but the
-   last. Saved: x_hat per item, then 1/sqrt(var + eps) per channel. */
+   last. Saved: the batch's mean, then 1/sqrt(var + eps), per channel; the
+   backward pass computes x_hat again from x (batchnorm.c says why). */
 void batch_norm_op_forward(Node *n, Graph *g) {
     Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2], *mean = n->inputs[3], *var = n->inputs[4];
     int C = gamma->shape[0];
     size_t N = x->size / (size_t)C;
     if (g->training)
-        batch_norm_forward_train(graph_workers(g), n->value, n->saved, n->saved + n->saved_per_item * (size_t)g->max_batch,
-                                 mean->value, var->value, x->value, gamma->value, beta->value, N, C);
+        batch_norm_forward_train(graph_workers(g), n->value, n->saved, n->saved + C, mean->value, var->value, x->value,
+                                 gamma->value, beta->value, N, C);
     else
         batch_norm_forward_infer(graph_workers(g), n->value, x->value, gamma->value, beta->value, mean->value, var->value, N, C);
 }
@@ -738,8 +739,8 @@ void batch_norm_op_forward(Node *n, Graph *g) {
 void batch_norm_op_backward(Node *n, Graph *g) {
     Node *x = n->inputs[0], *gamma = n->inputs[1], *beta = n->inputs[2];
     int C = gamma->shape[0];
-    batch_norm_backward(graph_workers(g), x->grad, gamma->grad, beta->grad, n->grad, n->saved,
-                        n->saved + n->saved_per_item * (size_t)g->max_batch, gamma->value, x->size / (size_t)C, C);
+    batch_norm_backward(graph_workers(g), x->grad, gamma->grad, beta->grad, n->grad, x->value, n->saved, n->saved + C,
+                        gamma->value, x->size / (size_t)C, C);
 }
 
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
@@ -886,8 +887,7 @@ Node *batch_norm(Graph *g, Node *x, const char *const labels[4]) {
     Node *var = graph_state(g, labels[3], (int[]){C}, 1, INIT_ONES);
     Node *n = graph_op(g, &OPS[OP_BATCH_NORM], (Node *[]){x, gamma, beta, mean, var}, 5, 1,
                        x->shape + 1, x->rank - 1);
-    n->saved_per_item = x->item_size;  // x_hat
-    n->saved_fixed = (size_t)C;        // 1 / sqrt(var + eps)
+    n->saved_fixed = 2 * (size_t)C;  // the batch's mean, then 1 / sqrt(var + eps)
     return n;
 }
 

@@ -485,15 +485,15 @@ static double batch_norm_loss(const double *x, const float *gamma, const float *
 
 static const char *check_batch_norm_dx(char *why, size_t size) {
     enum { N = 6, C = 3 };
-    float x[N * C], r[N * C], out[N * C], x_hat[N * C], dx[N * C], inv_std[C];
+    float x[N * C], r[N * C], out[N * C], dx[N * C], batch_mean[C], inv_std[C];
     float gamma[C] = {1.5f, 0.5f, -1}, beta[C] = {0.1f, 0, -0.2f}, mean[C] = {0}, var[C] = {1, 1, 1};
     float dgamma[C] = {0}, dbeta[C] = {0};
     double exact[N * C];
     Rng rng = rng_new(5, 5);
     for (int i = 0; i < N * C; i++) x[i] = 2 * rng_uniform(&rng) - 1, exact[i] = x[i], r[i] = rng_uniform(&rng) - 0.5f;
     for (int i = 0; i < N * C; i++) dx[i] = 1;
-    batch_norm_forward_train(NULL, out, x_hat, inv_std, mean, var, x, gamma, beta, N, C);
-    batch_norm_backward(NULL, dx, dgamma, dbeta, r, x_hat, inv_std, gamma, N, C);
+    batch_norm_forward_train(NULL, out, batch_mean, inv_std, mean, var, x, gamma, beta, N, C);
+    batch_norm_backward(NULL, dx, dgamma, dbeta, r, x, batch_mean, inv_std, gamma, N, C);
     for (int i = 0; i < N * C; i++) {
         double step = 1e-6, saved = exact[i];
         exact[i] = saved + step;

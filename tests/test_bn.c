@@ -364,15 +364,17 @@ static void test_rows_against_plain(Rng *rng) {
         size_t N = shapes[k][0], C = shapes[k][1], n = N * C;
         float *x = malloc(n * sizeof(float)), *dout = malloc(n * sizeof(float)), *want = calloc(4 * n, sizeof(float));
         float *got = calloc(4 * n, sizeof(float)), gamma[256], beta[256];
-        float want_small[5][256] = {{0}}, got_small[5][256] = {{0}};  // inv_std, dgamma, dbeta, running mean and var
+        float want_small[5][256] = {{0}}, got_small[6][256] = {{0}};  // inv_std, dgamma, dbeta, running mean and var; batch mean
         fill(x, n, -2, 3, rng), fill(dout, n, -1, 1, rng), fill(gamma, C, 0.5f, 1.5f, rng), fill(beta, C, -1, 1, rng);
         plain_batch_norm(want, want + n, want_small[0], want + 2 * n, want_small[1], want_small[2], x, dout, gamma, beta, N, (int)C);
         for (int threads = 1; threads <= 3; threads++) {
             Workers *w = threads > 1 ? workers_new(threads) : NULL;
             memset(got, 0, 4 * n * sizeof(float)), memset(got_small, 0, sizeof got_small);
-            batch_norm_forward_train(w, got, got + n, got_small[0], got_small[3], got_small[4], x, gamma, beta, N, (int)C);
-            batch_norm_backward(w, got + 2 * n, got_small[1], got_small[2], dout, got + n, got_small[0], gamma, N, (int)C);
-            int same = memcmp(want, got, 3 * n * sizeof(float)) == 0 && memcmp(want_small, got_small, 3 * sizeof want_small[0]) == 0;
+            batch_norm_forward_train(w, got, got_small[5], got_small[0], got_small[3], got_small[4], x, gamma, beta, N, (int)C);
+            batch_norm_backward(w, got + 2 * n, got_small[1], got_small[2], dout, x, got_small[5], got_small[0], gamma, N, (int)C);
+            // out and dx (x_hat is the plain loops' own: the fast passes compute it again, row by row)
+            int same = memcmp(want, got, n * sizeof(float)) == 0 && memcmp(want + 2 * n, got + 2 * n, n * sizeof(float)) == 0 &&
+                       memcmp(want_small, got_small, 3 * sizeof want_small[0]) == 0;
             // Inference: out = (x - running mean) * gamma / sqrt(running var + eps) + beta, value by value.
             for (size_t c = 0; c < C; c++) got_small[4][c] = 0.5f + (float)c / (float)C;
             batch_norm_forward_infer(w, got + 3 * n, x, gamma, beta, got_small[3], got_small[4], N, (int)C);
