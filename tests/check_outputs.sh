@@ -22,7 +22,8 @@
 #
 # A command passes when it exits with status 0 and the book's lines appear
 # in its output in the same order (the book leaves lines out: progress
-# lines, or "..." where it says so; blank lines are not compared).
+# lines, or "..." where it says so, indented or not; blank lines are not
+# compared).
 # What depends on the machine is masked on both sides before comparing:
 # times ("12.34 s", "5336 images/s", "ETA 0:37", "seconds=42.9", "3.45
 # ms", "took 1:09", and a comparison table's s/epoch and images/s
@@ -84,7 +85,7 @@ run_one() {
   mask < "$work/out" | sed 's/[[:space:]]*$//' > "$work/got"
   mask < "$work/want" | sed 's/[[:space:]]*$//' > "$work/want.masked"
   awk -v wanted="$work/want.masked" '
-    BEGIN { while ((getline line < wanted) > 0) if (line != "..." && line != "") want[++n] = line }
+    BEGIN { while ((getline line < wanted) > 0) if (line !~ /^ *(\.\.\.)?$/) want[++n] = line }
     k < n && $0 == want[k + 1] { k++ }
     END { if (k < n) { printf "%s", want[k + 1]; exit 1 } }' "$work/got" > "$work/missing" && return 0
   echo "\`$(cat "$work/cmd")\` did not print the book's line \"$(cat "$work/missing")\" (its output: $work/out)"
