@@ -32,16 +32,16 @@ SANITIZE = $(NEEDED) -O1 -g -Wall -Wextra -pedantic -fno-omit-frame-pointer \
            -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 # The chapters, and the marked sources they are generated from, in order.
-CHAPTERS = 1 2 3 4 5 6 7 8
+CHAPTERS = 1 2 3 4 5 6 7 8 9
 SOURCES  = src/preamble.c src/rng.c src/idx.c src/pictures.c src/explore.c src/options.c \
            src/layers.c src/conv.c src/threads.c src/gemm.c src/bf16.c src/conv_blocked.c src/batchnorm.c src/optim.c \
-           src/train.c src/ann.c src/autodiff.c src/cnn.c src/resnet.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/gradcheck.c src/main.c
+           src/train.c src/ann.c src/autodiff.c src/cnn.c src/resnet.c src/checkpoint.c src/protocol.c src/png.c src/compare.c src/transfer.c src/tune.c src/gradcheck.c src/main.c
 
 PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
-           build/test_bench build/test_resnet build/test_bf16
-SCRIPT_TESTS = tests/check_outputs.sh tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+           build/test_bench build/test_resnet build/test_bf16 build/test_search build/test_transfer
+SCRIPT_TESTS = tests/check_outputs.sh tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_search.sh tests/test_transfer.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-outputs check-figures check-flags check-portable data test test-build warnings clean \
         starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare figures

@@ -5245,10 +5245,11 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
     t.stop_after = o->stop_after;
     t.augment = o->augment;
     int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
-    long remaining = ((long)r->key.epochs - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
+    int last_epoch = (int)r->key.epochs;
+    long remaining = ((long)last_epoch - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
     Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(), .total = remaining};
     catch_interrupts();
-    while (!status && !r->run.stopped && r->run.epochs_done < (int)r->key.epochs) {
+    while (!status && !r->run.stopped && r->run.epochs_done < last_epoch) {
         int epoch = r->run.epochs_done + 1;
         long seen_before = r->run.epoch.seen;
         double start = now_seconds();
@@ -5348,23 +5349,41 @@ int resume_run(Run *r, int batches, Error *err) {
 
 /* ---- The run ---------------------------------------------------------------- */
 
+/* A run on m, ready to train: its key, a copy of the weights as the best so
+   far, its checkpoint files and their lock, and, with --resume, the state
+   it goes on from. run_close() releases what run_open() took, whatever
+   run_open() returned. */
+int run_open(Run *r, Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+             const Options *o, History *h, Error *err) {
+    Graph *g = m->graph;
+    *r = (Run){.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
+               .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
+    r->best = xmalloc((g->param_count + g->state_count) * sizeof(float));
+    memcpy(r->best, g->params, g->param_count * sizeof(float));
+    memcpy(r->best + g->param_count, g->state, g->state_count * sizeof(float));
+    int batches = (train_set->count + o->batch - 1) / o->batch;
+    int status = make_checkpoint_paths(r, err);
+    if (!status) status = lock_run(r, err);
+    if (!status && o->resume) status = resume_run(r, batches, err);
+    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
+                        r->best_path, r->last_path, r->lock_path);
+    return status;
+}
+
+void run_close(Run *r) {
+    unlock_run(r);
+    free(r->best);
+    r->best = NULL;
+}
+
 /* Trains m under the protocol (or goes on with the run --resume names),
    then puts the best epoch's weights and state back in the model, for the
    test. Fills h and, in r, the epochs, the best epoch and the seconds. */
 int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
                  const Options *o, History *h, Result *result, Error *err) {
     Graph *g = m->graph;
-    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
-             .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
-    r.best = xmalloc((g->param_count + g->state_count) * sizeof(float));
-    memcpy(r.best, g->params, g->param_count * sizeof(float));
-    memcpy(r.best + g->param_count, g->state, g->state_count * sizeof(float));
-    int batches = (train_set->count + o->batch - 1) / o->batch;
-    int status = make_checkpoint_paths(&r, err);
-    if (!status) status = lock_run(&r, err);
-    if (!status && o->resume) status = resume_run(&r, batches, err);
-    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
-                        r.best_path, r.last_path, r.lock_path);
+    Run r;
+    int status = run_open(&r, m, opt, train_set, validation, o, h, err);
     if (!status) status = run_epochs(&r, train_set, validation, err);
     if (!status) {
         if (!r.run.stopped) printf("reached --epochs %d\n", (int)r.key.epochs);
@@ -5377,8 +5396,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     result->best_epoch = r.run.stopping.best_epoch;
     result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
-    unlock_run(&r);
-    free(r.best);
+    run_close(&r);
     return status;
 }
 

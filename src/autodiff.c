@@ -77,6 +77,9 @@ struct Node {
     float rate;                 // dropout: the probability of dropping a value
     size_t saved_fixed;         // floats of `saved` that do not grow with the batch
 //@ end
+//@ from 9
+    int frozen;                 // --freeze: runs as at inference, and has no backward (transfer.c)
+//@ end
 };
 
 struct Graph {
@@ -91,6 +94,9 @@ struct Graph {
     long step;              // the optimiser step being computed (see Batch)
     float *params, *grads;  // (param_count) each: every parameter, in creation order
     size_t param_count;
+//@ from 9
+    size_t frozen_params;   // --freeze: the first parameters, which the optimiser leaves alone
+//@ end
     float *memory;          // values, gradients and saved buffers of all other nodes
     int compiled;           // after graph_compile() the graph is fixed
 //@ from 4
@@ -407,8 +413,14 @@ float graph_forward(Graph *g, int training) {
     g->training = training;
     for (int i = 0; i < g->order_count; i++) {
         Node *n = g->order[i];
+//@ from 9
+        g->training = training && !n->frozen;  // a frozen batch norm uses, and keeps, its running statistics
+//@ end
         if (n->op) n->op->forward(n, g);
     }
+//@ from 9
+    g->training = training;
+//@ end
     return g->output->value[0];
 }
 
@@ -444,7 +456,12 @@ void graph_backward(Graph *g) {
     g->output->grad[0] = 1.0f;
     for (int i = g->order_count - 1; i >= 0; i--) {
         Node *n = g->order[i];
+//@ from 3 to 8
         if (n->op && n->requires_grad) n->op->backward(n, g);
+//@ end
+//@ from 9
+        if (n->op && n->requires_grad && !n->frozen) n->op->backward(n, g);
+//@ end
     }
 }
 
@@ -971,6 +988,9 @@ Model graph_model(GraphClassifier *c, const char *name) {
 //@ end
 //@ from 6
                    .graph = c->graph,
+//@ end
+//@ from 9
+                   .frozen = c->graph->frozen_params,
 //@ end
                    .max_batch = c->graph->max_batch};
 }

@@ -26,6 +26,13 @@
            and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
            chapter 8 wrote before it had bf16 lack it, and were fp32)
 //@ end
+//@ from 9
+           and, in chapter 9's, --weight-decay and --dropout (float64
+           each; a dropout of -1: the model's own rates), the classes
+           (u32, a bit each), --per-class (u32, 0: all), --freeze (u32)
+           and the fingerprint of the weights --init-from gave (u32, 0:
+           none)
+//@ end
            then the data it learns from: training and validation images
            (u32 each) and their fingerprint (u32, data_key)
      PROG  where the run stands: epochs done, batches done of the next,
@@ -59,11 +66,16 @@ enum { CHECKPOINT_CHAPTER = 6 };
 // build on the long runs chapter 6 already made.
 enum { CHECKPOINT_CHAPTER = 7 };
 //@ end
-//@ from 8
+//@ from 8 to 8
 // Chapter 8 writes chapter 7's format and reads chapter 6's and 7's files:
 // their runs are the same runs. Its own files say 8, so chapter 7, which
 // cannot build a resnet, refuses them before it reads a tensor.
 enum { CHECKPOINT_CHAPTER = 8 };
+//@ end
+//@ from 9
+// Chapter 9 adds two options to RUN and reads chapters 6 to 8's files,
+// whose runs had no weight decay and the models' own dropout.
+enum { CHECKPOINT_CHAPTER = 9 };
 //@ end
 static const char CHECKPOINT_MAGIC[4] = {'F', 'M', 'C', 'K'};
 static const char SECTION_TAGS[CHECKPOINT_SECTIONS][5] = {"RUN ", "PROG", "HIST", "WGHT", "ADAM", "BEST"};
@@ -127,6 +139,11 @@ typedef struct {
 //@ from 8
     uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
 //@ end
+//@ from 9
+    double weight_decay, dropout;  // --weight-decay (0: none) and --dropout (-1: the model's own)
+    uint32_t classes, per_class;   // a bit per class learned (0x3ff: all ten), and --per-class (0: all)
+    uint32_t freeze, init_weights; // --freeze (1), and weights_fingerprint of what --init-from gave (0: none)
+//@ end
     DataKey data;
 } RunKey;
 
@@ -138,6 +155,11 @@ RunKey run_key(const Options *o, DataKey data) {
 //@ end
 //@ from 8
     k.precision = strcmp(o->precision, "bf16") == 0;
+//@ end
+//@ from 9
+    k.weight_decay = o->weight_decay, k.dropout = o->dropout;
+    k.classes = o->classes ? o->classes : ALL_CLASSES, k.per_class = (uint32_t)o->per_class;
+    k.freeze = (uint32_t)o->freeze, k.init_weights = o->init_weights;
 //@ end
     snprintf(k.model, sizeof k.model, "%s", o->model);
     snprintf(k.optimizer, sizeof k.optimizer, "%s", o->optimizer);
@@ -247,6 +269,11 @@ void put_section_payload(ByteBuffer *p, int which, const Graph *g, const RunSnap
 //@ end
 //@ from 8
         put_uint(p, s->key.precision, 4);
+//@ end
+//@ from 9
+        put_f64(p, s->key.weight_decay), put_f64(p, s->key.dropout);
+        put_uint(p, s->key.classes, 4), put_uint(p, s->key.per_class, 4);
+        put_uint(p, s->key.freeze, 4), put_uint(p, s->key.init_weights, 4);
 //@ end
         put_uint(p, s->key.data.train_count, 4), put_uint(p, s->key.data.validation_count, 4);
         put_uint(p, s->key.data.crc, 4);
@@ -428,8 +455,11 @@ int check_checkpoint_header(const CheckpointFile *f, Error *err) {
 //@ from 7 to 7
     if (chapter == 6) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
 //@ end
-//@ from 8
+//@ from 8 to 8
     if (chapter == 6 || chapter == 7) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
+//@ end
+//@ from 9
+    if (chapter >= 6 && chapter <= 8) return sections == CHECKPOINT_SECTIONS ? 0 : damaged_header(f, sections, err);
 //@ end
     if (chapter != CHECKPOINT_CHAPTER)
         return fail(err, EXIT_CHECKPOINT_VERSION, "%s: written by chapter %u; this is chapter %d, and each chapter "
@@ -497,7 +527,20 @@ int read_run_key(CheckpointFile *f, Error *err) {
 //@ from 8
     // The data key's 12 bytes end the section; 4 more before them are the
     // precision, which chapter 8's files have had since it learned bf16.
+//@ from 8 to 8
     k->precision = f->bytes[8] >= 8 && r.size - r.at == 16 ? (uint32_t)take_uint(&r, 4) : 0;
+//@ end
+//@ from 9
+    int own = f->bytes[8] == 9;  // chapter 9's files always have the precision, and two options more
+    k->precision = own || (f->bytes[8] == 8 && r.size - r.at == 16) ? (uint32_t)take_uint(&r, 4) : 0;
+    k->weight_decay = own ? take_f64(&r) : 0;
+    k->dropout = own ? take_f64(&r) : -1;
+    k->classes = own ? (uint32_t)take_uint(&r, 4) : ALL_CLASSES, k->per_class = own ? (uint32_t)take_uint(&r, 4) : 0;
+    k->freeze = own ? (uint32_t)take_uint(&r, 4) : 0, k->init_weights = own ? (uint32_t)take_uint(&r, 4) : 0;
+    if (!(k->weight_decay >= 0 && k->weight_decay <= 1) || !(k->dropout == -1 || (k->dropout >= 0 && k->dropout <= 0.9)) ||
+        k->classes == 0 || k->classes > ALL_CLASSES || k->per_class > 54000 || k->freeze > 1)
+        return damaged(f, "the RUN section holds an option out of its range", err);
+//@ end
     if (k->precision > 1) return damaged(f, "the RUN section holds an option out of its range", err);
 //@ end
     k->data.train_count = (uint32_t)take_uint(&r, 4), k->data.validation_count = (uint32_t)take_uint(&r, 4);

@@ -174,6 +174,20 @@ GraphClassifier deeper_cnn_graph(int max_batch, uint64_t seed, DeeperParts parts
 }
 //@ end
 
+//@ from 9
+/* --dropout RATE, one number for a search to tune: the last dropout (the
+   one before the classifier) gets RATE, every earlier one RATE / 2, the
+   deeper CNN's own ratio (0.25 and 0.5). The rate is read at each forward
+   pass, so it can change after the graph is built. Returns how many
+   dropouts there are: 0 means the model has none to set. */
+int set_dropout_rates(Graph *g, double rate) {
+    int count = 0;
+    for (int i = g->count - 1; i >= 0; i--)
+        if (g->nodes[i].op == &OPS[OP_DROPOUT]) g->nodes[i].rate = (float)(count++ == 0 ? rate : rate / 2);
+    return count;
+}
+
+//@ end
 //@ from 8
 // Chapter 8's models, built in "Residual and depthwise-separable networks", below.
 int is_chapter8_model(const char *name);

@@ -164,6 +164,11 @@ int file_exists(const char *path) {
 int draw_network(GraphClassifier *net, const Dataset *test, const char *name, const Options *o,
                  FileList *files, Error *err);
 
+//@ from 9
+// --dropout, --init-from and --freeze, on a model just built (transfer.c, below).
+int prepare_model(GraphClassifier *net, const char *model, Options *o, Error *err);
+
+//@ end
 /* Trains (or resumes, or only re-tests) one model with one seed. A run
    whose last checkpoint exists goes on from it: chapter 6's --resume,
    which also refuses a checkpoint of other options. */
@@ -171,10 +176,22 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
             const FashionMnist *data, RunReport *report, FileList *files, Error *err) {
     Options o = *base;
     o.model = model, o.seed = seed;
+//@ from 7 to 8
     char last[1100];
     checkpoint_path(&o, "-last.ckpt", last, sizeof last);
     if (file_exists(last)) o.resume = last;
+//@ end
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
+//@ from 9
+    if (prepare_model(&net, model, &o, err)) {  // --dropout, --init-from, --freeze
+        net.graph->gemm = NULL;
+        graph_free(net.graph);
+        return err->code;
+    }
+    char last[1100];  // its name says where the weights started (--init-from): known only now
+    checkpoint_path(&o, "-last.ckpt", last, sizeof last);
+    if (file_exists(last)) o.resume = last;
+//@ end
     if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
     *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,

@@ -299,3 +299,102 @@ int load_fashion_mnist(const char *dir, FashionMnist *data, Error *err) {
     data->validation = dataset_slice(&data->all_training, n - validation, validation);
     return 0;
 }
+//@ from 9
+
+/* ---- Subsets of the classes (chapter 9's transfer learning) ----------------- */
+
+enum { ALL_CLASSES = (1 << NUM_CLASSES) - 1 };  // a bit per class: --classes's default
+
+// The items of d whose class is in `classes`, at most `per_class` of each
+// (0: no limit), the first ones, in order. Returns how many; items may be
+// NULL to count them.
+int select_items(const Dataset *d, unsigned classes, int per_class, int *items) {
+    //@ exercise 9 select-items: the first per_class items of each class in `classes`, in order; count them, and list them if items is not NULL (book.md 9.6).
+    int taken[NUM_CLASSES] = {0}, count = 0;
+    for (int i = 0; i < d->count; i++) {
+        int c = d->labels[i];
+        if (!(classes >> c & 1) || (per_class && taken[c] == per_class)) continue;
+        taken[c]++;
+        if (items) items[count] = i;
+        count++;
+    }
+    return count;
+    //@ stub
+    (void)d, (void)classes, (void)per_class, (void)items;
+    return 0;
+    //@ end
+}
+
+void copy_items(Dataset *to, int at, const Dataset *from, const int *items, int count) {
+    for (int k = 0; k < count; k++, at++) {
+        int i = items[k];
+        memcpy(to->images + (size_t)at * IMAGE_SIZE, from->images + (size_t)i * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
+        memcpy(to->targets + (size_t)at * NUM_CLASSES, from->targets + (size_t)i * NUM_CLASSES, NUM_CLASSES * sizeof(float));
+        to->labels[at] = from->labels[i];
+    }
+}
+
+Dataset dataset_new(int count) {
+    size_t n = count > 0 ? (size_t)count : 1;
+    return (Dataset){.count = count, .images = xmalloc(n * IMAGE_SIZE * sizeof(float)), .labels = xmalloc(n),
+                     .targets = xmalloc(n * NUM_CLASSES * sizeof(float))};
+}
+
+/* The splits of `all` cut down to `classes`, and the training split to at
+   most `per_class` images of each: a FashionMnist with memory of its own
+   (free_fashion_mnist frees it), its training and validation splits again
+   one block. The validation and test splits keep every image of the
+   classes. Fails (EXIT_TOO_FEW) if a split would be empty.
+
+   A training split cut by `per_class` to fewer than EPOCH_IMAGES images is
+   repeated, whole, until an epoch has at least that many. Ten images of
+   five classes would otherwise make an epoch of one step, and the
+   protocol's 30 epochs would be 30 steps: a test of how fast a model
+   learns from nothing, not of what it learns from 50 images. Repeated,
+   each epoch is at least 16 steps at batch 64, whatever N. */
+enum { EPOCH_IMAGES = 1000 };
+int fashion_mnist_subset(const FashionMnist *all, unsigned classes, int per_class, FashionMnist *out, Error *err) {
+    *out = (FashionMnist){0};
+    int *items = xmalloc((size_t)(all->all_training.count + all->test.count + 1) * sizeof(int));
+    int selected = select_items(&all->train, classes, per_class, NULL);
+    int copies = per_class && selected && selected < EPOCH_IMAGES ? (EPOCH_IMAGES + selected - 1) / selected : 1;
+    int train = selected * copies, validation = select_items(&all->validation, classes, 0, NULL);
+    if (train == 0 || validation == 0) {
+        free(items);
+        return fail(err, EXIT_TOO_FEW, "--classes %03x: the training split has %d images of these classes, the "
+                    "validation split %d; both need at least one. Choose other --classes.", classes, train,
+                    validation);
+    }
+    out->all_training = dataset_new(train + validation);
+    select_items(&all->train, classes, per_class, items);
+    for (int c = 0; c < copies; c++) copy_items(&out->all_training, c * selected, &all->train, items, selected);
+    copy_items(&out->all_training, train, &all->validation, items, select_items(&all->validation, classes, 0, items));
+    out->train = dataset_slice(&out->all_training, 0, train);
+    out->validation = dataset_slice(&out->all_training, train, validation);
+    if (all->test.count) {  // a search's data has no test set yet
+        int test = select_items(&all->test, classes, 0, items);
+        out->test = dataset_new(test);
+        copy_items(&out->test, 0, &all->test, items, test);
+    }
+    free(items);
+    return 0;
+}
+
+// The training file alone, split as above, and an empty test set: all a
+// hyperparameter search may see (tune.c).
+int load_training_split(const char *dir, FashionMnist *data, Error *err) {
+    *data = (FashionMnist){0};
+    if (load_dataset(dir, "train", &data->all_training, err)) return err->code;
+    int n = data->all_training.count;
+    int validation = n > VALIDATION_COUNT ? VALIDATION_COUNT : n / 10;
+    if (validation == 0) {
+        fail(err, EXIT_TOO_FEW, "%s/train-images-idx3-ubyte: %d images; at least 10 are needed (a tenth is held "
+             "out for validation). Run `make data`, or pass --data DIR for a directory with more.", dir, n);
+        free_fashion_mnist(data);
+        return err->code;
+    }
+    data->train = dataset_slice(&data->all_training, 0, n - validation);
+    data->validation = dataset_slice(&data->all_training, n - validation, validation);
+    return 0;
+}
+//@ end

@@ -16,13 +16,27 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
         print_usage(stdout, argv[0]);
         return 0;
     }
+//@ from 1 to 8
     if (load_fashion_mnist(options->data_dir, data, &err)) {
+//@ end
+//@ from 9
+    // A search must not see the test set, so it is not even loaded (tune.c).
+    if ((options->search ? load_training_split : load_fashion_mnist)(options->data_dir, data, &err)) {
+//@ end
         fprintf(stderr, "%s: %s\n", argv[0], err.message);
         return err.code;
     }
-//@ from 2
+//@ from 2 to 8
     printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
            data->train.count, data->validation.count, data->test.count);
+//@ end
+//@ from 9
+    if (options->search)
+        printf("Fashion-MNIST: %d training, %d validation images (the test set is loaded after the search)\n",
+               data->train.count, data->validation.count);
+    else
+        printf("Fashion-MNIST: %d training, %d validation, %d test images\n",
+               data->train.count, data->validation.count, data->test.count);
 //@ end
     return CONTINUE;
 }
@@ -249,7 +263,16 @@ int main(int argc, char **argv) {
                      gemm->workers->threads, gemm->workers->threads == 1 ? "" : "s");
 //@ end
     Error err = {0};
+//@ from 7 to 8
     status = compare_models(&options, &data, kernel, gemm, &err);
+//@ end
+//@ from 9
+    status = options.transfer ? transfer_experiment(&options, &data, kernel, gemm, &err)
+                              : narrow_data(&options, &data, &err);
+    if (!status && !options.transfer)
+        status = options.search ? search_and_test(&options, &data, kernel, gemm, &err)
+                                : compare_models(&options, &data, kernel, gemm, &err);
+//@ end
     if (status) fprintf(stderr, "%s: %s\n", argv[0], err.message);
     gemm_context_free(gemm);
     free_fashion_mnist(&data);

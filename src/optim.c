@@ -19,6 +19,10 @@ typedef struct {
 //@ from 4
     Workers *workers;             // the model's threads, to share Adam's loop (NULL: the caller alone)
 //@ end
+//@ from 9
+    float weight_decay;           // decoupled (AdamW): every step first scales each weight by 1 - lr * decay
+    size_t frozen;                // --freeze: the first `frozen` parameters are left as they are
+//@ end
 } Optimizer;
 
 Optimizer optimizer_new(OptimizerKind kind, float learning_rate, size_t count) {
@@ -187,7 +191,34 @@ void adam_part(void *context, int part, int worker) {
 }
 
 //@ end
+//@ from 9
+/* Decoupled weight decay (Loshchilov and Hutter, 2019, "AdamW"). L2
+   regularisation adds decay * w to the gradient, and Adam then divides it
+   by sqrt(v_hat) like the rest: a weight with large gradients is hardly
+   decayed at all. AdamW shrinks the weight itself, before Adam's step,
+   by the same factor for every weight whatever its gradients:
+       w <- w * (1 - lr * decay),  then  w <- w - lr * m_hat / (sqrt(v_hat) + eps).
+   One multiply per weight, in its own loop, so every ISA gives the same
+   bits and a decay of 0 gives exactly the run without it. It applies to
+   every parameter, biases and batch norm's too, as PyTorch's AdamW does. */
+void decay_weights(float *params, size_t count, float learning_rate, float weight_decay) {
+    float keep = 1.0f - learning_rate * weight_decay;
+    for (size_t i = 0; i < count; i++) params[i] *= keep;
+}
+
+//@ end
 void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
+//@ from 9
+    if (o->frozen) {  // the rest, as if they were all: Adam's m and v start where they do
+        Optimizer rest = *o;
+        rest.frozen = 0;
+        if (rest.m) rest.m += o->frozen, rest.v += o->frozen;
+        optimizer_update(&rest, params + o->frozen, grads + o->frozen, count - o->frozen);
+        o->step = rest.step;
+        return;
+    }
+    if (o->weight_decay > 0) decay_weights(params, count, o->learning_rate, o->weight_decay);
+//@ end
 //@ from 4
     if (o->kind == OPTIMIZER_ADAM && o->workers && count >= ADAM_PARALLEL_FROM) {
         AdamJob job = {o, params, grads, count};

@@ -37,6 +37,19 @@ typedef struct {
     const char *one_model;  // --model NAME: the same as --models NAME
     const char *precision;  // "fp32" or "bf16": the GEMM's operands (bf16.c)
 //@ end
+//@ from 9
+    double weight_decay;  // AdamW's decoupled decay (optim.c); 0: none
+    double dropout;       // the last dropout's rate, the others half of it (cnn.c); < 0: the model's own
+    const char *search;   // --search MODEL: tune it (tune.c); NULL: no search
+    int budget;           // the search's budget, in epochs
+    const char *classes_list;  // --classes "5,6,7": as given
+    unsigned classes;     // the classes to train and test on, one bit each (0: all ten)
+    int per_class;        // at most this many training images of each class (0: all)
+    const char *init_from;  // a checkpoint whose best weights start the run (transfer.c)
+    int freeze;           // train only what follows the last convolution
+    uint32_t init_weights;  // the fingerprint of the weights --init-from gave (set when they are read)
+    const char *transfer;   // --transfer MODEL: the transfer experiment (transfer.c)
+//@ end
 } Options;
 //@ from 4 to 4
 
@@ -82,6 +95,9 @@ Options default_options(void) {
 //@ end
 //@ from 4
         .kernel = "auto",
+//@ end
+//@ from 9
+        .dropout = -1, .budget = 27,
 //@ end
 //@ from 4 to 4
         .model = "basic",
@@ -203,6 +219,37 @@ int option_table(Options *o, OptionSpec *specs) {
                               "operands rounded to bfloat16, their sums in fp32 (default: fp32)",
                               .kind = OPTION_TEXT, .target = &o->precision, .choices = "fp32|bf16"};
 //@ end
+//@ from 9
+    specs[n++] = (OptionSpec){.name = "--weight-decay", .value_name = "W", .help = "AdamW's decoupled weight decay: each "
+                              "step first multiplies every weight by 1 - lr * W (default: 0, none)",
+                              .kind = OPTION_REAL, .target = &o->weight_decay, .min = 0, .max = 1};
+    specs[n++] = (OptionSpec){.name = "--dropout", .value_name = "RATE", .help = "the rate of a model's last dropout, "
+                              "and half of it for the others (default: the model's own, 0.5 and 0.25 in deeper)",
+                              .kind = OPTION_REAL, .target = &o->dropout, .min = 0, .max = 0.9};
+    specs[n++] = (OptionSpec){.name = "--search", .value_name = "MODEL", .help = "tune MODEL's learning rate, batch, "
+                              "dropout and weight decay by successive halving on the validation split, then train "
+                              "and test the best once",
+                              .kind = OPTION_TEXT, .target = &o->search, .choices = MODEL_NAMES};
+    specs[n++] = (OptionSpec){.name = "--budget", .value_name = "N", .help = "the search's budget in epochs: B gives "
+                              "3^(R-1) trials in R rungs, R as large as R * 3^(R-1) <= B allows (default: 27)",
+                              .kind = OPTION_INT, .target = &o->budget, .min = 1, .max = 10000};
+    specs[n++] = (OptionSpec){.name = "--classes", .value_name = "LIST", .help = "train, validate and test on these "
+                              "classes only, numbers 0-9 separated by commas (default: all ten)",
+                              .kind = OPTION_TEXT, .target = &o->classes_list};
+    specs[n++] = (OptionSpec){.name = "--per-class", .value_name = "N", .help = "train on the first N training images "
+                              "of each class (default: all)",
+                              .kind = OPTION_INT, .target = &o->per_class, .min = 1, .max = 54000};
+    specs[n++] = (OptionSpec){.name = "--init-from", .value_name = "FILE", .help = "start from the best weights of a "
+                              "checkpoint of the same model; its classifier too if it learned the same classes",
+                              .kind = OPTION_TEXT, .target = &o->init_from};
+    specs[n++] = (OptionSpec){.name = "--freeze", .value_name = NULL, .help = "train only the layers after the last "
+                              "convolution; the rest run as at inference, unchanged",
+                              .kind = OPTION_FLAG, .target = &o->freeze};
+    specs[n++] = (OptionSpec){.name = "--transfer", .value_name = "MODEL", .help = "the transfer experiment: MODEL "
+                              "pretrained on classes 0-4, then trained on 5-9 with 10, 100 and 1000 images a class, "
+                              "from scratch, frozen and fine-tuned",
+                              .kind = OPTION_TEXT, .target = &o->transfer, .choices = MODEL_NAMES};
+//@ end
     specs[n++] = (OptionSpec){.name = "--threads", .value_name = "N", .help = "threads for the blocked GEMM (default: the CPUs online)",
                               .kind = OPTION_INT, .target = &o->threads, .min = 1, .max = 256};
 //@ end
@@ -302,6 +349,22 @@ int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], 
 }
 
 //@ end
+//@ from 9
+// --classes "0,3,5": one bit per class, each a number 0-9 and none twice.
+int parse_class_list(const char *list, unsigned *classes, Error *err) {
+    *classes = 0;
+    for (const char *at = list;; at++) {
+        if (at[0] < '0' || at[0] > '9' || (at[1] != ',' && at[1] != '\0'))
+            return fail(err, EXIT_USAGE, "--classes takes class numbers 0-9 separated by commas (for example "
+                        "--classes 5,6,7,8,9), not '%s'", list);
+        unsigned bit = 1u << (at[0] - '0');
+        if (*classes & bit) return fail(err, EXIT_USAGE, "--classes: class %c is named twice", at[0]);
+        *classes |= bit;
+        if (*++at == '\0') return 0;
+    }
+}
+
+//@ end
 int parse_options(int argc, char **argv, Options *o, Error *err) {
     *o = default_options();
     OptionSpec specs[MAX_OPTIONS];
@@ -339,6 +402,13 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
     // pictures are not the book's: both kept apart.
     if (o->quick && strcmp(o->checkpoints, "checkpoints") == 0) o->checkpoints = "checkpoints/quick";
     if (o->quick && strcmp(o->plots, "plots") == 0) o->plots = "plots/quick";
+//@ end
+//@ from 9
+    if (o->classes_list && parse_class_list(o->classes_list, &o->classes, err)) return err->code;
+    if (o->freeze && !o->init_from)
+        return fail(err, EXIT_USAGE, "--freeze keeps the layers up to the last convolution as they start: give "
+                    "them weights to keep with --init-from CHECKPOINT");
+    if (o->search && o->transfer) return fail(err, EXIT_USAGE, "--search and --transfer: choose one");
 //@ end
 //@ from 6
     o->argc = argc, o->argv = argv;

@@ -51,6 +51,9 @@ typedef struct {
     char best_path[1100], last_path[1100], lock_path[1100];
     const char *best_saved_in;  // the file that holds the best weights: best_path, or the one resumed from
     int lock;                   // the lock file's descriptor while the run holds it, else -1
+//@ from 9
+    int until;                  // the last epoch to train now (a search's rung); 0: the key's epochs
+//@ end
 } Run;
 
 RunSnapshot run_snapshot(const Run *r) {
@@ -101,8 +104,23 @@ void checkpoint_path(const Options *o, const char *ending, char *path, size_t si
 //@ end
 //@ from 7
     // --quick's runs are runs of their own (fewer images): a name of their own too.
+//@ from 7 to 8
     snprintf(path, size, "%s/%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
              o->quick ? "-quick" : "", o->seed, ending);
+//@ end
+//@ from 9
+    // Chapter 9's options too, where they are not the defaults: tuned runs
+    // sit beside the notebooks' and reuse neither's checkpoints.
+    char tuned[128] = "", dropout[24] = "", subset[64] = "", start[32] = "";
+    if (o->dropout >= 0) snprintf(dropout, sizeof dropout, "-dropout%g", o->dropout);
+    if (o->learning_rate != 0.001 || o->batch != 64 || o->weight_decay != 0 || o->dropout >= 0)
+        snprintf(tuned, sizeof tuned, "-lr%g-batch%d-wd%g%s", o->learning_rate, o->batch, o->weight_decay, dropout);
+    // And a transfer run's: its classes, images per class, and the weights it started from.
+    if (o->classes || o->per_class) snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes, o->per_class);
+    if (o->init_from) snprintf(start, sizeof start, "-from%08x%s", o->init_weights, o->freeze ? "-frozen" : "");
+    snprintf(path, size, "%s/%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
+//@ end
 //@ end
 }
 
@@ -275,10 +293,14 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
     t.augment = o->augment;
 //@ end
     int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
-    long remaining = ((long)r->key.epochs - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
+    int last_epoch = (int)r->key.epochs;
+//@ from 9
+    if (r->until && r->until < last_epoch) last_epoch = r->until;
+//@ end
+    long remaining = ((long)last_epoch - r->run.epochs_done) * train_set->count - r->run.epoch.seen;
     Progress progress = {.terminal = stdout_is_terminal(), .start = now_seconds(), .total = remaining};
     catch_interrupts();
-    while (!status && !r->run.stopped && r->run.epochs_done < (int)r->key.epochs) {
+    while (!status && !r->run.stopped && r->run.epochs_done < last_epoch) {
         int epoch = r->run.epochs_done + 1;
         long seen_before = r->run.epoch.seen;
         double start = now_seconds();
@@ -334,6 +356,14 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
 //@ from 7
     if (!differs && k->augment != want.augment) differs = "--augment";
+//@ end
+//@ from 9
+    if (!differs && k->weight_decay != want.weight_decay) differs = "--weight-decay";
+    if (!differs && k->dropout != want.dropout) differs = "--dropout";
+    if (!differs && k->classes != want.classes) differs = "--classes";
+    if (!differs && k->per_class != want.per_class) differs = "--per-class";
+    if (!differs && k->freeze != want.freeze) differs = "--freeze";
+    if (!differs && k->init_weights != want.init_weights) differs = "--init-from";
 //@ end
 //@ from 8
     static const char *const PRECISIONS[2] = {"fp32", "bf16"};
@@ -394,23 +424,41 @@ int resume_run(Run *r, int batches, Error *err) {
 
 /* ---- The run ---------------------------------------------------------------- */
 
+/* A run on m, ready to train: its key, a copy of the weights as the best so
+   far, its checkpoint files and their lock, and, with --resume, the state
+   it goes on from. run_close() releases what run_open() took, whatever
+   run_open() returned. */
+int run_open(Run *r, Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
+             const Options *o, History *h, Error *err) {
+    Graph *g = m->graph;
+    *r = (Run){.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
+               .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
+    r->best = xmalloc((g->param_count + g->state_count) * sizeof(float));
+    memcpy(r->best, g->params, g->param_count * sizeof(float));
+    memcpy(r->best + g->param_count, g->state, g->state_count * sizeof(float));
+    int batches = (train_set->count + o->batch - 1) / o->batch;
+    int status = make_checkpoint_paths(r, err);
+    if (!status) status = lock_run(r, err);
+    if (!status && o->resume) status = resume_run(r, batches, err);
+    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
+                        r->best_path, r->last_path, r->lock_path);
+    return status;
+}
+
+void run_close(Run *r) {
+    unlock_run(r);
+    free(r->best);
+    r->best = NULL;
+}
+
 /* Trains m under the protocol (or goes on with the run --resume names),
    then puts the best epoch's weights and state back in the model, for the
    test. Fills h and, in r, the epochs, the best epoch and the seconds. */
 int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Dataset *validation,
                  const Options *o, History *h, Result *result, Error *err) {
     Graph *g = m->graph;
-    Run r = {.model = m, .graph = g, .optimizer = opt, .options = o, .key = run_key(o, data_key(train_set, validation)),
-             .run = {.stopping = early_stopping_new(o->patience)}, .history = h, .lock = -1};
-    r.best = xmalloc((g->param_count + g->state_count) * sizeof(float));
-    memcpy(r.best, g->params, g->param_count * sizeof(float));
-    memcpy(r.best + g->param_count, g->state, g->state_count * sizeof(float));
-    int batches = (train_set->count + o->batch - 1) / o->batch;
-    int status = make_checkpoint_paths(&r, err);
-    if (!status) status = lock_run(&r, err);
-    if (!status && o->resume) status = resume_run(&r, batches, err);
-    if (!status) printf("checkpoints: %s (best) and %s (the latest, to resume from); %s while it runs\n",
-                        r.best_path, r.last_path, r.lock_path);
+    Run r;
+    int status = run_open(&r, m, opt, train_set, validation, o, h, err);
     if (!status) status = run_epochs(&r, train_set, validation, err);
     if (!status) {
         if (!r.run.stopped) printf("reached --epochs %d\n", (int)r.key.epochs);
@@ -423,8 +471,7 @@ int run_protocol(Model *m, Optimizer *opt, const Dataset *train_set, const Datas
     result->best_epoch = r.run.stopping.best_epoch;
     result->weights = weights_fingerprint(g);
     result->seconds = r.run.seconds;
-    unlock_run(&r);
-    free(r.best);
+    run_close(&r);
     return status;
 }
 

@@ -25,6 +25,9 @@ enum { STREAM_DROPOUT = 3 };
 //@ from 7
 enum { STREAM_AUGMENT = 5 };
 //@ end
+//@ from 9
+enum { STREAM_SEARCH = 6 };
+//@ end
 
 uint32_t rng_next(Rng *r) {
     uint64_t old = r->state;

@@ -44,6 +44,9 @@ typedef struct {
 //@ from 6
     struct Graph *graph;    // the tensors' names and shapes, for a checkpoint
 //@ end
+//@ from 9
+    size_t frozen;          // --freeze: the first parameters, which the optimiser leaves as they are
+//@ end
 } Model;
 int argmax(const float *row, int n) {
     int best = 0;
@@ -606,6 +609,9 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
 //@ from 4
     opt.workers = m->workers;
 //@ end
+//@ from 9
+    opt.weight_decay = (float)o->weight_decay, opt.frozen = m->frozen;
+//@ end
     int status = 0;
     *result = (Result){.model = m->name, .seed = o->seed};
     if (o->overfit) {
@@ -623,7 +629,12 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
         result->epochs = o->epochs;
 //@ end
 //@ from 6
+//@ from 6 to 8
         if (!o->resume) print_initial_loss(m, &data->validation);  // a resumed run is not untrained
+//@ end
+//@ from 9
+        if (!o->resume && !o->init_from) print_initial_loss(m, &data->validation);  // nor is a transferred one
+//@ end
         *history = history_new(o->epochs, (train_set.count + o->batch - 1) / o->batch);
         printf("training on %d images, validating on %d, at most %d epochs, stopping after %d without "
                "improvement\n", train_set.count, data->validation.count, o->epochs, o->patience);

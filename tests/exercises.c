@@ -834,6 +834,56 @@ static const char *check_stochastic_round(char *why, size_t size) {
 }
 #endif
 
+/* ---- Chapter 9 -------------------------------------------------------------- */
+
+#if CHAPTER >= 9
+// Every budget from 1 to 400 against the definition: R rungs and 3^(R-1)
+// trials with r_0 = B / (R 3^(R-1)) >= 1, and no larger R allowed.
+static const char *check_search_plan(char *why, size_t size) {
+    for (int budget = 1; budget <= 400; budget++) {
+        SearchPlan p = search_plan(budget);
+        int trials = 1;
+        for (int r = 1; r < p.rungs; r++) trials *= 3;
+        int more = (p.rungs + 1) * trials * 3;  // what one more rung would need
+        if (p.rungs < 1 || p.trials != trials || p.first_epochs != budget / (p.rungs * trials) || p.first_epochs < 1 ||
+            more <= budget) {
+            snprintf(why, size, "budget %d gave %d rungs, %d trials, %d epochs first; each rung costs trials * r_0 "
+                     "epochs, B / R at most, and R is as large as r_0 >= 1 allows", budget, p.rungs, p.trials,
+                     p.first_epochs);
+            return why;
+        }
+    }
+    return NULL;
+}
+
+// select_items on 60 labelled items against a selection made here, for
+// six sets of classes (one class to all ten) and limits 0 (all), 1, 2, 5.
+static const char *check_select_items(char *why, size_t size) {
+    enum { N = 60 };
+    unsigned char labels[N];
+    for (int i = 0; i < N; i++) labels[i] = (unsigned char)((i * 7 + i / 9) % NUM_CLASSES);
+    Dataset d = {.count = N, .labels = labels};
+    int items[N + 1], limits[4] = {0, 1, 2, 5};
+    for (unsigned classes = 1; classes <= ALL_CLASSES; classes = classes * 3 + 1)
+        for (int l = 0; l < 4; l++) {
+            int want[N], wanted = 0, taken[NUM_CLASSES] = {0};
+            for (int i = 0; i < N; i++)
+                if ((classes >> labels[i] & 1) && (!limits[l] || taken[labels[i]] < limits[l]))
+                    taken[labels[i]]++, want[wanted++] = i;
+            int counted = select_items(&d, classes, limits[l], NULL);
+            items[wanted] = -1;
+            int got = select_items(&d, classes, limits[l], items);
+            if (counted != wanted || got != wanted || memcmp(items, want, (size_t)wanted * sizeof(int)) != 0 ||
+                items[wanted] != -1) {
+                snprintf(why, size, "classes %03x, at most %d a class: %d items (%d when only counting), where the "
+                         "first items of those classes, in order, are %d", classes, limits[l], got, counted, wanted);
+                return why;
+            }
+        }
+    return NULL;
+}
+#endif
+
 /* ---- The table -------------------------------------------------------------------- */
 
 typedef struct {
@@ -878,6 +928,10 @@ static const Exercise EXERCISES[] = {
     {"8.bottleneck", check_bottleneck},
     {"8.squeeze-excite", check_squeeze_excite},
     {"8.stochastic-round", check_stochastic_round},
+#endif
+#if CHAPTER >= 9
+    {"9.search-plan", check_search_plan},
+    {"9.select-items", check_select_items},
 #endif
 };
 enum { EXERCISE_COUNT = sizeof EXERCISES / sizeof EXERCISES[0] };

@@ -120,10 +120,10 @@ sh tests/exercise.sh 2 "$hostile/exits_chapter2.c" 2.softmax-backward > "$work/e
 check "check-exercise: exit(0) is exit code 5, not 0" "[ \$? = 5 ] && grep -q 'stopped before their end with exit code 0' $work/exits.log"
 
 # Messages that name the real mistake.
-make -s check-exercise N=9.adam > "$work/nine.log" 2>&1
-check "N=9.adam: no chapter 9, and no advice to open starter/chapter9.c" "[ \$? != 0 ] && grep -q \"no chapter '9'\" $work/nine.log && ! grep -q 'chapter9.c' $work/nine.log"
-make -s check-exercise N=9.adam FILE=chapters/chapter2.c > "$work/nine.log" 2>&1
-check "a bad N with a good FILE is not 'does not compile'" "[ \$? != 0 ] && grep -q \"no chapter '9'\" $work/nine.log && ! grep -q 'does not compile' $work/nine.log"
+make -s check-exercise N=10.adam > "$work/nine.log" 2>&1
+check "N=10.adam: no chapter 10, and no advice to open starter/chapter10.c" "[ \$? != 0 ] && grep -q \"no chapter '10'\" $work/nine.log && ! grep -q 'chapter10.c' $work/nine.log"
+make -s check-exercise N=10.adam FILE=chapters/chapter2.c > "$work/nine.log" 2>&1
+check "a bad N with a good FILE is not 'does not compile'" "[ \$? != 0 ] && grep -q \"no chapter '10'\" $work/nine.log && ! grep -q 'does not compile' $work/nine.log"
 
 [ $failed = 0 ] || cat "$work/grade.log" "$work/hostile.log"
 echo "$passed passed, $failed failed"

@@ -1,0 +1,106 @@
+#!/bin/sh
+# test_search.sh - chapter 9's --search end to end, on a cut-down
+# Fashion-MNIST (1,920 training images, a tenth of them for validation,
+# 100 test images), and its two new options.
+#
+#   1. With the test files missing, the search runs every rung, writes its
+#      table and says what it chose; only then does the final run fail, on
+#      the missing test file (exit code 3). A search that read the test set
+#      would fail before its first trial.
+#   2. With them, the same search at another thread count: exit 0, the same
+#      table (the same trials, the same losses), and the chosen
+#      configuration trained once and tested.
+#   3. The same command again trains nothing (every trial, and the final
+#      run, reused from their checkpoints) and gives the same result, and
+#      the same ranking at each rung (a trial's loss at rung 1 is that of
+#      its first epochs, though its checkpoint has trained further).
+#   4. Stopped by --stop-after in rung 1, then run again: the same table
+#      and result as the uninterrupted search.
+#   5. --dropout on a model without dropout is refused (exit code 2).
+#   6. Chapter 9 with its defaults is chapter 8: the same weights. A run
+#      chapter 8 stopped is finished by chapter 9 with the weights of the
+#      run chapter 8 did not stop.
+#   7. --weight-decay changes the weights, and its runs have checkpoints of
+#      their own name.
+# Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.." || exit 1
+if [ ! -f data/t10k-labels-idx1-ubyte ]; then
+    echo "skip: no Fashion-MNIST"; echo "0 passed, 0 failed, 1 skipped"; exit 0
+fi
+make -s chapter8 chapter9 > /dev/null || exit 1
+work=build/search-test
+rm -rf "$work" && mkdir -p "$work/notest" || exit 1
+sh tests/small_data.sh data "$work/data" 1920 100 || exit 1
+cp "$work"/data/train-* "$work/notest/" || exit 1
+passed=0 failed=0
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+check() { if eval "$2"; then pass; else fail "$1"; fi; }
+results() { grep '^result ' "$1" | sed 's/ seconds=.*//'; }
+search="--search ann --budget 9 --epochs 2"
+
+# 1. No test files: the search ends before anything opens one.
+./chapter9 --data "$work/notest" $search --threads 2 --plots "$work/p1" --checkpoints "$work/ck1" \
+    > "$work/one.log" 2> "$work/one.err"
+check "without the test files the search exits 3 (a data file missing)" "[ $? = 3 ]"
+check "... naming the test file" "grep -q 't10k-images-idx3-ubyte' $work/one.err"
+check "... after every rung: the choice is made" "grep -q '^the search chose trial ' $work/one.log"
+check "... and the table of the 3 trials written" \
+    "[ \$(grep -c '^| [0-9]' $work/p1/search-ann/trials.md) = 3 ] && grep -q '(chosen)' $work/p1/search-ann/trials.md"
+check "... rung 2 trains the best of rung 1 to epoch 3" "grep -q '^---- rung 2 of 2, .* to epoch 3 ----' $work/one.log"
+
+# 2. With the test files, on one thread: the same search, then the final run.
+./chapter9 --data "$work/data" $search --threads 1 --plots "$work/p2" --checkpoints "$work/ck2" > "$work/two.log" 2>&1
+check "the search with the test files exits 0" "[ $? = 0 ]" || tail -n 5 "$work/two.log"
+check "the same table at 1 and 2 threads" "cmp -s $work/p1/search-ann/trials.md $work/p2/search-ann/trials.md"
+check "the final run is tested once" "[ \$(grep -c '^result ' $work/two.log) = 1 ]"
+chosen=$(sed -n 's/^the search chose trial [0-9]* (lr \([0-9.e-]*\), batch \([0-9]*\), .*/--lr \1 --batch \2/p' "$work/two.log")
+check "the final run trains the chosen configuration ($chosen)" \
+    "grep -q \"^model ann: .*learning rate \$(echo $chosen | cut -d' ' -f2), batch \$(echo $chosen | cut -d' ' -f4),\" $work/two.log"
+
+# 3. Again: nothing trains.
+./chapter9 --data "$work/data" $search --threads 2 --plots "$work/p2" --checkpoints "$work/ck2" > "$work/three.log" 2>&1
+check "the search run again exits 0" "[ $? = 0 ]"
+check "... trains no epoch" "! grep -q '^epoch ' $work/three.log"
+check "... and gives the same result" "[ \"\$(results $work/three.log)\" = \"\$(results $work/two.log)\" ]"
+ranks() { grep -E '^  (kept|dropped) ' "$1"; }
+check "... and each rung's losses as they were at that rung, not after the later ones" \
+    "[ \"\$(ranks $work/three.log)\" = \"\$(ranks $work/two.log)\" ]"
+
+# 4. Interrupted, then run again.
+./chapter9 --data "$work/data" $search --threads 2 --plots "$work/p4" --checkpoints "$work/ck4" --stop-after 20 \
+    > "$work/four.log" 2>&1
+check "--stop-after 20 stops the search with exit 130" "[ $? = 130 ]"
+./chapter9 --data "$work/data" $search --threads 2 --plots "$work/p4" --checkpoints "$work/ck4" > "$work/four2.log" 2>&1
+check "run again, it finishes" "[ $? = 0 ]"
+check "... with the uninterrupted search's table" "cmp -s $work/p2/search-ann/trials.md $work/p4/search-ann/trials.md"
+check "... and result" "[ \"\$(results $work/four2.log)\" = \"\$(results $work/two.log)\" ]"
+
+# 5. --dropout needs a dropout.
+./chapter9 --data "$work/data" --model ann --epochs 1 --dropout 0.3 --checkpoints "$work/ck5" --plots "$work/p5" \
+    > "$work/five.log" 2> "$work/five.err"
+check "--dropout on the ANN exits 2" "[ $? = 2 ] && grep -q 'has no dropout to set' $work/five.err"
+
+# 6. Chapter 9's defaults are chapter 8's run; chapter 9 finishes chapter 8's.
+common="--data $work/data --model ann --epochs 2 --threads 2"
+./chapter8 $common --checkpoints "$work/ck6a" --plots "$work/p6a" > "$work/six8.log" 2>&1
+./chapter9 $common --checkpoints "$work/ck6b" --plots "$work/p6b" > "$work/six9.log" 2>&1
+check "chapter 9 with its defaults trains chapter 8's weights" \
+    "[ -n \"\$(results $work/six8.log)\" ] && [ \"\$(results $work/six9.log)\" = \"\$(results $work/six8.log)\" ]"
+./chapter8 $common --checkpoints "$work/ck6c" --plots "$work/p6c" --stop-after 20 > "$work/six8s.log" 2>&1
+check "chapter 8 stopped after 20 steps (exit 130)" "[ $? = 130 ]"
+./chapter9 $common --checkpoints "$work/ck6c" --plots "$work/p6c" > "$work/six9r.log" 2>&1
+check "chapter 9 resumes chapter 8's checkpoint" "grep -q '^resuming from ' $work/six9r.log"
+check "... and ends with the weights of chapter 8's uninterrupted run" \
+    "[ \"\$(results $work/six9r.log)\" = \"\$(results $work/six8.log)\" ]"
+
+# 7. --weight-decay.
+./chapter9 $common --weight-decay 0.01 --checkpoints "$work/ck7" --plots "$work/p7" > "$work/seven.log" 2>&1
+check "--weight-decay 0.01 exits 0" "[ $? = 0 ]"
+check "... with other weights than no decay" \
+    "[ \"\$(results $work/seven.log | sed 's/.*weights=//')\" != \"\$(results $work/six9.log | sed 's/.*weights=//')\" ]"
+check "... in checkpoints of its own name" "[ -f $work/ck7/ann-lr0.001-batch64-wd0.01-seed1-best.ckpt ]"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
