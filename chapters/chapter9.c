@@ -271,7 +271,7 @@ typedef struct {
 enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_CHECK = 4 };
 enum { STREAM_DROPOUT = 3 };
 enum { STREAM_AUGMENT = 5 };
-enum { STREAM_SEARCH = 6 };
+enum { STREAM_SEARCH = 6, STREAM_ERASE = 7 };
 
 uint32_t rng_next(Rng *r) {
     uint64_t old = r->state;
@@ -837,6 +837,7 @@ typedef struct {
     int freeze;           // train only what follows the last convolution
     uint32_t init_weights;  // the fingerprint of the weights --init-from gave (set when they are read)
     const char *transfer;   // --transfer MODEL: the transfer experiment (transfer.c)
+    int erase;              // --erase: random erasing of training images (train.c)
 } Options;
 
 // The models --models builds, and a checkpoint may hold: chapter 7's, and
@@ -938,6 +939,9 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--freeze", .value_name = NULL, .help = "train only the layers after the last "
                               "convolution; the rest run as at inference, unchanged",
                               .kind = OPTION_FLAG, .target = &o->freeze};
+    specs[n++] = (OptionSpec){.name = "--erase", .value_name = NULL, .help = "paint a random rectangle of noise over half "
+                              "the training images (random erasing; with --augment or without)",
+                              .kind = OPTION_FLAG, .target = &o->erase};
     specs[n++] = (OptionSpec){.name = "--transfer", .value_name = "MODEL", .help = "the transfer experiment: MODEL "
                               "pretrained on classes 0-4, then trained on 5-9 with 10, 100 and 1000 images a class, "
                               "from scratch, frozen and fine-tuned",
@@ -3595,6 +3599,7 @@ typedef struct {
     const volatile sig_atomic_t *interrupted;  // set by the Ctrl-C handler; NULL: never
     long stop_after;          // --stop-after: pause once this many steps are done (0: never)
     int augment;              // --augment: shift and flip each training image as it is gathered
+    int erase;                // --erase: random erasing of each training image as it is gathered
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
@@ -3648,6 +3653,34 @@ void augment_image(float *image, uint64_t seed, int epoch, int item) {  // (28, 
         }
 }
 
+/* --erase (book.md 9.9): random erasing (Zhong, Zheng, Kang, Li and Yang,
+   2017). Half of the time, a rectangle of the image is painted over with
+   noise: its area a uniform 2% to 40% of the image, its height over its
+   width from 0.3 to 3.3 (the logarithm uniform), its place uniform among
+   those where it fits. Clothes in photographs are folded, covered by an
+   arm or cut by the frame; a model that must tell a shirt from a coat with
+   a part hidden learns to use every part of it, not the one patch that
+   suffices on the training set. Shifts and mirrors (--augment) teach where
+   and which way round; erasing teaches what to do when a part is missing.
+   Its own keyed stream, so --augment's draws stay as chapter 7 made them. */
+enum { ERASE_TRIES = 10 };
+
+void erase_image(float *image, uint64_t seed, int epoch, int item) {  // (28, 28), in place
+    Rng rng = rng_keyed(seed, STREAM_ERASE, (uint64_t)epoch, (uint64_t)item);
+    if (rng_below(&rng, 2)) return;
+    for (int attempt = 0; attempt < ERASE_TRIES; attempt++) {
+        float area = (0.02f + 0.38f * rng_uniform(&rng)) * IMAGE_SIZE;
+        float ratio = expf(logf(0.3f) * (1.0f - 2.0f * rng_uniform(&rng)));  // 0.3 to 1/0.3
+        int h = (int)(sqrtf(area * ratio) + 0.5f), w = (int)(sqrtf(area / ratio) + 0.5f);
+        if (h < 1 || w < 1 || h > IMAGE_ROWS || w > IMAGE_COLS) continue;
+        int top = (int)rng_below(&rng, (uint32_t)(IMAGE_ROWS - h + 1));
+        int left = (int)rng_below(&rng, (uint32_t)(IMAGE_COLS - w + 1));
+        for (int r = top; r < top + h; r++)
+            for (int c = left; c < left + w; c++) image[r * IMAGE_COLS + c] = rng_uniform(&rng);
+        return;
+    }
+}
+
 const char *optimizer_name(const Optimizer *o) { return o->kind == OPTIMIZER_ADAM ? "adam" : "sgd"; }
 
 // A loss that is infinite or not a number poisons every weight it touches
@@ -3689,6 +3722,7 @@ int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *prog
             memcpy(t->images + (size_t)i * IMAGE_SIZE, d->images + (size_t)item * IMAGE_SIZE, IMAGE_SIZE * sizeof(float));
             memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
             if (t->augment) augment_image(t->images + (size_t)i * IMAGE_SIZE, t->seed, epoch, item);
+            if (t->erase) erase_image(t->images + (size_t)i * IMAGE_SIZE, t->seed, epoch, item);
         }
         Batch batch = {.images = t->images, .targets = t->targets, .count = n,
                        .step = (long)(epoch - 1) * batches + b};
@@ -5722,7 +5756,8 @@ GraphClassifier chapter8_graph(const char *name, int max_batch, uint64_t seed) {
      RUN   the options that shape the numbers: model and optimizer (u8
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
-           and, in chapter 7's files, --augment (u32: 0 or 1)
+           and, in chapter 7's files, --augment (u32: 0 or 1; in chapter
+           9's, a bit each for --augment and --erase)
            and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
            chapter 8 wrote before it had bf16 lack it, and were fp32)
            and, in chapter 9's, --weight-decay and --dropout (float64
@@ -5808,7 +5843,7 @@ typedef struct {
     char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
-    uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+    uint32_t augment;  // 1: --augment (chapter 6's runs have 0), 2: --erase, 3: both
     uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
     double weight_decay, dropout;  // --weight-decay (0: none) and --dropout (-1: the model's own)
     uint32_t classes, per_class;   // a bit per class learned (0x3ff: all ten), and --per-class (0: all)
@@ -5819,7 +5854,7 @@ typedef struct {
 RunKey run_key(const Options *o, DataKey data) {
     RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
-    k.augment = (uint32_t)o->augment;
+    k.augment = (uint32_t)(o->augment | o->erase << 1);  // a bit each: --augment, --erase
     k.precision = strcmp(o->precision, "bf16") == 0;
     k.weight_decay = o->weight_decay, k.dropout = o->dropout;
     k.classes = o->classes ? o->classes : ALL_CLASSES, k.per_class = (uint32_t)o->per_class;
@@ -6164,7 +6199,7 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->epochs = (uint32_t)take_uint(&r, 4), k->patience = (uint32_t)take_uint(&r, 4);
     k->learning_rate = take_f64(&r);
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
-    if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+    if (k->augment > (f->bytes[8] == 9 ? 3u : 1u)) return damaged(f, "the RUN section holds an option out of its range", err);
     // The data key's 12 bytes end the section; 4 more before them are the
     // precision, which chapter 8's files have had since it learned bf16.
     int own = f->bytes[8] == 9;  // chapter 9's files always have the precision, and two options more
@@ -6467,8 +6502,8 @@ void checkpoint_path(const Options *o, const char *ending, char *path, size_t si
     // And a transfer run's: its classes, images per class, and the weights it started from.
     if (o->classes || o->per_class) snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes, o->per_class);
     if (o->init_from) snprintf(start, sizeof start, "-from%08x%s", o->init_weights, o->freeze ? "-frozen" : "");
-    snprintf(path, size, "%s/%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
+    snprintf(path, size, "%s/%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->erase ? "-erase" : "", o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
 }
 
 // The checkpoints directory, made if it is not there.
@@ -6631,6 +6666,7 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
     t.interrupted = &interrupted_by;
     t.stop_after = o->stop_after;
     t.augment = o->augment;
+    t.erase = o->erase;
     int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
     int last_epoch = (int)r->key.epochs;
     if (r->until && r->until < last_epoch) last_epoch = r->until;
@@ -6686,7 +6722,7 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
     const char *differs = strcmp(k->optimizer, want.optimizer) ? "--optimizer" : k->learning_rate != want.learning_rate ? "--lr"
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
-    if (!differs && k->augment != want.augment) differs = "--augment";
+    if (!differs && k->augment != want.augment) differs = (k->augment ^ want.augment) & 1 ? "--augment" : "--erase";
     if (!differs && k->weight_decay != want.weight_decay) differs = "--weight-decay";
     if (!differs && k->dropout != want.dropout) differs = "--dropout";
     if (!differs && k->classes != want.classes) differs = "--classes";

@@ -19,8 +19,12 @@
      RUN   the options that shape the numbers: model and optimizer (u8
            length, then the letters), seed, batch, limit, epochs and
            patience (u32 each), learning rate (float64)
-//@ from 7
+//@ from 7 to 8
            and, in chapter 7's files, --augment (u32: 0 or 1)
+//@ end
+//@ from 9
+           and, in chapter 7's files, --augment (u32: 0 or 1; in chapter
+           9's, a bit each for --augment and --erase)
 //@ end
 //@ from 8
            and, in chapter 8's, --precision (u32: 0 fp32, 1 bf16; files
@@ -133,8 +137,11 @@ typedef struct {
     char model[24], optimizer[8];
     uint32_t seed, batch, limit, epochs, patience;
     double learning_rate;
-//@ from 7
+//@ from 7 to 8
     uint32_t augment;  // 1: --augment (chapter 6's runs have 0)
+//@ end
+//@ from 9
+    uint32_t augment;  // 1: --augment (chapter 6's runs have 0), 2: --erase, 3: both
 //@ end
 //@ from 8
     uint32_t precision;  // 1: --precision bf16 (chapter 6's and 7's runs have 0: fp32)
@@ -150,8 +157,11 @@ typedef struct {
 RunKey run_key(const Options *o, DataKey data) {
     RunKey k = {.data = data, .seed = (uint32_t)o->seed, .batch = (uint32_t)o->batch, .limit = (uint32_t)o->limit,
                 .epochs = (uint32_t)o->epochs, .patience = (uint32_t)o->patience, .learning_rate = o->learning_rate};
-//@ from 7
+//@ from 7 to 8
     k.augment = (uint32_t)o->augment;
+//@ end
+//@ from 9
+    k.augment = (uint32_t)(o->augment | o->erase << 1);  // a bit each: --augment, --erase
 //@ end
 //@ from 8
     k.precision = strcmp(o->precision, "bf16") == 0;
@@ -522,7 +532,12 @@ int read_run_key(CheckpointFile *f, Error *err) {
     k->learning_rate = take_f64(&r);
 //@ from 7
     k->augment = f->bytes[8] >= 7 ? (uint32_t)take_uint(&r, 4) : 0;  // byte 8: the chapter, 6 or 7 (checked)
+//@ from 7 to 8
     if (k->augment > 1) return damaged(f, "the RUN section holds an option out of its range", err);
+//@ end
+//@ from 9
+    if (k->augment > (f->bytes[8] == 9 ? 3u : 1u)) return damaged(f, "the RUN section holds an option out of its range", err);
+//@ end
 //@ end
 //@ from 8
     // The data key's 12 bytes end the section; 4 more before them are the

@@ -49,6 +49,7 @@ typedef struct {
     int freeze;           // train only what follows the last convolution
     uint32_t init_weights;  // the fingerprint of the weights --init-from gave (set when they are read)
     const char *transfer;   // --transfer MODEL: the transfer experiment (transfer.c)
+    int erase;              // --erase: random erasing of training images (train.c)
 //@ end
 } Options;
 //@ from 4 to 4
@@ -245,6 +246,9 @@ int option_table(Options *o, OptionSpec *specs) {
     specs[n++] = (OptionSpec){.name = "--freeze", .value_name = NULL, .help = "train only the layers after the last "
                               "convolution; the rest run as at inference, unchanged",
                               .kind = OPTION_FLAG, .target = &o->freeze};
+    specs[n++] = (OptionSpec){.name = "--erase", .value_name = NULL, .help = "paint a random rectangle of noise over half "
+                              "the training images (random erasing; with --augment or without)",
+                              .kind = OPTION_FLAG, .target = &o->erase};
     specs[n++] = (OptionSpec){.name = "--transfer", .value_name = "MODEL", .help = "the transfer experiment: MODEL "
                               "pretrained on classes 0-4, then trained on 5-9 with 10, 100 and 1000 images a class, "
                               "from scratch, frozen and fine-tuned",

@@ -118,8 +118,8 @@ void checkpoint_path(const Options *o, const char *ending, char *path, size_t si
     // And a transfer run's: its classes, images per class, and the weights it started from.
     if (o->classes || o->per_class) snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes, o->per_class);
     if (o->init_from) snprintf(start, sizeof start, "-from%08x%s", o->init_weights, o->freeze ? "-frozen" : "");
-    snprintf(path, size, "%s/%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
+    snprintf(path, size, "%s/%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->erase ? "-erase" : "", o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
 //@ end
 //@ end
 }
@@ -292,6 +292,9 @@ int run_epochs(Run *r, const Dataset *train_set, const Dataset *validation, Erro
 //@ from 7
     t.augment = o->augment;
 //@ end
+//@ from 9
+    t.erase = o->erase;
+//@ end
     int batches = (train_set->count + o->batch - 1) / o->batch, status = 0;
     int last_epoch = (int)r->key.epochs;
 //@ from 9
@@ -355,7 +358,12 @@ int check_resume_key(const CheckpointFile *f, const Options *o, const DataKey *d
                         : k->seed != want.seed ? "--seed" : k->batch != want.batch ? "--batch" : k->limit != want.limit ? "--limit"
                         : k->epochs != want.epochs ? "--epochs" : k->patience != want.patience ? "--patience" : NULL;
 //@ from 7
+//@ from 7 to 8
     if (!differs && k->augment != want.augment) differs = "--augment";
+//@ end
+//@ from 9
+    if (!differs && k->augment != want.augment) differs = (k->augment ^ want.augment) & 1 ? "--augment" : "--erase";
+//@ end
 //@ end
 //@ from 9
     if (!differs && k->weight_decay != want.weight_decay) differs = "--weight-decay";

@@ -26,7 +26,7 @@ enum { STREAM_DROPOUT = 3 };
 enum { STREAM_AUGMENT = 5 };
 //@ end
 //@ from 9
-enum { STREAM_SEARCH = 6 };
+enum { STREAM_SEARCH = 6, STREAM_ERASE = 7 };
 //@ end
 
 uint32_t rng_next(Rng *r) {

@@ -142,6 +142,9 @@ typedef struct {
 //@ from 7
     int augment;              // --augment: shift and flip each training image as it is gathered
 //@ end
+//@ from 9
+    int erase;                // --erase: random erasing of each training image as it is gathered
+//@ end
 } Trainer;
 
 Trainer trainer_new(Model *model, Optimizer *optimizer, const Dataset *data, int batch, uint64_t seed) {
@@ -196,6 +199,36 @@ void augment_image(float *image, uint64_t seed, int epoch, int item) {  // (28, 
             int inside = from_r >= 0 && from_r < IMAGE_ROWS && from_c >= 0 && from_c < IMAGE_COLS;
             image[r * IMAGE_COLS + c] = inside ? original[from_r * IMAGE_COLS + from_c] : 0.0f;
         }
+}
+
+//@ end
+//@ from 9
+/* --erase (book.md 9.9): random erasing (Zhong, Zheng, Kang, Li and Yang,
+   2017). Half of the time, a rectangle of the image is painted over with
+   noise: its area a uniform 2% to 40% of the image, its height over its
+   width from 0.3 to 3.3 (the logarithm uniform), its place uniform among
+   those where it fits. Clothes in photographs are folded, covered by an
+   arm or cut by the frame; a model that must tell a shirt from a coat with
+   a part hidden learns to use every part of it, not the one patch that
+   suffices on the training set. Shifts and mirrors (--augment) teach where
+   and which way round; erasing teaches what to do when a part is missing.
+   Its own keyed stream, so --augment's draws stay as chapter 7 made them. */
+enum { ERASE_TRIES = 10 };
+
+void erase_image(float *image, uint64_t seed, int epoch, int item) {  // (28, 28), in place
+    Rng rng = rng_keyed(seed, STREAM_ERASE, (uint64_t)epoch, (uint64_t)item);
+    if (rng_below(&rng, 2)) return;
+    for (int attempt = 0; attempt < ERASE_TRIES; attempt++) {
+        float area = (0.02f + 0.38f * rng_uniform(&rng)) * IMAGE_SIZE;
+        float ratio = expf(logf(0.3f) * (1.0f - 2.0f * rng_uniform(&rng)));  // 0.3 to 1/0.3
+        int h = (int)(sqrtf(area * ratio) + 0.5f), w = (int)(sqrtf(area / ratio) + 0.5f);
+        if (h < 1 || w < 1 || h > IMAGE_ROWS || w > IMAGE_COLS) continue;
+        int top = (int)rng_below(&rng, (uint32_t)(IMAGE_ROWS - h + 1));
+        int left = (int)rng_below(&rng, (uint32_t)(IMAGE_COLS - w + 1));
+        for (int r = top; r < top + h; r++)
+            for (int c = left; c < left + w; c++) image[r * IMAGE_COLS + c] = rng_uniform(&rng);
+        return;
+    }
 }
 
 //@ end
@@ -254,6 +287,9 @@ int train_epoch(Trainer *t, int epoch, int epochs, EpochState *s, Progress *prog
             memcpy(t->targets + (size_t)i * NUM_CLASSES, d->targets + (size_t)item * NUM_CLASSES, NUM_CLASSES * sizeof(float));
 //@ from 7
             if (t->augment) augment_image(t->images + (size_t)i * IMAGE_SIZE, t->seed, epoch, item);
+//@ end
+//@ from 9
+            if (t->erase) erase_image(t->images + (size_t)i * IMAGE_SIZE, t->seed, epoch, item);
 //@ end
         }
         Batch batch = {.images = t->images, .targets = t->targets, .count = n,

@@ -8,8 +8,9 @@
 #      the missing test file (exit code 3). A search that read the test set
 #      would fail before its first trial.
 #   2. With them, the same search at another thread count: exit 0, the same
-#      table (the same trials, the same losses), and the chosen
-#      configuration trained once and tested.
+#      table (the same trials, the same losses; the same again on the
+#      portable kernel at 3 threads), and the chosen configuration trained
+#      once and tested.
 #   3. The same command again trains nothing (every trial, and the final
 #      run, reused from their checkpoints) and gives the same result, and
 #      the same ranking at each rung (a trial's loss at rung 1 is that of
@@ -22,6 +23,7 @@
 #      run chapter 8 did not stop.
 #   7. --weight-decay changes the weights, and its runs have checkpoints of
 #      their own name.
+#   8. So does --erase.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -54,6 +56,9 @@ check "... rung 2 trains the best of rung 1 to epoch 3" "grep -q '^---- rung 2 o
 ./chapter9 --data "$work/data" $search --threads 1 --plots "$work/p2" --checkpoints "$work/ck2" > "$work/two.log" 2>&1
 check "the search with the test files exits 0" "[ $? = 0 ]" || tail -n 5 "$work/two.log"
 check "the same table at 1 and 2 threads" "cmp -s $work/p1/search-ann/trials.md $work/p2/search-ann/trials.md"
+./chapter9 --data "$work/notest" $search --kernel portable --threads 3 --plots "$work/p1b" --checkpoints "$work/ck1b" \
+    > "$work/one-b.log" 2>&1
+check "... and on the portable kernel at 3 threads" "cmp -s $work/p1/search-ann/trials.md $work/p1b/search-ann/trials.md"
 check "the final run is tested once" "[ \$(grep -c '^result ' $work/two.log) = 1 ]"
 chosen=$(sed -n 's/^the search chose trial [0-9]* (lr \([0-9.e-]*\), batch \([0-9]*\), .*/--lr \1 --batch \2/p' "$work/two.log")
 check "the final run trains the chosen configuration ($chosen)" \
@@ -101,6 +106,15 @@ check "--weight-decay 0.01 exits 0" "[ $? = 0 ]"
 check "... with other weights than no decay" \
     "[ \"\$(results $work/seven.log | sed 's/.*weights=//')\" != \"\$(results $work/six9.log | sed 's/.*weights=//')\" ]"
 check "... in checkpoints of its own name" "[ -f $work/ck7/ann-lr0.001-batch64-wd0.01-seed1-best.ckpt ]"
+
+# 8. --erase.
+./chapter9 --data "$work/data" --model basic --epochs 1 --threads 2 --erase --checkpoints "$work/ck8" --plots "$work/p8" \
+    > "$work/eight.log" 2>&1
+check "--erase exits 0, in checkpoints of its own name" "[ $? = 0 ] && [ -f $work/ck8/basic-erase-seed1-best.ckpt ]"
+./chapter9 --data "$work/data" --model basic --epochs 1 --threads 2 --checkpoints "$work/ck8" --plots "$work/p8" \
+    > "$work/eight2.log" 2>&1
+check "... and trains other weights than without it" \
+    "[ \"\$(results $work/eight.log | sed 's/.*weights=//')\" != \"\$(results $work/eight2.log | sed 's/.*weights=//')\" ]"
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
