@@ -347,6 +347,7 @@ CHAPTER_TESTS_5 = bn
 CHAPTER_TESTS_6 = checkpoint resume
 CHAPTER_TESTS_7 = compare
 CHAPTER_TESTS_8 = resnet bf16
+CHAPTER_TESTS_9 = search transfer erase
 test-chapter:
 	@test -n "$(N)" || { echo "usage: make test-chapter N=2 [FILE=starter/chapter2.c]"; exit 2; }
 	@file="$(or $(FILE),starter/chapter$(N).c)"; status=0; mkdir -p build/chapter-tests; \
@@ -384,7 +385,7 @@ handout: build/tangle
 	@cp book.md "$(HANDOUT)/book.md" && cp figures/* "$(HANDOUT)/figures/" && cp src/get-data.sh "$(HANDOUT)/get-data.sh"
 	@cp tests/exercises.c tests/answers.c tests/exercise.sh tests/grade.sh tests/small_data.sh "$(HANDOUT)/tests/"
 	@cp tests/handout.mk "$(HANDOUT)/Makefile"
-	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter8.c, tests/, get-data.sh, Makefile"
+	@echo "$(HANDOUT)/: book.md, figures/, starter/chapter1.c ... chapter9.c, tests/, get-data.sh, Makefile"
 
 clean:
 	rm -rf build $(PROGRAMS)

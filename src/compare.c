@@ -848,8 +848,15 @@ void make_quick(Options *o, FashionMnist *data) {
     if (o->epochs > QUICK_EPOCHS) o->epochs = QUICK_EPOCHS;
     if (data->validation.count > QUICK_VALIDATION) data->validation.count = QUICK_VALIDATION;
     if (data->test.count > QUICK_TEST) data->test.count = QUICK_TEST;
+//@ from 7 to 8
     printf("--quick: %d training images at most, %d validation, %d test; at most %d epochs\n", o->limit,
            data->validation.count, data->test.count, o->epochs);
+//@ end
+//@ from 9
+    printf("--quick: %d training images at most, %d validation", o->limit, data->validation.count);
+    if (data->test.count) printf(", %d test", data->test.count);  // a search's test set is not loaded yet
+    printf("; at most %d epochs\n", o->epochs);
+//@ end
 }
 
 int compare_models(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {

@@ -43,7 +43,7 @@ done
 [ -r "$book" ] || { echo "check_outputs: cannot read $book" >&2; exit 2; }
 top=$(pwd)
 [ -f data/t10k-labels-idx1-ubyte ] || { echo "skip: no Fashion-MNIST in data/ (make data)"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
-make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 chapter8 > /dev/null || exit 2
+make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 chapter8 chapter9 > /dev/null || exit 2
 work=${CHECK_OUTPUTS_DIR:-$top/build/outputs}  # another directory lets two checks run at once
 rm -rf "$work/tmp" "$work/blocks" && mkdir -p "$work/tmp" "$work/blocks" || exit 2
 

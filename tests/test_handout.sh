@@ -14,16 +14,18 @@ git clone -q . "$tmp/clone" || { echo "FAIL git clone"; echo "0 passed, 1 failed
 check "make handout runs in a clean clone" "[ \$? = 0 ]"
 out=$tmp/out
 for f in book.md Makefile get-data.sh tests/exercises.c tests/answers.c tests/exercise.sh tests/grade.sh \
-         starter/chapter1.c starter/chapter8.c figures/fashion-samples.png; do
+         starter/chapter1.c starter/chapter9.c figures/fashion-samples.png; do
     check "the handout has $f" "[ -s $out/$f ]"
 done
 check "the handout has every figure" "[ \$(ls $out/figures | wc -l) = \$(ls figures | wc -l) ]"
 check "the handout has no chapters/ and no src/" "[ ! -e $out/chapters ] && [ ! -e $out/src ]"
-# No solution of a chapter's own exercises: a line of chapter 8's (which no
-# starter has) and of chapter 1's, which starter/chapter1.c must not have
-# (later starters do: each leaves out only its own chapter's exercises).
-check "no file of the handout holds a solution of chapter 8" \
-    "! grep -rqF 'gate[c] = 1.0f / (1.0f + expf(-sum));' $out"
+# No solution of a chapter's own exercises: a line of chapter 9's (which no
+# starter has), and of chapters 8 and 1, which their own starters must not
+# have (later starters do: each leaves out only its own chapter's exercises).
+check "no file of the handout holds a solution of chapter 9" \
+    "! grep -rqF '(per_class && taken[c] == per_class)) continue;' $out"
+check "starter/chapter8.c does not hold chapter 8's solutions" \
+    "! grep -qF 'gate[c] = 1.0f / (1.0f + expf(-sum));' $out/starter/chapter8.c && grep -qF 'gate[c] = 1.0f / (1.0f + expf(-sum));' $out/starter/chapter9.c"
 check "starter/chapter1.c does not hold chapter 1's solutions" \
     "! grep -qF 's->m2 += before * (x - s->mean);' $out/starter/chapter1.c && grep -qF 's->m2 += before * (x - s->mean);' $out/starter/chapter2.c"
 (cd "$out" && make -s check-exercise N=1.welford) > "$tmp/check.log" 2>&1
