@@ -8283,12 +8283,12 @@ int train_trial(void *context, Trial *t, int epochs, Error *err) {
     if (!status) status = run_open(&r, &m, &opt, &train_set, &s->data->validation, &o, h, err);
     r.until = epochs;
     if (!status) status = run_epochs(&r, &train_set, &s->data->validation, err);
+    t->loss = best_validation_loss(h, epochs);
     if (status == EXIT_DIVERGED) {  // not an error for a search: a learning rate too large, ranked last
         printf("trial %d diverged: %s\n", t->index + 1, err->message);
         *err = (Error){0};
-        status = 0;
+        status = 0, t->loss = INFINITY;  // whatever its epochs before (run again, it diverges again)
     }
-    t->loss = best_validation_loss(h, epochs);
     run_close(&r);
     history_free(h);
     optimizer_free(&opt);
