@@ -7849,9 +7849,19 @@ void print_classes(unsigned classes) {
    its fresh initialisation when the checkpoint learned other classes.
    Sets o->init_weights to the fingerprint of the weights it starts from,
    which becomes part of the run's key. */
+// A checkpoint's messages end with the fix for a run's own files (move it
+// away, or another --checkpoints DIR); for --init-from the fix is another file.
+static const char INIT_FROM_FIX[] = "--init-from needs a checkpoint a run of this model wrote: its -best.ckpt.";
+
+int init_from_refused(Error *err) {
+    char *fix = strstr(err->message, CHECKPOINT_FIX);
+    if (fix) snprintf(fix, sizeof err->message - (size_t)(fix - err->message), "%s", INIT_FROM_FIX);
+    return err->code;
+}
+
 int init_from_checkpoint(GraphClassifier *net, const char *model, Options *o, Error *err) {
     CheckpointFile f;
-    if (open_checkpoint(o->init_from, &f, err)) return err->code;
+    if (open_checkpoint(o->init_from, &f, err)) return init_from_refused(err);
     Graph *g = net->graph;
     int status = 0;
     if (strcmp(f.key.model, model) != 0)
@@ -7861,7 +7871,7 @@ int init_from_checkpoint(GraphClassifier *net, const char *model, Options *o, Er
                       f.key.model, model, model, f.key.model);
     float *params = xmalloc(g->param_count * sizeof(float)), *state = xmalloc((g->state_count + 1) * sizeof(float));
     ByteReader r = section_reader(&f, SECTION_BEST);
-    if (!status) status = take_tensors(&f, &r, "BEST", g, params, state, err);
+    if (!status && take_tensors(&f, &r, "BEST", g, params, state, err)) status = init_from_refused(err);
     if (!status) {
         unsigned classes = o->classes ? o->classes : ALL_CLASSES;
         Node *weight, *bias;

@@ -59,6 +59,10 @@ check "--init-from a checkpoint of another model exits 22" "[ $? = 22 ]"
 check "... naming both models and the fix" \
     "grep -q 'a checkpoint of the ann model, but this run trains basic' $work/three2.err && grep -q 'train basic first' $work/three2.err"
 check "... before anything trains" "! grep -q '^epoch ' $work/three2.log"
+printf 'not a checkpoint' > "$work/junk.ckpt"
+./chapter9 $common --model basic --init-from "$work/junk.ckpt" > /dev/null 2> "$work/junk.err"
+check "--init-from a file that is no checkpoint exits 18, with the fix for --init-from" \
+    "[ $? = 18 ] && grep -q 'not a checkpoint.*--init-from needs a checkpoint a run of this model wrote' $work/junk.err"
 for bad in "--freeze" "--classes 5,5" "--classes 10" "--transfer ann"; do
     ./chapter9 $common $bad > /dev/null 2> "$work/bad.err"
     check "$bad is refused with exit code 2" "[ $? = 2 ] && [ -s $work/bad.err ]"
