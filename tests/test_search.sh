@@ -60,6 +60,11 @@ check "the same table at 1 and 2 threads" "cmp -s $work/p1/search-ann/trials.md 
     > "$work/one-b.log" 2>&1
 check "... and on the portable kernel at 3 threads" "cmp -s $work/p1/search-ann/trials.md $work/p1b/search-ann/trials.md"
 check "the final run is tested once" "[ \$(grep -c '^result ' $work/two.log) = 1 ]"
+if command -v gnuplot > /dev/null 2>&1; then
+    (cd "$work/p2/search-ann" && gnuplot trials.gp) > "$work/gnuplot.log" 2>&1
+    check "gnuplot trials.gp runs without an error or a warning" \
+        "[ $? = 0 ] && [ ! -s $work/gnuplot.log ] && [ -s $work/p2/search-ann/trials.png ]" || cat "$work/gnuplot.log"
+fi
 chosen=$(sed -n 's/^the search chose trial [0-9]* (lr \([0-9.e-]*\), batch \([0-9]*\), .*/--lr \1 --batch \2/p' "$work/two.log")
 check "the final run trains the chosen configuration ($chosen)" \
     "grep -q \"^model ann: .*learning rate \$(echo $chosen | cut -d' ' -f2), batch \$(echo $chosen | cut -d' ' -f4),\" $work/two.log"
