@@ -5854,6 +5854,19 @@ void put_results_table(ByteBuffer *b, const Comparison *c) {
     }
 }
 
+// The test images only x got right, and only y.
+void disagreements(const RunReport *x, const RunReport *y, const Dataset *test, long *only_x, long *only_y) {
+    *only_x = *only_y = 0;
+    for (int k = 0; k < test->count; k++) {
+        int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
+        *only_x += x_right && !y_right, *only_y += y_right && !x_right;
+    }
+}
+
+void format_p(char *text, size_t size, double p) {
+    snprintf(text, size, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+}
+
 // Every pair of models, seed by seed, on the same test images.
 void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
     put_text(b, "\n| first | second | seed | only the first right | only the second right | "
@@ -5862,18 +5875,15 @@ void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) 
         for (int j = i + 1; j < c->model_count; j++)
             for (int s = 0; s < c->seed_count; s++) {
                 const RunReport *x = comparison_run(c, i, s), *y = comparison_run(c, j, s);
-                long only_x = 0, only_y = 0;
-                for (int k = 0; k < test->count; k++) {
-                    int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
-                    only_x += x_right && !y_right, only_y += y_right && !x_right;
-                }
-                double p = mcnemar_exact_p(only_x, only_y);
+                long only_x, only_y;
+                disagreements(x, y, test, &only_x, &only_y);
                 char p_text[32];
-                snprintf(p_text, sizeof p_text, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+                format_p(p_text, sizeof p_text, mcnemar_exact_p(only_x, only_y));
                 put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %s |\n", c->names[i], c->names[j], x->seed, only_x,
                          only_y, 100.0 * (y->test.accuracy - x->test.accuracy), p_text);
             }
 }
+
 
 // Precision, recall or F1 of class k, the mean over a model's seeds.
 typedef enum { PRECISION, RECALL, F1 } ClassFigure;

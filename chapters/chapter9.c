@@ -654,9 +654,11 @@ int fashion_mnist_subset(const FashionMnist *all, unsigned classes, int per_clas
     int train = selected * copies, validation = select_items(&all->validation, classes, 0, NULL);
     if (train == 0 || validation == 0) {
         free(items);
-        return fail(err, EXIT_TOO_FEW, "--classes %03x: the training split has %d images of these classes, the "
-                    "validation split %d; both need at least one. Choose other --classes.", classes, train,
-                    validation);
+        char list[2 * NUM_CLASSES] = "";
+        for (int k = 0; k < NUM_CLASSES; k++)
+            if (classes >> k & 1) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", *list ? "," : "", k);
+        return fail(err, EXIT_TOO_FEW, "--classes %s: the training split has %d images of these classes, the "
+                    "validation split %d; both need at least one. Choose other --classes.", list, train, validation);
     }
     out->all_training = dataset_new(train + validation);
     select_items(&all->train, classes, per_class, items);
@@ -670,6 +672,11 @@ int fashion_mnist_subset(const FashionMnist *all, unsigned classes, int per_clas
         copy_items(&out->test, 0, &all->test, items, test);
     }
     free(items);
+    if (all->test.count && out->test.count == 0) {
+        free_fashion_mnist(out);
+        return fail(err, EXIT_TOO_FEW, "--classes: the test split has no images of these classes, so nothing "
+                    "could be tested. Choose other --classes.");
+    }
     return 0;
 }
 
@@ -845,12 +852,20 @@ typedef struct {
 // skips, and the depthwise-separable network.
 static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn|resnet|plain|resnet8|plain8|separable";
 
+// What ./chapter9 compares: the models of chapters 2, 4, 5 and 8 at the
+// notebooks' settings, tuned, tuned with every augmentation, and in bf16.
+static const char EVERYTHING[] = "ann,basic,deeper,resnet,separable,"
+                                 "ann+tuned,basic+tuned,deeper+tuned,resnet+tuned,separable+tuned,"
+                                 "ann+tuned+augment+erase,basic+tuned+augment+erase,deeper+tuned+augment+erase,"
+                                 "resnet+tuned+augment+erase,separable+tuned+augment+erase,"
+                                 "basic+bf16,deeper+bf16,resnet+bf16,separable+bf16";
+
 Options default_options(void) {
     return (Options){
         .data_dir = "data",
         .batch = 64, .seed = 1, .optimizer = "adam",
         .epochs = 30, .patience = 3, .checkpoints = "checkpoints",
-        .models = "plain8,resnet8", .seeds = 1, .plots = "plots", .precision = "fp32",
+        .models = EVERYTHING, .seeds = 1, .plots = "plots", .precision = "fp32",
         .kernel = "auto",
         .dropout = -1, .budget = 27,
         .model = "deeper",
@@ -882,8 +897,11 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_TEXT, .target = &o->checkpoints};
     specs[n++] = (OptionSpec){.name = "--stop-after", .value_name = "N", .help = "pause as Ctrl-C would after N training steps of a run (run it again without --stop-after to go on)",
                               .kind = OPTION_INT, .target = &o->stop_after, .min = 1, .max = 2147483647};
-    specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
-                              "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8, separable (default: plain8,resnet8)",
+    specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the rows to compare, separated by commas: "
+                              "a model (ann, basic, deeper, deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8, "
+                              "separable), each with variants after a + if you like: tuned, augment, erase, bf16 (default: "
+                              "the five models, each as the notebooks had it, tuned, tuned with augment and erase, and "
+                              "the CNNs in bf16)",
                               .kind = OPTION_TEXT, .target = &o->models};
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "one model alone: the same as --models NAME",
                               .kind = OPTION_TEXT, .target = &o->one_model, .choices = MODEL_NAMES};
@@ -1010,17 +1028,44 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
 
 // --models, split at the commas into names, each a model and none twice.
 // Returns how many, or -1 with the message in *err.
-enum { MAX_MODELS = 10, MODEL_NAME_SIZE = 24 };
+enum { MAX_MODELS = 24, MODEL_NAME_SIZE = 48 };
+
+/* Chapter 9's rows: a model and what is done to it, MODEL+VARIANT+...:
+   tuned (the configuration a search chose, tune.c), augment (--augment),
+   erase (--erase), bf16 (--precision bf16); each at most once, so
+   "deeper+tuned+augment+erase" is the deeper CNN tuned and trained on
+   shifted, flipped and erased images. Is `row` one? `model` gets the
+   model's name. */
+static const char VARIANT_NAMES[] = "tuned|augment|erase|bf16";
+
+int is_row_name(const char *row, char model[MODEL_NAME_SIZE]) {
+    size_t length = strcspn(row, "+");
+    if (length >= MODEL_NAME_SIZE) return 0;
+    memcpy(model, row, length), model[length] = '\0';
+    if (!is_choice(model, MODEL_NAMES)) return 0;
+    char seen[sizeof VARIANT_NAMES] = "";
+    for (const char *at = row + length; *at == '+'; at += length) {
+        at++, length = strcspn(at, "+");
+        char variant[16] = "";
+        if (length >= sizeof variant) return 0;
+        memcpy(variant, at, length);
+        if (!is_choice(variant, VARIANT_NAMES) || (*seen && is_choice(variant, seen))) return 0;
+        snprintf(seen + strlen(seen), sizeof seen - strlen(seen), "%s%s", *seen ? "|" : "", variant);
+    }
+    return 1;
+}
 int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], Error *err) {
     int count = 0;
     for (const char *at = list;; at++) {
         int length = (int)strcspn(at, ",");
         char name[MODEL_NAME_SIZE] = "";
         if (length < MODEL_NAME_SIZE) memcpy(name, at, (size_t)length);
-        if (length >= MODEL_NAME_SIZE || !is_choice(name, MODEL_NAMES))
-            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
-                        "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8 and separable, separated by "
-                        "commas (for example --models plain,resnet)", length, at), -1;
+        char model[MODEL_NAME_SIZE];
+        if (length >= MODEL_NAME_SIZE || !is_row_name(name, model))
+            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model, or a model with variants; the models "
+                        "are ann, basic, deeper, deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8 and "
+                        "separable, and each may take variants after a +, each once: tuned, augment, erase, bf16 "
+                        "(for example --models deeper,deeper+tuned+augment)", length, at), -1;
         for (int i = 0; i < count; i++)
             if (strcmp(names[i], name) == 0) return fail(err, EXIT_USAGE, "--models: '%s' is named twice", name), -1;
         memcpy(names[count++], name, sizeof name);
@@ -1081,6 +1126,14 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
         return fail(err, EXIT_USAGE, "--freeze keeps the layers up to the last convolution as they start: give "
                     "them weights to keep with --init-from CHECKPOINT");
     if (o->search && o->transfer) return fail(err, EXIT_USAGE, "--search and --transfer: choose one");
+    double default_lr = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+    if (o->search && (o->dropout >= 0 || o->weight_decay > 0 || o->learning_rate != default_lr || o->batch != 64))
+        return fail(err, EXIT_USAGE, "--search chooses the learning rate, the batch, the dropout and the weight decay "
+                    "itself: leave out --%s", o->dropout >= 0 ? "dropout" : o->weight_decay > 0 ? "weight-decay" :
+                    o->batch != 64 ? "batch" : "lr");
+    if (o->search && (o->one_model || o->seeds > 1))
+        return fail(err, EXIT_USAGE, "--search MODEL names its model and trains it with one seed: leave out --%s",
+                    o->one_model ? "model" : "seeds");
     o->argc = argc, o->argv = argv;
     if (o->resume && o->evaluate) return fail(err, EXIT_USAGE, "--resume and --evaluate: choose one");
     if ((o->resume || o->evaluate) && o->overfit)
@@ -6500,10 +6553,12 @@ void checkpoint_path(const Options *o, const char *ending, char *path, size_t si
     if (o->learning_rate != 0.001 || o->batch != 64 || o->weight_decay != 0 || o->dropout >= 0)
         snprintf(tuned, sizeof tuned, "-lr%g-batch%d-wd%g%s", o->learning_rate, o->batch, o->weight_decay, dropout);
     // And a transfer run's: its classes, images per class, and the weights it started from.
-    if (o->classes || o->per_class) snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes, o->per_class);
+    if (o->classes || o->per_class)
+        snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes ? o->classes : ALL_CLASSES, o->per_class);
     if (o->init_from) snprintf(start, sizeof start, "-from%08x%s", o->init_weights, o->freeze ? "-frozen" : "");
-    snprintf(path, size, "%s/%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->erase ? "-erase" : "", o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
+    snprintf(path, size, "%s/%s%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->erase ? "-erase" : "", strcmp(o->precision, "bf16") == 0 ? "-bf16" : "", o->quick ? "-quick" : "",
+             tuned, subset, start, o->seed, ending);
 }
 
 // The checkpoints directory, made if it is not there.
@@ -6969,7 +7024,7 @@ ByteBuffer png_bytes(const Picture *p) {
 
 /* ---- Text files and the list of files written ------------------------------ */
 
-enum { MAX_FILES = 128 };
+enum { MAX_FILES = 512 };  // the comparison of everything: 19 rows, each with its pictures
 typedef struct {
     char paths[MAX_FILES][1100];
     int count;
@@ -7111,6 +7166,39 @@ int draw_network(GraphClassifier *net, const Dataset *test, const char *name, co
 
 // --dropout, --init-from and --freeze, on a model just built (transfer.c, below).
 int prepare_model(GraphClassifier *net, const char *model, Options *o, Error *err);
+// The configuration a search of the model chose (tune.c, below).
+int tune_options(Options *o, const char *model, int seed, const FashionMnist *data, KernelKind kernel,
+                 GemmContext *gemm, FileList *files, Error *err);
+
+/* The options of a row of chapter 9's comparison, MODEL+VARIANT... (see
+   is_row_name): its model's name into `model`, --augment, --erase and
+   --precision bf16 as its variants say, and for +tuned the configuration
+   that a search of the model chose, at the notebooks' other settings (a
+   search run once, with the comparison's first seed, and reused). A bf16
+   row in an fp32 comparison gets matrix multiplies of its own (*own, the
+   caller frees it). */
+int row_options(const char *row, const Options *base, const FashionMnist *data, KernelKind kernel,
+                GemmContext **gemm, GemmContext **own, Options *o, char model[MODEL_NAME_SIZE], FileList *files,
+                Error *err) {
+    require(is_row_name(row, model), "row '%s' passed --models, but is not a row", row);
+    o->model = model;
+    if (strstr(row, "+tuned")) {
+        Options tuning = *o;
+        tuning.augment = tuning.erase = 0, tuning.precision = "fp32";
+        if (tune_options(&tuning, model, base->seed, data, kernel, *gemm, files, err)) return err->code;
+        o->learning_rate = tuning.learning_rate, o->batch = tuning.batch;
+        o->dropout = tuning.dropout, o->weight_decay = tuning.weight_decay;
+    }
+    if (strstr(row, "+augment")) o->augment = 1;
+    if (strstr(row, "+erase")) o->erase = 1;
+    if (strstr(row, "+bf16")) {
+        o->precision = "bf16";
+        if (kernel != KERNEL_BLOCKED)
+            return fail(err, EXIT_USAGE, "--models %s: bf16 needs the blocked GEMM, not --kernel %s", row, base->kernel);
+        if (!(*gemm)->bf16) *own = *gemm = gemm_context_new_bf16(bf16_best_kernel(), (*gemm)->workers->threads);
+    }
+    return 0;
+}
 
 /* Trains (or resumes, or only re-tests) one model with one seed. A run
    whose last checkpoint exists goes on from it: chapter 6's --resume,
@@ -7119,10 +7207,21 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
             const FashionMnist *data, RunReport *report, FileList *files, Error *err) {
     Options o = *base;
     o.model = model, o.seed = seed;
+    *report = (RunReport){.model = model, .seed = seed};  // what the caller frees, even after an early return
+    const char *row = model;  // the row's name, which the tables print; `model` becomes its model's
+    char model_name[MODEL_NAME_SIZE];
+    GemmContext *own = NULL;
+    int ready = row_options(row, base, data, kernel, &gemm, &own, &o, model_name, files, err);
+    if (ready) {
+        gemm_context_free(own);
+        return ready;
+    }
+    model = model_name;
     GraphClassifier net = build_model(model, o.batch, (uint64_t)seed, kernel, gemm);
     if (prepare_model(&net, model, &o, err)) {  // --dropout, --init-from, --freeze
         net.graph->gemm = NULL;
         graph_free(net.graph);
+        gemm_context_free(own);
         return err->code;
     }
     char last[1100];  // its name says where the weights started (--init-from): known only now
@@ -7130,7 +7229,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     if (file_exists(last)) o.resume = last;
     if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
-    *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
+    *report = (RunReport){.model = row, .seed = seed, .parameters = m.count + m.state_count,
                           .multiply_adds = model_multiply_adds(net.graph)};
     int status = fit_and_test(&m, data, &o, &report->history, &report->result, err);
     if (!status) {
@@ -7141,10 +7240,11 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
         report->classes = class_figures(&report->test);
         report->training_images = (double)training_set(data, &o).count * report->result.epochs;
         print_result(&report->result);
-        if (seed == base->seed && strcmp(model, "ann") != 0) status = draw_network(&net, test, model, base, files, err);
+        if (seed == base->seed && strcmp(model, "ann") != 0) status = draw_network(&net, test, row, base, files, err);
     }
     net.graph->gemm = NULL;  // the threads and buffers stay for the next run
     graph_free(net.graph);
+    gemm_context_free(own);
     return status;
 }
 
@@ -7195,11 +7295,27 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
     Dataset train_set = training_set(data, o);
     DataKey here = data_key(&train_set, &data->validation);
     for (int i = 0; i < c->model_count; i++) {
-        GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
+        char model[MODEL_NAME_SIZE];
+        is_row_name(c->names[i], model);
+        GraphClassifier sizing = build_model(model, 1, 1, KERNEL_NAIVE, NULL);
+        if (o->dropout >= 0 && set_dropout_rates(sizing.graph, o->dropout) == 0) {
+            graph_free(sizing.graph);
+            return fail(err, EXIT_USAGE, "--dropout %g: the %s model has no dropout to set (deeper and its chapter 7 "
+                        "variants have); compare it without --dropout", o->dropout, model);
+        }
+        char first[MODEL_NAME_SIZE];
+        is_row_name(c->names[0], first);
+        if (o->init_from && strcmp(model, first) != 0) {
+            graph_free(sizing.graph);
+            return fail(err, EXIT_USAGE, "--init-from starts one model from a checkpoint of its own; --models names "
+                        "%s and %s: compare them without --init-from, or one at a time", first, model);
+        }
         size_t state_count = sizing.graph->state_count;
         for (int s = 0; s < c->seed_count; s++) comparison_run(c, i, s)->multiply_adds = model_multiply_adds(sizing.graph);
         graph_free(sizing.graph);
         if (check_batch_norm_batches(state_count, o, training_set(data, o).count, err)) return err->code;
+        // A variant's options, and --init-from's weights, are known only when the run starts, which checks them.
+        if (strchr(c->names[i], '+') || o->init_from) continue;
         for (int s = 0; s < c->seed_count; s++) {
             Options run = *o;
             run.model = c->names[i], run.seed = o->seed + s;
@@ -7299,6 +7415,28 @@ void put_results_table(ByteBuffer *b, const Comparison *c) {
     }
 }
 
+// The test images only x got right, and only y.
+void disagreements(const RunReport *x, const RunReport *y, const Dataset *test, long *only_x, long *only_y) {
+    *only_x = *only_y = 0;
+    for (int k = 0; k < test->count; k++) {
+        int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
+        *only_x += x_right && !y_right, *only_y += y_right && !x_right;
+    }
+}
+
+void format_p(char *text, size_t size, double p) {
+    snprintf(text, size, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+}
+
+/* Chapter 9 compares 19 rows; all their pairs would be 171 lines a seed.
+   McNemar's table keeps the pairs that answer a question: two models as
+   the notebooks had them, and two versions of one model. */
+int compared_pair(const Comparison *c, int i, int j) {
+    char a[MODEL_NAME_SIZE], b[MODEL_NAME_SIZE];
+    is_row_name(c->names[i], a), is_row_name(c->names[j], b);
+    return strcmp(a, b) == 0 || (!strchr(c->names[i], '+') && !strchr(c->names[j], '+'));
+}
+
 // Every pair of models, seed by seed, on the same test images.
 void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
     put_text(b, "\n| first | second | seed | only the first right | only the second right | "
@@ -7306,19 +7444,47 @@ void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) 
     for (int i = 0; i < c->model_count; i++)
         for (int j = i + 1; j < c->model_count; j++)
             for (int s = 0; s < c->seed_count; s++) {
+                if (!compared_pair(c, i, j)) continue;
                 const RunReport *x = comparison_run(c, i, s), *y = comparison_run(c, j, s);
-                long only_x = 0, only_y = 0;
-                for (int k = 0; k < test->count; k++) {
-                    int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
-                    only_x += x_right && !y_right, only_y += y_right && !x_right;
-                }
-                double p = mcnemar_exact_p(only_x, only_y);
+                long only_x, only_y;
+                disagreements(x, y, test, &only_x, &only_y);
                 char p_text[32];
-                snprintf(p_text, sizeof p_text, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+                format_p(p_text, sizeof p_text, mcnemar_exact_p(only_x, only_y));
                 put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %s |\n", c->names[i], c->names[j], x->seed, only_x,
                          only_y, 100.0 * (y->test.accuracy - x->test.accuracy), p_text);
             }
 }
+
+/* The verdict: each row with variants against its model as the notebooks
+   had it (when that row is compared too). What the variants bought in
+   accuracy (the mean over seeds), with what confidence (McNemar on the
+   first seed), and at what cost in training time (all of each run's
+   epochs, summed over seeds). */
+void put_verdict_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
+    put_text(b, "\n| row | against | accuracy gained (points, mean) | McNemar p (first seed) | training time |\n"
+                "|---|---|--:|--:|--:|\n");
+    for (int i = 0; i < c->model_count; i++) {
+        char model[MODEL_NAME_SIZE];
+        is_row_name(c->names[i], model);
+        int plain = -1;
+        for (int j = 0; j < c->model_count; j++)
+            if (strcmp(c->names[j], model) == 0) plain = j;
+        if (plain < 0 || plain == i) continue;
+        double gained = 0, seconds = 0, plain_seconds = 0;
+        for (int s = 0; s < c->seed_count; s++) {
+            const RunReport *x = comparison_run(c, plain, s), *y = comparison_run(c, i, s);
+            gained += 100.0 * (y->test.accuracy - x->test.accuracy) / c->seed_count;
+            seconds += y->result.seconds, plain_seconds += x->result.seconds;
+        }
+        long only_plain, only_row;
+        disagreements(comparison_run(c, plain, 0), comparison_run(c, i, 0), test, &only_plain, &only_row);
+        char p_text[32];
+        format_p(p_text, sizeof p_text, mcnemar_exact_p(only_plain, only_row));
+        put_text(b, "| %s | %s | %+.2f | %s | %.2fx |\n", c->names[i], model, gained, p_text,
+                 seconds / fmax(plain_seconds, 1e-9));
+    }
+}
+
 
 // Precision, recall or F1 of class k, the mean over a model's seeds.
 typedef enum { PRECISION, RECALL, F1 } ClassFigure;
@@ -7360,6 +7526,7 @@ int write_results(const Comparison *c, const FashionMnist *data, const Options *
              training_set(data, o).count, data->validation.count, data->test.count, c->seed_count, c->seed_count == 1 ? "" : "s",
              o->augment ? "; training images shifted and flipped (--augment)" : "");
     put_results_table(&b, c);
+    put_verdict_table(&b, c, &data->test);
     put_mcnemar_table(&b, c, &data->test);
     put_class_table(&b, c);
     fwrite(b.bytes, 1, b.used, stdout);
@@ -7780,9 +7947,11 @@ void make_quick(Options *o, FashionMnist *data) {
     if (o->epochs > QUICK_EPOCHS) o->epochs = QUICK_EPOCHS;
     if (data->validation.count > QUICK_VALIDATION) data->validation.count = QUICK_VALIDATION;
     if (data->test.count > QUICK_TEST) data->test.count = QUICK_TEST;
+    enum { QUICK_BUDGET = 9 };  // a search of 3 trials, then 1
+    if (o->budget > QUICK_BUDGET) o->budget = QUICK_BUDGET;
     printf("--quick: %d training images at most, %d validation", o->limit, data->validation.count);
     if (data->test.count) printf(", %d test", data->test.count);  // a search's test set is not loaded yet
-    printf("; at most %d epochs\n", o->epochs);
+    printf("; at most %d epochs, and a search's budget at most %d\n", o->epochs, o->budget);
 }
 
 int compare_models(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
@@ -7964,6 +8133,24 @@ int narrow_data(const Options *o, FashionMnist *data, Error *err) {
     return 0;
 }
 
+// The test set of a search, loaded after it has chosen, cut to --classes
+// as the rest of the data was (narrow_data, before the search).
+int narrow_test_set(const Options *o, FashionMnist *data, Error *err) {
+    if (o->classes) {
+        int *items = xmalloc((size_t)data->test.count * sizeof(int) + 1);
+        int count = select_items(&data->test, o->classes, 0, items);
+        Dataset cut = dataset_new(count);
+        copy_items(&cut, 0, &data->test, items, count);
+        free(items);
+        free_dataset(&data->test);
+        data->test = cut;
+    }
+    if (data->test.count == 0)
+        return fail(err, EXIT_TOO_FEW, "%s/t10k-images-idx3-ubyte: no test images%s%s; the final run needs some",
+                    o->data_dir, o->classes ? " of --classes " : "", o->classes ? o->classes_list : "");
+    return 0;
+}
+
 /* ---- The experiment: --transfer MODEL --------------------------------------- */
 
 /* Pretrain MODEL on classes 0-4 (T-shirt/top, trouser, pullover, dress,
@@ -7982,6 +8169,7 @@ static const char *const TRANSFER_WAY_NAMES[TRANSFER_WAYS] = {"scratch", "frozen
 
 typedef struct {
     double accuracy[TRANSFER_SIZES][TRANSFER_WAYS][100];  // [size][way][seed], test accuracy in %
+    int images[TRANSFER_SIZES];  // the training images each size had (fewer than 5 N where the data are short)
     int seeds, test_count;
     double source_accuracy;
 } TransferResults;
@@ -7998,10 +8186,10 @@ Spread transfer_spread(const TransferResults *t, int size, int way) {
 void put_transfer_table(ByteBuffer *b, const TransferResults *t, const char *model) {
     put_text(b, "# Transfer: %s pretrained on classes 0-4 (%.2f%% on their test images), then classes 5-9\n\n"
              "Test accuracy (%%) on the %d test images of classes 5-9, mean ± sd over %d seed%s.\n\n"
-             "| images a class | scratch | frozen | fine-tuned |\n| --: | --: | --: | --: |\n", model,
+             "| images a class | training images | scratch | frozen | fine-tuned |\n| --: | --: | --: | --: | --: |\n", model,
              t->source_accuracy, t->test_count, t->seeds, t->seeds == 1 ? "" : "s");
     for (int n = 0; n < TRANSFER_SIZES; n++) {
-        put_text(b, "| %d |", TRANSFER_PER_CLASS[n]);
+        put_text(b, "| %d | %d |", TRANSFER_PER_CLASS[n], t->images[n]);
         for (int w = 0; w < TRANSFER_WAYS; w++) put_text(b, " "), put_spread(b, transfer_spread(t, n, w), 2, t->seeds),
                                                      put_text(b, " |");
         put_text(b, "\n");
@@ -8035,6 +8223,9 @@ void put_transfer_script(ByteBuffer *b, const char *model) {
 int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
     if (o->quick) make_quick(o, (FashionMnist *)data);
     const char *model = o->transfer;
+    if (o->classes || o->per_class || o->init_from || o->freeze)
+        return fail(err, EXIT_USAGE, "--transfer chooses the classes, the images a class, the starting weights and "
+                    "what is frozen for each of its runs: leave out --classes, --per-class, --init-from and --freeze");
     if (strcmp(model, "ann") == 0)
         return fail(err, EXIT_USAGE, "--transfer ann: the experiment freezes the layers up to the last "
                     "convolution, and the ANN has none; give a CNN (basic, deeper, resnet, ...)");
@@ -8047,8 +8238,10 @@ int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel,
     FashionMnist source = {0}, target[TRANSFER_SIZES];
     memset(target, 0, sizeof target);
     int status = fashion_mnist_subset(data, SOURCE_CLASSES, 0, &source, err);
-    for (int n = 0; n < TRANSFER_SIZES && !status; n++)
+    for (int n = 0; n < TRANSFER_SIZES && !status; n++) {
         status = fashion_mnist_subset(data, TARGET_CLASSES, TRANSFER_PER_CLASS[n], &target[n], err);
+        t->images[n] = select_items(&data->train, TARGET_CLASSES, TRANSFER_PER_CLASS[n], NULL);
+    }
     t->test_count = target[0].test.count;
     if (!status) status = make_directory(plots, "--plots", err);
     // The pretraining: one run, by the protocol, on classes 0-4.
@@ -8072,6 +8265,7 @@ int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel,
                 Options run = *o;
                 run.classes = TARGET_CLASSES, run.classes_list = "5,6,7,8,9", run.per_class = TRANSFER_PER_CLASS[n];
                 run.init_from = w ? best : NULL, run.freeze = w == 1, run.plots = plots, run.seed = -1;
+                run.limit = 0;  // N images a class is the limit (--quick's 3,000 would cut 1,000 a class short)
                 printf("\n==== classes 5-9, %d images a class, %s, seed %d ====\n", TRANSFER_PER_CLASS[n],
                        TRANSFER_WAY_NAMES[w], o->seed + s);
                 status = run_one(&run, model, o->seed + s, kernel, gemm, &target[n], &report, files, err);
@@ -8235,6 +8429,11 @@ int successive_halving(SearchPlan plan, uint64_t seed, int has_dropout, TrialObj
     }
     *best = alive[0];
     free(alive);
+    if (!status && !isfinite((*best)->loss)) {  // the finalist diverged: the best of the rest, at their last rungs
+        for (int i = 0; i < plan.trials; i++)
+            if (isfinite(trials[i].loss) && (!isfinite((*best)->loss) || trials[i].loss < (*best)->loss)) *best = &trials[i];
+        if (isfinite((*best)->loss)) printf("the last trial diverged; the search falls back on trial %d\n", (*best)->index + 1);
+    }
     if (!status && !isfinite((*best)->loss))
         status = fail(err, EXIT_DIVERGED, "every trial of the search diverged: no configuration to choose");
     return status;
@@ -8362,48 +8561,84 @@ int write_search_files(const Search *s, const Trial *trials, const Trial *best, 
 
 /* ---- --search --------------------------------------------------------------- */
 
-/* The search, then the one final run of the configuration it chose, on
-   the training split, tested once. `data` holds no test set when this
-   starts (main.c loads the training file alone); it is loaded here, after
-   the last rung, and nothing in the search could have read it. */
-int search_and_test(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
-    if (o->quick) make_quick(o, data);
-    Search s = {.options = o, .data = data, .model = o->search, .kernel = kernel, .gemm = gemm,
+/* The search: MODEL's trials by successive halving, trained on data->train
+   and ranked on data->validation. It is given a view of the data without
+   the test set, whatever the caller holds. Writes the trials' table, data
+   and script into PLOTS/search-MODEL/ and puts the chosen configuration
+   in *chosen. Every trial goes on from its checkpoints, so a search done
+   before costs only their reading. */
+int search_configuration(const Options *o, const char *model, const FashionMnist *data, KernelKind kernel,
+                         GemmContext *gemm, TrialConfig *chosen, FileList *files, Error *err) {
+    FashionMnist view = *data;
+    view.test = (Dataset){0};
+    Search s = {.options = o, .data = &view, .model = model, .kernel = kernel, .gemm = gemm,
                 .plan = search_plan(o->budget)};
-    snprintf(s.dir, sizeof s.dir, "%s/search-%s%s-seed%d-budget%d", o->checkpoints, o->search, o->quick ? "-quick" : "",
+    snprintf(s.dir, sizeof s.dir, "%s/search-%s%s-seed%d-budget%d", o->checkpoints, model, o->quick ? "-quick" : "",
              o->seed, o->budget);
-    GraphClassifier probe = build_model(o->search, 2, 0, KERNEL_NAIVE, NULL);
+    GraphClassifier probe = build_model(model, 2, 0, KERNEL_NAIVE, NULL);
     int has_dropout = set_dropout_rates(probe.graph, 0.5) > 0;
     graph_free(probe.graph);
     printf("searching %s's learning rate, batch, %sweight decay: %d trials in %d rungs (%d, then a third each "
-           "rung), from %d epoch%s to %d, on the validation split; the test set is not loaded\n", o->search,
+           "rung), from %d epoch%s to %d, on the validation split; the test set is not loaded\n", model,
            has_dropout ? "dropout, " : "", s.plan.trials, s.plan.rungs, s.plan.trials, s.plan.first_epochs,
            s.plan.first_epochs == 1 ? "" : "s", rung_epochs(s.plan, s.plan.rungs - 1));
     Trial *trials = xmalloc((size_t)s.plan.trials * sizeof *trials), *best = NULL;
-    FileList *files = xmalloc(sizeof *files);
-    files->count = 0;
     char plots[1024];
-    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, o->search);
+    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, model);
     double start = now_seconds();
-    int status = successive_halving(s.plan, (uint64_t)o->seed, has_dropout, train_trial, &s, trials, &best, err);
-    if (!status) status = make_directory(plots, "--plots", err);
+    int status = make_directory(plots, "--plots", err);  // before the trials, not after them
+    if (!status) status = successive_halving(s.plan, (uint64_t)o->seed, has_dropout, train_trial, &s, trials, &best, err);
     if (!status) status = write_search_files(&s, trials, best, plots, files, err);
     if (!status) {
+        *chosen = best->config;
         printf("\nthe search chose trial %d (", best->index + 1);
         print_trial_config(&best->config);
         printf("), validation loss %.4f after %d epochs; it took ", best->loss, best->epochs);
         print_duration(now_seconds() - start);
-        printf(" in this session\n\nthe final run: %s with these options, under the protocol, tested once\n",
-               o->search);
+        printf(" in this session\n");
+    }
+    free(trials);
+    return status;
+}
+
+void use_configuration(Options *o, const TrialConfig *c) {
+    o->learning_rate = c->learning_rate, o->batch = c->batch;
+    o->dropout = c->dropout, o->weight_decay = c->weight_decay;
+}
+
+// A +tuned row of the comparison: the search of its model, with `seed`.
+int tune_options(Options *o, const char *model, int seed, const FashionMnist *data, KernelKind kernel,
+                 GemmContext *gemm, FileList *files, Error *err) {
+    Options search = *o;
+    search.seed = seed;
+    TrialConfig chosen;
+    if (search_configuration(&search, model, data, kernel, gemm, &chosen, files, err)) return err->code;
+    use_configuration(o, &chosen);
+    return 0;
+}
+
+/* --search MODEL: the search, then the one final run of the configuration
+   it chose, on the training split, tested once. `data` holds no test set
+   when this starts (main.c loads the training file alone); it is loaded
+   here, after the last rung, and nothing in the search could have read it. */
+int search_and_test(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
+    if (o->quick) make_quick(o, data);
+    FileList *files = xmalloc(sizeof *files);
+    files->count = 0;
+    TrialConfig chosen;
+    char plots[1024];  // the final run's pictures and tables go beside the search's
+    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, o->search);
+    int status = search_configuration(o, o->search, data, kernel, gemm, &chosen, files, err);
+    if (!status) {
+        printf("\nthe final run: %s with these options, under the protocol, tested once\n", o->search);
+        use_configuration(o, &chosen);
         o->models = o->search, o->plots = plots;
-        o->learning_rate = best->config.learning_rate, o->batch = best->config.batch;
-        o->dropout = best->config.dropout, o->weight_decay = best->config.weight_decay;
         if (load_dataset(o->data_dir, "t10k", &data->test, err)) status = err->code;
+        else status = narrow_test_set(o, data, err);
     }
     if (files->count) printf("\nwrote %d files:\n", files->count);
     for (int i = 0; i < files->count; i++) printf("  %s\n", files->paths[i]);
     free(files);
-    free(trials);
     if (!status) status = compare_models(o, data, kernel, gemm, err);
     return status;
 }

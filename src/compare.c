@@ -14,7 +14,12 @@
 
 /* ---- Text files and the list of files written ------------------------------ */
 
+//@ from 7 to 8
 enum { MAX_FILES = 128 };
+//@ end
+//@ from 9
+enum { MAX_FILES = 512 };  // the comparison of everything: 19 rows, each with its pictures
+//@ end
 typedef struct {
     char paths[MAX_FILES][1100];
     int count;
@@ -167,6 +172,39 @@ int draw_network(GraphClassifier *net, const Dataset *test, const char *name, co
 //@ from 9
 // --dropout, --init-from and --freeze, on a model just built (transfer.c, below).
 int prepare_model(GraphClassifier *net, const char *model, Options *o, Error *err);
+// The configuration a search of the model chose (tune.c, below).
+int tune_options(Options *o, const char *model, int seed, const FashionMnist *data, KernelKind kernel,
+                 GemmContext *gemm, FileList *files, Error *err);
+
+/* The options of a row of chapter 9's comparison, MODEL+VARIANT... (see
+   is_row_name): its model's name into `model`, --augment, --erase and
+   --precision bf16 as its variants say, and for +tuned the configuration
+   that a search of the model chose, at the notebooks' other settings (a
+   search run once, with the comparison's first seed, and reused). A bf16
+   row in an fp32 comparison gets matrix multiplies of its own (*own, the
+   caller frees it). */
+int row_options(const char *row, const Options *base, const FashionMnist *data, KernelKind kernel,
+                GemmContext **gemm, GemmContext **own, Options *o, char model[MODEL_NAME_SIZE], FileList *files,
+                Error *err) {
+    require(is_row_name(row, model), "row '%s' passed --models, but is not a row", row);
+    o->model = model;
+    if (strstr(row, "+tuned")) {
+        Options tuning = *o;
+        tuning.augment = tuning.erase = 0, tuning.precision = "fp32";
+        if (tune_options(&tuning, model, base->seed, data, kernel, *gemm, files, err)) return err->code;
+        o->learning_rate = tuning.learning_rate, o->batch = tuning.batch;
+        o->dropout = tuning.dropout, o->weight_decay = tuning.weight_decay;
+    }
+    if (strstr(row, "+augment")) o->augment = 1;
+    if (strstr(row, "+erase")) o->erase = 1;
+    if (strstr(row, "+bf16")) {
+        o->precision = "bf16";
+        if (kernel != KERNEL_BLOCKED)
+            return fail(err, EXIT_USAGE, "--models %s: bf16 needs the blocked GEMM, not --kernel %s", row, base->kernel);
+        if (!(*gemm)->bf16) *own = *gemm = gemm_context_new_bf16(bf16_best_kernel(), (*gemm)->workers->threads);
+    }
+    return 0;
+}
 
 //@ end
 /* Trains (or resumes, or only re-tests) one model with one seed. A run
@@ -176,6 +214,18 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
             const FashionMnist *data, RunReport *report, FileList *files, Error *err) {
     Options o = *base;
     o.model = model, o.seed = seed;
+//@ from 9
+    *report = (RunReport){.model = model, .seed = seed};  // what the caller frees, even after an early return
+    const char *row = model;  // the row's name, which the tables print; `model` becomes its model's
+    char model_name[MODEL_NAME_SIZE];
+    GemmContext *own = NULL;
+    int ready = row_options(row, base, data, kernel, &gemm, &own, &o, model_name, files, err);
+    if (ready) {
+        gemm_context_free(own);
+        return ready;
+    }
+    model = model_name;
+//@ end
 //@ from 7 to 8
     char last[1100];
     checkpoint_path(&o, "-last.ckpt", last, sizeof last);
@@ -186,6 +236,7 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
     if (prepare_model(&net, model, &o, err)) {  // --dropout, --init-from, --freeze
         net.graph->gemm = NULL;
         graph_free(net.graph);
+        gemm_context_free(own);
         return err->code;
     }
     char last[1100];  // its name says where the weights started (--init-from): known only now
@@ -194,8 +245,14 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
 //@ end
     if (seed == base->seed) print_model_summary(&net, model);
     Model m = graph_model(&net, model);
+//@ from 7 to 8
     *report = (RunReport){.model = model, .seed = seed, .parameters = m.count + m.state_count,
                           .multiply_adds = model_multiply_adds(net.graph)};
+//@ end
+//@ from 9
+    *report = (RunReport){.model = row, .seed = seed, .parameters = m.count + m.state_count,
+                          .multiply_adds = model_multiply_adds(net.graph)};
+//@ end
     int status = fit_and_test(&m, data, &o, &report->history, &report->result, err);
     if (!status) {
         const Dataset *test = &data->test;
@@ -205,10 +262,18 @@ int run_one(const Options *base, const char *model, int seed, KernelKind kernel,
         report->classes = class_figures(&report->test);
         report->training_images = (double)training_set(data, &o).count * report->result.epochs;
         print_result(&report->result);
+//@ from 7 to 8
         if (seed == base->seed && strcmp(model, "ann") != 0) status = draw_network(&net, test, model, base, files, err);
+//@ end
+//@ from 9
+        if (seed == base->seed && strcmp(model, "ann") != 0) status = draw_network(&net, test, row, base, files, err);
+//@ end
     }
     net.graph->gemm = NULL;  // the threads and buffers stay for the next run
     graph_free(net.graph);
+//@ from 9
+    gemm_context_free(own);
+//@ end
     return status;
 }
 
@@ -259,11 +324,34 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
     Dataset train_set = training_set(data, o);
     DataKey here = data_key(&train_set, &data->validation);
     for (int i = 0; i < c->model_count; i++) {
+//@ from 7 to 8
         GraphClassifier sizing = build_model(c->names[i], 1, 1, KERNEL_NAIVE, NULL);
+//@ end
+//@ from 9
+        char model[MODEL_NAME_SIZE];
+        is_row_name(c->names[i], model);
+        GraphClassifier sizing = build_model(model, 1, 1, KERNEL_NAIVE, NULL);
+        if (o->dropout >= 0 && set_dropout_rates(sizing.graph, o->dropout) == 0) {
+            graph_free(sizing.graph);
+            return fail(err, EXIT_USAGE, "--dropout %g: the %s model has no dropout to set (deeper and its chapter 7 "
+                        "variants have); compare it without --dropout", o->dropout, model);
+        }
+        char first[MODEL_NAME_SIZE];
+        is_row_name(c->names[0], first);
+        if (o->init_from && strcmp(model, first) != 0) {
+            graph_free(sizing.graph);
+            return fail(err, EXIT_USAGE, "--init-from starts one model from a checkpoint of its own; --models names "
+                        "%s and %s: compare them without --init-from, or one at a time", first, model);
+        }
+//@ end
         size_t state_count = sizing.graph->state_count;
         for (int s = 0; s < c->seed_count; s++) comparison_run(c, i, s)->multiply_adds = model_multiply_adds(sizing.graph);
         graph_free(sizing.graph);
         if (check_batch_norm_batches(state_count, o, training_set(data, o).count, err)) return err->code;
+//@ from 9
+        // A variant's options, and --init-from's weights, are known only when the run starts, which checks them.
+        if (strchr(c->names[i], '+') || o->init_from) continue;
+//@ end
         for (int s = 0; s < c->seed_count; s++) {
             Options run = *o;
             run.model = c->names[i], run.seed = o->seed + s;
@@ -363,6 +451,30 @@ void put_results_table(ByteBuffer *b, const Comparison *c) {
     }
 }
 
+// The test images only x got right, and only y.
+void disagreements(const RunReport *x, const RunReport *y, const Dataset *test, long *only_x, long *only_y) {
+    *only_x = *only_y = 0;
+    for (int k = 0; k < test->count; k++) {
+        int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
+        *only_x += x_right && !y_right, *only_y += y_right && !x_right;
+    }
+}
+
+void format_p(char *text, size_t size, double p) {
+    snprintf(text, size, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+}
+
+//@ from 9
+/* Chapter 9 compares 19 rows; all their pairs would be 171 lines a seed.
+   McNemar's table keeps the pairs that answer a question: two models as
+   the notebooks had them, and two versions of one model. */
+int compared_pair(const Comparison *c, int i, int j) {
+    char a[MODEL_NAME_SIZE], b[MODEL_NAME_SIZE];
+    is_row_name(c->names[i], a), is_row_name(c->names[j], b);
+    return strcmp(a, b) == 0 || (!strchr(c->names[i], '+') && !strchr(c->names[j], '+'));
+}
+
+//@ end
 // Every pair of models, seed by seed, on the same test images.
 void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
     put_text(b, "\n| first | second | seed | only the first right | only the second right | "
@@ -370,19 +482,51 @@ void put_mcnemar_table(ByteBuffer *b, const Comparison *c, const Dataset *test) 
     for (int i = 0; i < c->model_count; i++)
         for (int j = i + 1; j < c->model_count; j++)
             for (int s = 0; s < c->seed_count; s++) {
+//@ from 9
+                if (!compared_pair(c, i, j)) continue;
+//@ end
                 const RunReport *x = comparison_run(c, i, s), *y = comparison_run(c, j, s);
-                long only_x = 0, only_y = 0;
-                for (int k = 0; k < test->count; k++) {
-                    int x_right = x->guesses[k] == test->labels[k], y_right = y->guesses[k] == test->labels[k];
-                    only_x += x_right && !y_right, only_y += y_right && !x_right;
-                }
-                double p = mcnemar_exact_p(only_x, only_y);
+                long only_x, only_y;
+                disagreements(x, y, test, &only_x, &only_y);
                 char p_text[32];
-                snprintf(p_text, sizeof p_text, p > 0 ? "%.2g" : "< 1e-300", p);  // 0: below what double holds
+                format_p(p_text, sizeof p_text, mcnemar_exact_p(only_x, only_y));
                 put_text(b, "| %s | %s | %d | %ld | %ld | %+.2f | %s |\n", c->names[i], c->names[j], x->seed, only_x,
                          only_y, 100.0 * (y->test.accuracy - x->test.accuracy), p_text);
             }
 }
+
+//@ from 9
+/* The verdict: each row with variants against its model as the notebooks
+   had it (when that row is compared too). What the variants bought in
+   accuracy (the mean over seeds), with what confidence (McNemar on the
+   first seed), and at what cost in training time (all of each run's
+   epochs, summed over seeds). */
+void put_verdict_table(ByteBuffer *b, const Comparison *c, const Dataset *test) {
+    put_text(b, "\n| row | against | accuracy gained (points, mean) | McNemar p (first seed) | training time |\n"
+                "|---|---|--:|--:|--:|\n");
+    for (int i = 0; i < c->model_count; i++) {
+        char model[MODEL_NAME_SIZE];
+        is_row_name(c->names[i], model);
+        int plain = -1;
+        for (int j = 0; j < c->model_count; j++)
+            if (strcmp(c->names[j], model) == 0) plain = j;
+        if (plain < 0 || plain == i) continue;
+        double gained = 0, seconds = 0, plain_seconds = 0;
+        for (int s = 0; s < c->seed_count; s++) {
+            const RunReport *x = comparison_run(c, plain, s), *y = comparison_run(c, i, s);
+            gained += 100.0 * (y->test.accuracy - x->test.accuracy) / c->seed_count;
+            seconds += y->result.seconds, plain_seconds += x->result.seconds;
+        }
+        long only_plain, only_row;
+        disagreements(comparison_run(c, plain, 0), comparison_run(c, i, 0), test, &only_plain, &only_row);
+        char p_text[32];
+        format_p(p_text, sizeof p_text, mcnemar_exact_p(only_plain, only_row));
+        put_text(b, "| %s | %s | %+.2f | %s | %.2fx |\n", c->names[i], model, gained, p_text,
+                 seconds / fmax(plain_seconds, 1e-9));
+    }
+}
+
+//@ end
 
 // Precision, recall or F1 of class k, the mean over a model's seeds.
 typedef enum { PRECISION, RECALL, F1 } ClassFigure;
@@ -424,6 +568,9 @@ int write_results(const Comparison *c, const FashionMnist *data, const Options *
              training_set(data, o).count, data->validation.count, data->test.count, c->seed_count, c->seed_count == 1 ? "" : "s",
              o->augment ? "; training images shifted and flipped (--augment)" : "");
     put_results_table(&b, c);
+//@ from 9
+    put_verdict_table(&b, c, &data->test);
+//@ end
     put_mcnemar_table(&b, c, &data->test);
     put_class_table(&b, c);
     fwrite(b.bytes, 1, b.used, stdout);
@@ -853,9 +1000,11 @@ void make_quick(Options *o, FashionMnist *data) {
            data->validation.count, data->test.count, o->epochs);
 //@ end
 //@ from 9
+    enum { QUICK_BUDGET = 9 };  // a search of 3 trials, then 1
+    if (o->budget > QUICK_BUDGET) o->budget = QUICK_BUDGET;
     printf("--quick: %d training images at most, %d validation", o->limit, data->validation.count);
     if (data->test.count) printf(", %d test", data->test.count);  // a search's test set is not loaded yet
-    printf("; at most %d epochs\n", o->epochs);
+    printf("; at most %d epochs, and a search's budget at most %d\n", o->epochs, o->budget);
 //@ end
 }
 

@@ -361,9 +361,11 @@ int fashion_mnist_subset(const FashionMnist *all, unsigned classes, int per_clas
     int train = selected * copies, validation = select_items(&all->validation, classes, 0, NULL);
     if (train == 0 || validation == 0) {
         free(items);
-        return fail(err, EXIT_TOO_FEW, "--classes %03x: the training split has %d images of these classes, the "
-                    "validation split %d; both need at least one. Choose other --classes.", classes, train,
-                    validation);
+        char list[2 * NUM_CLASSES] = "";
+        for (int k = 0; k < NUM_CLASSES; k++)
+            if (classes >> k & 1) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", *list ? "," : "", k);
+        return fail(err, EXIT_TOO_FEW, "--classes %s: the training split has %d images of these classes, the "
+                    "validation split %d; both need at least one. Choose other --classes.", list, train, validation);
     }
     out->all_training = dataset_new(train + validation);
     select_items(&all->train, classes, per_class, items);
@@ -377,6 +379,11 @@ int fashion_mnist_subset(const FashionMnist *all, unsigned classes, int per_clas
         copy_items(&out->test, 0, &all->test, items, test);
     }
     free(items);
+    if (all->test.count && out->test.count == 0) {
+        free_fashion_mnist(out);
+        return fail(err, EXIT_TOO_FEW, "--classes: the test split has no images of these classes, so nothing "
+                    "could be tested. Choose other --classes.");
+    }
     return 0;
 }
 

@@ -75,6 +75,16 @@ static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn
 // skips, and the depthwise-separable network.
 static const char MODEL_NAMES[] = "ann|basic|deeper|deeper-nodropout|deeper-nobn|resnet|plain|resnet8|plain8|separable";
 //@ end
+//@ from 9
+
+// What ./chapter9 compares: the models of chapters 2, 4, 5 and 8 at the
+// notebooks' settings, tuned, tuned with every augmentation, and in bf16.
+static const char EVERYTHING[] = "ann,basic,deeper,resnet,separable,"
+                                 "ann+tuned,basic+tuned,deeper+tuned,resnet+tuned,separable+tuned,"
+                                 "ann+tuned+augment+erase,basic+tuned+augment+erase,deeper+tuned+augment+erase,"
+                                 "resnet+tuned+augment+erase,separable+tuned+augment+erase,"
+                                 "basic+bf16,deeper+bf16,resnet+bf16,separable+bf16";
+//@ end
 
 Options default_options(void) {
     return (Options){
@@ -91,8 +101,11 @@ Options default_options(void) {
 //@ from 7 to 7
         .models = "ann,basic,deeper", .seeds = 1, .plots = "plots",
 //@ end
-//@ from 8
+//@ from 8 to 8
         .models = "plain8,resnet8", .seeds = 1, .plots = "plots", .precision = "fp32",
+//@ end
+//@ from 9
+        .models = EVERYTHING, .seeds = 1, .plots = "plots", .precision = "fp32",
 //@ end
 //@ from 4
         .kernel = "auto",
@@ -157,10 +170,20 @@ int option_table(Options *o, OptionSpec *specs) {
                               "deeper-nodropout, deeper-nobn (default: ann,basic,deeper)",
                               .kind = OPTION_TEXT, .target = &o->models};
 //@ end
-//@ from 8
+//@ from 8 to 8
     specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the models to compare, separated by commas: ann, basic, deeper, "
                               "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8, separable (default: plain8,resnet8)",
                               .kind = OPTION_TEXT, .target = &o->models};
+//@ end
+//@ from 9
+    specs[n++] = (OptionSpec){.name = "--models", .value_name = "LIST", .help = "the rows to compare, separated by commas: "
+                              "a model (ann, basic, deeper, deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8, "
+                              "separable), each with variants after a + if you like: tuned, augment, erase, bf16 (default: "
+                              "the five models, each as the notebooks had it, tuned, tuned with augment and erase, and "
+                              "the CNNs in bf16)",
+                              .kind = OPTION_TEXT, .target = &o->models};
+//@ end
+//@ from 8
     specs[n++] = (OptionSpec){.name = "--model", .value_name = "NAME", .help = "one model alone: the same as --models NAME",
                               .kind = OPTION_TEXT, .target = &o->one_model, .choices = MODEL_NAMES};
 //@ end
@@ -323,8 +346,36 @@ int parse_option_value(const OptionSpec *spec, const char *text, Error *err) {
 //@ from 7 to 7
 enum { MAX_MODELS = 5, MODEL_NAME_SIZE = 24 };
 //@ end
-//@ from 8
+//@ from 8 to 8
 enum { MAX_MODELS = 10, MODEL_NAME_SIZE = 24 };
+//@ end
+//@ from 9
+enum { MAX_MODELS = 24, MODEL_NAME_SIZE = 48 };
+
+/* Chapter 9's rows: a model and what is done to it, MODEL+VARIANT+...:
+   tuned (the configuration a search chose, tune.c), augment (--augment),
+   erase (--erase), bf16 (--precision bf16); each at most once, so
+   "deeper+tuned+augment+erase" is the deeper CNN tuned and trained on
+   shifted, flipped and erased images. Is `row` one? `model` gets the
+   model's name. */
+static const char VARIANT_NAMES[] = "tuned|augment|erase|bf16";
+
+int is_row_name(const char *row, char model[MODEL_NAME_SIZE]) {
+    size_t length = strcspn(row, "+");
+    if (length >= MODEL_NAME_SIZE) return 0;
+    memcpy(model, row, length), model[length] = '\0';
+    if (!is_choice(model, MODEL_NAMES)) return 0;
+    char seen[sizeof VARIANT_NAMES] = "";
+    for (const char *at = row + length; *at == '+'; at += length) {
+        at++, length = strcspn(at, "+");
+        char variant[16] = "";
+        if (length >= sizeof variant) return 0;
+        memcpy(variant, at, length);
+        if (!is_choice(variant, VARIANT_NAMES) || (*seen && is_choice(variant, seen))) return 0;
+        snprintf(seen + strlen(seen), sizeof seen - strlen(seen), "%s%s", *seen ? "|" : "", variant);
+    }
+    return 1;
+}
 //@ end
 int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], Error *err) {
     int count = 0;
@@ -332,13 +383,23 @@ int split_model_list(const char *list, char names[MAX_MODELS][MODEL_NAME_SIZE], 
         int length = (int)strcspn(at, ",");
         char name[MODEL_NAME_SIZE] = "";
         if (length < MODEL_NAME_SIZE) memcpy(name, at, (size_t)length);
+//@ from 7 to 8
         if (length >= MODEL_NAME_SIZE || !is_choice(name, MODEL_NAMES))
+//@ end
+//@ from 9
+        char model[MODEL_NAME_SIZE];
+        if (length >= MODEL_NAME_SIZE || !is_row_name(name, model))
+            return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model, or a model with variants; the models "
+                        "are ann, basic, deeper, deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8 and "
+                        "separable, and each may take variants after a +, each once: tuned, augment, erase, bf16 "
+                        "(for example --models deeper,deeper+tuned+augment)", length, at), -1;
+//@ end
 //@ from 7 to 7
             return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
                         "deeper-nodropout and deeper-nobn, separated by commas (for example --models ann,deeper)",
                         length, at), -1;
 //@ end
-//@ from 8
+//@ from 8 to 8
             return fail(err, EXIT_USAGE, "--models: '%.*s' is not a model; the models are ann, basic, deeper, "
                         "deeper-nodropout, deeper-nobn, resnet, plain, resnet8, plain8 and separable, separated by "
                         "commas (for example --models plain,resnet)", length, at), -1;
@@ -413,6 +474,14 @@ int parse_options(int argc, char **argv, Options *o, Error *err) {
         return fail(err, EXIT_USAGE, "--freeze keeps the layers up to the last convolution as they start: give "
                     "them weights to keep with --init-from CHECKPOINT");
     if (o->search && o->transfer) return fail(err, EXIT_USAGE, "--search and --transfer: choose one");
+    double default_lr = strcmp(o->optimizer, "sgd") == 0 ? 0.01 : 0.001;
+    if (o->search && (o->dropout >= 0 || o->weight_decay > 0 || o->learning_rate != default_lr || o->batch != 64))
+        return fail(err, EXIT_USAGE, "--search chooses the learning rate, the batch, the dropout and the weight decay "
+                    "itself: leave out --%s", o->dropout >= 0 ? "dropout" : o->weight_decay > 0 ? "weight-decay" :
+                    o->batch != 64 ? "batch" : "lr");
+    if (o->search && (o->one_model || o->seeds > 1))
+        return fail(err, EXIT_USAGE, "--search MODEL names its model and trains it with one seed: leave out --%s",
+                    o->one_model ? "model" : "seeds");
 //@ end
 //@ from 6
     o->argc = argc, o->argv = argv;

@@ -116,10 +116,12 @@ void checkpoint_path(const Options *o, const char *ending, char *path, size_t si
     if (o->learning_rate != 0.001 || o->batch != 64 || o->weight_decay != 0 || o->dropout >= 0)
         snprintf(tuned, sizeof tuned, "-lr%g-batch%d-wd%g%s", o->learning_rate, o->batch, o->weight_decay, dropout);
     // And a transfer run's: its classes, images per class, and the weights it started from.
-    if (o->classes || o->per_class) snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes, o->per_class);
+    if (o->classes || o->per_class)
+        snprintf(subset, sizeof subset, "-classes%03x-per%d", o->classes ? o->classes : ALL_CLASSES, o->per_class);
     if (o->init_from) snprintf(start, sizeof start, "-from%08x%s", o->init_weights, o->freeze ? "-frozen" : "");
-    snprintf(path, size, "%s/%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
-             o->erase ? "-erase" : "", o->quick ? "-quick" : "", tuned, subset, start, o->seed, ending);
+    snprintf(path, size, "%s/%s%s%s%s%s%s%s%s-seed%d%s", o->checkpoints, o->model, o->augment ? "-augment" : "",
+             o->erase ? "-erase" : "", strcmp(o->precision, "bf16") == 0 ? "-bf16" : "", o->quick ? "-quick" : "",
+             tuned, subset, start, o->seed, ending);
 //@ end
 //@ end
 }

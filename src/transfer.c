@@ -154,6 +154,24 @@ int narrow_data(const Options *o, FashionMnist *data, Error *err) {
     return 0;
 }
 
+// The test set of a search, loaded after it has chosen, cut to --classes
+// as the rest of the data was (narrow_data, before the search).
+int narrow_test_set(const Options *o, FashionMnist *data, Error *err) {
+    if (o->classes) {
+        int *items = xmalloc((size_t)data->test.count * sizeof(int) + 1);
+        int count = select_items(&data->test, o->classes, 0, items);
+        Dataset cut = dataset_new(count);
+        copy_items(&cut, 0, &data->test, items, count);
+        free(items);
+        free_dataset(&data->test);
+        data->test = cut;
+    }
+    if (data->test.count == 0)
+        return fail(err, EXIT_TOO_FEW, "%s/t10k-images-idx3-ubyte: no test images%s%s; the final run needs some",
+                    o->data_dir, o->classes ? " of --classes " : "", o->classes ? o->classes_list : "");
+    return 0;
+}
+
 /* ---- The experiment: --transfer MODEL --------------------------------------- */
 
 /* Pretrain MODEL on classes 0-4 (T-shirt/top, trouser, pullover, dress,
@@ -172,6 +190,7 @@ static const char *const TRANSFER_WAY_NAMES[TRANSFER_WAYS] = {"scratch", "frozen
 
 typedef struct {
     double accuracy[TRANSFER_SIZES][TRANSFER_WAYS][100];  // [size][way][seed], test accuracy in %
+    int images[TRANSFER_SIZES];  // the training images each size had (fewer than 5 N where the data are short)
     int seeds, test_count;
     double source_accuracy;
 } TransferResults;
@@ -188,10 +207,10 @@ Spread transfer_spread(const TransferResults *t, int size, int way) {
 void put_transfer_table(ByteBuffer *b, const TransferResults *t, const char *model) {
     put_text(b, "# Transfer: %s pretrained on classes 0-4 (%.2f%% on their test images), then classes 5-9\n\n"
              "Test accuracy (%%) on the %d test images of classes 5-9, mean ± sd over %d seed%s.\n\n"
-             "| images a class | scratch | frozen | fine-tuned |\n| --: | --: | --: | --: |\n", model,
+             "| images a class | training images | scratch | frozen | fine-tuned |\n| --: | --: | --: | --: | --: |\n", model,
              t->source_accuracy, t->test_count, t->seeds, t->seeds == 1 ? "" : "s");
     for (int n = 0; n < TRANSFER_SIZES; n++) {
-        put_text(b, "| %d |", TRANSFER_PER_CLASS[n]);
+        put_text(b, "| %d | %d |", TRANSFER_PER_CLASS[n], t->images[n]);
         for (int w = 0; w < TRANSFER_WAYS; w++) put_text(b, " "), put_spread(b, transfer_spread(t, n, w), 2, t->seeds),
                                                      put_text(b, " |");
         put_text(b, "\n");
@@ -225,6 +244,9 @@ void put_transfer_script(ByteBuffer *b, const char *model) {
 int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
     if (o->quick) make_quick(o, (FashionMnist *)data);
     const char *model = o->transfer;
+    if (o->classes || o->per_class || o->init_from || o->freeze)
+        return fail(err, EXIT_USAGE, "--transfer chooses the classes, the images a class, the starting weights and "
+                    "what is frozen for each of its runs: leave out --classes, --per-class, --init-from and --freeze");
     if (strcmp(model, "ann") == 0)
         return fail(err, EXIT_USAGE, "--transfer ann: the experiment freezes the layers up to the last "
                     "convolution, and the ANN has none; give a CNN (basic, deeper, resnet, ...)");
@@ -237,8 +259,10 @@ int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel,
     FashionMnist source = {0}, target[TRANSFER_SIZES];
     memset(target, 0, sizeof target);
     int status = fashion_mnist_subset(data, SOURCE_CLASSES, 0, &source, err);
-    for (int n = 0; n < TRANSFER_SIZES && !status; n++)
+    for (int n = 0; n < TRANSFER_SIZES && !status; n++) {
         status = fashion_mnist_subset(data, TARGET_CLASSES, TRANSFER_PER_CLASS[n], &target[n], err);
+        t->images[n] = select_items(&data->train, TARGET_CLASSES, TRANSFER_PER_CLASS[n], NULL);
+    }
     t->test_count = target[0].test.count;
     if (!status) status = make_directory(plots, "--plots", err);
     // The pretraining: one run, by the protocol, on classes 0-4.
@@ -262,6 +286,7 @@ int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel,
                 Options run = *o;
                 run.classes = TARGET_CLASSES, run.classes_list = "5,6,7,8,9", run.per_class = TRANSFER_PER_CLASS[n];
                 run.init_from = w ? best : NULL, run.freeze = w == 1, run.plots = plots, run.seed = -1;
+                run.limit = 0;  // N images a class is the limit (--quick's 3,000 would cut 1,000 a class short)
                 printf("\n==== classes 5-9, %d images a class, %s, seed %d ====\n", TRANSFER_PER_CLASS[n],
                        TRANSFER_WAY_NAMES[w], o->seed + s);
                 status = run_one(&run, model, o->seed + s, kernel, gemm, &target[n], &report, files, err);

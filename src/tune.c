@@ -143,6 +143,11 @@ int successive_halving(SearchPlan plan, uint64_t seed, int has_dropout, TrialObj
     }
     *best = alive[0];
     free(alive);
+    if (!status && !isfinite((*best)->loss)) {  // the finalist diverged: the best of the rest, at their last rungs
+        for (int i = 0; i < plan.trials; i++)
+            if (isfinite(trials[i].loss) && (!isfinite((*best)->loss) || trials[i].loss < (*best)->loss)) *best = &trials[i];
+        if (isfinite((*best)->loss)) printf("the last trial diverged; the search falls back on trial %d\n", (*best)->index + 1);
+    }
     if (!status && !isfinite((*best)->loss))
         status = fail(err, EXIT_DIVERGED, "every trial of the search diverged: no configuration to choose");
     return status;
@@ -270,48 +275,84 @@ int write_search_files(const Search *s, const Trial *trials, const Trial *best, 
 
 /* ---- --search --------------------------------------------------------------- */
 
-/* The search, then the one final run of the configuration it chose, on
-   the training split, tested once. `data` holds no test set when this
-   starts (main.c loads the training file alone); it is loaded here, after
-   the last rung, and nothing in the search could have read it. */
-int search_and_test(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
-    if (o->quick) make_quick(o, data);
-    Search s = {.options = o, .data = data, .model = o->search, .kernel = kernel, .gemm = gemm,
+/* The search: MODEL's trials by successive halving, trained on data->train
+   and ranked on data->validation. It is given a view of the data without
+   the test set, whatever the caller holds. Writes the trials' table, data
+   and script into PLOTS/search-MODEL/ and puts the chosen configuration
+   in *chosen. Every trial goes on from its checkpoints, so a search done
+   before costs only their reading. */
+int search_configuration(const Options *o, const char *model, const FashionMnist *data, KernelKind kernel,
+                         GemmContext *gemm, TrialConfig *chosen, FileList *files, Error *err) {
+    FashionMnist view = *data;
+    view.test = (Dataset){0};
+    Search s = {.options = o, .data = &view, .model = model, .kernel = kernel, .gemm = gemm,
                 .plan = search_plan(o->budget)};
-    snprintf(s.dir, sizeof s.dir, "%s/search-%s%s-seed%d-budget%d", o->checkpoints, o->search, o->quick ? "-quick" : "",
+    snprintf(s.dir, sizeof s.dir, "%s/search-%s%s-seed%d-budget%d", o->checkpoints, model, o->quick ? "-quick" : "",
              o->seed, o->budget);
-    GraphClassifier probe = build_model(o->search, 2, 0, KERNEL_NAIVE, NULL);
+    GraphClassifier probe = build_model(model, 2, 0, KERNEL_NAIVE, NULL);
     int has_dropout = set_dropout_rates(probe.graph, 0.5) > 0;
     graph_free(probe.graph);
     printf("searching %s's learning rate, batch, %sweight decay: %d trials in %d rungs (%d, then a third each "
-           "rung), from %d epoch%s to %d, on the validation split; the test set is not loaded\n", o->search,
+           "rung), from %d epoch%s to %d, on the validation split; the test set is not loaded\n", model,
            has_dropout ? "dropout, " : "", s.plan.trials, s.plan.rungs, s.plan.trials, s.plan.first_epochs,
            s.plan.first_epochs == 1 ? "" : "s", rung_epochs(s.plan, s.plan.rungs - 1));
     Trial *trials = xmalloc((size_t)s.plan.trials * sizeof *trials), *best = NULL;
-    FileList *files = xmalloc(sizeof *files);
-    files->count = 0;
     char plots[1024];
-    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, o->search);
+    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, model);
     double start = now_seconds();
-    int status = successive_halving(s.plan, (uint64_t)o->seed, has_dropout, train_trial, &s, trials, &best, err);
-    if (!status) status = make_directory(plots, "--plots", err);
+    int status = make_directory(plots, "--plots", err);  // before the trials, not after them
+    if (!status) status = successive_halving(s.plan, (uint64_t)o->seed, has_dropout, train_trial, &s, trials, &best, err);
     if (!status) status = write_search_files(&s, trials, best, plots, files, err);
     if (!status) {
+        *chosen = best->config;
         printf("\nthe search chose trial %d (", best->index + 1);
         print_trial_config(&best->config);
         printf("), validation loss %.4f after %d epochs; it took ", best->loss, best->epochs);
         print_duration(now_seconds() - start);
-        printf(" in this session\n\nthe final run: %s with these options, under the protocol, tested once\n",
-               o->search);
+        printf(" in this session\n");
+    }
+    free(trials);
+    return status;
+}
+
+void use_configuration(Options *o, const TrialConfig *c) {
+    o->learning_rate = c->learning_rate, o->batch = c->batch;
+    o->dropout = c->dropout, o->weight_decay = c->weight_decay;
+}
+
+// A +tuned row of the comparison: the search of its model, with `seed`.
+int tune_options(Options *o, const char *model, int seed, const FashionMnist *data, KernelKind kernel,
+                 GemmContext *gemm, FileList *files, Error *err) {
+    Options search = *o;
+    search.seed = seed;
+    TrialConfig chosen;
+    if (search_configuration(&search, model, data, kernel, gemm, &chosen, files, err)) return err->code;
+    use_configuration(o, &chosen);
+    return 0;
+}
+
+/* --search MODEL: the search, then the one final run of the configuration
+   it chose, on the training split, tested once. `data` holds no test set
+   when this starts (main.c loads the training file alone); it is loaded
+   here, after the last rung, and nothing in the search could have read it. */
+int search_and_test(Options *o, FashionMnist *data, KernelKind kernel, GemmContext *gemm, Error *err) {
+    if (o->quick) make_quick(o, data);
+    FileList *files = xmalloc(sizeof *files);
+    files->count = 0;
+    TrialConfig chosen;
+    char plots[1024];  // the final run's pictures and tables go beside the search's
+    snprintf(plots, sizeof plots, "%s/search-%s", o->plots, o->search);
+    int status = search_configuration(o, o->search, data, kernel, gemm, &chosen, files, err);
+    if (!status) {
+        printf("\nthe final run: %s with these options, under the protocol, tested once\n", o->search);
+        use_configuration(o, &chosen);
         o->models = o->search, o->plots = plots;
-        o->learning_rate = best->config.learning_rate, o->batch = best->config.batch;
-        o->dropout = best->config.dropout, o->weight_decay = best->config.weight_decay;
         if (load_dataset(o->data_dir, "t10k", &data->test, err)) status = err->code;
+        else status = narrow_test_set(o, data, err);
     }
     if (files->count) printf("\nwrote %d files:\n", files->count);
     for (int i = 0; i < files->count; i++) printf("  %s\n", files->paths[i]);
     free(files);
-    free(trials);
     if (!status) status = compare_models(o, data, kernel, gemm, err);
     return status;
 }

@@ -24,6 +24,10 @@
 #   7. --weight-decay changes the weights, and its runs have checkpoints of
 #      their own name.
 #   8. So does --erase.
+#   9. --models with variants (MODEL+tuned+augment+erase+bf16): a row each,
+#      the verdict of each variant against its model, McNemar for the
+#      pairs that ask a question, every file listed written; stopped and
+#      run again, the same tables; a variant named twice refused.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -87,6 +91,15 @@ check "run again, it finishes" "[ $? = 0 ]"
 check "... with the uninterrupted search's table" "cmp -s $work/p2/search-ann/trials.md $work/p4/search-ann/trials.md"
 check "... and result" "[ \"\$(results $work/four2.log)\" = \"\$(results $work/two.log)\" ]"
 
+# 4b. A search of some classes tests on those classes only.
+first_five=$(tail -c +9 "$work/data/t10k-labels-idx1-ubyte" | od -An -v -tu1 | tr -s ' ' '\n' | grep -c '^[0-4]$')
+./chapter9 --data "$work/data" --search ann --budget 3 --epochs 1 --classes 0,1,2,3,4 --threads 2 --plots "$work/p4b" \
+    --checkpoints "$work/ck4b" > "$work/fourb.log" 2>&1
+check "--search with --classes tests on the $first_five test images of those classes" \
+    "[ $? = 0 ] && grep -q '^test loss .*($first_five images)' $work/fourb.log"
+./chapter9 --data "$work/data" --search ann --dropout 0.2 > /dev/null 2> "$work/bad.err"
+check "--search with --dropout is refused (exit 2): the search chooses it" "[ $? = 2 ] && grep -q 'chooses the learning rate, the batch, the dropout' $work/bad.err"
+
 # 5. --dropout needs a dropout.
 ./chapter9 --data "$work/data" --model ann --epochs 1 --dropout 0.3 --checkpoints "$work/ck5" --plots "$work/p5" \
     > "$work/five.log" 2> "$work/five.err"
@@ -120,6 +133,35 @@ check "--erase exits 0, in checkpoints of its own name" "[ $? = 0 ] && [ -f $wor
     > "$work/eight2.log" 2>&1
 check "... and trains other weights than without it" \
     "[ \"\$(results $work/eight.log | sed 's/.*weights=//')\" != \"\$(results $work/eight2.log | sed 's/.*weights=//')\" ]"
+
+# 9. The comparison of rows: models with variants, stopped and run again.
+rows="ann,ann+tuned,basic,basic+tuned+augment+erase,basic+bf16"
+./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck9" \
+    --plots "$work/p9" > "$work/nine.log" 2>&1
+check "--models with variants exits 0" "[ $? = 0 ]" || tail -n 5 "$work/nine.log"
+check "... a row each in results.md" "[ \$(grep -c '^| \\(ann\\|basic\\)[+a-z0-9]* | [0-9]' $work/p9/results.md) = 5 ]"
+check "... the verdict: each variant against its model" \
+    "grep -q '^| ann+tuned | ann | ' $work/p9/results.md && grep -q '^| basic+tuned+augment+erase | basic | ' $work/p9/results.md && grep -q '^| basic+bf16 | basic | ' $work/p9/results.md"
+check "... McNemar only for the pairs that ask a question (5, not 10)" \
+    "[ \$(grep -c '^| [a-z0-9+]* | [a-z0-9+]* | 1 | ' $work/p9/results.md) = 5 ]"
+check "... the tuned rows train the search's choice" \
+    "grep -q 'checkpoints: $work/ck9/basic-augment-erase-quick-lr' $work/nine.log"
+check "... and the bf16 row has checkpoints of its own" "[ -f $work/ck9/basic-bf16-quick-seed1-best.ckpt ]"
+sed -n '/^wrote [0-9]* files:$/,/^$/s/^  \(.*\)/\1/p' "$work/nine.log" > "$work/listed.txt"
+missing=0
+while read -r f; do [ -s "$f" ] || missing=$((missing + 1)); done < "$work/listed.txt"
+check "... every file it lists is there ($(wc -l < "$work/listed.txt") of them)" \
+    "[ \$(wc -l < $work/listed.txt) -gt 20 ] && [ $missing = 0 ]"
+./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck10" \
+    --plots "$work/p10" --stop-after 10 > "$work/ten.log" 2>&1
+check "the comparison stopped by --stop-after exits 130" "[ $? = 130 ]"
+./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck10" \
+    --plots "$work/p10" > "$work/ten2.log" 2>&1
+verdicts() { sed -n '/^| row | against/,/^$/p' "$1" | sed 's/ | [0-9.]*x |$//'; grep '^| [a-z0-9+]* | [a-z0-9+]* | 1 | ' "$1"; }
+check "run again, it finishes with the same verdict and McNemar tables" \
+    "[ $? = 0 ] && [ -n \"\$(verdicts $work/p9/results.md)\" ] && [ \"\$(verdicts $work/p9/results.md)\" = \"\$(verdicts $work/p10/results.md)\" ]"
+./chapter9 --data "$work/data" --models "basic+tuned+tuned" > /dev/null 2> "$work/bad.err"
+check "a variant named twice is refused (exit 2)" "[ $? = 2 ] && grep -q 'each once' $work/bad.err"
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -77,6 +77,24 @@ static void test_freeze(void) {
     free(params0), free(state0);
 }
 
+// Every model with a convolution: what comes before the last one is a
+// prefix of the parameters (freeze_features stops the program if not),
+// and what follows it includes the classifier.
+static void test_freeze_every_model(void) {
+    section("--freeze on every model with a convolution");
+    static const char *const MODELS[] = {"basic", "deeper", "deeper-nodropout", "deeper-nobn", "resnet", "plain",
+                                         "resnet8", "plain8", "separable"};
+    for (size_t k = 0; k < sizeof MODELS / sizeof MODELS[0]; k++) {
+        GraphClassifier net = build_model(MODELS[k], 2, 1, KERNEL_NAIVE, NULL);
+        size_t frozen = freeze_features(net.graph);
+        Node *weight, *bias;
+        classifier_parameters(&net, &weight, &bias);
+        if (!CHECK(frozen > 0 && !weight->frozen && weight->value - net.graph->params >= (ptrdiff_t)frozen))
+            printf("     %s: %zu frozen\n", MODELS[k], frozen);
+        graph_free(net.graph);
+    }
+}
+
 static void test_subsets(void) {
     section("the subsets of the classes");
     enum { TRAIN = 300, VALIDATION = 100, TEST = 80 };
@@ -141,6 +159,7 @@ static void test_class_list(void) {
 
 int main(void) {
     test_freeze();
+    test_freeze_every_model();
     test_subsets();
     test_class_list();
     return check_summary();

@@ -63,7 +63,7 @@ printf 'not a checkpoint' > "$work/junk.ckpt"
 ./chapter9 $common --model basic --init-from "$work/junk.ckpt" > /dev/null 2> "$work/junk.err"
 check "--init-from a file that is no checkpoint exits 18, with the fix for --init-from" \
     "[ $? = 18 ] && grep -q 'not a checkpoint.*--init-from needs a checkpoint a run of this model wrote' $work/junk.err"
-for bad in "--freeze" "--classes 5,5" "--classes 10" "--transfer ann"; do
+for bad in "--freeze" "--classes 5,5" "--classes 10" "--transfer ann" "--transfer basic --classes 5,6"; do
     ./chapter9 $common $bad > /dev/null 2> "$work/bad.err"
     check "$bad is refused with exit code 2" "[ $? = 2 ] && [ -s $work/bad.err ]"
 done
@@ -79,6 +79,12 @@ check "--transfer stopped by --stop-after exits 130" "[ $? = 130 ]"
 ./chapter9 $common --transfer basic --plots "$work/p5" --checkpoints "$work/ck5" > "$work/five2.log" 2>&1
 check "run again, it finishes with the same table" \
     "[ $? = 0 ] && cmp -s $work/p4/transfer-basic/transfer.md $work/p5/transfer-basic/transfer.md"
+# The pretraining's best checkpoint lost: the runs that start from it are refused, cleanly.
+rm "$work/ck5/basic-classes01f-per0-seed1-best.ckpt"
+./chapter9 $common --transfer basic --plots "$work/p5" --checkpoints "$work/ck5" > "$work/six.log" 2> "$work/six.err"
+code=$?
+check "--transfer without the pretraining's best checkpoint exits 17 (not a crash: $code)" \
+    "[ $code = 17 ] && grep -q 'basic-classes01f-per0-seed1-best.ckpt' $work/six.err"
 if command -v gnuplot > /dev/null 2>&1; then
     (cd "$work/p4/transfer-basic" && gnuplot transfer.gp) > "$work/gnuplot.log" 2>&1
     check "gnuplot transfer.gp runs without an error or a warning" "[ $? = 0 ] && [ ! -s $work/gnuplot.log ]" ||
