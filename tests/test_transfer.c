@@ -112,8 +112,8 @@ static void test_subsets(void) {
     Error err = {0};
     unsigned classes = 1u << 5 | 1u << 8;
     CHECK(fashion_mnist_subset(&all, classes, 4, &cut, &err) == 0);
-    // 4 images of each of 2 classes, 8, repeated to 1000: 125 copies.
-    CHECK_EQ_INT(cut.train.count, 1000);
+    // 4 images of each of 2 classes, 8, repeated to 5000: 625 copies.
+    CHECK_EQ_INT(cut.train.count, 5000);
     int right = 1;
     for (int i = 0; i < cut.train.count; i++) {
         int k = i % 8;  // the 8: the first 4 of class 5 and of class 8, in order

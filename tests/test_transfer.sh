@@ -7,7 +7,7 @@
 #      images of the other five are not counted).
 #   2. --init-from that run's checkpoint, on classes 5-9 with --per-class
 #      20 and --freeze: exit 0, the classifier set to zero (the classes
-#      differ), the features frozen, 100 images repeated to 1,000 an epoch.
+#      differ), the features frozen, 100 images repeated to 5,000 an epoch.
 #   3. --init-from a checkpoint of the same classes keeps all the weights;
 #      of another model it is refused (exit code 22) with the fix, before
 #      anything trains; --freeze without --init-from, a bad --classes and
@@ -47,7 +47,7 @@ check "--init-from, --freeze on classes 5-9 exits 0" "[ $? = 0 ]" || tail -n 5 "
 check "... the classifier set to zero, the classes named" \
     "grep -q 'but the classifier (weight4 and bias4, set to zero): it learned classes 0 T-shirt/top' $work/two.log"
 check "... the features frozen" "grep -q '^--freeze: the first 18816 of 225034 parameters' $work/two.log"
-check "... 100 images repeated to an epoch of 1000" "grep -q '^training on 1000 images' $work/two.log"
+check "... 100 images repeated to an epoch of 5000" "grep -q '^training on 5000 images' $work/two.log"
 
 # 3. The same classes keep every weight; refusals.
 ./chapter9 $common --model basic --classes 0,1,2,3,4 --init-from "$source" --epochs 2 > "$work/three.log" 2>&1
