@@ -6,7 +6,9 @@
 # checkpoints, a pause and a resume; in chapter 7 the comparison, stopped
 # and gone on with, and its pictures): the convolutions and batch norm under
 # valgrind take minutes, so they are left to AddressSanitizer in the tests
-# (book.md, Appendix A, has a by-hand run of every model). Needs valgrind
+# (book.md, Appendix A, has a by-hand run of every model). Chapter 9: a
+# search of the ANN, and a run of two rows started from its checkpoint on
+# three classes (subsets, --init-from, random erasing). Needs valgrind
 # and Fashion-MNIST; skips without them. Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -16,7 +18,7 @@ fi
 work=build/valgrind
 rm -rf "$work" && mkdir -p "$work" || exit 1
 sh tests/small_data.sh data "$work/data" 500 100
-make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 > /dev/null || exit 1
+make -s chapter1 chapter2 chapter3 chapter4 chapter5 chapter6 chapter7 chapter9 > /dev/null || exit 1
 passed=0 failed=0
 memcheck() {  # memcheck EXPECTED-EXIT-CODE PROGRAM ARGS...
     expected=$1; shift
@@ -38,5 +40,8 @@ memcheck 0 ./chapter6 --evaluate "$work/ann-seed1-best.ckpt"
 memcheck 24 ./chapter6 --evaluate tests/fuzz/corpus/checkpoint/seed1.ckpt
 memcheck 130 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7" --stop-after 1
 memcheck 0 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7"
+memcheck 0 ./chapter9 --search ann --budget 3 --epochs 1 --limit 128 --checkpoints "$work/c9" --plots "$work/p9"
+memcheck 0 ./chapter9 --models ann,ann+erase --epochs 1 --limit 128 --classes 0,1,2 --per-class 20 \
+    --init-from "$work/c9/ann-lr0.000183-batch32-wd0.000335-seed1-best.ckpt" --checkpoints "$work/c9" --plots "$work/p9b"
 echo "$passed passed, $failed failed"
 [ $failed = 0 ]
