@@ -95,9 +95,11 @@ int init_from_checkpoint(GraphClassifier *net, const char *model, Options *o, Er
    runs a layer with trainable = False. They have no backward pass, so the
    gradient stops at the first node after them, and the optimiser skips
    their parameters, which come first in the parameter array (they were
-   made first). What trains is the rest: for the deeper CNN the last batch
-   norm, the dense layers and the classifier. Returns the frozen parameter
-   count. */
+   made first). What trains is the rest: for the deeper CNN the fourth
+   batch norm, the dense layer and its batch norm, and the classifier; for
+   chapter 8's networks, whose last convolution comes just before the
+   global average pooling, a batch norm and the classifier. Returns the
+   frozen parameter count. */
 size_t freeze_features(Graph *g) {
     int last = -1;
     for (int i = 0; i < g->count; i++) {
