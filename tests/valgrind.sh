@@ -40,7 +40,7 @@ memcheck 0 ./chapter6 --evaluate "$work/ann-seed1-best.ckpt"
 memcheck 24 ./chapter6 --evaluate tests/fuzz/corpus/checkpoint/seed1.ckpt
 memcheck 130 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7" --stop-after 1
 memcheck 0 ./chapter7 --models ann --epochs 1 --limit 128 --checkpoints "$work/c7" --plots "$work/p7"
-memcheck 0 ./chapter9 --search ann --budget 3 --epochs 1 --limit 128 --checkpoints "$work/c9" --plots "$work/p9"
+memcheck 0 ./chapter9 --search ann --budget 1 --epochs 1 --limit 128 --checkpoints "$work/c9" --plots "$work/p9"
 memcheck 0 ./chapter9 --models ann,ann+erase --epochs 1 --limit 128 --classes 0,1,2 --per-class 20 \
     --init-from "$work/c9/ann-lr0.000183-batch32-wd0.000335-seed1-best.ckpt" --checkpoints "$work/c9" --plots "$work/p9b"
 echo "$passed passed, $failed failed"
