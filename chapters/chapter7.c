@@ -5806,21 +5806,24 @@ void comparison_free(Comparison *c) {
 
 /* ---- The table -------------------------------------------------------------- */
 
-// Mean and (sample) standard deviation of one figure over a model's seeds.
+// Mean and (sample) standard deviation: of n values, and of one figure over a model's seeds.
 typedef struct {
     double mean, sd;
 } Spread;
 
-Spread spread(const Comparison *c, int model, double (*figure)(const RunReport *)) {
+Spread spread_of(const double *x, int n) {
     double sum = 0, squares = 0;
-    for (int s = 0; s < c->seed_count; s++) sum += figure(comparison_run(c, model, s));
-    Spread out = {.mean = sum / c->seed_count};
-    for (int s = 0; s < c->seed_count; s++) {
-        double d = figure(comparison_run(c, model, s)) - out.mean;
-        squares += d * d;
-    }
-    out.sd = c->seed_count > 1 ? sqrt(squares / (c->seed_count - 1)) : 0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    Spread out = {.mean = sum / n};
+    for (int i = 0; i < n; i++) squares += (x[i] - out.mean) * (x[i] - out.mean);
+    out.sd = n > 1 ? sqrt(squares / (n - 1)) : 0;
     return out;
+}
+
+Spread spread(const Comparison *c, int model, double (*figure)(const RunReport *)) {
+    double x[100];  // --seeds is at most 100
+    for (int s = 0; s < c->seed_count; s++) x[s] = figure(comparison_run(c, model, s));
+    return spread_of(x, c->seed_count);
 }
 
 double figure_accuracy(const RunReport *r) { return 100.0 * r->test.accuracy; }

@@ -197,15 +197,6 @@ typedef struct {
     double source_accuracy;
 } TransferResults;
 
-Spread transfer_spread(const TransferResults *t, int size, int way) {
-    double sum = 0, squares = 0;
-    for (int s = 0; s < t->seeds; s++) sum += t->accuracy[size][way][s];
-    Spread out = {.mean = sum / t->seeds};
-    for (int s = 0; s < t->seeds; s++) squares += pow(t->accuracy[size][way][s] - out.mean, 2);
-    out.sd = t->seeds > 1 ? sqrt(squares / (t->seeds - 1)) : 0;
-    return out;
-}
-
 void put_transfer_table(ByteBuffer *b, const TransferResults *t, const char *model) {
     put_text(b, "# Transfer: %s pretrained on classes 0-4 (%.2f%% on their test images), then classes 5-9\n\n"
              "Test accuracy (%%) on the %d test images of classes 5-9, mean ± sd over %d seed%s.\n\n"
@@ -213,8 +204,11 @@ void put_transfer_table(ByteBuffer *b, const TransferResults *t, const char *mod
              t->source_accuracy, t->test_count, t->seeds, t->seeds == 1 ? "" : "s");
     for (int n = 0; n < TRANSFER_SIZES; n++) {
         put_text(b, "| %d | %d |", TRANSFER_PER_CLASS[n], t->images[n]);
-        for (int w = 0; w < TRANSFER_WAYS; w++) put_text(b, " "), put_spread(b, transfer_spread(t, n, w), 2, t->seeds),
-                                                     put_text(b, " |");
+        for (int w = 0; w < TRANSFER_WAYS; w++) {
+            put_text(b, " ");
+            put_spread(b, spread_of(t->accuracy[n][w], t->seeds), 2, t->seeds);
+            put_text(b, " |");
+        }
         put_text(b, "\n");
     }
 }
@@ -224,7 +218,7 @@ void put_transfer_data(ByteBuffer *b, const TransferResults *t) {
     for (int n = 0; n < TRANSFER_SIZES; n++) {
         put_text(b, "%d", TRANSFER_PER_CLASS[n]);
         for (int w = 0; w < TRANSFER_WAYS; w++) {
-            Spread s = transfer_spread(t, n, w);
+            Spread s = spread_of(t->accuracy[n][w], t->seeds);
             put_text(b, " %.4f %.4f", s.mean, s.sd);
         }
         put_text(b, "\n");
