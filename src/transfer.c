@@ -116,7 +116,7 @@ size_t freeze_features(Graph *g) {
         }
     }
     for (int i = last + 1; i < g->count; i++)  // nothing trainable may sit among the frozen parameters
-        require(!g->nodes[i].is_parameter || g->nodes[i].value - g->params >= (ptrdiff_t)frozen,
+        require(!g->nodes[i].is_parameter || (size_t)(g->nodes[i].value - g->params) >= frozen,
                 "a parameter after the last convolution is stored before a frozen one");
     g->frozen_params = frozen;
     return frozen;
