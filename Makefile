@@ -109,18 +109,19 @@ plots:
 # warning, under gcc and (where it is installed) clang; the benchmark also
 # on the first chapter it measures (make bench-chapter), chapter 4; and
 # tests/check_png.c, the reader of the pictures tools/figures.c writes.
+# gcc compiles at -O3, as the chapters are built: some of its warnings
+# come from its optimiser. clang's all come from its front end, so it only
+# checks the syntax (-fsyntax-only). Two compilers run at a time.
 TOOLS = bench bench_pass bench_ch8 bf16_mcnemar figures
 warnings:
 	@mkdir -p build/warnings
 	@for f in $(CHAPTERS:%=chapters/chapter%.c) $(TOOLS:%=tools/%.c) tests/check_png.c tools/bench.c:4; do \
-	  pids=""; src=$${f%:*}; on=""; case $$f in *:*) on=chapter$${f#*:};; esac; \
-	  for cc in $(CC) $$(command -v clang >/dev/null 2>&1 && echo clang); do \
-	    echo "  $$cc -Werror $$src$${on:+ on chapters/$$on.c}"; \
-	    $$cc $(STRICT) $${on:+"-DCHAPTER_FILE=\"../chapters/$$on.c\""} $$src \
-	      -o build/warnings/$$(basename $$src .c)$${on:+-$$on}-$$(basename $$cc) $(LDLIBS) & pids="$$pids $$!"; \
-	  done; \
-	  for p in $$pids; do wait $$p || exit 1; done; \
-	done
+	  echo "$(CC) $$f"; command -v clang > /dev/null 2>&1 && echo "clang $$f"; done | \
+	xargs -P 2 -n 2 sh -c 'cc=$$1 src=$${2%:*} on=""; case $$2 in *:*) on=chapter$${2#*:};; esac; \
+	  echo "  $$cc -Werror $$src$${on:+ on chapters/$$on.c}"; \
+	  if [ $$cc = clang ]; then clang $(STRICT) -fsyntax-only $${on:+"-DCHAPTER_FILE=\"../chapters/$$on.c\""} $$src; \
+	  else $$cc $(STRICT) $${on:+"-DCHAPTER_FILE=\"../chapters/$$on.c\""} $$src \
+	    -o build/warnings/$$(basename $$src .c)$${on:+-$$on} $(LDLIBS); fi' sh
 
 # A user's CFLAGS must not drop what the build needs.
 check-flags:
@@ -259,22 +260,25 @@ test-build: $(TESTS)
 
 # The tests that need Fashion-MNIST skip (and say so) when `make data` cannot
 # get it; CI installs the Debian package first, so nothing is skipped there.
-# Each test program ends with "N passed, N failed"; the last line adds them up,
-# and counts a program that died before its summary as one failure.
-# The test programs are built two at a time: most of the suite's building
-# is compiling a whole chapter into each of them.
+# Everything the tests run is built first, two at a time (most of the
+# suite's building is compiling a whole chapter into each test program).
+# Then tests/run_test.sh runs the tests two at a time, the slowest first,
+# each into build/NAME.log; the logs are printed whole in the suite's order.
+# Each test ends with "N passed, N failed"; the last line adds them up, and
+# counts a test that died before its summary as one failure.
+SLOW_TESTS = tests/determinism.sh build/test_resnet tests/test_exercises.sh build/test_conv build/test_autodiff \
+             tests/arm64.sh tests/valgrind.sh tests/check_outputs.sh
 test: warnings check-chapters check-flags check-excerpts check-prose check-book
-	@$(MAKE) -s -j2 test-build
+	@$(MAKE) -s -j2 test-build $(PROGRAMS) build/make_figures build/check_png
 	@sh src/get-data.sh data || echo "warning: no Fashion-MNIST; the tests that need it will be skipped"
 	@$(MAKE) -s check-figures
 	@if [ -f data/t10k-labels-idx1-ubyte ]; then $(MAKE) -s check-portable; \
 	  else echo "skip: chapter 4 without SIMD and threads (no Fashion-MNIST)"; fi
 	@$(MAKE) -s fuzz-smoke
-	@status=0; for t in $(TESTS) $(SCRIPT_TESTS); do \
-	  log=build/$$(basename $$t .sh).log; \
-	  echo "== $$t"; case $$t in *.sh) sh $$t;; *) $$t;; esac > $$log 2>&1; rc=$$?; cat $$log; \
-	  if [ $$rc != 0 ]; then status=1; grep -q '^[0-9]* passed, [0-9]* failed' $$log || echo "0 passed, 1 failed" >> $$log; fi; \
-	done; \
+	@echo "running $(words $(TESTS) $(SCRIPT_TESTS)) tests, two at a time:"; \
+	printf '%s\n' $(SLOW_TESTS) $(filter-out $(SLOW_TESTS),$(TESTS) $(SCRIPT_TESTS)) | xargs -P 2 -n 1 sh tests/run_test.sh; \
+	status=$$?; \
+	for t in $(TESTS) $(SCRIPT_TESTS); do echo "== $$t"; cat build/$$(basename $$t .sh).log; done; \
 	for t in $(TESTS) $(SCRIPT_TESTS); do cat build/$$(basename $$t .sh).log; done | awk '/^[0-9]+ passed, [0-9]+ failed/ { p += $$1; f += $$3; s += $$5 } \
 	  END { printf "total: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; printf "\n" }'; \
 	exit $$status

@@ -28,9 +28,14 @@ for n in $chapters; do
     starter=$work/starter/chapter$n.c
     check "starter/chapter$n.c has a TODO for each of its exercises" \
         "[ \"\$(grep -c 'TODO (exercise $n\.' $starter)\" = \"\$(grep -c '//@ exercise $n ' src/*.c | awk -F: '{ s += \$2 } END { print s }')\" ]"
+    # (clang's warnings all come from its front end: checking the syntax is enough)
     for cc in $compilers; do
+        case $cc in
+            clang) how="-fsyntax-only" ;;
+            *) how="-O1 -o $work/starter$n-$(basename $cc) -lm -pthread" ;;
+        esac
         check "starter chapter $n compiles without a warning under $cc" \
-            "$cc -std=c11 -O1 -Wall -Wextra -pedantic -Werror $starter -o $work/starter$n-$(basename $cc) -lm -pthread > $work/cc.log 2>&1"
+            "$cc -std=c11 -Wall -Wextra -pedantic -Werror $starter $how > $work/cc.log 2>&1"
     done
     sh tests/exercise.sh "$n" "chapters/chapter$n.c" > "$work/full$n.log" 2>&1
     check "every exercise check passes on chapters/chapter$n.c" "[ \$? = 0 ] && ! grep -q 'not yet' $work/full$n.log"

@@ -293,7 +293,7 @@ static void test_counts(void) {
 /* ---- Training: the same bits at any thread count ------------------------------ */
 
 static uint32_t model_steps(const char *name, const Dataset *d, const GemmKernel *kernel, int threads) {
-    enum { BATCH = 4 };
+    enum { BATCH = 2 };  // batch norm needs two images; the GEMMs have rows for every thread
     GraphClassifier c = build_model(name, BATCH, 5, KERNEL_BLOCKED, gemm_context_new(kernel, threads));
     Model m = graph_model(&c, name);
     Optimizer opt = optimizer_new(OPTIMIZER_ADAM, 0.001f, m.count);
@@ -320,9 +320,13 @@ static void test_training_same_bits(Rng *rng) {
     Dataset d = {.images = images, .targets = targets, .count = 8};
     const char *models[3] = {"resnet", "plain", "separable"};
     for (int i = 0; i < 3; i++) {
-        uint32_t one = model_steps(models[i], &d, gemm_kernel_by_name("portable"), 1);
+        // The portable kernel calls fmaf, which is slow: it is the reference
+        // for resnet and separable (whose depthwise loop is compiled once per
+        // instruction set); plain has no code of its own that depends on it.
+        uint32_t one = model_steps(models[i], &d, i == 1 ? gemm_best_kernel() : gemm_kernel_by_name("portable"), 1);
         int same = 1;
-        for (int threads = 1; threads <= 3; threads++) same &= model_steps(models[i], &d, gemm_best_kernel(), threads) == one;
+        for (int threads = i == 1 ? 2 : 1; threads <= 3; threads++)
+            same &= model_steps(models[i], &d, gemm_best_kernel(), threads) == one;
         if (!CHECK(same)) printf("     %s\n", models[i]);
         printf("   %s: weights=%08x after two steps\n", models[i], (unsigned)one);
     }
