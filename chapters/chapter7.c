@@ -5557,12 +5557,21 @@ char *next_path(FileList *files, const char *dir, const char *name) {
     return path;
 }
 
+// Lists the path next_path gave, once: a file written again (a search's
+// table, which a second row that reads the search back writes again)
+// stays one line of the list.
+void list_path(FileList *files) {
+    for (int i = 0; i < files->count; i++)
+        if (strcmp(files->paths[i], files->paths[files->count]) == 0) return;
+    files->count++;
+}
+
 // Writes dir/name (atomically) and adds it to the list; frees the buffer.
 int write_listed(const char *dir, const char *name, ByteBuffer *b, FileList *files, Error *err) {
     int status = write_file_atomically(next_path(files, dir, name), b->bytes, b->used, err);
     free(b->bytes);
     *b = (ByteBuffer){0};
-    if (!status) files->count++;
+    if (!status) list_path(files);
     return status;
 }
 
@@ -5572,7 +5581,7 @@ int save_picture(const Picture *p, const char *dir, const char *name, FileList *
     char file[256];
     snprintf(file, sizeof file, "%s.ppm", name);
     if (picture_write(p, next_path(files, dir, file), err)) return err->code;
-    files->count++;
+    list_path(files);
     snprintf(file, sizeof file, "%s.png", name);
     ByteBuffer b = png_bytes(p);
     return write_listed(dir, file, &b, files, err);

@@ -192,9 +192,16 @@ int option_table(Options *o, OptionSpec *specs) {
                               .kind = OPTION_INT, .target = &o->seeds, .min = 1, .max = 100};
     specs[n++] = (OptionSpec){.name = "--augment", .value_name = NULL, .help = "shift training images by up to 2 pixels and flip half of them",
                               .kind = OPTION_FLAG, .target = &o->augment};
+//@ from 7 to 8
     specs[n++] = (OptionSpec){.name = "--quick", .value_name = NULL, .help = "a small version of everything, in about a minute (3000 training, "
                               "1000 validation and 1000 test images, at most 4 epochs)",
                               .kind = OPTION_FLAG, .target = &o->quick};
+//@ end
+//@ from 9
+    specs[n++] = (OptionSpec){.name = "--quick", .value_name = NULL, .help = "a small version of everything, in about a minute (500 training, "
+                              "250 validation and 250 test images, at most 2 epochs, a search's budget at most 9)",
+                              .kind = OPTION_FLAG, .target = &o->quick};
+//@ end
     specs[n++] = (OptionSpec){.name = "--plots", .value_name = "DIR", .help = "where the pictures, plot data and results.md go (default: plots, and plots/quick with --quick)",
                               .kind = OPTION_TEXT, .target = &o->plots};
 //@ end

@@ -282,7 +282,7 @@ int transfer_experiment(Options *o, const FashionMnist *data, KernelKind kernel,
                 Options run = *o;
                 run.classes = TARGET_CLASSES, run.classes_list = "5,6,7,8,9", run.per_class = TRANSFER_PER_CLASS[n];
                 run.init_from = w ? best : NULL, run.freeze = w == 1, run.plots = plots, run.seed = -1;
-                run.limit = 0;  // N images a class is the limit (--quick's 3,000 would cut 1,000 a class short)
+                run.limit = 0;  // N images a class is the limit (--quick's 500 would cut 1,000 a class short)
                 printf("\n==== classes 5-9, %d images a class, %s, seed %d ====\n", TRANSFER_PER_CLASS[n],
                        TRANSFER_WAY_NAMES[w], o->seed + s);
                 status = run_one(&run, model, o->seed + s, kernel, gemm, &target[n], &report, files, err);
