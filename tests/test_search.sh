@@ -26,8 +26,9 @@
 #   8. So does --erase.
 #   9. --models with variants (MODEL+tuned+augment+erase+bf16): a row each,
 #      the verdict of each variant against its model, McNemar for the
-#      pairs that ask a question, every file listed written; stopped and
-#      run again, the same tables; a variant named twice refused.
+#      pairs that ask a question, every file listed written, once;
+#      stopped by --stop-after and by a real SIGINT, and run again, the
+#      same tables and pictures; a variant named twice refused.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -159,9 +160,28 @@ check "... each listed once (two tuned rows of ann write its search's table twic
 check "the comparison stopped by --stop-after exits 130" "[ $? = 130 ]"
 ./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck10" \
     --plots "$work/p10" > "$work/ten2.log" 2>&1
+rc=$?
 verdicts() { sed -n '/^| row | against/,/^$/p' "$1" | sed 's/ | [0-9.]*x |$//'; grep '^| [a-z0-9+]* | [a-z0-9+]* | 1 | ' "$1"; }
 check "run again, it finishes with the same verdict and McNemar tables" \
-    "[ $? = 0 ] && [ -n \"\$(verdicts $work/p9/results.md)\" ] && [ \"\$(verdicts $work/p9/results.md)\" = \"\$(verdicts $work/p10/results.md)\" ]"
+    "[ $rc = 0 ] && [ -n \"\$(verdicts $work/p9/results.md)\" ] && [ \"\$(verdicts $work/p9/results.md)\" = \"\$(verdicts $work/p10/results.md)\" ]"
+# A real Ctrl-C: SIGINT once three rows are done (three of the basic CNN,
+# which train for seconds, are still to come), then the same command.
+./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck11" \
+    --plots "$work/p11" > "$work/eleven.log" 2>&1 &
+pid=$! i=0
+while ! grep -q '^comparison: 3 of 6 runs done' "$work/eleven.log" && [ $i -lt 1200 ] && kill -0 $pid 2> /dev/null; do
+    sleep 0.1; i=$((i + 1))
+done
+kill -INT $pid 2> /dev/null
+wait $pid
+rc=$?
+check "SIGINT in the middle of the comparison: exit 130, a checkpoint saved, the command to go on" \
+    "[ $rc = 130 ] && grep -q '^to resume: ./chapter9 ' $work/eleven.log"
+./chapter9 --data "$work/data" --quick --epochs 1 --models "$rows" --threads 2 --checkpoints "$work/ck11" \
+    --plots "$work/p11" > "$work/eleven2.log" 2>&1
+rc=$?
+check "... the same command finishes it, with the same tables and every picture" \
+    "[ $rc = 0 ] && [ \"\$(verdicts $work/p9/results.md)\" = \"\$(verdicts $work/p11/results.md)\" ] && [ \$(ls $work/p11/*.png | wc -l) = \$(ls $work/p9/*.png | wc -l) ]"
 ./chapter9 --data "$work/data" --models "basic+tuned+tuned" > /dev/null 2> "$work/bad.err"
 check "a variant named twice is refused (exit 2)" "[ $? = 2 ] && grep -q 'each once' $work/bad.err"
 
