@@ -313,7 +313,7 @@ static uint32_t model_steps(const char *name, const Dataset *d, const GemmKernel
 }
 
 static void test_training_same_bits(Rng *rng) {
-    section("resnet, plain and separable: two training steps, the same bits at 1, 2 and 3 threads and on every kernel");
+    section("resnet, plain and separable: two training steps, the same bits at 1, 2 and 3 threads; resnet and separable also on the portable kernel");
     static float images[8 * IMAGE_SIZE], targets[8 * NUM_CLASSES];
     fill(images, 8 * IMAGE_SIZE, 0, 1, rng);
     for (int i = 0; i < 8; i++) targets[i * NUM_CLASSES + i % 10] = 1;
