@@ -41,7 +41,7 @@
 #define HAVE_POSIX 0
 #endif
 
-// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's vector loops) is built
 // on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
 // Each function is compiled for its own instruction set (a target
 // attribute) and called only where the CPU has that set.
@@ -1074,19 +1074,14 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, same results to the bit. The loops
-   above visit a window's four inputs one channel at a time, jumping across
-   memory, and update out[c] four times; these read the four inputs of a
-   window as four contiguous rows of C channels and decide every channel
-   with comparisons and selects instead of branches, so the compiler can do
-   4 channels per instruction (SSE2, which every x86-64 has, and arm64's
-   NEON). The order of the comparisons is the reference's, so ties still go
-   to the first maximum, and not a bit changes. (gcc 12 vectorises neither
-   a select between a sum and the old value, `d = t ? d + g : d`, nor
-   logic with && on comparisons: under the C standard's floating-point
-   exceptions it may not compute d + g where the source does not. Hence
-   the shape of these loops; -fno-trapping-math would lift that, but the
-   chapters build with the default flags.) */
+/* The same two passes for the fast path, the same bits. These read a
+   window's four inputs as four rows of C channels and decide every channel
+   with compare-and-select, no branch, so the compiler does several
+   channels per instruction (SSE2 on every x86-64, NEON on arm64). The
+   comparisons keep the reference's order, so ties still go to the first
+   maximum. (gcc vectorises neither `d = t ? d + g : d` nor && on
+   comparisons without -fno-trapping-math, which the chapters do not use:
+   hence the shape of these loops.) */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {
@@ -1211,36 +1206,22 @@ void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this st
 /* ----------------------------------------------------------------------------
    The thread pool: persistent workers, one entry point (book.md 4.18).
 
-   What this is: parallel_for(w, tasks, task, context), which runs
-   task(context, i, worker) once for every i < tasks, spread over a few
-   threads that are created once (workers_new). Between calls a thread
-   first spins, watching a counter, then sleeps on a condition variable.
-   Every thread, the caller included, takes the next task number from a
-   shared counter until none are left; then the caller waits for the
-   others to finish and returns. The GEMM's tiles,
-   batch norm's sums, Adam's update and the engine's per-image ops all go
-   through it.
-   What it is not: a scheduler. There are no queues, futures, priorities or
-   nested calls: a task must not call parallel_for on the same Workers (it
-   would wait for itself). Build with -DNO_THREADS (or on a system without POSIX) and
-   parallel_for runs the tasks one after the other on the caller: same
-   results, one core.
+   What this is: parallel_for(w, tasks, task, context) runs task(context, i,
+   worker) once for every i < tasks. Every thread, the caller included,
+   takes the next task number from a shared counter until none are left;
+   the caller then waits for the others. Between calls a helper spins on a
+   counter, then sleeps on a condition variable.
+   What it is not: a scheduler: no queues, futures or nested calls (a task
+   that called parallel_for on its own pool would wait for itself). With
+   -DNO_THREADS, or without POSIX, the tasks run one after the other on the
+   caller: the same results on one core.
 
-   Why the same bits at any thread count: which thread runs which task,
-   and when, changes from run to run; what a task computes must not. So
-   the caller fixes the tasks by the problem alone (a tile of C, a part of
-   an array, an image of the batch), never by the number of threads, and a
-   task writes only its own part of the output and never adds into
-   something another task writes. Then every float is computed by the same
-   operations in the same order whoever runs it, on one thread or 256.
-   (A sum split across threads and added up in whatever order they finish
-   would differ in its last bits from run to run.) `worker` (0 for the
-   caller, 1..threads-1 for the helpers) says which thread is running the
-   task, for per-thread scratch memory such as the GEMM's packing buffers:
-   where a task works, never what it computes.
-
-   The rule the tests check (tests/test_gemm.c): parallel_for runs every
-   task exactly once, at any thread count. */
+   Why the same bits at any thread count: the caller fixes the tasks by the
+   problem alone (a tile of C, a part of an array, an image of the batch),
+   never by the number of threads, and a task writes only its own part of
+   the output. Then every float is computed by the same operations in the
+   same order, whoever runs it. `worker` (0 for the caller) chooses only
+   where a task works, such as its packing buffer, never what it computes. */
 
 #if HAVE_POSIX && !defined(NO_THREADS) && !defined(__STDC_NO_ATOMICS__)
 #define HAVE_THREADS 1
@@ -1278,15 +1259,11 @@ struct Workers {
 #endif
 };
 
-/* Waking a sleeping thread goes through the kernel and takes tens of
-   microseconds, as long as a small GEMM; the engine calls parallel_for
-   dozens of times a training step. So a thread that has nothing to do
-   first watches the counter it waits on for SPIN_CHECKS looks, some tens
-   of microseconds, and sleeps only when nothing changed: between the ops
-   of a step it never sleeps, and a program that stops calling costs its
-   helpers that much spinning once. (OpenMP runtimes do the same.) The
-   counters are C11 atomics, so a thread sees a task's writes once it sees
-   the counter that says the task is done. */
+/* Waking a sleeping thread takes tens of microseconds, as long as a small
+   GEMM, and a training step calls parallel_for dozens of times. So an idle
+   thread first watches its counter for SPIN_CHECKS looks and sleeps only
+   if nothing changed (as OpenMP runtimes do). The counters are C11 atomics:
+   a thread that sees a task counted done also sees what the task wrote. */
 enum { SPIN_CHECKS = 1 << 16 };
 
 // How many processors are online, for a default thread count (at most
@@ -1416,23 +1393,21 @@ void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
 /* ----------------------------------------------------------------------------
    One fast matrix multiply for every convolution and dense pass.
 
-   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
-   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
-   them). Five loops cut the problem into blocks that fit the caches; each
-   block of A and B is copied ("packed") into the order the innermost loop
-   reads; a micro-kernel, one per instruction set, multiplies one packed
-   strip of A by one packed panel of B into a small MR x NR tile of C held
-   in registers. The packing does all the adapting: A may be a matrix, its
-   transpose, or the im2col "patch matrix" of an image, which is never
-   built, because the packing reads the patches straight from the image.
-   So a convolution is one GEMM with no extra memory.
-   What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; one blocking, derived from common cache sizes, not tuned
-   for each machine; x86's AVX2 and AVX-512 kernels, and a portable one in
-   plain C that every other machine uses.
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, the
+   way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after them):
+   five loops cut the problem into blocks that fit the caches, each block of
+   A and B is copied ("packed") into the order the innermost loop reads, and
+   a micro-kernel multiplies one packed strip of A by one packed panel of B
+   into an MR x NR tile of C held in registers. The packing does all the
+   adapting: A may be a matrix, its transpose, or the im2col "patch matrix"
+   of an image, read straight from the image, so a convolution is one GEMM
+   with no extra memory.
+   What it is not: a BLAS. Single precision, no alpha or beta, one blocking
+   for every machine; AVX2 and AVX-512 kernels for x86, and a portable one
+   in plain C for every other machine.
 
-   The tests (tests/test_gemm.c) hold it to a plain triple loop in double
-   precision, and to one definition, bit for bit. Element C(i, j) is the chain
+   The tests (tests/test_gemm.c) hold it to a triple loop in double
+   precision, and to one definition, bit for bit. Element C(i, j) is
        c = start(i, j);  for k = 0, 1, ..., K-1:  c = fma(A(i, k), B(k, j), c)
    where start is C's old value (accumulate), bias(j) (gemm_with_bias), or
    0: one rounding per step, in one fixed order, whatever the kernel, the
@@ -1833,9 +1808,7 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
             "gemm_context_new: blocking kc=%d mc=%d nc=%d (mc must be a multiple of %d, nc of %d)", b.kc, b.mc,
             b.nc, MR, GEMM_MAX_NR);
     GemmContext *ctx = xmalloc(sizeof *ctx);
-    ctx->kernel = kernel;
-    ctx->blocking = b;
-    ctx->workers = workers_new(threads);
+    *ctx = (GemmContext){.kernel = kernel, .blocking = b, .workers = workers_new(threads)};
     // Whole cache lines each, so no two threads ever write the same line.
     enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
     ctx->a_floats = (size_t)round_up((long)b.mc * b.kc, LINE_FLOATS);
@@ -1867,25 +1840,19 @@ void gemm_context_free(GemmContext *ctx) {
                for ir in mc, step MR loop 1: a strip of A -> micro-kernel
 
    Determinism. Element C(i, j) ends up as the chain of the definition
-   (top of the file) in every case, because
-   - within a block of k the micro-kernel does exactly that for its k, in
-     order, each kernel with its own instruction but the same single
-     rounding (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all compute a*b+c
-     exactly, then round once to float);
-   - between blocks of k (loop 4, in order) the partial sum goes to C and
-     comes back: a float stored and reloaded is the same float, so the chain
-     just continues;
-   - the blocking and the tiles only choose which elements are computed
+   (top of the file), because
+   - within a block of k the micro-kernel does exactly that, in order, with
+     one rounding per step (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all
+     round a*b+c once);
+   - between blocks of k (loop 4, in order) the partial sum is stored to C
+     and reloaded, which changes no bit;
+   - the blocking and the tasks choose which elements are computed
      together, never what is added to an element or in which order; the
-     zeros that pad the packed edge strips and panels fall in rows and
-     columns of C that are never written back, and k is never padded;
-   - one task computes a tile for one block of k, and tasks never share an
-     element of C: the thread count decides who computes a tile and when,
-     not what is computed.
-   So any kernel and any number of threads give the same bits. (The compiler
-   must not fuse or reorder anything else here, and does not: gcc with
-   -std=c11 does not contract a*b+c on its own, and the chapter tells clang
-   not to with STDC FP_CONTRACT OFF; no -ffast-math.) */
+     zeros padding the packed edges fall in rows and columns of C that are
+     never written back, and k is never padded;
+   - tasks never share an element of C.
+   (gcc -std=c11 does not contract a*b+c on its own, the chapter tells
+   clang not to with STDC FP_CONTRACT OFF, and there is no -ffast-math.) */
 
 typedef struct {
     const GemmContext *ctx;
@@ -2432,44 +2399,17 @@ typedef struct {
 } AdamJob;
 
 #if HAVE_X86_KERNELS
-/* adam_update four parameters at a time, with SSE2, which every x86-64
-   has: the same operations in the same order (no fused multiply-add:
-   the scalar loop has none either), each rounded as IEEE arithmetic
-   rounds it, the square root and the divisions included, so the same
-   bits. The compiler does not vectorise the scalar loop itself: sqrtf
-   may set errno (for a negative number), so it stays a call it cannot
-   widen. The last count % 4 parameters go through the scalar loop. */
-void adam_update_sse2(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
-    Optimizer tail = *o;  // for the last few, before the step is counted
-    o->step++;
-    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
-    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
-    const __m128 beta1 = _mm_set1_ps(o->beta1), beta2 = _mm_set1_ps(o->beta2);
-    const __m128 rest1 = _mm_set1_ps(1.0f - o->beta1), rest2 = _mm_set1_ps(1.0f - o->beta2);
-    const __m128 c1 = _mm_set1_ps(correction1), c2 = _mm_set1_ps(correction2);
-    const __m128 rate = _mm_set1_ps(o->learning_rate), epsilon = _mm_set1_ps(o->epsilon);
-    size_t i = 0;
-    for (; i + 4 <= count; i += 4) {
-        __m128 g = _mm_loadu_ps(grads + i);
-        __m128 m = _mm_add_ps(_mm_mul_ps(beta1, _mm_loadu_ps(o->m + i)), _mm_mul_ps(rest1, g));
-        __m128 v = _mm_add_ps(_mm_mul_ps(beta2, _mm_loadu_ps(o->v + i)), _mm_mul_ps(_mm_mul_ps(rest2, g), g));
-        _mm_storeu_ps(o->m + i, m);
-        _mm_storeu_ps(o->v + i, v);
-        __m128 m_hat = _mm_div_ps(m, c1), v_hat = _mm_div_ps(v, c2);
-        __m128 step = _mm_div_ps(_mm_mul_ps(rate, m_hat), _mm_add_ps(_mm_sqrt_ps(v_hat), epsilon));
-        _mm_storeu_ps(params + i, _mm_sub_ps(_mm_loadu_ps(params + i), step));
-    }
-    tail.m += i, tail.v += i;
-    adam_update(&tail, params + i, grads + i, count - i);
-}
-
-/* The same, eight (AVX) or sixteen (AVX-512) at a time, where the CPU has
-   them: Adam is three divisions and a square root per parameter, and a
-   wider vector does more of them per instruction. The same operations in
-   the same order again, so the same bits as the scalar loop. */
+/* adam_update eight (AVX) or sixteen (AVX-512) parameters at a time: the
+   same operations in the same order (no fused multiply-add: the scalar loop
+   has none either), each rounded as IEEE arithmetic rounds it, the square
+   root and the divisions included, so the same bits. The compiler does not
+   widen the scalar loop itself: sqrtf may set errno (for a negative
+   number), so it stays a call. Adam is three divisions and a square root
+   per parameter, and a wider vector does more of them per instruction. The
+   last count % 8 (or % 16) go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
-    Optimizer tail = *o;
+    Optimizer tail = *o;  // for the last few, before the step is counted
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);
     float correction2 = 1.0f - powf(o->beta2, (float)o->step);
@@ -2489,7 +2429,7 @@ void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *gra
         _mm256_storeu_ps(params + i, _mm256_sub_ps(_mm256_loadu_ps(params + i), step));
     }
     tail.m += i, tail.v += i;
-    adam_update_sse2(&tail, params + i, grads + i, count - i);
+    adam_update(&tail, params + i, grads + i, count - i);
 }
 
 __attribute__((target("avx512f")))
@@ -2514,16 +2454,24 @@ void adam_update_avx512(Optimizer *o, float *params /* (count) */, const float *
         _mm512_storeu_ps(params + i, _mm512_sub_ps(_mm512_loadu_ps(params + i), step));
     }
     tail.m += i, tail.v += i;
-    adam_update_sse2(&tail, params + i, grads + i, count - i);
-}
-
-// The widest of the three this CPU has (all give the same bits).
-void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
-    if (cpu_has_avx512f()) adam_update_avx512(o, params, grads, count);
-    else if (__builtin_cpu_supports("avx")) adam_update_avx(o, params, grads, count);
-    else adam_update_sse2(o, params, grads, count);
+    adam_update(&tail, params + i, grads + i, count - i);
 }
 #endif
+
+// The widest loop this CPU has: all give the same bits.
+void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
+#if HAVE_X86_KERNELS
+    if (cpu_has_avx512f()) {
+        adam_update_avx512(o, params, grads, count);
+        return;
+    }
+    if (__builtin_cpu_supports("avx")) {
+        adam_update_avx(o, params, grads, count);
+        return;
+    }
+#endif
+    adam_update(o, params, grads, count);
+}
 
 void adam_part(void *context, int part, int worker) {
     (void)worker;
@@ -2531,11 +2479,7 @@ void adam_part(void *context, int part, int worker) {
     size_t from = j->count * (size_t)part / ADAM_PARTS, to = j->count * (size_t)(part + 1) / ADAM_PARTS;
     Optimizer view = *j->o;
     view.m += from, view.v += from;
-#if HAVE_X86_KERNELS
     adam_update_widest(&view, j->params + from, j->grads + from, to - from);
-#else
-    adam_update(&view, j->params + from, j->grads + from, to - from);
-#endif
 }
 
 void optimizer_update(Optimizer *o, float *params, const float *grads, size_t count) {
@@ -2545,13 +2489,7 @@ void optimizer_update(Optimizer *o, float *params, const float *grads, size_t co
         o->step++;  // what each part's view counted
         return;
     }
-#if HAVE_X86_KERNELS
-    if (o->kind == OPTIMIZER_ADAM) {
-        adam_update_widest(o, params, grads, count);
-        return;
-    }
-#endif
-    if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
+    if (o->kind == OPTIMIZER_ADAM) adam_update_widest(o, params, grads, count);
     else sgd_update(params, grads, count, o->learning_rate);
 }
 /* ----------------------------------------------------------------------------

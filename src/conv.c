@@ -233,19 +233,14 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, same results to the bit. The loops
-   above visit a window's four inputs one channel at a time, jumping across
-   memory, and update out[c] four times; these read the four inputs of a
-   window as four contiguous rows of C channels and decide every channel
-   with comparisons and selects instead of branches, so the compiler can do
-   4 channels per instruction (SSE2, which every x86-64 has, and arm64's
-   NEON). The order of the comparisons is the reference's, so ties still go
-   to the first maximum, and not a bit changes. (gcc 12 vectorises neither
-   a select between a sum and the old value, `d = t ? d + g : d`, nor
-   logic with && on comparisons: under the C standard's floating-point
-   exceptions it may not compute d + g where the source does not. Hence
-   the shape of these loops; -fno-trapping-math would lift that, but the
-   chapters build with the default flags.) */
+/* The same two passes for the fast path, the same bits. These read a
+   window's four inputs as four rows of C channels and decide every channel
+   with compare-and-select, no branch, so the compiler does several
+   channels per instruction (SSE2 on every x86-64, NEON on arm64). The
+   comparisons keep the reference's order, so ties still go to the first
+   maximum. (gcc vectorises neither `d = t ? d + g : d` nor && on
+   comparisons without -fno-trapping-math, which the chapters do not use:
+   hence the shape of these loops.) */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {

@@ -2,23 +2,21 @@
 /* ----------------------------------------------------------------------------
    One fast matrix multiply for every convolution and dense pass.
 
-   What this is: C = (accumulate ? C : 0) + A @ B in single precision, built
-   the way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after
-   them). Five loops cut the problem into blocks that fit the caches; each
-   block of A and B is copied ("packed") into the order the innermost loop
-   reads; a micro-kernel, one per instruction set, multiplies one packed
-   strip of A by one packed panel of B into a small MR x NR tile of C held
-   in registers. The packing does all the adapting: A may be a matrix, its
-   transpose, or the im2col "patch matrix" of an image, which is never
-   built, because the packing reads the patches straight from the image.
-   So a convolution is one GEMM with no extra memory.
-   What it is not: a BLAS. Single precision only, no alpha or beta, no
-   transposed C; one blocking, derived from common cache sizes, not tuned
-   for each machine; x86's AVX2 and AVX-512 kernels, and a portable one in
-   plain C that every other machine uses.
+   What this is: C = (accumulate ? C : 0) + A @ B in single precision, the
+   way Goto and van de Geijn built GEMM (and BLIS and OpenBLAS after them):
+   five loops cut the problem into blocks that fit the caches, each block of
+   A and B is copied ("packed") into the order the innermost loop reads, and
+   a micro-kernel multiplies one packed strip of A by one packed panel of B
+   into an MR x NR tile of C held in registers. The packing does all the
+   adapting: A may be a matrix, its transpose, or the im2col "patch matrix"
+   of an image, read straight from the image, so a convolution is one GEMM
+   with no extra memory.
+   What it is not: a BLAS. Single precision, no alpha or beta, one blocking
+   for every machine; AVX2 and AVX-512 kernels for x86, and a portable one
+   in plain C for every other machine.
 
-   The tests (tests/test_gemm.c) hold it to a plain triple loop in double
-   precision, and to one definition, bit for bit. Element C(i, j) is the chain
+   The tests (tests/test_gemm.c) hold it to a triple loop in double
+   precision, and to one definition, bit for bit. Element C(i, j) is
        c = start(i, j);  for k = 0, 1, ..., K-1:  c = fma(A(i, k), B(k, j), c)
    where start is C's old value (accumulate), bias(j) (gemm_with_bias), or
    0: one rounding per step, in one fixed order, whatever the kernel, the
@@ -429,9 +427,7 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
             "gemm_context_new: blocking kc=%d mc=%d nc=%d (mc must be a multiple of %d, nc of %d)", b.kc, b.mc,
             b.nc, MR, GEMM_MAX_NR);
     GemmContext *ctx = xmalloc(sizeof *ctx);
-    ctx->kernel = kernel;
-    ctx->blocking = b;
-    ctx->workers = workers_new(threads);
+    *ctx = (GemmContext){.kernel = kernel, .blocking = b, .workers = workers_new(threads)};
     // Whole cache lines each, so no two threads ever write the same line.
     enum { CACHE_LINE = 64, LINE_FLOATS = CACHE_LINE / sizeof(float) };
     ctx->a_floats = (size_t)round_up((long)b.mc * b.kc, LINE_FLOATS);
@@ -439,9 +435,6 @@ GemmContext *gemm_context_new_blocked(const GemmKernel *kernel, int threads, Blo
     ctx->memory = xmalloc(((size_t)ctx->workers->threads * ctx->a_floats + b_floats) * sizeof(float) + CACHE_LINE);
     ctx->packed_a = (float *)(((uintptr_t)ctx->memory + CACHE_LINE - 1) / CACHE_LINE * CACHE_LINE);
     ctx->packed_b = ctx->packed_a + (size_t)ctx->workers->threads * ctx->a_floats;
-//@ from 8
-    ctx->bf16 = NULL, ctx->bf16_buffers = NULL;
-//@ end
     return ctx;
 }
 
@@ -469,25 +462,19 @@ void gemm_context_free(GemmContext *ctx) {
                for ir in mc, step MR loop 1: a strip of A -> micro-kernel
 
    Determinism. Element C(i, j) ends up as the chain of the definition
-   (top of the file) in every case, because
-   - within a block of k the micro-kernel does exactly that for its k, in
-     order, each kernel with its own instruction but the same single
-     rounding (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all compute a*b+c
-     exactly, then round once to float);
-   - between blocks of k (loop 4, in order) the partial sum goes to C and
-     comes back: a float stored and reloaded is the same float, so the chain
-     just continues;
-   - the blocking and the tiles only choose which elements are computed
+   (top of the file), because
+   - within a block of k the micro-kernel does exactly that, in order, with
+     one rounding per step (fmaf, _mm256_fmadd_ps and _mm512_fmadd_ps all
+     round a*b+c once);
+   - between blocks of k (loop 4, in order) the partial sum is stored to C
+     and reloaded, which changes no bit;
+   - the blocking and the tasks choose which elements are computed
      together, never what is added to an element or in which order; the
-     zeros that pad the packed edge strips and panels fall in rows and
-     columns of C that are never written back, and k is never padded;
-   - one task computes a tile for one block of k, and tasks never share an
-     element of C: the thread count decides who computes a tile and when,
-     not what is computed.
-   So any kernel and any number of threads give the same bits. (The compiler
-   must not fuse or reorder anything else here, and does not: gcc with
-   -std=c11 does not contract a*b+c on its own, and the chapter tells clang
-   not to with STDC FP_CONTRACT OFF; no -ffast-math.) */
+     zeros padding the packed edges fall in rows and columns of C that are
+     never written back, and k is never padded;
+   - tasks never share an element of C.
+   (gcc -std=c11 does not contract a*b+c on its own, the chapter tells
+   clang not to with STDC FP_CONTRACT OFF, and there is no -ffast-math.) */
 
 typedef struct {
     const GemmContext *ctx;

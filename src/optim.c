@@ -84,44 +84,17 @@ typedef struct {
 } AdamJob;
 
 #if HAVE_X86_KERNELS
-/* adam_update four parameters at a time, with SSE2, which every x86-64
-   has: the same operations in the same order (no fused multiply-add:
-   the scalar loop has none either), each rounded as IEEE arithmetic
-   rounds it, the square root and the divisions included, so the same
-   bits. The compiler does not vectorise the scalar loop itself: sqrtf
-   may set errno (for a negative number), so it stays a call it cannot
-   widen. The last count % 4 parameters go through the scalar loop. */
-void adam_update_sse2(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
-    Optimizer tail = *o;  // for the last few, before the step is counted
-    o->step++;
-    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
-    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
-    const __m128 beta1 = _mm_set1_ps(o->beta1), beta2 = _mm_set1_ps(o->beta2);
-    const __m128 rest1 = _mm_set1_ps(1.0f - o->beta1), rest2 = _mm_set1_ps(1.0f - o->beta2);
-    const __m128 c1 = _mm_set1_ps(correction1), c2 = _mm_set1_ps(correction2);
-    const __m128 rate = _mm_set1_ps(o->learning_rate), epsilon = _mm_set1_ps(o->epsilon);
-    size_t i = 0;
-    for (; i + 4 <= count; i += 4) {
-        __m128 g = _mm_loadu_ps(grads + i);
-        __m128 m = _mm_add_ps(_mm_mul_ps(beta1, _mm_loadu_ps(o->m + i)), _mm_mul_ps(rest1, g));
-        __m128 v = _mm_add_ps(_mm_mul_ps(beta2, _mm_loadu_ps(o->v + i)), _mm_mul_ps(_mm_mul_ps(rest2, g), g));
-        _mm_storeu_ps(o->m + i, m);
-        _mm_storeu_ps(o->v + i, v);
-        __m128 m_hat = _mm_div_ps(m, c1), v_hat = _mm_div_ps(v, c2);
-        __m128 step = _mm_div_ps(_mm_mul_ps(rate, m_hat), _mm_add_ps(_mm_sqrt_ps(v_hat), epsilon));
-        _mm_storeu_ps(params + i, _mm_sub_ps(_mm_loadu_ps(params + i), step));
-    }
-    tail.m += i, tail.v += i;
-    adam_update(&tail, params + i, grads + i, count - i);
-}
-
-/* The same, eight (AVX) or sixteen (AVX-512) at a time, where the CPU has
-   them: Adam is three divisions and a square root per parameter, and a
-   wider vector does more of them per instruction. The same operations in
-   the same order again, so the same bits as the scalar loop. */
+/* adam_update eight (AVX) or sixteen (AVX-512) parameters at a time: the
+   same operations in the same order (no fused multiply-add: the scalar loop
+   has none either), each rounded as IEEE arithmetic rounds it, the square
+   root and the divisions included, so the same bits. The compiler does not
+   widen the scalar loop itself: sqrtf may set errno (for a negative
+   number), so it stays a call. Adam is three divisions and a square root
+   per parameter, and a wider vector does more of them per instruction. The
+   last count % 8 (or % 16) go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
-    Optimizer tail = *o;
+    Optimizer tail = *o;  // for the last few, before the step is counted
     o->step++;
     float correction1 = 1.0f - powf(o->beta1, (float)o->step);
     float correction2 = 1.0f - powf(o->beta2, (float)o->step);
@@ -141,7 +114,7 @@ void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *gra
         _mm256_storeu_ps(params + i, _mm256_sub_ps(_mm256_loadu_ps(params + i), step));
     }
     tail.m += i, tail.v += i;
-    adam_update_sse2(&tail, params + i, grads + i, count - i);
+    adam_update(&tail, params + i, grads + i, count - i);
 }
 
 __attribute__((target("avx512f")))
@@ -166,16 +139,24 @@ void adam_update_avx512(Optimizer *o, float *params /* (count) */, const float *
         _mm512_storeu_ps(params + i, _mm512_sub_ps(_mm512_loadu_ps(params + i), step));
     }
     tail.m += i, tail.v += i;
-    adam_update_sse2(&tail, params + i, grads + i, count - i);
-}
-
-// The widest of the three this CPU has (all give the same bits).
-void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
-    if (cpu_has_avx512f()) adam_update_avx512(o, params, grads, count);
-    else if (__builtin_cpu_supports("avx")) adam_update_avx(o, params, grads, count);
-    else adam_update_sse2(o, params, grads, count);
+    adam_update(&tail, params + i, grads + i, count - i);
 }
 #endif
+
+// The widest loop this CPU has: all give the same bits.
+void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
+#if HAVE_X86_KERNELS
+    if (cpu_has_avx512f()) {
+        adam_update_avx512(o, params, grads, count);
+        return;
+    }
+    if (__builtin_cpu_supports("avx")) {
+        adam_update_avx(o, params, grads, count);
+        return;
+    }
+#endif
+    adam_update(o, params, grads, count);
+}
 
 void adam_part(void *context, int part, int worker) {
     (void)worker;
@@ -183,11 +164,7 @@ void adam_part(void *context, int part, int worker) {
     size_t from = j->count * (size_t)part / ADAM_PARTS, to = j->count * (size_t)(part + 1) / ADAM_PARTS;
     Optimizer view = *j->o;
     view.m += from, view.v += from;
-#if HAVE_X86_KERNELS
     adam_update_widest(&view, j->params + from, j->grads + from, to - from);
-#else
-    adam_update(&view, j->params + from, j->grads + from, to - from);
-#endif
 }
 
 //@ end
@@ -226,14 +203,13 @@ void optimizer_update(Optimizer *o, float *params, const float *grads, size_t co
         o->step++;  // what each part's view counted
         return;
     }
-#if HAVE_X86_KERNELS
-    if (o->kind == OPTIMIZER_ADAM) {
-        adam_update_widest(o, params, grads, count);
-        return;
-    }
-#endif
 //@ end
+//@ from 2 to 3
     if (o->kind == OPTIMIZER_ADAM) adam_update(o, params, grads, count);
+//@ end
+//@ from 4
+    if (o->kind == OPTIMIZER_ADAM) adam_update_widest(o, params, grads, count);
+//@ end
     else sgd_update(params, grads, count, o->learning_rate);
 }
 //@ end

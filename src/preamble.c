@@ -169,7 +169,7 @@
 #endif
 //@ from 4
 
-// The x86 SIMD code (gemm.c's micro-kernels, Adam's SSE2 loop) is built
+// The x86 SIMD code (gemm.c's micro-kernels, Adam's vector loops) is built
 // on x86-64 by gcc or clang, unless -DNO_SIMD asks for what arm64 runs.
 // Each function is compiled for its own instruction set (a target
 // attribute) and called only where the CPU has that set.

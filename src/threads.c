@@ -2,36 +2,22 @@
 /* ----------------------------------------------------------------------------
    The thread pool: persistent workers, one entry point (book.md 4.18).
 
-   What this is: parallel_for(w, tasks, task, context), which runs
-   task(context, i, worker) once for every i < tasks, spread over a few
-   threads that are created once (workers_new). Between calls a thread
-   first spins, watching a counter, then sleeps on a condition variable.
-   Every thread, the caller included, takes the next task number from a
-   shared counter until none are left; then the caller waits for the
-   others to finish and returns. The GEMM's tiles,
-   batch norm's sums, Adam's update and the engine's per-image ops all go
-   through it.
-   What it is not: a scheduler. There are no queues, futures, priorities or
-   nested calls: a task must not call parallel_for on the same Workers (it
-   would wait for itself). Build with -DNO_THREADS (or on a system without POSIX) and
-   parallel_for runs the tasks one after the other on the caller: same
-   results, one core.
+   What this is: parallel_for(w, tasks, task, context) runs task(context, i,
+   worker) once for every i < tasks. Every thread, the caller included,
+   takes the next task number from a shared counter until none are left;
+   the caller then waits for the others. Between calls a helper spins on a
+   counter, then sleeps on a condition variable.
+   What it is not: a scheduler: no queues, futures or nested calls (a task
+   that called parallel_for on its own pool would wait for itself). With
+   -DNO_THREADS, or without POSIX, the tasks run one after the other on the
+   caller: the same results on one core.
 
-   Why the same bits at any thread count: which thread runs which task,
-   and when, changes from run to run; what a task computes must not. So
-   the caller fixes the tasks by the problem alone (a tile of C, a part of
-   an array, an image of the batch), never by the number of threads, and a
-   task writes only its own part of the output and never adds into
-   something another task writes. Then every float is computed by the same
-   operations in the same order whoever runs it, on one thread or 256.
-   (A sum split across threads and added up in whatever order they finish
-   would differ in its last bits from run to run.) `worker` (0 for the
-   caller, 1..threads-1 for the helpers) says which thread is running the
-   task, for per-thread scratch memory such as the GEMM's packing buffers:
-   where a task works, never what it computes.
-
-   The rule the tests check (tests/test_gemm.c): parallel_for runs every
-   task exactly once, at any thread count. */
+   Why the same bits at any thread count: the caller fixes the tasks by the
+   problem alone (a tile of C, a part of an array, an image of the batch),
+   never by the number of threads, and a task writes only its own part of
+   the output. Then every float is computed by the same operations in the
+   same order, whoever runs it. `worker` (0 for the caller) chooses only
+   where a task works, such as its packing buffer, never what it computes. */
 
 #if HAVE_POSIX && !defined(NO_THREADS) && !defined(__STDC_NO_ATOMICS__)
 #define HAVE_THREADS 1
@@ -69,15 +55,11 @@ struct Workers {
 #endif
 };
 
-/* Waking a sleeping thread goes through the kernel and takes tens of
-   microseconds, as long as a small GEMM; the engine calls parallel_for
-   dozens of times a training step. So a thread that has nothing to do
-   first watches the counter it waits on for SPIN_CHECKS looks, some tens
-   of microseconds, and sleeps only when nothing changed: between the ops
-   of a step it never sleeps, and a program that stops calling costs its
-   helpers that much spinning once. (OpenMP runtimes do the same.) The
-   counters are C11 atomics, so a thread sees a task's writes once it sees
-   the counter that says the task is done. */
+/* Waking a sleeping thread takes tens of microseconds, as long as a small
+   GEMM, and a training step calls parallel_for dozens of times. So an idle
+   thread first watches its counter for SPIN_CHECKS looks and sleeps only
+   if nothing changed (as OpenMP runtimes do). The counters are C11 atomics:
+   a thread that sees a task counted done also sees what the task wrote. */
 enum { SPIN_CHECKS = 1 << 16 };
 
 // How many processors are online, for a default thread count (at most

@@ -484,7 +484,7 @@ static void test_packing(void) {
     free(packed), free(m);
 }
 
-/* Adam's vector versions (SSE2, AVX, AVX-512, and the threaded parts) against
+/* Adam's vector versions (AVX, AVX-512, and the threaded parts) against
    the scalar loop, bit for bit: the same operations in the same order, on
    counts that leave every kind of tail, for several steps. */
 typedef void AdamVersion(Optimizer *, float *, const float *, size_t);
@@ -494,7 +494,6 @@ static void test_adam_versions(void) {
     const size_t counts[] = {0, 1, 3, 15, 16, 17, 33, 1001, 70001};
 #if HAVE_X86_KERNELS
     struct { const char *name; AdamVersion *update; int present; } versions[] = {
-        {"sse2", adam_update_sse2, 1},
         {"avx", adam_update_avx, __builtin_cpu_supports("avx")},
         {"avx512", adam_update_avx512, cpu_has_avx512f()},
         {"widest", adam_update_widest, 1},
