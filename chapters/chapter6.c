@@ -1775,30 +1775,6 @@ void pack_patches_by_columns(float *packed,  // (ceil(rows / MR), kc, MR)
     }
 }
 
-// Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
-// rows, one after the other; the rows of the last strip beyond `rows` are
-// zeros. Strip s starts at packed + s * MR * kc.
-void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
-            const Operand *A, long row0, int rows, long k0, int kc) {
-    if (A->patches && A->transposed) {
-        pack_patches_by_columns(packed, A, row0, rows, k0, kc);
-        return;
-    }
-    int by_rows = pack_a_by_rows(A);
-    Operand At = transpose(A);
-    for (int s = 0; s < rows; s += MR, packed += (size_t)MR * kc) {
-        int valid = rows - s < MR ? rows - s : MR;
-        if (by_rows) {
-            pack_block(packed, kc, A, row0 + s, valid, k0, kc);
-            memset(packed + (size_t)valid * kc, 0, (size_t)(MR - valid) * kc * sizeof(float));
-        } else {
-            pack_block(packed, MR, &At, k0, kc, row0 + s, valid);
-            for (int k = 0; k < kc && valid < MR; k++)
-                memset(packed + (size_t)k * MR + valid, 0, (size_t)(MR - valid) * sizeof(float));
-        }
-    }
-}
-
 // Rows [k0, k0 + kc) and columns [col0, col0 + cols) of B, as panels of nr
 // columns, each stored k by k; the columns of the last panel beyond `cols`
 // are zeros. B is a matrix or its transpose.
@@ -1809,6 +1785,27 @@ void pack_b(float *packed,  // (ceil(cols / nr), kc, nr)
         pack_block(packed, nr, B, k0, kc, col0 + j, valid);
         for (int k = 0; k < kc && valid < nr; k++)
             memset(packed + (size_t)k * nr + valid, 0, (size_t)(nr - valid) * sizeof(float));
+    }
+}
+
+// Rows [row0, row0 + rows) and columns [k0, k0 + kc) of A, as strips of MR
+// rows, one after the other; the rows of the last strip beyond `rows` are
+// zeros. Strip s starts at packed + s * MR * kc.
+void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
+            const Operand *A, long row0, int rows, long k0, int kc) {
+    if (A->patches && A->transposed) {
+        pack_patches_by_columns(packed, A, row0, rows, k0, kc);
+        return;
+    }
+    if (!pack_a_by_rows(A)) {  // by columns: A's strips are the panels, MR wide, of its transpose
+        Operand At = transpose(A);
+        pack_b(packed, &At, k0, kc, row0, rows, MR);
+        return;
+    }
+    for (int s = 0; s < rows; s += MR, packed += (size_t)MR * kc) {
+        int valid = rows - s < MR ? rows - s : MR;
+        pack_block(packed, kc, A, row0 + s, valid, k0, kc);
+        memset(packed + (size_t)valid * kc, 0, (size_t)(MR - valid) * kc * sizeof(float));
     }
 }
 
@@ -5233,11 +5230,8 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
         return err.code;
     }
     int status = begin(argc, argv, options, data);
-    if (status != CONTINUE) {
-        gemm_context_free(*gemm);
-        return status;
-    }
-    return CONTINUE;
+    if (status != CONTINUE) gemm_context_free(*gemm);
+    return status;
 }
 
 int main(int argc, char **argv) {

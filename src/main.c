@@ -184,11 +184,8 @@ int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelK
         return err.code;
     }
     int status = begin(argc, argv, options, data);
-    if (status != CONTINUE) {
-        gemm_context_free(*gemm);
-        return status;
-    }
-    return CONTINUE;
+    if (status != CONTINUE) gemm_context_free(*gemm);
+    return status;
 }
 
 //@ from 4 to 6
