@@ -1871,13 +1871,11 @@ typedef struct {
 Operand matrix_operand(const float *data, long ld) { return (Operand){data, ld, 1, NULL, 0}; }
 Operand transposed_operand(const float *data, long ld) { return (Operand){data, 1, ld, NULL, 0}; }
 
-Operand patches_operand(const float *image,  // (B, H, W, C)
-                        const ConvShape *g, int transposed) {
+Operand patches_operand(const float *image, const ConvShape *g, int transposed) {  // image (B, H, W, C)
     return (Operand){image, 0, 0, g, transposed};
 }
 
-// The same operand read the other way round: element (r, c) of the result
-// is element (c, r) of op.
+// The same operand read the other way round: element (r, c) is op's (c, r).
 Operand transpose(const Operand *op) {
     return (Operand){op->data, op->col_stride, op->row_stride, op->patches, op->patches ? !op->transposed : 0};
 }
@@ -1889,11 +1887,11 @@ Operand transpose(const Operand *op) {
    kernel(kc, a, rs_a, cs_a, b, c, ldc, start, ld_start) computes, for every
    i < MR and j < NR, with A(i, k) = a[i*rs_a + k*cs_a] and B(k, j) = b[k*NR + j],
        c[i*ldc + j] = fma(A(i, kc-1), B(kc-1, j), ... fma(A(i, 0), B(0, j), s) ...)
-   where s = start[i*ld_start + j], or 0 when start is NULL: C's old value
-   (start = c, ld_start = ldc) or the bias, one row for every row of the
-   tile (ld_start = 0), loaded straight into the registers. Every kernel
-   keeps this exactly, which is why they agree to the bit; only how many
-   elements they compute at once differs.
+   where s = start[i*ld_start + j]: C's old value (start = c, ld_start =
+   ldc), or the bias or zeros, one row for every row of the tile (ld_start
+   = 0), loaded straight into the registers. Every kernel keeps this
+   exactly, which is why they agree to the bit; only how many elements
+   they compute at once differs.
 
    The strip is packed in one of two orders, whichever lets pack_a read A
    in memory order: by rows (rs_a = kc, cs_a = 1) or by columns (rs_a = 1,
@@ -1905,7 +1903,7 @@ typedef void MicroKernel(int kc,
                          const float *b,      // (kc, NR) packed panel
                          float *c,            // (MR, NR) tile of C, rows ldc floats apart
                          long ldc,
-                         const float *start,  // (MR, NR) where the sums start, rows ld_start apart; NULL: 0
+                         const float *start,  // (MR, NR) where the sums start, rows ld_start apart
                          long ld_start);
 // start may be c itself: every kernel loads all of it before it stores
 // anything (so no restrict on c and start).
@@ -1932,7 +1930,7 @@ void gemm_kernel_portable(int kc, const float *a, long rs_a, long cs_a, const fl
                           const float *start, long ld_start) {
     float acc[MR][4];  // the tile of C: the compiler keeps all 24 in registers
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = start ? start[i * ld_start + j] : 0.0f;
+        for (int j = 0; j < 4; j++) acc[i][j] = start[i * ld_start + j];
     for (int k = 0; k < kc; k++, a += cs_a, b += 4)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i * rs_a], b[j], acc[i][j]);
@@ -1958,16 +1956,12 @@ __attribute__((target("avx2,fma")))
 void gemm_kernel_avx2(int kc, const float *a, long rs_a, long cs_a, const float *b, float *c, long ldc,
                       const float *start, long ld_start) {
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (start) {
-        c00 = _mm256_loadu_ps(start + 0 * ld_start), c01 = _mm256_loadu_ps(start + 0 * ld_start + 8);
-        c10 = _mm256_loadu_ps(start + 1 * ld_start), c11 = _mm256_loadu_ps(start + 1 * ld_start + 8);
-        c20 = _mm256_loadu_ps(start + 2 * ld_start), c21 = _mm256_loadu_ps(start + 2 * ld_start + 8);
-        c30 = _mm256_loadu_ps(start + 3 * ld_start), c31 = _mm256_loadu_ps(start + 3 * ld_start + 8);
-        c40 = _mm256_loadu_ps(start + 4 * ld_start), c41 = _mm256_loadu_ps(start + 4 * ld_start + 8);
-        c50 = _mm256_loadu_ps(start + 5 * ld_start), c51 = _mm256_loadu_ps(start + 5 * ld_start + 8);
-    } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm256_setzero_ps();
-    }
+    c00 = _mm256_loadu_ps(start + 0 * ld_start), c01 = _mm256_loadu_ps(start + 0 * ld_start + 8);
+    c10 = _mm256_loadu_ps(start + 1 * ld_start), c11 = _mm256_loadu_ps(start + 1 * ld_start + 8);
+    c20 = _mm256_loadu_ps(start + 2 * ld_start), c21 = _mm256_loadu_ps(start + 2 * ld_start + 8);
+    c30 = _mm256_loadu_ps(start + 3 * ld_start), c31 = _mm256_loadu_ps(start + 3 * ld_start + 8);
+    c40 = _mm256_loadu_ps(start + 4 * ld_start), c41 = _mm256_loadu_ps(start + 4 * ld_start + 8);
+    c50 = _mm256_loadu_ps(start + 5 * ld_start), c51 = _mm256_loadu_ps(start + 5 * ld_start + 8);
     for (int k = 0; k < kc; k++, a += cs_a, b += 16) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
         ai = _mm256_broadcast_ss(a), c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
@@ -1992,16 +1986,12 @@ __attribute__((target("avx512f")))
 void gemm_kernel_avx512(int kc, const float *a, long rs_a, long cs_a, const float *b, float *c, long ldc,
                         const float *start, long ld_start) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (start) {
-        c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
-        c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
-        c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
-        c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
-        c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
-        c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
-    } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
-    }
+    c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
+    c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
+    c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
+    c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
+    c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
+    c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
     for (int k = 0; k < kc; k++, a += cs_a, b += 32) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), ai;
         ai = _mm512_set1_ps(a[0]), c00 = _mm512_fmadd_ps(ai, b0, c00), c01 = _mm512_fmadd_ps(ai, b1, c01);
@@ -2089,9 +2079,8 @@ void pack_block(float *dst,  // (rows, ld), of which (rows, cols) written
     }
     int H = g->height, W = g->width, C = g->channels, KW = g->kernel_w, pad = g->pad, OH = g->out_h, OW = g->out_w;
     long line = (long)KW * C;
-    // Where the block starts is worked out once, with divisions; from there
-    // on every position is counted up (a division costs as much as copying
-    // a dozen floats).
+    // Where the block starts takes divisions, once; from there on every position
+    // is counted up (a division costs as much as copying a dozen floats).
     int ow = (int)(row0 % OW), oh = (int)(row0 / OW % OH), b = (int)(row0 / OW / OH);
     for (int i = 0; i < rows; i++, dst += ld) {
         long lo = (long)(pad - ow > 0 ? pad - ow : 0) * C;  // the columns of a line inside the image
@@ -2207,8 +2196,7 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
    - NC = 256: the packed block of B, KC * NC * 4 = 256 KB, stays in L2 or
      L3, shared by every task. Our widest layer has 256 outputs.
    None is a sharp optimum: halving or doubling one keeps its block in the
-   same level of cache. A GemmContext can be made with others (Blocking),
-   which is how `make bench` sweeps them; the bits never change.
+   same cache. `make bench` sweeps others (Blocking); the bits never change.
 
    Tasks: within one block of B, the M rows of C are cut into tiles of at
    most MC rows, a multiple of MR, and finer while there are fewer than
@@ -2218,15 +2206,13 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
 enum { KC = 256, MC = 240, NC = 256, TASKS_WANTED = 4 };
 #define MIN_TASK_FLOPS 1e6
 
-typedef struct {
-    int kc, mc, nc;  // the sum over k goes in blocks of at most kc; a task's tile of C is at most mc x nc
-} Blocking;
+typedef struct { int kc, mc, nc; } Blocking;  // k in blocks of at most kc; a task's tile of C at most mc x nc
 
 static const Blocking DEFAULT_BLOCKING = {KC, MC, NC};
-
-// Chapter 8's GEMM in bfloat16 (bf16.c): its kernels, buffers and driver.
+// Chapter 8's GEMM in bfloat16 (bf16.c): its kernels, buffers, and the loops on bf16 pairs.
 typedef struct Bf16Kernel Bf16Kernel;
 void bf16_buffers_free(void *buffers);
+ParallelTask pack_b_task_bf16, gemm_tile_bf16;
 
 typedef struct GemmContext {
     const GemmKernel *kernel;
@@ -2334,6 +2320,7 @@ void gemm_tile(void *context, int task, int worker) {
     // first block of k, from C (the sums so far) in every later one.
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
+    static const float zeros[GEMM_MAX_NR];        // where a tile starts from 0
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const float *b = job->ctx->packed_b + (size_t)jr * kc;  // (kc, nr) panel
@@ -2342,8 +2329,8 @@ void gemm_tile(void *context, int task, int worker) {
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;  // (MR, nr) tile, rows ldc apart
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
-                const float *start = bias ? bias + job->jc + jr : from_c ? c : NULL;
-                kernel->kernel(kc, a, rs_a, cs_a, b, c, job->ldc, start, bias ? 0 : job->ldc);
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : zeros;
+                kernel->kernel(kc, a, rs_a, cs_a, b, c, job->ldc, start, start == c ? job->ldc : 0);
                 continue;
             }
             // An edge tile: the kernel works on a full tile in scratch, and
@@ -2351,13 +2338,12 @@ void gemm_tile(void *context, int task, int worker) {
             float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
             for (int y = 0; y < h && (bias || from_c); y++)
                 memcpy(scratch + y * nr, bias ? bias + job->jc + jr : c + y * job->ldc, (size_t)w * sizeof(float));
-            kernel->kernel(kc, a, rs_a, cs_a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
+            kernel->kernel(kc, a, rs_a, cs_a, b, scratch, nr, scratch, nr);
             for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
         }
     }
 }
 
-ParallelTask pack_b_task_bf16, gemm_tile_bf16;  // the same loops on bf16 pairs (bf16.c)
 // The operand has `rows` x `cols` elements and describes them sensibly.
 void check_operand(const Operand *op, long rows, long cols, const char *name) {
     const ConvShape *g = op->patches;
@@ -2601,7 +2587,7 @@ void bf16_kernel_portable(int kp, const uint32_t *a, long rs_a, long cs_a, const
                           const float *start, long ld_start) {
     float acc[MR][4];
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = start ? ftz(start[i * ld_start + j]) : 0.0f;
+        for (int j = 0; j < 4; j++) acc[i][j] = ftz(start[i * ld_start + j]);
     for (int p = 0; p < kp; p++, a += cs_a, b += 4)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < 4; j++) {
@@ -2637,7 +2623,7 @@ void bf16_kernel_avx2(int kp, const uint32_t *a, long rs_a, long cs_a, const uin
     __m256 acc[MR][2];
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < 2; h++)
-            acc[i][h] = start ? _mm256_loadu_ps(start + i * ld_start + 8 * h) : _mm256_setzero_ps();
+            acc[i][h] = _mm256_loadu_ps(start + i * ld_start + 8 * h);
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     for (int p = 0; p < kp; p++, a += cs_a, b += 16) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 8));
@@ -2666,7 +2652,7 @@ void bf16_kernel_avx512(int kp, const uint32_t *a, long rs_a, long cs_a, const u
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < 2; h++)
-            acc[i][h] = start ? _mm512_loadu_ps(start + i * ld_start + 16 * h) : _mm512_setzero_ps();
+            acc[i][h] = _mm512_loadu_ps(start + i * ld_start + 16 * h);
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
     for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
@@ -2696,16 +2682,12 @@ __attribute__((target("avx512f,avx512bf16")))
 void bf16_kernel_avx512bf16(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c,
                             long ldc, const float *start, long ld_start) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (start) {
-        c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
-        c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
-        c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
-        c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
-        c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
-        c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
-    } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
-    }
+    c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
+    c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
+    c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
+    c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
+    c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
+    c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
     for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), ai;
         ai = (__m512bh)_mm512_set1_epi32((int)a[0]), c00 = _mm512_dpbf16_ps(c00, ai, b0), c01 = _mm512_dpbf16_ps(c01, ai, b1);
@@ -2899,6 +2881,7 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     }
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
+    static const float zeros[GEMM_MAX_NR];        // where a tile starts from 0
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const uint32_t *b = buffers->b + (size_t)jr * kp;  // (kp, nr) panel
@@ -2907,14 +2890,14 @@ void gemm_tile_bf16(void *context, int task, int worker) {
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
-                const float *start = bias ? bias + job->jc + jr : from_c ? c : NULL;
-                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, bias ? 0 : job->ldc);
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : zeros;
+                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, start == c ? job->ldc : 0);
                 continue;
             }
             float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
             for (int y = 0; y < h && (bias || from_c); y++)
                 memcpy(scratch + y * nr, bias ? bias + job->jc + jr : c + y * job->ldc, (size_t)w * sizeof(float));
-            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
+            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, scratch, nr);
             for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
         }
     }

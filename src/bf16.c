@@ -177,7 +177,7 @@ void bf16_kernel_portable(int kp, const uint32_t *a, long rs_a, long cs_a, const
                           const float *start, long ld_start) {
     float acc[MR][4];
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] = start ? ftz(start[i * ld_start + j]) : 0.0f;
+        for (int j = 0; j < 4; j++) acc[i][j] = ftz(start[i * ld_start + j]);
     for (int p = 0; p < kp; p++, a += cs_a, b += 4)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < 4; j++) {
@@ -213,7 +213,7 @@ void bf16_kernel_avx2(int kp, const uint32_t *a, long rs_a, long cs_a, const uin
     __m256 acc[MR][2];
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < 2; h++)
-            acc[i][h] = start ? _mm256_loadu_ps(start + i * ld_start + 8 * h) : _mm256_setzero_ps();
+            acc[i][h] = _mm256_loadu_ps(start + i * ld_start + 8 * h);
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     for (int p = 0; p < kp; p++, a += cs_a, b += 16) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 8));
@@ -242,7 +242,7 @@ void bf16_kernel_avx512(int kp, const uint32_t *a, long rs_a, long cs_a, const u
     __m512 acc[MR][2];
     for (int i = 0; i < MR; i++)
         for (int h = 0; h < 2; h++)
-            acc[i][h] = start ? _mm512_loadu_ps(start + i * ld_start + 16 * h) : _mm512_setzero_ps();
+            acc[i][h] = _mm512_loadu_ps(start + i * ld_start + 16 * h);
     const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
     for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
@@ -272,16 +272,12 @@ __attribute__((target("avx512f,avx512bf16")))
 void bf16_kernel_avx512bf16(int kp, const uint32_t *a, long rs_a, long cs_a, const uint32_t *b, float *c,
                             long ldc, const float *start, long ld_start) {
     __m512 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    if (start) {
-        c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
-        c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
-        c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
-        c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
-        c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
-        c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
-    } else {
-        c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = c40 = c41 = c50 = c51 = _mm512_setzero_ps();
-    }
+    c00 = _mm512_loadu_ps(start + 0 * ld_start), c01 = _mm512_loadu_ps(start + 0 * ld_start + 16);
+    c10 = _mm512_loadu_ps(start + 1 * ld_start), c11 = _mm512_loadu_ps(start + 1 * ld_start + 16);
+    c20 = _mm512_loadu_ps(start + 2 * ld_start), c21 = _mm512_loadu_ps(start + 2 * ld_start + 16);
+    c30 = _mm512_loadu_ps(start + 3 * ld_start), c31 = _mm512_loadu_ps(start + 3 * ld_start + 16);
+    c40 = _mm512_loadu_ps(start + 4 * ld_start), c41 = _mm512_loadu_ps(start + 4 * ld_start + 16);
+    c50 = _mm512_loadu_ps(start + 5 * ld_start), c51 = _mm512_loadu_ps(start + 5 * ld_start + 16);
     for (int p = 0; p < kp; p++, a += cs_a, b += 32) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), ai;
         ai = (__m512bh)_mm512_set1_epi32((int)a[0]), c00 = _mm512_dpbf16_ps(c00, ai, b0), c01 = _mm512_dpbf16_ps(c01, ai, b1);
@@ -475,6 +471,7 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     }
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
+    static const float zeros[GEMM_MAX_NR];        // where a tile starts from 0
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const uint32_t *b = buffers->b + (size_t)jr * kp;  // (kp, nr) panel
@@ -483,14 +480,14 @@ void gemm_tile_bf16(void *context, int task, int worker) {
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
-                const float *start = bias ? bias + job->jc + jr : from_c ? c : NULL;
-                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, bias ? 0 : job->ldc);
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : zeros;
+                kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, start == c ? job->ldc : 0);
                 continue;
             }
             float scratch[MR * GEMM_MAX_NR] = {0};  // (MR, nr)
             for (int y = 0; y < h && (bias || from_c); y++)
                 memcpy(scratch + y * nr, bias ? bias + job->jc + jr : c + y * job->ldc, (size_t)w * sizeof(float));
-            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, bias || from_c ? scratch : NULL, nr);
+            kernel->kernel(kp, a, rs_a, cs_a, b, scratch, nr, scratch, nr);
             for (int y = 0; y < h; y++) memcpy(c + y * job->ldc, scratch + y * nr, (size_t)w * sizeof(float));
         }
     }
