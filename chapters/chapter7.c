@@ -5238,10 +5238,26 @@ void history_copy(History *to, const History *from) {
     memcpy(to->batch_losses, from->batch_losses, (size_t)from->batch_count * sizeof(float));
 }
 
+/* A run's own checkpoints are files this program wrote, by renaming, under
+   --checkpoints DIR. A symbolic link at one of their names was planted:
+   following it would resume from, and test, whatever it points to. */
+int refuse_link(const char *path, Error *err) {
+#if HAVE_POSIX
+    struct stat info;
+    if (lstat(path, &info) == 0 && S_ISLNK(info.st_mode))
+        return fail(err, EXIT_CHECKPOINT_UNREADABLE, "%s: a symbolic link where this run keeps its own checkpoint; "
+                    "it is never followed. Remove the link (the run then starts afresh), or give --checkpoints "
+                    "another DIR.", path);
+#endif
+    (void)path, (void)err;
+    return 0;
+}
+
 // Reads the whole checkpoint, checks it, and only then puts it in place.
 int resume_run(Run *r, int batches, Error *err) {
     CheckpointFile f;
     RunSnapshot s;
+    if (strcmp(r->options->resume, r->last_path) == 0 && refuse_link(r->last_path, err)) return err->code;
     if (open_checkpoint(r->options->resume, &f, err)) return err->code;
     int status = check_resume_key(&f, r->options, &r->key.data, err);
     if (!status) status = read_run_snapshot(&f, r->graph, batches, &s, err);
@@ -5588,11 +5604,12 @@ double model_multiply_adds(const Graph *g) {  // per image, forward
     return total;
 }
 
-// Does a file of that name exist? (Without opening it: a FIFO would block.)
+// Does a file of that name exist? (Without opening it: a FIFO would block;
+// without following it: a link, even a dangling one, is a name taken.)
 int file_exists(const char *path) {
 #if HAVE_POSIX
     struct stat info;
-    return stat(path, &info) == 0;
+    return lstat(path, &info) == 0;
 #else
     FILE *f = fopen(path, "rb");
     if (f) fclose(f);
@@ -5693,7 +5710,7 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
             checkpoint_path(&run, "-last.ckpt", last, sizeof last);
             if (!file_exists(last)) continue;
             CheckpointFile f;
-            if (open_checkpoint(last, &f, err)) return err->code;
+            if (refuse_link(last, err) || open_checkpoint(last, &f, err)) return err->code;
             int status = check_resume_key(&f, &run, &here, err);
             checkpoint_file_free(&f);
             if (status) return status;

@@ -163,11 +163,12 @@ double model_multiply_adds(const Graph *g) {  // per image, forward
     return total;
 }
 
-// Does a file of that name exist? (Without opening it: a FIFO would block.)
+// Does a file of that name exist? (Without opening it: a FIFO would block;
+// without following it: a link, even a dangling one, is a name taken.)
 int file_exists(const char *path) {
 #if HAVE_POSIX
     struct stat info;
-    return stat(path, &info) == 0;
+    return lstat(path, &info) == 0;
 #else
     FILE *f = fopen(path, "rb");
     if (f) fclose(f);
@@ -368,7 +369,7 @@ int size_and_check_runs(Comparison *c, const Options *o, const FashionMnist *dat
             checkpoint_path(&run, "-last.ckpt", last, sizeof last);
             if (!file_exists(last)) continue;
             CheckpointFile f;
-            if (open_checkpoint(last, &f, err)) return err->code;
+            if (refuse_link(last, err) || open_checkpoint(last, &f, err)) return err->code;
             int status = check_resume_key(&f, &run, &here, err);
             checkpoint_file_free(&f);
             if (status) return status;

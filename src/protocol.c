@@ -401,10 +401,26 @@ void history_copy(History *to, const History *from) {
     memcpy(to->batch_losses, from->batch_losses, (size_t)from->batch_count * sizeof(float));
 }
 
+/* A run's own checkpoints are files this program wrote, by renaming, under
+   --checkpoints DIR. A symbolic link at one of their names was planted:
+   following it would resume from, and test, whatever it points to. */
+int refuse_link(const char *path, Error *err) {
+#if HAVE_POSIX
+    struct stat info;
+    if (lstat(path, &info) == 0 && S_ISLNK(info.st_mode))
+        return fail(err, EXIT_CHECKPOINT_UNREADABLE, "%s: a symbolic link where this run keeps its own checkpoint; "
+                    "it is never followed. Remove the link (the run then starts afresh), or give --checkpoints "
+                    "another DIR.", path);
+#endif
+    (void)path, (void)err;
+    return 0;
+}
+
 // Reads the whole checkpoint, checks it, and only then puts it in place.
 int resume_run(Run *r, int batches, Error *err) {
     CheckpointFile f;
     RunSnapshot s;
+    if (strcmp(r->options->resume, r->last_path) == 0 && refuse_link(r->last_path, err)) return err->code;
     if (open_checkpoint(r->options->resume, &f, err)) return err->code;
     int status = check_resume_key(&f, r->options, &r->key.data, err);
     if (!status) status = read_run_snapshot(&f, r->graph, batches, &s, err);

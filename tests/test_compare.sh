@@ -11,7 +11,8 @@
 #      was never stopped (same weights, same test figures, same McNemar rows).
 #   3. A chapter 6 run's checkpoints are used by chapter 7, not retrained;
 #      one of other options is refused before anything trains, and so is
-#      one trained on other images of the same size.
+#      one trained on other images of the same size, and a symbolic link
+#      planted at a run's checkpoint (never followed).
 #   4. Bad --models, --seeds and empty paths are refused with exit code 2.
 # Needs Fashion-MNIST (skips without). Ends with "N passed, N failed".
 set -u
@@ -90,7 +91,13 @@ check "chapter 7 goes on from chapter 6's checkpoint, with its weights" \
 check "a checkpoint of other options in the way is refused (23) before any model trains" \
     "[ $? = 23 ] && grep -q 'differs from the run that saved' $work/other.log && ! grep -q '^epoch' $work/other.log"
 
-# 3b. Files of the same size holding other images (MNIST has Fashion-MNIST's
+# 3b. A link planted at a run's checkpoint is refused, never followed.
+mv "$work/ck6/ann-seed1-last.ckpt" "$work/away.ckpt" && ln -s "$PWD/$work/away.ckpt" "$work/ck6/ann-seed1-last.ckpt"
+./chapter7 --models ann --limit 600 --epochs 2 --checkpoints "$work/ck6" --plots "$work/p6" > "$work/link.log" 2>&1
+check "a symbolic link at a run's last checkpoint is refused (17) before any model trains" \
+    "[ $? = 17 ] && grep -q 'a symbolic link where this run keeps its own checkpoint' $work/link.log && ! grep -q '^epoch\|^result' $work/link.log"
+
+# 3c. Files of the same size holding other images (MNIST has Fashion-MNIST's
 # counts): the runs trained on them are not reported as this data's.
 zero=$work/zero
 mkdir -p "$zero" && cp data/*-labels-idx1-ubyte "$zero/"

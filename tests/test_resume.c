@@ -380,6 +380,18 @@ static void test_other_data_and_locks(void) {
     CHECK(log_has(log, "lock file") && access(target, F_OK) != 0);
     remove(lock);
 
+    // Nor is one planted at the run's own checkpoint: resuming through it is refused.
+    char away[300];
+    snprintf(away, sizeof away, "%s/away.ckpt", dir);
+    const char *through[] = {"--model", "ann", "--limit", "300", "--batch", "16", "--epochs", "2", "--data", other,
+                             "--checkpoints", dir, "--resume", last, NULL};
+    if (CHECK(rename(last, away) == 0 && symlink("away.ckpt", last) == 0)) {
+        CHECK_EQ_INT(run_chapter(log, through), EXIT_CHECKPOINT_UNREADABLE);
+        CHECK(log_has(log, "a symbolic link where this run keeps its own checkpoint") && !log_has(log, "resuming"));
+        remove(last);
+        CHECK_EQ_INT(rename(away, last), 0);
+    }
+
     // Empty paths are usage errors.
     CHECK_EQ_INT(run_chapter(log, (const char *[]){"--checkpoints", "", NULL}), EXIT_USAGE);
     CHECK(log_has(log, "--checkpoints needs a value"));
