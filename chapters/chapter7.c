@@ -2291,6 +2291,10 @@ static const float BN_MOMENTUM = 0.99f, BN_EPSILON = 1e-3f;
    each part sums its rows, and the parts' sums are added in part order. The
    parts depend on N alone, so the sums, and every bit after them, are the
    same at any number of threads (and with none: `workers` may be NULL).
+   A part adds into an array on its own thread's stack and copies it out
+   when done. Were the parts' sums side by side in one array, two threads
+   would write one cache line at each boundary, every row, and the line
+   would travel between their cores each time ("false sharing").
 
    The work on one row is a function of its own whose array parameters are
    `restrict`: a promise that they do not overlap. Without it the compiler
@@ -2332,11 +2336,12 @@ void bn_sums_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
     size_t C = (size_t)j->C;
-    double *sum = j->sums + (size_t)part * C;
+    double sum[BN_MAX_CHANNELS];  // on this thread's stack (see the top)
     for (size_t c = 0; c < C; c++) sum[c] = 0;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++)
         if (j->mean) bn_row_squares(sum, j->x + i * C, j->mean, C);
         else bn_row_sums(sum, j->x + i * C, C);
+    memcpy(j->sums + (size_t)part * C, sum, C * sizeof(double));
 }
 
 // Training: x_hat = (x - mean) * scale and out = gamma * x_hat + shift.
@@ -2435,13 +2440,15 @@ void bn_gradient_sums_task(void *context, int part, int worker) {
     (void)worker;
     const BnJob *j = context;
     size_t C = (size_t)j->C;
-    double *sum_g = j->sums + (size_t)part * C, *sum_g_xhat = j->more_sums + (size_t)part * C;
+    double sum_g[BN_MAX_CHANNELS], sum_g_xhat[BN_MAX_CHANNELS];  // on this thread's stack
     float x_hat[BN_MAX_CHANNELS];  // one row's, computed again
     for (size_t c = 0; c < C; c++) sum_g[c] = sum_g_xhat[c] = 0;
     for (size_t i = bn_first_row(j, part); i < bn_first_row(j, part + 1); i++) {
         bn_row_x_hat(x_hat, j->x + i * C, j->mean, j->inv_std, C);
         bn_row_gradient_sums(sum_g, sum_g_xhat, j->dout + i * C, x_hat, C);
     }
+    memcpy(j->sums + (size_t)part * C, sum_g, C * sizeof(double));
+    memcpy(j->more_sums + (size_t)part * C, sum_g_xhat, C * sizeof(double));
 }
 
 void bn_row_input_gradient(float *restrict dx, const float *restrict dout, const float *restrict x_hat,
