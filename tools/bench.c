@@ -157,8 +157,8 @@ double largest_difference(const float *a, const float *b, size_t n) {
 // Seconds of one pass: the best of several runs, the least disturbed, as
 // the peak is the best of its runs (gemm_peak_gflops): at least 5, and
 // more, up to 50, while they have taken under half a second in all (on a
-// shared machine a slow spell can outlast a quarter of a second, which
-// was the limit before); one run for the slow references.
+// shared machine a slow spell can outlast a quarter of a second); one run
+// for the slow references.
 enum { BENCH_MIN_RUNS = 5, BENCH_MAX_RUNS = 50 };
 #define BENCH_SECONDS 0.5
 double bench_time(BenchData *d, const BenchLayer *l, int pass, KernelKind kind, const GemmContext *ctx) {

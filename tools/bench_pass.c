@@ -18,9 +18,8 @@
    200) in milliseconds, in GFLOP/s and as a share of the peak of THREADS
    cores of the widest kernel. What it is not: a test; it checks nothing.
    It is tools/bench.c without its main (so on the newest chapter, or on
-   -DCHAPTER_FILE's), plus the few lines below. Commits from before
-   tools/ have it as tests/bench_pass.c, on their chapter 5, which holds
-   the benchmark itself: build that commit's own file to compare with one. */
+   -DCHAPTER_FILE's), plus the few lines below. To compare with an older
+   commit, build that commit's own copy of this tool. */
 #define BENCH_NO_MAIN
 #include "bench.c"
 
