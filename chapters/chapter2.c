@@ -44,9 +44,8 @@
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
 // different numbers (expf and logf, which differ between C libraries, remain
-// one). gcc in -std=c11 mode already works this way (not in its default
-// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
-// has to be told.
+// one). gcc -std=c11 already works this way (its default gnu mode needs
+// -ffp-contract=off); clang, which would fuse on arm64, has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -1001,9 +1000,8 @@ void relu_forward(float *out, const float *inp, size_t N) {
 void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
-        // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (book.md 4.21
-        // measures the difference).
+        // read out from under a condition, and there it would cost a branch
+        // per number instead of vector instructions (book.md 4.21).
         float gradient = dout[i];
         dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }

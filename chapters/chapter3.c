@@ -44,9 +44,8 @@
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
 // different numbers (expf and logf, which differ between C libraries, remain
-// one). gcc in -std=c11 mode already works this way (not in its default
-// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
-// has to be told.
+// one). gcc -std=c11 already works this way (its default gnu mode needs
+// -ffp-contract=off); clang, which would fuse on arm64, has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -1005,9 +1004,8 @@ void relu_forward(float *out, const float *inp, size_t N) {
 void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
-        // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (book.md 4.21
-        // measures the difference).
+        // read out from under a condition, and there it would cost a branch
+        // per number instead of vector instructions (book.md 4.21).
         float gradient = dout[i];
         dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }
@@ -1772,7 +1770,6 @@ Node *graph_parameter(Graph *g, const char *label, const int *shape, int rank, I
     return n;
 }
 
-
 // Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
 // between pointers into different arrays.)
 int graph_owns(const Graph *g, const Node *n) {
@@ -1915,10 +1912,8 @@ void graph_zero_grad(Graph *g) {
 
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
-// The forward pass must have run in training mode: the gradients are of
-// what the training forward computed, and with batch norm (chapter 5) an
-// inference forward computes something else, so its gradients would be
-// silently wrong.
+// Only after a training forward: an inference forward computes something
+// else (batch norm's, chapter 5), whose gradients would be silently wrong.
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
@@ -2059,7 +2054,6 @@ void softmax_cross_entropy_op_backward(Node *n, Graph *g) {
     softmax_cross_entropy_backward(logits->grad, n->grad[0], n->saved, targets->value,
                                    logits->shape[0], logits->shape[1]);
 }
-
 
 
 // The op table: the one place an op is registered.

@@ -62,9 +62,8 @@
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
 // different numbers (expf and logf, which differ between C libraries, remain
-// one). gcc in -std=c11 mode already works this way (not in its default
-// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
-// has to be told.
+// one). gcc -std=c11 already works this way (its default gnu mode needs
+// -ffp-contract=off); clang, which would fuse on arm64, has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
@@ -558,7 +557,6 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
     };
 }
 
-
 /* The protocol's split: validation is the last 6,000 training images (the
    Keras validation_split=0.1 convention), training the first 54,000. The
    test set stays untouched until the very end. */
@@ -988,7 +986,6 @@ void bias_backward(float *dbias,       // (OC)
         for (int oc = 0; oc < OC; oc++) dbias[oc] += dout[(size_t)b * OC + oc];
 }
 
-
 // out = max(0, inp), elementwise over N values.
 void relu_forward(float *out, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -999,9 +996,8 @@ void relu_forward(float *out, const float *inp, size_t N) {
 void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
-        // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (book.md 4.21
-        // measures the difference).
+        // read out from under a condition, and there it would cost a branch
+        // per number instead of vector instructions (book.md 4.21).
         float gradient = dout[i];
         dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }
@@ -1070,9 +1066,8 @@ void glorot_uniform(float *weight, size_t n, int fan_in, int fan_out, Rng *rng) 
    1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
    KH-1), KH/2 is "same" (it keeps its size; kernels are odd and square). */
 
-// How the engine computes convolutions and matrix multiplies (the graph
-// holds the choice; `--kernel` sets it): the two references here, or the
-// blocked GEMM of chapter 4's second half with one of its micro-kernels.
+// How the graph computes convolutions and matrix multiplies (--kernel): the
+// two references here, or the blocked GEMM of chapter 4's second half.
 typedef enum { KERNEL_NAIVE, KERNEL_IM2COL, KERNEL_BLOCKED } KernelKind;
 
 // The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
@@ -1284,14 +1279,12 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, the same bits. These read a
-   window's four inputs as four rows of C channels and decide every channel
-   with compare-and-select, no branch, so the compiler does several
-   channels per instruction (SSE2 on every x86-64, NEON on arm64). The
-   comparisons keep the reference's order, so ties still go to the first
-   maximum. (gcc vectorises neither `d = t ? d + g : d` nor && on
-   comparisons without -fno-trapping-math, which the chapters do not use:
-   hence the shape of these loops.) */
+/* The same two passes for the fast path, the same bits: a window's four
+   inputs read as four rows of C channels, each channel decided by
+   compare-and-select in the reference's order (ties to the first maximum),
+   so the compiler does several channels per instruction (SSE2, NEON). gcc
+   vectorises neither `d = t ? d + g : d` nor && on comparisons without
+   -fno-trapping-math, which the chapters do not use: hence these loops. */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {
@@ -1327,8 +1320,7 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                     // The reference's walk through the window: the first input
                     // holds the gradient, and each strictly larger one takes it
                     // from whoever held it. The others add -0, which changes no
-                    // number (not even a -0, as adding +0 would). Every step is
-                    // a select, not a branch, so the loop vectorises.
+                    // number (not even a -0, as adding +0 would).
                     float gradient = g[c], m = x00[c];
                     float g00 = gradient, g01 = -0.0f, g10 = -0.0f, g11 = -0.0f;
                     int larger = x01[c] > m;
@@ -1380,12 +1372,11 @@ void avg_pool_backward(float *dinp,        // (B, H, W, C)
             }
 }
 
-/* A convolution with a stride: the window moves `stride` pixels at a time,
-   so output (oh, ow) reads the input from row oh * stride - pad and column
-   ow * stride - pad, and OH = (H + 2 pad - KH) / stride + 1, floored (OW
-   likewise). `s` is the shape as conv_shape gives it, for stride 1: its
-   out_h and out_w are not this output's. A stride of 2 does a quarter of
-   the work of stride 1 and halves the height and width, as pooling does. */
+/* A convolution with a stride: output (oh, ow) reads the input from row
+   oh * stride - pad and column ow * stride - pad, so OH = (H + 2 pad - KH)
+   / stride + 1, floored (OW likewise). `s` is conv_shape's stride-1 shape:
+   its out_h and out_w are not this output's. A stride of 2 does a quarter
+   of the work and halves the height and width, as pooling does. */
 void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this stride
                             const float *inp,     // (B, H, W, C)
                             const float *weight,  // (KH, KW, C, OC)
@@ -1494,8 +1485,7 @@ void run_tasks(Workers *w, int worker) {
     for (int i; (i = atomic_fetch_add(&w->next_task, 1)) < w->tasks;) w->task(w->context, i, worker);
 }
 
-// Spins while *counter == value, for at most SPIN_CHECKS looks; returns
-// whether it changed.
+// Whether *counter moves off `value` within SPIN_CHECKS looks.
 int spin_while_equal(const atomic_ulong *counter, unsigned long value) {
     for (int i = 0; i < SPIN_CHECKS; i++)
         if (atomic_load(counter) != value) return 1;
@@ -1570,9 +1560,7 @@ void workers_free(Workers *w) {
     free(w);
 }
 
-// Runs task(context, i, worker) once for every i in [0, tasks), spread over
-// the pool's threads (w may be NULL: then on the caller alone). Returns when
-// all are done.
+// w may be NULL: then the caller runs every task itself.
 void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
     if (tasks <= 0) return;
     if (!w || w->threads == 1 || tasks == 1) {
@@ -2183,8 +2171,7 @@ void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Oper
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
-// The scratch memory, in floats, the blocked passes of convolution `s`
-// need: the flipped kernel.
+// The scratch, in floats, conv2d_backward_blocked needs: the flipped kernel.
 size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * (size_t)s->out_channels; }
 
 // out = bias on every row + patches(inp) @ weight: a convolution is one GEMM
@@ -2219,11 +2206,10 @@ void flip_kernel(float *flipped,       // (KH, KW, OC, C)
    - dinp += the convolution of dout, padded by KH-1-pad, with the flipped
      kernel: again one GEMM with a patch matrix as A, so the input gradient
      needs no col2im and adds nothing from two places at once;
-   - dbias += the column sums of dout.
-   `flipped` is scratch for the flipped kernel (conv2d_blocked_scratch). */
+   - dbias += the column sums of dout. */
 void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
-                             float *flipped) {  // shapes as conv2d_backward_naive
+                             float *flipped) {  // shapes as conv2d_backward_naive; flipped: scratch, (KH, KW, OC, C)
     int OC = s->out_channels, C = s->channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
     if (dbias) bias_backward(dbias, dout, rows, OC);
     if (dweight) gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);
@@ -2602,12 +2588,9 @@ typedef struct {
 #if HAVE_X86_KERNELS
 /* adam_update eight (AVX) or sixteen (AVX-512) parameters at a time: the
    same operations in the same order (no fused multiply-add: the scalar loop
-   has none either), each rounded as IEEE arithmetic rounds it, the square
-   root and the divisions included, so the same bits. The compiler does not
-   widen the scalar loop itself: sqrtf may set errno (for a negative
-   number), so it stays a call. Adam is three divisions and a square root
-   per parameter, and a wider vector does more of them per instruction. The
-   last count % 8 (or % 16) go through the scalar loop. */
+   has none either), each rounded as IEEE arithmetic rounds it, so the same
+   bits. The compiler does not widen the scalar loop itself, as sqrtf may
+   set errno. The last count % 8 (or % 16) go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted
@@ -2662,16 +2645,12 @@ void adam_update_avx512(Optimizer *o, float *params /* (count) */, const float *
 // The widest loop this CPU has: all give the same bits.
 void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
 #if HAVE_X86_KERNELS
-    if (cpu_has_avx512f()) {
-        adam_update_avx512(o, params, grads, count);
-        return;
-    }
-    if (__builtin_cpu_supports("avx")) {
-        adam_update_avx(o, params, grads, count);
-        return;
-    }
-#endif
+    if (cpu_has_avx512f()) adam_update_avx512(o, params, grads, count);
+    else if (__builtin_cpu_supports("avx")) adam_update_avx(o, params, grads, count);
+    else adam_update(o, params, grads, count);
+#else
     adam_update(o, params, grads, count);
+#endif
 }
 
 void adam_part(void *context, int part, int worker) {
@@ -3130,7 +3109,6 @@ typedef struct {
     double seconds;         // training time so far, over every session of the run
 } RunState;
 
-
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
 void print_peak_memory(void) {
@@ -3146,6 +3124,7 @@ void print_peak_memory(void) {
     }
 #endif
 }
+
 // Untrained, the network should be unsure: about 1/10 for every class,
 // so a loss near -ln(1/10). Far from it, the initialisation is off.
 void print_initial_loss(Model *m, const Dataset *validation) {
@@ -3215,15 +3194,8 @@ int fit_and_test(Model *m, const FashionMnist *data, const Options *o, History *
 /* ----------------------------------------------------------------------------
    The ANN: 784 -> Dense(128) ReLU -> Dense(64) ReLU -> Dense(10) softmax.
 
-   What this is: the first model of the book, with its forward and backward
-   passes written out by hand from the layers above.
-   What it is not: reusable for another architecture; that is what the
-   automatic differentiation of chapter 3 is for.
-
-   Memory, as in llm.c: one allocation for all parameters, one for their
-   gradients (same order, so the optimiser can treat both as flat arrays),
-   one for the activations and one for their gradients, each carved into
-   named pointers. */
+   What this is: its widths, from which ann_graph builds it on the engine.
+   What it is not: hand-written passes; the engine builds every model. */
 
 enum { ANN_LAYERS = 3 };
 static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};
@@ -3511,7 +3483,6 @@ void graph_initialize(Graph *g, uint64_t seed) {
     }
 }
 
-
 // Working memory for the op that runs now, at least `floats` of it: it
 // grows to what the hungriest op needs (in the first full batch) and stays.
 float *graph_scratch(Graph *g, size_t floats) {
@@ -3522,6 +3493,7 @@ float *graph_scratch(Graph *g, size_t floats) {
     }
     return g->scratch;
 }
+
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");
     require(batch >= 1 && batch <= g->max_batch, "batch %d outside 1..%d", batch, g->max_batch);
@@ -3554,12 +3526,8 @@ void clear_part(void *context, int part, int worker) {
 }
 
 void clear_floats(Workers *workers, float *x /* (n) */, size_t n) {
-    if (!workers || n < CLEAR_PARALLEL_FROM) {
-        memset(x, 0, n * sizeof(float));
-        return;
-    }
     ClearJob job = {x, n};
-    parallel_for(workers, CLEAR_PARTS, clear_part, &job);
+    parallel_for(n < CLEAR_PARALLEL_FROM ? NULL : workers, CLEAR_PARTS, clear_part, &job);
 }
 
 // Runs every op in order; returns the output's first value (the loss).
@@ -3585,10 +3553,8 @@ void graph_zero_grad(Graph *g) {
 
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
-// The forward pass must have run in training mode: the gradients are of
-// what the training forward computed, and with batch norm (chapter 5) an
-// inference forward computes something else, so its gradients would be
-// silently wrong.
+// Only after a training forward: an inference forward computes something
+// else (batch norm's, chapter 5), whose gradients would be silently wrong.
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
@@ -3604,7 +3570,6 @@ void graph_backward(Graph *g) {
     }
 }
 
-
 /* ---- The ops ---------------------------------------------------------------
    Each op is a forward and a backward function over its node, mostly calling
    the layer kernels of chapter 2, plus a constructor that checks shapes. The
@@ -3612,8 +3577,7 @@ void graph_backward(Graph *g) {
 
 /* Memory-bound ops (ReLU, pooling, dropout) split their batch over the graph's
    threads, one task per item. An item's outputs are its own, so which
-   thread does which item changes nothing in the result. Without the
-   blocked kernel there are no threads, and the items run in order. */
+   thread does which item changes nothing in the result. */
 typedef void ItemWork(const Graph *g, Node *n, int item);
 
 typedef struct {
@@ -3801,9 +3765,8 @@ void conv2d_op_backward(Node *n, Graph *g) {
                                 graph_scratch(g, conv2d_blocked_scratch(&s)));
 }
 
-// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
-// One image at a time, on the graph's threads.
-// The blocked path takes the vectorised passes, the references the plain ones.
+// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C), one image a task; the
+// blocked path takes the vectorised passes, the references the plain ones.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
     const Node *x = n->inputs[0];
     float *out = n->value + i * n->item_size;
@@ -4065,10 +4028,9 @@ Model graph_model(GraphClassifier *c, const char *name) {
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
 
-   What this is: the basic CNN of the protocol built from the ops above, and
-   a table that says, layer by layer, what each one outputs, how many
-   parameters it has and how many multiply-adds it does per image; plus one
-   function that builds any model by its name, for --model.
+   What this is: the protocol's basic CNN, built from the ops above; a table
+   of each layer's output, parameters and multiply-adds per image; and
+   build_model, which builds any model by the name --model takes.
    What it is not: a model zoo. The shapes are the protocol's. */
 
 // A convolution block's parameters, Glorot kernel and zero bias.
@@ -4088,12 +4050,10 @@ Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, co
 /* The basic CNN: conv 3x3x32 valid, ReLU, max pool, conv 3x3x64 valid,
    ReLU, max pool, flatten, dense 128, ReLU, dense 10, softmax.
    28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10.
-   The graph pools first and takes the ReLU after: ReLU never changes which
-   input of a window is largest, so max(relu(a), relu(b), ...) is
-   relu(max(a, b, ...)), a gradient that is not 0 goes to the same input,
-   and every bit of the result is the same (book.md 4.7; a NaN, which
-   stops training anyway, is the exception); but the ReLU then runs on a
-   quarter as many numbers, forward and backward. */
+   Each block pools before its ReLU: ReLU never changes which input of a
+   window is largest, so the result and its gradient are the same to the
+   bit (a NaN aside, which stops training anyway; book.md 4.7), and the
+   ReLU runs on a quarter as many numbers, forward and backward. */
 GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
@@ -6325,10 +6285,9 @@ int begin(int argc, char **argv, Options *options, FashionMnist *data) {
     return CONTINUE;
 }
 
-/* What --kernel and --threads ask for, on this machine: the kind, and for
-   the blocked GEMM a context (micro-kernel, threads, packing buffers).
-   Asking for a micro-kernel the CPU lacks is refused here, before it could
-   run an instruction the CPU does not have. */
+/* What --kernel and --threads ask for: the kind, and for the blocked GEMM a
+   context (micro-kernel, threads, packing buffers). A micro-kernel the CPU
+   lacks is refused here, before it could run an instruction it lacks. */
 int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error *err) {
     *gemm = NULL;
     *kind = strcmp(o->kernel, "naive") == 0 ? KERNEL_NAIVE : strcmp(o->kernel, "im2col") == 0 ? KERNEL_IM2COL
@@ -6347,9 +6306,8 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
-/* Everything before the models: the options, the kernel and the data.
-   Returns CONTINUE when there is a model to train, otherwise the exit code
-   (0 after --help). */
+// Everything before the models: the options, the kernel and the data.
+// Returns CONTINUE when there is a model to train, else the exit code.
 int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
     Error err = {0};
     *kernel = KERNEL_NAIVE;

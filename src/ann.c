@@ -2,6 +2,8 @@
 /* ----------------------------------------------------------------------------
    The ANN: 784 -> Dense(128) ReLU -> Dense(64) ReLU -> Dense(10) softmax.
 
+//@ end
+//@ from 2 to 3
    What this is: the first model of the book, with its forward and backward
    passes written out by hand from the layers above.
    What it is not: reusable for another architecture; that is what the
@@ -11,6 +13,12 @@
    gradients (same order, so the optimiser can treat both as flat arrays),
    one for the activations and one for their gradients, each carved into
    named pointers. */
+//@ end
+//@ from 4
+   What this is: its widths, from which ann_graph builds it on the engine.
+   What it is not: hand-written passes; the engine builds every model. */
+//@ end
+//@ from 2
 
 enum { ANN_LAYERS = 3 };
 static const int ANN_WIDTHS[ANN_LAYERS + 1] = {IMAGE_SIZE, 128, 64, NUM_CLASSES};

@@ -202,8 +202,8 @@ Node *graph_state(Graph *g, const char *label, const int *shape, int rank, Init 
     n->init = init;
     return n;
 }
-//@ end
 
+//@ end
 // Is n one of g's nodes? (Asked with ==, since C leaves < and > undefined
 // between pointers into different arrays.)
 int graph_owns(const Graph *g, const Node *n) {
@@ -353,7 +353,6 @@ void graph_initialize(Graph *g, uint64_t seed) {
 }
 
 //@ from 4
-
 // Working memory for the op that runs now, at least `floats` of it: it
 // grows to what the hungriest op needs (in the first full batch) and stays.
 float *graph_scratch(Graph *g, size_t floats) {
@@ -364,6 +363,7 @@ float *graph_scratch(Graph *g, size_t floats) {
     }
     return g->scratch;
 }
+
 //@ end
 void graph_set_batch(Graph *g, int batch) {
     require(g->compiled, "graph_set_batch() before graph_compile()");
@@ -398,12 +398,8 @@ void clear_part(void *context, int part, int worker) {
 }
 
 void clear_floats(Workers *workers, float *x /* (n) */, size_t n) {
-    if (!workers || n < CLEAR_PARALLEL_FROM) {
-        memset(x, 0, n * sizeof(float));
-        return;
-    }
     ClearJob job = {x, n};
-    parallel_for(workers, CLEAR_PARTS, clear_part, &job);
+    parallel_for(n < CLEAR_PARALLEL_FROM ? NULL : workers, CLEAR_PARTS, clear_part, &job);
 }
 
 //@ end
@@ -436,10 +432,8 @@ void graph_zero_grad(Graph *g) {
 
 // The gradient of the output (a scalar) with respect to every node that
 // needs one: seed d(output)/d(output) = 1, then the chain rule backwards.
-// The forward pass must have run in training mode: the gradients are of
-// what the training forward computed, and with batch norm (chapter 5) an
-// inference forward computes something else, so its gradients would be
-// silently wrong.
+// Only after a training forward: an inference forward computes something
+// else (batch norm's, chapter 5), whose gradients would be silently wrong.
 void graph_backward(Graph *g) {
     require(g->compiled, "graph_backward() before graph_compile()");
     require(g->training, "graph_backward() after an inference-mode forward; run graph_forward(g, 1) first");
@@ -464,8 +458,8 @@ void graph_backward(Graph *g) {
 //@ end
     }
 }
-
 //@ from 3 to 3
+
 void print_shape(const Node *n) {
     printf("(");
     for (int d = 0; d < n->rank; d++) printf(d ? ", %d" : "%d", n->shape[d]);
@@ -494,8 +488,7 @@ void graph_print(const Graph *g) {
 //@ from 4
 /* Memory-bound ops (ReLU, pooling, dropout) split their batch over the graph's
    threads, one task per item. An item's outputs are its own, so which
-   thread does which item changes nothing in the result. Without the
-   blocked kernel there are no threads, and the items run in order. */
+   thread does which item changes nothing in the result. */
 typedef void ItemWork(const Graph *g, Node *n, int item);
 
 typedef struct {
@@ -709,9 +702,8 @@ void conv2d_op_backward(Node *n, Graph *g) {
                                 graph_scratch(g, conv2d_blocked_scratch(&s)));
 }
 
-// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C)
-// One image at a time, on the graph's threads.
-// The blocked path takes the vectorised passes, the references the plain ones.
+// max_pool: x (B, H, W, C) -> (B, H/2, W/2, C), one image a task; the
+// blocked path takes the vectorised passes, the references the plain ones.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
     const Node *x = n->inputs[0];
     float *out = n->value + i * n->item_size;
@@ -736,8 +728,8 @@ void max_pool_op_backward(Node *n, Graph *g) { for_each_item(g, n, max_pool_item
 void reshape_op_forward(Node *n, Graph *g) { (void)n, (void)g; }
 void reshape_op_backward(Node *n, Graph *g) { (void)n, (void)g; }
 //@ end
-
 //@ from 5
+
 /* batch_norm: x (B, ..., C), gamma and beta (C), running mean and variance
    (C, state) -> the shape of x. Statistics over every dimension but the
    last. Saved: the batch's mean, then 1/sqrt(var + eps), per channel; the

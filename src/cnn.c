@@ -73,10 +73,9 @@ Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
 
-   What this is: the basic CNN of the protocol built from the ops above, and
-   a table that says, layer by layer, what each one outputs, how many
-   parameters it has and how many multiply-adds it does per image; plus one
-   function that builds any model by its name, for --model.
+   What this is: the protocol's basic CNN, built from the ops above; a table
+   of each layer's output, parameters and multiply-adds per image; and
+   build_model, which builds any model by the name --model takes.
    What it is not: a model zoo. The shapes are the protocol's. */
 
 // A convolution block's parameters, Glorot kernel and zero bias.
@@ -96,12 +95,10 @@ Node *dense_layer(Graph *g, Node *x, int out_width, const char *weight_label, co
 /* The basic CNN: conv 3x3x32 valid, ReLU, max pool, conv 3x3x64 valid,
    ReLU, max pool, flatten, dense 128, ReLU, dense 10, softmax.
    28x28x1 -> 26x26x32 -> 13x13x32 -> 11x11x64 -> 5x5x64 = 1600 -> 128 -> 10.
-   The graph pools first and takes the ReLU after: ReLU never changes which
-   input of a window is largest, so max(relu(a), relu(b), ...) is
-   relu(max(a, b, ...)), a gradient that is not 0 goes to the same input,
-   and every bit of the result is the same (book.md 4.7; a NaN, which
-   stops training anyway, is the exception); but the ReLU then runs on a
-   quarter as many numbers, forward and backward. */
+   Each block pools before its ReLU: ReLU never changes which input of a
+   window is largest, so the result and its gradient are the same to the
+   bit (a NaN aside, which stops training anyway; book.md 4.7), and the
+   ReLU runs on a quarter as many numbers, forward and backward. */
 GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     Graph *g = graph_new(max_batch);
     Node *images = graph_input(g, "images", (int[]){IMAGE_SIZE}, 1);
@@ -116,8 +113,8 @@ GraphClassifier basic_cnn_graph(int max_batch, uint64_t seed) {
     graph_initialize(g, seed);
     return (GraphClassifier){.graph = g, .images = images, .targets = targets, .loss = loss};
 }
-
 //@ from 5
+
 /* The deeper CNN: two blocks of (conv 3x3 same, batch norm, ReLU) twice,
    max pool, dropout 0.25; then dense 256, batch norm, ReLU, dropout 0.5,
    dense 10. The convolutions and the first dense layer keep their biases
@@ -236,17 +233,25 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     double total_macs = 0;
     printf("\nmodel %s, layer by layer (shapes per image):\n  %-22s %-16s %10s %14s\n", name, "layer", "output",
            "parameters", "multiply-adds");
+//@ from 4 to 4
+    size_t largest_patches = 0;  // floats of one image's im2col matrix
+//@ end
+//@ from 5
     size_t trainable = 0, largest_patches = 0;  // floats of one image's im2col matrix
+//@ end
     for (int i = 0; i < g->order_count; i++) {
         const Node *n = g->order[i];
         if (!n->op || n->op == &OPS[OP_SOFTMAX_CROSS_ENTROPY]) continue;
         size_t own = 0;
+//@ from 4 to 4
+        for (int k = 0; k < n->input_count; k++) own += n->inputs[k]->is_parameter ? n->inputs[k]->size : 0;
+//@ end
+//@ from 5
         for (int k = 0; k < n->input_count; k++) {
             if (n->inputs[k]->is_parameter) own += n->inputs[k]->size, trainable += n->inputs[k]->size;
-//@ from 5
             if (n->inputs[k]->is_state) own += n->inputs[k]->size;
-//@ end
         }
+//@ end
         char shape[48] = "";
         for (int d = n->batched; d < n->rank; d++)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), d > n->batched ? "x%d" : "%d", n->shape[d]);
@@ -262,9 +267,11 @@ void print_model_summary(const GraphClassifier *c, const char *name) {
     }
     printf("  %-22s %-16s %10zu %14.0f   (%.2f MFLOP per image forward)\n", "total", "", parameters,
            total_macs, 2e-6 * total_macs);
+//@ from 5
     if (trainable != parameters)
         printf("  %zu of the parameters are trained; the other %zu are batch norm's running statistics\n",
                trainable, parameters - trainable);
+//@ end
     if (largest_patches)
         printf("  im2col would need %.1f MB at batch %d (the largest patch matrix and its gradient)\n",
                2.0 * largest_patches * g->max_batch * sizeof(float) / 1e6, g->max_batch);

@@ -19,9 +19,8 @@
    1; `pad` zeros around the image: 0 is "valid" (the output shrinks by
    KH-1), KH/2 is "same" (it keeps its size; kernels are odd and square). */
 
-// How the engine computes convolutions and matrix multiplies (the graph
-// holds the choice; `--kernel` sets it): the two references here, or the
-// blocked GEMM of chapter 4's second half with one of its micro-kernels.
+// How the graph computes convolutions and matrix multiplies (--kernel): the
+// two references here, or the blocked GEMM of chapter 4's second half.
 typedef enum { KERNEL_NAIVE, KERNEL_IM2COL, KERNEL_BLOCKED } KernelKind;
 
 // The shape of one convolution: input (B, H, W, C), kernel (KH, KW, C, OC),
@@ -233,14 +232,12 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, the same bits. These read a
-   window's four inputs as four rows of C channels and decide every channel
-   with compare-and-select, no branch, so the compiler does several
-   channels per instruction (SSE2 on every x86-64, NEON on arm64). The
-   comparisons keep the reference's order, so ties still go to the first
-   maximum. (gcc vectorises neither `d = t ? d + g : d` nor && on
-   comparisons without -fno-trapping-math, which the chapters do not use:
-   hence the shape of these loops.) */
+/* The same two passes for the fast path, the same bits: a window's four
+   inputs read as four rows of C channels, each channel decided by
+   compare-and-select in the reference's order (ties to the first maximum),
+   so the compiler does several channels per instruction (SSE2, NEON). gcc
+   vectorises neither `d = t ? d + g : d` nor && on comparisons without
+   -fno-trapping-math, which the chapters do not use: hence these loops. */
 void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
                            const float *restrict inp,  // (B, H, W, C)
                            int B, int H, int W, int C) {
@@ -276,8 +273,7 @@ void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                     // The reference's walk through the window: the first input
                     // holds the gradient, and each strictly larger one takes it
                     // from whoever held it. The others add -0, which changes no
-                    // number (not even a -0, as adding +0 would). Every step is
-                    // a select, not a branch, so the loop vectorises.
+                    // number (not even a -0, as adding +0 would).
                     float gradient = g[c], m = x00[c];
                     float g00 = gradient, g01 = -0.0f, g10 = -0.0f, g11 = -0.0f;
                     int larger = x01[c] > m;
@@ -337,12 +333,11 @@ void avg_pool_backward(float *dinp,        // (B, H, W, C)
     //@ end
 }
 
-/* A convolution with a stride: the window moves `stride` pixels at a time,
-   so output (oh, ow) reads the input from row oh * stride - pad and column
-   ow * stride - pad, and OH = (H + 2 pad - KH) / stride + 1, floored (OW
-   likewise). `s` is the shape as conv_shape gives it, for stride 1: its
-   out_h and out_w are not this output's. A stride of 2 does a quarter of
-   the work of stride 1 and halves the height and width, as pooling does. */
+/* A convolution with a stride: output (oh, ow) reads the input from row
+   oh * stride - pad and column ow * stride - pad, so OH = (H + 2 pad - KH)
+   / stride + 1, floored (OW likewise). `s` is conv_shape's stride-1 shape:
+   its out_h and out_w are not this output's. A stride of 2 does a quarter
+   of the work and halves the height and width, as pooling does. */
 void conv2d_forward_strided(float *out,           // (B, OH, OW, OC) for this stride
                             const float *inp,     // (B, H, W, C)
                             const float *weight,  // (KH, KW, C, OC)

@@ -10,8 +10,7 @@
    their order (and one rounding per multiply-add) differ, which is why
    these agree with the references to rounding, not to the bit. */
 
-// The scratch memory, in floats, the blocked passes of convolution `s`
-// need: the flipped kernel.
+// The scratch, in floats, conv2d_backward_blocked needs: the flipped kernel.
 size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * (size_t)s->out_channels; }
 
 // out = bias on every row + patches(inp) @ weight: a convolution is one GEMM
@@ -46,11 +45,10 @@ void flip_kernel(float *flipped,       // (KH, KW, OC, C)
    - dinp += the convolution of dout, padded by KH-1-pad, with the flipped
      kernel: again one GEMM with a patch matrix as A, so the input gradient
      needs no col2im and adds nothing from two places at once;
-   - dbias += the column sums of dout.
-   `flipped` is scratch for the flipped kernel (conv2d_blocked_scratch). */
+   - dbias += the column sums of dout. */
 void conv2d_backward_blocked(const GemmContext *ctx, float *dinp, float *dweight, float *dbias,
                              const float *dout, const float *inp, const float *weight, const ConvShape *s,
-                             float *flipped) {  // shapes as conv2d_backward_naive
+                             float *flipped) {  // shapes as conv2d_backward_naive; flipped: scratch, (KH, KW, OC, C)
     int OC = s->out_channels, C = s->channels, rows = (int)conv_rows(s), patch = (int)conv_patch_size(s);
     if (dbias) bias_backward(dbias, dout, rows, OC);
     if (dweight) gemm(ctx, patch, OC, rows, patches_operand(inp, s, 1), matrix_operand(dout, OC), dweight, OC, 1);

@@ -234,8 +234,8 @@ Dataset dataset_slice(const Dataset *d, int first, int count) {
         .targets = d->targets + (size_t)first * NUM_CLASSES,
     };
 }
-
 //@ from 1 to 3
+
 /* The other way: the bytes of an IDX image file holding d's images, the
    header (magic, count, rows, columns, each big-endian) and then one byte
    a pixel, 255 x rounded to the nearest, x clamped to [0, 1] first. With

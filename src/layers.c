@@ -86,8 +86,8 @@ void dense_backward(float *dinp, float *dweight, float *dbias, const float *dout
     bias_backward(dbias, dout, B, OC);
     matmul_backward(dinp, dweight, dout, inp, weight, B, C, OC);
 }
-//@ end
 
+//@ end
 // out = max(0, inp), elementwise over N values.
 void relu_forward(float *out, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
@@ -98,9 +98,8 @@ void relu_forward(float *out, const float *inp, size_t N) {
 void relu_backward(float *dinp, const float *dout, const float *inp, size_t N) {
     for (size_t i = 0; i < N; i++) {
         // dout is read whether it is used or not: the compiler may not move a
-        // read out from under a condition, and with it there the loop runs
-        // one branch per number instead of vector instructions (book.md 4.21
-        // measures the difference).
+        // read out from under a condition, and there it would cost a branch
+        // per number instead of vector instructions (book.md 4.21).
         float gradient = dout[i];
         dinp[i] += inp[i] > 0.0f ? gradient : 0.0f;
     }

@@ -134,10 +134,9 @@ int main(int argc, char **argv) {
 }
 //@ end
 //@ from 4
-/* What --kernel and --threads ask for, on this machine: the kind, and for
-   the blocked GEMM a context (micro-kernel, threads, packing buffers).
-   Asking for a micro-kernel the CPU lacks is refused here, before it could
-   run an instruction the CPU does not have. */
+/* What --kernel and --threads ask for: the kind, and for the blocked GEMM a
+   context (micro-kernel, threads, packing buffers). A micro-kernel the CPU
+   lacks is refused here, before it could run an instruction it lacks. */
 int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error *err) {
     *gemm = NULL;
     *kind = strcmp(o->kernel, "naive") == 0 ? KERNEL_NAIVE : strcmp(o->kernel, "im2col") == 0 ? KERNEL_IM2COL
@@ -168,9 +167,8 @@ int choose_kernel(const Options *o, KernelKind *kind, GemmContext **gemm, Error 
     return 0;
 }
 
-/* Everything before the models: the options, the kernel and the data.
-   Returns CONTINUE when there is a model to train, otherwise the exit code
-   (0 after --help). */
+// Everything before the models: the options, the kernel and the data.
+// Returns CONTINUE when there is a model to train, else the exit code.
 int prepare(int argc, char **argv, Options *options, FashionMnist *data, KernelKind *kernel, GemmContext **gemm) {
     Error err = {0};
     *kernel = KERNEL_NAIVE;

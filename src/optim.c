@@ -86,12 +86,9 @@ typedef struct {
 #if HAVE_X86_KERNELS
 /* adam_update eight (AVX) or sixteen (AVX-512) parameters at a time: the
    same operations in the same order (no fused multiply-add: the scalar loop
-   has none either), each rounded as IEEE arithmetic rounds it, the square
-   root and the divisions included, so the same bits. The compiler does not
-   widen the scalar loop itself: sqrtf may set errno (for a negative
-   number), so it stays a call. Adam is three divisions and a square root
-   per parameter, and a wider vector does more of them per instruction. The
-   last count % 8 (or % 16) go through the scalar loop. */
+   has none either), each rounded as IEEE arithmetic rounds it, so the same
+   bits. The compiler does not widen the scalar loop itself, as sqrtf may
+   set errno. The last count % 8 (or % 16) go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted
@@ -146,16 +143,12 @@ void adam_update_avx512(Optimizer *o, float *params /* (count) */, const float *
 // The widest loop this CPU has: all give the same bits.
 void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
 #if HAVE_X86_KERNELS
-    if (cpu_has_avx512f()) {
-        adam_update_avx512(o, params, grads, count);
-        return;
-    }
-    if (__builtin_cpu_supports("avx")) {
-        adam_update_avx(o, params, grads, count);
-        return;
-    }
-#endif
+    if (cpu_has_avx512f()) adam_update_avx512(o, params, grads, count);
+    else if (__builtin_cpu_supports("avx")) adam_update_avx(o, params, grads, count);
+    else adam_update(o, params, grads, count);
+#else
     adam_update(o, params, grads, count);
+#endif
 }
 
 void adam_part(void *context, int part, int worker) {

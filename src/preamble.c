@@ -184,9 +184,8 @@
 // Arithmetic as written, with no multiply and add fused into one rounding
 // behind our back: one reason fewer for two compilers or machines to print
 // different numbers (expf and logf, which differ between C libraries, remain
-// one). gcc in -std=c11 mode already works this way (not in its default
-// gnu mode: there, add -ffp-contract=off); clang, which would fuse on arm64,
-// has to be told.
+// one). gcc -std=c11 already works this way (its default gnu mode needs
+// -ffp-contract=off); clang, which would fuse on arm64, has to be told.
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif

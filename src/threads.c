@@ -80,8 +80,7 @@ void run_tasks(Workers *w, int worker) {
     for (int i; (i = atomic_fetch_add(&w->next_task, 1)) < w->tasks;) w->task(w->context, i, worker);
 }
 
-// Spins while *counter == value, for at most SPIN_CHECKS looks; returns
-// whether it changed.
+// Whether *counter moves off `value` within SPIN_CHECKS looks.
 int spin_while_equal(const atomic_ulong *counter, unsigned long value) {
     for (int i = 0; i < SPIN_CHECKS; i++)
         if (atomic_load(counter) != value) return 1;
@@ -156,9 +155,7 @@ void workers_free(Workers *w) {
     free(w);
 }
 
-// Runs task(context, i, worker) once for every i in [0, tasks), spread over
-// the pool's threads (w may be NULL: then on the caller alone). Returns when
-// all are done.
+// w may be NULL: then the caller runs every task itself.
 void parallel_for(Workers *w, int tasks, ParallelTask *task, void *context) {
     if (tasks <= 0) return;
     if (!w || w->threads == 1 || tasks == 1) {

@@ -568,7 +568,6 @@ typedef struct {
 
 //@ end
 //@ from 4
-
 // The most memory the program held at once, where the system can tell
 // (getrusage reports kilobytes on Linux, bytes on macOS).
 void print_peak_memory(void) {
@@ -584,6 +583,7 @@ void print_peak_memory(void) {
     }
 #endif
 }
+
 //@ end
 // Untrained, the network should be unsure: about 1/10 for every class,
 // so a loss near -ln(1/10). Far from it, the initialisation is off.
