@@ -1473,6 +1473,7 @@ typedef struct {
    FMAs per k, which keeps two FMA units busy (see the AVX2 kernel). One MR
    for all lets the packing of A be the same for every kernel. */
 enum { MR = 6, GEMM_MAX_NR = 32 };
+static const float GEMM_ZEROS[GEMM_MAX_NR];  // the start of a tile that starts from 0 (ld_start 0)
 
 /* The portable kernel, 6x4: 24 scalar accumulators, c00..c53 (row, column).
    Per k it loads 6 values of A and 4 of B and does 24 fmaf. C's fmaf is
@@ -1866,7 +1867,6 @@ void gemm_tile(void *context, int task, int worker) {
     // first block of k, from C (the sums so far) in every later one.
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
-    static const float zeros[GEMM_MAX_NR];        // where a tile starts from 0
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const float *b = job->ctx->packed_b + (size_t)jr * kc;  // (kc, nr) panel
@@ -1875,7 +1875,7 @@ void gemm_tile(void *context, int task, int worker) {
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;  // (MR, nr) tile, rows ldc apart
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
-                const float *start = bias ? bias + job->jc + jr : from_c ? c : zeros;
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : GEMM_ZEROS;
                 kernel->kernel(kc, a, rs_a, cs_a, b, c, job->ldc, start, start == c ? job->ldc : 0);
                 continue;
             }

@@ -471,7 +471,6 @@ void gemm_tile_bf16(void *context, int task, int worker) {
     }
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
-    static const float zeros[GEMM_MAX_NR];        // where a tile starts from 0
     for (int jr = 0; jr < cols; jr += nr) {
         int w = cols - jr < nr ? cols - jr : nr;
         const uint32_t *b = buffers->b + (size_t)jr * kp;  // (kp, nr) panel
@@ -480,7 +479,7 @@ void gemm_tile_bf16(void *context, int task, int worker) {
             float *c = job->C + (size_t)(ic + ir) * job->ldc + job->jc + jr;
             int h = rows - ir < MR ? rows - ir : MR;
             if (h == MR && w == nr) {
-                const float *start = bias ? bias + job->jc + jr : from_c ? c : zeros;
+                const float *start = bias ? bias + job->jc + jr : from_c ? c : GEMM_ZEROS;
                 kernel->kernel(kp, a, rs_a, cs_a, b, c, job->ldc, start, start == c ? job->ldc : 0);
                 continue;
             }
