@@ -234,12 +234,18 @@ typedef struct {
 // One stream per use, so the uses never disturb each other.
 enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_CHECK = 4 };
 
-uint32_t rng_next(Rng *r) {
-    uint64_t old = r->state;
-    r->state = old * 6364136223846793005ULL + r->increment;
+#define PCG_MULTIPLIER 6364136223846793005ULL
+// The output: the old state's 64 bits scrambled down to 32.
+uint32_t rng_output(uint64_t old) {
     uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
     uint32_t rotation = (uint32_t)(old >> 59u);
     return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * PCG_MULTIPLIER + r->increment;
+    return rng_output(old);
 }
 
 // The seeding of the reference implementation (pcg32_srandom_r).
@@ -261,9 +267,8 @@ Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
 }
 
 // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
-float rng_uniform(Rng *r) {
-    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
-}
+float rng_unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+float rng_uniform(Rng *r) { return rng_unit(rng_next(r)); }
 
 // Uniform integer in [0, bound), without the bias of rng_next() % bound:
 // values below 2^32 mod bound are rejected, leaving a multiple of bound.

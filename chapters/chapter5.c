@@ -228,12 +228,18 @@ typedef struct {
 enum { STREAM_INIT = 1, STREAM_SHUFFLE = 2, STREAM_CHECK = 4 };
 enum { STREAM_DROPOUT = 3 };
 
-uint32_t rng_next(Rng *r) {
-    uint64_t old = r->state;
-    r->state = old * 6364136223846793005ULL + r->increment;
+#define PCG_MULTIPLIER 6364136223846793005ULL
+// The output: the old state's 64 bits scrambled down to 32.
+uint32_t rng_output(uint64_t old) {
     uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
     uint32_t rotation = (uint32_t)(old >> 59u);
     return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * PCG_MULTIPLIER + r->increment;
+    return rng_output(old);
 }
 
 // The seeding of the reference implementation (pcg32_srandom_r).
@@ -255,8 +261,36 @@ Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
 }
 
 // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
-float rng_uniform(Rng *r) {
-    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
+float rng_unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+float rng_uniform(Rng *r) { return rng_unit(rng_next(r)); }
+
+/* n draws of rng_uniform at once: the same numbers in the same order, and
+   the same state after. One draw at a time, each 64-bit multiply waits for
+   the one before. But RNG_LANES steps s -> a s + c in a row are one step
+       s -> A s + C,   A = a^LANES,   C = c (a^(LANES-1) + ... + a + 1)   (mod 2^64),
+   so RNG_LANES states a draw apart can each jump RNG_LANES draws at once,
+   independently, and the processor overlaps them. */
+enum { RNG_LANES = 4 };
+
+void rng_jump(uint64_t increment, int steps, uint64_t *A, uint64_t *C) {
+    *A = 1, *C = 0;
+    for (int i = 0; i < steps; i++) *A *= PCG_MULTIPLIER, *C = *C * PCG_MULTIPLIER + increment;
+}
+
+void rng_uniform_fill(Rng *r, float *out /* (n) */, size_t n) {
+    size_t i = 0;
+    if (n >= RNG_LANES) {
+        uint64_t A, C, s[RNG_LANES] = {r->state};  // s[l]: the state of draw i + l
+        rng_jump(r->increment, RNG_LANES, &A, &C);
+        for (int l = 1; l < RNG_LANES; l++) s[l] = s[l - 1] * PCG_MULTIPLIER + r->increment;
+        for (; i + RNG_LANES <= n; i += RNG_LANES)
+            for (int l = 0; l < RNG_LANES; l++) {
+                out[i + l] = rng_unit(rng_output(s[l]));
+                s[l] = s[l] * A + C;
+            }
+        r->state = s[0];
+    }
+    for (; i < n; i++) out[i] = rng_uniform(r);
 }
 
 // Uniform integer in [0, bound), without the bias of rng_next() % bound:
@@ -2278,6 +2312,51 @@ void batch_norm_backward(Workers *workers,
     parallel_for(workers, BN_PARTS, bn_input_gradient_task, &job);
 }
 
+#if HAVE_X86_KERNELS
+/* rng_uniform_fill sixteen draws at a time, with AVX-512: two vectors of
+   eight states, draws i..i+7 and i+8..i+15, each jumping sixteen draws at
+   once (64-bit multiplies: AVX512DQ). The output's shifts, xor and
+   rotation are integer operations, and 24 bits convert to a float
+   exactly: the same bits as one draw at a time. */
+__attribute__((target("avx512f,avx512dq")))
+void rng_uniform_fill_avx512(Rng *r, float *out /* (n) */, size_t n) {
+    size_t i = 0;
+    if (n >= 16) {
+        uint64_t A, C, s[16] = {r->state};  // s[l]: the state of draw i + l
+        rng_jump(r->increment, 16, &A, &C);
+        for (int l = 1; l < 16; l++) s[l] = s[l - 1] * PCG_MULTIPLIER + r->increment;
+        __m512i lo = _mm512_loadu_si512(s), hi = _mm512_loadu_si512(s + 8);
+        const __m512i a = _mm512_set1_epi64((long long)A), c = _mm512_set1_epi64((long long)C);
+        for (; i + 16 <= n; i += 16) {
+            // rng_output on each lane: ((old >> 18) ^ old) >> 27 to 32 bits, rotated right by old >> 59
+            __m512i x = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(_mm512_xor_si512(_mm512_srli_epi64(lo, 18), lo), 27))),
+                _mm512_cvtepi64_epi32(_mm512_srli_epi64(_mm512_xor_si512(_mm512_srli_epi64(hi, 18), hi), 27)), 1);
+            __m512i rotation = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(lo, 59))),
+                                                  _mm512_cvtepi64_epi32(_mm512_srli_epi64(hi, 59)), 1);
+            __m512i top24 = _mm512_srli_epi32(_mm512_rorv_epi32(x, rotation), 8);
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_cvtepi32_ps(top24), _mm512_set1_ps(1.0f / 16777216.0f)));
+            lo = _mm512_add_epi64(_mm512_mullo_epi64(lo, a), c);
+            hi = _mm512_add_epi64(_mm512_mullo_epi64(hi, a), c);
+        }
+        _mm512_storeu_si512(s, lo);
+        r->state = s[0];
+    }
+    rng_uniform_fill(r, out + i, n - i);
+}
+#endif
+
+// The widest fill this CPU has: all give the same bits.
+void rng_uniform_fill_widest(Rng *r, float *out, size_t n) {
+#if HAVE_X86_KERNELS
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) {
+        rng_uniform_fill_avx512(r, out, n);
+        return;
+    }
+#endif
+    rng_uniform_fill(r, out, n);
+}
+
 /* Dropout in training: each of the n values of one item is kept with
    probability 1 - rate, from the item's own keyed stream, so the mask does
    not depend on which thread draws it or on any other item. The mask is
@@ -2287,11 +2366,11 @@ void dropout_forward_train(float *out,        // (n)
                            const float *x,    // (n)
                            size_t n, float rate, Rng *rng) {
     float keep = 1.0f / (1.0f - rate);
-    // Two loops: the draws, one after another, then the choices. In one
-    // loop the compiler branches on each draw, a coin toss the processor
-    // guesses wrong as often as the rate says, for a dozen cycles each; on
-    // its own the second loop has no branch, and runs on vectors.
-    for (size_t i = 0; i < n; i++) mask[i] = rng_uniform(rng);
+    // Two loops: the draws, then the choices. In one loop the compiler
+    // branches on each draw, a coin toss the processor guesses wrong as
+    // often as the rate says, for a dozen cycles each; on its own the
+    // second loop has no branch, and runs on vectors.
+    rng_uniform_fill_widest(rng, mask, n);
     for (size_t i = 0; i < n; i++) {
         mask[i] = mask[i] < rate ? 0.0f : keep;
         out[i] = x[i] * mask[i];

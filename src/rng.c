@@ -29,12 +29,18 @@ enum { STREAM_AUGMENT = 5 };
 enum { STREAM_SEARCH = 6, STREAM_ERASE = 7 };
 //@ end
 
-uint32_t rng_next(Rng *r) {
-    uint64_t old = r->state;
-    r->state = old * 6364136223846793005ULL + r->increment;
+#define PCG_MULTIPLIER 6364136223846793005ULL
+// The output: the old state's 64 bits scrambled down to 32.
+uint32_t rng_output(uint64_t old) {
     uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
     uint32_t rotation = (uint32_t)(old >> 59u);
     return (xorshifted >> rotation) | (xorshifted << ((32u - rotation) & 31u));
+}
+
+uint32_t rng_next(Rng *r) {
+    uint64_t old = r->state;
+    r->state = old * PCG_MULTIPLIER + r->increment;
+    return rng_output(old);
 }
 
 // The seeding of the reference implementation (pcg32_srandom_r).
@@ -56,10 +62,40 @@ Rng rng_keyed(uint64_t seed, uint64_t purpose, uint64_t step, uint64_t item) {
 }
 
 // Uniform in [0, 1): the top 24 bits, exactly representable in a float.
-float rng_uniform(Rng *r) {
-    return (float)(rng_next(r) >> 8) * (1.0f / 16777216.0f);
+float rng_unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+float rng_uniform(Rng *r) { return rng_unit(rng_next(r)); }
+
+//@ from 5
+/* n draws of rng_uniform at once: the same numbers in the same order, and
+   the same state after. One draw at a time, each 64-bit multiply waits for
+   the one before. But RNG_LANES steps s -> a s + c in a row are one step
+       s -> A s + C,   A = a^LANES,   C = c (a^(LANES-1) + ... + a + 1)   (mod 2^64),
+   so RNG_LANES states a draw apart can each jump RNG_LANES draws at once,
+   independently, and the processor overlaps them. */
+enum { RNG_LANES = 4 };
+
+void rng_jump(uint64_t increment, int steps, uint64_t *A, uint64_t *C) {
+    *A = 1, *C = 0;
+    for (int i = 0; i < steps; i++) *A *= PCG_MULTIPLIER, *C = *C * PCG_MULTIPLIER + increment;
 }
 
+void rng_uniform_fill(Rng *r, float *out /* (n) */, size_t n) {
+    size_t i = 0;
+    if (n >= RNG_LANES) {
+        uint64_t A, C, s[RNG_LANES] = {r->state};  // s[l]: the state of draw i + l
+        rng_jump(r->increment, RNG_LANES, &A, &C);
+        for (int l = 1; l < RNG_LANES; l++) s[l] = s[l - 1] * PCG_MULTIPLIER + r->increment;
+        for (; i + RNG_LANES <= n; i += RNG_LANES)
+            for (int l = 0; l < RNG_LANES; l++) {
+                out[i + l] = rng_unit(rng_output(s[l]));
+                s[l] = s[l] * A + C;
+            }
+        r->state = s[0];
+    }
+    for (; i < n; i++) out[i] = rng_uniform(r);
+}
+
+//@ end
 // Uniform integer in [0, bound), without the bias of rng_next() % bound:
 // values below 2^32 mod bound are rejected, leaving a multiple of bound.
 uint32_t rng_below(Rng *r, uint32_t bound) {

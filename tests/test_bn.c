@@ -218,6 +218,46 @@ static void test_dropout(void) {
     graph_free(g);
 }
 
+// The draws at once (RNG_LANES lanes, or sixteen with AVX-512) are the
+// draws one at a time, bit for bit, and leave the stream where they would.
+static void test_draws_at_once(void) {
+    section("dropout's draws at once: the numbers and the state of one draw at a time");
+    enum { MOST = 6272 };  // one image of the 14x14x32 dropout
+    static float one_at_a_time[MOST], at_once[MOST];
+    void (*fills[])(Rng *, float *, size_t) = {rng_uniform_fill, rng_uniform_fill_widest};
+    const char *names[] = {"portable", "widest"};
+    for (int f = 0; f < 2; f++) {
+        int same = 1;
+        for (size_t n = 0; n <= MOST; n = n < 40 ? n + 1 : MOST) {
+            Rng serial = rng_keyed(5, STREAM_DROPOUT, n, 7), fast = serial;
+            for (size_t i = 0; i < n; i++) one_at_a_time[i] = rng_uniform(&serial);
+            rng_uniform_fill(&fast, at_once, 0);  // nothing drawn, nothing moved
+            fills[f](&fast, at_once, n);
+            same &= memcmp(one_at_a_time, at_once, n * sizeof(float)) == 0 && serial.state == fast.state;
+            if (n == MOST) break;
+        }
+        if (!CHECK(same)) printf("     %s differs\n", names[f]);
+    }
+#if HAVE_X86_KERNELS
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")))
+        skip("this CPU has no AVX512DQ: the sixteen-lane fill was not run");
+#endif
+    // And the op's masks are those of the keyed stream, drawn one at a time.
+    enum { B = 2, WIDTH = 37 };
+    Node *x, *out;
+    Graph *g = dropout_graph(B, WIDTH, 0.5f, &x, &out);
+    for (size_t i = 0; i < x->size; i++) x->value[i] = 1.0f;
+    g->step = 11;
+    graph_forward(g, 1);
+    int masks = 1;
+    for (int b = 0; b < B; b++) {
+        Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, 11, (uint64_t)(out - g->nodes) << 32 | (uint64_t)b);
+        for (int i = 0; i < WIDTH; i++) masks &= out->value[b * WIDTH + i] == (rng_uniform(&rng) < 0.5f ? 0.0f : 2.0f);
+    }
+    CHECK(masks);
+    graph_free(g);
+}
+
 /* ---- The deeper CNN ----------------------------------------------------------- */
 
 static void test_deeper_cnn(void) {
@@ -396,6 +436,7 @@ int main(void) {
     test_batch_norm(&rng);
     test_running_averages();
     test_dropout();
+    test_draws_at_once();
     test_deeper_cnn();
     test_threads_same_bits(&rng);
     test_real_steps();
