@@ -5393,12 +5393,11 @@ void depthwise_forward_image(MultiplyAddRun *run, float *restrict out, const flo
     }
 }
 
-// One image's backward: its dx (when wanted), and its own sums for the
-// kernel's and the bias's gradients, `part` (10, C), which the caller adds
-// up over the images in order; `sum` (W, C) is working memory.
-void depthwise_backward_image(MultiplyAddRun *run, float *restrict dx, float *restrict part, float *restrict sum,
-                              const float *restrict dout, const float *restrict x, const float *restrict kernel_rows,
-                              int H, int W, int C) {
+/* One image's sums for the kernel's and the bias's gradients, `part`
+   (10, C): taps 0..8, then the bias; each image's own, which the caller
+   adds up over the images in order. */
+void depthwise_kernel_sums(float *restrict part, const float *restrict dout, const float *restrict x, int H, int W,
+                           int C) {  // dout, x (H, W, C)
     size_t row = (size_t)W * C;
     memset(part, 0, (size_t)10 * C * sizeof(float));
     for (int y = 0; y < H; y++) {
@@ -5417,6 +5416,57 @@ void depthwise_backward_image(MultiplyAddRun *run, float *restrict dx, float *re
         for (int p = 0; p < W; p++)
             for (int c = 0; c < C; c++) part[9 * C + c] += g[(size_t)p * C + c];
     }
+}
+
+typedef void KernelSums(float *restrict part, const float *restrict dout, const float *restrict x, int H, int W, int C);
+
+#if HAVE_X86_KERNELS
+/* The same sums on AVX-512, sixteen channels at a time, the same bits.
+   Above, one tap's sum along a row waits at every pixel for the addition
+   before it. Here the ten sums sit in ten registers for the whole image,
+   and each pixel adds into all of them: ten additions in flight instead of
+   one. Every lane still adds its products in the naive order (row by row,
+   pixel by pixel, the taps that fall outside the image left out). */
+__attribute__((target("avx512f")))
+void depthwise_kernel_sums_avx512(float *restrict part, const float *restrict dout, const float *restrict x, int H,
+                                  int W, int C) {
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        __mmask16 lanes = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
+        __m512 sum[10];
+        for (int t = 0; t < 10; t++) sum[t] = _mm512_setzero_ps();
+        for (int y = 0; y < H; y++)
+            for (int p = 0; p < W; p++) {
+                __m512 g = _mm512_maskz_loadu_ps(lanes, dout + ((size_t)y * W + p) * C + c0);
+                for (int t = 0; t < 9; t++) {
+                    int yy = y + t / 3 - 1, xx = p + t % 3 - 1;
+                    if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                    __m512 product = _mm512_mul_ps(g, _mm512_maskz_loadu_ps(lanes, x + ((size_t)yy * W + xx) * C + c0));
+                    sum[t] = _mm512_add_ps(sum[t], product);
+                }
+                sum[9] = _mm512_add_ps(sum[9], g);
+            }
+        for (int t = 0; t < 10; t++) _mm512_mask_storeu_ps(part + t * C + c0, lanes, sum[t]);
+    }
+}
+#endif
+
+// The sums that go with the loop --kernel chose: AVX-512 has its own.
+KernelSums *depthwise_kernel_sums_for(MultiplyAddRun *run) {
+#if HAVE_X86_KERNELS
+    if (run == multiply_add_run_avx512) return depthwise_kernel_sums_avx512;
+#endif
+    (void)run;
+    return depthwise_kernel_sums;
+}
+
+// One image's backward: its dx (when wanted), and its own sums for the
+// kernel's and the bias's gradients, `part` (10, C); `sum` (W, C) is
+// working memory.
+void depthwise_backward_image(MultiplyAddRun *run, float *restrict dx, float *restrict part, float *restrict sum,
+                              const float *restrict dout, const float *restrict x, const float *restrict kernel_rows,
+                              int H, int W, int C) {
+    size_t row = (size_t)W * C;
+    depthwise_kernel_sums_for(run)(part, dout, x, H, W, C);
     if (!dx) return;
     for (int y = 0; y < H; y++) {  // each input position gathers the taps that read it
         for (size_t e = 0; e < row; e++) sum[e] = 0.0f;
