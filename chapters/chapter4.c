@@ -1941,7 +1941,7 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
             tiles++;
         job.tile_m = (int)round_up((M + tiles - 1) / tiles, MR);
         int tasks = (M + job.tile_m - 1) / job.tile_m;
-        Workers *w = tasks > 1 ? ctx->workers : NULL;  // one tile: too little work to pack B in parallel
+        Workers *w = tasks > 1 ? ctx->workers : NULL;  // one task: B packed alone, not waking the pool every block
         for (job.pc = 0; job.pc < K; job.pc += kc_even) {                          // loop 4
             job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
             parallel_for(w, (job.nc + nr - 1) / nr, pack_b_task, &job);

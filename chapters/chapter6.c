@@ -305,9 +305,9 @@ float rng_uniform(Rng *r) { return rng_unit(rng_next(r)); }
 
 /* n draws of rng_uniform at once: the same numbers in the same order, and
    the same state after. One draw at a time, each 64-bit multiply waits for
-   the one before. But RNG_LANES steps s -> a s + c in a row are one step
-       s -> A s + C,   A = a^LANES,   C = c (a^(LANES-1) + ... + a + 1)   (mod 2^64),
-   so RNG_LANES states a draw apart can each jump RNG_LANES draws at once,
+   the one before. But k steps s -> a s + c in a row are one step
+       s -> A s + C,   A = a^k,   C = c (a^(k-1) + ... + a + 1)   (mod 2^64),
+   so k = RNG_LANES states a draw apart can each jump k draws at once,
    independently, and the processor overlaps them. */
 enum { RNG_LANES = 4 };
 
@@ -2022,7 +2022,7 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
             tiles++;
         job.tile_m = (int)round_up((M + tiles - 1) / tiles, MR);
         int tasks = (M + job.tile_m - 1) / job.tile_m;
-        Workers *w = tasks > 1 ? ctx->workers : NULL;  // one tile: too little work to pack B in parallel
+        Workers *w = tasks > 1 ? ctx->workers : NULL;  // one task: B packed alone, not waking the pool every block
         for (job.pc = 0; job.pc < K; job.pc += kc_even) {                          // loop 4
             job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
             parallel_for(w, (job.nc + nr - 1) / nr, pack_b_task, &job);

@@ -68,9 +68,9 @@ float rng_uniform(Rng *r) { return rng_unit(rng_next(r)); }
 //@ from 5
 /* n draws of rng_uniform at once: the same numbers in the same order, and
    the same state after. One draw at a time, each 64-bit multiply waits for
-   the one before. But RNG_LANES steps s -> a s + c in a row are one step
-       s -> A s + C,   A = a^LANES,   C = c (a^(LANES-1) + ... + a + 1)   (mod 2^64),
-   so RNG_LANES states a draw apart can each jump RNG_LANES draws at once,
+   the one before. But k steps s -> a s + c in a row are one step
+       s -> A s + C,   A = a^k,   C = c (a^(k-1) + ... + a + 1)   (mod 2^64),
+   so k = RNG_LANES states a draw apart can each jump k draws at once,
    independently, and the processor overlaps them. */
 enum { RNG_LANES = 4 };
 
