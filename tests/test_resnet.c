@@ -191,17 +191,22 @@ static void test_depthwise_fast_is_naive(Rng *rng) {
         int same = memcmp(out[0], out[1], n * sizeof(float)) == 0 && memcmp(dx[0], dx[1], n * sizeof(float)) == 0 &&
                    memcmp(dk[0], dk1, sizeof dk1) == 0 && memcmp(db[0], db1, sizeof db1) == 0;
         if (!CHECK(same)) printf("     the %s loops differ from the naive version\n", names[k]);
-        // The kernel's sums alone on edge shapes (H, W, C): one row or column, C of 16 exactly, or not.
+        // The forward pass and the kernel's sums on edge shapes (H, W, C):
+        // one row or column, C of 16 exactly, or not.
         static const int shapes[][3] = {{1, 1, 16}, {1, 2, 7}, {2, 1, 33}, {3, 2, 16}, {4, 3, 5}};
-        int sums_same = 1;
+        int edges_same = 1;
         for (int e = 0; e < 5; e++) {
             int h = shapes[e][0], w = shapes[e][1], c = shapes[e][2];
-            float sums[2][10 * 33];
+            float sums[2][10 * 33], outs[2][4 * 3 * 33], taps[9 * 3 * 33];
             depthwise_kernel_sums(sums[0], dout, x, h, w, c);
             depthwise_kernel_sums_for(run)(sums[1], dout, x, h, w, c);
-            sums_same &= memcmp(sums[0], sums[1], (size_t)10 * c * sizeof(float)) == 0;
+            edges_same &= memcmp(sums[0], sums[1], (size_t)10 * c * sizeof(float)) == 0;
+            depthwise_forward_naive(outs[0], x, dout, x + n - c, 1, h, w, c);  // a kernel and a bias from the inputs
+            depthwise_kernel_rows(taps, dout, w, c);
+            depthwise_forward_image(run, outs[1], x, taps, x + n - c, h, w, c);
+            edges_same &= memcmp(outs[0], outs[1], (size_t)h * w * c * sizeof(float)) == 0;
         }
-        if (!CHECK(sums_same)) printf("     the %s kernel sums differ on an edge shape\n", names[k]);
+        if (!CHECK(edges_same)) printf("     the %s loops differ from the naive version on an edge shape\n", names[k]);
         gemm_context_free(ctx);
     }
     // and a hand-computed value: the corner of image 0, channel 0 (4 taps inside the image)
