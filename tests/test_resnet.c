@@ -205,6 +205,10 @@ static void test_depthwise_fast_is_naive(Rng *rng) {
             depthwise_kernel_rows(taps, dout, w, c);
             depthwise_forward_image(run, outs[1], x, taps, x + n - c, h, w, c);
             edges_same &= memcmp(outs[0], outs[1], (size_t)h * w * c * sizeof(float)) == 0;
+            float dxs[2][4 * 3 * 33] = {{0}}, dks[9 * 33] = {0}, dbs[33] = {0}, scratch[3 * 33];
+            depthwise_backward_naive(dxs[0], dks, dbs, x, dout + 1, dout, 1, h, w, c);  // dout's floats the kernel
+            depthwise_backward_image(run, dxs[1], sums[1], scratch, x, dout + 1, taps, h, w, c);
+            edges_same &= memcmp(dxs[0], dxs[1], (size_t)h * w * c * sizeof(float)) == 0;
         }
         if (!CHECK(edges_same)) printf("     the %s loops differ from the naive version on an edge shape\n", names[k]);
         gemm_context_free(ctx);
