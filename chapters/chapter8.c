@@ -5084,13 +5084,17 @@ void tap_columns(int shift, int W, int *first, int *count) {
 }
 
 #if HAVE_X86_KERNELS
-/* The forward pass on AVX-512, sixteen channels of a pixel at a time: the
-   taps' products added in a register, in the naive order, then the bias,
-   and each output written once. The version below adds each tap into the
-   output row in memory: nine reads and writes of every value. */
+/* The forward pass and the input gradient on AVX-512, sixteen channels of
+   a position at a time: the nine taps' products added in a register, in
+   the naive order, then what the output starts from (the bias, or dx
+   itself when bias is NULL), and each output written once. Row by row,
+   each tap is added into a row in memory: nine reads and writes of every
+   value. `direction` 1 is the forward pass, tap (i, j) reading position
+   (y + i - 1, x + j - 1); -1 the input gradient, reading (y + 1 - i,
+   x + 1 - j). */
 __attribute__((target("avx512f")))
-void depthwise_forward_image_avx512(float *restrict out, const float *restrict x, const float *restrict kernel_rows,
-                                    const float *restrict bias, int H, int W, int C) {  // out, x (H, W, C)
+void depthwise_taps_avx512(float *restrict out, const float *restrict in, const float *restrict kernel_rows,
+                           const float *restrict bias, int direction, int H, int W, int C) {  // out, in (H, W, C)
     size_t row = (size_t)W * C;
     for (int y = 0; y < H; y++)
         for (int p = 0; p < W; p++)
@@ -5098,14 +5102,15 @@ void depthwise_forward_image_avx512(float *restrict out, const float *restrict x
                 __mmask16 lanes = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
                 __m512 sum = _mm512_setzero_ps();
                 for (int t = 0; t < 9; t++) {
-                    int yy = y + t / 3 - 1, xx = p + t % 3 - 1;
+                    int yy = y + direction * (t / 3 - 1), xx = p + direction * (t % 3 - 1);
                     if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-                    __m512 product = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x + yy * row + (size_t)xx * C + c0),
+                    __m512 product = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, in + yy * row + (size_t)xx * C + c0),
                                                    _mm512_maskz_loadu_ps(lanes, kernel_rows + t * row + c0));
                     sum = _mm512_add_ps(sum, product);
                 }
-                __m512 biased = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(lanes, bias + c0));
-                _mm512_mask_storeu_ps(out + y * row + (size_t)p * C + c0, lanes, biased);
+                float *o = out + y * row + (size_t)p * C + c0;
+                __m512 start = _mm512_maskz_loadu_ps(lanes, bias ? bias + c0 : o);
+                _mm512_mask_storeu_ps(o, lanes, _mm512_add_ps(sum, start));
             }
 }
 #endif
@@ -5115,7 +5120,7 @@ void depthwise_forward_image(MultiplyAddRun *run, float *restrict out, const flo
                              int C) {  // out, x (H, W, C)
 #if HAVE_X86_KERNELS
     if (run == multiply_add_run_avx512) {
-        depthwise_forward_image_avx512(out, x, kernel_rows, bias, H, W, C);
+        depthwise_taps_avx512(out, x, kernel_rows, bias, 1, H, W, C);
         return;
     }
 #endif
@@ -5196,32 +5201,6 @@ void depthwise_kernel_sums_avx512(float *restrict part, const float *restrict do
 }
 #endif
 
-#if HAVE_X86_KERNELS
-/* dx += the taps that read each input position, on AVX-512, sixteen
-   channels of a position at a time: the sum in a register, in the naive
-   order, then added into dx once. */
-__attribute__((target("avx512f")))
-void depthwise_input_gradient_avx512(float *restrict dx, const float *restrict dout, const float *restrict kernel_rows,
-                                     int H, int W, int C) {  // dx, dout (H, W, C)
-    size_t row = (size_t)W * C;
-    for (int y = 0; y < H; y++)
-        for (int p = 0; p < W; p++)
-            for (int c0 = 0; c0 < C; c0 += 16) {
-                __mmask16 lanes = C - c0 >= 16 ? 0xffff : (__mmask16)((1u << (C - c0)) - 1);
-                __m512 sum = _mm512_setzero_ps();
-                for (int t = 0; t < 9; t++) {
-                    int yy = y + 1 - t / 3, xx = p + 1 - t % 3;
-                    if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
-                    __m512 product = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, dout + yy * row + (size_t)xx * C + c0),
-                                                   _mm512_maskz_loadu_ps(lanes, kernel_rows + t * row + c0));
-                    sum = _mm512_add_ps(sum, product);
-                }
-                float *d = dx + y * row + (size_t)p * C + c0;
-                _mm512_mask_storeu_ps(d, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, d), sum));
-            }
-}
-#endif
-
 // The sums that go with the loop --kernel chose: AVX-512 has its own.
 KernelSums *depthwise_kernel_sums_for(MultiplyAddRun *run) {
 #if HAVE_X86_KERNELS
@@ -5242,7 +5221,7 @@ void depthwise_backward_image(MultiplyAddRun *run, float *restrict dx, float *re
     if (!dx) return;
 #if HAVE_X86_KERNELS
     if (run == multiply_add_run_avx512) {
-        depthwise_input_gradient_avx512(dx, dout, kernel_rows, H, W, C);
+        depthwise_taps_avx512(dx, dout, kernel_rows, NULL, -1, H, W, C);
         return;
     }
 #endif
