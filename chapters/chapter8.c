@@ -3086,27 +3086,46 @@ void rng_uniform_fill_widest(Rng *r, float *out, size_t n) {
 
 /* Dropout in training: each of the n values of one item is kept with
    probability 1 - rate, from the item's own keyed stream, so the mask does
-   not depend on which thread draws it or on any other item. The mask is
-   saved as the factor each value was multiplied by (0 or 1/(1 - rate)). */
-void dropout_forward_train(float *out,        // (n)
-                           float *mask,       // (n) saved for backward
-                           const float *x,    // (n)
+   not depend on which thread draws it or on any other item. Each value is
+   multiplied by its factor, 0 or 1/(1 - rate).
+
+   The mask is not saved. It is the stream's next n draws, and the backward
+   pass opens the same stream and draws them again: a draw costs a few
+   instructions, far less than writing a float to memory in the forward
+   pass and reading it back in the backward one. (Batch norm's x_hat is
+   computed again for the same reason.) The draws go through a block on the
+   stack, small enough to stay in the fastest cache. */
+enum { DROPOUT_BLOCK = 1024 };
+
+// Item of the stream's next n draws, the factor of value i: 0 where the draw
+// falls below the rate, 1/(1 - rate) elsewhere. The draws come first, into
+// `draws`, then the choices: in one loop the compiler branches on each
+// draw, a coin toss the processor guesses wrong as often as the rate says,
+// for a dozen cycles each; apart, the second loop has no branch.
+float dropout_factor(float draw, float rate, float keep) { return draw < rate ? 0.0f : keep; }
+
+void dropout_forward_train(float *out,      // (n)
+                           const float *x,  // (n)
                            size_t n, float rate, Rng *rng) {
-    float keep = 1.0f / (1.0f - rate);
-    // Two loops: the draws, then the choices. In one loop the compiler
-    // branches on each draw, a coin toss the processor guesses wrong as
-    // often as the rate says, for a dozen cycles each; on its own the
-    // second loop has no branch, and runs on vectors.
-    rng_uniform_fill_widest(rng, mask, n);
-    for (size_t i = 0; i < n; i++) {
-        mask[i] = mask[i] < rate ? 0.0f : keep;
-        out[i] = x[i] * mask[i];
+    float draws[DROPOUT_BLOCK], keep = 1.0f / (1.0f - rate);
+    for (size_t at = 0; at < n; at += DROPOUT_BLOCK) {
+        size_t m = n - at < DROPOUT_BLOCK ? n - at : DROPOUT_BLOCK;
+        rng_uniform_fill_widest(rng, draws, m);
+        for (size_t i = 0; i < m; i++) out[at + i] = x[at + i] * dropout_factor(draws[i], rate, keep);
     }
 }
 
-// The gradient flows where the value did, with the same factor.
-void dropout_backward(float *dx, const float *dout, const float *mask, size_t n) {
-    for (size_t i = 0; i < n; i++) dx[i] += dout[i] * mask[i];
+// The gradient flows where the value did, with the same factor: the same
+// stream, opened again, gives the same draws.
+void dropout_backward(float *dx,          // (n)
+                      const float *dout,  // (n)
+                      size_t n, float rate, Rng *rng) {
+    float draws[DROPOUT_BLOCK], keep = 1.0f / (1.0f - rate);
+    for (size_t at = 0; at < n; at += DROPOUT_BLOCK) {
+        size_t m = n - at < DROPOUT_BLOCK ? n - at : DROPOUT_BLOCK;
+        rng_uniform_fill_widest(rng, draws, m);
+        for (size_t i = 0; i < m; i++) dx[at + i] += dout[at + i] * dropout_factor(draws[i], rate, keep);
+    }
 }
 /* ----------------------------------------------------------------------------
    Optimisers: SGD and Adam, over one flat array of parameters.
@@ -4428,12 +4447,23 @@ void batch_norm_op_backward(Node *n, Graph *g) {
 
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
    stream keyed by (seed, step, this node, i): the same masks at any thread
-   count, in any order, and in a resumed run. Saved: the mask. */
-void dropout_item_forward(const Graph *g, Node *n, int i) {
+   count, in any order, and in a resumed run. Nothing is saved: the
+   backward pass opens the same stream and draws the mask again. */
+Rng dropout_stream(const Graph *g, const Node *n, int i) {
     uint64_t layer = (uint64_t)(n - g->nodes);
-    Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+    return rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+}
+
+void dropout_item_forward(const Graph *g, Node *n, int i) {
+    Rng rng = dropout_stream(g, n, i);
     size_t at = (size_t)i * n->item_size;
-    dropout_forward_train(n->value + at, n->saved + at, n->inputs[0]->value + at, n->item_size, n->rate, &rng);
+    dropout_forward_train(n->value + at, n->inputs[0]->value + at, n->item_size, n->rate, &rng);
+}
+
+void dropout_item_backward(const Graph *g, Node *n, int i) {
+    Rng rng = dropout_stream(g, n, i);
+    size_t at = (size_t)i * n->item_size;
+    dropout_backward(n->inputs[0]->grad + at, n->grad + at, n->item_size, n->rate, &rng);
 }
 
 void dropout_op_forward(Node *n, Graph *g) {
@@ -4446,8 +4476,7 @@ void dropout_op_forward(Node *n, Graph *g) {
 }
 
 void dropout_op_backward(Node *n, Graph *g) {
-    (void)g;
-    dropout_backward(n->inputs[0]->grad, n->grad, n->saved, n->size);
+    if (n->inputs[0]->grad) for_each_item(g, n, dropout_item_backward);
 }
 
 // The op table: the one place an op is registered.
@@ -4566,7 +4595,6 @@ Node *dropout(Graph *g, Node *x, float rate) {
     require(x->batched && rate >= 0 && rate < 1, "dropout needs a batched x and a rate in [0, 1)");
     Node *n = graph_op(g, &OPS[OP_DROPOUT], (Node *[]){x}, 1, 1, x->shape + 1, x->rank - 1);
     n->rate = rate;
-    n->saved_per_item = x->item_size;  // the mask
     return n;
 }
 

@@ -754,12 +754,23 @@ void batch_norm_op_backward(Node *n, Graph *g) {
 
 /* dropout: x -> the shape of x. Item i of the batch draws its mask from the
    stream keyed by (seed, step, this node, i): the same masks at any thread
-   count, in any order, and in a resumed run. Saved: the mask. */
-void dropout_item_forward(const Graph *g, Node *n, int i) {
+   count, in any order, and in a resumed run. Nothing is saved: the
+   backward pass opens the same stream and draws the mask again. */
+Rng dropout_stream(const Graph *g, const Node *n, int i) {
     uint64_t layer = (uint64_t)(n - g->nodes);
-    Rng rng = rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+    return rng_keyed(g->seed, STREAM_DROPOUT, (uint64_t)g->step, layer << 32 | (uint64_t)i);
+}
+
+void dropout_item_forward(const Graph *g, Node *n, int i) {
+    Rng rng = dropout_stream(g, n, i);
     size_t at = (size_t)i * n->item_size;
-    dropout_forward_train(n->value + at, n->saved + at, n->inputs[0]->value + at, n->item_size, n->rate, &rng);
+    dropout_forward_train(n->value + at, n->inputs[0]->value + at, n->item_size, n->rate, &rng);
+}
+
+void dropout_item_backward(const Graph *g, Node *n, int i) {
+    Rng rng = dropout_stream(g, n, i);
+    size_t at = (size_t)i * n->item_size;
+    dropout_backward(n->inputs[0]->grad + at, n->grad + at, n->item_size, n->rate, &rng);
 }
 
 void dropout_op_forward(Node *n, Graph *g) {
@@ -772,8 +783,7 @@ void dropout_op_forward(Node *n, Graph *g) {
 }
 
 void dropout_op_backward(Node *n, Graph *g) {
-    (void)g;
-    dropout_backward(n->inputs[0]->grad, n->grad, n->saved, n->size);
+    if (n->inputs[0]->grad) for_each_item(g, n, dropout_item_backward);
 }
 //@ end
 
@@ -904,7 +914,6 @@ Node *dropout(Graph *g, Node *x, float rate) {
     require(x->batched && rate >= 0 && rate < 1, "dropout needs a batched x and a rate in [0, 1)");
     Node *n = graph_op(g, &OPS[OP_DROPOUT], (Node *[]){x}, 1, 1, x->shape + 1, x->rank - 1);
     n->rate = rate;
-    n->saved_per_item = x->item_size;  // the mask
     return n;
 }
 //@ end

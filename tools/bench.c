@@ -535,7 +535,7 @@ double node_flops(const Node *n, int pass, int batch) {
        bias_add    X + N                      dout, din r/w: 3N (dbias is small)
        max_pool    X + N                      dout N, x X, din r/w 2X
        batch_norm  X + N                      dout, x, din r/w: 4N (x_hat is computed again)
-       dropout     X, y N, mask N: 3N         dout, mask, din r/w: 4N
+       dropout     X + N (no mask saved)      dout, din r/w: 3N
    Its GB/s is these bytes over its time; against the triad's bandwidth,
    how close it comes to moving them at the speed of memory. At the
    deeper CNN's shapes (6.4 MB for a 28x28x32 map at batch 64) a tensor
@@ -549,7 +549,7 @@ double node_bytes(const Node *n, int pass, int batch) {
     if (strcmp(op, "bias_add") == 0) return 4 * (pass ? (1 + din) * N : X + N);
     if (strcmp(op, "max_pool") == 0) return 4 * (pass ? N + (1 + din) * X : X + N);
     if (strcmp(op, "batch_norm") == 0) return 4 * (pass ? (2 + din) * N : X + N);
-    if (strcmp(op, "dropout") == 0) return 4 * (pass ? (2 + din) * N : X + 2 * N);
+    if (strcmp(op, "dropout") == 0) return 4 * (pass ? (1 + din) * N : X + N);
     return 0;
 }
 

@@ -469,13 +469,19 @@ static int batch_norm_figure(const FigureOptions *fo, const FashionMnist *data, 
 
 enum { MASK_IMAGES = 6, MASK_CELL = 4 };
 
-static const float *dropout_masks(GraphClassifier *net, const Batch *batch) {
+// The masks of a training step. Dropout saves none (book.md 5.6): they are
+// drawn again from the streams the step's forward pass drew them from.
+static void dropout_masks(GraphClassifier *net, const Batch *batch, float *masks /* (MASK_IMAGES, DENSE_UNITS) */) {
     float probs[MASK_IMAGES * NUM_CLASSES];
     memset(net->graph->grads, 0, net->graph->param_count * sizeof(float));
     graph_compute_gradients(net, batch, probs);
     const Node *dropout = find_node(net->graph, OP_DROPOUT, NULL, DENSE_UNITS);
     require(dropout != NULL, "the deeper CNN has a dropout after its dense layer of %d units", DENSE_UNITS);
-    return dropout->saved;
+    float keep = 1.0f / (1.0f - dropout->rate);
+    for (int i = 0; i < MASK_IMAGES; i++) {
+        Rng rng = dropout_stream(net->graph, dropout, i);
+        for (int u = 0; u < DENSE_UNITS; u++) masks[i * DENSE_UNITS + u] = dropout_factor(rng_uniform(&rng), dropout->rate, keep);
+    }
 }
 
 static int dropout_figure(const FigureOptions *fo, const FashionMnist *data, GemmContext *gemm, Error *err) {
@@ -486,7 +492,7 @@ static int dropout_figure(const FigureOptions *fo, const FashionMnist *data, Gem
         net.graph->kernel = KERNEL_BLOCKED, net.graph->gemm = gemm;
         Batch batch = batch_of(&data->train, 0, MASK_IMAGES);
         batch.step = k == 1;
-        memcpy(masks[k], dropout_masks(&net, &batch), sizeof masks[k]);
+        dropout_masks(&net, &batch, masks[k]);
         net.graph->gemm = NULL;
         graph_free(net.graph);
     }
