@@ -1116,24 +1116,28 @@ void conv2d_backward_im2col(float *dinp, float *dweight, float *dbias, const flo
 
 /* Max pooling, 2x2 windows with stride 2: each output is the largest of
    four inputs. An odd size is floored, as Keras and PyTorch do: 11 -> 5,
-   and the last row and column are never looked at. */
+   and the last row and column are never looked at. A window's four inputs
+   are read as four rows of C channels, each channel decided by
+   compare-and-select, so the compiler does several channels per
+   instruction (SSE2, NEON); ties keep the first maximum (strict >). */
 enum { POOL = 2 };
 
-void max_pool_forward(float *out,          // (B, H/2, W/2, C)
-                      const float *inp,    // (B, H, W, C)
+void max_pool_forward(float *restrict out,        // (B, H/2, W/2, C)
+                      const float *restrict inp,  // (B, H, W, C)
                       int B, int H, int W, int C) {
     int OH = H / POOL, OW = W / POOL;
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++)
             for (int ow = 0; ow < OW; ow++) {
-                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
-                const float *x = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
-                for (int c = 0; c < C; c++) o[c] = x[c];
-                for (int dh = 0; dh < POOL; dh++)
-                    for (int dw = 0; dw < POOL; dw++) {
-                        const float *y = x + ((size_t)dh * W + dw) * C;
-                        for (int c = 0; c < C; c++) o[c] = y[c] > o[c] ? y[c] : o[c];
-                    }
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
+                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
+                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
+                for (int c = 0; c < C; c++) {
+                    float m = x00[c];
+                    m = x01[c] > m ? x01[c] : m;
+                    m = x10[c] > m ? x10[c] : m;
+                    o[c] = x11[c] > m ? x11[c] : m;
+                }
             }
 }
 
@@ -1161,31 +1165,10 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, the same bits: a window's four
-   inputs read as four rows of C channels, each channel decided by
-   compare-and-select in the reference's order (ties to the first maximum),
-   so the compiler does several channels per instruction (SSE2, NEON). gcc
-   vectorises neither `d = t ? d + g : d` nor && on comparisons without
-   -fno-trapping-math, which the chapters do not use: hence these loops. */
-void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
-                           const float *restrict inp,  // (B, H, W, C)
-                           int B, int H, int W, int C) {
-    int OH = H / POOL, OW = W / POOL;
-    for (int b = 0; b < B; b++)
-        for (int oh = 0; oh < OH; oh++)
-            for (int ow = 0; ow < OW; ow++) {
-                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
-                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
-                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
-                for (int c = 0; c < C; c++) {
-                    float m = x00[c];
-                    m = x01[c] > m ? x01[c] : m;
-                    m = x10[c] > m ? x10[c] : m;
-                    o[c] = x11[c] > m ? x11[c] : m;
-                }
-            }
-}
-
+/* The same gradient for the fast path, the same bits, in the forward
+   pass's compare-and-select form. gcc vectorises neither `d = t ? d + g : d`
+   nor && on comparisons without -fno-trapping-math, which the chapters do
+   not use: hence this loop. */
 void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                             const float *restrict dout,  // (B, H/2, W/2, C)
                             const float *restrict inp,   // (B, H, W, C)
@@ -1367,19 +1350,14 @@ void run_tasks(Workers *w, int worker) {
     for (int i; (i = atomic_fetch_add(&w->next_task, 1)) < w->tasks;) w->task(w->context, i, worker);
 }
 
-// Whether *counter moves off `value` within SPIN_CHECKS looks.
-int spin_while_equal(const atomic_ulong *counter, unsigned long value) {
-    for (int i = 0; i < SPIN_CHECKS; i++)
-        if (atomic_load(counter) != value) return 1;
-    return 0;
-}
-
 void *worker_main(void *argument) {
     WorkerSeat *seat = argument;
     Workers *w = seat->workers;
     unsigned long seen = 0;
     for (;;) {
-        if (!spin_while_equal(&w->round, seen)) {
+        int spins = 0;
+        while (atomic_load(&w->round) == seen && spins < SPIN_CHECKS) spins++;
+        if (spins == SPIN_CHECKS) {
             pthread_mutex_lock(&w->lock);
             while (atomic_load(&w->round) == seen && !atomic_load(&w->quitting)) pthread_cond_wait(&w->wake, &w->lock);
             pthread_mutex_unlock(&w->lock);
@@ -1536,14 +1514,8 @@ Operand transpose(const Operand *op) {
    in memory order: by rows (rs_a = kc, cs_a = 1) or by columns (rs_a = 1,
    cs_a = MR). The panel is always packed k by k, NR floats each. */
 
-typedef void MicroKernel(int kc,
-                         const float *a,      // (MR, kc) packed strip, element (i, k) at a[i*rs_a + k*cs_a]
-                         long rs_a, long cs_a,
-                         const float *b,      // (kc, NR) packed panel
-                         float *c,            // (MR, NR) tile of C, rows ldc floats apart
-                         long ldc,
-                         const float *start,  // (MR, NR) where the sums start, rows ld_start apart
-                         long ld_start);
+typedef void MicroKernel(int kc, const float *a, long rs_a, long cs_a, const float *b,  // a (MR, kc), b (kc, NR)
+                         float *c, long ldc, const float *start, long ld_start);        // c, start (MR, NR)
 // start may be c itself: every kernel loads all of it before it stores
 // anything (so no restrict on c and start).
 
@@ -2036,23 +2008,20 @@ void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, flo
     gemm_run(ctx, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
-// C = `bias` on every row + A @ B: a layer's bias and its product, in one
-// pass over C. The same bits as filling C with the bias, then accumulating.
+// C = `bias` (N) on every row + A @ B: a layer's bias and its product, in one pass
+// over C. The same bits as filling C with the bias, then accumulating.
 void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
-                    const float *bias) {  // (N)
+                    const float *bias) {
     require(bias != NULL, "gemm_with_bias: no bias");
     gemm_run(ctx, M, N, K, A, B, C, ldc, 0, bias);
 }
 /* ----------------------------------------------------------------------------
    Convolutions and dense layers on the blocked GEMM.
 
-   What this is: the same passes as the naive and im2col versions above (and
-   chapter 2's dense layer), which the tests hold these to, each now one or
-   two calls of gemm(): the engine's ops call these when the graph's kernel
-   is KERNEL_BLOCKED.
-   What it is not: new arithmetic. The sums are the definition's; only
-   their order (and one rounding per multiply-add) differ, which is why
-   these agree with the references to rounding, not to the bit. */
+   The passes of the naive and im2col versions above (and chapter 2's dense
+   layer), each one or two calls of gemm(), for KERNEL_BLOCKED. The sums are
+   the definition's; only their order (and one rounding per multiply-add)
+   differ, so these agree with the references to rounding, not to the bit. */
 
 // The scratch, in floats, conv2d_backward_blocked needs: the flipped kernel.
 size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * (size_t)s->out_channels; }
@@ -2637,11 +2606,12 @@ typedef struct {
 } AdamJob;
 
 #if HAVE_X86_KERNELS
-/* adam_update eight (AVX) or sixteen (AVX-512) parameters at a time: the
-   same operations in the same order (no fused multiply-add: the scalar loop
-   has none either), each rounded as IEEE arithmetic rounds it, so the same
-   bits. The compiler does not widen the scalar loop itself, as sqrtf may
-   set errno. The last count % 8 (or % 16) go through the scalar loop. */
+/* adam_update eight parameters at a time (AVX): the same operations in the
+   same order (no fused multiply-add: the scalar loop has none either), each
+   rounded as IEEE arithmetic rounds it, so the same bits. The compiler does
+   not widen the scalar loop itself, as sqrtf may set errno. The last
+   count % 8 go through the scalar loop. (An AVX-512 twin, sixteen at a
+   time, saved about 1% of the ANN's step: not worth a second copy.) */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted
@@ -2666,42 +2636,17 @@ void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *gra
     tail.m += i, tail.v += i;
     adam_update(&tail, params + i, grads + i, count - i);
 }
-
-__attribute__((target("avx512f")))
-void adam_update_avx512(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
-    Optimizer tail = *o;
-    o->step++;
-    float correction1 = 1.0f - powf(o->beta1, (float)o->step);
-    float correction2 = 1.0f - powf(o->beta2, (float)o->step);
-    const __m512 beta1 = _mm512_set1_ps(o->beta1), beta2 = _mm512_set1_ps(o->beta2);
-    const __m512 rest1 = _mm512_set1_ps(1.0f - o->beta1), rest2 = _mm512_set1_ps(1.0f - o->beta2);
-    const __m512 c1 = _mm512_set1_ps(correction1), c2 = _mm512_set1_ps(correction2);
-    const __m512 rate = _mm512_set1_ps(o->learning_rate), epsilon = _mm512_set1_ps(o->epsilon);
-    size_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        __m512 g = _mm512_loadu_ps(grads + i);
-        __m512 m = _mm512_add_ps(_mm512_mul_ps(beta1, _mm512_loadu_ps(o->m + i)), _mm512_mul_ps(rest1, g));
-        __m512 v = _mm512_add_ps(_mm512_mul_ps(beta2, _mm512_loadu_ps(o->v + i)), _mm512_mul_ps(_mm512_mul_ps(rest2, g), g));
-        _mm512_storeu_ps(o->m + i, m);
-        _mm512_storeu_ps(o->v + i, v);
-        __m512 m_hat = _mm512_div_ps(m, c1), v_hat = _mm512_div_ps(v, c2);
-        __m512 step = _mm512_div_ps(_mm512_mul_ps(rate, m_hat), _mm512_add_ps(_mm512_sqrt_ps(v_hat), epsilon));
-        _mm512_storeu_ps(params + i, _mm512_sub_ps(_mm512_loadu_ps(params + i), step));
-    }
-    tail.m += i, tail.v += i;
-    adam_update(&tail, params + i, grads + i, count - i);
-}
 #endif
 
-// The widest loop this CPU has: all give the same bits.
+// The vector loop where this CPU has AVX: the same bits either way.
 void adam_update_widest(Optimizer *o, float *params, const float *grads, size_t count) {
 #if HAVE_X86_KERNELS
-    if (cpu_has_avx512f()) adam_update_avx512(o, params, grads, count);
-    else if (__builtin_cpu_supports("avx")) adam_update_avx(o, params, grads, count);
-    else adam_update(o, params, grads, count);
-#else
-    adam_update(o, params, grads, count);
+    if (__builtin_cpu_supports("avx")) {
+        adam_update_avx(o, params, grads, count);
+        return;
+    }
 #endif
+    adam_update(o, params, grads, count);
 }
 
 void adam_part(void *context, int part, int worker) {
@@ -3791,13 +3736,11 @@ void conv2d_op_backward(Node *n, Graph *g) {
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C), one image a task; the
-// blocked path takes the vectorised passes, the references the plain ones.
+// blocked path takes the vectorised backward pass, the references the plain one.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
     const Node *x = n->inputs[0];
-    float *out = n->value + i * n->item_size;
-    const float *inp = x->value + i * x->item_size;
-    if (g->kernel == KERNEL_BLOCKED) max_pool_forward_fast(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
-    else max_pool_forward(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    (void)g;
+    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_item_backward(const Graph *g, Node *n, int i) {
@@ -4062,10 +4005,9 @@ Model graph_model(GraphClassifier *c, const char *name) {
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
 
-   What this is: the protocol's basic CNN, built from the ops above; a table
-   of each layer's output, parameters and multiply-adds per image; and
-   build_model, which builds any model by the name --model takes.
-   What it is not: a model zoo. The shapes are the protocol's. */
+   The protocol's basic CNN, built from the ops above; a table of each
+   layer's output, parameters and multiply-adds per image; and build_model,
+   which builds any model by the name --model takes. */
 
 // A convolution block's parameters, Glorot kernel and zero bias.
 Node *conv_layer(Graph *g, Node *x, int out_channels, int pad, const char *kernel_label,

@@ -381,6 +381,12 @@ void graph_set_batch(Graph *g, int batch) {
 // The graph's threads: the blocked GEMM's, or none for the references.
 Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NULL; }
 
+//@ end
+//@ from 4 to 4
+// Zeroes n floats (chapter 5's larger maps share the work out among the threads).
+void clear_floats(Workers *workers, float *x /* (n) */, size_t n) { (void)workers; memset(x, 0, n * sizeof(float)); }
+//@ end
+//@ from 5
 // Zeroes n floats, the large arrays in CLEAR_PARTS fixed parts on the threads:
 // one core alone does not reach the memory's full speed.
 enum { CLEAR_PARTS = 8, CLEAR_PARALLEL_FROM = 1 << 16 };
@@ -703,13 +709,11 @@ void conv2d_op_backward(Node *n, Graph *g) {
 }
 
 // max_pool: x (B, H, W, C) -> (B, H/2, W/2, C), one image a task; the
-// blocked path takes the vectorised passes, the references the plain ones.
+// blocked path takes the vectorised backward pass, the references the plain one.
 void max_pool_item_forward(const Graph *g, Node *n, int i) {
     const Node *x = n->inputs[0];
-    float *out = n->value + i * n->item_size;
-    const float *inp = x->value + i * x->item_size;
-    if (g->kernel == KERNEL_BLOCKED) max_pool_forward_fast(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
-    else max_pool_forward(out, inp, 1, x->shape[1], x->shape[2], x->shape[3]);
+    (void)g;
+    max_pool_forward(n->value + i * n->item_size, x->value + i * x->item_size, 1, x->shape[1], x->shape[2], x->shape[3]);
 }
 
 void max_pool_item_backward(const Graph *g, Node *n, int i) {

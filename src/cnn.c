@@ -73,10 +73,9 @@ Node *mean_squared_error(Graph *g, Node *pred, Node *targets) {
 /* ----------------------------------------------------------------------------
    The models of chapter 4 on the engine, and their summary table.
 
-   What this is: the protocol's basic CNN, built from the ops above; a table
-   of each layer's output, parameters and multiply-adds per image; and
-   build_model, which builds any model by the name --model takes.
-   What it is not: a model zoo. The shapes are the protocol's. */
+   The protocol's basic CNN, built from the ops above; a table of each
+   layer's output, parameters and multiply-adds per image; and build_model,
+   which builds any model by the name --model takes. */
 
 // A convolution block's parameters, Glorot kernel and zero bias.
 Node *conv_layer(Graph *g, Node *x, int out_channels, int pad, const char *kernel_label,

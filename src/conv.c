@@ -187,24 +187,28 @@ void conv2d_backward_im2col(float *dinp, float *dweight, float *dbias, const flo
 
 /* Max pooling, 2x2 windows with stride 2: each output is the largest of
    four inputs. An odd size is floored, as Keras and PyTorch do: 11 -> 5,
-   and the last row and column are never looked at. */
+   and the last row and column are never looked at. A window's four inputs
+   are read as four rows of C channels, each channel decided by
+   compare-and-select, so the compiler does several channels per
+   instruction (SSE2, NEON); ties keep the first maximum (strict >). */
 enum { POOL = 2 };
 
-void max_pool_forward(float *out,          // (B, H/2, W/2, C)
-                      const float *inp,    // (B, H, W, C)
+void max_pool_forward(float *restrict out,        // (B, H/2, W/2, C)
+                      const float *restrict inp,  // (B, H, W, C)
                       int B, int H, int W, int C) {
     int OH = H / POOL, OW = W / POOL;
     for (int b = 0; b < B; b++)
         for (int oh = 0; oh < OH; oh++)
             for (int ow = 0; ow < OW; ow++) {
-                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;
-                const float *x = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;
-                for (int c = 0; c < C; c++) o[c] = x[c];
-                for (int dh = 0; dh < POOL; dh++)
-                    for (int dw = 0; dw < POOL; dw++) {
-                        const float *y = x + ((size_t)dh * W + dw) * C;
-                        for (int c = 0; c < C; c++) o[c] = y[c] > o[c] ? y[c] : o[c];
-                    }
+                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
+                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
+                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
+                for (int c = 0; c < C; c++) {
+                    float m = x00[c];
+                    m = x01[c] > m ? x01[c] : m;
+                    m = x10[c] > m ? x10[c] : m;
+                    o[c] = x11[c] > m ? x11[c] : m;
+                }
             }
 }
 
@@ -232,31 +236,10 @@ void max_pool_backward(float *dinp,         // (B, H, W, C)
                 }
 }
 
-/* The same two passes for the fast path, the same bits: a window's four
-   inputs read as four rows of C channels, each channel decided by
-   compare-and-select in the reference's order (ties to the first maximum),
-   so the compiler does several channels per instruction (SSE2, NEON). gcc
-   vectorises neither `d = t ? d + g : d` nor && on comparisons without
-   -fno-trapping-math, which the chapters do not use: hence these loops. */
-void max_pool_forward_fast(float *restrict out,        // (B, H/2, W/2, C)
-                           const float *restrict inp,  // (B, H, W, C)
-                           int B, int H, int W, int C) {
-    int OH = H / POOL, OW = W / POOL;
-    for (int b = 0; b < B; b++)
-        for (int oh = 0; oh < OH; oh++)
-            for (int ow = 0; ow < OW; ow++) {
-                float *o = out + (((size_t)b * OH + oh) * OW + ow) * C;                       // (C)
-                const float *x00 = inp + (((size_t)b * H + POOL * oh) * W + POOL * ow) * C;   // (C) each
-                const float *x01 = x00 + C, *x10 = x00 + (size_t)W * C, *x11 = x10 + C;
-                for (int c = 0; c < C; c++) {
-                    float m = x00[c];
-                    m = x01[c] > m ? x01[c] : m;
-                    m = x10[c] > m ? x10[c] : m;
-                    o[c] = x11[c] > m ? x11[c] : m;
-                }
-            }
-}
-
+/* The same gradient for the fast path, the same bits, in the forward
+   pass's compare-and-select form. gcc vectorises neither `d = t ? d + g : d`
+   nor && on comparisons without -fno-trapping-math, which the chapters do
+   not use: hence this loop. */
 void max_pool_backward_fast(float *restrict dinp,        // (B, H, W, C)
                             const float *restrict dout,  // (B, H/2, W/2, C)
                             const float *restrict inp,   // (B, H, W, C)

@@ -2,13 +2,10 @@
 /* ----------------------------------------------------------------------------
    Convolutions and dense layers on the blocked GEMM.
 
-   What this is: the same passes as the naive and im2col versions above (and
-   chapter 2's dense layer), which the tests hold these to, each now one or
-   two calls of gemm(): the engine's ops call these when the graph's kernel
-   is KERNEL_BLOCKED.
-   What it is not: new arithmetic. The sums are the definition's; only
-   their order (and one rounding per multiply-add) differ, which is why
-   these agree with the references to rounding, not to the bit. */
+   The passes of the naive and im2col versions above (and chapter 2's dense
+   layer), each one or two calls of gemm(), for KERNEL_BLOCKED. The sums are
+   the definition's; only their order (and one rounding per multiply-add)
+   differ, so these agree with the references to rounding, not to the bit. */
 
 // The scratch, in floats, conv2d_backward_blocked needs: the flipped kernel.
 size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * (size_t)s->out_channels; }

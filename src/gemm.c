@@ -65,14 +65,8 @@ Operand transpose(const Operand *op) {
    in memory order: by rows (rs_a = kc, cs_a = 1) or by columns (rs_a = 1,
    cs_a = MR). The panel is always packed k by k, NR floats each. */
 
-typedef void MicroKernel(int kc,
-                         const float *a,      // (MR, kc) packed strip, element (i, k) at a[i*rs_a + k*cs_a]
-                         long rs_a, long cs_a,
-                         const float *b,      // (kc, NR) packed panel
-                         float *c,            // (MR, NR) tile of C, rows ldc floats apart
-                         long ldc,
-                         const float *start,  // (MR, NR) where the sums start, rows ld_start apart
-                         long ld_start);
+typedef void MicroKernel(int kc, const float *a, long rs_a, long cs_a, const float *b,  // a (MR, kc), b (kc, NR)
+                         float *c, long ldc, const float *start, long ld_start);        // c, start (MR, NR)
 // start may be c itself: every kernel loads all of it before it stores
 // anything (so no restrict on c and start).
 
@@ -590,10 +584,10 @@ void gemm(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, flo
     gemm_run(ctx, M, N, K, A, B, C, ldc, accumulate, NULL);
 }
 
-// C = `bias` on every row + A @ B: a layer's bias and its product, in one
-// pass over C. The same bits as filling C with the bias, then accumulating.
+// C = `bias` (N) on every row + A @ B: a layer's bias and its product, in one pass
+// over C. The same bits as filling C with the bias, then accumulating.
 void gemm_with_bias(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B, float *C, long ldc,
-                    const float *bias) {  // (N)
+                    const float *bias) {
     require(bias != NULL, "gemm_with_bias: no bias");
     gemm_run(ctx, M, N, K, A, B, C, ldc, 0, bias);
 }

@@ -53,18 +53,15 @@
 //@ from 4 to 4
 /* chapter4.c - convolutions: the basic CNN, correct and then fast.
 
-   What it adds: convolution and max pooling as ops of the engine, with
-   their backward passes, in three versions that the tests hold against
-   each other: naive (the definition), im2col (chapter 2's matrix multiply)
-   and blocked (one cache-blocked GEMM with packing, implicit im2col and a
-   register-tiled micro-kernel: portable C, AVX2 or AVX-512, chosen at run
-   time, on a small thread pool, giving the same bits on every kernel and
-   thread count); reshape and flatten without a copy; the basic CNN of the
-   protocol with a layer-by-layer summary; --model, --kernel and --threads.
-   (How fast each layer runs, against the machine's peak, is measured by
-   tools/bench.c, outside the chapters: `make bench`.)
-   What it drops: chapter 2's hand-written ANN and chapter 3's comparison
-   with it; the engine builds every model now.
+   What it adds: convolution and max pooling as ops of the engine, in three
+   versions that the tests hold against each other: naive (the definition),
+   im2col (chapter 2's matrix multiply) and blocked (one cache-blocked GEMM
+   with packing, implicit im2col and a portable, AVX2 or AVX-512
+   micro-kernel chosen at run time, on a thread pool: the same bits on
+   every kernel and thread count); reshape and flatten without a copy; the
+   protocol's basic CNN with a layer-by-layer summary; --model, --kernel and
+   --threads. What it drops: chapter 2's hand-written ANN and chapter 3's
+   comparison with it. (Speeds are measured outside: `make bench`.)
    What it is not: a BLAS, or the full protocol (early stopping and
    checkpoints come in chapter 6).
 

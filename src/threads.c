@@ -80,19 +80,14 @@ void run_tasks(Workers *w, int worker) {
     for (int i; (i = atomic_fetch_add(&w->next_task, 1)) < w->tasks;) w->task(w->context, i, worker);
 }
 
-// Whether *counter moves off `value` within SPIN_CHECKS looks.
-int spin_while_equal(const atomic_ulong *counter, unsigned long value) {
-    for (int i = 0; i < SPIN_CHECKS; i++)
-        if (atomic_load(counter) != value) return 1;
-    return 0;
-}
-
 void *worker_main(void *argument) {
     WorkerSeat *seat = argument;
     Workers *w = seat->workers;
     unsigned long seen = 0;
     for (;;) {
-        if (!spin_while_equal(&w->round, seen)) {
+        int spins = 0;
+        while (atomic_load(&w->round) == seen && spins < SPIN_CHECKS) spins++;
+        if (spins == SPIN_CHECKS) {
             pthread_mutex_lock(&w->lock);
             while (atomic_load(&w->round) == seen && !atomic_load(&w->quitting)) pthread_cond_wait(&w->wake, &w->lock);
             pthread_mutex_unlock(&w->lock);

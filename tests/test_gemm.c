@@ -484,7 +484,7 @@ static void test_packing(void) {
     free(packed), free(m);
 }
 
-/* Adam's vector versions (AVX, AVX-512, and the threaded parts) against
+/* Adam's vector versions (AVX, and the threaded parts) against
    the scalar loop, bit for bit: the same operations in the same order, on
    counts that leave every kind of tail, for several steps. */
 typedef void AdamVersion(Optimizer *, float *, const float *, size_t);
@@ -495,7 +495,6 @@ static void test_adam_versions(void) {
 #if HAVE_X86_KERNELS
     struct { const char *name; AdamVersion *update; int present; } versions[] = {
         {"avx", adam_update_avx, __builtin_cpu_supports("avx")},
-        {"avx512", adam_update_avx512, cpu_has_avx512f()},
         {"widest", adam_update_widest, 1},
         {"optimizer_update", NULL, 1},
     };
