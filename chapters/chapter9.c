@@ -2747,6 +2747,7 @@ void pair_along_avx512(uint32_t *pairs, const float *row, int kc) {
         __m512i r = round_avx512(_mm512_loadu_si512(row + k));
         _mm256_storeu_si256((__m256i *)pairs, _mm512_cvtepi64_epi32(_mm512_or_si512(r, _mm512_srli_epi64(r, 16))));
     }
+    _mm256_zeroupper();  // as rng_uniform_fill_avx512 does before its last call (batchnorm.c)
     pair_along_portable(pairs, row + k, kc - k);
 }
 
@@ -3356,6 +3357,11 @@ void rng_uniform_fill_avx512(Rng *r, float *out /* (n) */, size_t n) {
         }
         _mm512_storeu_si512(s, lo);
         r->state = s[0];
+        // Clean upper halves for the SSE code that runs next (the chapters'
+        // default): with dirty ones, every SSE instruction that writes a
+        // register waits on the register's old value. gcc omits this before
+        // the call below, which it compiles as a jump.
+        _mm256_zeroupper();
     }
     rng_uniform_fill(r, out + i, n - i);
 }

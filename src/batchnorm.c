@@ -287,6 +287,11 @@ void rng_uniform_fill_avx512(Rng *r, float *out /* (n) */, size_t n) {
         }
         _mm512_storeu_si512(s, lo);
         r->state = s[0];
+        // Clean upper halves for the SSE code that runs next (the chapters'
+        // default): with dirty ones, every SSE instruction that writes a
+        // register waits on the register's old value. gcc omits this before
+        // the call below, which it compiles as a jump.
+        _mm256_zeroupper();
     }
     rng_uniform_fill(r, out + i, n - i);
 }
