@@ -1492,11 +1492,6 @@ Operand patches_operand(const float *image, const ConvShape *g, int transposed) 
     return (Operand){image, 0, 0, g, transposed};
 }
 
-// The same operand read the other way round: element (r, c) is op's (c, r).
-Operand transpose(const Operand *op) {
-    return (Operand){op->data, op->col_stride, op->row_stride, op->patches, op->patches ? !op->transposed : 0};
-}
-
 /* ----------------------------------------------------------------------------
    Micro-kernels: one (MR, NR) tile of C from a packed strip of A and a
    packed panel of B. The contract, the same for every kernel:
@@ -1782,7 +1777,7 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
         return;
     }
     if (!pack_a_by_rows(A)) {  // by columns: A's strips are the panels, MR wide, of its transpose
-        Operand At = transpose(A);
+        Operand At = {A->data, A->col_stride, A->row_stride, NULL, 0};  // a matrix: its strides swapped
         pack_b(packed, &At, k0, kc, row0, rows, MR);
         return;
     }
@@ -1811,10 +1806,11 @@ void pack_a(float *packed,  // (ceil(rows / MR), MR * kc)
    same cache. `make bench` sweeps others (Blocking); the bits never change.
 
    Tasks: within one block of B, the M rows of C are cut into tiles of at
-   most MC rows, a multiple of MR, and finer while there are fewer than
-   TASKS_WANTED and each keeps at least MIN_TASK_FLOPS (waking a thread
-   and waiting for it costs about a microsecond). One tile is one task;
-   the tiling depends on the shape alone, never on the thread count. */
+   most MC rows, a multiple of MR; when M is one such tile (a batch of 64
+   rows), its columns into tiles of whole panels instead, each packing its
+   own, so that no core reads panels from another's cache. Finer while
+   there are fewer than TASKS_WANTED and each keeps MIN_TASK_FLOPS (waking
+   a thread costs about a microsecond); from the shape, never the threads. */
 enum { KC = 256, MC = 240, NC = 256, TASKS_WANTED = 4 };
 #define MIN_TASK_FLOPS 1e6
 
@@ -1899,7 +1895,8 @@ typedef struct {
     const float *bias;               // (N) or NULL
     int accumulate;
     int jc, nc, pc, kc;              // the block of B in use: columns [jc, jc+nc), k in [pc, pc+kc)
-    int tile_m;                      // task t is rows [t * tile_m, (t + 1) * tile_m) of C
+    int tile_m;                      // task t is rows [t * tile_m, (t + 1) * tile_m) of C,
+    int tile_n;                      // or, when tile_n > 0, all rows and columns [t * tile_n, (t + 1) * tile_n)
 } GemmJob;
 
 // Loop 4's packing, one panel of B a task.
@@ -1911,12 +1908,15 @@ void pack_b_task(void *context, int panel, int worker) {
     pack_b(job->ctx->packed_b + (size_t)panel * job->kc * nr, job->B, job->pc, job->kc, job->jc + col, cols, nr);
 }
 
-// Loops 3, 2 and 1: one tile of C for the block of B in use.
+// Loops 3, 2 and 1: one tile of C for the block of B in use. A tile of
+// columns packs its panels of B itself: no other task reads them.
 void gemm_tile(void *context, int task, int worker) {
     const GemmJob *job = context;
     const GemmKernel *kernel = job->ctx->kernel;
-    int nr = kernel->nr, kc = job->kc;
-    int ic = task * job->tile_m, rows = job->M - ic < job->tile_m ? job->M - ic : job->tile_m, cols = job->nc;
+    int nr = kernel->nr, kc = job->kc, col0 = job->tile_n ? task * job->tile_n : 0;
+    int ic = job->tile_n ? 0 : task * job->tile_m, rows = job->M - ic < job->tile_m ? job->M - ic : job->tile_m;
+    int end = job->tile_n && col0 + job->tile_n < job->nc ? col0 + job->tile_n : job->nc;  // columns [col0, end)
+    for (int jr = col0; job->tile_n && jr < end; jr += nr) pack_b_task(context, jr / nr, worker);
     float *packed_a = job->ctx->packed_a + (size_t)worker * job->ctx->a_floats;  // (rows / MR, MR, kc)
     pack_a(packed_a, job->A, ic, rows, job->pc, kc);
     int by_rows = pack_a_by_rows(job->A);
@@ -1925,8 +1925,8 @@ void gemm_tile(void *context, int task, int worker) {
     // first block of k, from C (the sums so far) in every later one.
     int first = job->pc == 0, from_c = !first || job->accumulate;
     const float *bias = first ? job->bias : NULL;  // (N)
-    for (int jr = 0; jr < cols; jr += nr) {
-        int w = cols - jr < nr ? cols - jr : nr;
+    for (int jr = col0; jr < end; jr += nr) {
+        int w = end - jr < nr ? end - jr : nr;
         const float *b = job->ctx->packed_b + (size_t)jr * kc;  // (kc, nr) panel
         for (int ir = 0; ir < rows; ir += MR) {
             const float *a = packed_a + (size_t)ir * kc;  // (MR, kc) strip
@@ -1986,18 +1986,21 @@ void gemm_run(const GemmContext *ctx, int M, int N, int K, Operand A, Operand B,
     unit = unit <= blk->kc ? unit : 1;
     int units = (K + unit - 1) / unit, k_blocks = (units + blk->kc / unit - 1) / (blk->kc / unit);
     int kc_even = (units + k_blocks - 1) / k_blocks * unit;
-    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0};
+    GemmJob job = {ctx, M, N, K, &A, &B, C, ldc, bias, accumulate, 0, 0, 0, 0, 0, 0};
     for (job.jc = 0; job.jc < N; job.jc += blk->nc) {                              // loop 5
         job.nc = N - job.jc < blk->nc ? N - job.jc : blk->nc;
-        int tiles = (M + blk->mc - 1) / blk->mc;  // the tasks, from the shape alone
-        while (tiles < TASKS_WANTED && tiles < (M + MR - 1) / MR && 2.0 * M * job.nc * kc_even / (tiles + 1) >= MIN_TASK_FLOPS)
+        // The tasks, from the shape alone: tiles of rows, or of columns when M is one block of rows.
+        int panels = (job.nc + nr - 1) / nr, by_columns = M <= blk->mc && panels > 1;
+        int most = by_columns ? panels : (M + MR - 1) / MR, tiles = by_columns ? 1 : (M + blk->mc - 1) / blk->mc;
+        while (tiles < TASKS_WANTED && tiles < most && 2.0 * M * job.nc * kc_even / (tiles + 1) >= MIN_TASK_FLOPS)
             tiles++;
-        job.tile_m = (int)round_up((M + tiles - 1) / tiles, MR);
-        int tasks = (M + job.tile_m - 1) / job.tile_m;
+        job.tile_m = by_columns ? M : (int)round_up((M + tiles - 1) / tiles, MR);
+        job.tile_n = by_columns ? (panels + tiles - 1) / tiles * nr : 0;
+        int tasks = by_columns ? (job.nc + job.tile_n - 1) / job.tile_n : (M + job.tile_m - 1) / job.tile_m;
         Workers *w = tasks > 1 ? ctx->workers : NULL;  // one task: B packed alone, not waking the pool every block
         for (job.pc = 0; job.pc < K; job.pc += kc_even) {                          // loop 4
             job.kc = K - job.pc < kc_even ? K - job.pc : kc_even;
-            parallel_for(w, (job.nc + nr - 1) / nr, pack_b_task, &job);
+            if (!job.tile_n) parallel_for(w, panels, pack_b_task, &job);  // (tiles of columns pack their own)
             parallel_for(w, tasks, gemm_tile, &job);                                // loops 3, 2, 1
         }
     }
