@@ -2692,7 +2692,8 @@ void gemm_tile_bf16(void *context, int task, int worker) {
    Convolutions and dense layers on the blocked GEMM.
 
    The passes of the naive and im2col versions above (and chapter 2's dense
-   layer), each one or two calls of gemm(), for KERNEL_BLOCKED. The sums are
+   layer), each one or two calls of gemm(), for KERNEL_BLOCKED; a
+   one-channel convolution has loops of its own, below. The sums are
    the definition's; only their order (and one rounding per multiply-add)
    differ, so these agree with the references to rounding, not to the bit. */
 
