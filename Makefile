@@ -41,7 +41,7 @@ PROGRAMS = $(CHAPTERS:%=chapter%)
 TESTS    = build/test_tangle build/test_idx build/test_ann build/test_worked_example build/test_autodiff \
            build/test_conv build/test_gemm build/test_gemm_tsan build/test_bn build/test_checkpoint build/test_resume build/test_compare \
            build/test_bench build/test_resnet build/test_bf16 build/test_search build/test_transfer build/test_erase
-SCRIPT_TESTS = tests/check_outputs.sh tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_search.sh tests/test_transfer.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh
+SCRIPT_TESTS = tests/check_outputs.sh tests/test_get_data.sh tests/test_compare.sh tests/test_chapter8.sh tests/test_search.sh tests/test_transfer.sh tests/test_figures.sh tests/test_exercises.sh tests/check_solutions.sh tests/test_handout.sh tests/arm64.sh tests/determinism.sh tests/valgrind.sh tests/upper_halves.sh
 
 .PHONY: all bench bench-chapter chapters check-chapters check-excerpts check-prose check-book check-outputs check-figures check-flags check-portable data test test-build warnings clean \
         starter handout check-exercise test-chapter check-answer grade fuzz fuzz-smoke plots compare figures
