@@ -1765,7 +1765,7 @@ typedef struct GemmContext {
     Blocking blocking;
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A, mc * kc floats
-    float *packed_b;  // (nc * kc): the block of B in use, shared by all
+    float *packed_b;  // (nc * kc): the block of B in use, shared (tiles of columns pack their own panels)
     size_t a_floats;
     void *memory;     // what packed_a and packed_b were carved from
 } GemmContext;
@@ -1975,7 +1975,7 @@ size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * 
 /* One input channel: the first convolution of both CNNs.
    As a GEMM its sums have K = 3 * 3 = 9 terms. Packing a patch row (three
    lines of three floats) then costs several times its 9 multiply-adds, and
-   the weight gradient has M = 9 rows: one task, one thread. Direct loops
+   the weight gradient has M = 9 rows: a task per panel at most. Direct loops
    do the same multiply-adds in the same order, so they give the same bits:
    - forward: out[p][oc] starts from bias[oc] and adds x_t * w[t][oc] for
      the taps t in order; a tap in the padding multiplies a zero, as the
@@ -2561,8 +2561,7 @@ typedef struct {
    same order (no fused multiply-add: the scalar loop has none either), each
    rounded as IEEE arithmetic rounds it, so the same bits. The compiler does
    not widen the scalar loop itself, as sqrtf may set errno. The last
-   count % 8 go through the scalar loop. (An AVX-512 twin, sixteen at a
-   time, saved about 1% of the ANN's step: not worth a second copy.) */
+   count % 8 go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted

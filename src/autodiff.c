@@ -383,7 +383,7 @@ Workers *graph_workers(const Graph *g) { return g->gemm ? g->gemm->workers : NUL
 
 //@ end
 //@ from 4 to 4
-// Zeroes n floats (chapter 5's larger maps share the work out among the threads).
+// Zeroes n floats. (`workers` is for chapter 5's version, which shares the work out.)
 void clear_floats(Workers *workers, float *x /* (n) */, size_t n) { (void)workers; memset(x, 0, n * sizeof(float)); }
 //@ end
 //@ from 5

@@ -14,7 +14,7 @@ size_t conv2d_blocked_scratch(const ConvShape *s) { return conv_patch_size(s) * 
 /* One input channel: the first convolution of both CNNs.
    As a GEMM its sums have K = 3 * 3 = 9 terms. Packing a patch row (three
    lines of three floats) then costs several times its 9 multiply-adds, and
-   the weight gradient has M = 9 rows: one task, one thread. Direct loops
+   the weight gradient has M = 9 rows: a task per panel at most. Direct loops
    do the same multiply-adds in the same order, so they give the same bits:
    - forward: out[p][oc] starts from bias[oc] and adds x_t * w[t][oc] for
      the taps t in order; a tap in the padding multiplies a zero, as the

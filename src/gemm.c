@@ -380,7 +380,7 @@ typedef struct GemmContext {
     Blocking blocking;
     Workers *workers;
     float *packed_a;  // (threads, a_floats): each worker's packed block of A, mc * kc floats
-    float *packed_b;  // (nc * kc): the block of B in use, shared by all
+    float *packed_b;  // (nc * kc): the block of B in use, shared (tiles of columns pack their own panels)
     size_t a_floats;
     void *memory;     // what packed_a and packed_b were carved from
 //@ from 8

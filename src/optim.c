@@ -88,8 +88,7 @@ typedef struct {
    same order (no fused multiply-add: the scalar loop has none either), each
    rounded as IEEE arithmetic rounds it, so the same bits. The compiler does
    not widen the scalar loop itself, as sqrtf may set errno. The last
-   count % 8 go through the scalar loop. (An AVX-512 twin, sixteen at a
-   time, saved about 1% of the ANN's step: not worth a second copy.) */
+   count % 8 go through the scalar loop. */
 __attribute__((target("avx")))
 void adam_update_avx(Optimizer *o, float *params /* (count) */, const float *grads /* (count) */, size_t count) {
     Optimizer tail = *o;  // for the last few, before the step is counted

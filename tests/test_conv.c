@@ -509,7 +509,9 @@ static void test_blocked_against_naive(Rng *rng) {
     check_blocked_forms(2, 28, 28, 1, 1, 32, rng);
     check_blocked_forms(2, 5, 7, 1, 1, 3, rng);
     check_blocked_forms(1, 5, 7, 1, 1, 8, rng);   // one-channel direct loops: one vector of channels,
-    check_blocked_forms(3, 4, 3, 1, 0, 16, rng);  // and outputs of one column
+    check_blocked_forms(3, 4, 3, 1, 0, 16, rng);  // and outputs of one column,
+    check_blocked_forms(2, 60, 60, 1, 2, 24, rng);  // a padding of 2, the largest padded image on the stack,
+    check_blocked_forms(1, 62, 62, 1, 1, 8, rng);
     // Dense: blocked against chapter 2's loops.
     enum { BD = 5, CD = 37, OD = 19 };
     float x[BD * CD], w[CD * OD], g[BD * OD], out[2][BD * OD], dx[2][BD * CD] = {{0}}, dw[2][CD * OD] = {{0}};

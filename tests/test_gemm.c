@@ -229,11 +229,13 @@ static void test_threads_identical(void) {
     Problem ps[] = {
         patch_problem(g, 0, 64, 1, 7), patch_problem(g, 1, 64, 1, 8), matrix_problem(64, 128, 784, 0, 0, 0, 0, 9),
         matrix_problem(784, 128, 64, 1, 0, 0, 1, 10), matrix_problem(500, 300, 40, 0, 1, 3, 0, 11),
+        // M one block of rows: tiles of columns, the last panel partial
+        matrix_problem(64, 100, 784, 0, 0, 0, 0, 12), matrix_problem(17, 300, 500, 0, 1, 2, 1, 13),
     };
     const GemmKernel *kernel = gemm_best_kernel();
     GemmContext *ctx[3];
     for (int t = 0; t < 3; t++) ctx[t] = gemm_context_new(kernel, t + 1);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 7; i++) {
         float *one = run(ctx[0], &ps[i]);
         for (int t = 1; t < 3; t++) {
             float *many = run(ctx[t], &ps[i]);
@@ -244,7 +246,7 @@ static void test_threads_identical(void) {
         free(one);
     }
     for (int t = 0; t < 3; t++) gemm_context_free(ctx[t]);
-    for (int i = 0; i < 5; i++) problem_free(&ps[i]);
+    for (int i = 0; i < 7; i++) problem_free(&ps[i]);
 }
 
 static void test_blockings_identical(Problem *ps, int n) {
