@@ -2511,11 +2511,11 @@ void rng_uniform_fill_widest(Rng *r, float *out, size_t n) {
    stack, small enough to stay in the fastest cache. */
 enum { DROPOUT_BLOCK = 1024 };
 
-// Item of the stream's next n draws, the factor of value i: 0 where the draw
-// falls below the rate, 1/(1 - rate) elsewhere. The draws come first, into
-// `draws`, then the choices: in one loop the compiler branches on each
-// draw, a coin toss the processor guesses wrong as often as the rate says,
-// for a dozen cycles each; apart, the second loop has no branch.
+// A value's factor: 0 where its draw falls below the rate, keep = 1/(1 - rate)
+// elsewhere. Both passes draw a block first, into `draws`, then choose: in
+// one loop the compiler branches on each draw, a coin toss the processor
+// guesses wrong as often as the rate says, for a dozen cycles each; apart,
+// the second loop has no branch.
 float dropout_factor(float draw, float rate, float keep) { return draw < rate ? 0.0f : keep; }
 
 void dropout_forward_train(float *out,      // (n)
